@@ -1,0 +1,1 @@
+"""Policies: heuristics, learners, evaluation, distillation and export."""

@@ -1,0 +1,1 @@
+"""Simulator and Gymnasium adapter."""

@@ -1,0 +1,1 @@
+"""The live-kernel side: the oracle program that replays op scripts on Linux."""

@@ -1,0 +1,1 @@
+"""The pure simulator: numpy and the standard library only (no gymnasium)."""
