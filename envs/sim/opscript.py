@@ -12,8 +12,9 @@ number and what is wrong, so a command-line tool can print it as one line.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -25,8 +26,9 @@ PAGE = 4 * KiB
 #: exactly the range one PUD table maps with 4-level paging.
 SLOT_BASE = 16 * TiB
 SLOT_SIZE = 512 * GiB
-#: 4-level paging gives user space 128 TiB; the last slot must end below it.
-MAX_ID = (128 * TiB - SLOT_BASE) // SLOT_SIZE - 1
+#: 4-level paging gives user space 128 TiB (slots 0..223), but the oracle's own
+#: stack always lies in slot 223, so the last usable ID is 222.
+MAX_ID = (128 * TiB - SLOT_BASE) // SLOT_SIZE - 2
 
 ADVICES = (
     "DONTNEED", "DONTNEED_LOCKED", "FREE", "PAGEOUT", "COLD", "WILLNEED", "REMOVE",
@@ -170,7 +172,8 @@ class _Line:
 
     def need(self, lo: int, hi: int, usage: str) -> None:
         if not lo <= len(self.words) <= hi:
-            raise self.fail(f"'{self.words[0]}' takes {usage}; got {len(self.words) - 1} argument(s)")
+            got = len(self.words) - 1
+            raise self.fail(f"'{self.words[0]}' takes {usage}; got {got} argument(s)")
 
     def number(self, i: int, what: str) -> int:
         try:
@@ -205,7 +208,10 @@ def _parse_line(line: _Line) -> Op:
     if len(w) > 1 and w[-1] == "mayfail":
         mayfail = True
         w = line.words = w[:-1]
-    common = {"name": name, "lineno": line.lineno, "mayfail": mayfail}
+
+    def mk(**fields: Any) -> Op:
+        return Op(name=name, lineno=line.lineno, mayfail=mayfail, **fields)
+
     if name == "mmap":
         if len(w) < 5:
             raise line.fail("'mmap' takes ID KIND SHARE SIZE [OFF] [opts]")
@@ -234,12 +240,13 @@ def _parse_line(line: _Line) -> Op:
                 fd = int(word[3:])
             else:
                 raise line.fail(
-                    f"unknown mmap option {word!r} (allowed: {', '.join(MMAP_FLAGS)}, foff=N, fd=ID)")
+                    f"unknown mmap option {word!r} "
+                    f"(allowed: {', '.join(MMAP_FLAGS)}, foff=N, fd=ID)")
         if kind == "anon" and (foff or fd is not None):
             raise line.fail("foff= and fd= apply to file and shmem mappings only")
         line.within_slot(off, size)
-        return Op(ident=ident, kind=kind, share=share, length=size, off=off,
-                  flags=frozenset(flags), foff=foff, fd=fd, **common)
+        return mk(ident=ident, kind=kind, share=share, length=size, off=off,
+                  flags=frozenset(flags), foff=foff, fd=fd)
     if name == "touch":
         line.need(5, 6, "ID OFF LEN write|read [STRIDE]")
         access = line.choice(4, "access", ("write", "read"))
@@ -248,25 +255,25 @@ def _parse_line(line: _Line) -> Op:
             raise line.fail("STRIDE must be positive")
         off, length = line.number(2, "OFF"), line.number(3, "LEN")
         line.within_slot(off, length)
-        return Op(ident=line.ident(1), off=off, length=length, write=access == "write",
-                  stride=stride, **common)
+        return mk(ident=line.ident(1), off=off, length=length, write=access == "write",
+                  stride=stride)
     if name == "madvise":
         line.need(5, 5, "ID OFF LEN ADVICE")
         off, length = line.number(2, "OFF"), line.number(3, "LEN")
         line.within_slot(off, length)
-        return Op(ident=line.ident(1), off=off, length=length,
-                  advice=line.choice(4, "ADVICE", ADVICES), **common)
+        return mk(ident=line.ident(1), off=off, length=length,
+                  advice=line.choice(4, "ADVICE", ADVICES))
     if name in ("munmap", "mlock", "munlock"):
         line.need(4, 4, "ID OFF LEN")
         off, length = line.number(2, "OFF"), line.number(3, "LEN")
         line.within_slot(off, length)
-        return Op(ident=line.ident(1), off=off, length=length, **common)
+        return mk(ident=line.ident(1), off=off, length=length)
     if name == "mprotect":
         line.need(5, 5, "ID OFF LEN none|r|rw|rx|rwx")
         off, length = line.number(2, "OFF"), line.number(3, "LEN")
         line.within_slot(off, length)
-        return Op(ident=line.ident(1), off=off, length=length,
-                  prot=PROTS[line.choice(4, "PROT", PROTS)], **common)
+        return mk(ident=line.ident(1), off=off, length=length,
+                  prot=PROTS[line.choice(4, "PROT", PROTS)])
     if name == "mremap":
         dontunmap = len(w) > 1 and w[-1] == "dontunmap"
         if dontunmap:
@@ -281,24 +288,24 @@ def _parse_line(line: _Line) -> Op:
             line.within_slot(dst_off, new)
         elif dontunmap:
             raise line.fail("dontunmap needs a destination (DSTID DSTOFF)")
-        return Op(ident=line.ident(1), off=off, length=old, new_length=new,
-                  dst_ident=dst_ident, dst_off=dst_off, dontunmap=dontunmap, **common)
+        return mk(ident=line.ident(1), off=off, length=old, new_length=new,
+                  dst_ident=dst_ident, dst_off=dst_off, dontunmap=dontunmap)
     if name == "punch":
         line.need(4, 4, "ID FOFF LEN")
-        return Op(ident=line.ident(1), off=line.number(2, "FOFF"),
-                  length=line.number(3, "LEN"), **common)
+        return mk(ident=line.ident(1), off=line.number(2, "FOFF"),
+                  length=line.number(3, "LEN"))
     if name == "truncate":
         line.need(3, 3, "ID SIZE")
-        return Op(ident=line.ident(1), value=line.number(2, "SIZE"), **common)
+        return mk(ident=line.ident(1), value=line.number(2, "SIZE"))
     if name == "thp":
         line.need(2, 2, "on|off")
-        return Op(value=int(line.choice(1, "thp", ("on", "off")) == "on"), **common)
+        return mk(value=int(line.choice(1, "thp", ("on", "off")) == "on"))
     if name == "sleep":
         line.need(2, 2, "MS")
-        return Op(value=line.number(1, "MS"), **common)
+        return mk(value=line.number(1, "MS"))
     if name in ("fork", "stat", "nop", "maps"):
         line.need(1, 1, "no arguments")
-        return Op(**common)
+        return mk()
     raise line.fail(f"unknown op {name!r} (known: {', '.join(OPS)})")
 
 
@@ -320,7 +327,7 @@ def parse_text(text: str, source: str = "<script>") -> Script:
         if not body:
             continue
         op = _parse_line(_Line(source, lineno, body.split()))
-        ops.append(Op(**{**op.__dict__, "text": body}))
+        ops.append(replace(op, text=body))
     return Script(ops=tuple(ops), thp=thp, source=source)
 
 
@@ -350,5 +357,6 @@ def read_expected(path: str | Path) -> list[int]:
         try:
             values.append(int(word))
         except ValueError:
-            raise OpScriptError(f"{p}:{lineno}: expected an integer KiB delta, got {word!r}") from None
+            raise OpScriptError(
+                f"{p}:{lineno}: expected an integer KiB delta, got {word!r}") from None
     return values

@@ -1,0 +1,100 @@
+# ptreclaim: run every target from the repository root.
+#
+#   make run    set up, then run the main job
+#   make test   set up, then ruff + mypy + pytest (what .ci/run does)
+#   make lint   ruff + mypy only
+#   make bench  run benchmarks/*.py
+#   make clean  remove build products and caches (keeps .venv; `make distclean` removes it)
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+SYS_PYTHON ?= python3
+VENV       ?= .venv
+PYTHON     := $(VENV)/bin/python
+# The console script, not `python -m pytest`: -m would put the repo root on sys.path,
+# and the bare names `envs`/`agents` would import where an installed copy would not.
+PYTEST     := $(VENV)/bin/pytest
+# The CPU build of torch 2.13 lies on local disk (pip's find-links); installing it
+# before the project keeps pip from resolving torch against PyPI, whose default
+# build pulls several GB of CUDA libraries.
+TORCH_SPEC ?= torch==2.13.*
+# Re-install only when the project's metadata changes (the version lives in __init__).
+STAMP      := $(VENV)/.ptreclaim-setup.stamp
+
+MYPY_TREE  := build/mypy
+MYPY_EXTRA  = $(wildcard scripts/*.py benchmarks/*.py)
+BENCHES     = $(wildcard benchmarks/*.py)
+
+.PHONY: help setup run test lint ruff mypy pytest bench clean distclean
+
+help:
+	@sed -n '3,8s/^# \{0,1\}//p' Makefile
+
+setup: $(STAMP)
+
+$(PYTHON):
+	$(SYS_PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml ptreclaim/__init__.py | $(PYTHON)
+	$(PYTHON) -m pip install '$(TORCH_SPEC)'
+	$(PYTHON) -m pip install -e '.[dev]'
+	@touch $@
+
+# The main job.  For now: replay the kernel experiments' op scripts through the
+# page-table model and compare with what the live kernel reported.
+# Once scripts/train.py exists, `make run` becomes training (default experiment).
+run: $(STAMP)
+	$(PYTHON) scripts/kernel_check.py compare tests/data/kernel/*.script
+
+# Runs all three checks even when one fails, so one CI log shows every problem.
+# pytest's exit code is passed through as is: 5 ("no tests collected") fails too.
+test: $(STAMP)
+	@failed=""; \
+	$(MAKE) --no-print-directory ruff   || failed="$$failed ruff"; \
+	$(MAKE) --no-print-directory mypy   || failed="$$failed mypy"; \
+	$(MAKE) --no-print-directory pytest || failed="$$failed pytest"; \
+	if [ -n "$$failed" ]; then echo "make test: FAILED:$$failed"; exit 1; fi; \
+	echo "make test: ruff, mypy and pytest passed"
+
+lint: $(STAMP)
+	@failed=""; \
+	$(MAKE) --no-print-directory ruff || failed="$$failed ruff"; \
+	$(MAKE) --no-print-directory mypy || failed="$$failed mypy"; \
+	if [ -n "$$failed" ]; then echo "make lint: FAILED:$$failed"; exit 1; fi
+
+ruff: $(STAMP)
+	$(PYTHON) -m ruff check .
+
+# mypy cannot see envs/ and agents/ as ptreclaim.envs / ptreclaim.agents (the
+# package-dir mapping lives in setuptools, and the editable install maps them with an
+# import hook mypy does not run), so it checks a tree of symlinks laid out as
+# installed, then rewrites the reported paths back to the real files.  The tree is
+# only topped up (missing links added, dangling ones dropped), never rebuilt, so two
+# `make mypy` running at once in one checkout do not collide.
+mypy: $(STAMP)
+	@mkdir -p $(MYPY_TREE)/ptreclaim
+	@for p in ptreclaim/* envs agents; do \
+		case "$$p" in */__pycache__) continue ;; esac; \
+		link=$(MYPY_TREE)/ptreclaim/$${p#ptreclaim/}; \
+		[ -L "$$link" ] || ln -s "../../../$$p" "$$link"; \
+	done
+	@find $(MYPY_TREE)/ptreclaim -maxdepth 1 -xtype l -delete
+	@echo "$(PYTHON) -m mypy ptreclaim envs agents $(MYPY_EXTRA)"
+	@$(PYTHON) -m mypy $(MYPY_TREE)/ptreclaim $(MYPY_EXTRA) \
+		| sed -E -e 's#^$(MYPY_TREE)/ptreclaim/(envs|agents)/#\1/#' -e 's#^$(MYPY_TREE)/##'
+
+pytest: $(STAMP)
+	$(PYTEST)
+
+bench: $(STAMP)
+	@if [ -z "$(BENCHES)" ]; then echo "no benchmarks in benchmarks/"; fi
+	@for b in $(BENCHES); do echo "$(PYTHON) $$b"; $(PYTHON) "$$b"; done
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)

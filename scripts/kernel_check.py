@@ -1,0 +1,9 @@
+#!/usr/bin/env python3
+"""Check the page-table model against the running kernel (see ``--help``)."""
+
+import sys
+
+from ptreclaim.envs.kernel.check import main
+
+if __name__ == "__main__":
+    sys.exit(main())
