@@ -154,12 +154,19 @@ class Vma:
 class PteTable:
     """A PTE table: 512 one-byte entries, and the huge-PMD state of its slot."""
 
-    __slots__ = ("cls", "entries", "huge")
+    __slots__ = ("cls", "entries", "huge", "rss")
 
     def __init__(self) -> None:
         self.entries = bytearray(ENTRIES)
         self.huge = HUGE_NONE
         self.cls = TableClass.EMPTY
+        self.rss = 0  # resident pages mapped here (anon + page cache; not the zeropage)
+
+    def resident(self) -> int:
+        """Pages this table maps that count in RSS."""
+        if self.huge:
+            return ENTRIES if self.huge == HUGE_ANON else 0
+        return self.entries.count(E_ANON) + self.entries.count(E_FILE)
 
     def classify(self) -> TableClass:
         if self.huge == HUGE_ANON:
@@ -187,6 +194,8 @@ class Stats:
     upper_freed: int = 0
     pte_reclaimed_on_zap: int = 0
     faults: int = 0
+    refault_tables: int = 0  # tables re-allocated after an out-of-line reclaim freed them
+    refault_entries: int = 0  # zero/file entries that reclaim zapped and a refault restores
 
 
 @dataclass
@@ -215,6 +224,11 @@ class AddressSpace:
         self._class_sets: tuple[set[int], ...] = tuple(set() for _ in _CLASSES)
         for slot, t in self.pte.items():
             self._class_sets[t.cls].add(slot)
+        self.rss_pages = sum(t.rss for t in self.pte.values())
+        # Slots freed by an out-of-line reclaimer -> zero/file entries it zapped.
+        self.reclaimed: dict[int, int] = {}
+        # Bumped whenever a PTE table appears or disappears (reclaim scan caches).
+        self.table_version = 0
 
     __hash__ = object.__hash__  # identity: address spaces live in BackingFile.mappers
 
@@ -281,6 +295,7 @@ class AddressSpace:
             for slot in self._class_sets[cls]:
                 assert self.pte[slot].cls == cls
         assert sum(len(s) for s in self._class_sets) == len(self.pte)
+        assert self.rss_pages == sum(t.resident() for t in self.pte.values())
         for slot, t in self.pte.items():
             assert t.cls == t.classify(), (hex(slot << PTE_SHIFT), t.cls, t.classify())
             assert (slot >> (PMD_SHIFT - PTE_SHIFT)) in self.pmd, "PTE table without PMD"
@@ -314,6 +329,11 @@ class AddressSpace:
             self.pte[slot] = t
             self._class_sets[TableClass.EMPTY].add(slot)
             self.stats.pte_allocated += 1
+            self.table_version += 1
+            zapped = self.reclaimed.pop(slot, None)
+            if zapped is not None:
+                self.stats.refault_tables += 1
+                self.stats.refault_entries += zapped
         return t
 
     def _reclass(self, slot: int, t: PteTable) -> None:
@@ -322,16 +342,27 @@ class AddressSpace:
             self._class_sets[t.cls].discard(slot)
             self._class_sets[new].add(slot)
             t.cls = new
+        rss = t.resident()
+        self.rss_pages += rss - t.rss
+        t.rss = rss
 
     def _free_pte(self, slot: int) -> None:
+        self._free_pte_quiet(slot)
+        self.stats.pte_freed += 1
+
+    def _free_pte_quiet(self, slot: int) -> PteTable:
         t = self.pte.pop(slot)
         self._class_sets[t.cls].discard(slot)
-        self.stats.pte_freed += 1
+        self.rss_pages -= t.rss
+        self.table_version += 1
+        return t
 
     def _adopt_pte(self, slot: int, t: PteTable) -> None:
         """Install an existing table object at ``slot`` (whole-table moves)."""
         self.pte[slot] = t
         self._class_sets[t.cls].add(slot)
+        self.rss_pages += t.rss
+        self.table_version += 1
 
     def _pte_slots_in(self, start: int, end: int) -> Iterator[int]:
         """Existing PTE-table slots that intersect [start, end), ascending.
@@ -412,9 +443,8 @@ class AddressSpace:
             if (slot << PTE_SHIFT) >= floor and ((slot + 1) << PTE_SHIFT) <= ceiling:
                 self._free_pte(slot)
         for shift, tables in ((PMD_SHIFT, self.pmd), (PUD_SHIFT, self.pud)):
-            lo, hi = start >> shift, (end - 1) >> shift
-            for idx in range(lo, hi + 1):
-                if idx in tables and (idx << shift) >= floor and ((idx + 1) << shift) <= ceiling:
+            for idx in _indices_in(tables, start >> shift, (end - 1) >> shift):
+                if (idx << shift) >= floor and ((idx + 1) << shift) <= ceiling:
                     tables.discard(idx)
                     self.stats.upper_freed += 1
 
@@ -908,6 +938,8 @@ class AddressSpace:
             return "EINVAL"
         if (v.file is not None and v.file.kind == "file") or v.flags & VM_NOHUGEPAGE:
             return "EINVAL"
+        if v.file is not None and ((v.start >> PAGE_SHIFT) - v.pgoff) % ENTRIES:
+            return "EINVAL"  # thp_vma_suitable_order(): file offset not 2 MiB-aligned
         err: str | None = None
         for slot in range((lo + PTE_SPAN - 1) >> PTE_SHIFT, hi >> PTE_SHIFT):
             t = self.pte.get(slot)
@@ -1094,11 +1126,18 @@ class AddressSpace:
                 and not self.vmas_overlapping(new_addr & ~(PTE_SPAN - 1), new_addr)):
             old_addr &= ~(PTE_SPAN - 1)
             new_addr &= ~(PTE_SPAN - 1)
+        # Source 1 GiB spans with a PMD table; the walk jumps over the others
+        # (it would only step through them), so a sparse move costs its tables.
+        spans = _indices_in(self.pmd, old_addr >> PMD_SHIFT, (old_end - 1) >> PMD_SHIFT)
         while old_addr < old_end:
             extent = _extent(old_addr, new_addr, old_end, PMD_SPAN)
             if (old_addr >> PMD_SHIFT) not in self.pmd:
-                old_addr += extent
-                new_addr += extent
+                k = bisect.bisect_right(spans, old_addr >> PMD_SHIFT)
+                if k == len(spans):
+                    break
+                skip = (spans[k] << PMD_SHIFT) - old_addr
+                old_addr += skip
+                new_addr += skip
                 continue
             if (new_addr >> PUD_SHIFT) not in self.pud:
                 self.pud.add(new_addr >> PUD_SHIFT)
@@ -1139,10 +1178,6 @@ class AddressSpace:
             old_addr += extent
             new_addr += extent
 
-    def _free_pte_quiet(self, slot: int) -> None:
-        t = self.pte.pop(slot)
-        self._class_sets[t.cls].discard(slot)
-
     def _move_pmd_table(self, old_addr: int, new_addr: int) -> None:
         """Move a whole PMD table (1 GiB) with the PTE tables under it."""
         self.pmd.discard(old_addr >> PMD_SHIFT)
@@ -1174,9 +1209,7 @@ class AddressSpace:
                 continue
             for shift, tables, ctables in ((PUD_SHIFT, self.pud, child.pud),
                                            (PMD_SHIFT, self.pmd, child.pmd)):
-                for idx in range(v.start >> shift, ((v.end - 1) >> shift) + 1):
-                    if idx in tables:
-                        ctables.add(idx)
+                ctables.update(_indices_in(tables, v.start >> shift, (v.end - 1) >> shift))
             for slot in self._pte_slots_in(v.start, v.end):
                 t = self.pte[slot]
                 ct = child.pte.get(slot)
@@ -1205,22 +1238,58 @@ class AddressSpace:
         self.pud.clear()
         for s in self._class_sets:
             s.clear()
+        self.rss_pages = 0
+        self.table_version += 1
 
-    # ------------------------------------------------------ reclaim (issue 3)
+    # ------------------------------------------------------------- reclaim
 
-    def reclaim_table(self, slot: int) -> bool:
-        """Free the PTE table at ``slot`` as an out-of-line reclaimer would:
-        entries of a zero/file table are zapped first.  Refuses (returns False)
-        a pinned table or one under a userfaultfd-registered VMA."""
+    def reclaim_table(self, slot: int, allowed: frozenset[TableClass]) -> int:
+        """Free the PTE table at ``slot`` as an out-of-line reclaimer would.
+
+        Only a table whose class is in ``allowed`` (never ``PINNED``) and that no
+        userfaultfd-registered VMA covers is freed: its zero/file entries are
+        zapped first, so a later access re-faults them (counted in
+        ``stats.refault_*`` when the table comes back).  Returns the number of
+        zapped entries, or -1 when the table was not freed.
+        """
         t = self.pte.get(slot)
-        if t is None or t.cls == TableClass.PINNED or self.slot_is_uffd(slot):
-            return False
+        if (t is None or t.cls == TableClass.PINNED or t.cls not in allowed
+                or self.slot_is_uffd(slot)):
+            return -1
+        zapped = ENTRIES if t.huge else ENTRIES - t.entries.count(E_NONE)
         self._free_pte(slot)
-        return True
+        self.reclaimed[slot] = zapped
+        return zapped
+
+    def register_uffd(self, start: int, end: int, ctx: object | None) -> str | None:
+        """UFFDIO_REGISTER (``ctx``) or UNREGISTER (None) of [start, end): the
+        VMAs are split at the boundaries and carry the context (which keeps
+        VMAs of different contexts from merging)."""
+        if start % PAGE or end % PAGE or end <= start or self.find_vma(start) is None:
+            return "EINVAL"
+        i, j = self._carve(start, end)
+        for v in self.vmas[i:j]:
+            v.uffd = ctx
+        for k in range(min(j, len(self.vmas) - 1) - 1, i - 2, -1):
+            if k >= 0:
+                self._merge_at(k)
+        return None
+
+    def table_slots(self) -> list[int]:
+        """All PTE-table slot indices, ascending."""
+        return sorted(self.pte)
 
 
 def _vma_start(v: Vma) -> int:
     return v.start
+
+
+def _indices_in(tables: set[int], lo: int, hi: int) -> list[int]:
+    """Sorted members of ``tables`` in [lo, hi], walking whichever is smaller:
+    the index range or the set (a huge sparse range costs its tables)."""
+    if hi - lo + 1 <= len(tables):
+        return [i for i in range(lo, hi + 1) if i in tables]
+    return sorted(i for i in tables if lo <= i <= hi)
 
 
 def _page_align(n: int) -> int:
