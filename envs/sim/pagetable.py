@@ -455,8 +455,33 @@ class AddressSpace:
         self.vmas.insert(i, v)
         return i
 
+    def _anon_vma_prepare(self, v: Vma) -> None:
+        """anon_vma_prepare(): reuse a neighbour's anon_vma when the two could
+        merge but for their protection (find_mergeable_anon_vma: next first,
+        then prev), else create one."""
+        if v.anon_vma is not None:
+            return
+        i = self.vmas.index(v)
+        for j, (a, b) in ((i + 1, (v, None)), (i - 1, (None, v))):
+            if not 0 <= j < len(self.vmas):
+                continue
+            n = self.vmas[j]
+            lo, hi = (a, n) if a is not None else (n, b)
+            assert lo is not None and hi is not None
+            if (n.anon_vma is not None and lo.end == hi.start and lo.file is hi.file
+                    and not (lo.flags ^ hi.flags) & ~VM_PROT and lo.uffd is hi.uffd
+                    and hi.pgoff == lo.pgoff + ((hi.start - lo.start) >> PAGE_SHIFT)):
+                v.anon_vma = n.anon_vma
+                return
+        v.anon_vma = AnonVma()
+
     def _split(self, i: int, addr: int) -> None:
-        """Split vmas[i] at ``addr`` (strictly inside it)."""
+        """Split vmas[i] at ``addr`` (strictly inside it); a THP straddling the
+        new boundary is split too (vma_adjust_trans_huge)."""
+        if addr % PTE_SPAN:
+            t = self.pte.get(addr >> PTE_SHIFT)
+            if t is not None and t.huge:
+                self._split_huge(addr >> PTE_SHIFT, t)
         v = self.vmas[i]
         upper = v.copy(start=addr, pgoff=v.pgoff + ((addr - v.start) >> PAGE_SHIFT))
         v.end = addr
@@ -583,7 +608,7 @@ class AddressSpace:
                 t = self._ensure_pte(slot)
                 t.huge = HUGE_ANON if write else HUGE_ZERO
                 if v.anon_vma is None:
-                    v.anon_vma = AnonVma()  # the huge fault prepares it, read or write
+                    self._anon_vma_prepare(v)  # the huge fault prepares it, read or write
                 self._reclass(slot, t)
                 self.stats.faults += 1
                 addr = last + stride
@@ -593,7 +618,7 @@ class AddressSpace:
                     t.huge = HUGE_ANON  # wp fault on the huge zero page maps a THP
                     self._reclass(slot, t)
                 if write and v.anon_vma is None:
-                    v.anon_vma = AnonVma()
+                    self._anon_vma_prepare(v)
                 addr = last + stride
                 continue
             t = self._ensure_pte(slot)
@@ -607,12 +632,12 @@ class AddressSpace:
                         part = slice(idx.start, stop, idx.step)
                         e[part] = bytes([target]) * g if write else e[part].translate(xlate)
                         if target == E_ANON and v.anon_vma is None:
-                            v.anon_vma = AnonVma()
+                            self._anon_vma_prepare(v)
                     self._reclass(slot, t)
                     return base + (stop << PAGE_SHIFT), "SIGSEGV"
                 e[idx] = bytes([target]) * len(view) if write else view.translate(xlate)
                 if target == E_ANON and v.anon_vma is None:
-                    v.anon_vma = AnonVma()  # the first write fault prepares it (R18)
+                    self._anon_vma_prepare(v)  # the first write fault prepares it (R18)
             else:
                 for p in pages:
                     if e[p] in MARKERS:
@@ -620,14 +645,14 @@ class AddressSpace:
                         return base + (p << PAGE_SHIFT), "SIGSEGV"
                     e[p] = xlate[e[p]] if xlate is not None else target
                     if target == E_ANON and v.anon_vma is None:
-                        v.anon_vma = AnonVma()
+                        self._anon_vma_prepare(v)
             self._reclass(slot, t)
             self.stats.faults += n
             addr = last + stride
         if eof_error and addr < end:
             self._ensure_upper(addr)  # the fault path allocated PUD/PMD first (R4)
             if write and not v.flags & VM_SHARED and v.anon_vma is None:
-                v.anon_vma = AnonVma()  # do_cow_fault() prepares it before ->fault fails
+                self._anon_vma_prepare(v)  # do_cow_fault() prepares it before ->fault fails
             return addr, eof_error
         return addr, None
 
@@ -909,7 +934,7 @@ class AddressSpace:
         if v.anonymous and v.anon_vma is None:
             # anon_vma_prepare(): observed through mremap merges (a moved guarded
             # VMA keeps its pgoff, so it does not merge at the destination).
-            v.anon_vma = AnonVma()
+            self._anon_vma_prepare(v)
         self._split_huge_partial(a, b)
         self._zap(a, b, reclaim=False)
         for slot in range(a >> PTE_SHIFT, ((b - 1) >> PTE_SHIFT) + 1):
@@ -934,7 +959,7 @@ class AddressSpace:
         Disabled THP,
         VM_NOHUGEPAGE or a regular file give EINVAL.
         """
-        if self.thp_disabled or self.thp_sysfs == "never":
+        if self.thp_disabled:  # prctl(PR_SET_THP_DISABLE); sysfs "never" does not stop it
             return "EINVAL"
         if (v.file is not None and v.file.kind == "file") or v.flags & VM_NOHUGEPAGE:
             return "EINVAL"
