@@ -75,15 +75,15 @@ ruff: $(STAMP)
 # `make mypy` running at once in one checkout do not collide.
 mypy: $(STAMP)
 	@mkdir -p $(MYPY_TREE)/ptreclaim
-	@for p in ptreclaim/* envs agents; do \
+	@for p in ptreclaim/* envs agents configs; do \
 		case "$$p" in */__pycache__) continue ;; esac; \
 		link=$(MYPY_TREE)/ptreclaim/$${p#ptreclaim/}; \
 		[ -L "$$link" ] || ln -s "../../../$$p" "$$link"; \
 	done
 	@find $(MYPY_TREE)/ptreclaim -maxdepth 1 -xtype l -delete
-	@echo "$(PYTHON) -m mypy ptreclaim envs agents $(MYPY_EXTRA)"
+	@echo "$(PYTHON) -m mypy ptreclaim envs agents configs $(MYPY_EXTRA)"
 	@$(PYTHON) -m mypy $(MYPY_TREE)/ptreclaim $(MYPY_EXTRA) \
-		| sed -E -e 's#^$(MYPY_TREE)/ptreclaim/(envs|agents)/#\1/#' -e 's#^$(MYPY_TREE)/##'
+		| sed -E -e 's#^$(MYPY_TREE)/ptreclaim/(envs|agents|configs)/#\1/#' -e 's#^$(MYPY_TREE)/##'
 
 pytest: $(STAMP)
 	$(PYTEST)

@@ -147,7 +147,7 @@ def test_regular_install(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ("ptreclaim", "envs", "agents"):
+    for name in ("ptreclaim", "envs", "agents", "configs"):
         shutil.copytree(ROOT / name, src / name, ignore=ignore)
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         if (ROOT / name).exists():
@@ -173,6 +173,11 @@ def test_regular_install(tmp_path: Path) -> None:
     oracle_c = ROOT / "envs" / "kernel" / "ptoracle.c"
     if oracle_c.exists():
         assert (target / "ptreclaim" / "envs" / "kernel" / "ptoracle.c").is_file()
+    # The built-in scenarios and suites ship as package data (the env loads them).
+    for sub in ("scenarios", "suites"):
+        shipped = sorted(p.name for p in (ROOT / "configs" / sub).glob("*.yaml"))
+        installed = sorted(p.name for p in (target / "ptreclaim" / "configs" / sub).glob("*.yaml"))
+        assert installed == shipped, sub
 
     # Import from the install alone: clean PYTHONPATH, run outside the repo.  The
     # editable install's import hook sits after the path finder, so the copy wins.

@@ -169,19 +169,24 @@ class PteTable:
         return self.entries.count(E_ANON) + self.entries.count(E_FILE)
 
     def classify(self) -> TableClass:
-        if self.huge == HUGE_ANON:
-            return TableClass.PINNED
-        if self.huge == HUGE_ZERO:
-            return TableClass.ZERO
+        return self.census()[0]
+
+    def census(self) -> tuple[TableClass, int]:
+        """(class, resident pages) in one pass over the counts."""
+        if self.huge:
+            if self.huge == HUGE_ANON:
+                return TableClass.PINNED, ENTRIES
+            return TableClass.ZERO, 0
         e = self.entries
         n_none = e.count(E_NONE)
         if n_none == ENTRIES:
-            return TableClass.EMPTY
-        n_zero = e.count(E_ZERO)
+            return TableClass.EMPTY, 0
         n_file = e.count(E_FILE)
-        if n_none + n_zero + n_file < ENTRIES:
-            return TableClass.PINNED
-        return TableClass.FILE if n_file else TableClass.ZERO
+        n_zero = e.count(E_ZERO)
+        rest = ENTRIES - n_none - n_zero - n_file
+        if rest:
+            return TableClass.PINNED, n_file + e.count(E_ANON)
+        return (TableClass.FILE if n_file else TableClass.ZERO), n_file
 
 
 @dataclass
@@ -229,6 +234,11 @@ class AddressSpace:
         self.reclaimed: dict[int, int] = {}
         # Bumped whenever a PTE table appears or disappears (reclaim scan caches).
         self.table_version = 0
+        # VMAs currently registered with userfaultfd (a fast path for reclaim).
+        self.uffd_vmas = 0
+        # When a set, every PTE slot an access or populate reaches is added
+        # (the offline oracle records the future this way).
+        self.touch_log: set[int] | None = None
 
     __hash__ = object.__hash__  # identity: address spaces live in BackingFile.mappers
 
@@ -281,8 +291,22 @@ class AddressSpace:
 
     def slot_is_uffd(self, slot: int) -> bool:
         """Whether a VMA registered with userfaultfd overlaps PTE slot ``slot``."""
+        if not self.uffd_vmas:
+            return False
         a = slot << PTE_SHIFT
         return any(v.uffd is not None for v in self.vmas_overlapping(a, a + PTE_SPAN))
+
+    def uffd_unreclaimable(self) -> int:
+        """Empty/zero/file PTE tables that a userfaultfd-registered VMA covers
+        (not reconstructable: reclaim refuses them)."""
+        if not self.uffd_vmas:
+            return 0
+        seen: set[int] = set()
+        for v in self.vmas:
+            if v.uffd is not None:
+                seen.update(s for s in self._pte_slots_in(v.start, v.end)
+                            if self.pte[s].cls != TableClass.PINNED)
+        return len(seen)
 
     def check_invariants(self) -> None:
         """Assert the internal invariants (tests call this after every op)."""
@@ -337,12 +361,11 @@ class AddressSpace:
         return t
 
     def _reclass(self, slot: int, t: PteTable) -> None:
-        new = t.classify()
+        new, rss = t.census()
         if new != t.cls:
             self._class_sets[t.cls].discard(slot)
             self._class_sets[new].add(slot)
             t.cls = new
-        rss = t.resident()
         self.rss_pages += rss - t.rss
         t.rss = rss
 
@@ -589,9 +612,12 @@ class AddressSpace:
         else:
             xlate = _READ_ANON if v.anonymous else _READ_FILE
             target = -1
+        log = self.touch_log
         while addr < limit:
             slot = addr >> PTE_SHIFT
             base = slot << PTE_SHIFT
+            if log is not None:
+                log.add(slot)
             seg_end = min(limit, base + PTE_SPAN)
             if stride % PAGE == 0:
                 n = (seg_end - addr + stride - 1) // stride
@@ -1298,6 +1324,7 @@ class AddressSpace:
         for k in range(min(j, len(self.vmas) - 1) - 1, i - 2, -1):
             if k >= 0:
                 self._merge_at(k)
+        self.uffd_vmas = sum(v.uffd is not None for v in self.vmas)
         return None
 
     def table_slots(self) -> list[int]:

@@ -1,0 +1,218 @@
+"""Fixed reclaim policies behind SB3's ``predict`` interface.
+
+Every policy maps an observation of :class:`~ptreclaim.envs.pagetable_env.
+PageTableReclaimEnv` to an action ``[budget index, class depth, target]`` (plus
+an optional hard-limit flag) and exposes ``predict(obs, state=None,
+episode_start=None, deterministic=True) -> (action, state)`` like a
+stable-baselines3 model, so one evaluator serves learned and fixed policies.
+They read the simulator only through the observation.
+
+``kernel_pt_reclaim`` says which kernel the policy stands for: ``none`` is the
+kernel before 6.14 (no on-zap reclaim; evaluation runs it with the
+simulator's ``pt_reclaim`` switched off), every other policy runs on 6.14+.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..envs.pagetable_env import DEFAULT_BUDGETS, OBS_NAMES
+from ..envs.sim.config import ConfigError, build, check_range
+
+_IDX = {name: i for i, name in enumerate(OBS_NAMES)}
+
+
+class Policy:
+    """Base class: a stateless, deterministic map from observation to action."""
+
+    name: ClassVar[str] = ""
+    kernel_pt_reclaim: ClassVar[bool] = True
+    privileged: ClassVar[bool] = False
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """The action for one observation."""
+        raise NotImplementedError
+
+    def predict(self, observation: np.ndarray, state: Any = None,
+                episode_start: np.ndarray | None = None,
+                deterministic: bool = True) -> tuple[np.ndarray, Any]:
+        """SB3-compatible: accepts one observation or a batch (vectorised env)."""
+        obs = np.asarray(observation, dtype=np.float32)
+        if obs.ndim == 1:
+            return self.act(obs), state
+        return np.stack([self.act(o) for o in obs]), state
+
+
+def _action(budget_idx: int, depth: int, target: int, hard: int | None = None) -> np.ndarray:
+    a = [budget_idx, depth, target] + ([] if hard is None else [hard])
+    return np.asarray(a, dtype=np.int64)
+
+
+class NoReclaim(Policy):
+    """``none``: never reclaims, on a kernel before 6.14 (DONTNEED frees nothing)."""
+
+    name = "none"
+    kernel_pt_reclaim = False
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        return _action(0, 0, 0)
+
+
+class OnZap(Policy):
+    """``on_zap``: the 6.14+ kernel as it is: only MADV_DONTNEED's own reclaim."""
+
+    name = "on_zap"
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        return _action(0, 0, 0)
+
+
+@dataclass(frozen=True)
+class SoftHardParams:
+    """Thresholds of :class:`SoftHard` (fractions are of the normal zone).
+
+    Defaults and why:
+
+    * ``soft_pt_frac`` 0.04: page tables above 4 % of the unmovable zone are
+      already several times a typical host's (a few MiB per GiB of RSS), so
+      empty tables are worth a cheap scan.
+    * ``hard_pt_frac`` 0.10: at 10 % page tables crowd out other tenants'
+      unmovable allocations; reclaim every class at full budget.
+    * ``proc_ratio`` 0.5: a process whose page tables exceed its resident
+      memory (page tables / (RSS + page tables) > 0.5) maps almost nothing
+      with its tables: the signature of a table hog or of a dumped balloon.
+    * ``proc_pt_frac`` 0.01: ignore small processes (1 % of the zone).
+    * ``psi_trigger`` 0.10: PSI some avg10 above 10 % means tasks already
+      stall on memory; escalate one class deeper.
+    * ``free_trigger`` 0.0: below the min watermark (``free_vs_wmark`` < 0)
+      act as over the hard limit.
+    * budgets are indices into the env's budgets (default 0, 64, 512, 4096,
+      all): soft = 512 tables per decision, hard = all.
+    """
+
+    soft_pt_frac: float = 0.04
+    hard_pt_frac: float = 0.10
+    proc_ratio: float = 0.5
+    proc_pt_frac: float = 0.01
+    psi_trigger: float = 0.10
+    free_trigger: float = 0.0
+    soft_budget: int = 2
+    hard_budget: int = 4
+    soft_depth: int = 0
+    hard_depth: int = 2
+    use_hard_limit: bool = False
+
+    def __post_init__(self) -> None:
+        check_range("soft_pt_frac", self.soft_pt_frac, 0.0, 1.0)
+        check_range("hard_pt_frac", self.hard_pt_frac, 0.0, 1.0)
+        if self.soft_pt_frac > self.hard_pt_frac:
+            raise ConfigError(f"soft_pt_frac ({self.soft_pt_frac}) must not exceed "
+                              f"hard_pt_frac ({self.hard_pt_frac})")
+        check_range("proc_ratio", self.proc_ratio, 0.0, 1.0)
+        check_range("proc_pt_frac", self.proc_pt_frac, 0.0, 1.0)
+        check_range("psi_trigger", self.psi_trigger, 0.0, 1.0)
+        check_range("free_trigger", self.free_trigger, -1.0, 1.0)
+        n = len(DEFAULT_BUDGETS) - 1
+        check_range("soft_budget", self.soft_budget, 0, n)
+        check_range("hard_budget", self.hard_budget, 0, n)
+        check_range("soft_depth", self.soft_depth, 0, 2)
+        check_range("hard_depth", self.hard_depth, 0, 2)
+
+
+class SoftHard(Policy):
+    """``soft_hard``: the seed's soft/hard limits on page-table memory.
+
+    Over the hard limit (or below the min watermark): reclaim ``hard_depth``
+    classes at ``hard_budget`` (globally, or from the suspect when one stands
+    out), optionally capping the suspect with a hard limit.  Over the soft
+    limit: reclaim ``soft_depth`` classes at ``soft_budget`` — from a suspicious
+    process first when one exceeds the per-process limits, else globally.
+    PSI above its trigger deepens the class by one.
+    """
+
+    name = "soft_hard"
+
+    def __init__(self, params: SoftHardParams | None = None) -> None:
+        self.params = params or SoftHardParams()
+
+    @classmethod
+    def from_mapping(cls, data: Any, where: str = "soft_hard") -> SoftHard:
+        return cls(build(SoftHardParams, data, where))
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        p = self.params
+        pt = float(obs[_IDX["pt_frac"]])
+        suspect = (obs[_IDX["top1_pt_ratio"]] > p.proc_ratio
+                   and obs[_IDX["top1_pt_frac"]] > p.proc_pt_frac)
+        bump = int(obs[_IDX["psi_some_avg10"]] > p.psi_trigger)
+        hard = None if not p.use_hard_limit else 0
+        if pt > p.hard_pt_frac or obs[_IDX["free_vs_wmark"]] < p.free_trigger:
+            if p.use_hard_limit and suspect:
+                hard = 1
+            return _action(p.hard_budget, p.hard_depth, int(suspect), hard)
+        if pt > p.soft_pt_frac or suspect:
+            depth = min(2, p.soft_depth + bump)
+            return _action(p.soft_budget, depth, int(suspect), hard)
+        return _action(0, 0, 0, hard)
+
+
+@dataclass(frozen=True)
+class PeriodicParams:
+    """``periodic_scan``: every ``every_ticks`` ticks, scan ``budget`` (an index
+    into the env's budgets) of class depth ``depth``, globally."""
+
+    every_ticks: int = 100
+    budget: int = 2
+    depth: int = 1
+
+    def __post_init__(self) -> None:
+        check_range("every_ticks", self.every_ticks, 1, 10**7)
+        check_range("budget", self.budget, 0, len(DEFAULT_BUDGETS) - 1)
+        check_range("depth", self.depth, 0, 2)
+
+
+class PeriodicScan(Policy):
+    """``periodic_scan``: khugepaged-like, a fixed budget at a fixed period,
+    regardless of pressure (the period is read back from ``since_pass``)."""
+
+    name = "periodic_scan"
+
+    def __init__(self, params: PeriodicParams | None = None) -> None:
+        self.params = params or PeriodicParams()
+
+    @classmethod
+    def from_mapping(cls, data: Any, where: str = "periodic_scan") -> PeriodicScan:
+        return cls(build(PeriodicParams, data, where))
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        ticks = math.expm1(float(obs[_IDX["since_pass"]]) * 10.0)
+        if ticks + 0.5 >= self.params.every_ticks:
+            return _action(self.params.budget, self.params.depth, 0)
+        return _action(0, 0, 0)
+
+
+HEURISTICS: dict[str, type[Policy]] = {
+    "none": NoReclaim,
+    "on_zap": OnZap,
+    "soft_hard": SoftHard,
+    "periodic_scan": PeriodicScan,
+}
+
+
+def make_heuristic(name: str, params: Any = None) -> Policy:
+    """A heuristic by name, with optional parameters (a mapping)."""
+    from ..envs.sim.config import did_you_mean
+
+    if name not in HEURISTICS:
+        raise ConfigError(f"unknown heuristic {name!r}{did_you_mean(name, HEURISTICS)}; "
+                          f"known: {', '.join(HEURISTICS)}")
+    cls = HEURISTICS[name]
+    if params:
+        if not hasattr(cls, "from_mapping"):
+            raise ConfigError(f"heuristic {name!r} takes no parameters")
+        return cls.from_mapping(params, name)
+    return cls()

@@ -1,0 +1,198 @@
+"""YAML in and out for configs: scenarios, suites of scenarios, resolved configs.
+
+The pure simulator (:mod:`ptreclaim.envs.sim`) never parses YAML; it builds
+frozen dataclasses from plain data (:func:`ptreclaim.envs.sim.config.build`).
+This module is the one place that reads files: every problem (a missing or
+unreadable file, a YAML syntax error, an unknown key, a value out of range)
+raises :class:`~ptreclaim.envs.sim.config.ConfigError` with one line that
+names the file and says what to fix.  Writes are atomic (a temporary file in
+the same folder, then ``os.replace``), so a crash never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .sim.config import ConfigError, build, did_you_mean
+from .sim.simulator import ScenarioConfig
+from .sim.workloads import WORKLOADS
+
+__all__ = [
+    "ConfigError",
+    "dump_yaml",
+    "load_scenario",
+    "load_suite",
+    "load_yaml",
+    "write_text_atomic",
+    "write_yaml_atomic",
+]
+
+#: Keys of a suite file.
+SUITE_KEYS = ("name", "description", "scenarios")
+
+
+def load_yaml(path: str | os.PathLike[str]) -> Any:
+    """Parse one YAML file with ``yaml.safe_load`` (no Python objects, no eval).
+
+    Raises :class:`ConfigError` (one line, naming the file and the fix) when the
+    file is missing, unreadable, not UTF-8, or not valid YAML (with the line
+    and column of the syntax error).
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such file; check the path") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{p}: is a directory, expected a YAML file") from None
+    except PermissionError:
+        raise ConfigError(f"{p}: permission denied; make the file readable") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read: {exc.strerror or exc}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = exc.problem or exc.context or "syntax error"
+        raise ConfigError(f"{p}: YAML syntax error at {at}{problem}; "
+                          "fix the YAML (indentation, colons, quotes)") from None
+    except yaml.YAMLError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "syntax error"
+        raise ConfigError(f"{p}: not valid YAML: {first}; fix the YAML") from None
+
+
+def scenario_from_data(data: Any, where: str, default_name: str = "scenario") -> ScenarioConfig:
+    """Build a :class:`ScenarioConfig` from parsed YAML; ``name`` defaults to
+    ``default_name`` (the file's stem) when the data has none.
+
+    Workload parameters are validated here too (unknown keys, ranges), and so
+    is the jitter: every jittered parameter must stay in range at both ends of
+    its ``U(1 - jitter, 1 + jitter)`` factor, so that no seed can fail later.
+    """
+    if isinstance(data, Mapping) and "name" not in data:
+        data = {"name": default_name, **data}
+    scenario = build(ScenarioConfig, data, where)
+    for i, spec in enumerate(scenario.workloads):
+        cls = WORKLOADS[spec.family]
+        at = f"{where}.workloads[{i}].params"
+        config = build(cls.Config, spec.params, at)
+        jitter = scenario.jitter if spec.jitter < 0 else spec.jitter
+        _check_jitter(config, cls.jitter_fields, jitter, at)
+    return scenario
+
+
+def _check_jitter(config: Any, names: tuple[str, ...], jitter: float, where: str) -> None:
+    """Raise :class:`ConfigError` when scaling one jittered field by ``1 - jitter``
+    or ``1 + jitter`` (as :meth:`Workload.make_config` does) leaves its range."""
+    if jitter <= 0:
+        return
+    for name in names:
+        value = getattr(config, name)
+        for factor in (1.0 - jitter, 1.0 + jitter):
+            scaled = value * factor
+            new = max(1, round(scaled)) if isinstance(value, int) else scaled
+            try:
+                dataclasses.replace(config, **{name: new})
+            except (ConfigError, ValueError) as exc:
+                raise ConfigError(f"{where}.{name}: jitter {jitter:g} can scale {value!r} to "
+                                  f"{new!r} ({exc}); lower the jitter or move the value away "
+                                  "from its limit") from None
+
+
+def load_scenario(path: str | os.PathLike[str]) -> ScenarioConfig:
+    """Load a scenario YAML file into a frozen, validated :class:`ScenarioConfig`.
+
+    Error messages start with the file name, then the dotted key
+    (``scenario.yaml.machine.ram_mib: ...``).
+    """
+    p = Path(path)
+    data = load_yaml(p)
+    if data is None:
+        raise ConfigError(f"{p}: the file is empty; a scenario needs at least 'workloads'")
+    try:
+        return scenario_from_data(data, p.name, default_name=p.stem)
+    except ConfigError as exc:
+        # Range checks in __post_init__ name the key but not the file.
+        msg = str(exc)
+        raise ConfigError(msg if msg.startswith(p.name) else f"{p.name}: {msg}") from None
+
+
+def suite_paths(path: str | os.PathLike[str]) -> list[Path]:
+    """The scenario files a suite lists, resolved relative to the suite file."""
+    p = Path(path)
+    data = load_yaml(p)
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{p}: expected a mapping with a 'scenarios' list, "
+                          f"got {type(data).__name__}")
+    for key in data:
+        if key not in SUITE_KEYS:
+            raise ConfigError(f"{p.name}: unknown key {key!r}{did_you_mean(str(key), SUITE_KEYS)}"
+                              f"; allowed: {', '.join(SUITE_KEYS)}")
+    entries = data.get("scenarios")
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"{p.name}.scenarios: expected a non-empty list of scenario files")
+    out = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, str):
+            raise ConfigError(f"{p.name}.scenarios[{i}]: expected a file path, got {entry!r}")
+        out.append((p.parent / entry).resolve())
+    if len(set(out)) != len(out):
+        raise ConfigError(f"{p.name}.scenarios: a scenario file is listed twice")
+    return out
+
+
+def load_suite(path: str | os.PathLike[str]) -> list[ScenarioConfig]:
+    """Load a suite (``scenarios: [relative paths]``) into its scenarios, in order."""
+    return [load_scenario(s) for s in suite_paths(path)]
+
+
+def dump_yaml(data: Any) -> str:
+    """YAML text for plain data (keys in insertion order, block style)."""
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True)
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str | bytes) -> None:
+    """Write ``text`` to ``path`` atomically: a temporary file in the same
+    folder, flushed and fsynced, then ``os.replace``."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        # mkstemp creates the file 0600; give it the mode a plain open() would.
+        try:
+            mode = os.stat(p).st_mode & 0o7777
+        except FileNotFoundError:
+            mode = 0o666 & ~_umask()
+        os.chmod(tmp, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(text.encode("utf-8") if isinstance(text, str) else text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_yaml_atomic(path: str | os.PathLike[str], data: Any) -> None:
+    """Write plain ``data`` as YAML to ``path`` atomically."""
+    write_text_atomic(path, dump_yaml(data))
+

@@ -1,0 +1,294 @@
+"""Gymnasium adapter over the page-table reclaim simulator."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from .sim.config import ConfigError, check_range
+from .sim.pagetable import TableClass
+from .sim.process import Process
+from .sim.reclaim import DEPTHS, PassResult
+from .sim.simulator import ScenarioConfig, Simulation, TickRecord
+
+#: Scan budgets (PTE tables per pass) of the default action space.
+DEFAULT_BUDGETS = (0, 64, 512, 4096, 1 << 30)
+TOP_K = 3
+
+COST_TERMS = ("pt_waste", "alloc_failures", "reclaim_cpu", "app_stall", "harm")
+
+#: Names of the observation features, in order (heuristics and distillation
+#: address them by name).
+OBS_NAMES: tuple[str, ...] = (
+    "free_vs_wmark",  # (free - min) / (high - min) / 4, clipped to [-1, 1]
+    "free_frac",  # normal-zone free pages / zone pages
+    "psi_some_avg10", "psi_some_avg60", "psi_full_avg10", "psi_full_avg60",
+    "pt_frac",  # page-table pages / normal-zone pages
+    "top1_pt_frac", "top1_pt_ratio",  # page tables / zone; page tables / (RSS + page tables)
+    "top2_pt_frac", "top2_pt_ratio",
+    "top3_pt_frac", "top3_pt_ratio",
+    "refault_rate",  # log1p(tables re-faulted since the last pass) / 10
+    "last_yield",  # freed / scanned in the last pass
+    "fail_share",  # share of the last 100 ticks with an allocation failure
+    "since_pass",  # log1p(ticks since the last pass) / 10
+)
+CANDIDATE_NAMES: tuple[str, ...] = ("empty_share", "zero_share", "file_share")
+
+
+@dataclass(frozen=True)
+class RewardWeights:
+    """Weights of the named cost terms (reward = minus their weighted sum).
+
+    Units per decision step: ``pt_waste`` in MiB of reclaimable page tables
+    held (averaged over the step), ``alloc_failures`` in ticks with a failed
+    unmovable allocation, ``reclaim_cpu`` and ``app_stall`` in ms, ``harm`` in
+    sane processes killed or throttled.
+    """
+
+    pt_waste: float = 0.02
+    alloc_failures: float = 1.0
+    reclaim_cpu: float = 0.05
+    app_stall: float = 0.02
+    harm: float = 50.0
+
+    def __post_init__(self) -> None:
+        for name in COST_TERMS:
+            check_range(f"reward.{name}", getattr(self, name), 0.0, 1e6)
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Parameters of :class:`PageTableReclaimEnv`."""
+
+    decision_ticks: int = 10
+    max_steps: int = 120
+    budgets: tuple[int, ...] = DEFAULT_BUDGETS
+    hard_limit_action: bool = False
+    candidate_counts: bool = False  # privileged per-class counts (ablations only)
+    reward: RewardWeights = field(default_factory=RewardWeights)
+
+    def __post_init__(self) -> None:
+        check_range("env.decision_ticks", self.decision_ticks, 1, 10_000)
+        check_range("env.max_steps", self.max_steps, 1, 10**7)
+        if not self.budgets or self.budgets[0] != 0 or list(self.budgets) != sorted(self.budgets):
+            raise ConfigError("env.budgets must be ascending and start with 0 (no reclaim)")
+
+
+class PageTableReclaimEnv(gym.Env[np.ndarray, np.ndarray]):
+    """Decide when, which and whose Linux page tables to reclaim.
+
+    ## Description
+    A machine whose RAM is mostly ZONE_MOVABLE runs processes whose page
+    tables (unmovable kernel memory) compete with other tenants' unmovable
+    allocations.  Each step the agent chooses a reclaim pass (how many PTE
+    tables to scan, which classes may be freed, and whose tables), then the
+    simulator advances ``decision_ticks`` ticks of workloads.  The page-table
+    model follows Linux 6.18's rules (checked against the live kernel).
+
+    ## Action space
+    ``MultiDiscrete([len(budgets), 3, 2])`` (plus ``[2]`` with
+    ``hard_limit_action``): scan budget index (0 = no pass; default budgets
+    0, 64, 512, 4096, all tables), class depth (0: empty; 1: + zero-page-only;
+    2: + reconstructable from the page cache), target (0: global, largest waste
+    first; 1: the most suspicious process, the largest page-table-to-RSS
+    ratio), and optionally (1) set that process's page-table hard limit to its
+    current size.
+
+    ## Observation space
+    ``Box(-1, 1, (17,), float32)`` (more with ``candidate_counts``), all
+    signals a kernel can compute cheaply: normal-zone free memory relative to
+    its watermarks and to the zone; PSI some/full avg10/avg60; page-table
+    bytes relative to the zone; for the top 3 page-table consumers their
+    page-table share of the zone and page-table-to-(RSS+page-table) ratio;
+    the re-fault rate since the last pass; the yield of the last pass; the
+    share of recent ticks with allocation failures; time since the last pass.
+    ``candidate_counts`` appends the exact per-class table counts (empty,
+    zero, file) relative to all tables: finding them costs a scan, so they
+    are off by default.
+
+    ## Rewards
+    Minus the weighted sum of the cost terms in ``info["cost_terms"]``:
+    ``pt_waste`` (reclaimable page-table MiB held), ``alloc_failures``,
+    ``reclaim_cpu``, ``app_stall`` (lock and re-fault stalls) and ``harm``
+    (sane processes killed or throttled).  Weights: :class:`RewardWeights`.
+
+    ## Starting state
+    A scenario is drawn from the env's scenarios (``options={"scenario": i}``
+    picks one) and built with a generator seeded from ``self.np_random``.
+
+    ## Episode end
+    Truncated after ``max_steps`` decisions or when the scenario's ticks run
+    out; never terminated early (the machine keeps running).
+
+    ## Arguments
+    ``scenarios``: scenario configs (a list, or one); ``config``: :class:`EnvConfig`.
+
+    ## Version history
+    * v0: initial version.
+    """
+
+    metadata = {"render_modes": []}  # noqa: RUF012 (gymnasium reads a class attribute)
+
+    def __init__(self, scenarios: ScenarioConfig | Sequence[ScenarioConfig],
+                 config: EnvConfig | None = None) -> None:
+        super().__init__()
+        if isinstance(scenarios, ScenarioConfig):
+            scenarios = [scenarios]
+        if not scenarios:
+            raise ConfigError("the env needs at least one scenario")
+        self.scenarios = list(scenarios)
+        self.config = config or EnvConfig()
+        nvec = [len(self.config.budgets), len(DEPTHS), 2]
+        if self.config.hard_limit_action:
+            nvec.append(2)
+        self.action_space: spaces.MultiDiscrete = spaces.MultiDiscrete(nvec)
+        n_obs = len(OBS_NAMES) + (len(CANDIDATE_NAMES) if self.config.candidate_counts else 0)
+        self.observation_space = spaces.Box(-1.0, 1.0, (n_obs,), np.float32)
+        self.sim: Simulation | None = None
+        self._steps = 0
+        self._last_pass: PassResult | None = None
+        self._ticks_since_pass = 0
+        self._refaults_since_pass = 0
+        self._fail_window: list[int] = []
+
+    # -- gymnasium API --------------------------------------------------------
+
+    def reset(self, *, seed: int | None = None,
+              options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        options = options or {}
+        if "scenario" in options:
+            idx = int(options["scenario"])
+            if not 0 <= idx < len(self.scenarios):
+                raise ValueError(f"options['scenario'] must be in [0, {len(self.scenarios)})")
+        else:
+            idx = int(self.np_random.integers(len(self.scenarios)))
+        scenario = self.scenarios[idx]
+        rng = np.random.default_rng(int(self.np_random.integers(0, 2**63)))
+        self.sim = Simulation(scenario, rng)
+        self._steps = 0
+        self._last_pass = None
+        self._ticks_since_pass = 0
+        self._refaults_since_pass = 0
+        self._fail_window = []
+        # Let the workloads start before the first decision.
+        recs = [self.sim.step() for _ in range(self.config.decision_ticks)]
+        return self._observe(recs), self._info(recs, {}, scenario.name)
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        sim = self.sim
+        if sim is None:
+            raise RuntimeError("call reset() before step()")
+        a = np.asarray(action).astype(np.int64).ravel()
+        budget = self.config.budgets[int(a[0])]
+        classes = DEPTHS[int(a[1])]
+        target = self.most_suspicious() if int(a[2]) == 1 else None
+        if budget > 0 and (a[2] == 0 or target is not None):
+            self._last_pass = sim.reclaim(target, classes, budget)
+            self._ticks_since_pass = 0
+            self._refaults_since_pass = 0
+        if self.config.hard_limit_action and len(a) > 3 and int(a[3]) == 1:
+            suspect = self.most_suspicious()
+            if suspect is not None:
+                sim.set_hard_limit(suspect, suspect.pt_bytes)
+        recs = []
+        for _ in range(self.config.decision_ticks):
+            if sim.tick_no >= sim.scenario.ticks:
+                break
+            recs.append(sim.step())
+        self._steps += 1
+        terms = self._cost_terms(recs)
+        w = self.config.reward
+        reward = -sum(getattr(w, k) * v for k, v in terms.items())
+        truncated = self._steps >= self.config.max_steps or sim.tick_no >= sim.scenario.ticks
+        obs = self._observe(recs)
+        return obs, float(reward), False, truncated, self._info(recs, terms, sim.scenario.name)
+
+    # -- helpers --------------------------------------------------------------
+
+    def most_suspicious(self) -> Process | None:
+        """The live process with the largest page-table-to-RSS ratio among those
+        holding at least 1 MiB of page tables (what /proc/PID/status shows)."""
+        assert self.sim is not None
+        cands = [p for p in self.sim.alive if p.pt_bytes >= (1 << 20)]
+        if not cands:
+            return None
+        return max(cands, key=lambda p: (p.pt_bytes / (p.rss_bytes + p.pt_bytes), -p.pid))
+
+    def _cost_terms(self, recs: list[TickRecord]) -> dict[str, float]:
+        assert self.sim is not None
+        n = max(len(recs), 1)
+        return {
+            "pt_waste": sum(r.reclaimable_tables for r in recs) * 4096 / (1 << 20) / n,
+            "alloc_failures": float(sum(r.failure for r in recs)),
+            "reclaim_cpu": sum(r.reclaim_cpu_us for r in recs) / 1000.0,
+            "app_stall": sum(r.stall_us for r in recs) / 1000.0,
+            "harm": float(sum(r.harm_events for r in recs)),
+        }
+
+    def _observe(self, recs: list[TickRecord]) -> np.ndarray:
+        sim = self.sim
+        assert sim is not None
+        m = sim.machine
+        zone = m.normal_pages
+        wm = m.wmark
+        for r in recs:
+            self._fail_window.append(int(r.failure))
+            self._refaults_since_pass += r.refault_tables
+        self._fail_window = self._fail_window[-100:]
+        self._ticks_since_pass += len(recs)
+        pt_pages = sum(p.mm.tables for p in sim.alive)
+        top = sorted(sim.alive, key=lambda p: (-p.mm.tables, p.pid))[:TOP_K]
+        obs = [
+            _clip((m.normal_free - wm.min) / max(wm.high - wm.min, 1) / 4.0),
+            _clip(m.normal_free / zone),
+            m.psi.some_avg10, m.psi.some_avg60, m.psi.full_avg10, m.psi.full_avg60,
+            _clip(pt_pages / zone),
+        ]
+        for i in range(TOP_K):
+            if i < len(top):
+                p = top[i]
+                obs += [_clip(p.mm.tables / zone), p.pt_bytes / (p.rss_bytes + p.pt_bytes or 1)]
+            else:
+                obs += [0.0, 0.0]
+        last = self._last_pass
+        obs += [
+            _clip(math.log1p(self._refaults_since_pass) / 10.0),
+            (last.freed / last.scanned) if last and last.scanned else 0.0,
+            sum(self._fail_window) / max(len(self._fail_window), 1),
+            _clip(math.log1p(self._ticks_since_pass) / 10.0),
+        ]
+        if self.config.candidate_counts:
+            total = max(pt_pages, 1)
+            for cls in (TableClass.EMPTY, TableClass.ZERO, TableClass.FILE):
+                obs.append(sum(p.mm.class_count(cls) for p in sim.alive) / total)
+        return np.asarray(obs, dtype=np.float32)
+
+    def _info(self, recs: list[TickRecord], terms: dict[str, float],
+              scenario: str) -> dict[str, Any]:
+        sim = self.sim
+        assert sim is not None
+        last = recs[-1] if recs else None
+        return {
+            "scenario": scenario,
+            "tick": sim.tick_no,
+            "cost_terms": terms,
+            "pt_bytes": sim.pt_bytes(),
+            "normal_free_pages": sim.machine.normal_free,
+            "watermarks": (sim.machine.wmark.min, sim.machine.wmark.low, sim.machine.wmark.high),
+            "psi_some_avg10": sim.machine.psi.some_avg10,
+            "failures": sum(r.failure for r in recs),
+            "oom_kills": [r.oom_kill for r in recs if r.oom_kill],
+            "reclaim_freed": sum(r.reclaim_freed for r in recs),
+            "reclaimable_tables": last.reclaimable_tables if last else 0,
+        }
+
+
+def _clip(x: float) -> float:
+    return max(-1.0, min(1.0, x))

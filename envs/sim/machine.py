@@ -1,0 +1,189 @@
+"""The machine: a zone for unmovable allocations, a movable zone, watermarks,
+other tenants' unmovable demand, allocation failures, OOM kills and PSI.
+
+Page tables are unmovable: every table any process holds is charged to the
+normal zone (``ZONE_NORMAL``), which is all that unmovable allocations may
+use.  User pages go to the movable zone (``ZONE_MOVABLE``/CMA) first and spill
+into the normal zone only when it is full.  Watermarks follow the kernel's
+formulas (``mm/page_alloc.c``: ``min_free_kbytes = sqrt(16 * lowmem_kbytes)``
+clamped to [128 KiB, 256 MiB]; ``low = min + max(min / 4, zone *
+watermark_scale_factor / 10000)``; ``high = low + the same step``).
+
+An unmovable allocation that would take the normal zone below its min
+watermark fails (``alloc_failures``); each tick with failures stalls the
+allocating tasks (direct reclaim and compaction), which shows in the
+PSI-like ``some``/``full`` averages, and after ``oom_failures`` failing ticks
+within ``oom_window_ticks`` the OOM killer kills the process with the largest
+badness (RSS plus page tables, as ``oom_badness()`` counts them).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from .config import ConfigError, check_range
+
+PAGE_KIB = 4
+
+
+@dataclass(frozen=True)
+class TenantConfig:
+    """Other tenants' unmovable demand (slab, network buffers, kernel stacks):
+    a mean-reverting random walk around ``base_fraction`` of the normal zone,
+    with occasional bursts."""
+
+    base_fraction: float = 0.82
+    volatility: float = 0.004  # std of the per-tick change, as a fraction of the zone
+    reversion: float = 0.05  # share of the distance to the base closed per tick
+    burst_prob: float = 0.004  # chance per tick that a burst starts
+    burst_fraction: float = 0.06  # extra demand during a burst, fraction of the zone
+    burst_ticks: int = 40
+
+    def __post_init__(self) -> None:
+        check_range("tenants.base_fraction", self.base_fraction, 0.0, 0.99)
+        check_range("tenants.volatility", self.volatility, 0.0, 0.2)
+        check_range("tenants.reversion", self.reversion, 0.0, 1.0)
+        check_range("tenants.burst_prob", self.burst_prob, 0.0, 1.0)
+        check_range("tenants.burst_fraction", self.burst_fraction, 0.0, 0.99)
+        check_range("tenants.burst_ticks", self.burst_ticks, 1, 1_000_000)
+
+
+@dataclass(frozen=True)
+class MachineConfig:
+    """Sizes and policies of the simulated machine."""
+
+    ram_mib: int = 4096
+    movable_fraction: float = 0.8  # share of RAM in ZONE_MOVABLE/CMA (virtio-mem hosts: 80 %+)
+    cpus: int = 8
+    tick_ms: int = 100
+    watermark_scale_factor: int = 10  # vm.watermark_scale_factor, in 1/10000 of the zone
+    min_free_kbytes: int = 0  # 0: the kernel's default formula
+    tenants: TenantConfig = field(default_factory=TenantConfig)
+    oom_failures: int = 30  # failing ticks within the window that trigger an OOM kill
+    oom_window_ticks: int = 100
+    hard_limit_action: Literal["throttle", "kill"] = "throttle"
+    throttle_ticks: int = 10  # how long a process over its hard limit has its faults blocked
+
+    def __post_init__(self) -> None:
+        check_range("machine.ram_mib", self.ram_mib, 64, 1 << 24)
+        check_range("machine.movable_fraction", self.movable_fraction, 0.0, 0.95)
+        check_range("machine.cpus", self.cpus, 1, 4096)
+        check_range("machine.tick_ms", self.tick_ms, 1, 60_000)
+        check_range("machine.watermark_scale_factor", self.watermark_scale_factor, 1, 3000)
+        check_range("machine.min_free_kbytes", self.min_free_kbytes, 0, 1 << 22)
+        check_range("machine.oom_failures", self.oom_failures, 1, 1_000_000)
+        check_range("machine.oom_window_ticks", self.oom_window_ticks, 1, 1_000_000)
+        check_range("machine.throttle_ticks", self.throttle_ticks, 1, 1_000_000)
+        if self.oom_failures > self.oom_window_ticks:
+            raise ConfigError("machine.oom_failures must not exceed machine.oom_window_ticks "
+                              f"({self.oom_failures} > {self.oom_window_ticks})")
+
+    @property
+    def normal_pages(self) -> int:
+        return int(self.ram_mib * 256 * (1.0 - self.movable_fraction))
+
+    @property
+    def movable_pages(self) -> int:
+        return self.ram_mib * 256 - self.normal_pages
+
+
+@dataclass(frozen=True)
+class Watermarks:
+    """Per-zone watermarks in pages."""
+
+    min: int
+    low: int
+    high: int
+
+
+def watermarks(zone_pages: int, scale_factor: int, min_free_kbytes: int = 0) -> Watermarks:
+    """The kernel's watermarks for a zone of ``zone_pages`` pages
+    (``__setup_per_zone_wmarks``; all unmovable memory is in this zone)."""
+    if min_free_kbytes <= 0:
+        min_free_kbytes = math.isqrt(zone_pages * PAGE_KIB * 16)
+        min_free_kbytes = min(max(min_free_kbytes, 128), 262144)
+    wmin = min_free_kbytes // PAGE_KIB
+    step = max(wmin // 4, zone_pages * scale_factor // 10000)
+    return Watermarks(wmin, wmin + step, wmin + 2 * step)
+
+
+@dataclass
+class Psi:
+    """PSI-like pressure: the share of time some (or all) tasks stalled on
+    memory, averaged like ``/proc/pressure/memory`` (exponential decay over 10 s
+    and 60 s windows)."""
+
+    some_avg10: float = 0.0
+    some_avg60: float = 0.0
+    full_avg10: float = 0.0
+    full_avg60: float = 0.0
+
+    def update(self, some: float, full: float, tick_s: float) -> None:
+        e10 = math.exp(-tick_s / 10.0)
+        e60 = math.exp(-tick_s / 60.0)
+        self.some_avg10 = self.some_avg10 * e10 + some * (1 - e10)
+        self.some_avg60 = self.some_avg60 * e60 + some * (1 - e60)
+        self.full_avg10 = self.full_avg10 * e10 + full * (1 - e10)
+        self.full_avg60 = self.full_avg60 * e60 + full * (1 - e60)
+
+
+class Machine:
+    """Zone accounting and the tenants' demand process (seeded by ``rng``)."""
+
+    def __init__(self, config: MachineConfig, rng: np.random.Generator) -> None:
+        self.config = config
+        self.rng = rng
+        self.normal_pages = config.normal_pages
+        self.movable_pages = config.movable_pages
+        self.wmark = watermarks(self.normal_pages, config.watermark_scale_factor,
+                                config.min_free_kbytes)
+        t = config.tenants
+        self.tenant_pages = float(t.base_fraction * self.normal_pages)
+        self._burst_left = 0
+        self.psi = Psi()
+        self.normal_free = self.normal_pages
+        self.movable_free = self.movable_pages
+        self._fail_ticks: list[int] = []
+
+    @property
+    def tick_s(self) -> float:
+        return self.config.tick_ms / 1000.0
+
+    def step_tenants(self) -> None:
+        """Advance the tenants' unmovable demand by one tick."""
+        t = self.config.tenants
+        z = self.normal_pages
+        base = t.base_fraction * z
+        if self._burst_left > 0:
+            self._burst_left -= 1
+            base += t.burst_fraction * z
+        elif self.rng.random() < t.burst_prob:
+            self._burst_left = t.burst_ticks
+        noise = self.rng.normal(0.0, t.volatility * z)
+        self.tenant_pages += t.reversion * (base - self.tenant_pages) + noise
+        self.tenant_pages = min(max(self.tenant_pages, 0.0), float(z))
+
+    def account(self, pt_pages: int, user_pages: int) -> int:
+        """Recompute free memory for ``pt_pages`` page tables and ``user_pages``
+        resident user pages; return the unmet unmovable demand in pages
+        (positive when the normal zone would fall below its min watermark)."""
+        spill = max(0, user_pages - self.movable_pages)
+        self.movable_free = max(0, self.movable_pages - user_pages)
+        used = int(self.tenant_pages) + pt_pages + spill
+        self.normal_free = self.normal_pages - used
+        return max(0, self.wmark.min - self.normal_free)
+
+    def record_failure_tick(self, tick: int) -> bool:
+        """Note a tick with allocation failures; True when the OOM killer fires."""
+        self._fail_ticks.append(tick)
+        horizon = tick - self.config.oom_window_ticks
+        while self._fail_ticks and self._fail_ticks[0] <= horizon:
+            self._fail_ticks.pop(0)
+        if len(self._fail_ticks) >= self.config.oom_failures:
+            self._fail_ticks.clear()
+            return True
+        return False

@@ -1,0 +1,93 @@
+"""The workload protocol: a frozen config plus a seeded generator that drives
+one or more processes' address spaces tick by tick."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from ..config import ConfigError, build
+
+if TYPE_CHECKING:
+    from ..process import Process
+    from ..simulator import Simulation
+
+#: Every process gets its own address space; workloads map their memory here.
+BASE = 16 << 40
+
+
+class Workload:
+    """Base class of a workload family.
+
+    Subclasses set ``family`` (the name used in scenario YAML), ``Config`` (a
+    frozen dataclass with validated defaults), ``sane`` (ground truth: False
+    for malicious page-table hogs) and ``jitter_fields`` (numeric config
+    fields that a scenario's ``jitter`` may scale), and implement
+    :meth:`start` and :meth:`step`.  They act on their processes only through
+    :class:`~ptreclaim.envs.sim.pagetable.AddressSpace` calls, so every effect
+    on page tables follows the kernel model.
+    """
+
+    family: ClassVar[str] = ""
+    Config: ClassVar[type[Any]]
+    sane: ClassVar[bool] = True
+    jitter_fields: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config: Any, sim: Simulation, rng: np.random.Generator,
+                 name: str) -> None:
+        self.config = config
+        self.sim = sim
+        self.rng = rng
+        self.name = name
+        self.procs: list[Process] = []
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def start(self) -> None:
+        """Create the processes and their initial mappings."""
+        raise NotImplementedError
+
+    def step(self, tick: int) -> None:
+        """Emit this tick's memory operations on the runnable processes."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """The workload ends: its processes exit (all their tables are freed)."""
+        for p in self.procs:
+            if p.alive:
+                self.sim.exit_process(p, reason="workload ended")
+
+    # -- helpers -------------------------------------------------------------
+
+    def spawn(self, suffix: str = "", cpus: int = 1) -> Process:
+        p = self.sim.spawn(self.name + suffix, self.family, sane=self.sane, cpus=cpus)
+        self.procs.append(p)
+        return p
+
+    def runnable(self, tick: int) -> list[Process]:
+        return [p for p in self.procs if p.runnable(tick)]
+
+    @classmethod
+    def make_config(cls, params: dict[str, Any], where: str, jitter: float,
+                    rng: np.random.Generator) -> Any:
+        """Build the family's config from scenario params, then scale each
+        jitter field by U(1 - jitter, 1 + jitter) (seeded)."""
+        config = build(cls.Config, params, where)
+        if jitter <= 0 or not cls.jitter_fields:
+            return config
+        changes: dict[str, Any] = {}
+        for name in cls.jitter_fields:
+            value = getattr(config, name)
+            scaled = value * float(rng.uniform(1.0 - jitter, 1.0 + jitter))
+            if isinstance(value, int):
+                # Integers stay integers; a deliberate 0 stays 0, others stay >= 1.
+                changes[name] = 0 if value == 0 else max(1, round(scaled))
+            else:
+                changes[name] = scaled
+        try:
+            return dataclasses.replace(config, **changes)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: jitter {jitter} takes a parameter out of range: "
+                              f"{exc}; lower the jitter") from None

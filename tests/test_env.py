@@ -1,0 +1,138 @@
+"""The Gymnasium env: API conformance, determinism, reward bookkeeping."""
+
+from __future__ import annotations
+
+import pickle
+import random
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+
+import ptreclaim
+from ptreclaim.agents.heuristics import SoftHard
+from ptreclaim.envs.pagetable_env import (
+    COST_TERMS,
+    OBS_NAMES,
+    EnvConfig,
+    PageTableReclaimEnv,
+    RewardWeights,
+)
+from ptreclaim.envs.registration import DEFAULT_ID
+from ptreclaim.envs.sim.machine import MachineConfig, TenantConfig
+from ptreclaim.envs.sim.simulator import ScenarioConfig, WorkloadSpec
+
+SMALL = ScenarioConfig(
+    name="small",
+    machine=MachineConfig(ram_mib=256, tenants=TenantConfig(base_fraction=0.7)),
+    workloads=(WorkloadSpec("hog", {"variant": "zeropage"}),
+               WorkloadSpec("kdump")),
+    ticks=400,
+)
+
+
+def small_env(**kw: object) -> PageTableReclaimEnv:
+    return PageTableReclaimEnv([SMALL], EnvConfig(max_steps=30, **kw))  # type: ignore[arg-type]
+
+
+def registered_ids() -> list[str]:
+    return sorted(i for i in gym.registry if i.startswith("ptreclaim/"))
+
+
+def rollout(env: gym.Env, seed: int, steps: int = 20) -> tuple[list, list, list]:
+    obs, _ = env.reset(seed=seed)
+    env.action_space.seed(seed)
+    out_obs, rewards, infos = [obs], [], []
+    for _ in range(steps):
+        obs, r, term, trunc, info = env.step(env.action_space.sample())
+        out_obs.append(obs)
+        rewards.append(r)
+        infos.append(info["cost_terms"])
+        if term or trunc:
+            break
+    return out_obs, rewards, infos
+
+
+def test_ids_are_registered_on_import() -> None:
+    assert ptreclaim.__version__
+    ids = registered_ids()
+    assert DEFAULT_ID in ids
+    assert len(ids) >= 2, ids
+
+
+@pytest.mark.parametrize("env_id", registered_ids())
+def test_check_env_on_every_registered_id(env_id: str) -> None:
+    env = gym.make(env_id)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gym_check_env(env.unwrapped, skip_render_check=True)
+        sb3_check_env(env.unwrapped, warn=True)
+    env.close()
+
+
+def test_obs_names_match_the_space() -> None:
+    env = small_env()
+    assert env.observation_space.shape == (len(OBS_NAMES),)
+    env2 = small_env(candidate_counts=True)
+    assert env2.observation_space.shape == (len(OBS_NAMES) + 3,)
+    obs, _ = env2.reset(seed=1)
+    assert env2.observation_space.contains(obs)
+
+
+def test_same_seed_same_rollout_and_global_rng_does_not_matter() -> None:
+    a = rollout(small_env(), seed=7)
+    random.seed(123)
+    np.random.seed(123)
+    np.random.random(10)
+    b = rollout(small_env(), seed=7)
+    assert all(np.array_equal(x, y) for x, y in zip(a[0], b[0], strict=True))
+    assert a[1] == b[1] and a[2] == b[2]
+    c = rollout(small_env(), seed=8)
+    assert not all(np.array_equal(x, y) for x, y in zip(a[0], c[0], strict=False))
+
+
+def test_reward_is_minus_the_weighted_sum_of_cost_terms() -> None:
+    w = RewardWeights(pt_waste=0.5, alloc_failures=2.0, reclaim_cpu=0.3, app_stall=0.1,
+                      harm=7.0)
+    env = small_env(reward=w)
+    env.reset(seed=3)
+    policy = SoftHard()
+    obs, _ = env.reset(seed=3)
+    seen_nonzero = set()
+    for _ in range(25):
+        obs, r, _, trunc, info = env.step(policy.predict(obs)[0])
+        terms = info["cost_terms"]
+        assert set(terms) == set(COST_TERMS)
+        assert r == pytest.approx(-sum(getattr(w, k) * v for k, v in terms.items()))
+        seen_nonzero |= {k for k, v in terms.items() if v}
+        if trunc:
+            break
+    assert {"pt_waste", "reclaim_cpu"} <= seen_nonzero
+
+
+def test_env_pickles_and_resumes_identically() -> None:
+    env = small_env()
+    env.reset(seed=5)
+    for _ in range(3):
+        env.step(np.array([2, 1, 0]))
+    clone = pickle.loads(pickle.dumps(env))
+    for _ in range(3):
+        o1, r1, *_ = env.step(np.array([3, 2, 1]))
+        o2, r2, *_ = clone.step(np.array([3, 2, 1]))
+        assert np.array_equal(o1, o2) and r1 == r2
+
+
+@pytest.mark.parametrize("vec", [DummyVecEnv, SubprocVecEnv])
+def test_works_in_sb3_vec_envs(vec: type) -> None:
+    venv = vec([lambda: small_env() for _ in range(2)])
+    venv.seed(11)
+    obs = venv.reset()
+    assert obs.shape == (2, len(OBS_NAMES))
+    for _ in range(5):
+        obs, rewards, dones, infos = venv.step(np.array([[1, 0, 0], [4, 2, 1]]))
+        assert rewards.shape == (2,)
+    venv.close()
