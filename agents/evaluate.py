@@ -46,13 +46,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-# gymnasium is imported before the env module on purpose: importing
-# ptreclaim.envs.pagetable_env first triggers ptreclaim's register-after-
-# gymnasium hook while the env module is half-initialised (circular import).
-import gymnasium  # noqa: F401
 import numpy as np
 
-from ..envs.configio import dump_yaml, load_suite, load_yaml, suite_paths, write_text_atomic
+from ..configs import CONFIG_DIR
+from ..envs.configio import (
+    dump_yaml,
+    load_scenario,
+    load_suite,
+    load_yaml,
+    suite_paths,
+    write_text_atomic,
+)
 from ..envs.pagetable_env import COST_TERMS, EnvConfig, PageTableReclaimEnv
 from ..envs.sim.config import ConfigError, build, did_you_mean, to_dict
 from ..envs.sim.simulator import ScenarioConfig
@@ -371,11 +375,18 @@ def _run_config(folder: Path) -> tuple[str | None, Mapping[str, Any] | None]:
     if algo is None:
         parts = folder.name.split("__")
         algo = parts[1] if len(parts) == 4 else None
-    env = data.get("env") if isinstance(data, Mapping) else None
+    env, where = None, "env"
+    if isinstance(data, Mapping):
+        # train.py writes experiment.env; a hand-written config may have a top-level env.
+        exp = data.get("experiment")
+        if isinstance(exp, Mapping) and exp.get("env") is not None:
+            env, where = exp["env"], "experiment.env"
+        else:
+            env = data.get("env")
     if env is not None:
         if not isinstance(env, Mapping):
-            raise ConfigError(f"{cfg}: 'env' must be a mapping of env settings")
-        build(EnvConfig, env, f"{cfg.name}.env")
+            raise ConfigError(f"{cfg}: '{where}' must be a mapping of env settings")
+        build(EnvConfig, env, f"{cfg.name}.{where}")
     return algo, env
 
 
@@ -952,7 +963,7 @@ def paired_difference_ci(results: Sequence[EpisodeResult], policy: str, other: s
 # ---------------------------------------------------------------- command line
 
 PROG = "evaluate.py"
-DEFAULT_SUITE = "configs/suites/test.yaml"
+DEFAULT_SUITE = "test"
 #: Files an evaluation writes into its output folder.
 OUTPUT_FILES = ("report.md", "results.csv", "results.json", "summary.json", "scores.png",
                 "cost_terms.png", "timeline.png", "config.yaml", "command.txt")
@@ -979,7 +990,9 @@ def build_parser() -> argparse.ArgumentParser:
                         " ...}); heuristic:NAME or heuristic:NAME:params.yaml (NAME: "
                         f"{', '.join(HEURISTICS)}). Default: every heuristic")
     p.add_argument("--suite", default=None, metavar="FILE",
-                   help=f"suite of scenarios (default {DEFAULT_SUITE}: the held-out scenarios)")
+                   help="suite of scenarios: a suite or scenario YAML, or the name of a shipped "
+                        "one (configs/suites/NAME.yaml, configs/scenarios/NAME.yaml); default "
+                        f"{DEFAULT_SUITE!r}: the held-out scenarios")
     p.add_argument("--episodes", type=int, default=10, metavar="N",
                    help="seeded episodes per scenario (default 10)")
     p.add_argument("--seed", type=int, default=0, help="base seed of the episodes (default 0)")
@@ -993,7 +1006,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="policy for the probability of improvement: a label or a heuristic "
                         "name, added if missing (default on_zap)")
     p.add_argument("--env", default=None, metavar="FILE",
-                   help="env settings YAML (EnvConfig keys, or a run config.yaml's 'env'); "
+                   help="env settings YAML (EnvConfig keys, an 'env:' section, or a run's "
+                        "config.yaml); "
                         "default: the evaluated run's, else the defaults")
     p.add_argument("--timeline-scenario", default=None, metavar="NAME",
                    help="scenario whose episode 0 is plotted as a timeline (default: the first)")
@@ -1013,9 +1027,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _load_env_config(path: str | None, specs: Sequence[PolicySpec]) -> EnvConfig:
     if path is not None:
         data = load_yaml(path)
-        if isinstance(data, Mapping) and isinstance(data.get("env"), Mapping):
-            data = data["env"]
-        return build(EnvConfig, data, Path(path).name)
+        where = Path(path).name
+        if isinstance(data, Mapping) and isinstance(data.get("experiment"), Mapping) \
+                and isinstance(data["experiment"].get("env"), Mapping):
+            data, where = data["experiment"]["env"], f"{where}.experiment.env"
+        elif isinstance(data, Mapping) and isinstance(data.get("env"), Mapping):
+            data, where = data["env"], f"{where}.env"
+        return build(EnvConfig, data, where)
     envs = [(s, s.env) for s in specs if s.env is not None]
     if not envs:
         return EnvConfig()
@@ -1064,6 +1082,28 @@ def _resolve_policies(args: argparse.Namespace) -> tuple[list[PolicySpec], str]:
     return specs, baseline
 
 
+def resolve_suite(suite: str) -> tuple[list[ScenarioConfig], list[Path]]:
+    """The scenarios of ``suite`` and their files: a path to a suite YAML
+    (``scenarios: [...]``) or to one scenario YAML, else the name of a shipped
+    suite (``configs/suites/NAME.yaml``) or scenario."""
+    p = Path(suite)
+    if not p.exists() and p.suffix == "" and len(p.parts) == 1:
+        for cand in (CONFIG_DIR / "suites" / f"{suite}.yaml",
+                     CONFIG_DIR / "scenarios" / f"{suite}.yaml"):
+            if cand.is_file():
+                p = cand
+                break
+        else:
+            known = sorted(x.stem for x in (CONFIG_DIR / "suites").glob("*.yaml"))
+            raise ConfigError(f"--suite {suite!r}: no such file, nor a shipped suite or "
+                              f"scenario{did_you_mean(suite, known)}; shipped suites: "
+                              f"{', '.join(known)}")
+    data = load_yaml(p)
+    if isinstance(data, Mapping) and "workloads" in data and "scenarios" not in data:
+        return [load_scenario(p)], [p.resolve()]
+    return load_suite(p), suite_paths(p)
+
+
 def _default_out(suite: str) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = Path("runs") / "eval" / f"{Path(suite).stem}__{stamp}"
@@ -1072,6 +1112,16 @@ def _default_out(suite: str) -> Path:
         out = base.with_name(f"{base.name}-{k}")
         k += 1
     return out
+
+
+def _display(path: Path) -> str:
+    """``path`` relative to the working folder or the shipped configs, if under one."""
+    for base, prefix in ((Path.cwd(), ""), (CONFIG_DIR, "configs/")):
+        try:
+            return prefix + str(path.resolve().relative_to(base.resolve()))
+        except ValueError:
+            continue
+    return str(path)
 
 
 def _check_out(out: Path, force: bool) -> None:
@@ -1128,7 +1178,7 @@ def _main(args: argparse.Namespace, argv: Sequence[str]) -> int:
     _check_args(args)
     suite = args.suite or DEFAULT_SUITE
     specs, baseline = _resolve_policies(args)
-    scenarios = load_suite(suite)
+    scenarios, suite_files = resolve_suite(suite)
     if not scenarios:
         raise ConfigError(f"{suite}: the suite lists no scenarios")
     names = [s.name for s in scenarios]
@@ -1162,7 +1212,7 @@ def _main(args: argparse.Namespace, argv: Sequence[str]) -> int:
     per_scen = summarize_by_scenario(results, "none", oracle, args.bootstrap, args.seed,
                                      improvement_over=baseline)
     meta = {
-        "suite": str(suite), "suite_files": [str(p) for p in suite_paths(suite)],
+        "suite": str(suite), "suite_files": [_display(p) for p in suite_files],
         "scenarios": names, "episodes": args.episodes, "seed": args.seed,
         "seeds": {n: [episode_seed(args.seed, i, k) for k in range(args.episodes)]
                   for i, n in enumerate(names)},

@@ -40,7 +40,7 @@ import subprocess
 import sys
 import time
 import zipfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TextIO
@@ -303,7 +303,8 @@ def load_experiment(path: Path | None, sets: Sequence[tuple[str, str]] = ()
             raise TrainError(f"{label} {item!r}: expected key=value (e.g. env.decision_ticks=20)")
         key, raw = item.split("=", 1)
         key = key.strip()
-        where = f"{label} {item}"
+        # `--set k=v` names the item; a flag (`--algo x`) arrives with its own label.
+        where = f"{label} {item}" if label == "--set" else label
         value = _parse_value(raw)
         if key in ("train_suite", "eval_suite", "algo_config"):
             value = _resolve_suite_spec(value, Path.cwd())
@@ -573,8 +574,13 @@ def as_policy(model: Any, normalizer: VecNormalize | None, env_config: EnvConfig
     inner: Any = model
     if isinstance(model.action_space, gym.spaces.Discrete):
         inner = _Unflatten(model, np.asarray(_env_nvec(env_config), dtype=np.int64))
-    normalize = (normalizer.normalize_obs if normalizer is not None and normalizer.norm_obs
-                 else None)
+    normalize = None
+    if normalizer is not None and normalizer.norm_obs:
+        stats = normalizer
+
+        def normalize(obs: np.ndarray) -> np.ndarray:
+            return np.asarray(stats.normalize_obs(obs))
+
     return ObsNormalizedPolicy(inner, normalize, name)
 
 
@@ -844,24 +850,13 @@ def _code_fingerprint() -> str:
     h = hashlib.sha256()
     envs_dir = Path(str(sys.modules[PageTableReclaimEnv.__module__].__file__)).resolve().parent
     here = Path(__file__).resolve().parent
-    files = sorted(envs_dir.rglob("*.py")) + [here / "heuristics.py", here / "oracle.py",
-                                              here / "evaluate.py"]
+    files = [*sorted(envs_dir.rglob("*.py")),
+             here / "heuristics.py", here / "oracle.py", here / "evaluate.py"]
     for f in files:
         h.update(f.name.encode())
         with contextlib.suppress(OSError):
             h.update(f.read_bytes())
     return h.hexdigest()
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def _make_baseline(name: str) -> Any:
@@ -890,26 +885,53 @@ def run_policies(policies: Mapping[str, Any], scenarios: Sequence[ScenarioConfig
 def baseline_results(names: Sequence[str], scenarios: Sequence[ScenarioConfig], episodes: int,
                      seed: int, env_config: EnvConfig, cache_dir: Path | None,
                      tick: Callable[[], None] | None = None) -> list[EpisodeResult]:
-    """The baselines' results, from the cache when the exact same evaluation
-    (scenarios, env config, seeds, episodes, code) was run before.  A file
-    lock makes parallel seeds compute it once."""
+    """The baselines' results on the seeded episodes, in ``names`` order.
+
+    Each baseline's results are cached (``cache_dir``) under a key of
+    everything that decides them (scenarios, env config, seeds, episodes, the
+    code's fingerprint), so every seed of an experiment, and every later run
+    of the same evaluation, reuses them: the policies are deterministic.  One
+    file lock per baseline lets parallel seeds split the work: each takes the
+    baselines nobody is computing, then waits for the rest.
+    """
     if cache_dir is None:
         return run_policies({n: _make_baseline(n) for n in names}, scenarios, episodes,
                             seed, env_config, tick)
-    key_data = {"names": list(names), "scenarios": [to_dict(s) for s in scenarios],
-                "episodes": episodes, "seed": seed, "env": to_dict(env_config),
-                "code": _code_fingerprint(), "version": __version__}
-    key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:20]
-    path = cache_dir / f"{key}.json"
-    with _file_lock(cache_dir / f"{key}.lock"):
-        if path.is_file():
-            with contextlib.suppress(OSError, ValueError, TypeError):
-                rows = json.loads(path.read_text())
-                return [EpisodeResult(**r) for r in rows]
-        results = run_policies({n: _make_baseline(n) for n in names}, scenarios, episodes,
-                               seed, env_config, tick)
-        write_text_atomic(path, json.dumps([dataclasses.asdict(r) for r in results]))
-        return results
+    common = {"scenarios": [to_dict(s) for s in scenarios], "episodes": episodes,
+              "seed": seed, "env": to_dict(env_config), "code": _code_fingerprint(),
+              "version": __version__}
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    got: dict[str, list[EpisodeResult]] = {}
+    for blocking in (False, True):
+        for name in names:
+            if name in got:
+                continue
+            key = hashlib.sha256(json.dumps({**common, "policy": name},
+                                            sort_keys=True).encode()).hexdigest()[:20]
+            path = cache_dir / f"{name}-{key}.json"
+            with (cache_dir / f"{name}-{key}.lock").open("a") as lock:
+                try:
+                    fcntl.flock(lock.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+                except BlockingIOError:
+                    continue  # another seed is computing it: take the next one
+                try:
+                    got[name] = _cached(path)
+                    if not got[name]:
+                        got[name] = run_policies({name: _make_baseline(name)}, scenarios,
+                                                 episodes, seed, env_config, tick)
+                        write_text_atomic(path, json.dumps(
+                            [dataclasses.asdict(r) for r in got[name]]))
+                finally:
+                    fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+    return [r for name in names for r in got[name]]
+
+
+def _cached(path: Path) -> list[EpisodeResult]:
+    """Results stored by :func:`baseline_results`, or [] when absent/unreadable."""
+    try:
+        return [EpisodeResult(**r) for r in json.loads(path.read_text())]
+    except (OSError, ValueError, TypeError):
+        return []
 
 
 # ----------------------------------------------------------------- callback
@@ -1024,10 +1046,11 @@ def _make_callback(**kw: Any) -> Any:
             self.evals["ep_lengths"].append(lengths)
             self.evals["costs"].append(np.array([[r.cost_terms[k] for k in COST_TERMS]
                                                  for r in res]))
+            arrays: dict[str, Any] = {k: np.asarray(v) for k, v in self.evals.items()}
+            arrays["scenarios"] = np.array([r.scenario for r in res])
+            arrays["term_names"] = np.array(COST_TERMS)
             buf = io.BytesIO()
-            np.savez(buf, **{k: np.asarray(v) for k, v in self.evals.items()},
-                     scenarios=np.array([r.scenario for r in res]),
-                     term_names=np.array(COST_TERMS))
+            np.savez(buf, **arrays)
             _write_bytes(self.run / "evaluations.npz", buf.getvalue())
             self.last = -mean
             self.logger.record("eval/mean_cost", -mean)
@@ -1077,6 +1100,9 @@ class Output:
 
     def echo(self, msg: str) -> None:
         self.console.print(msg, highlight=False, markup=False)
+        # Piped output (parallel seeds, tee, CI logs) should show progress as it happens.
+        with contextlib.suppress(OSError, ValueError):
+            self.console.file.flush()
 
 
 def _console(file: TextIO | None = None) -> Console:
@@ -1114,10 +1140,9 @@ def _train(run: Path, cfg: RunConfig, out: Output, stop: StopRequest, resume: bo
         ck_path = run / ckpt
         n = int(state["num_timesteps"])
         stats = run / "checkpoints" / f"vecnormalize_{n}_steps.pkl"
-        if exp.normalize.obs or exp.normalize.reward:
-            if not stats.is_file():
-                raise TrainError(f"{stats}: missing; cannot resume without the checkpoint's "
-                                 "normalisation statistics")
+        if (exp.normalize.obs or exp.normalize.reward) and not stats.is_file():
+            raise TrainError(f"{stats}: missing; cannot resume without the checkpoint's "
+                             "normalisation statistics")
         model = load_model(ck_path, exp.algo, exp.env)
         # A fresh stream: do not replay the episodes seen before the interrupt.
         venv = make_vec_env(exp, cfg.scenarios.train, seed + n, gamma,
@@ -1136,6 +1161,7 @@ def _train(run: Path, cfg: RunConfig, out: Output, stop: StopRequest, resume: bo
     progress = None
     task = None
     if out.live:
+        from rich.markup import escape
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -1144,8 +1170,6 @@ def _train(run: Path, cfg: RunConfig, out: Output, stop: StopRequest, resume: bo
             TimeElapsedColumn,
             TimeRemainingColumn,
         )
-
-        from rich.markup import escape
 
         progress = Progress(TextColumn(f"{escape(out.label)}[bold]{exp.algo}[/] seed {seed}"),
                             BarColumn(),
@@ -1176,7 +1200,8 @@ def _train(run: Path, cfg: RunConfig, out: Output, stop: StopRequest, resume: bo
         sig = signal.Signals(stop.signum).name
         out.echo(f"{out.label}{sig}: stopped at step {n}/{total}; checkpoint and "
                  f"normalisation stats saved in {run / 'checkpoints'}")
-        out.echo(f"{out.label}resume with: python scripts/train.py --resume {shlex.quote(str(run))}")
+        out.echo(f"{out.label}resume with: python scripts/train.py --resume "
+                 f"{shlex.quote(str(run))}")
         return 128 + stop.signum
     # The curve ends at the final model, which may also be the best one.
     if exp.eval.freq and (not cb.evals["timesteps"] or cb.evals["timesteps"][-1] != n):
@@ -1212,10 +1237,12 @@ def _finish(run: Path, cfg: RunConfig, out: Output, stop: StopRequest) -> int:
             raise Interrupted
 
     try:
-        base = baseline_results(names, cfg.scenarios.eval, ev.final_episodes, ev.seed,
-                                exp.env, cache, tick)
+        # Own models first: parallel seeds then reach the shared baselines at
+        # different times and split them instead of waiting on one another.
         mine = run_policies(learned, cfg.scenarios.eval, ev.final_episodes, ev.seed,
                             exp.env, tick)
+        base = baseline_results(names, cfg.scenarios.eval, ev.final_episodes, ev.seed,
+                                exp.env, cache, tick)
         curve_base = (baseline_results(names, cfg.scenarios.eval, ev.episodes, ev.seed + 1,
                                        exp.env, cache, tick)
                       if (run / "evaluations.npz").is_file() else [])
@@ -1384,7 +1411,7 @@ def plot_learning_curve(run: Path, curve_base: Sequence[EpisodeResult], algo: st
     if np.all(costs > 0):
         ax.set_yscale("log")
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(alpha=0.3)
     _savefig(fig, run / "learning_curve.png")
     plt.close(fig)
@@ -1509,8 +1536,8 @@ def multi_report(multi: Path, runs: Mapping[int, Path], exp: ExperimentConfig,
     t = Table(title=f"{multi.name}: per seed and pooled", title_justify="left")
     for col in header:
         t.add_column(col)
-    for r in rows + prow + brow:
-        t.add_row(*r)
+    for cells in rows + prow + brow:
+        t.add_row(*cells)
     console.print(t)
     for v in verdict_lines:
         console.print(v.replace("`", ""), markup=False, highlight=False)
@@ -1558,17 +1585,27 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see --help)\n")
 
 
+def _count(text: str) -> int:
+    """A non-negative integer, also written 100_000 or 1e5."""
+    value = _coerce_number(text.replace("_", ""))
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="train.py",
                 description="Train an SB3 agent on ptreclaim from an experiment YAML "
                             "(default: configs/experiments/default.yaml).")
     p.add_argument("--config", type=Path, help="experiment YAML")
     p.add_argument("--algo", help=f"algorithm: {', '.join(ALGOS)}")
-    p.add_argument("--seed", type=int, help="train this one seed")
+    p.add_argument("--seed", type=_count, help="train this one seed")
     p.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2")
-    p.add_argument("--jobs", type=int, help="seeds trained in parallel processes")
-    p.add_argument("--timesteps", type=int, help="training steps per seed")
-    p.add_argument("--n-envs", type=int, help="parallel envs per seed")
+    p.add_argument("--jobs", type=_count, help="seeds trained in parallel processes")
+    p.add_argument("--timesteps", type=_count, help="training steps per seed (100000, 1e5)")
+    p.add_argument("--n-envs", type=_count, help="parallel envs per seed")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any experiment key, e.g. env.decision_ticks=20 or "
                         "hyperparams.ppo.learning_rate=lin_1e-3 (repeatable)")
@@ -1584,30 +1621,30 @@ def build_parser() -> argparse.ArgumentParser:
 def _cli_sets(args: argparse.Namespace) -> list[tuple[str, str]]:
     sets: list[tuple[str, str]] = []
     if args.algo is not None:
-        sets.append(("--algo", f"algo={args.algo}"))
+        sets.append((f"--algo {args.algo}", f"algo={args.algo}"))
     if args.seed is not None and args.seeds is not None:
         raise TrainError("give --seed or --seeds, not both")
     if args.seed is not None:
-        sets.append(("--seed", f"seeds=[{args.seed}]"))
+        sets.append((f"--seed {args.seed}", f"seeds=[{args.seed}]"))
     if args.seeds is not None:
         parts = [s.strip() for s in args.seeds.split(",") if s.strip()]
         if not parts or not all(re.fullmatch(r"\d+", s) for s in parts):
             raise TrainError(f"--seeds {args.seeds!r}: expected comma-separated integers, "
                              "e.g. 0,1,2")
-        sets.append(("--seeds", f"seeds=[{','.join(parts)}]"))
+        sets.append((f"--seeds {args.seeds}", f"seeds=[{','.join(parts)}]"))
     if args.jobs is not None:
-        sets.append(("--jobs", f"jobs={args.jobs}"))
+        sets.append((f"--jobs {args.jobs}", f"jobs={args.jobs}"))
     if args.timesteps is not None:
-        sets.append(("--timesteps", f"timesteps={args.timesteps}"))
+        sets.append((f"--timesteps {args.timesteps}", f"timesteps={args.timesteps}"))
     if args.n_envs is not None:
-        sets.append(("--n-envs", f"n_envs={args.n_envs}"))
+        sets.append((f"--n-envs {args.n_envs}", f"n_envs={args.n_envs}"))
     sets += [("--set", s) for s in args.set]
     return sets
 
 
 def _command(argv: Sequence[str]) -> str:
     return (f"# cwd: {os.getcwd()}\n"
-            + shlex.join([Path(sys.argv[0]).name if sys.argv[0] else "train.py", *argv])
+            + "python " + shlex.join([sys.argv[0] or "scripts/train.py", *argv])
             + "\n")
 
 
@@ -1655,9 +1692,8 @@ def _main(args: argparse.Namespace, argv: Sequence[str], stop: StopRequest) -> i
         if state["status"] in ("running", "interrupted") and state.get("checkpoint"):
             # Check the model before doing anything else.
             load_model(run / state["checkpoint"], cfg.experiment.algo, cfg.experiment.env)
-        with contextlib.suppress(OSError):
-            with (run / "command.txt").open("a") as f:
-                f.write(_command(argv))
+        with contextlib.suppress(OSError), (run / "command.txt").open("a") as f:
+            f.write(_command(argv))
         stop.install()
         return train_run(run, cfg, Output(console, live), stop, resume=True)
 

@@ -11,6 +11,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from .registration import DEFAULT_MAX_STEPS
 from .sim.config import ConfigError, check_range
 from .sim.pagetable import TableClass
 from .sim.process import Process
@@ -67,7 +68,7 @@ class EnvConfig:
     """Parameters of :class:`PageTableReclaimEnv`."""
 
     decision_ticks: int = 10
-    max_steps: int = 120
+    max_steps: int = DEFAULT_MAX_STEPS
     budgets: tuple[int, ...] = DEFAULT_BUDGETS
     hard_limit_action: bool = False
     candidate_counts: bool = False  # privileged per-class counts (ablations only)
@@ -185,18 +186,7 @@ class PageTableReclaimEnv(gym.Env[np.ndarray, np.ndarray]):
         sim = self.sim
         if sim is None:
             raise RuntimeError("call reset() before step()")
-        a = np.asarray(action).astype(np.int64).ravel()
-        budget = self.config.budgets[int(a[0])]
-        classes = DEPTHS[int(a[1])]
-        target = self.most_suspicious() if int(a[2]) == 1 else None
-        if budget > 0 and (a[2] == 0 or target is not None):
-            self._last_pass = sim.reclaim(target, classes, budget)
-            self._ticks_since_pass = 0
-            self._refaults_since_pass = 0
-        if self.config.hard_limit_action and len(a) > 3 and int(a[3]) == 1:
-            suspect = self.most_suspicious()
-            if suspect is not None:
-                sim.set_hard_limit(suspect, suspect.pt_bytes)
+        self.apply_action(action)
         recs = []
         for _ in range(self.config.decision_ticks):
             if sim.tick_no >= sim.scenario.ticks:
@@ -211,6 +201,39 @@ class PageTableReclaimEnv(gym.Env[np.ndarray, np.ndarray]):
         return obs, float(reward), False, truncated, self._info(recs, terms, sim.scenario.name)
 
     # -- helpers --------------------------------------------------------------
+
+    def apply_action(self, action: np.ndarray) -> PassResult | None:
+        """Carry out one action on the simulation now (no ticks pass)."""
+        sim = self.sim
+        assert sim is not None
+        a = np.asarray(action).astype(np.int64).ravel()
+        budget = self.config.budgets[int(a[0])]
+        classes = DEPTHS[int(a[1])]
+        target = self.most_suspicious() if int(a[2]) == 1 else None
+        result = None
+        if budget > 0 and (a[2] == 0 or target is not None):
+            result = self._last_pass = sim.reclaim(target, classes, budget)
+            self._ticks_since_pass = 0
+            self._refaults_since_pass = 0
+        if self.config.hard_limit_action and len(a) > 3 and int(a[3]) == 1:
+            suspect = self.most_suspicious()
+            if suspect is not None:
+                sim.set_hard_limit(suspect, suspect.pt_bytes)
+        return result
+
+    def attach(self, sim: Simulation) -> None:
+        """Drive an existing simulation (``simulate.py`` runs policies this way):
+        observations and actions then act on ``sim``."""
+        self.sim = sim
+        self._steps = 0
+        self._last_pass = None
+        self._ticks_since_pass = 0
+        self._refaults_since_pass = 0
+        self._fail_window = []
+
+    def observe(self, recs: list[TickRecord]) -> np.ndarray:
+        """The observation after the ticks ``recs`` (public for drivers)."""
+        return self._observe(recs)
 
     def most_suspicious(self) -> Process | None:
         """The live process with the largest page-table-to-RSS ratio among those

@@ -10,14 +10,20 @@ when an env is made.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 
 from ..configs import CONFIG_DIR
-from .pagetable_env import EnvConfig, PageTableReclaimEnv
+
+if TYPE_CHECKING:
+    from .pagetable_env import PageTableReclaimEnv
 
 DEFAULT_ID = "ptreclaim/PageTableReclaim-v0"
+#: Decisions per episode (``EnvConfig.max_steps`` defaults to it).  A constant
+#: here so that registering imports no env code: registration may run while
+#: the env module itself is still being imported.
+DEFAULT_MAX_STEPS = 120
 #: A string, so that gymnasium imports it lazily and env specs pickle.
 ENTRY_POINT = "ptreclaim.envs.registration:make_env"
 
@@ -33,6 +39,7 @@ def make_env(suite: str | None = None, scenario: str | None = None,
              env_config: dict[str, Any] | None = None) -> PageTableReclaimEnv:
     """Entry point of every registered id: a suite name or a scenario stem."""
     from ..envs.configio import load_scenario, load_suite
+    from .pagetable_env import EnvConfig, PageTableReclaimEnv
     from .sim.config import build
 
     if scenario is not None:
@@ -45,7 +52,7 @@ def make_env(suite: str | None = None, scenario: str | None = None,
 
 def register_all() -> None:
     """Register the default id and one id per shipped scenario (idempotent)."""
-    max_steps = EnvConfig().max_steps
+    max_steps = DEFAULT_MAX_STEPS
     if DEFAULT_ID not in gym.registry:
         gym.register(DEFAULT_ID, entry_point=ENTRY_POINT, max_episode_steps=max_steps,
                      kwargs={"suite": "train"})

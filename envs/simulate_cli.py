@@ -29,6 +29,7 @@ status 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import os
@@ -66,7 +67,8 @@ Policy = Callable[[Simulation], None]
 
 
 def policy_none(sim: Simulation) -> None:
-    """Never reclaim (the baseline: what the kernel does without a reclaimer)."""
+    """Never reclaim, on a kernel before 6.14 (``run`` switches the scenario's
+    ``pt_reclaim`` off for it, as evaluation does for the ``none`` policy)."""
 
 
 def policy_aggressive(sim: Simulation) -> None:
@@ -83,6 +85,47 @@ def policy_aggressive(sim: Simulation) -> None:
 
 
 POLICIES: dict[str, Policy] = {"none": policy_none, "aggressive": policy_aggressive}
+#: Shortcuts for the fixed heuristics of ``ptreclaim.agents`` (``heuristic:NAME``).
+AGENT_SHORTCUTS = ("on_zap", "soft_hard", "periodic_scan", "oracle")
+
+
+def agent_driver(spec: str, scenario: ScenarioConfig,
+                 trust_model: bool = False) -> tuple[Policy, ScenarioConfig]:
+    """A per-tick policy that runs any evaluable policy (a heuristic, the
+    oracle, a run folder, a model .zip, a thresholds file) through the env's
+    observation and action: every ``decision_ticks`` ticks it observes,
+    predicts and applies one action.  Returns the driver and the scenario to
+    run (``none``-like policies run on a pre-6.14 kernel)."""
+
+    from ..agents.evaluate import build_policy, oracle_spec, parse_policy
+    from .pagetable_env import EnvConfig, PageTableReclaimEnv
+
+    env_config = EnvConfig()
+    if spec == "oracle":
+        pspec = oracle_spec()
+    elif spec in AGENT_SHORTCUTS:
+        pspec = parse_policy(f"heuristic:{spec}")
+    else:
+        pspec = parse_policy(spec, trust_model=trust_model)
+    policy = build_policy(pspec, env_config, scenario)
+    if not getattr(policy, "kernel_pt_reclaim", True):
+        scenario = dataclasses.replace(scenario, pt_reclaim=False)
+    env = PageTableReclaimEnv([scenario], env_config)
+    seen = [0]
+
+    def act(sim: Simulation) -> None:
+        if env.sim is not sim:
+            env.attach(sim)
+            if getattr(policy, "privileged", False):
+                policy.bind(env)
+        if sim.tick_no % env_config.decision_ticks:
+            return
+        recs = sim.history[seen[0]:]
+        seen[0] = len(sim.history)
+        action, _ = policy.predict(env.observe(recs), deterministic=True)
+        env.apply_action(action)
+
+    return act, scenario
 
 
 @dataclass
@@ -109,17 +152,23 @@ class RunResult:
 
 
 def run(scenario: ScenarioConfig, ticks: int | None = None, policy: str = "none", seed: int = 0,
-        on_tick: Callable[[int], None] | None = None) -> RunResult:
+        on_tick: Callable[[int], None] | None = None, trust_model: bool = False) -> RunResult:
     """Run ``scenario`` for ``ticks`` ticks (default: the scenario's) under a
-    diagnostic ``policy`` (``none`` or ``aggressive``) from ``seed``.
+    ``policy`` from ``seed``: ``none`` (no reclaim on a pre-6.14 kernel),
+    the diagnostic ``aggressive``, a heuristic name (``on_zap``, ``soft_hard``,
+    ``periodic_scan``), ``oracle``, or any spec ``evaluate.py`` accepts
+    (``heuristic:NAME[:params.yaml]``, a run folder, a model .zip, a
+    thresholds file).
 
     ``on_tick(t)`` is called after each tick (for progress bars).
     """
-    if policy not in POLICIES:
-        raise ConfigError(f"policy {policy!r} is unknown{did_you_mean(policy, POLICIES)}; "
-                          f"choose one of: {', '.join(POLICIES)}")
     n = scenario.ticks if ticks is None else ticks
-    act = POLICIES[policy]
+    if policy in POLICIES:
+        act = POLICIES[policy]
+        if policy == "none":
+            scenario = dataclasses.replace(scenario, pt_reclaim=False)
+    else:
+        act, scenario = agent_driver(policy, scenario, trust_model)
     sim = Simulation(scenario, np.random.default_rng(seed))
     res = RunResult(scenario, sim, policy, seed, n)
     seen = 0
@@ -166,6 +215,24 @@ def _exit_reason(sim: Simulation, p: Process) -> str:
                 return "limit-killed"
             return "exited"
     return "exited"
+
+
+def episode_cost_terms(hist: Sequence[TickRecord]) -> dict[str, float]:
+    """The env's named cost terms summed over a run, with default decision
+    ticks and reward weights (so a simulate.py run and an evaluated episode of
+    the same length price alike), plus their weighted sum."""
+    from .pagetable_env import COST_TERMS, EnvConfig
+
+    cfg = EnvConfig()
+    terms = {
+        "pt_waste": sum(r.reclaimable_tables for r in hist) * PAGE / MIB / cfg.decision_ticks,
+        "alloc_failures": float(sum(r.failure for r in hist)),
+        "reclaim_cpu": sum(r.reclaim_cpu_us for r in hist) / 1000.0,
+        "app_stall": sum(r.stall_us for r in hist) / 1000.0,
+        "harm": float(sum(r.harm_events for r in hist)),
+    }
+    terms["weighted_cost"] = sum(getattr(cfg.reward, k) * terms[k] for k in COST_TERMS)
+    return terms
 
 
 def summarize(res: RunResult) -> dict[str, Any]:
@@ -223,6 +290,7 @@ def summarize(res: RunResult) -> dict[str, Any]:
         "normal_zone_bytes": m.normal_pages * PAGE,
         "normal_free_min_bytes": min(free, default=0) * PAGE,
         "ticks_below_low_wmark": sum(x < wm.low for x in free),
+        "cost_terms": episode_cost_terms(hist),
         "watermark_bytes": {"min": wm.min * PAGE, "low": wm.low * PAGE, "high": wm.high * PAGE},
         "run_seconds_simulated": len(hist) * tick_s,
     }
@@ -287,6 +355,10 @@ def _tables(summary: dict[str, Any], max_rows: int = 30) -> tuple[Table, Table]:
         ("processes", str(t["processes"])),
         ("wall time", f"{t['wall_s']:.2f} s ({t['us_per_tick']:.0f} µs/tick)"),
     ]
+    terms = t["cost_terms"]
+    rows.append(("cost terms (env reward units)",
+                 ", ".join(f"{k} {v:,.2f}" for k, v in terms.items() if k != "weighted_cost")))
+    rows.append(("weighted cost (default reward weights)", f"{terms['weighted_cost']:,.2f}"))
     for k, v in rows:
         tot.add_row(k, v)
     return pt, tot
@@ -396,9 +468,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("scenario", help="scenario YAML file (configs/scenarios/*.yaml)")
     p.add_argument("--ticks", type=int, default=None, metavar="N",
                    help="ticks to run (default: the scenario's 'ticks')")
-    p.add_argument("--policy", default="none", metavar="{none,aggressive}",
-                   help="none: never reclaim (default); aggressive: a diagnostic that frees "
+    p.add_argument("--policy", default="none", metavar="POLICY",
+                   help="none: never reclaim, pre-6.14 kernel (default); on_zap, soft_hard, "
+                        "periodic_scan, oracle; heuristic:NAME[:params.yaml]; a run folder, "
+                        "model .zip or thresholds file; aggressive: a diagnostic that frees "
                         "every reclaimable table after every tick")
+    p.add_argument("--trust-model", action="store_true",
+                   help="allow loading a model zip from outside runs/ (zips can carry pickles)")
     p.add_argument("--seed", type=int, default=0, help="RNG seed (default 0)")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="output folder (default: a new folder under runs/simulate/)")
@@ -410,7 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _default_out(scenario: ScenarioConfig, policy: str, seed: int) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = Path("runs") / "simulate" / f"{scenario.name}__{policy}__{seed}__{stamp}"
+    label = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(policy).stem or policy)
+    base = Path("runs") / "simulate" / f"{scenario.name}__{label}__{seed}__{stamp}"
     out, k = base, 1
     while out.exists():
         out = base.with_name(f"{base.name}-{k}")
@@ -432,7 +509,7 @@ def _check_out(out: Path, force: bool) -> None:
 def _progress_run(scenario: ScenarioConfig, args: argparse.Namespace, ticks: int) -> RunResult:
     show = not args.quiet and sys.stderr.isatty() and ticks >= 100
     if not show:
-        return run(scenario, ticks, args.policy, args.seed)
+        return run(scenario, ticks, args.policy, args.seed, trust_model=args.trust_model)
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -450,14 +527,18 @@ def _progress_run(scenario: ScenarioConfig, args: argparse.Namespace, ticks: int
             if t % 10 == 9 or t == ticks - 1:
                 bar.update(task, completed=t + 1)
 
-        return run(scenario, ticks, args.policy, args.seed, on_tick=tick)
+        return run(scenario, ticks, args.policy, args.seed, on_tick=tick,
+                   trust_model=args.trust_model)
 
 
 def _main(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    if args.policy not in POLICIES:
+    known = (*POLICIES, *AGENT_SHORTCUTS)
+    looks_like_path = any(c in args.policy for c in "/.:")
+    if args.policy not in known and not looks_like_path:
         raise ConfigError(f"--policy {args.policy!r} is unknown"
-                          f"{did_you_mean(args.policy, POLICIES)}; "
-                          f"choose one of: {', '.join(POLICIES)}")
+                          f"{did_you_mean(args.policy, known)}; "
+                          f"choose one of: {', '.join(known)}, heuristic:NAME[:params.yaml], "
+                          "a run folder, a model .zip or a thresholds file")
     if args.ticks is not None and not 1 <= args.ticks <= MAX_TICKS:
         raise ConfigError(f"--ticks: {args.ticks} is out of range; allowed [1, {MAX_TICKS}]")
     if args.seed < 0:

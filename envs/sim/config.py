@@ -35,10 +35,15 @@ def check_range(where: str, value: float, lo: float | None = None, hi: float | N
     if ok and hi is not None:
         ok = value <= hi
     if not ok:
-        lo_s = "-inf" if lo is None else f"{lo:g}"
-        hi_s = "inf" if hi is None else f"{hi:g}"
+        lo_s = "-inf" if lo is None else _num(lo)
+        hi_s = "inf" if hi is None else _num(hi)
         bracket = "(" if lo_open else "["
         raise ConfigError(f"{where}: {value!r} is out of range; allowed {bracket}{lo_s}, {hi_s}]")
+
+
+def _num(x: float) -> str:
+    """An integer bound prints as an integer, others compactly."""
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
 def did_you_mean(word: str, choices: typing.Iterable[str]) -> str:

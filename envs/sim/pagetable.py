@@ -236,6 +236,9 @@ class AddressSpace:
         self.table_version = 0
         # VMAs currently registered with userfaultfd (a fast path for reclaim).
         self.uffd_vmas = 0
+        # Bumped when a table changes class (with table_version: cache keys).
+        self.class_version = 0
+        self._uffd_cache: tuple[int, int, int, int] = (-1, -1, -1, 0)
         # When a set, every PTE slot an access or populate reaches is added
         # (the offline oracle records the future this way).
         self.touch_log: set[int] | None = None
@@ -301,11 +304,15 @@ class AddressSpace:
         (not reconstructable: reclaim refuses them)."""
         if not self.uffd_vmas:
             return 0
+        key = (self.table_version, self.class_version, len(self.vmas))
+        if self._uffd_cache[:3] == key:
+            return self._uffd_cache[3]
         seen: set[int] = set()
         for v in self.vmas:
             if v.uffd is not None:
                 seen.update(s for s in self._pte_slots_in(v.start, v.end)
                             if self.pte[s].cls != TableClass.PINNED)
+        self._uffd_cache = (*key, len(seen))
         return len(seen)
 
     def check_invariants(self) -> None:
@@ -366,6 +373,7 @@ class AddressSpace:
             self._class_sets[t.cls].discard(slot)
             self._class_sets[new].add(slot)
             t.cls = new
+            self.class_version += 1
         self.rss_pages += rss - t.rss
         t.rss = rss
 
@@ -1325,6 +1333,7 @@ class AddressSpace:
             if k >= 0:
                 self._merge_at(k)
         self.uffd_vmas = sum(v.uffd is not None for v in self.vmas)
+        self._uffd_cache = (-1, -1, -1, 0)
         return None
 
     def table_slots(self) -> list[int]:

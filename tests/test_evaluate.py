@@ -1,0 +1,424 @@
+"""Evaluation: determinism (also across --jobs), statistics, output files,
+trained-model loading, and one clear line with exit status 2 for each bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import matplotlib.image
+import numpy as np
+import pytest
+import yaml
+
+from ptreclaim.agents.evaluate import (
+    OUTPUT_FILES,
+    EpisodeResult,
+    ObsNormalizedPolicy,
+    PolicySpec,
+    evaluate,
+    evaluate_specs,
+    heuristic_spec,
+    iqm,
+    load_model_policy,
+    main,
+    oracle_spec,
+    parse_policy,
+    probability_of_improvement,
+    resolve_suite,
+    stratified_bootstrap,
+    summarize,
+)
+from ptreclaim.agents.heuristics import make_heuristic
+from ptreclaim.agents.oracle import OracleBound
+from ptreclaim.envs.configio import load_scenario, load_suite
+from ptreclaim.envs.pagetable_env import COST_TERMS, EnvConfig, PageTableReclaimEnv
+from ptreclaim.envs.sim.config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = """\
+name: {name}
+ticks: {ticks}
+pt_reclaim: {pt_reclaim}
+machine:
+  ram_mib: 256
+  tenants:
+    base_fraction: {base}
+workloads:
+  - family: hog
+    params: {{variant: zeropage}}
+  - family: kdump
+"""
+
+
+@pytest.fixture
+def suite(tmp_path: Path) -> Path:
+    """Two tiny scenarios (one on a pre-6.14 kernel) and their suite."""
+    (tmp_path / "tiny_a.yaml").write_text(
+        TINY.format(name="tiny_a", ticks=80, pt_reclaim="true", base=0.7))
+    (tmp_path / "tiny_b.yaml").write_text(
+        TINY.format(name="tiny_b", ticks=60, pt_reclaim="false", base=0.75))
+    path = tmp_path / "suite.yaml"
+    path.write_text("name: tiny\nscenarios: [tiny_a.yaml, tiny_b.yaml]\n")
+    return path
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main([*argv, "-q"])
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# ----------------------------------------------------------------- determinism
+
+def test_same_results_twice_and_with_two_jobs(tmp_path: Path, suite: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["heuristic:soft_hard", "heuristic:periodic_scan", "--suite", str(suite),
+            "--episodes", "3", "--seed", "7", "--bootstrap", "300"]
+    outs = []
+    for k, jobs in enumerate(("1", "1", "2")):
+        out = tmp_path / f"out{k}"
+        code, _, err = run_cli(capsys, *args, "--jobs", jobs, "--out", str(out))
+        assert code == 0, err
+        outs.append(out)
+    for name in ("results.csv", "results.json", "summary.json", "report.md", "scores.png",
+                 "cost_terms.png", "timeline.png"):
+        first = (outs[0] / name).read_bytes()
+        assert first == (outs[1] / name).read_bytes(), f"{name} differs between two runs"
+        assert first == (outs[2] / name).read_bytes(), f"{name} differs with --jobs 2"
+    rows = read_csv(outs[0] / "results.csv")
+    # none, on_zap (the baseline), the two heuristics, oracle; 2 scenarios x 3 episodes.
+    assert [r["policy"] for r in rows[::6]] == ["none", "on_zap", "soft_hard", "periodic_scan",
+                                               "oracle"]
+    assert len(rows) == 5 * 2 * 3
+    # Same seeds for every policy.
+    seeds = {(r["scenario"], r["episode"]): r["seed"] for r in rows if r["policy"] == "none"}
+    assert all(seeds[(r["scenario"], r["episode"])] == r["seed"] for r in rows)
+
+
+def test_pre_6_14_scenario_runs_every_policy_without_on_zap_reclaim(suite: Path) -> None:
+    scen = load_suite(suite)[1]
+    assert not scen.pt_reclaim
+    cfg = EnvConfig()
+    res = evaluate({"none": make_heuristic("none"), "on_zap": make_heuristic("on_zap")},
+                   [scen], 2, 0, cfg)
+    none, on_zap = res[:2], res[2:]
+    assert [r.cost for r in none] == [r.cost for r in on_zap]
+
+
+def test_oracle_instance_is_not_reused_across_episodes(suite: Path) -> None:
+    scen = load_suite(suite)[0]
+    shared = OracleBound()
+    a = evaluate({"oracle": shared}, [scen], 3, 1, EnvConfig())
+    b = [evaluate({"oracle": OracleBound()}, [scen], 3, 1, EnvConfig())[k] for k in range(3)]
+    assert [r.cost for r in a] == [r.cost for r in b]
+    assert shared.env is None  # the caller's instance is left alone
+
+
+# ----------------------------------------------------------------- statistics
+
+def test_bootstrap_ci_contains_the_mean_and_narrows_with_more_episodes() -> None:
+    rng = np.random.default_rng(3)
+    widths = []
+    for n in (5, 20, 80):
+        groups = [rng.normal(10.0, 2.0, n), rng.normal(50.0, 5.0, n)]
+        mean, lo, hi = stratified_bootstrap(groups, n_boot=1000, seed=0)
+        assert lo <= mean <= hi
+        assert mean == pytest.approx(np.mean(np.concatenate(groups)))
+        widths.append(hi - lo)
+        ilo_mean, ilo, ihi = stratified_bootstrap(groups, iqm, n_boot=1000, seed=0)
+        assert ilo <= ilo_mean <= ihi
+    assert widths[0] > widths[1] > widths[2]
+    # Stratified: the scenario offset (10 vs 50) adds no width.
+    pooled_width = np.quantile(
+        [np.mean(rng.choice(np.r_[np.full(80, 10.0), np.full(80, 50.0)], 160))
+         for _ in range(500)], [0.025, 0.975])
+    assert stratified_bootstrap([np.full(80, 10.0), np.full(80, 50.0)])[2] == 30.0
+    assert pooled_width[1] - pooled_width[0] > 1.0
+
+
+def test_iqm_and_probability_of_improvement() -> None:
+    assert iqm([1, 2, 3, 4, 100, -100, 2.5, 3.5]) == pytest.approx(np.mean([2, 2.5, 3, 3.5]))
+
+    def res(policy: str, ep: int, cost: float) -> EpisodeResult:
+        terms = dict.fromkeys(COST_TERMS, 0.0)
+        return EpisodeResult(policy, "s", ep, ep, -cost, terms, 1, 0, 0, 0, terms)
+
+    rs = [res("a", 0, 1.0), res("a", 1, 5.0), res("a", 2, 2.0),
+          res("b", 0, 2.0), res("b", 1, 4.0), res("b", 2, 2.0),
+          res("none", 0, 10.0), res("none", 1, 10.0), res("none", 2, 10.0),
+          res("oracle", 0, 0.0), res("oracle", 1, 0.0), res("oracle", 2, 0.0)]
+    assert probability_of_improvement(rs, "a", "b") == pytest.approx((1 + 0 + 0.5) / 3)
+    s = {x.policy: x for x in summarize(rs, improvement_over="b", n_boot=200)}
+    assert s["a"].normalized == pytest.approx(1 - 8 / 3 / 10)
+    assert s["none"].normalized == 0.0 and s["oracle"].normalized == 1.0
+    assert s["a"].improvement_over == "b" and s["b"].prob_improvement is None
+
+
+# ----------------------------------------------------------------- output files
+
+def test_every_output_file_is_written_and_parses(tmp_path: Path, suite: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    params = tmp_path / "sh.yaml"
+    params.write_text("soft_pt_frac: 0.02\nhard_pt_frac: 0.05\n")
+    code, _, err = run_cli(capsys, f"heuristic:soft_hard:{params}", "--suite", str(suite),
+                           "--episodes", "2", "--out", str(out), "--bootstrap", "200")
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_FILES)
+    rows = read_csv(out / "results.csv")
+    assert len(rows) == 4 * 2 * 2
+    for k in COST_TERMS:
+        assert f"term_{k}" in rows[0] and f"cost_{k}" in rows[0]
+    for r in rows:  # weighted terms add up to the cost
+        total = sum(float(r[f"cost_{k}"]) for k in COST_TERMS)
+        assert total == pytest.approx(float(r["cost"]), rel=1e-9, abs=1e-9)
+    data = json.loads((out / "results.json").read_text())
+    assert [d["cost"] for d in data] == [float(r["cost"]) for r in rows]
+    summary = json.loads((out / "summary.json").read_text())
+    labels = [s["policy"] for s in summary["overall"]]
+    assert labels == ["none", "on_zap", "soft_hard[sh]", "oracle"]
+    assert set(summary["per_scenario"]) == {"tiny_a", "tiny_b"}
+    for s in summary["overall"]:
+        assert s["ci_low"] <= s["mean_cost"] <= s["ci_high"]
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["episodes"] == 2 and config["scenarios"] == ["tiny_a", "tiny_b"]
+    report = (out / "report.md").read_text()
+    assert "normalised score" in report and "![scores](scores.png)" in report
+    for png in ("scores.png", "cost_terms.png", "timeline.png"):
+        img = matplotlib.image.imread(out / png)
+        assert img.shape[0] > 100 and img.shape[1] > 100
+    assert "evaluate.py" in (out / "command.txt").read_text()
+
+
+def test_thresholds_file_runs_its_soft_hard_rule(tmp_path: Path, suite: Path) -> None:
+    rule = {"kind": "soft_hard", "soft_pt_frac": 0.03, "hard_pt_frac": 0.08}
+    yml = tmp_path / "thresholds.yaml"
+    yml.write_text(yaml.safe_dump({"schema_version": 1, "provenance": {"seed": 0},
+                                   "rule": rule}))
+    js = tmp_path / "thresholds.json"
+    js.write_text(json.dumps({"rule": rule}))
+    params = tmp_path / "p.yaml"
+    params.write_text("soft_pt_frac: 0.03\nhard_pt_frac: 0.08\n")
+    specs = [parse_policy(str(yml)), parse_policy(str(js)),
+             parse_policy(f"same=heuristic:soft_hard:{params}")]
+    assert [s.label for s in specs] == ["thresholds[thresholds]", "thresholds[thresholds]",
+                                        "same"]
+    assert specs[0].params == specs[1].params == specs[2].params
+    scen = load_suite(suite)[:1]
+    a, _ = evaluate_specs([specs[0]], scen, 2, 0, EnvConfig())
+    c, _ = evaluate_specs([specs[2]], scen, 2, 0, EnvConfig())
+    assert [r.cost for r in a] == [r.cost for r in c]
+
+
+# ----------------------------------------------------------------- trained models
+
+def _train_run(root: Path, name: str = "exp__ppo__0__20250101-000000", steps: int = 256,
+               **env_kw: Any) -> Path:
+    """A run folder as train.py writes it, from a model trained for ``steps``."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+    scen = load_scenario(root / "tiny_a.yaml")
+    cfg = EnvConfig(max_steps=8, **env_kw)
+    venv = VecNormalize(DummyVecEnv([lambda: PageTableReclaimEnv([scen], cfg)]))
+    model = PPO("MlpPolicy", venv, n_steps=64, batch_size=64, n_epochs=1, seed=0,
+                device="cpu", policy_kwargs={"net_arch": [16]})
+    model.learn(steps)
+    run = root / "runs" / name
+    run.mkdir(parents=True)
+    for prefix in ("", "best_"):
+        model.save(run / f"{prefix}model.zip")
+        venv.save(str(run / f"{prefix}vecnormalize.pkl"))
+    env = {"max_steps": 8, **env_kw}
+    # The layout scripts/train.py writes (experiment.algo, experiment.env).
+    (run / "config.yaml").write_text(yaml.safe_dump(
+        {"seed": 0, "experiment": {"name": "exp", "algo": "ppo", "env": env}}))
+    return run
+
+
+def test_trained_run_folder_is_evaluated_with_its_normalisation(
+        tmp_path: Path, suite: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    run = _train_run(tmp_path)
+    spec = parse_policy(str(run.relative_to(tmp_path)))
+    assert spec.kind == "model" and spec.name == "ppo" and spec.vecnormalize
+    assert spec.label == "exp__ppo__0"
+    best = parse_policy(str(run), best=True)
+    assert best.label == "exp__ppo__0[best]"
+    assert best.vecnormalize.endswith("best_vecnormalize.pkl")
+    policy = load_model_policy(spec, EnvConfig(max_steps=8), load_suite(suite)[0])
+    assert policy.normalize is not None
+    outs = []
+    for k, jobs in enumerate(("1", "2")):
+        out = tmp_path / f"out{k}"
+        code, _, err = run_cli(capsys, "runs/exp__ppo__0__20250101-000000", "heuristic:soft_hard",
+                               "--suite", str(suite), "--episodes", "2", "--no-oracle",
+                               "--jobs", jobs, "--out", str(out), "--bootstrap", "200")
+        assert code == 0, err
+        outs.append((out / "results.csv").read_bytes())
+    assert outs[0] == outs[1]
+    rows = read_csv(tmp_path / "out0" / "results.csv")
+    assert {r["policy"] for r in rows} == {"none", "on_zap", "exp__ppo__0", "soft_hard"}
+    config = yaml.safe_load((tmp_path / "out0" / "config.yaml").read_text())
+    assert config["env"]["max_steps"] == 8  # the run's env settings
+
+
+# ----------------------------------------------------------------- bad input
+
+def _bare_model(path: Path, algo: str = "ppo", **env_kw: Any) -> Path:
+    """An untrained model saved at ``path`` (no run config next to it)."""
+    from sb3_contrib import MaskablePPO
+    from stable_baselines3 import A2C, PPO
+
+    cls = {"ppo": PPO, "a2c": A2C, "maskable_ppo": MaskablePPO}[algo]
+
+    scen = load_scenario(path.parents[2] / "tiny_a.yaml") if path.parents[2].joinpath(
+        "tiny_a.yaml").exists() else None
+    env = PageTableReclaimEnv([scen] if scen else [load_scenario(ROOT / "configs" / "scenarios"
+                                                                 / "redis_jemalloc.yaml")],
+                              EnvConfig(**env_kw))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cls("MlpPolicy", env, n_steps=64, device="cpu", policy_kwargs={"net_arch": [8]}).save(path)
+    return path
+
+
+def _bad_inputs(tmp: Path, suite: Path) -> dict[str, tuple[list[str], str]]:
+    """name -> (argv, a phrase the one error line must hold)."""
+    (tmp / "empty_suite.yaml").write_text("name: empty\nscenarios: []\n")
+    (tmp / "bad_kind.yaml").write_text("rule: {kind: soft_hardd, soft_pt_frac: 0.1}\n")
+    (tmp / "bad_param.yaml").write_text("rule: {kind: soft_hard, soft_pt_fracc: 0.1}\n")
+    (tmp / "bad_range.json").write_text('{"rule": {"kind": "soft_hard", "hard_pt_frac": 2}}')
+    (tmp / "bad_syntax.json").write_text('{"rule": {"kind": ')
+    (tmp / "bad_top.yaml").write_text("rules: {kind: soft_hard}\n")
+    corrupt = tmp / "runs" / "corrupt__ppo__0__1"
+    corrupt.mkdir(parents=True)
+    (corrupt / "model.zip").write_bytes(b"PK\x03\x04 not really a zip")
+    _bare_model(tmp / "runs" / "obs__ppo__0__1" / "model.zip", candidate_counts=True)
+    _bare_model(tmp / "runs" / "act__ppo__0__1" / "model.zip", hard_limit_action=True)
+    _bare_model(tmp / "elsewhere" / "x" / "model.zip")
+    existing = tmp / "existing"
+    existing.mkdir()
+    (existing / "report.md").write_text("keep me\n")
+    s = ["--suite", str(suite), "--episodes", "1", "--no-oracle"]
+    return {
+        "missing path": (["runs/nope", *s], "no such file or folder"),
+        "missing heuristic hint": (["soft_hard", *s], "did you mean heuristic:soft_hard"),
+        "unknown heuristic": (["heuristic:sofT_hard", *s], "did you mean 'soft_hard'"),
+        "missing suite": (["--suite", str(tmp / "nope.yaml")], "no such file"),
+        "empty suite": (["--suite", str(tmp / "empty_suite.yaml")], "non-empty list"),
+        "thresholds kind": ([str(tmp / "bad_kind.yaml"), *s], "did you mean 'soft_hard'"),
+        "thresholds param": ([str(tmp / "bad_param.yaml"), *s], "soft_pt_fracc"),
+        "thresholds range": ([str(tmp / "bad_range.json"), *s], "hard_pt_frac"),
+        "thresholds syntax": ([str(tmp / "bad_syntax.json"), *s], "not valid JSON"),
+        "thresholds top key": ([str(tmp / "bad_top.yaml"), *s], "did you mean 'rule'"),
+        "corrupt zip": (["runs/corrupt__ppo__0__1", *s], "cannot load"),
+        "observation space": (["runs/obs__ppo__0__1", *s], "observations of shape (20,)"),
+        "action space": (["runs/act__ppo__0__1", *s], "trained for actions"),
+        "untrusted model": ([str(tmp / "elsewhere" / "x" / "model.zip"), *s], "--trust-model"),
+        "no best model": (["--best", str(corrupt), *s], "no best_model.zip"),
+        "existing output": ([*s, "--out", str(existing)], "--force"),
+        "bad episodes": (["--episodes", "0", "--suite", str(suite)], "--episodes"),
+        "unknown baseline": ([*s, "--baseline", "nonee"], "did you mean 'none'"),
+        "duplicate label": (["heuristic:soft_hard", "heuristic:soft_hard", *s], "LABEL=SPEC"),
+        "bad option": (["--episodes", "many"], "invalid int value"),
+    }
+
+
+def test_each_bad_input_is_one_line_and_exit_status_2(
+        tmp_path: Path, suite: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    cases = _bad_inputs(tmp_path, suite)
+    failures = []
+    for name, (argv, phrase) in cases.items():
+        try:
+            code = main(argv)
+        except SystemExit as exc:  # argparse usage errors
+            code = int(exc.code or 0)
+        err = capsys.readouterr().err
+        lines = err.strip().splitlines()
+        if code != 2 or len(lines) != 1 or phrase not in err or "Traceback" in err:
+            failures.append(f"{name}: exit {code}, stderr {err!r}")
+    assert not failures, "\n".join(failures)
+    assert (tmp_path / "existing" / "report.md").read_text() == "keep me\n"
+
+
+def test_trust_model_allows_a_model_outside_runs(tmp_path: Path, suite: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    model = _bare_model(tmp_path / "elsewhere" / "y" / "model.zip", "a2c")
+    spec = parse_policy(str(model), trust_model=True)
+    assert spec.kind == "model" and spec.name == "a2c" and not spec.vecnormalize
+    masked = _bare_model(tmp_path / "elsewhere" / "z" / "model.zip", "maskable_ppo")
+    assert parse_policy(str(masked), trust_model=True).name == "maskable_ppo"
+    results, timelines = evaluate_specs([heuristic_spec("none"), spec, oracle_spec()],
+                                        load_suite(suite)[:1], 1, 0, EnvConfig())
+    assert [r.policy for r in results] == ["none", spec.label, "oracle"]
+    assert set(timelines) == {"none", spec.label, "oracle"}
+    assert timelines["oracle"][0]["step"] == 0
+
+
+def test_script_reports_bad_input_without_traceback(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate.py"),
+                           "heuristic:nope", "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("evaluate.py: heuristic:nope: unknown heuristic")
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_policy_spec_is_plain_data() -> None:
+    spec = PolicySpec("x", "heuristic", "soft_hard", {"soft_pt_frac": 0.01})
+    assert spec.describe()["params"] == {"soft_pt_frac": 0.01}
+
+
+def test_env_file_sets_the_spaces_a_model_needs(tmp_path: Path, suite: Path,
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    _bare_model(tmp_path / "runs" / "cc__ppo__0__1" / "model.zip", candidate_counts=True)
+    env = tmp_path / "env.yaml"
+    env.write_text("env:\n  candidate_counts: true\n  max_steps: 5\n")
+    code, _, err = run_cli(capsys, "runs/cc__ppo__0__1", "--env", str(env), "--suite",
+                           str(suite), "--episodes", "1", "--no-oracle", "--out",
+                           str(tmp_path / "o"), "--bootstrap", "100")
+    assert code == 0, err
+    rows = read_csv(tmp_path / "o" / "results.csv")
+    assert {r["policy"] for r in rows} == {"none", "on_zap", "cc__ppo__0"}
+    assert all(int(r["steps"]) <= 5 for r in rows)
+
+
+def test_flattened_discrete_actions_are_decoded_in_c_order() -> None:
+    class Flat:
+        def predict(self, obs: Any, state: Any = None, episode_start: Any = None,
+                    deterministic: bool = True) -> tuple[np.ndarray, Any]:
+            return np.asarray(int(obs[0])), state
+
+    policy = ObsNormalizedPolicy(Flat(), None, "flat", (5, 3, 2))
+    for index in (0, 1, 7, 29):
+        action, _ = policy.predict(np.asarray([index], dtype=np.float32))
+        assert list(action) == list(np.unravel_index(index, (5, 3, 2)))
+    assert list(policy.predict(np.asarray([7.0]))[0]) == [1, 0, 1]
+
+
+def test_suite_by_name_or_path(tmp_path: Path, suite: Path) -> None:
+    scenarios, files = resolve_suite("test")
+    assert [f.name for f in files] == [f"{s.name}.yaml" for s in scenarios]
+    assert len(scenarios) == 3 and all(s.name.startswith("heldout_") for s in scenarios)
+    one, _ = resolve_suite(str(tmp_path / "tiny_a.yaml"))
+    assert [s.name for s in one] == ["tiny_a"]
+    assert [s.name for s in resolve_suite(str(suite))[0]] == ["tiny_a", "tiny_b"]
+    with pytest.raises(ConfigError, match="did you mean 'test'"):
+        resolve_suite("tset")

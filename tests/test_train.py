@@ -1,0 +1,413 @@
+"""The training pipeline, run as a user runs it: ``python scripts/train.py``.
+
+Every run uses a tiny scenario (60 ticks, one zero-page hog) and budgets of a
+few hundred steps, written into ``tmp_path``; independent runs start at once
+and are awaited together, so the whole file stays well under 90 s on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import gymnasium  # noqa: F401  (registers the env ids before the env module loads)
+import numpy as np
+import pytest
+
+from ptreclaim.agents import train as T
+from ptreclaim.envs.configio import load_scenario
+from ptreclaim.envs.pagetable_env import EnvConfig, PageTableReclaimEnv
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train.py"
+
+TINY_SCENARIO = """\
+name: tiny
+ticks: 60
+jitter: 0.1
+machine:
+  ram_mib: 1024
+  movable_fraction: 0.8
+  cpus: 4
+workloads:
+  - family: hog
+    params: {variant: zeropage, size_gib: 16, tables_per_tick: 16}
+"""
+
+TINY_EXPERIMENT = """\
+name: tiny
+train_suite: tiny.yaml
+eval_suite: tiny.yaml
+seeds: [0]
+timesteps: 256
+n_envs: 2
+checkpoint_freq: 0
+eval: {freq: 128, episodes: 1, final_episodes: 2, n_boot: 200}
+env: {decision_ticks: 5, max_steps: 12}
+hyperparams:
+  ppo: {n_steps: 32, batch_size: 32, n_epochs: 2}
+  maskable_ppo: {n_steps: 32, batch_size: 32, n_epochs: 2}
+  a2c: {n_steps: 8}
+  dqn: {learning_starts: 32, buffer_size: 1000}
+"""
+
+ENV_CONFIG = EnvConfig(decision_ticks=5, max_steps=12)
+RUN_FILES = ("config.yaml", "command.txt", "versions.json", "state.json", "model.zip",
+             "best_model.zip", "vecnormalize.pkl", "best_vecnormalize.pkl",
+             "evaluations.npz", "eval_results.json", "report.md", "learning_curve.png",
+             "cost_terms.png")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("tiny")
+    (d / "tiny.yaml").write_text(TINY_SCENARIO)
+    (d / "exp.yaml").write_text(TINY_EXPERIMENT)
+    return d
+
+
+def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop(T.STOP_AT_ENV, None)
+    env.update(extra or {})
+    return env
+
+
+def start(args: Sequence[str], extra_env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """``python scripts/train.py ARGS`` in the background."""
+    return subprocess.Popen([sys.executable, str(SCRIPT), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=_env(extra_env))
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 120) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def run(args: Sequence[str], extra_env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    return finish(start(args, extra_env))
+
+
+def only_run(out: Path) -> Path:
+    runs = [p for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def rollout(run_dir: Path, scenario: Path, steps: int = 30) -> tuple[list[list[int]], list[float]]:
+    """The first ``steps`` actions and rewards of a run's final policy."""
+    policy = T.load_trained_policy(run_dir)
+    env = PageTableReclaimEnv([load_scenario(scenario)], ENV_CONFIG)
+    obs, _ = env.reset(seed=123)
+    actions, rewards = [], []
+    for _ in range(steps):
+        a, _ = policy.predict(obs)
+        obs, r, term, trunc, _ = env.step(a)
+        actions.append([int(x) for x in np.ravel(a)])
+        rewards.append(r)
+        if term or trunc:
+            obs, _ = env.reset()
+    return actions, rewards
+
+
+# -------------------------------------------------- runs shared by the tests
+
+
+@pytest.fixture(scope="module")
+def runs(tiny: Path) -> Iterator[dict[str, Any]]:
+    """One smoke run per algorithm, a second PPO run with the same seed, a
+    run stopped halfway (test hook), a two-seed run in parallel processes:
+    all started together."""
+    exp = str(tiny / "exp.yaml")
+    jobs: dict[str, subprocess.Popen[str]] = {}
+    for algo in T.ALGOS:
+        jobs[algo] = start(["--config", exp, "--algo", algo, "--out", str(tiny / algo)])
+    jobs["ppo_again"] = start(["--config", exp, "--out", str(tiny / "ppo_again")])
+    jobs["stopped"] = start(["--config", exp, "--out", str(tiny / "stopped"),
+                             "--set", "checkpoint_freq=64"], {T.STOP_AT_ENV: "128"})
+    jobs["multi"] = start(["--config", exp, "--seeds", "0,1", "--jobs", "2",
+                           "--set", "eval.final_episodes=1", "--out", str(tiny / "multi")])
+    results = {name: finish(p, timeout=180) for name, p in jobs.items()}
+    yield {"dir": tiny, "results": results}
+
+
+@pytest.mark.parametrize("algo", T.ALGOS)
+def test_smoke_run_per_algorithm(runs: dict[str, Any], algo: str) -> None:
+    rc, out, err = runs["results"][algo]
+    assert rc == 0, err
+    run_dir = only_run(runs["dir"] / algo)
+    assert run_dir.name.startswith(f"tiny__{algo}__0__")
+    for f in RUN_FILES:
+        assert (run_dir / f).is_file(), f
+    assert any((run_dir / "tb").rglob("events.out.tfevents.*"))
+    assert list((run_dir / "checkpoints").glob("model_256_steps.zip"))
+    assert list((run_dir / "checkpoints").glob("vecnormalize_256_steps.pkl"))
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["status"] == "finished" and state["num_timesteps"] == 256
+    report = (run_dir / "report.md").read_text()
+    for name in (*T.BASELINES, "oracle", algo, f"{algo}_best"):
+        assert f"| {name} |" in report
+    assert "paired" in report.lower()
+    # The printed table: every policy, with the normalised score column.
+    assert "score" in out and "soft_hard" in out and "oracle" in out
+    cfg = T.read_run_config(run_dir)
+    assert cfg.experiment.algo == algo and cfg.seed == 0
+    with np.load(run_dir / "evaluations.npz") as d:
+        assert list(d["timesteps"]) == [128, 256]
+        assert d["results"].shape == (2, 1)
+
+
+def test_save_load_round_trip_gives_identical_actions(runs: dict[str, Any]) -> None:
+    obs = np.random.default_rng(0).uniform(-1, 1, (64, 17)).astype(np.float32)
+    for algo in ("ppo", "dqn"):
+        run_dir = only_run(runs["dir"] / algo)
+        final = T.load_trained_policy(run_dir)
+        # The last checkpoint is the final model: same weights, same statistics.
+        model = T.load_model(run_dir / "checkpoints" / "model_256_steps.zip", algo, ENV_CONFIG)
+        stats = T.load_normalizer(run_dir / "checkpoints" / "vecnormalize_256_steps.pkl")
+        ckpt = T.as_policy(model, stats, ENV_CONFIG, "ckpt")
+        a, _ = final.predict(obs)
+        b, _ = ckpt.predict(obs)
+        assert a.shape == (64, 3)
+        np.testing.assert_array_equal(a, b)
+        # Single observations act like rows of the batch.
+        np.testing.assert_array_equal(final.predict(obs[5])[0], a[5])
+    # In process: save -> load keeps the weights and the statistics exactly.
+    run_dir = only_run(runs["dir"] / "ppo")
+    model = T.load_model(run_dir / "model.zip", "ppo", ENV_CONFIG)
+    path = runs["dir"] / "roundtrip.zip"
+    T._save_model(model, path)
+    again = T.load_model(path, "ppo", ENV_CONFIG)
+    np.testing.assert_array_equal(model.predict(obs, deterministic=True)[0],
+                                  again.predict(obs, deterministic=True)[0])
+
+
+def test_same_seed_same_actions_and_rewards(runs: dict[str, Any]) -> None:
+    assert runs["results"]["ppo_again"][0] == 0
+    a = only_run(runs["dir"] / "ppo")
+    b = only_run(runs["dir"] / "ppo_again")
+    with np.load(a / "evaluations.npz") as da, np.load(b / "evaluations.npz") as db:
+        np.testing.assert_array_equal(da["results"], db["results"])
+    scenario = runs["dir"] / "tiny.yaml"
+    acts_a, rews_a = rollout(a, scenario)
+    acts_b, rews_b = rollout(b, scenario)
+    assert acts_a == acts_b
+    assert rews_a == rews_b
+    assert json.loads((a / "eval_results.json").read_text()) == \
+        json.loads((b / "eval_results.json").read_text())
+
+
+def test_resume_continues_the_step_count(runs: dict[str, Any]) -> None:
+    rc, out, err = runs["results"]["stopped"]
+    assert rc == 128 + signal.SIGINT, err
+    run_dir = only_run(runs["dir"] / "stopped")
+    assert f"--resume {run_dir}" in out
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["status"] == "interrupted" and state["num_timesteps"] == 128
+    assert (run_dir / "checkpoints" / "model_128_steps.zip").is_file()
+    assert (run_dir / "checkpoints" / "vecnormalize_128_steps.pkl").is_file()
+    assert not (run_dir / "model.zip").exists()
+    # Keep a copy for the foreign-model test before resuming.
+    spare = runs["dir"] / "stopped_copy" / run_dir.name
+    shutil.copytree(run_dir, spare)
+    rc, out, err = run(["--resume", str(run_dir)])
+    assert rc == 0, err
+    assert "resuming" in out and "at step 128/256" in out
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["status"] == "finished" and state["num_timesteps"] == 256
+    model = T.load_model(run_dir / "model.zip", "ppo", ENV_CONFIG)
+    assert model.num_timesteps == 256
+    with np.load(run_dir / "evaluations.npz") as d:
+        assert list(d["timesteps"]) == [128, 256]
+    # One TensorBoard run, continued rather than restarted.
+    assert [p.name for p in (run_dir / "tb").iterdir()] == ["ppo_1"]
+    assert len((run_dir / "command.txt").read_text().splitlines()) == 4
+    # A finished run cannot be resumed again, and stays as it was.
+    before = (run_dir / "report.md").read_bytes()
+    rc, _, err = run(["--resume", str(run_dir)])
+    assert rc == 2 and "finished" in err
+    assert (run_dir / "report.md").read_bytes() == before
+
+
+def test_multi_seed_parallel_aggregate_report(runs: dict[str, Any]) -> None:
+    rc, out, err = runs["results"]["multi"]
+    assert rc == 0, err + out
+    out_dir = runs["dir"] / "multi"
+    multi = [p for p in out_dir.iterdir() if "__multi__" in p.name]
+    assert len(multi) == 1
+    report = (multi[0] / "report.md").read_text()
+    assert "## Per seed" in report and "## Pooled over seeds" in report
+    assert "| 0 | ppo |" in report and "| 1 | ppo |" in report and "| pooled | ppo |" in report
+    seeds = sorted(p.name.split("__")[2] for p in out_dir.iterdir() if "__multi__" not in p.name
+                   and not p.name.startswith("."))
+    assert seeds == ["0", "1"]
+    assert (multi[0] / "experiment.yaml").is_file()
+
+
+def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(tiny: Path) -> None:
+    out = tiny / "sigterm"
+    proc = start(["--config", str(tiny / "exp.yaml"), "--out", str(out),
+                  "--timesteps", "1000000", "--set", "eval.freq=64"])
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 60
+    for line in proc.stdout:
+        if line.startswith("step "):
+            break
+        assert time.monotonic() < deadline
+    proc.send_signal(signal.SIGTERM)
+    rc, rest, err = finish(proc, timeout=60)
+    assert rc == 128 + signal.SIGTERM, err
+    assert "resume with" in rest
+    run_dir = only_run(out)
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["status"] == "interrupted"
+    n = state["num_timesteps"]
+    assert 0 < n < 1_000_000
+    assert (run_dir / "checkpoints" / f"model_{n}_steps.zip").is_file()
+    assert (run_dir / "checkpoints" / f"vecnormalize_{n}_steps.pkl").is_file()
+
+
+# -------------------------------------------------------------- bad input
+
+
+def _bad_cases(tiny: Path) -> dict[str, tuple[list[str], str]]:
+    (tiny / "malformed.yaml").write_text("name: x\nseeds: [0\n")
+    (tiny / "typo.yaml").write_text("nme: x\n")
+    fake = tiny / "not_a_run"
+    fake.mkdir(exist_ok=True)
+    (fake / "notes.txt").write_text("hello")
+    exp = str(tiny / "exp.yaml")
+    return {
+        "missing config": (["--config", str(tiny / "nope.yaml")], "no such file"),
+        "malformed config": (["--config", str(tiny / "malformed.yaml")], "YAML syntax error"),
+        "unknown key": (["--config", str(tiny / "typo.yaml")], "did you mean 'name'"),
+        "unknown algo": (["--config", exp, "--algo", "ppp"], "did you mean 'ppo'"),
+        "not a run": (["--resume", str(fake)], "not a run folder"),
+        "no such run": (["--resume", str(tiny / "nowhere")], "no such run folder"),
+        "bad set key": (["--config", exp, "--set", "env.decision_tick=5"],
+                        "did you mean 'decision_ticks'"),
+        "bad set type": (["--config", exp, "--set", "timesteps=many"], "expected an integer"),
+        "bad set range": (["--config", exp, "--set", "env.decision_ticks=0"], "out of range"),
+        "bad set form": (["--config", exp, "--set", "timesteps"], "expected key=value"),
+        "bad hyperparameter": (["--config", exp, "--set", "hyperparams.ppo.n_step=5"],
+                               "did you mean 'n_steps'"),
+        "bad schedule": (["--config", exp, "--set", "hyperparams.ppo.learning_rate=lin_x"],
+                         "schedule"),
+        "bad seeds": (["--config", exp, "--seeds", "0,a"], "comma-separated"),
+        "bad suite": (["--config", exp, "--set", "eval_suite=tst"], "did you mean 'test'"),
+        "unknown flag": (["--bogus"], "unrecognized arguments"),
+    }
+
+
+@pytest.fixture(scope="module")
+def bad_results(tiny: Path) -> dict[str, tuple[int, str, str]]:
+    out = tiny / "bad_out"
+    procs = {name: start([*args, "--out", str(out)]) if "--resume" not in args
+             else start(args) for name, (args, _) in _bad_cases(tiny).items()}
+    return {name: finish(p, timeout=60) for name, p in procs.items()}
+
+
+BAD_CASES = ("missing config", "malformed config", "unknown key", "unknown algo", "not a run",
+             "no such run", "bad set key", "bad set type", "bad set range", "bad set form",
+             "bad hyperparameter", "bad schedule", "bad seeds", "bad suite", "unknown flag")
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_input_is_one_error_line_and_status_2(tiny: Path, bad_results: dict[str, Any],
+                                                   case: str) -> None:
+    rc, out, err = bad_results[case]
+    cases = _bad_cases(tiny)
+    assert set(cases) == set(BAD_CASES)
+    expected = cases[case][1]
+    assert rc == 2, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ") and expected in lines[0], lines[0]
+    assert "Traceback" not in err
+    # Nothing was created for a run that never started.
+    assert not (tiny / "bad_out").exists() or not any((tiny / "bad_out").iterdir())
+
+
+def test_model_from_another_env_is_refused(runs: dict[str, Any], tmp_path: Path) -> None:
+    """A checkpoint swapped for a model of another env (other observation
+    space) or another algorithm: one error line, nothing overwritten."""
+    copies = runs["dir"] / "stopped_copy"
+    if not copies.exists():
+        pytest.skip("needs the stopped run of test_resume_continues_the_step_count")
+    src = only_run(copies)
+    import torch
+    from stable_baselines3 import PPO
+
+    torch.set_num_threads(1)
+    scen = load_scenario(runs["dir"] / "tiny.yaml")
+    other = PPO("MlpPolicy", PageTableReclaimEnv([scen], EnvConfig(candidate_counts=True)),
+                n_steps=16, batch_size=16, seed=0, device="cpu")
+    for name, make in (("other_env", lambda p: T._save_model(other, p)),
+                       ("other_algo", lambda p: shutil.copy(
+                           only_run(runs["dir"] / "dqn") / "model.zip", p))):
+        run_dir = tmp_path / name
+        shutil.copytree(src, run_dir)
+        ckpt = run_dir / "checkpoints" / "model_128_steps.zip"
+        make(ckpt)
+        before = sorted(p.name for p in run_dir.rglob("*"))
+        rc, _, err = run(["--resume", str(run_dir)])
+        assert rc == 2, err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), err
+        assert ("from another env" in err) if name == "other_env" else ("cannot load" in err)
+        assert sorted(p.name for p in run_dir.rglob("*")) == before
+
+
+def test_existing_run_folder_is_never_overwritten(tiny: Path, tmp_path: Path) -> None:
+    existing = tmp_path / "taken"
+    existing.mkdir()
+    (existing / "keep.txt").write_text("mine")
+    rc, _, err = run(["--config", str(tiny / "exp.yaml"), "--run-dir", str(existing)])
+    assert rc == 2 and "never overwriting" in err
+    assert [p.name for p in existing.iterdir()] == ["keep.txt"]
+
+
+# ------------------------------------------------------------- in process
+
+
+def test_set_values_are_typed_and_validated(tiny: Path) -> None:
+    exp, data = T.load_experiment(tiny / "exp.yaml", [
+        ("--set", "env.decision_ticks=7"), ("--set", "normalize.reward=false"),
+        ("--set", "hyperparams.ppo.learning_rate=1e-3"), ("--set", "seeds=[3, 4]")])
+    assert exp.env.decision_ticks == 7 and exp.normalize.reward is False
+    assert exp.seeds == (3, 4)
+    assert exp.train_suite == str((tiny / "tiny.yaml").resolve())
+    assert data["env"]["decision_ticks"] == 7
+    hp = T.load_hyperparams(exp)
+    assert hp["learning_rate"] == pytest.approx(1e-3)
+    assert hp["n_steps"] == 32  # the experiment's override of the algo YAML
+    sched = T._schedule("lin_3e-4", "x")
+    assert sched(1.0) == pytest.approx(3e-4) and sched(0.5) == pytest.approx(1.5e-4)
+    with pytest.raises(T.TrainError, match="did you mean 'normalize'"):
+        T.load_experiment(tiny / "exp.yaml", [("--set", "normalise.obs=true")])
+
+
+def test_default_experiment_and_algo_configs_load() -> None:
+    exp, _ = T.load_experiment(None)
+    assert exp.name == "default" and exp.algo == "ppo" and len(exp.seeds) >= 3
+    for algo in T.ALGOS:
+        hp = T.load_hyperparams(T.dataclasses.replace(exp, algo=algo))
+        T.materialize(algo, hp)
+    scen = T.resolve_scenarios(exp)
+    assert {s.name for s in scen.train}.isdisjoint({s.name for s in scen.eval})
+
+
+def test_flattened_actions_cover_the_multidiscrete_space() -> None:
+    nvec = np.array([5, 3, 2])
+    flat = T.unflatten_action(np.arange(30), nvec)
+    assert flat.shape == (30, 3)
+    assert len({tuple(r) for r in flat}) == 30
+    assert (flat < nvec).all()
+    assert list(T.unflatten_action(np.int64(7), nvec)) == list(flat[7])
