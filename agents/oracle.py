@@ -62,15 +62,19 @@ class OracleBound(Policy):
         self.env: PageTableReclaimEnv | None = None
         self._trace: dict[str, dict[int, list[int]]] = {}
         self._sim_id = -1
+        self._owner: object | None = None
 
     def bind(self, env: Any) -> None:
         """Attach to the (unwrapped) env whose simulation it may read."""
         self.env = env.unwrapped if hasattr(env, "unwrapped") else env
+        # A new simulation may reuse a freed one's id(): never trust an old future.
+        self._trace = {}
+        self._sim_id = -1
 
     def _ensure_future(self) -> None:
         env = self.env
         assert env is not None and env.sim is not None
-        if id(env.sim) == self._sim_id:
+        if id(env.sim) == self._sim_id and self._owner is env.sim:
             return
         future = copy.deepcopy(env.sim)
         future.record_touches()
@@ -79,6 +83,7 @@ class OracleBound(Policy):
         assert future.touch_trace is not None
         self._trace = future.touch_trace
         self._sim_id = id(env.sim)
+        self._owner = env.sim  # keeps the id from being reused while cached
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         env = self.env
