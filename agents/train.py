@@ -39,6 +39,7 @@ import signal
 import subprocess
 import sys
 import time
+import typing
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -274,8 +275,6 @@ def _set_path(data: dict[str, Any], key: str, value: Any, label: str) -> None:
 
 
 def _type_hints(cls: Any) -> dict[str, Any]:
-    import typing
-
     return typing.get_type_hints(cls)
 
 
@@ -305,7 +304,10 @@ def load_experiment(path: Path | None, sets: Sequence[tuple[str, str]] = ()
         key = key.strip()
         # `--set k=v` names the item; a flag (`--algo x`) arrives with its own label.
         where = f"{label} {item}" if label == "--set" else label
-        value = _parse_value(raw)
+        try:
+            value = _parse_value(raw)
+        except TrainError as exc:
+            raise TrainError(f"{where}: {exc}") from None
         if key in ("train_suite", "eval_suite", "algo_config"):
             value = _resolve_suite_spec(value, Path.cwd())
         _set_path(data, key, value, where)
@@ -535,7 +537,7 @@ def make_vec_env(exp: ExperimentConfig, scenarios: list[ScenarioConfig], seed: i
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecNormalize
 
     fns = [_make_env_fn(scenarios, exp.env, exp.algo, os.getpid()) for _ in range(exp.n_envs)]
-    venv: VecEnv = (SubprocVecEnv(fns, start_method="fork") if exp.vec_env == "subproc"
+    venv: VecEnv = (SubprocVecEnv(fns) if exp.vec_env == "subproc"
                     else DummyVecEnv(fns))
     venv.seed(seed)
     norm = exp.normalize
@@ -585,23 +587,18 @@ def as_policy(model: Any, normalizer: VecNormalize | None, env_config: EnvConfig
 
 
 def _env_nvec(env_config: EnvConfig) -> list[int]:
-    from ..envs.sim.reclaim import DEPTHS
-
-    nvec = [len(env_config.budgets), len(DEPTHS), 2]
-    return nvec + ([2] if env_config.hard_limit_action else [])
+    return [int(n) for n in PageTableReclaimEnv(ScenarioConfig(), env_config).action_space.nvec]
 
 
 def _env_spaces(env_config: EnvConfig, algo: str) -> tuple[gym.Space[Any], gym.Space[Any]]:
-    """Observation and action spaces the model must have (without building a
-    scenario: they depend on the env config only)."""
-    from ..envs.pagetable_env import CANDIDATE_NAMES, OBS_NAMES
-
-    n_obs = len(OBS_NAMES) + (len(CANDIDATE_NAMES) if env_config.candidate_counts else 0)
-    obs = gym.spaces.Box(-1.0, 1.0, (n_obs,), np.float32)
-    nvec = _env_nvec(env_config)
-    act: gym.Space[Any] = (gym.spaces.Discrete(int(np.prod(nvec))) if algo == "dqn"
-                           else gym.spaces.MultiDiscrete(nvec))
-    return obs, act
+    """Observation and action spaces the model must have.  They depend on the
+    env config only, so an env over a placeholder scenario tells them (the
+    constructor builds no simulation)."""
+    env = PageTableReclaimEnv(ScenarioConfig(), env_config)
+    act: gym.Space[Any] = env.action_space
+    if algo == "dqn":
+        act = gym.spaces.Discrete(int(np.prod(env.action_space.nvec)))
+    return env.observation_space, act
 
 
 def load_model(path: Path, algo: str, env_config: EnvConfig) -> BaseAlgorithm:
@@ -647,6 +644,8 @@ def load_trained_policy(run_dir: str | os.PathLike[str], which: str = "final",
     """The final (``model.zip``) or best (``best_model.zip``) policy of a run
     folder, with its normalisation statistics, for :mod:`.evaluate`."""
     run = Path(run_dir)
+    if which not in ("final", "best"):
+        raise TrainError(f"which={which!r}: expected 'final' or 'best'")
     cfg = read_run_config(run)
     exp = cfg.experiment
     model_file, stats = ((run / "model.zip", run / "vecnormalize.pkl") if which == "final"
@@ -830,7 +829,11 @@ class StopRequest:
             os._exit(128 + signum)
         self.signum = signum
         # os.write, not print: print is not reentrant if the signal lands inside one.
-        os.write(2, b"\ninterrupted: saving a checkpoint (interrupt again to quit at once)\n")
+        if self.children:
+            os.write(2, b"\ninterrupted: every running seed saves a checkpoint "
+                        b"(interrupt again to quit at once)\n")
+        else:
+            os.write(2, b"\ninterrupted: saving a checkpoint (interrupt again to quit at once)\n")
 
     @property
     def requested(self) -> bool:
@@ -1020,7 +1023,7 @@ def _make_callback(**kw: Any) -> Any:
 
         def _status(self) -> str:
             ev = (f"eval cost {self.last:.2f} (best {-self.best:.2f})" if self.last is not None
-                  else "eval pending")
+                  else "first eval at step " + str(int(self.next_eval)))
             return f"{self.fps():.0f} steps/s | {ev}"
 
         def _show(self, n: int) -> None:
@@ -1108,7 +1111,8 @@ class Output:
 def _console(file: TextIO | None = None) -> Console:
     from rich.console import Console
 
-    return Console(file=file, width=None if (file or sys.stdout).isatty() else 120)
+    # Piped output (logs, parallel seeds) gets a fixed width wide enough for the tables.
+    return Console(file=file, width=None if (file or sys.stdout).isatty() else 150)
 
 
 def train_run(run: Path, cfg: RunConfig, out: Output, stop: StopRequest,
@@ -1172,7 +1176,7 @@ def _train(run: Path, cfg: RunConfig, out: Output, stop: StopRequest, resume: bo
         )
 
         progress = Progress(TextColumn(f"{escape(out.label)}[bold]{exp.algo}[/] seed {seed}"),
-                            BarColumn(),
+                            BarColumn(bar_width=24),
                             MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("<"),
                             TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
                             console=out.console, transient=False)
@@ -1232,20 +1236,37 @@ def _finish(run: Path, cfg: RunConfig, out: Output, stop: StopRequest) -> int:
     names = list(ev.baselines) + (["oracle"] if ev.oracle else [])
     cache = run.parent / ".baseline_cache" if ev.cache_baselines else None
 
+    per_policy = len(cfg.scenarios.eval) * ev.final_episodes
+    progress = None
+    if out.live:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        # Cached baselines finish at once, so the bar may jump: it counts episodes run.
+        progress = Progress(TextColumn("final evaluation"), BarColumn(bar_width=24),
+                            MofNCompleteColumn(), TextColumn("episodes"),
+                            console=out.console, transient=True)
+        curve = (len(names) * len(cfg.scenarios.eval) * ev.episodes
+                 if (run / "evaluations.npz").is_file() else 0)
+        task = progress.add_task("eval", total=per_policy * (len(learned) + len(names)) + curve)
+
     def tick() -> None:
         if stop.requested:
             raise Interrupted
+        if progress is not None:
+            progress.advance(task)
 
+    t0 = time.perf_counter()
     try:
-        # Own models first: parallel seeds then reach the shared baselines at
-        # different times and split them instead of waiting on one another.
-        mine = run_policies(learned, cfg.scenarios.eval, ev.final_episodes, ev.seed,
-                            exp.env, tick)
-        base = baseline_results(names, cfg.scenarios.eval, ev.final_episodes, ev.seed,
-                                exp.env, cache, tick)
-        curve_base = (baseline_results(names, cfg.scenarios.eval, ev.episodes, ev.seed + 1,
-                                       exp.env, cache, tick)
-                      if (run / "evaluations.npz").is_file() else [])
+        with progress if progress is not None else contextlib.nullcontext():
+            # Own models first: parallel seeds then reach the shared baselines at
+            # different times and split them instead of waiting on one another.
+            mine = run_policies(learned, cfg.scenarios.eval, ev.final_episodes, ev.seed,
+                                exp.env, tick)
+            base = baseline_results(names, cfg.scenarios.eval, ev.final_episodes, ev.seed,
+                                    exp.env, cache, tick)
+            curve_base = (baseline_results(names, cfg.scenarios.eval, ev.episodes,
+                                           ev.seed + 1, exp.env, cache, tick)
+                          if (run / "evaluations.npz").is_file() else [])
     except Interrupted:
         out.echo(f"{out.label}interrupted during the final evaluation; the trained model is "
                  f"saved. Finish with: python scripts/train.py --resume {shlex.quote(str(run))}")
@@ -1256,7 +1277,7 @@ def _finish(run: Path, cfg: RunConfig, out: Output, stop: StopRequest) -> int:
     summaries = summarize(results, n_boot=ev.n_boot)
     paired = {(p, h): paired_difference_ci(results, p, h, n_boot=ev.n_boot)
               for p in learned for h in names}
-    state = _read_state(run)
+    state = _write_state(run, eval_seconds=time.perf_counter() - t0)
     plot_learning_curve(run, curve_base, exp.algo, f"{run.name}")
     plot_cost_terms(run / "cost_terms.png", summaries, exp.env)
     write_text_atomic(run / "report.md",
@@ -1274,8 +1295,8 @@ def _fmt(x: float | None, digits: int = 2) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
-def _ci(mean: float, lo: float, hi: float) -> str:
-    return f"{mean:.2f} [{lo:.2f}, {hi:.2f}]"
+def _ci(mean: float, lo: float, hi: float, digits: int = 2) -> str:
+    return f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
 def print_tables(console: Console, summaries: Sequence[PolicySummary],
@@ -1329,7 +1350,8 @@ def run_report(run: Path, cfg: RunConfig, summaries: Sequence[PolicySummary],
     lines = [f"# {run.name}", "",
              f"{exp.algo} on `{exp.env_id}`, seed {cfg.seed}, {state.get('num_timesteps')} "
              f"steps in {float(state.get('train_seconds', 0.0)):.0f} s of training "
-             f"({float(state.get('fps', 0.0)):.0f} steps/s, {exp.n_envs} envs, {exp.vec_env}).",
+             f"({float(state.get('fps', 0.0)):.0f} steps/s, {exp.n_envs} envs, {exp.vec_env}); "
+             f"final evaluation {float(state.get('eval_seconds', 0.0)):.0f} s.",
              f"Trained on: {', '.join(s.name for s in cfg.scenarios.train)}.",
              f"Held out: {', '.join(s.name for s in cfg.scenarios.eval)}, "
              f"{exp.eval.final_episodes} seeded episodes each (seeds from {exp.eval.seed}), "
@@ -1364,7 +1386,9 @@ def run_report(run: Path, cfg: RunConfig, summaries: Sequence[PolicySummary],
               "Raw terms (units: see RewardWeights):", ""]
     rows = [[s.policy] + [f"{s.terms[k]:.1f}" for k in COST_TERMS] for s in summaries]
     lines += [_md_table(["policy", *COST_TERMS], rows), "",
-              "## Plots", "", "![learning curve](learning_curve.png)", "",
+              "## Plots", "",
+              *(["![learning curve](learning_curve.png)", ""]
+                if (run / "learning_curve.png").is_file() else []),
               "![cost terms](cost_terms.png)", "",
               "## Reproduce", "", "```", _read_text(run / "command.txt").strip(), "```", ""]
     return "\n".join(lines)
@@ -1407,8 +1431,9 @@ def plot_learning_curve(run: Path, curve_base: Sequence[EpisodeResult], algo: st
         level = float(np.mean([r.cost for r in curve_base if r.policy == n]))
         ax.axhline(level, ls="--" if n != "oracle" else ":", color=colors(i), label=f"{n}")
     ax.set_xlabel("training steps")
-    ax.set_ylabel("held-out episode cost (log)")
-    if np.all(costs > 0):
+    ax.set_ylabel("held-out episode cost")
+    levels = [r.cost for r in curve_base] + list(costs.ravel())
+    if min(levels) > 0 and max(levels) / min(levels) > 10:
         ax.set_yscale("log")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
@@ -1537,13 +1562,18 @@ def multi_report(multi: Path, runs: Mapping[int, Path], exp: ExperimentConfig,
     for col in header:
         t.add_column(col)
     for cells in rows + prow + brow:
-        t.add_row(*cells)
+        # One decimal on screen (the report keeps two): the table must fit a terminal.
+        t.add_row(*[_one_decimal(c) if "[" in c else c for c in cells])
     console.print(t)
     for v in verdict_lines:
         console.print(v.replace("`", ""), markup=False, highlight=False)
     plot_multi_curves(multi / "learning_curves.png", runs, algo)
     lines += ["![learning curves](learning_curves.png)", ""]
     return "\n".join(lines)
+
+
+def _one_decimal(cell: str) -> str:
+    return re.sub(r"-?\d+\.\d+", lambda m: f"{float(m.group()):.1f}", cell)
 
 
 def plot_multi_curves(path: Path, runs: Mapping[int, Path], algo: str) -> None:
@@ -1554,21 +1584,25 @@ def plot_multi_curves(path: Path, runs: Mapping[int, Path], algo: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
-    drawn = False
+    lows: list[float] = []
+    highs: list[float] = []
     for seed, run in runs.items():
         f = run / "evaluations.npz"
         if not f.is_file():
             continue
         with np.load(f) as d:
-            ax.plot(d["timesteps"], -np.asarray(d["results"]).mean(axis=1), marker=".",
-                    label=f"{algo} seed {seed}")
-            drawn = True
-    if not drawn:
+            cost = -np.asarray(d["results"]).mean(axis=1)
+            ax.plot(d["timesteps"], cost, marker=".", label=f"{algo} seed {seed}")
+            lows.append(float(cost.min()))
+            highs.append(float(cost.max()))
+    if not lows:
         plt.close(fig)
         return
     ax.set_xlabel("training steps")
-    ax.set_ylabel("held-out episode cost")
-    ax.set_yscale("log")
+    ax.set_ylabel("held-out episode cost (training-time evaluations)")
+    # A log axis only pays off over an order of magnitude.
+    if min(lows) > 0 and max(highs) / min(lows) > 10:
+        ax.set_yscale("log")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     _savefig(fig, path)
@@ -1682,6 +1716,11 @@ def _main(args: argparse.Namespace, argv: Sequence[str], stop: StopRequest) -> i
             raise TrainError(f"--resume continues a run with its own config; drop "
                              f"{', '.join('--' + g.replace('_', '-') for g in given)}")
         run = args.resume
+        if _is_multi(run):
+            exp, _ = load_experiment(run / "experiment.yaml")
+            hp = load_hyperparams(exp)
+            return run_multi(exp, hp, resolve_scenarios(exp), run.parent, argv, console, live,
+                             stop, multi=run)
         cfg = read_run_config(run)
         state = _read_state(run)
         if state["status"] == "finished":
@@ -1719,48 +1758,85 @@ def _main(args: argparse.Namespace, argv: Sequence[str], stop: StopRequest) -> i
         cfg = _start_run(run, exp, exp.seeds[0], hp, scen, argv)
         stop.install()
         return train_run(run, cfg, Output(console, live), stop)
-    return run_multi(exp, hp, scen, args, argv, console, live, stop)
+    return run_multi(exp, hp, scen, args.out, argv, console, live, stop)
 
 
-def run_multi(exp: ExperimentConfig, hp: Mapping[str, Any], scen: Scenarios,
-              args: argparse.Namespace, argv: Sequence[str], console: Console, live: bool,
-              stop: StopRequest) -> int:
+def _free_run_path(out: Path, name: str, algo: str, seed: int) -> Path:
+    """A run folder name nobody has taken (the child process creates it)."""
+    base = out / f"{name}__{algo}__{seed}__{_stamp()}"
+    run, k = base, 2
+    while run.exists():
+        run = base.with_name(f"{base.name}-{k}")
+        k += 1
+    return run
+
+
+def run_multi(exp: ExperimentConfig, hp: Mapping[str, Any], scen: Scenarios, out: Path,
+              argv: Sequence[str], console: Console, live: bool, stop: StopRequest,
+              multi: Path | None = None) -> int:
     """Train every seed (in turn, or ``jobs`` at a time in child processes),
-    then write the aggregate report."""
+    then write the aggregate report.  With ``multi`` (``--resume`` of a
+    multi-seed folder): resume every unfinished seed, start the missing ones,
+    and rewrite the aggregate report."""
     t0 = time.perf_counter()
-    out: Path = args.out
-    multi = new_run_dir(out, exp.name, exp.algo, "multi")
-    # Resolved once, so every seed trains with the very same hyperparameters.
-    exp_data = to_dict(exp)
-    exp_data["hyperparams"] = {exp.algo: dict(hp)}
-    write_yaml_atomic(multi / "experiment.yaml", exp_data)
-    write_text_atomic(multi / "command.txt", _command(argv))
     runs: dict[int, Path] = {}
+    if multi is None:
+        multi = new_run_dir(out, exp.name, exp.algo, "multi")
+        # Resolved once, so every seed trains with the very same hyperparameters.
+        exp_data = to_dict(exp)
+        exp_data["hyperparams"] = {exp.algo: dict(hp)}
+        write_yaml_atomic(multi / "experiment.yaml", exp_data)
+        write_text_atomic(multi / "command.txt", _command(argv))
+    else:
+        with contextlib.suppress(OSError, ValueError):
+            runs = {int(k): Path(v) for k, v in
+                    json.loads((multi / "runs.json").read_text()).items()}
+        with contextlib.suppress(OSError), (multi / "command.txt").open("a") as f:
+            f.write(_command(argv))
+    tasks: list[tuple[int, bool]] = []  # (seed, resume?)
+    for seed in exp.seeds:
+        if seed in runs and (runs[seed] / "state.json").is_file():
+            if _read_state(runs[seed])["status"] != "finished":
+                tasks.append((seed, True))
+        else:
+            tasks.append((seed, False))
+
+    def record(seed: int, run: Path) -> None:
+        runs[seed] = run
+        write_text_atomic(multi / "runs.json", json.dumps(
+            {str(s): str(r) for s, r in sorted(runs.items())}, indent=2) + "\n")
+
     codes: dict[int, int] = {}
     stop.install()
     if exp.jobs == 1:
-        for seed in exp.seeds:
+        for seed, resume in tasks:
             if stop.requested:
                 break
+            o = Output(console, live, f"[seed {seed}] ")
+            if resume:
+                codes[seed] = train_run(runs[seed], read_run_config(runs[seed]), o, stop,
+                                        resume=True)
+                continue
             run = new_run_dir(out, exp.name, exp.algo, str(seed))
-            runs[seed] = run
+            record(seed, run)
             cfg = _start_run(run, dataclasses.replace(exp, seeds=(seed,)), seed, hp, scen, argv)
-            codes[seed] = train_run(run, cfg, Output(console, live, f"[seed {seed}] "), stop)
+            codes[seed] = train_run(run, cfg, o, stop)
     else:
-        pending = list(exp.seeds)
+        pending = list(tasks)
         procs: dict[int, subprocess.Popen[bytes]] = {}
+        me = [sys.executable, "-m", "ptreclaim.agents.train"]
         while pending or procs:
             while pending and len(procs) < exp.jobs and not stop.requested:
-                seed = pending.pop(0)
-                run = out / f"{exp.name}__{exp.algo}__{seed}__{_stamp()}"
-                k = 2
-                while run.exists():
-                    run = out / f"{exp.name}__{exp.algo}__{seed}__{_stamp()}-{k}"
-                    k += 1
-                runs[seed] = run
-                cmd = [sys.executable, "-m", "ptreclaim.agents.train", "--config",
-                       str(multi / "experiment.yaml"), "--seed", str(seed), "--out", str(out),
-                       "--run-dir", str(run), "--no-progress"]
+                seed, resume = pending.pop(0)
+                if resume:
+                    cmd = [*me, "--resume", str(runs[seed]), "--no-progress"]
+                else:
+                    run = _free_run_path(out, exp.name, exp.algo, seed)
+                    record(seed, run)
+                    cmd = [*me, "--config", str(multi / "experiment.yaml"), "--seed", str(seed),
+                           "--out", str(out), "--run-dir", str(run), "--no-progress"]
+                # A session of its own: the terminal's Ctrl-C reaches only this
+                # process, which forwards it (see StopRequest).
                 procs[seed] = subprocess.Popen(cmd, start_new_session=True)
                 stop.children.append(procs[seed])
             if stop.requested:
@@ -1771,23 +1847,35 @@ def run_multi(exp: ExperimentConfig, hp: Mapping[str, Any], scen: Scenarios,
                     codes[seed] = rc
                     del procs[seed]
             time.sleep(0.2)
+    # Wall time over every invocation (a resumed experiment adds its own).
     wall = time.perf_counter() - t0
-    write_text_atomic(multi / "runs.json",
-                      json.dumps({str(s): str(r) for s, r in runs.items()}, indent=2) + "\n")
+    with contextlib.suppress(OSError, ValueError, TypeError):
+        wall += float(json.loads((multi / "multi_state.json").read_text())["wall_seconds"])
+    write_text_atomic(multi / "multi_state.json",
+                      json.dumps({"wall_seconds": wall, "seeds": list(exp.seeds)}) + "\n")
     report = multi_report(multi, runs, exp, console, wall)
     write_text_atomic(multi / "report.md", report)
     console.print(f"aggregate report: {multi / 'report.md'} (wall time {wall:.0f} s)",
                   highlight=False, markup=False)
-    interrupted = [s for s, c in codes.items() if c >= 128] + [
-        s for s in exp.seeds if s not in codes]
-    if stop.requested or interrupted:
-        for s in interrupted:
-            if s in runs and (runs[s] / "state.json").exists():
-                console.print(f"resume seed {s}: python scripts/train.py --resume "
-                              f"{shlex.quote(str(runs[s]))}", highlight=False, markup=False)
+    unfinished = [s for s in exp.seeds if s in runs and (runs[s] / "state.json").is_file()
+                  and _read_state(runs[s])["status"] != "finished"]
+    if stop.requested or any(c >= 128 for c in codes.values()):
+        console.print(f"resume every seed: python scripts/train.py --resume "
+                      f"{shlex.quote(str(multi))}", highlight=False, markup=False)
+        for s in unfinished:
+            console.print(f"  or seed {s} alone: python scripts/train.py --resume "
+                          f"{shlex.quote(str(runs[s]))}", highlight=False, markup=False)
         return 128 + (stop.signum or signal.SIGINT)
     return 0 if all(c == 0 for c in codes.values()) else 1
 
 
+def _is_multi(path: Path) -> bool:
+    return (path / "experiment.yaml").is_file() and not (path / "config.yaml").exists()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the module under its real name, not as __main__: classes and closures
+    # pickled into models and checkpoints then refer to ptreclaim.agents.train.
+    from ptreclaim.agents.train import main as _real_main
+
+    sys.exit(_real_main())
