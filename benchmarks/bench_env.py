@@ -34,7 +34,6 @@ from ptreclaim.envs.registration import DEFAULT_ID
 from ptreclaim.envs.sim.machine import MachineConfig
 from ptreclaim.envs.sim.simulator import ScenarioConfig, WorkloadSpec
 
-
 #: Steps of the hog comparison: 40 decisions of 10 ticks stay below the 512
 #: tables a 1 GiB mapping holds.
 HOG_STEPS = 40

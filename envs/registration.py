@@ -52,12 +52,11 @@ def make_env(suite: str | None = None, scenario: str | None = None,
 
 def register_all() -> None:
     """Register the default id and one id per shipped scenario (idempotent)."""
-    max_steps = DEFAULT_MAX_STEPS
     if DEFAULT_ID not in gym.registry:
-        gym.register(DEFAULT_ID, entry_point=ENTRY_POINT, max_episode_steps=max_steps,
+        gym.register(DEFAULT_ID, entry_point=ENTRY_POINT, max_episode_steps=None,
                      kwargs={"suite": "train"})
     for path in sorted((CONFIG_DIR / "scenarios").glob("*.yaml")):
         env_id = scenario_id(path.stem)
         if env_id not in gym.registry:
-            gym.register(env_id, entry_point=ENTRY_POINT, max_episode_steps=max_steps,
+            gym.register(env_id, entry_point=ENTRY_POINT, max_episode_steps=None,
                          kwargs={"scenario": path.stem})

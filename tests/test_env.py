@@ -133,6 +133,6 @@ def test_works_in_sb3_vec_envs(vec: type) -> None:
     obs = venv.reset()
     assert obs.shape == (2, len(OBS_NAMES))
     for _ in range(5):
-        obs, rewards, dones, infos = venv.step(np.array([[1, 0, 0], [4, 2, 1]]))
+        obs, rewards, _dones, _infos = venv.step(np.array([[1, 0, 0], [4, 2, 1]]))
         assert rewards.shape == (2,)
     venv.close()

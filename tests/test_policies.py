@@ -106,3 +106,25 @@ def test_oracle_is_deterministic() -> None:
     a = run_episode(OracleBound(), HOG, seed, CFG, "oracle")
     b = run_episode(OracleBound(), HOG, seed, CFG, "oracle")
     assert a == b
+
+
+def test_global_reclaim_takes_from_processes_over_their_soft_limit_first() -> None:
+    from ptreclaim.envs.sim.reclaim import DEPTHS
+    from ptreclaim.envs.sim.simulator import Simulation
+
+    scen = ScenarioConfig(
+        name="two", machine=MachineConfig(ram_mib=2048),
+        workloads=(WorkloadSpec("hog", {"variant": "zeropage", "tables_per_tick": 32}),
+                   WorkloadSpec("kdump", {"guest_mib": 512, "dump_delay_ticks": 1})),
+        ticks=200, jitter=0.0)
+    sim = Simulation(scen, np.random.default_rng(0))
+    sim.run(120)
+    small = min(sim.alive, key=lambda p: p.reclaimable_tables)
+    big = max(sim.alive, key=lambda p: p.reclaimable_tables)
+    assert small is not big and small.reclaimable_tables > 0
+    # Without limits the largest waster goes first; over its soft limit the other does.
+    sim.set_soft_limit(small, 0)
+    before = small.reclaimable_tables
+    res = sim.reclaim(None, DEPTHS[2], small.mm.tables)
+    assert res.targets[0] == small.pid
+    assert small.reclaimable_tables < before

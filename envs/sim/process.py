@@ -57,6 +57,12 @@ class Process:
     def class_count(self, cls: TableClass) -> int:
         return self.mm.class_count(cls)
 
+    @property
+    def over_soft_limit(self) -> bool:
+        """Page tables above the soft limit: a global reclaim pass takes from
+        this process first."""
+        return self.pt_soft_limit_bytes is not None and self.pt_bytes > self.pt_soft_limit_bytes
+
     def runnable(self, tick: int) -> bool:
         """Alive and not throttled for exceeding its hard limit."""
         return self.alive and tick >= self.throttled_until

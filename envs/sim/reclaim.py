@@ -8,8 +8,8 @@ minor faults); ``FILE`` (page-cache entries, re-faulted from the page cache;
 the file's rmap lock is taken).  It never frees a pinned table (anon pages,
 swap entries, markers) nor one under a userfaultfd-registered VMA.
 
-With no target the pass is global and goes largest waste first: processes
-in decreasing order of reclaimable tables.  Costs come from
+With no target the pass is global: processes over their page-table soft
+limit first, then largest waste first (decreasing reclaimable tables).  Costs come from
 :class:`~ptreclaim.envs.sim.costs.CostModel`: CPU for scanning and freeing,
 the rmap lock, a TLB flush with IPIs per process, and the stall of the
 process's own faults, which depends on the locking mechanism (``mmap_write``
@@ -139,7 +139,9 @@ def reclaim_pass(sim: Simulation, target: Process | None, classes: frozenset[Tab
     if target is not None:
         procs = [target] if target.alive else []
     else:
-        procs = sorted(sim.alive, key=lambda q: (-q.reclaimable_tables, q.pid))
+        # Processes over their page-table soft limit go first, then largest waste.
+        procs = sorted(sim.alive, key=lambda q: (not q.over_soft_limit, -q.reclaimable_tables,
+                                                 q.pid))
     remaining = budget
     for p in procs:
         if remaining <= 0:

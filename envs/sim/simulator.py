@@ -283,6 +283,10 @@ class Simulation:
         """Set (or clear) a process's page-table hard limit."""
         p.pt_hard_limit_bytes = limit_bytes
 
+    def set_soft_limit(self, p: Process, limit_bytes: int | None) -> None:
+        """Set (or clear) a process's page-table soft limit (reclaim order)."""
+        p.pt_soft_limit_bytes = limit_bytes
+
     # -- summaries -----------------------------------------------------------
 
     def pt_bytes(self) -> int:
