@@ -518,6 +518,16 @@ class AddressSpace:
         v.end = addr
         self.vmas.insert(i + 1, upper)
 
+    def _isolate(self, i: int, start: int, end: int) -> int:
+        """Split vmas[i] so that [start, end) (inside it) is a VMA of its own;
+        return that VMA's index (vma_modify's split step)."""
+        if self.vmas[i].start < start:
+            self._split(i, start)
+            i += 1
+        if self.vmas[i].end > end:
+            self._split(i, end)
+        return i
+
     @staticmethod
     def _can_merge(a: Vma, b: Vma) -> bool:
         """is_mergeable_vma() + anon_vma compatibility + pgoff contiguity."""
@@ -582,11 +592,7 @@ class AddressSpace:
             if isinstance(new, str):
                 return new
             if new is not None and new != v.flags:
-                if v.start < pos:
-                    self._split(i, pos)
-                    i += 1
-                if self.vmas[i].end > piece_end:
-                    self._split(i, piece_end)
+                i = self._isolate(i, pos, piece_end)
                 self.vmas[i].flags = new
                 self._merge_around(i)
             pos = piece_end
@@ -824,13 +830,7 @@ class AddressSpace:
             elif old & VM_ACCOUNT and v.anonymous and v.anon_vma is None:
                 new &= ~VM_ACCOUNT
             if new != old:
-                i = self.vmas.index(v)
-                if v.start < pos:
-                    self._split(i, pos)
-                    i += 1
-                if self.vmas[i].end > piece_end:
-                    self._split(i, piece_end)
-                piece = self.vmas[i]
+                piece = self.vmas[self._isolate(self.vmas.index(v), pos, piece_end)]
                 piece.flags = new
                 if (old & (VM_WRITE | VM_SHARED | VM_LOCKED)) == VM_LOCKED and new & VM_WRITE:
                     self._fault_range(piece, pos, piece_end, PAGE, True, pos)
@@ -861,12 +861,7 @@ class AddressSpace:
             piece_end = min(v.end, end)
             new = (v.flags | VM_LOCKED) if on else (v.flags & ~VM_LOCKED)
             if new != v.flags:
-                i = self.vmas.index(v)
-                if v.start < pos:
-                    self._split(i, pos)
-                    i += 1
-                if self.vmas[i].end > piece_end:
-                    self._split(i, piece_end)
+                i = self._isolate(self.vmas.index(v), pos, piece_end)
                 self.vmas[i].flags = new
                 self._merge_around(i)
             pos = piece_end
