@@ -813,8 +813,31 @@ class AddressSpace:
         if length == 0:
             return None
         end = start + _page_align(length)
-        first = self.find_vma(start)
-        if first is None:
+
+        def new_flags(v: Vma) -> int:
+            old = v.flags
+            new = (old & ~VM_PROT) | prot
+            if prot & VM_WRITE:
+                if not old & (VM_ACCOUNT | VM_WRITE | VM_SHARED | VM_NORESERVE):
+                    new |= VM_ACCOUNT
+            elif old & VM_ACCOUNT and v.anonymous and v.anon_vma is None:
+                new &= ~VM_ACCOUNT
+            return new
+
+        def populate_locked(piece: Vma, old: int, a: int, b: int) -> None:
+            if (old & (VM_WRITE | VM_SHARED | VM_LOCKED)) == VM_LOCKED and piece.flags & VM_WRITE:
+                self._fault_range(piece, a, b, PAGE, True, a)
+
+        return self._change_contiguous(start, end, new_flags, populate_locked)
+
+    def _change_contiguous(self, start: int, end: int, new_flags: Callable[[Vma], int],
+                           after: Callable[[Vma, int, int, int], None] | None = None
+                           ) -> str | None:
+        """Change the flags of every VMA piece of [start, end), which must be
+        mapped without holes (mprotect, mlock): a hole at the start changes
+        nothing, a later one stops there; both give ENOMEM.  ``after(piece,
+        old_flags, a, b)`` runs on each changed piece before it merges."""
+        if self.find_vma(start) is None:
             return "ENOMEM"
         pos = start
         while pos < end:
@@ -823,17 +846,12 @@ class AddressSpace:
                 return "ENOMEM"
             piece_end = min(v.end, end)
             old = v.flags
-            new = (old & ~VM_PROT) | prot
-            if prot & VM_WRITE:
-                if not old & (VM_ACCOUNT | VM_WRITE | VM_SHARED | VM_NORESERVE):
-                    new |= VM_ACCOUNT
-            elif old & VM_ACCOUNT and v.anonymous and v.anon_vma is None:
-                new &= ~VM_ACCOUNT
+            new = new_flags(v)
             if new != old:
                 piece = self.vmas[self._isolate(self.vmas.index(v), pos, piece_end)]
                 piece.flags = new
-                if (old & (VM_WRITE | VM_SHARED | VM_LOCKED)) == VM_LOCKED and new & VM_WRITE:
-                    self._fault_range(piece, pos, piece_end, PAGE, True, pos)
+                if after is not None:
+                    after(piece, old, pos, piece_end)
                 self._merge_around(self.vmas.index(piece))
             pos = piece_end
         return None
@@ -851,23 +869,11 @@ class AddressSpace:
         start &= ~(PAGE - 1)
         if end <= start:
             return None
-        if self.find_vma(start) is None:
-            return "ENOMEM"
-        pos = start
-        while pos < end:
-            v = self.find_vma(pos)
-            if v is None:
-                return "ENOMEM"
-            piece_end = min(v.end, end)
-            new = (v.flags | VM_LOCKED) if on else (v.flags & ~VM_LOCKED)
-            if new != v.flags:
-                i = self._isolate(self.vmas.index(v), pos, piece_end)
-                self.vmas[i].flags = new
-                self._merge_around(i)
-            pos = piece_end
-        if on:
-            return self._populate(start, end, "mlock")
-        return None
+        err = self._change_contiguous(
+            start, end, lambda v: (v.flags | VM_LOCKED) if on else (v.flags & ~VM_LOCKED))
+        if err or not on:
+            return err
+        return self._populate(start, end, "mlock")
 
     def madvise(self, start: int, length: int, advice: str) -> str | None:
         """madvise with ``advice`` a name from opscript.ADVICES."""
