@@ -54,6 +54,7 @@ from ..envs.configio import (
     load_scenario,
     load_suite,
     load_yaml,
+    run_cli,
     suite_paths,
     write_text_atomic,
 )
@@ -1241,15 +1242,4 @@ def _main(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (2: bad input, 130: interrupted)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    try:
-        return _main(args, argv)
-    except ConfigError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        return 0
+    return run_cli(PROG, build_parser(), _main, argv)

@@ -11,11 +11,13 @@ the same folder, then ``os.replace``), so a crash never leaves half a file.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import os
+import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -196,3 +198,23 @@ def write_yaml_atomic(path: str | os.PathLike[str], data: Any) -> None:
     """Write plain ``data`` as YAML to ``path`` atomically."""
     write_text_atomic(path, dump_yaml(data))
 
+
+
+def run_cli(prog: str, parser: argparse.ArgumentParser,
+            handler: Callable[[argparse.Namespace, list[str]], int],
+            argv: Sequence[str] | None = None) -> int:
+    """Run a command-line entry point the project's way: bad input
+    (:class:`ConfigError`) is one line on stderr and exit status 2, Ctrl-C is
+    one line and 130, a closed pipe is quiet; never a traceback for these."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(args_list)
+    try:
+        return handler(args, args_list)
+    except ConfigError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0

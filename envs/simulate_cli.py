@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 
-from .configio import dump_yaml, load_scenario, write_text_atomic
+from .configio import dump_yaml, load_scenario, run_cli, write_text_atomic
 from .sim.config import ConfigError, did_you_mean, to_dict
 from .sim.machine import PAGE_KIB
 from .sim.pagetable import PAGE
@@ -569,15 +569,4 @@ def _main(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (2: bad input, 130: interrupted)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    try:
-        return _main(args, argv)
-    except ConfigError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        return 0
+    return run_cli(PROG, build_parser(), _main, argv)
