@@ -144,20 +144,40 @@ class SoftHard(Policy):
         return cls(build(SoftHardParams, data, where))
 
     def act(self, obs: np.ndarray) -> np.ndarray:
+        return self.decide(obs)[0]
+
+    def decide(self, obs: np.ndarray) -> tuple[np.ndarray, str]:
+        """The action and the reason for it (which threshold or signal fired),
+        in words an operator reads (the live advisor prints it)."""
         p = self.params
         pt = float(obs[_IDX["pt_frac"]])
-        suspect = (obs[_IDX["top1_pt_ratio"]] > p.proc_ratio
-                   and obs[_IDX["top1_pt_frac"]] > p.proc_pt_frac)
-        bump = int(obs[_IDX["psi_some_avg10"]] > p.psi_trigger)
+        ratio = float(obs[_IDX["top1_pt_ratio"]])
+        top = float(obs[_IDX["top1_pt_frac"]])
+        suspect = ratio > p.proc_ratio and top > p.proc_pt_frac
+        psi = float(obs[_IDX["psi_some_avg10"]])
+        bump = int(psi > p.psi_trigger)
+        free = float(obs[_IDX["free_vs_wmark"]])
         hard = None if not p.use_hard_limit else 0
-        if pt > p.hard_pt_frac or obs[_IDX["free_vs_wmark"]] < p.free_trigger:
+        who = (f"; top process over the per-process limit (tables/(RSS+tables) {ratio:.2f} > "
+               f"{p.proc_ratio:g} and {top:.4f} > {p.proc_pt_frac:g} of the zone)"
+               if suspect else "")
+        if pt > p.hard_pt_frac or free < p.free_trigger:
             if p.use_hard_limit and suspect:
                 hard = 1
-            return _action(p.hard_budget, p.hard_depth, int(suspect), hard)
+            why = (f"page tables {pt:.4f} of the zone > hard limit {p.hard_pt_frac:g}"
+                   if pt > p.hard_pt_frac else
+                   f"free vs watermark {free:.3f} < trigger {p.free_trigger:g}")
+            return _action(p.hard_budget, p.hard_depth, int(suspect), hard), why + who
         if pt > p.soft_pt_frac or suspect:
             depth = min(2, p.soft_depth + bump)
-            return _action(p.soft_budget, depth, int(suspect), hard)
-        return _action(0, 0, 0, hard)
+            why = (f"page tables {pt:.4f} of the zone > soft limit {p.soft_pt_frac:g}"
+                   if pt > p.soft_pt_frac else "under the soft limit")
+            if bump:
+                why += f"; PSI some avg10 {psi:.3f} > {p.psi_trigger:g} deepens the class"
+            return _action(p.soft_budget, depth, int(suspect), hard), why + who
+        return (_action(0, 0, 0, hard),
+                f"page tables {pt:.4f} of the zone <= soft limit {p.soft_pt_frac:g} and no "
+                "process over the per-process limit")
 
 
 @dataclass(frozen=True)
