@@ -61,6 +61,8 @@ from ..envs.configio import (
 from ..envs.pagetable_env import COST_TERMS, EnvConfig, PageTableReclaimEnv
 from ..envs.sim.config import ConfigError, build, did_you_mean, to_dict
 from ..envs.sim.simulator import ScenarioConfig
+from .export import RULE_KINDS, read_thresholds
+from .export import load_thresholds as load_thresholds  # the reader moved to export.py
 from .heuristics import HEURISTICS, make_heuristic
 from .oracle import OracleBound
 
@@ -244,13 +246,6 @@ def evaluate(policies: dict[str, Any], scenarios: Sequence[ScenarioConfig], epis
 ALGOS = {"ppo": "ppo", "a2c": "a2c", "dqn": "dqn", "maskableppo": "maskable_ppo",
          "maskable_ppo": "maskable_ppo", "ppo_mask": "maskable_ppo", "mppo": "maskable_ppo"}
 
-#: Top-level keys a thresholds file may hold (what export_thresholds.py writes).
-THRESHOLDS_KEYS = ("schema_version", "name", "description", "provenance", "rule", "score",
-                   "scores", "evaluation")
-THRESHOLDS_SCHEMA_VERSION = 1
-#: Rule kinds a thresholds file may carry, and the heuristic that runs each.
-RULE_KINDS = {"soft_hard": "soft_hard"}
-
 _LABEL = re.compile(r"^[A-Za-z0-9_.+\-\[\]]+$")
 
 
@@ -425,53 +420,6 @@ def _stats_for(model: Path) -> Path | None:
     return None
 
 
-def load_thresholds(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read and schema-check an exported thresholds file (``.yaml``/``.yml``
-    with ``yaml.safe_load``, ``.json`` with ``json``).
-
-    The file is a mapping with a ``rule`` mapping whose ``kind`` names the
-    rule (``soft_hard``); the rule's other keys are that heuristic's
-    parameters, checked like any config.  Returns the parameters.
-    """
-    p = Path(path)
-    if p.suffix.lower() == ".json":
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{p}: no such file; check the path") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{p}: cannot read: {_first_line(exc)}") from None
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{p}: not valid JSON at line {exc.lineno}, column {exc.colno}: "
-                              f"{exc.msg}") from None
-    else:
-        data = load_yaml(p)
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{p}: a thresholds file is a mapping with a 'rule' "
-                          f"(kind: soft_hard, ...), got {type(data).__name__}")
-    for key in data:
-        if key not in THRESHOLDS_KEYS:
-            raise ConfigError(f"{p.name}: unknown key {key!r}"
-                              f"{did_you_mean(str(key), THRESHOLDS_KEYS)}; "
-                              f"allowed: {', '.join(THRESHOLDS_KEYS)}")
-    version = data.get("schema_version", THRESHOLDS_SCHEMA_VERSION)
-    if version != THRESHOLDS_SCHEMA_VERSION:
-        raise ConfigError(f"{p.name}.schema_version: {version!r} is not supported; this "
-                          f"version reads schema_version {THRESHOLDS_SCHEMA_VERSION}")
-    rule = data.get("rule")
-    if not isinstance(rule, Mapping):
-        raise ConfigError(f"{p.name}.rule: missing or not a mapping; expected "
-                          "'rule: {kind: soft_hard, soft_pt_frac: ..., ...}'")
-    kind = rule.get("kind")
-    if kind not in RULE_KINDS:
-        raise ConfigError(f"{p.name}.rule.kind: {kind!r} is not a known rule"
-                          f"{did_you_mean(str(kind), RULE_KINDS)}; known: "
-                          f"{', '.join(RULE_KINDS)}")
-    params = {k: v for k, v in rule.items() if k != "kind"}
-    _heuristic(RULE_KINDS[kind], _Where(params, f"{p.name}.rule"))
-    return params
-
-
 class _Where(dict[str, Any]):
     """A params mapping that carries the place to name in error messages."""
 
@@ -482,19 +430,8 @@ class _Where(dict[str, Any]):
 
 def _heuristic(name: str, params: Mapping[str, Any] | None) -> Any:
     """``make_heuristic``, but errors name the file the parameters came from."""
-    where = getattr(params, "where", None)
-    try:
-        if params and where is not None:
-            cls = HEURISTICS.get(name)
-            if cls is not None and hasattr(cls, "from_mapping"):
-                return cls.from_mapping(dict(params), where)
-        return make_heuristic(name, dict(params) if params else None)
-    except ConfigError as exc:
-        # Range checks in __post_init__ name the key but not the file.
-        msg = str(exc)
-        if where is None or msg.startswith(where.split(".")[0]):
-            raise
-        raise ConfigError(f"{where}: {msg}") from None
+    return make_heuristic(name, dict(params) if params else None,
+                          getattr(params, "where", None))
 
 
 def _split_label(arg: str) -> tuple[str | None, str]:
@@ -555,9 +492,9 @@ def parse_policy(arg: str, *, best: bool = False, trust_model: bool = False,
     if suffix == ".zip":
         return _model_spec(label, p, _stats_for(p), p.parent, arg, trust_model, root)
     if suffix in (".yaml", ".yml", ".json"):
-        params = load_thresholds(p)
-        return PolicySpec(label or f"thresholds[{p.stem}]", "thresholds", "soft_hard",
-                          params, str(p), source=arg)
+        record = read_thresholds(p)
+        return PolicySpec(label or f"thresholds[{p.stem}]", "thresholds",
+                          RULE_KINDS[record.kind], dict(record.params), str(p), source=arg)
     raise ConfigError(f"{p}: not a policy (expected a run folder, a model .zip, a thresholds "
                       ".yaml/.json, or heuristic:NAME[:params.yaml])")
 
@@ -1174,8 +1111,6 @@ def _with_progress(run: Callable[[Callable[[int, int], None] | None], Any], tota
 
 
 def _main(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from . import report
-
     _check_args(args)
     suite = args.suite or DEFAULT_SUITE
     specs, baseline = _resolve_policies(args)
@@ -1195,41 +1130,62 @@ def _main(args: argparse.Namespace, argv: Sequence[str]) -> int:
     env_config = _load_env_config(args.env, specs)
     out = Path(args.out) if args.out else _default_out(suite)
     _check_out(out, args.force)
-    # Load every policy once here, so that a bad model fails before any work.
+    cmd = " ".join(shlex.quote(a) for a in [PROG, *argv])
+    run_evaluation(specs, scenarios, env_config, out, suite=str(suite),
+                   suite_files=[_display(p) for p in suite_files], episodes=args.episodes,
+                   seed=args.seed, jobs=args.jobs, bootstrap=args.bootstrap, baseline=baseline,
+                   oracle=args.oracle, timeline_index=tl_index, command=cmd, quiet=args.quiet)
+    return 0
+
+
+def run_evaluation(specs: Sequence[PolicySpec], scenarios: Sequence[ScenarioConfig],
+                   env_config: EnvConfig, out: Path, *, suite: str, suite_files: Sequence[str],
+                   episodes: int, seed: int, jobs: int = 1, bootstrap: int = 2000,
+                   baseline: str = "on_zap", oracle: bool = True, timeline_index: int = 0,
+                   command: str = "", quiet: bool = False,
+                   ) -> tuple[list[EpisodeResult], list[PolicySummary]]:
+    """Evaluate ``specs`` on ``scenarios`` and write the full report folder
+    ``out`` (what ``evaluate.py`` writes; also used by ``export_thresholds.py``).
+
+    Every policy is loaded first, so that a bad model fails before any work.
+    Returns the episode results and the pooled summaries.
+    """
+    from . import report
+
+    names = [s.name for s in scenarios]
     if any(s.kind == "model" for s in specs):
         _single_thread_torch()
     for s in specs:
         build_policy(s, env_config, scenarios[0])
-    total = len(specs) * len(scenarios) * args.episodes
-    show = not args.quiet and sys.stderr.isatty()
+    total = len(specs) * len(scenarios) * episodes
+    show = not quiet and sys.stderr.isatty()
     t0 = time.perf_counter()
     results, timelines = _with_progress(
-        lambda progress: evaluate_specs(specs, scenarios, args.episodes, args.seed, env_config,
-                                        args.jobs, progress, tl_index), total, show)
+        lambda progress: evaluate_specs(specs, scenarios, episodes, seed, env_config,
+                                        jobs, progress, timeline_index), total, show)
     wall = time.perf_counter() - t0
-    oracle = "oracle" if args.oracle else ""
-    overall = summarize(results, "none", oracle, args.bootstrap, args.seed,
-                        improvement_over=baseline)
-    per_scen = summarize_by_scenario(results, "none", oracle, args.bootstrap, args.seed,
+    ref = "oracle" if oracle else ""
+    overall = summarize(results, "none", ref, bootstrap, seed, improvement_over=baseline)
+    per_scen = summarize_by_scenario(results, "none", ref, bootstrap, seed,
                                      improvement_over=baseline)
     meta = {
-        "suite": str(suite), "suite_files": [_display(p) for p in suite_files],
-        "scenarios": names, "episodes": args.episodes, "seed": args.seed,
-        "seeds": {n: [episode_seed(args.seed, i, k) for k in range(args.episodes)]
+        "suite": suite, "suite_files": list(suite_files),
+        "scenarios": names, "episodes": episodes, "seed": seed,
+        "seeds": {n: [episode_seed(seed, i, k) for k in range(episodes)]
                   for i, n in enumerate(names)},
-        "baseline": baseline, "normalisation": {"zero": "none", "one": oracle or None},
-        "bootstrap": args.bootstrap, "timeline": {"scenario": names[tl_index], "episode": 0,
-                                                  "seed": episode_seed(args.seed, tl_index, 0)},
+        "baseline": baseline, "normalisation": {"zero": "none", "one": ref or None},
+        "bootstrap": bootstrap,
+        "timeline": {"scenario": names[timeline_index], "episode": 0,
+                     "seed": episode_seed(seed, timeline_index, 0)},
         "env": to_dict(env_config), "policies": [s.describe() for s in specs],
     }
     out.mkdir(parents=True, exist_ok=True)
     files = report.render_all(results, overall, per_scen, timelines, meta)
-    cmd = " ".join(shlex.quote(a) for a in [PROG, *argv])
-    files["command.txt"] = f"{cmd}\n# cwd: {os.getcwd()}\n"
+    files["command.txt"] = f"{command}\n# cwd: {os.getcwd()}\n"
     files["config.yaml"] = dump_yaml(meta)
     for name in OUTPUT_FILES:
         write_text_atomic(out / name, files[name])
-    if not args.quiet:
+    if not quiet:
         from rich.console import Console
 
         console = Console(width=None if sys.stdout.isatty() else 130)
@@ -1237,7 +1193,7 @@ def _main(args: argparse.Namespace, argv: Sequence[str]) -> int:
             console.print(table)
         console.print(f"{len(results)} episodes in {wall:.1f} s; wrote {out}/: "
                       f"{', '.join(OUTPUT_FILES)}")
-    return 0
+    return results, overall
 
 
 def main(argv: Sequence[str] | None = None) -> int:

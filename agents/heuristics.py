@@ -223,16 +223,28 @@ HEURISTICS: dict[str, type[Policy]] = {
 }
 
 
-def make_heuristic(name: str, params: Any = None) -> Policy:
-    """A heuristic by name, with optional parameters (a mapping)."""
+def make_heuristic(name: str, params: Any = None, where: str | None = None) -> Policy:
+    """A heuristic by name, with optional parameters (a mapping).
+
+    ``where`` names the place the parameters came from (a file and key, e.g.
+    ``thresholds.yaml.rule``); every error then starts with it."""
     from ..envs.sim.config import did_you_mean
 
     if name not in HEURISTICS:
         raise ConfigError(f"unknown heuristic {name!r}{did_you_mean(name, HEURISTICS)}; "
                           f"known: {', '.join(HEURISTICS)}")
     cls = HEURISTICS[name]
-    if params:
-        if not hasattr(cls, "from_mapping"):
-            raise ConfigError(f"heuristic {name!r} takes no parameters")
-        return cls.from_mapping(params, name)
-    return cls()
+    if not params:
+        return cls()
+    from_mapping = getattr(cls, "from_mapping", None)
+    if from_mapping is None:
+        raise ConfigError(f"{where or name}: heuristic {name!r} takes no parameters")
+    try:
+        policy: Policy = from_mapping(dict(params), where or name)
+    except ConfigError as exc:
+        # Range checks in __post_init__ name the key but not the file.
+        msg = str(exc)
+        if where is None or msg.startswith(where.split(".")[0]):
+            raise
+        raise ConfigError(f"{where}: {msg}") from None
+    return policy

@@ -36,6 +36,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+#: The kernel rules this model implements (../shared/kernel/RULES.md R1-R22,
+#: measured on Linux 6.18 with CONFIG_PT_RECLAIM=y).  Exports record it: bump
+#: it whenever a rule is added or changed, since a rule tuned on one model may
+#: not carry over to another.
+MODEL_RULES_VERSION = "linux-6.18/R1-R22/1"
+
 PAGE_SHIFT = 12
 PAGE = 1 << PAGE_SHIFT
 PTE_SHIFT = 21  # one PTE table maps 2 MiB

@@ -1,0 +1,259 @@
+"""``scripts/export_thresholds.py``: a trained run -> deployable thresholds.
+
+Distils the run's learned policy into a soft/hard-limit rule
+(:mod:`.distill`), writes it as ``thresholds.yaml`` and ``thresholds.json``
+(:mod:`.export`), then evaluates the written file (read back, like an
+operator would) next to the learned policy, the tuned heuristic (if any), the
+default heuristics and the oracle bound on the run's held-out scenarios, and
+records the scores and the share of the learned gain the rule keeps:
+``(none - export) / (none - learned)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shlex
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
+
+from .. import __version__
+from ..envs.configio import run_cli, write_text_atomic
+from ..envs.sim.config import ConfigError, to_dict
+from ..envs.sim.pagetable import MODEL_RULES_VERSION
+from .distill import DistillConfig, DistillResult, distill
+from .evaluate import (
+    EpisodeResult,
+    PolicySpec,
+    build_policy,
+    heuristic_spec,
+    oracle_spec,
+    paired_difference_ci,
+    parse_policy,
+    run_evaluation,
+)
+from .export import ThresholdsRecord, read_thresholds, rule_params, sha256_file, write_thresholds
+from .heuristics import SoftHard
+
+PROG = "export_thresholds.py"
+#: Where ``scripts/tune.py heuristic soft_hard`` leaves its best rule by default.
+DEFAULT_TUNED = Path("runs/tune/soft_hard/best.yaml")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line and exit status 2 (no usage dump)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{PROG}: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description=(
+        "Distil a trained run's policy into soft/hard-limit thresholds (DAgger), write "
+        "thresholds.yaml/.json, and evaluate them next to the learned policy, the tuned "
+        "heuristic and the oracle on the run's held-out scenarios."))
+    p.add_argument("run", help="a run folder written by scripts/train.py (one seed)")
+    p.add_argument("--out", help="output folder (default: the run folder)")
+    p.add_argument("--best", action="store_true", help="distil best_model.zip, not model.zip")
+    p.add_argument("--iterations", type=int, default=DistillConfig.iterations,
+                   help="DAgger rounds (default %(default)s)")
+    p.add_argument("--episodes", type=int, default=DistillConfig.episodes,
+                   help="collection episodes per training scenario per round "
+                        "(default %(default)s)")
+    p.add_argument("--eval-episodes", type=int,
+                   help="evaluation episodes per held-out scenario (default: the run's "
+                        "eval.final_episodes)")
+    p.add_argument("--tuned", help="a tuned thresholds file to compare with (default: "
+                                   f"{DEFAULT_TUNED} if it exists)")
+    p.add_argument("--no-eval", action="store_true",
+                   help="write the rule without evaluating it (no scores in the file)")
+    p.add_argument("--no-oracle", action="store_true", help="leave the oracle bound out")
+    p.add_argument("--jobs", type=int, default=1, help="evaluation processes (default 1)")
+    p.add_argument("--seed", type=int, default=DistillConfig.seed,
+                   help="base seed of the collection episodes (default %(default)s)")
+    p.add_argument("--name", help="the rule's name (default: distilled_<run folder>)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no tables, no progress bar")
+    return p
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    checks = (("--iterations", args.iterations, 1, 100), ("--episodes", args.episodes, 1, 1000),
+              ("--jobs", args.jobs, 1, 1024), ("--seed", args.seed, 0, 2**31 - 1))
+    for flag, value, lo, hi in checks:
+        if not lo <= value <= hi:
+            raise ConfigError(f"{flag}: {value} is out of range; allowed [{lo}, {hi}]")
+    if args.eval_episodes is not None and not 1 <= args.eval_episodes <= 100_000:
+        raise ConfigError(f"--eval-episodes: {args.eval_episodes} is out of range; "
+                          "allowed [1, 100000]")
+
+
+def _read_run(run: Path) -> Any:
+    from .train import TrainError, read_run_config
+
+    try:
+        return read_run_config(run)
+    except TrainError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _with_progress(total: int, show: bool,
+                   work: Callable[[Callable[[], None] | None], Any]) -> Any:
+    if not show:
+        return work(None)
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    with Progress(TextColumn("distilling: episodes"), BarColumn(), MofNCompleteColumn(),
+                  console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("episodes", total=total)
+        return work(lambda: bar.advance(task))
+
+
+def _summary_entry(s: Any) -> dict[str, Any]:
+    entry = {"mean_cost": round(s.mean_cost, 4), "ci_low": round(s.ci_low, 4),
+             "ci_high": round(s.ci_high, 4), "episodes": s.episodes}
+    if s.normalized is not None:
+        entry["normalized_score"] = round(s.normalized, 4)
+    return entry
+
+
+def gain_share(none: float, export: float, learned: float) -> float | None:
+    """``(none - export) / (none - learned)``: the share of the learned
+    policy's gain over no reclaim that the exported rule keeps (None when the
+    learned policy gained nothing)."""
+    if none - learned <= 0:
+        return None
+    return (none - export) / (none - learned)
+
+
+def _bootstrap_share(results: Sequence[EpisodeResult], export: str, learned: str,
+                     n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95 % CI of the gain share, resampling episodes within each scenario
+    (the three policies of an episode stay together)."""
+    by: dict[tuple[str, int], dict[str, float]] = {}
+    for r in results:
+        by.setdefault((r.scenario, r.episode), {})[r.policy] = r.cost
+    groups: dict[str, list[tuple[float, float, float]]] = {}
+    for (scen, _), d in sorted(by.items()):
+        if {"none", export, learned} <= set(d):
+            groups.setdefault(scen, []).append((d["none"], d[export], d[learned]))
+    rng = np.random.default_rng(seed)
+    arrays = [np.asarray(g) for g in groups.values()]
+    shares = []
+    for _ in range(n_boot):
+        tot = np.zeros(3)
+        for a in arrays:
+            tot += a[rng.integers(0, len(a), len(a))].mean(axis=0)
+        s = gain_share(*tot)
+        if s is not None:
+            shares.append(s)
+    if not shares:
+        return float("nan"), float("nan")
+    lo, hi = np.percentile(shares, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def _main(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    _check_args(args)
+    run = Path(args.run)
+    cfg = _read_run(run)
+    exp = cfg.experiment
+    learned_spec = parse_policy(str(run), best=args.best, trust_model=True)
+    learned_spec = dataclasses.replace(learned_spec, label=exp.algo + ("_best" if args.best
+                                                                      else ""))
+    out = Path(args.out) if args.out else run
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: exists and is not a folder; choose another --out")
+    tuned_path = Path(args.tuned) if args.tuned else (DEFAULT_TUNED if DEFAULT_TUNED.is_file()
+                                                      else None)
+    tuned: ThresholdsRecord | None = read_thresholds(tuned_path) if tuned_path else None
+    train, held_out = cfg.scenarios.train, cfg.scenarios.eval
+    if not held_out:
+        raise ConfigError(f"{run}: the run records no held-out scenarios to score the export on")
+    from .evaluate import _single_thread_torch
+
+    _single_thread_torch()
+    teacher = build_policy(learned_spec, exp.env, train[0])
+    dcfg = DistillConfig(iterations=args.iterations, episodes=args.episodes, seed=args.seed)
+    show = not args.quiet and sys.stderr.isatty()
+    say: Callable[[str], None] = (lambda _m: None) if args.quiet else (
+        lambda m: print(m, file=sys.stderr))
+    t0 = time.perf_counter()
+    total = (dcfg.iterations + 1) * dcfg.episodes * len(train)
+    result: DistillResult = _with_progress(
+        total, show, lambda tick: distill(teacher, train, exp.env, dcfg, tick, say))
+    say(f"distilled in {time.perf_counter() - t0:.1f} s: round {result.chosen_round} agrees "
+        f"with the learned policy on {result.agreement:.3f} of action components on the "
+        f"states it visits (budget, class, target: "
+        f"{', '.join(f'{a:.3f}' for a in result.component_agreement)})")
+    model_file = Path(learned_spec.path)
+    provenance: dict[str, Any] = {
+        "tool": PROG, "run": str(run.resolve()), "model_file": model_file.name,
+        "model_sha256": sha256_file(model_file),
+        "config_sha256": sha256_file(run / "config.yaml"),
+        "vecnormalize_sha256": (sha256_file(learned_spec.vecnormalize)
+                                if learned_spec.vecnormalize else None),
+        "algo": exp.algo, "seed": cfg.seed, "timesteps": exp.timesteps,
+        "env": to_dict(exp.env), "model_rules_version": MODEL_RULES_VERSION,
+        "ptreclaim_version": __version__, "distillation": {**to_dict(dcfg),
+                                                           **result.summary()},
+    }
+    name = args.name or f"distilled_{run.resolve().name}"
+    record = ThresholdsRecord(
+        "soft_hard", rule_params(SoftHard(result.params)), name,
+        f"Soft/hard page-table limits distilled from the {exp.algo} policy of run "
+        f"{run.resolve().name} by DAgger ({result.states} states).", provenance)
+    stem = out / "thresholds"
+    paths = write_thresholds(stem, record)
+    if args.no_eval:
+        say(f"wrote {', '.join(str(p) for p in paths)} (not evaluated: --no-eval)")
+        return 0
+    export_spec = parse_policy(f"export={paths[0]}")
+    specs: list[PolicySpec] = [heuristic_spec("none"), learned_spec, export_spec]
+    if tuned is not None and tuned_path is not None:
+        specs.append(parse_policy(f"tuned_soft_hard={tuned_path}"))
+    specs += [heuristic_spec("on_zap"), heuristic_spec("soft_hard")]
+    if not args.no_oracle:
+        specs.append(oracle_spec())
+    episodes = args.eval_episodes or exp.eval.final_episodes
+    cmd = " ".join(shlex.quote(a) for a in [PROG, *argv])
+    results, overall = run_evaluation(
+        specs, held_out, exp.env, out / "export_eval", suite="run's held-out scenarios",
+        suite_files=[], episodes=episodes, seed=exp.eval.seed, jobs=args.jobs,
+        baseline="soft_hard", oracle=not args.no_oracle, command=cmd, quiet=args.quiet)
+    by = {s.policy: s for s in overall}
+    share = gain_share(by["none"].mean_cost, by["export"].mean_cost,
+                       by[learned_spec.label].mean_cost)
+    lo, hi = _bootstrap_share(results, "export", learned_spec.label)
+    # (export's cost - the learned policy's) on the same episodes.
+    diff = paired_difference_ci(results, learned_spec.label, "export")
+    evaluation: dict[str, Any] = {
+        "scenarios": [s.name for s in held_out], "episodes": episodes,
+        "seed": exp.eval.seed, "env": to_dict(exp.env),
+        "policies": {label: _summary_entry(s) for label, s in by.items()},
+        "gain_share": None if share is None else round(share, 4),
+        "gain_share_ci": [round(lo, 4), round(hi, 4)],
+        "export_minus_learned_cost": [round(d, 4) for d in diff],
+        "report": str((out / "export_eval" / "report.md").resolve()),
+    }
+    record = dataclasses.replace(
+        record, score={"suite": "held-out", **_summary_entry(by["export"])},
+        evaluation=evaluation)
+    paths = write_thresholds(stem, record)
+    write_text_atomic(out / "export_command.txt", f"{cmd}\n# cwd: {os.getcwd()}\n")
+    if not args.quiet:
+        print(f"export keeps {share if share is None else f'{share:.1%}'} of the learned "
+              f"gain over no reclaim (95 % CI {lo:.1%} .. {hi:.1%}); wrote "
+              f"{', '.join(str(p) for p in paths)} and {out / 'export_eval'}/")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status (2: bad input, 130: interrupted)."""
+    return run_cli(PROG, build_parser(), _main, argv)

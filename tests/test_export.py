@@ -1,0 +1,253 @@
+"""Distillation and export: ``python scripts/export_thresholds.py RUN``.
+
+A tiny run (one zero-page hog, a few hundred PPO steps) is trained once per
+module with ``scripts/train.py``; the export reads it like a user's run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from ptreclaim.agents.distill import DistillConfig, canonical, collect, distill, fit_rule
+from ptreclaim.agents.evaluate import evaluate_specs, parse_policy
+from ptreclaim.agents.export import (
+    THRESHOLDS_SCHEMA_VERSION,
+    ThresholdsRecord,
+    read_thresholds,
+    sha256_file,
+    write_thresholds,
+)
+from ptreclaim.agents.export_cli import gain_share
+from ptreclaim.agents.heuristics import SoftHard, SoftHardParams, make_heuristic
+from ptreclaim.configs import CONFIG_DIR
+from ptreclaim.envs.configio import load_scenario
+from ptreclaim.envs.pagetable_env import OBS_NAMES, EnvConfig
+from ptreclaim.envs.sim.config import ConfigError, build
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPORT = ROOT / "scripts" / "export_thresholds.py"
+EVALUATE = ROOT / "scripts" / "evaluate.py"
+TRAIN = ROOT / "scripts" / "train.py"
+FIXTURE = ROOT / "tests" / "data" / "export" / "known_good.yaml"
+#: The fixture's held-out mean cost must reproduce within this relative
+#: tolerance: the simulator is deterministic, so anything beyond float noise
+#: means the model, a workload or the reward changed, and the fixture (and the
+#: README's table) must be regenerated on purpose.
+FIXTURE_RTOL = 1e-6
+
+TINY_SCENARIO = """\
+name: tiny
+ticks: 60
+jitter: 0.1
+machine:
+  ram_mib: 1024
+  movable_fraction: 0.8
+  cpus: 4
+workloads:
+  - family: hog
+    params: {variant: zeropage, size_gib: 16, tables_per_tick: 16}
+"""
+
+TINY_EXPERIMENT = """\
+name: tiny
+train_suite: tiny.yaml
+eval_suite: tiny.yaml
+seeds: [0]
+timesteps: 256
+n_envs: 2
+checkpoint_freq: 0
+eval: {freq: 128, episodes: 1, final_episodes: 2, n_boot: 200}
+env: {decision_ticks: 5, max_steps: 12}
+hyperparams:
+  ppo: {n_steps: 32, batch_size: 32, n_epochs: 2}
+"""
+
+
+def run(script: Path, *args: str, timeout: float = 300) -> tuple[int, str, str]:
+    p = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True,
+                       timeout=timeout, cwd=ROOT)
+    return p.returncode, p.stdout, p.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("export")
+    (d / "tiny.yaml").write_text(TINY_SCENARIO)
+    (d / "exp.yaml").write_text(TINY_EXPERIMENT)
+    code, _, err = run(TRAIN, "--config", str(d / "exp.yaml"), "--out", str(d / "runs"),
+                       "--no-progress")
+    assert code == 0, err
+    (folder,) = (d / "runs").glob("tiny__*")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_run: Path) -> dict[str, Any]:
+    out = tiny_run.parent.parent / "out"
+    code, stdout, err = run(EXPORT, str(tiny_run), "--out", str(out), "--iterations", "2",
+                            "--episodes", "1", "--eval-episodes", "2", "--tuned",
+                            str(_tuned_file(tiny_run.parent.parent)), "-q")
+    assert code == 0, err
+    return {"out": out, "stdout": stdout, "stderr": err, "run": tiny_run}
+
+
+def _tuned_file(d: Path) -> Path:
+    path = d / "tuned.yaml"
+    path.write_text(yaml.safe_dump({"schema_version": 1, "name": "tuned",
+                                    "rule": {"kind": "soft_hard", "soft_pt_frac": 0.001}}))
+    return path
+
+
+def test_export_writes_yaml_and_json_with_provenance_and_scores(exported: dict[str, Any]
+                                                                ) -> None:
+    out, run_dir = exported["out"], exported["run"]
+    y = yaml.safe_load((out / "thresholds.yaml").read_text())
+    j = json.loads((out / "thresholds.json").read_text())
+    assert y == j
+    assert y["schema_version"] == THRESHOLDS_SCHEMA_VERSION
+    assert y["rule"]["kind"] == "soft_hard"
+    prov = y["provenance"]
+    assert prov["model_sha256"] == sha256_file(run_dir / "model.zip")
+    assert prov["config_sha256"] == sha256_file(run_dir / "config.yaml")
+    assert prov["seed"] == 0 and prov["algo"] == "ppo"
+    assert prov["model_rules_version"] and prov["ptreclaim_version"]
+    assert prov["distillation"]["rounds"] == 2
+    ev = y["evaluation"]
+    pol = ev["policies"]
+    assert {"none", "ppo", "export", "tuned_soft_hard", "soft_hard", "oracle"} <= set(pol)
+    assert y["score"]["mean_cost"] == pol["export"]["mean_cost"]
+    share = gain_share(pol["none"]["mean_cost"], pol["export"]["mean_cost"],
+                       pol["ppo"]["mean_cost"])
+    if share is None:
+        assert ev["gain_share"] is None
+    else:
+        assert ev["gain_share"] == pytest.approx(share, abs=1e-3)
+    assert (out / "export_eval" / "report.md").is_file()
+    assert (out / "export_eval" / "scores.png").stat().st_size > 1000
+
+
+def test_reading_the_export_back_gives_the_same_decisions(exported: dict[str, Any]) -> None:
+    out = exported["out"]
+    a = read_thresholds(out / "thresholds.yaml").policy()
+    b = read_thresholds(out / "thresholds.json").policy()
+    scen = load_scenario(exported["run"].parent.parent / "tiny.yaml")
+    data, _ = collect(a, a, [scen], EnvConfig(decision_ticks=5, max_steps=12), 2, 3)
+    rng = np.random.default_rng(0)
+    obs = np.concatenate([data.obs, rng.uniform(-1, 1, (500, len(OBS_NAMES)))
+                          .astype(np.float32)])
+    np.testing.assert_array_equal(a.predict(obs)[0], b.predict(obs)[0])
+    # The evaluator reads the file as a policy of its own.
+    spec = parse_policy(str(out / "thresholds.yaml"))
+    assert spec.kind == "thresholds"
+
+
+def test_same_seed_same_export(exported: dict[str, Any], tmp_path: Path) -> None:
+    code, _, err = run(EXPORT, str(exported["run"]), "--out", str(tmp_path), "--iterations",
+                       "2", "--episodes", "1", "--no-eval", "-q")
+    assert code == 0, err
+    a = yaml.safe_load((tmp_path / "thresholds.yaml").read_text())
+    b = yaml.safe_load((exported["out"] / "thresholds.yaml").read_text())
+    assert a["rule"] == b["rule"]
+    assert a["provenance"] == b["provenance"]
+
+
+def test_distilling_a_rule_recovers_its_decisions() -> None:
+    """A teacher that *is* a soft/hard rule is matched exactly on the states
+    the student visits."""
+    scen = load_scenario(CONFIG_DIR / "scenarios" / "balloon_host_hog.yaml")
+    env_config = EnvConfig(decision_ticks=10, max_steps=40)
+    teacher = SoftHard(SoftHardParams(soft_pt_frac=0.002, hard_pt_frac=0.02, soft_budget=2,
+                                      hard_budget=4, soft_depth=0, hard_depth=2,
+                                      psi_trigger=1.0))
+    res = distill(teacher, [scen], env_config, DistillConfig(iterations=2, episodes=1))
+    assert res.agreement == pytest.approx(1.0)
+    assert res.params.soft_budget == 2 and res.params.hard_depth in (0, 1, 2)
+
+
+def test_fit_recovers_a_constant_policy() -> None:
+    rng = np.random.default_rng(1)
+    obs = rng.uniform(0, 0.2, (300, len(OBS_NAMES))).astype(np.float32)
+    acts = np.tile([3, 2, 0], (300, 1))
+    from ptreclaim.agents.distill import Dataset
+
+    params, agree = fit_rule(Dataset(obs, acts), budgets=5)
+    assert agree == 1.0
+    pred = SoftHard(params).predict(obs)[0]
+    np.testing.assert_array_equal(canonical(pred), canonical(acts))
+
+
+def test_write_refuses_a_bad_rule_and_keeps_the_old_file(tmp_path: Path) -> None:
+    good = ThresholdsRecord("soft_hard", {"soft_pt_frac": 0.01}, "good")
+    write_thresholds(tmp_path / "t", good)
+    before = (tmp_path / "t.yaml").read_text()
+    with pytest.raises(ConfigError, match="soft_pt_frac"):
+        write_thresholds(tmp_path / "t", ThresholdsRecord(
+            "soft_hard", {"soft_pt_frac": 0.5, "hard_pt_frac": 0.1}, "bad"))
+    assert (tmp_path / "t.yaml").read_text() == before
+
+
+@pytest.mark.parametrize("case", ["no_model", "not_a_run", "schema", "soft_over_hard",
+                                  "unknown_key", "bad_flag"])
+def test_bad_input_is_one_line_and_status_2(case: str, tiny_run: Path, tmp_path: Path
+                                            ) -> None:
+    if case == "no_model":
+        broken = tmp_path / "run"
+        shutil.copytree(tiny_run, broken)
+        (broken / "model.zip").unlink()
+        code, out, err = run(EXPORT, str(broken), "-q")
+        want = "no model.zip"
+    elif case == "not_a_run":
+        code, out, err = run(EXPORT, str(tmp_path), "-q")
+        want = "not a run folder"
+    elif case == "bad_flag":
+        code, out, err = run(EXPORT, str(tiny_run), "--iterations", "0")
+        want = "--iterations"
+    else:
+        rule: dict[str, Any] = {"kind": "soft_hard"}
+        data: dict[str, Any] = {"schema_version": 1, "rule": rule}
+        if case == "schema":
+            data["schema_version"] = 99
+            want = "schema_version"
+        elif case == "soft_over_hard":
+            rule.update(soft_pt_frac=0.3, hard_pt_frac=0.1)
+            want = "must not exceed"
+        else:
+            data["rulez"] = {}
+            want = "did you mean 'rule'"
+        path = tmp_path / "t.yaml"
+        path.write_text(yaml.safe_dump(data))
+        code, out, err = run(EVALUATE, str(path), "--episodes", "1", "--out",
+                             str(tmp_path / "ev"))
+    assert code == 2, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and want in lines[0], err
+    assert "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_known_good_export_reproduces_its_score() -> None:
+    """The regression fixture: a real export of the default experiment
+    (``tests/data/export/README.md`` says how it was made)."""
+    data = yaml.safe_load(FIXTURE.read_text())
+    record = read_thresholds(FIXTURE)
+    ev = data["evaluation"]
+    scenarios = [load_scenario(CONFIG_DIR / "scenarios" / f"{n}.yaml") for n in ev["scenarios"]]
+    env_config = build(EnvConfig, ev["env"], "fixture.evaluation.env")
+    spec = parse_policy(f"export={FIXTURE}")
+    results, _ = evaluate_specs([spec], scenarios, ev["episodes"], ev["seed"], env_config,
+                                jobs=2)
+    mean = float(np.mean([r.cost for r in results]))
+    assert mean == pytest.approx(ev["policies"]["export"]["mean_cost"], rel=FIXTURE_RTOL,
+                                 abs=1e-4)
+    assert record.score["mean_cost"] == ev["policies"]["export"]["mean_cost"]
+    assert make_heuristic("soft_hard", dict(record.params)).act(
+        np.zeros(len(OBS_NAMES), np.float32)).shape == (3,)
