@@ -28,6 +28,11 @@ coordinate descent over candidate values taken from the data's quantiles
 between the actions after canonicalisation: an action with budget 0 does
 nothing, whatever its class and target, so it counts as ``[0, 0, 0]``.
 
+With a tree depth, the student is instead a depth-limited decision tree over
+the named observation features (scikit-learn's CART on the same DAgger data),
+rendered as if/else rules: more freedom than the soft/hard shape, still
+readable and cheap to evaluate in a kernel or a daemon.
+
 Everything is deterministic for a given seed; the data are small (thousands
 of states), so a fit takes well under a second.
 """
@@ -45,7 +50,7 @@ import numpy as np
 from ..envs.pagetable_env import OBS_NAMES, EnvConfig, PageTableReclaimEnv
 from ..envs.sim.config import ConfigError, check_range
 from ..envs.sim.simulator import ScenarioConfig
-from .heuristics import SoftHard, SoftHardParams
+from .heuristics import Policy, SoftHard, SoftHardParams, TreeRule
 
 _IDX = {name: i for i, name in enumerate(OBS_NAMES)}
 #: The continuous thresholds searched, in coordinate-descent order.
@@ -113,7 +118,7 @@ class Round:
     total_states: int
     agreement_all: float  # the fitted student vs the teacher, all states so far
     onpolicy_agreement: float  # this round's student vs the teacher on the states it visits
-    params: SoftHardParams
+    student: Policy
     onpolicy_components: tuple[float, ...] = ()
 
 
@@ -121,7 +126,7 @@ class Round:
 class DistillResult:
     """The chosen rule and the record of how it was found."""
 
-    params: SoftHardParams
+    student: Policy
     rounds: tuple[Round, ...]
     chosen_round: int
     agreement: float  # on-policy agreement of the chosen rule
@@ -130,7 +135,8 @@ class DistillResult:
 
     def summary(self) -> dict[str, Any]:
         """Plain data for the export's provenance."""
-        return {"method": "DAgger", "rounds": len(self.rounds), "chosen_round": self.chosen_round,
+        return {"method": "DAgger", "student": self.student.name, "rounds": len(self.rounds),
+                "chosen_round": self.chosen_round,
                 "states": self.states, "onpolicy_agreement": round(self.agreement, 4),
                 "component_agreement": [round(a, 4) for a in self.component_agreement],
                 "per_round": [{"driver": r.driver, "states": r.states,
@@ -281,7 +287,8 @@ def fit_rule(data: Dataset, budgets: int, quantiles: int = 40, sweeps: int = 8,
                 break
         if loss < best_loss:
             best_loss, best_th, best_ints = loss, th, ints
-    params = dataclasses.replace(default, **best_th, **best_ints, use_hard_limit=False)
+    fields: dict[str, Any] = {**best_th, **best_ints, "use_hard_limit": False}
+    params = dataclasses.replace(default, **fields)
     return params, 1.0 - best_loss / (3 * len(data))
 
 
@@ -292,22 +299,65 @@ def agreement(pred: np.ndarray, teacher: np.ndarray) -> tuple[float, tuple[float
     return float(np.mean(per)), per
 
 
+def _encode(actions: np.ndarray) -> np.ndarray:
+    a = canonical(actions)
+    return a[:, 0] * 6 + a[:, 1] * 2 + a[:, 2]
+
+
+def fit_tree(data: Dataset, depth: int, seed: int = 0) -> tuple[TreeRule, float]:
+    """A depth-limited decision tree (scikit-learn's CART) over the named
+    observation features, predicting the teacher's canonical action, as a
+    :class:`TreeRule` (thresholds rounded to 4 significant digits; subtrees
+    whose leaves agree are merged), and its agreement on ``data``."""
+    from sklearn.tree import DecisionTreeClassifier
+
+    if not len(data):
+        raise ConfigError("no states to fit the tree to")
+    y = _encode(data.actions)
+    clf = DecisionTreeClassifier(max_depth=depth, random_state=seed)
+    clf.fit(data.obs.astype(np.float32), y)
+    t = clf.tree_
+
+    def node(i: int) -> dict[str, Any]:
+        if t.children_left[i] == t.children_right[i]:  # a leaf
+            code = int(clf.classes_[int(np.argmax(t.value[i][0]))])
+            return {"action": [code // 6, (code // 2) % 3, code % 2]}
+        left, right = node(int(t.children_left[i])), node(int(t.children_right[i]))
+        if left == right:
+            return left
+        return {"feature": OBS_NAMES[int(t.feature[i])],
+                "above": float(f"{float(t.threshold[i]):.4g}"), "then": right, "else": left}
+
+    rule = TreeRule(node(0))
+    pred = rule.predict(data.obs)[0]
+    return rule, agreement(pred, data.actions)[0]
+
+
 def distill(teacher: Any, scenarios: Sequence[ScenarioConfig], env_config: EnvConfig,
             config: DistillConfig | None = None,
             tick: Callable[[], None] | None = None,
-            log: Callable[[str], None] | None = None) -> DistillResult:
-    """DAgger: distil ``teacher`` (anything with ``predict``) into a
-    :class:`SoftHardParams` rule on ``scenarios`` (the training scenarios)."""
+            log: Callable[[str], None] | None = None, *,
+            tree_depth: int = 0) -> DistillResult:
+    """DAgger: distil ``teacher`` (anything with ``predict``) on ``scenarios``
+    (the training scenarios) into a :class:`SoftHard` rule or, with
+    ``tree_depth`` > 0, a :class:`TreeRule` of that depth."""
     cfg = config or DistillConfig()
     if env_config.hard_limit_action:
         raise ConfigError("distillation fits the default action space; the run was trained "
                           "with env.hard_limit_action: true, which the rule cannot express yet")
     budgets = len(env_config.budgets)
+    kind = "tree" if tree_depth > 0 else "soft_hard"
+
+    def fit(data: Dataset) -> tuple[Policy, float]:
+        if tree_depth > 0:
+            return fit_tree(data, tree_depth, cfg.seed)
+        params, agree = fit_rule(data, budgets, cfg.quantiles, cfg.sweeps)
+        return SoftHard(params), agree
+
     data = Dataset(np.zeros((0, len(OBS_NAMES)), np.float32), np.zeros((0, 3), np.int64))
     rounds: list[Round] = []
     driver: Any = teacher
     driver_name = "teacher"
-    students: list[SoftHardParams] = []
     # One more collection than fits: the last one measures the last student.
     for it in range(cfg.iterations + 1):
         new, own = collect(driver, teacher, scenarios, env_config, cfg.episodes,
@@ -319,15 +369,15 @@ def distill(teacher: Any, scenarios: Sequence[ScenarioConfig], env_config: EnvCo
         if it == cfg.iterations:
             break
         data = data.extend(new)
-        params, fit = fit_rule(data, budgets, cfg.quantiles, cfg.sweeps)
-        students.append(params)
-        rounds.append(Round(it, driver_name, len(new), len(data), fit, float("nan"), params))
+        student, agree = fit(data)
+        rounds.append(Round(it, driver_name, len(new), len(data), agree, float("nan"),
+                            student))
         if log is not None:
-            log(f"round {it}: {len(new)} states under the {driver_name} (it agrees with the "
-                f"teacher on {onpolicy:.3f} of action components there); the rule fitted to "
-                f"{len(data)} states agrees on {fit:.3f}")
-        driver, driver_name = SoftHard(params), f"student {it}"
+            log(f"{kind} round {it}: {len(new)} states under the {driver_name} (it agrees "
+                f"with the teacher on {onpolicy:.3f} of action components there); the rule "
+                f"fitted to {len(data)} states agrees on {agree:.3f}")
+        driver, driver_name = student, f"student {it}"
     best = max(range(len(rounds)), key=lambda i: (rounds[i].onpolicy_agreement, i))
     chosen = rounds[best]
-    return DistillResult(chosen.params, tuple(rounds), best, chosen.onpolicy_agreement,
+    return DistillResult(chosen.student, tuple(rounds), best, chosen.onpolicy_agreement,
                          chosen.onpolicy_components, len(data))

@@ -61,9 +61,9 @@ from ..envs.configio import (
 from ..envs.pagetable_env import COST_TERMS, EnvConfig, PageTableReclaimEnv
 from ..envs.sim.config import ConfigError, build, did_you_mean, to_dict
 from ..envs.sim.simulator import ScenarioConfig
-from .export import RULE_KINDS, read_thresholds
 from .export import load_thresholds as load_thresholds  # the reader moved to export.py
-from .heuristics import HEURISTICS, make_heuristic
+from .export import read_thresholds
+from .heuristics import HEURISTICS, make_heuristic, make_rule
 from .oracle import OracleBound
 
 
@@ -494,7 +494,7 @@ def parse_policy(arg: str, *, best: bool = False, trust_model: bool = False,
     if suffix in (".yaml", ".yml", ".json"):
         record = read_thresholds(p)
         return PolicySpec(label or f"thresholds[{p.stem}]", "thresholds",
-                          RULE_KINDS[record.kind], dict(record.params), str(p), source=arg)
+                          record.kind, dict(record.params), str(p), source=arg)
     raise ConfigError(f"{p}: not a policy (expected a run folder, a model .zip, a thresholds "
                       ".yaml/.json, or heuristic:NAME[:params.yaml])")
 
@@ -590,7 +590,9 @@ def build_policy(spec: PolicySpec, env_config: EnvConfig, scenario: ScenarioConf
     for space checks and VecNormalize)."""
     if spec.kind == "oracle":
         return OracleBound()
-    if spec.kind in ("heuristic", "thresholds"):
+    if spec.kind == "thresholds":
+        return make_rule(spec.name, spec.params, spec.path or spec.label)
+    if spec.kind == "heuristic":
         return _heuristic(spec.name, spec.params)
     if spec.kind == "model":
         return load_model_policy(spec, env_config, scenario)

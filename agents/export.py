@@ -33,7 +33,7 @@ from typing import Any
 
 from ..envs.configio import dump_yaml, load_yaml, write_text_atomic
 from ..envs.sim.config import ConfigError, did_you_mean, to_dict
-from .heuristics import Policy, make_heuristic
+from .heuristics import RULES, Policy, make_rule
 
 #: The version of the record this code writes and reads.  Bump it when a key
 #: changes meaning; readers refuse other versions rather than guess.
@@ -41,8 +41,8 @@ THRESHOLDS_SCHEMA_VERSION = 1
 #: Top-level keys a thresholds file may hold.
 THRESHOLDS_KEYS = ("schema_version", "name", "description", "provenance", "rule", "score",
                    "scores", "evaluation")
-#: Rule kinds a thresholds file may carry, and the heuristic that runs each.
-RULE_KINDS = {"soft_hard": "soft_hard"}
+#: Rule kinds a thresholds file may carry.
+RULE_KINDS = tuple(RULES)
 
 
 @dataclass(frozen=True)
@@ -75,8 +75,7 @@ class ThresholdsRecord:
 
     def policy(self) -> Policy:
         """The policy this rule describes."""
-        return make_heuristic(RULE_KINDS[self.kind], dict(self.params),
-                              f"{self.name or 'thresholds'}.rule")
+        return make_rule(self.kind, dict(self.params), f"{self.name or 'thresholds'}.rule")
 
 
 def _plain(value: Any) -> Any:
@@ -91,7 +90,11 @@ def _plain(value: Any) -> Any:
 
 
 def rule_params(policy: Policy) -> dict[str, Any]:
-    """The parameters of a parametrised heuristic (its ``params`` dataclass)."""
+    """The rule parameters of a policy: a tree's nodes, or the ``params``
+    dataclass of a parametrised heuristic."""
+    tree = getattr(policy, "tree", None)
+    if tree is not None:
+        return {"tree": tree}
     params = getattr(policy, "params", None)
     if params is None:
         raise ConfigError(f"policy {policy.name!r} has no parameters to export")
@@ -149,7 +152,7 @@ def record_from_data(data: Any, where: str) -> ThresholdsRecord:
         if key in data and not isinstance(data[key], Mapping):
             raise ConfigError(f"{where}.{key}: expected a mapping, got "
                               f"{type(data[key]).__name__}")
-    make_heuristic(RULE_KINDS[kind], params, f"{where}.rule")
+    make_rule(kind, params, f"{where}.rule")
     return ThresholdsRecord(kind, params, data.get("name", ""), data.get("description", ""),
                             data.get("provenance", {}), data.get("score", {}),
                             data.get("scores", {}), data.get("evaluation", {}), version)

@@ -39,7 +39,7 @@ from .evaluate import (
     run_evaluation,
 )
 from .export import ThresholdsRecord, read_thresholds, rule_params, sha256_file, write_thresholds
-from .heuristics import SoftHard
+from .heuristics import TreeRule
 
 PROG = "export_thresholds.py"
 #: Where ``scripts/tune.py heuristic soft_hard`` leaves its best rule by default.
@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, help="evaluation processes (default 1)")
     p.add_argument("--seed", type=int, default=DistillConfig.seed,
                    help="base seed of the collection episodes (default %(default)s)")
+    p.add_argument("--tree-depth", type=int, default=3,
+                   help="also distil a decision tree of this depth into thresholds_tree.yaml/"
+                        ".json (0: no tree; default %(default)s)")
     p.add_argument("--name", help="the rule's name (default: distilled_<run folder>)")
     p.add_argument("-q", "--quiet", action="store_true", help="no tables, no progress bar")
     return p
@@ -84,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_args(args: argparse.Namespace) -> None:
     checks = (("--iterations", args.iterations, 1, 100), ("--episodes", args.episodes, 1, 1000),
-              ("--jobs", args.jobs, 1, 1024), ("--seed", args.seed, 0, 2**31 - 1))
+              ("--jobs", args.jobs, 1, 1024), ("--seed", args.seed, 0, 2**31 - 1),
+              ("--tree-depth", args.tree_depth, 0, 12))
     for flag, value, lo, hi in checks:
         if not lo <= value <= hi:
             raise ConfigError(f"{flag}: {value} is out of range; allowed [{lo}, {hi}]")
@@ -184,16 +188,8 @@ def _main(args: argparse.Namespace, argv: Sequence[str]) -> int:
     show = not args.quiet and sys.stderr.isatty()
     say: Callable[[str], None] = (lambda _m: None) if args.quiet else (
         lambda m: print(m, file=sys.stderr))
-    t0 = time.perf_counter()
-    total = (dcfg.iterations + 1) * dcfg.episodes * len(train)
-    result: DistillResult = _with_progress(
-        total, show, lambda tick: distill(teacher, train, exp.env, dcfg, tick, say))
-    say(f"distilled in {time.perf_counter() - t0:.1f} s: round {result.chosen_round} agrees "
-        f"with the learned policy on {result.agreement:.3f} of action components on the "
-        f"states it visits (budget, class, target: "
-        f"{', '.join(f'{a:.3f}' for a in result.component_agreement)})")
     model_file = Path(learned_spec.path)
-    provenance: dict[str, Any] = {
+    common: dict[str, Any] = {
         "tool": PROG, "run": str(run.resolve()), "model_file": model_file.name,
         "model_sha256": sha256_file(model_file),
         "config_sha256": sha256_file(run / "config.yaml"),
@@ -201,21 +197,42 @@ def _main(args: argparse.Namespace, argv: Sequence[str]) -> int:
                                 if learned_spec.vecnormalize else None),
         "algo": exp.algo, "seed": cfg.seed, "timesteps": exp.timesteps,
         "env": to_dict(exp.env), "model_rules_version": MODEL_RULES_VERSION,
-        "ptreclaim_version": __version__, "distillation": {**to_dict(dcfg),
-                                                           **result.summary()},
+        "ptreclaim_version": __version__,
     }
     name = args.name or f"distilled_{run.resolve().name}"
-    record = ThresholdsRecord(
-        "soft_hard", rule_params(SoftHard(result.params)), name,
-        f"Soft/hard page-table limits distilled from the {exp.algo} policy of run "
-        f"{run.resolve().name} by DAgger ({result.states} states).", provenance)
-    stem = out / "thresholds"
-    paths = write_thresholds(stem, record)
+    exports: list[tuple[str, Path, ThresholdsRecord]] = []
+    for label, depth in [("export", 0)] + ([("export_tree", args.tree_depth)]
+                                           if args.tree_depth else []):
+        t0 = time.perf_counter()
+        total = (dcfg.iterations + 1) * dcfg.episodes * len(train)
+
+        def work(tick: Callable[[], None] | None, d: int = depth) -> DistillResult:
+            return distill(teacher, train, exp.env, dcfg, tick, say, tree_depth=d)
+
+        result: DistillResult = _with_progress(total, show, work)
+        say(f"{label}: distilled in {time.perf_counter() - t0:.1f} s; round "
+            f"{result.chosen_round} agrees with the learned policy on {result.agreement:.3f} "
+            "of action components on the states it visits (budget, class, target: "
+            f"{', '.join(f'{a:.3f}' for a in result.component_agreement)})")
+        shape = (f"a depth-{depth} decision tree" if depth else "soft/hard page-table limits")
+        record = ThresholdsRecord(
+            result.student.name, rule_params(result.student),
+            name + ("_tree" if depth else ""),
+            f"{shape[0].upper()}{shape[1:]} distilled from the {exp.algo} policy of run "
+            f"{run.resolve().name} by DAgger ({result.states} states).",
+            {**common, "distillation": {**to_dict(dcfg), "tree_depth": depth,
+                                        **result.summary()}})
+        stem = out / ("thresholds_tree" if depth else "thresholds")
+        write_thresholds(stem, record)
+        if isinstance(result.student, TreeRule):
+            write_text_atomic(out / "thresholds_tree.txt", result.student.render() + "\n")
+        exports.append((label, stem, record))
     if args.no_eval:
-        say(f"wrote {', '.join(str(p) for p in paths)} (not evaluated: --no-eval)")
+        say(f"wrote {', '.join(f'{stem}.yaml/.json' for _, stem, _ in exports)} "
+            "(not evaluated: --no-eval)")
         return 0
-    export_spec = parse_policy(f"export={paths[0]}")
-    specs: list[PolicySpec] = [heuristic_spec("none"), learned_spec, export_spec]
+    specs: list[PolicySpec] = [heuristic_spec("none"), learned_spec]
+    specs += [parse_policy(f"{label}={stem}.yaml") for label, stem, _ in exports]
     if tuned is not None and tuned_path is not None:
         specs.append(parse_policy(f"tuned_soft_hard={tuned_path}"))
     specs += [heuristic_spec("on_zap"), heuristic_spec("soft_hard")]
@@ -228,29 +245,32 @@ def _main(args: argparse.Namespace, argv: Sequence[str]) -> int:
         suite_files=[], episodes=episodes, seed=exp.eval.seed, jobs=args.jobs,
         baseline="soft_hard", oracle=not args.no_oracle, command=cmd, quiet=args.quiet)
     by = {s.policy: s for s in overall}
-    share = gain_share(by["none"].mean_cost, by["export"].mean_cost,
-                       by[learned_spec.label].mean_cost)
-    lo, hi = _bootstrap_share(results, "export", learned_spec.label)
-    # (export's cost - the learned policy's) on the same episodes.
-    diff = paired_difference_ci(results, learned_spec.label, "export")
-    evaluation: dict[str, Any] = {
-        "scenarios": [s.name for s in held_out], "episodes": episodes,
-        "seed": exp.eval.seed, "env": to_dict(exp.env),
-        "policies": {label: _summary_entry(s) for label, s in by.items()},
-        "gain_share": None if share is None else round(share, 4),
-        "gain_share_ci": [round(lo, 4), round(hi, 4)],
-        "export_minus_learned_cost": [round(d, 4) for d in diff],
-        "report": str((out / "export_eval" / "report.md").resolve()),
-    }
-    record = dataclasses.replace(
-        record, score={"suite": "held-out", **_summary_entry(by["export"])},
-        evaluation=evaluation)
-    paths = write_thresholds(stem, record)
+    learned = learned_spec.label
+    for label, stem, record in exports:
+        share = gain_share(by["none"].mean_cost, by[label].mean_cost, by[learned].mean_cost)
+        lo, hi = _bootstrap_share(results, label, learned)
+        # (the export's cost - the learned policy's) on the same episodes.
+        diff = paired_difference_ci(results, learned, label)
+        evaluation: dict[str, Any] = {
+            "scenarios": [s.name for s in held_out], "episodes": episodes,
+            "seed": exp.eval.seed, "env": to_dict(exp.env), "label": label,
+            "policies": {lab: _summary_entry(s) for lab, s in by.items()},
+            "gain_share": None if share is None else round(share, 4),
+            "gain_share_ci": [round(lo, 4), round(hi, 4)],
+            "export_minus_learned_cost": [round(d, 4) for d in diff],
+            "report": str((out / "export_eval" / "report.md").resolve()),
+        }
+        record = dataclasses.replace(
+            record, score={"suite": "held-out", **_summary_entry(by[label])},
+            evaluation=evaluation)
+        paths = write_thresholds(stem, record)
+        if not args.quiet:
+            kept = "n/a (the learned policy gained nothing)" if share is None else f"{share:.1%}"
+            print(f"{label}: keeps {kept} of the learned gain over no reclaim (95 % CI "
+                  f"{lo:.1%} .. {hi:.1%}); wrote {', '.join(str(p) for p in paths)}")
     write_text_atomic(out / "export_command.txt", f"{cmd}\n# cwd: {os.getcwd()}\n")
     if not args.quiet:
-        print(f"export keeps {share if share is None else f'{share:.1%}'} of the learned "
-              f"gain over no reclaim (95 % CI {lo:.1%} .. {hi:.1%}); wrote "
-              f"{', '.join(str(p) for p in paths)} and {out / 'export_eval'}/")
+        print(f"evaluation report: {out / 'export_eval' / 'report.md'}")
     return 0
 
 

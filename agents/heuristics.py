@@ -215,6 +215,119 @@ class PeriodicScan(Policy):
         return _action(0, 0, 0)
 
 
+#: Readable names of the action components' values (the env's default budgets).
+_DEPTH_TEXT = ("empty", "empty+zero", "empty+zero+file")
+_TARGET_TEXT = ("globally", "from the top suspect")
+_MAX_TREE_DEPTH = 12
+
+
+def action_text(action: Any) -> str:
+    """An action in words, e.g. ``scan 512 tables, empty+zero, globally``."""
+    a = [int(x) for x in np.asarray(action).ravel()]
+    if a[0] == 0:
+        return "no pass"
+    budget = DEFAULT_BUDGETS[a[0]] if a[0] < len(DEFAULT_BUDGETS) else a[0]
+    n = "all" if budget >= (1 << 30) else str(budget)
+    return f"scan {n} tables, {_DEPTH_TEXT[a[1]]}, {_TARGET_TEXT[a[2]]}"
+
+
+class TreeRule(Policy):
+    """``tree``: a depth-limited decision tree over named observation features
+    (what distillation exports next to the soft/hard rule), e.g.
+
+    .. code-block:: yaml
+
+        tree:
+          feature: pt_frac
+          above: 0.0123
+          then: {action: [3, 2, 0]}
+          else: {action: [0, 0, 0]}
+
+    A node compares ``obs[feature] > above``; a leaf holds the action
+    ``[budget index, class depth, target]``.
+    """
+
+    name = "tree"
+
+    def __init__(self, tree: Any, where: str = "tree") -> None:
+        self.tree = self._check(tree, where, 0)
+
+    @classmethod
+    def from_mapping(cls, data: Any, where: str = "tree") -> TreeRule:
+        if not isinstance(data, dict) or set(data) != {"tree"}:
+            keys = sorted(data) if isinstance(data, dict) else type(data).__name__
+            raise ConfigError(f"{where}: a tree rule holds exactly one key, 'tree' (a node "
+                              f"{{feature, above, then, else}} or a leaf {{action}}); got {keys}")
+        return cls(data["tree"], f"{where}.tree")
+
+    @classmethod
+    def _check(cls, node: Any, where: str, depth: int) -> dict[str, Any]:
+        from ..envs.sim.config import did_you_mean
+
+        if depth > _MAX_TREE_DEPTH:
+            raise ConfigError(f"{where}: the tree is deeper than {_MAX_TREE_DEPTH} levels")
+        if not isinstance(node, dict):
+            raise ConfigError(f"{where}: expected a node {{feature, above, then, else}} or a "
+                              f"leaf {{action: [budget, depth, target]}}, got {node!r}")
+        if "action" in node:
+            if set(node) != {"action"}:
+                raise ConfigError(f"{where}: a leaf holds only 'action', got {sorted(node)}")
+            act = node["action"]
+            highs = (len(DEFAULT_BUDGETS) - 1, 2, 1)
+            if (not isinstance(act, list) or len(act) != 3
+                    or not all(isinstance(v, int) and not isinstance(v, bool) for v in act)
+                    or not all(0 <= v <= hi for v, hi in zip(act, highs, strict=True))):
+                raise ConfigError(f"{where}.action: {act!r} is not [budget 0-{highs[0]}, "
+                                  "depth 0-2, target 0-1]")
+            return {"action": list(act)}
+        want = {"feature", "above", "then", "else"}
+        if set(node) != want:
+            extra = sorted(set(node) - want)
+            hint = did_you_mean(str(extra[0]), sorted(want)) if extra else ""
+            raise ConfigError(f"{where}: a node holds feature, above, then, else; got "
+                              f"{sorted(node)}{hint}")
+        feat = node["feature"]
+        if feat not in _IDX:
+            raise ConfigError(f"{where}.feature: {feat!r} is not an observation feature"
+                              f"{did_you_mean(str(feat), OBS_NAMES)}")
+        above = node["above"]
+        if isinstance(above, bool) or not isinstance(above, (int, float)) or not math.isfinite(
+                above):
+            raise ConfigError(f"{where}.above: expected a finite number, got {above!r}")
+        return {"feature": feat, "above": float(above),
+                "then": cls._check(node["then"], f"{where}.then", depth + 1),
+                "else": cls._check(node["else"], f"{where}.else", depth + 1)}
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        return self.decide(obs)[0]
+
+    def decide(self, obs: np.ndarray) -> tuple[np.ndarray, str]:
+        """The action and the path of conditions that led to it."""
+        node, path = self.tree, []
+        while "action" not in node:
+            v = float(obs[_IDX[node["feature"]]])
+            up = v > node["above"]
+            path.append(f"{node['feature']} {v:.4g} {'>' if up else '<='} {node['above']:g}")
+            node = node["then"] if up else node["else"]
+        return _action(*node["action"]), " and ".join(path) or "the tree has one leaf"
+
+    def render(self) -> str:
+        """The tree as indented if/else rules an operator reads."""
+        lines: list[str] = []
+
+        def walk(node: dict[str, Any], indent: str) -> None:
+            if "action" in node:
+                lines.append(f"{indent}{action_text(node['action'])}")
+                return
+            lines.append(f"{indent}if {node['feature']} > {node['above']:g}:")
+            walk(node["then"], indent + "    ")
+            lines.append(f"{indent}else:")
+            walk(node["else"], indent + "    ")
+
+        walk(self.tree, "")
+        return "\n".join(lines)
+
+
 HEURISTICS: dict[str, type[Policy]] = {
     "none": NoReclaim,
     "on_zap": OnZap,
@@ -248,3 +361,14 @@ def make_heuristic(name: str, params: Any = None, where: str | None = None) -> P
             raise
         raise ConfigError(f"{where}: {msg}") from None
     return policy
+
+
+#: Rule kinds a thresholds file may carry (``rule: {kind: ..., ...}``).
+RULES: dict[str, type[Policy]] = {"soft_hard": SoftHard, "tree": TreeRule}
+
+
+def make_rule(kind: str, params: Any, where: str | None = None) -> Policy:
+    """The policy of a thresholds file's rule (``kind`` and its parameters)."""
+    if kind == "tree":
+        return TreeRule.from_mapping(dict(params or {}), where or "tree")
+    return make_heuristic(kind, params, where)

@@ -17,7 +17,15 @@ import numpy as np
 import pytest
 import yaml
 
-from ptreclaim.agents.distill import DistillConfig, canonical, collect, distill, fit_rule
+from ptreclaim.agents.distill import (
+    Dataset,
+    DistillConfig,
+    canonical,
+    collect,
+    distill,
+    fit_rule,
+    fit_tree,
+)
 from ptreclaim.agents.evaluate import evaluate_specs, parse_policy
 from ptreclaim.agents.export import (
     THRESHOLDS_SCHEMA_VERSION,
@@ -27,7 +35,13 @@ from ptreclaim.agents.export import (
     write_thresholds,
 )
 from ptreclaim.agents.export_cli import gain_share
-from ptreclaim.agents.heuristics import SoftHard, SoftHardParams, make_heuristic
+from ptreclaim.agents.heuristics import (
+    SoftHard,
+    SoftHardParams,
+    TreeRule,
+    make_heuristic,
+    make_rule,
+)
 from ptreclaim.configs import CONFIG_DIR
 from ptreclaim.envs.configio import load_scenario
 from ptreclaim.envs.pagetable_env import OBS_NAMES, EnvConfig
@@ -170,19 +184,54 @@ def test_distilling_a_rule_recovers_its_decisions() -> None:
                                       psi_trigger=1.0))
     res = distill(teacher, [scen], env_config, DistillConfig(iterations=2, episodes=1))
     assert res.agreement == pytest.approx(1.0)
-    assert res.params.soft_budget == 2 and res.params.hard_depth in (0, 1, 2)
+    assert isinstance(res.student, SoftHard) and res.student.params.soft_budget == 2
 
 
 def test_fit_recovers_a_constant_policy() -> None:
     rng = np.random.default_rng(1)
     obs = rng.uniform(0, 0.2, (300, len(OBS_NAMES))).astype(np.float32)
     acts = np.tile([3, 2, 0], (300, 1))
-    from ptreclaim.agents.distill import Dataset
-
     params, agree = fit_rule(Dataset(obs, acts), budgets=5)
     assert agree == 1.0
     pred = SoftHard(params).predict(obs)[0]
     np.testing.assert_array_equal(canonical(pred), canonical(acts))
+
+
+def test_tree_export_is_written_rendered_and_evaluated(exported: dict[str, Any]) -> None:
+    out = exported["out"]
+    rec = read_thresholds(out / "thresholds_tree.json")
+    assert rec.kind == "tree" and rec.provenance["distillation"]["tree_depth"] == 3
+    assert "export_tree" in rec.evaluation["policies"]
+    text = (out / "thresholds_tree.txt").read_text()
+    assert text.strip() == rec.policy().render()  # type: ignore[attr-defined]
+
+
+def test_fit_tree_recovers_a_one_split_teacher() -> None:
+    rng = np.random.default_rng(2)
+    obs = rng.uniform(0, 0.1, (400, len(OBS_NAMES))).astype(np.float32)
+    pt = obs[:, OBS_NAMES.index("pt_frac")]
+    acts = np.where((pt > 0.05)[:, None], [4, 2, 0], [1, 0, 0])
+    rule, agree = fit_tree(Dataset(obs, acts), depth=3)
+    assert agree == 1.0
+    assert rule.tree["feature"] == "pt_frac" and rule.tree["above"] == pytest.approx(0.05,
+                                                                                      abs=2e-3)
+    assert rule.render().splitlines()[0].startswith("if pt_frac > 0.0")
+    action, why = rule.decide(obs[np.argmax(pt)])
+    assert list(action) == [4, 2, 0] and "pt_frac" in why and ">" in why
+
+
+@pytest.mark.parametrize(("tree", "want"), [
+    ({"feature": "pt_fraction", "above": 0.1, "then": {"action": [1, 0, 0]},
+      "else": {"action": [0, 0, 0]}}, "did you mean 'pt_frac'"),
+    ({"action": [9, 0, 0]}, "is not [budget"),
+    ({"feature": "pt_frac", "above": 0.1, "then": {"action": [1, 0, 0]}}, "a node holds"),
+    ({"feature": "pt_frac", "above": "high", "then": {"action": [1, 0, 0]},
+      "else": {"action": [0, 0, 0]}}, "finite number"),
+])
+def test_bad_tree_is_one_clear_error(tree: dict[str, Any], want: str) -> None:
+    with pytest.raises(ConfigError, match=want.replace("[", r"\[")):
+        make_rule("tree", {"tree": tree}, "t.yaml.rule")
+    assert isinstance(make_rule("tree", {"tree": {"action": [1, 0, 0]}}), TreeRule)
 
 
 def test_write_refuses_a_bad_rule_and_keeps_the_old_file(tmp_path: Path) -> None:
