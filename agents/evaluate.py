@@ -54,6 +54,7 @@ from ..envs.configio import (
     load_scenario,
     load_suite,
     load_yaml,
+    progress_bar,
     run_cli,
     suite_paths,
     write_text_atomic,
@@ -1089,27 +1090,8 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def _with_progress(run: Callable[[Callable[[int, int], None] | None], Any], total: int,
                    show: bool) -> Any:
-    if not show:
-        return run(None)
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
-                  transient=True) as bar:
-        task = bar.add_task("episodes", total=total)
-
-        def update(done: int, _total: int) -> None:
-            bar.update(task, completed=done)
-
-        return run(update)
+    with progress_bar("episodes", total, show) as update:
+        return run(None if update is None else lambda done, _total: update(done))
 
 
 def _main(args: argparse.Namespace, argv: Sequence[str]) -> int:

@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from .. import __version__
-from ..envs.configio import run_cli, write_text_atomic
+from ..envs.configio import progress_bar, run_cli, write_text_atomic
 from ..envs.sim.config import ConfigError, to_dict
 from ..envs.sim.pagetable import MODEL_RULES_VERSION
 from .distill import DistillConfig, DistillResult, distill
@@ -108,15 +108,17 @@ def _read_run(run: Path) -> Any:
 
 def _with_progress(total: int, show: bool,
                    work: Callable[[Callable[[], None] | None], Any]) -> Any:
-    if not show:
-        return work(None)
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    with progress_bar("distilling: episodes", total, show) as update:
+        if update is None:
+            return work(None)
+        done = [0]
+        bar = update
 
-    with Progress(TextColumn("distilling: episodes"), BarColumn(), MofNCompleteColumn(),
-                  console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("episodes", total=total)
-        return work(lambda: bar.advance(task))
+        def tick() -> None:
+            done[0] += 1
+            bar(done[0])
+
+        return work(tick)
 
 
 def _summary_entry(s: Any) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import dataclasses
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -218,3 +218,35 @@ def run_cli(prog: str, parser: argparse.ArgumentParser,
         return 130
     except BrokenPipeError:
         return 0
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, total: int, show: bool = True
+                 ) -> Iterator[Callable[[int], None] | None]:
+    """A transient rich progress bar on stderr for long work.
+
+    Yields ``update(completed)``, or None when ``show`` is false (not a
+    terminal, ``--quiet``): callers pass it on as an optional callback.
+    """
+    if not show:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
+                  transient=True) as bar:
+        task = bar.add_task(description, total=total)
+
+        def update(completed: int) -> None:
+            bar.update(task, completed=completed)
+
+        yield update

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 
-from .configio import dump_yaml, load_scenario, run_cli, write_text_atomic
+from .configio import dump_yaml, load_scenario, progress_bar, run_cli, write_text_atomic
 from .sim.config import ConfigError, did_you_mean, to_dict
 from .sim.machine import PAGE_KIB
 from .sim.pagetable import PAGE
@@ -508,24 +508,14 @@ def _check_out(out: Path, force: bool) -> None:
 
 def _progress_run(scenario: ScenarioConfig, args: argparse.Namespace, ticks: int) -> RunResult:
     show = not args.quiet and sys.stderr.isatty() and ticks >= 100
-    if not show:
-        return run(scenario, ticks, args.policy, args.seed, trust_model=args.trust_model)
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(f"simulating {scenario.name}", total=ticks)
+    with progress_bar(f"simulating {scenario.name}", ticks, show) as update:
+        if update is None:
+            return run(scenario, ticks, args.policy, args.seed, trust_model=args.trust_model)
+        bar = update
 
         def tick(t: int) -> None:
             if t % 10 == 9 or t == ticks - 1:
-                bar.update(task, completed=t + 1)
+                bar(t + 1)
 
         return run(scenario, ticks, args.policy, args.seed, on_tick=tick,
                    trust_model=args.trust_model)
