@@ -147,7 +147,7 @@ def test_regular_install(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ("ptreclaim", "envs", "agents", "configs"):
+    for name in ("ptreclaim", "envs", "agents", "configs", "data"):
         shutil.copytree(ROOT / name, src / name, ignore=ignore)
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         if (ROOT / name).exists():
@@ -178,6 +178,9 @@ def test_regular_install(tmp_path: Path) -> None:
         shipped = sorted(p.name for p in (ROOT / "configs" / sub).glob("*.yaml"))
         installed = sorted(p.name for p in (target / "ptreclaim" / "configs" / sub).glob("*.yaml"))
         assert installed == shipped, sub
+    # The captured traces ship as package data of ptreclaim.data (the "trace" workloads).
+    assert sorted(p.name for p in (target / "ptreclaim" / "data" / "traces").glob("*.npz")) == \
+        sorted(p.name for p in (ROOT / "data" / "traces").glob("*.npz"))
 
     # Import from the install alone: clean PYTHONPATH, run outside the repo.  The
     # editable install's import hook sits after the path finder, so the copy wins.

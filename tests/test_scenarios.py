@@ -151,7 +151,8 @@ def test_scenario_loads_and_runs(path: Path) -> None:
     assert sc.name == path.stem
     assert len(sc.description) > 80, "tell the scenario's story in its description"
     assert 600 <= sc.ticks <= 1500
-    assert len({w.family for w in sc.workloads}) >= 2
+    # At least two kinds of workload (a replayed trace counts as its own kind).
+    assert len({(w.family, w.params.get("trace")) for w in sc.workloads}) >= 2
     assert any(w.start_tick > 0 for w in sc.workloads), "scenarios have phases"
     # The resolved form (the CLI's config.yaml) builds the same scenario again.
     assert build(ScenarioConfig, to_dict(sc), "resolved") == sc
