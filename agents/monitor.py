@@ -90,7 +90,6 @@ NEVER_LIVE = ("refault_rate", "last_yield")
 #: mapping: skip mappings above 4 GiB (8 MiB of pagemap each) to keep a sample short.
 RAW_CAP_BYTES = 4 << 30
 PSI_NAMES = ("psi_some_avg10", "psi_some_avg60", "psi_full_avg10", "psi_full_avg60")
-_REAL_PROC = Path("/proc")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -342,15 +341,6 @@ class ProcScan:
     maps_denied: list[int] = field(default_factory=list)  # pids: status readable, maps not
 
 
-def pid_arg(root: Path, pid: int) -> int | str:
-    """The ``pid`` argument that makes :mod:`~ptreclaim.envs.procfs` (which
-    reads ``/proc/PID/...``) read ``root/PID/...`` instead: a path relative to
-    ``/proc`` for a fake tree (tests), the plain pid for the real one."""
-    if root == _REAL_PROC:
-        return pid
-    return os.path.relpath(root / str(pid), _REAL_PROC)
-
-
 def list_pids(root: Path) -> list[int]:
     """The numeric entries of ``root`` (thread-group leaders), ascending."""
     try:
@@ -366,9 +356,8 @@ def sample_processes(root: Path, want_maps: bool = True) -> ProcScan:
     address space (kernel threads and zombies have none and are left out)."""
     scan = ProcScan([])
     for pid in list_pids(root):
-        arg = pid_arg(root, pid)
         try:
-            status = procfs.read_status(arg)
+            status = procfs.read_status(pid, root)
         except procfs.ProcessGone:
             scan.vanished += 1
             continue
@@ -380,7 +369,7 @@ def sample_processes(root: Path, want_maps: bool = True) -> ProcScan:
         maps: int | None = None
         if want_maps:
             try:
-                maps = len(procfs.read_maps(arg))
+                maps = len(procfs.read_maps(pid, root))
             except procfs.ProcessGone:
                 scan.vanished += 1
                 continue
@@ -444,12 +433,12 @@ def scan_empty_tables(root: Path, procs: Sequence[ProcSample], notes: Notes
     is skipped, one that cannot be read is noted once."""
     out: dict[int, ScanResult] = {}
     for p in procs:
-        arg = pid_arg(root, p.pid)
         try:
-            maps = procfs.read_maps(arg)
-            presence = procfs.block_presence(arg, maps, raw_cap_bytes=RAW_CAP_BYTES)
+            maps = procfs.read_maps(p.pid, root)
+            presence = procfs.block_presence(p.pid, maps, raw_cap_bytes=RAW_CAP_BYTES,
+                                             root=root)
             # VmPTE after the walk, so tables freed meanwhile are not counted as empty.
-            status = procfs.read_status(arg)
+            status = procfs.read_status(p.pid, root)
         except procfs.ProcessGone:
             continue
         except procfs.PagemapUnavailable as exc:

@@ -134,13 +134,18 @@ class BlockPresence:
         return int(self.block.size)
 
 
-def _proc(pid: int | str, name: str) -> str:
-    return f"/proc/{pid}/{name}"
+#: Where the proc filesystem is mounted; every reader takes ``root`` to read
+#: another tree instead (the live monitor's tests build fake ones).
+PROC_ROOT = "/proc"
 
 
-def _read_text(pid: int | str, name: str) -> str:
+def _proc(pid: int | str, name: str, root: str | os.PathLike[str] = PROC_ROOT) -> str:
+    return os.path.join(root, str(pid), name)
+
+
+def _read_text(pid: int | str, name: str, root: str | os.PathLike[str] = PROC_ROOT) -> str:
     try:
-        with open(_proc(pid, name), encoding="utf-8", errors="replace") as f:
+        with open(_proc(pid, name, root), encoding="utf-8", errors="replace") as f:
             return f.read()
     except (FileNotFoundError, ProcessLookupError) as exc:
         raise ProcessGone(f"process {pid} is gone") from exc
@@ -150,7 +155,8 @@ def _read_text(pid: int | str, name: str) -> str:
         raise
 
 
-def read_status(pid: int | str = "self") -> dict[str, int]:
+def read_status(pid: int | str = "self", root: str | os.PathLike[str] = PROC_ROOT
+                ) -> dict[str, int]:
     """The ``kB`` fields of ``/proc/PID/status`` as ints in KiB (``VmPTE``,
     ``VmRSS``, ``VmSize``, ``RssAnon``...), plus ``Pid``.
 
@@ -158,7 +164,7 @@ def read_status(pid: int | str = "self") -> dict[str, int]:
     ``VmPTE`` should treat its absence as "no mm" (exited).
     """
     out: dict[str, int] = {}
-    for line in _read_text(pid, "status").splitlines():
+    for line in _read_text(pid, "status", root).splitlines():
         key, _, rest = line.partition(":")
         words = rest.split()
         if len(words) == 2 and words[1] == "kB":
@@ -183,14 +189,15 @@ def parse_maps(text: str) -> list[MapEntry]:
     return out
 
 
-def read_maps(pid: int | str = "self") -> list[MapEntry]:
+def read_maps(pid: int | str = "self", root: str | os.PathLike[str] = PROC_ROOT
+              ) -> list[MapEntry]:
     """``/proc/PID/maps`` as :class:`MapEntry` records, in address order."""
-    return parse_maps(_read_text(pid, "maps"))
+    return parse_maps(_read_text(pid, "maps", root))
 
 
-def _open_pagemap(pid: int | str) -> int:
+def _open_pagemap(pid: int | str, root: str | os.PathLike[str] = PROC_ROOT) -> int:
     try:
-        return os.open(_proc(pid, "pagemap"), os.O_RDONLY)
+        return os.open(_proc(pid, "pagemap", root), os.O_RDONLY)
     except (FileNotFoundError, ProcessLookupError) as exc:
         raise ProcessGone(f"process {pid} is gone") from exc
     except PermissionError as exc:
@@ -354,7 +361,8 @@ def _presence_raw(fd: int, maps: list[MapEntry], cap: int, bitmap: bool) -> Bloc
 
 def block_presence(pid: int | str = "self", maps: list[MapEntry] | None = None,
                    method: str = "auto", raw_cap_bytes: int = 64 << 30,
-                   bitmap: bool = False) -> BlockPresence:
+                   bitmap: bool = False, root: str | os.PathLike[str] = PROC_ROOT
+                   ) -> BlockPresence:
     """Present/swapped pages per 2 MiB block of process ``pid``.
 
     ``method``: ``"auto"`` uses ``PAGEMAP_SCAN`` and falls back to the raw
@@ -372,8 +380,8 @@ def block_presence(pid: int | str = "self", maps: list[MapEntry] | None = None,
     if method not in ("auto", "pagemap_scan", "pagemap"):
         raise ValueError(f"method must be auto, pagemap_scan or pagemap, not {method!r}")
     if maps is None:
-        maps = read_maps(pid)
-    fd = _open_pagemap(pid)
+        maps = read_maps(pid, root)
+    fd = _open_pagemap(pid, root)
     try:
         if method != "pagemap":
             try:
