@@ -118,20 +118,22 @@ class NormalizeConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Evaluation on the held-out scenarios.
+    """Model selection during training, and the final evaluation.
 
     During training, every ``freq`` steps the current model runs ``episodes``
-    deterministic episodes per held-out scenario with seeds drawn from
-    ``seed + 1``; the best mean becomes ``best_model.zip``.  At the end every
-    policy runs ``final_episodes`` per scenario with seeds from ``seed``: a
-    different set, so the best model is not picked on the episodes that
-    judge it.
+    deterministic validation episodes per scenario of ``select_on`` (default
+    ``train``: the training scenarios, so the held-out scenarios never
+    influence which model is kept; ``eval``: the held-out ones, the old
+    behaviour) with seeds drawn from ``seed + 1``; the best mean becomes
+    ``best_model.zip``.  At the end every policy runs ``final_episodes`` per
+    held-out scenario with seeds from ``seed``.
     """
 
     freq: int = 10_000
     episodes: int = 2
     final_episodes: int = 10
     seed: int = 1000
+    select_on: str = "train"
     baselines: tuple[str, ...] = BASELINES
     oracle: bool = True
     cache_baselines: bool = True  # heuristics are deterministic: reuse across seeds/runs
@@ -143,6 +145,10 @@ class EvalConfig:
         check_range("eval.final_episodes", self.final_episodes, 1, 10_000)
         check_range("eval.seed", self.seed, 0, 2**31)
         check_range("eval.n_boot", self.n_boot, 100, 10**6)
+        if self.select_on not in ("train", "eval"):
+            raise ConfigError(f"eval.select_on: {self.select_on!r} is not 'train' (validation "
+                              "episodes of the training scenarios) or 'eval' (the held-out "
+                              "scenarios)")
         for name in self.baselines:
             if name not in HEURISTICS:
                 raise ConfigError(f"eval.baselines: unknown heuristic {name!r}"
@@ -944,7 +950,7 @@ def _make_callback(**kw: Any) -> Any:
     from stable_baselines3.common.callbacks import BaseCallback
 
     class _Callback(BaseCallback):
-        """Periodic held-out evaluation (fixed seeds, deterministic) with
+        """Periodic validation (fixed seeds, deterministic; ``eval.select_on``) with
         best-model saving, checkpoints with their normalisation stats,
         stop requests, cost-term logging and the live progress line."""
 
@@ -1031,14 +1037,15 @@ def _make_callback(**kw: Any) -> Any:
                 self.progress.update(self.task, completed=n, status=self._status())
 
         def evaluate(self) -> None:
-            """Deterministic episodes on the held-out scenarios, seeds from
-            ``eval.seed + 1``; saves the best model with its statistics."""
+            """Deterministic validation episodes (``eval.select_on``), seeds
+            from ``eval.seed + 1``; saves the best model with its statistics."""
             from stable_baselines3.common.vec_env import VecNormalize
 
             venv = self.model.get_env()
             vn = venv if isinstance(venv, VecNormalize) else None
             policy = as_policy(self.model, vn, self.exp.env, "current")
-            res = run_policies({"current": policy}, self.scen.eval, self.exp.eval.episodes,
+            scenarios = self.scen.train if self.exp.eval.select_on == "train" else self.scen.eval
+            res = run_policies({"current": policy}, scenarios, self.exp.eval.episodes,
                                self.exp.eval.seed + 1, self.exp.env)
             rewards = np.array([r.reward for r in res])
             lengths = np.array([r.steps for r in res])
@@ -1264,7 +1271,8 @@ def _finish(run: Path, cfg: RunConfig, out: Output, stop: StopRequest) -> int:
                                 exp.env, tick)
             base = baseline_results(names, cfg.scenarios.eval, ev.final_episodes, ev.seed,
                                     exp.env, cache, tick)
-            curve_base = (baseline_results(names, cfg.scenarios.eval, ev.episodes,
+            curve_scen = cfg.scenarios.train if ev.select_on == "train" else cfg.scenarios.eval
+            curve_base = (baseline_results(names, curve_scen, ev.episodes,
                                            ev.seed + 1, exp.env, cache, tick)
                           if (run / "evaluations.npz").is_file() else [])
     except Interrupted:
@@ -1362,7 +1370,10 @@ def run_report(run: Path, cfg: RunConfig, summaries: Sequence[PolicySummary],
              "reclaiming on an old kernel); P(< none): probability of a lower cost than "
              "`none` on the same episode. "
              f"`{exp.algo}` is the final model, `{exp.algo}_best` the best one on the "
-             "training-time evaluations (other seeds of the same held-out scenarios).", "",
+             "training-time validation episodes ("
+             + ("training scenarios with their own seeds: the held-out scenarios play no part "
+                "in choosing it" if exp.eval.select_on == "train" else
+                "other seeds of the held-out scenarios") + ").", "",
              "## Results", "", _md_table(SUMMARY_HEADER, summary_rows(summaries)), "",
              "## Learned vs each baseline (paired by episode)", "",
              "Mean of (baseline cost - learned cost) on the same episodes, 95 % CI; "
@@ -1409,7 +1420,8 @@ def _savefig(fig: Any, path: Path) -> None:
 
 def plot_learning_curve(run: Path, curve_base: Sequence[EpisodeResult], algo: str,
                         title: str) -> None:
-    """Held-out cost during training, with each baseline's level on the same episodes."""
+    """Validation cost during training (``eval.select_on``), with each
+    baseline's level on the same episodes."""
     path = run / "evaluations.npz"
     if not path.is_file():
         return
@@ -1431,7 +1443,7 @@ def plot_learning_curve(run: Path, curve_base: Sequence[EpisodeResult], algo: st
         level = float(np.mean([r.cost for r in curve_base if r.policy == n]))
         ax.axhline(level, ls="--" if n != "oracle" else ":", color=colors(i), label=f"{n}")
     ax.set_xlabel("training steps")
-    ax.set_ylabel("held-out episode cost")
+    ax.set_ylabel("validation episode cost")
     levels = [r.cost for r in curve_base] + list(costs.ravel())
     if min(levels) > 0 and max(levels) / min(levels) > 10:
         ax.set_yscale("log")
@@ -1577,7 +1589,7 @@ def _one_decimal(cell: str) -> str:
 
 
 def plot_multi_curves(path: Path, runs: Mapping[int, Path], algo: str) -> None:
-    """All seeds' held-out curves on one plot."""
+    """All seeds' validation curves on one plot."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -1599,7 +1611,7 @@ def plot_multi_curves(path: Path, runs: Mapping[int, Path], algo: str) -> None:
         plt.close(fig)
         return
     ax.set_xlabel("training steps")
-    ax.set_ylabel("held-out episode cost (training-time evaluations)")
+    ax.set_ylabel("validation episode cost (training-time evaluations)")
     # A log axis only pays off over an order of magnitude.
     if min(lows) > 0 and max(highs) / min(lows) > 10:
         ax.set_yscale("log")
