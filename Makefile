@@ -45,7 +45,7 @@ $(STAMP): pyproject.toml ptreclaim/__init__.py | $(PYTHON)
 
 # The main job: train the default experiment (configs/experiments/default.yaml:
 # PPO, 3 seeds, then evaluation against every heuristic and the oracle bound on
-# the held-out scenarios); about 13 minutes on 2 cores.
+# the held-out scenarios); about 12 minutes on 2 cores.
 run: $(STAMP)
 	$(PYTHON) scripts/train.py
 

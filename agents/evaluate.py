@@ -44,12 +44,13 @@ import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 
 from ..configs import CONFIG_DIR
 from ..envs.configio import (
+    OneLineParser,
     dump_yaml,
     load_scenario,
     load_suite,
@@ -910,16 +911,9 @@ OUTPUT_FILES = ("report.md", "results.csv", "results.json", "summary.json", "sco
                 "cost_terms.png", "timeline.png", "config.yaml", "command.txt")
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but usage errors are one line on stderr (exit status 2)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: {message}; see --help\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser of ``scripts/evaluate.py``."""
-    p = _Parser(prog=PROG, description=(
+    p = OneLineParser(prog=PROG, description=(
         "Evaluate policies on the same seeded episodes of a suite: trained runs, model zips, "
         "exported thresholds and heuristics, always next to 'none' (no reclaim, the "
         "normalisation baseline), the --baseline heuristic and the oracle bound. Prints "
@@ -965,16 +959,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def load_env_file(path: str | os.PathLike[str]) -> EnvConfig:
+    """Env settings from a YAML file: a mapping of :class:`EnvConfig` fields,
+    or a file with an ``env:`` section (an experiment) or an
+    ``experiment.env`` one (a run's ``config.yaml``)."""
+    data = load_yaml(path)
+    where = Path(path).name
+    if isinstance(data, Mapping) and isinstance(data.get("experiment"), Mapping) \
+            and isinstance(data["experiment"].get("env"), Mapping):
+        data, where = data["experiment"]["env"], f"{where}.experiment.env"
+    elif isinstance(data, Mapping) and isinstance(data.get("env"), Mapping):
+        data, where = data["env"], f"{where}.env"
+    return build(EnvConfig, data, where)
+
+
 def _load_env_config(path: str | None, specs: Sequence[PolicySpec]) -> EnvConfig:
     if path is not None:
-        data = load_yaml(path)
-        where = Path(path).name
-        if isinstance(data, Mapping) and isinstance(data.get("experiment"), Mapping) \
-                and isinstance(data["experiment"].get("env"), Mapping):
-            data, where = data["experiment"]["env"], f"{where}.experiment.env"
-        elif isinstance(data, Mapping) and isinstance(data.get("env"), Mapping):
-            data, where = data["env"], f"{where}.env"
-        return build(EnvConfig, data, where)
+        return load_env_file(path)
     envs = [(s, s.env) for s in specs if s.env is not None]
     if not envs:
         return EnvConfig()

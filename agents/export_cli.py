@@ -19,12 +19,12 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 
 from .. import __version__
-from ..envs.configio import progress_bar, run_cli, write_text_atomic
+from ..envs.configio import OneLineParser, progress_bar, run_cli, write_text_atomic
 from ..envs.sim.config import ConfigError, to_dict
 from ..envs.sim.pagetable import MODEL_RULES_VERSION
 from .distill import DistillConfig, DistillResult, distill
@@ -46,15 +46,8 @@ PROG = "export_thresholds.py"
 DEFAULT_TUNED = Path("runs/tune/soft_hard/best.yaml")
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line and exit status 2 (no usage dump)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{PROG}: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description=(
+    p = OneLineParser(prog=PROG, description=(
         "Distil a trained run's policy into soft/hard-limit thresholds (DAgger), write "
         "thresholds.yaml/.json, and evaluate them next to the learned policy, the tuned "
         "heuristic and the oracle on the run's held-out scenarios."))

@@ -56,12 +56,12 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
 from ..envs import procfs
-from ..envs.configio import run_cli, write_text_atomic
+from ..envs.configio import OneLineParser, run_cli, write_text_atomic
 from ..envs.pagetable_env import OBS_NAMES, TOP_K, EnvConfig
 from ..envs.sim.config import ConfigError, build
 from ..envs.sim.machine import MachineConfig, watermarks
@@ -90,13 +90,6 @@ NEVER_LIVE = ("refault_rate", "last_yield")
 #: mapping: skip mappings above 4 GiB (8 MiB of pagemap each) to keep a sample short.
 RAW_CAP_BYTES = 4 << 30
 PSI_NAMES = ("psi_some_avg10", "psi_some_avg60", "psi_full_avg10", "psi_full_avg60")
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but usage errors are one line on stderr (exit status 2)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: {message}; see --help\n")
 
 
 # ------------------------------------------------------------------ notes
@@ -933,7 +926,7 @@ def plot_session(points: Sequence[Point], title: str, dpi: int = 90) -> bytes:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser of ``scripts/monitor.py``."""
-    p = _Parser(prog=PROG, description=(
+    p = OneLineParser(prog=PROG, description=(
         "Live advisor, read-only: every INTERVAL seconds, sample this host (zone free memory "
         "and watermarks, PSI, page tables, every process's VmPTE/VmRSS/mappings), build the "
         "env's observation and print what the policy would reclaim now, from whom, and why. "

@@ -73,17 +73,23 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .. import __version__
-from ..envs.configio import dump_yaml, load_yaml, run_cli, write_text_atomic, write_yaml_atomic
+from ..envs.configio import (
+    OneLineParser,
+    dump_yaml,
+    run_cli,
+    write_text_atomic,
+    write_yaml_atomic,
+)
 from ..envs.pagetable_env import DEFAULT_BUDGETS, EnvConfig
 from ..envs.sim.config import ConfigError, build, did_you_mean, to_dict
 from ..envs.sim.pagetable import MODEL_RULES_VERSION
 from ..envs.sim.simulator import ScenarioConfig
-from .evaluate import EpisodeResult, episode_seed, resolve_suite, run_episode
+from .evaluate import EpisodeResult, episode_seed, load_env_file, resolve_suite, run_episode
 from .heuristics import PeriodicParams, SoftHardParams, make_heuristic
 
 if TYPE_CHECKING:
@@ -1221,20 +1227,13 @@ class Progress:
 # ---------------------------------------------------------------- command line
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but usage errors are one line on stderr (exit status 2)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: {message}; see --help\n")
-
-
 #: Flags that only make sense for agents (their defaults are None to tell).
 AGENT_FLAGS = ("config", "timesteps", "n_envs", "eval_freq", "train_seeds", "pruner")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser of ``scripts/tune.py``."""
-    p = _Parser(prog=PROG, description=(
+    p = OneLineParser(prog=PROG, description=(
         "Tune a heuristic's thresholds or an agent's hyperparameters with Optuna on the "
         "training suite, noise-aware (every trial scored over several seeds), in a resumable "
         "study that several workers may share. Writes trials.csv, the best parameters, "
@@ -1347,17 +1346,6 @@ def _check_args(args: argparse.Namespace) -> None:
                                   f"allowed [{lo_}, {hi_}]")
 
 
-def _load_env(path: str) -> EnvConfig:
-    data = load_yaml(path)
-    where = Path(path).name
-    if isinstance(data, Mapping) and isinstance(data.get("experiment"), Mapping) \
-            and isinstance(data["experiment"].get("env"), Mapping):
-        data, where = data["experiment"]["env"], f"{where}.experiment.env"
-    elif isinstance(data, Mapping) and isinstance(data.get("env"), Mapping):
-        data, where = data["env"], f"{where}.env"
-    return build(EnvConfig, data, where)
-
-
 def versions(agent: bool) -> dict[str, Any]:
     """Versions of what shapes the result."""
     import gymnasium
@@ -1439,7 +1427,7 @@ def _main(args: argparse.Namespace, argv: Sequence[str]) -> int:
     names = [s.name for s in scenarios]
     if len(set(names)) != len(names):
         raise ConfigError(f"--suite {args.suite}: two scenarios share a name")
-    env_override = _load_env(args.env_config) if args.env_config else None
+    env_override = load_env_file(args.env_config) if args.env_config else None
     url = args.storage or f"sqlite:///{out / 'study.db'}"
     study_name = args.study_name or target
     agent = args.mode == "agent"

@@ -36,12 +36,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 
 from . import procfs
-from .configio import run_cli
+from .configio import OneLineParser, run_cli
 from .sim.config import ConfigError
 from .sim.trace import PERM_R, PERM_S, PERM_W, PERM_X, SYSCALLS, Trace, TraceWriter, read_trace
 from .sim.workloads.trace import FidelityReport, replay
@@ -50,13 +50,6 @@ PROG = "capture_trace.py"
 #: The fidelity goal of a replay: within 2 % and within a few tables of VmPTE.
 GOAL_REL = 0.02
 GOAL_TABLES = 3
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but usage errors are one line on stderr (exit status 2)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: {message}; see --help\n")
 
 
 # ---------------------------------------------------------------- recording
@@ -595,11 +588,11 @@ def info(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser of ``scripts/capture_trace.py``."""
-    p = _Parser(prog=PROG, description=(
+    p = OneLineParser(prog=PROG, description=(
         "Capture page-table traces of live processes (VmPTE, maps, per-2 MiB page presence "
         "via PAGEMAP_SCAN, memory syscalls via strace), and check how well the page-table "
         "model replays them."))
-    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=OneLineParser)
     r = sub.add_parser("record", help="record a trace of a command or a running PID")
     r.add_argument("-o", "--output", required=True, metavar="OUT.npz", help="trace file")
     r.add_argument("--pid", type=int, default=None, help="attach to this running process")

@@ -19,7 +19,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
@@ -198,6 +198,14 @@ def write_yaml_atomic(path: str | os.PathLike[str], data: Any) -> None:
     """Write plain ``data`` as YAML to ``path`` atomically."""
     write_text_atomic(path, dump_yaml(data))
 
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit status 2), not
+    the usage dump: the project's rule for bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message}; see --help\n")
 
 
 def run_cli(prog: str, parser: argparse.ArgumentParser,

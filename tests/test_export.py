@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import test_train  # tests/ is on sys.path (pytest's rootdir-relative import)
 import yaml
 
 from ptreclaim.agents.distill import (
@@ -58,32 +59,9 @@ FIXTURE = ROOT / "tests" / "data" / "export" / "known_good.yaml"
 #: README's table) must be regenerated on purpose.
 FIXTURE_RTOL = 1e-6
 
-TINY_SCENARIO = """\
-name: tiny
-ticks: 60
-jitter: 0.1
-machine:
-  ram_mib: 1024
-  movable_fraction: 0.8
-  cpus: 4
-workloads:
-  - family: hog
-    params: {variant: zeropage, size_gib: 16, tables_per_tick: 16}
-"""
-
-TINY_EXPERIMENT = """\
-name: tiny
-train_suite: tiny.yaml
-eval_suite: tiny.yaml
-seeds: [0]
-timesteps: 256
-n_envs: 2
-checkpoint_freq: 0
-eval: {freq: 128, episodes: 1, final_episodes: 2, n_boot: 200}
-env: {decision_ticks: 5, max_steps: 12}
-hyperparams:
-  ppo: {n_steps: 32, batch_size: 32, n_epochs: 2}
-"""
+# The tiny scenario and experiment of the training tests: one zero-page hog, a
+# few hundred PPO steps.
+TINY_SCENARIO, TINY_EXPERIMENT = test_train.TINY_SCENARIO, test_train.TINY_EXPERIMENT
 
 
 def run(script: Path, *args: str, timeout: float = 300) -> tuple[int, str, str]:
