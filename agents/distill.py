@@ -11,9 +11,11 @@ fits those thresholds to a learned policy's decisions:
    showed it;
 2. *fit*: choose the rule's thresholds that agree best with the teacher on
    all states gathered so far (below);
-3. repeat; finally keep the student whose decisions agree best with the
-   teacher on the states that student visits itself (on-policy agreement:
-   the figure that predicts how the rule behaves when deployed).
+3. repeat (every round runs the same training episodes); finally keep the
+   student with the lowest cost on those episodes, the goal being cost
+   rather than imitation (a rule can agree with the teacher on most states
+   and still skip the passes that matter), with its on-policy agreement (on
+   the states it visits itself) as the tie-breaker and as a report.
 
 Fitting.  The rule splits states into three regions, *hard* (page tables
 over the hard limit or free memory under the trigger), *soft* (over the soft
@@ -120,6 +122,7 @@ class Round:
     onpolicy_agreement: float  # this round's student vs the teacher on the states it visits
     student: Policy
     onpolicy_components: tuple[float, ...] = ()
+    cost: float = float("nan")  # this round's student: mean episode cost on those episodes
 
 
 @dataclass(frozen=True)
@@ -132,16 +135,21 @@ class DistillResult:
     agreement: float  # on-policy agreement of the chosen rule
     component_agreement: tuple[float, ...]  # per action component, on its own states
     states: int
+    cost: float = float("nan")  # the chosen rule's mean cost on the collection episodes
+    teacher_cost: float = float("nan")  # the teacher's, on the same episodes
 
     def summary(self) -> dict[str, Any]:
         """Plain data for the export's provenance."""
         return {"method": "DAgger", "student": self.student.name, "rounds": len(self.rounds),
                 "chosen_round": self.chosen_round,
                 "states": self.states, "onpolicy_agreement": round(self.agreement, 4),
+                "train_cost": round(self.cost, 4),
+                "teacher_train_cost": round(self.teacher_cost, 4),
                 "component_agreement": [round(a, 4) for a in self.component_agreement],
                 "per_round": [{"driver": r.driver, "states": r.states,
                                "fit_agreement": round(r.agreement_all, 4),
-                               "onpolicy_agreement": round(r.onpolicy_agreement, 4)}
+                               "onpolicy_agreement": round(r.onpolicy_agreement, 4),
+                               "train_cost": round(r.cost, 4)}
                               for r in self.rounds]}
 
 
@@ -155,31 +163,36 @@ def canonical(actions: np.ndarray) -> np.ndarray:
 
 def collect(driver: Any, teacher: Any, scenarios: Sequence[ScenarioConfig],
             env_config: EnvConfig, episodes: int, seed: int,
-            tick: Callable[[], None] | None = None) -> tuple[Dataset, np.ndarray]:
+            tick: Callable[[], None] | None = None) -> tuple[Dataset, np.ndarray, float]:
     """Run ``driver`` for ``episodes`` episodes on every scenario, and label
     every observation it meets with the teacher's action.
 
-    Returns the labelled states and the driver's own (canonical) actions.
+    Returns the labelled states, the driver's own (canonical) actions and its
+    mean episode cost (minus the return) on these episodes.
     """
     obs_rows: list[np.ndarray] = []
     own: list[np.ndarray] = []
+    costs: list[float] = []
     for i, scen in enumerate(scenarios):
         env = PageTableReclaimEnv([scen], env_config)
         for k in range(episodes):
             obs, _ = env.reset(seed=seed + 1000 * i + k)
+            ret = 0.0
             while True:
                 action, _ = driver.predict(obs, deterministic=True)
                 obs_rows.append(np.asarray(obs, dtype=np.float32))
                 own.append(np.asarray(action, dtype=np.int64).ravel())
-                obs, _, terminated, truncated, _ = env.step(action)
+                obs, reward, terminated, truncated, _ = env.step(action)
+                ret += float(reward)
                 if terminated or truncated:
                     break
+            costs.append(-ret)
             if tick is not None:
                 tick()
     x = np.stack(obs_rows)
     labels, _ = teacher.predict(x, deterministic=True)
     labels = np.asarray(labels, dtype=np.int64).reshape(len(x), -1)
-    return Dataset(x, labels), canonical(np.stack(own))
+    return Dataset(x, labels), canonical(np.stack(own)), float(np.mean(costs))
 
 
 # ------------------------------------------------------------------ fitting
@@ -358,26 +371,34 @@ def distill(teacher: Any, scenarios: Sequence[ScenarioConfig], env_config: EnvCo
     rounds: list[Round] = []
     driver: Any = teacher
     driver_name = "teacher"
-    # One more collection than fits: the last one measures the last student.
+    teacher_cost = float("nan")
+    # Every round runs the same episodes (common random numbers), so the
+    # students' costs compare with each other and with the teacher's.  One
+    # more collection than fits: the last one measures the last student.
     for it in range(cfg.iterations + 1):
-        new, own = collect(driver, teacher, scenarios, env_config, cfg.episodes,
-                           cfg.seed + 100_003 * it, tick)
+        new, own, cost = collect(driver, teacher, scenarios, env_config, cfg.episodes,
+                                 cfg.seed, tick)
         onpolicy, per = agreement(own, new.actions)
-        if it > 0:
+        if it == 0:
+            teacher_cost = cost
+        else:
             rounds[-1] = dataclasses.replace(rounds[-1], onpolicy_agreement=onpolicy,
-                                             onpolicy_components=per)
+                                             onpolicy_components=per, cost=cost)
+        if log is not None:
+            log(f"{kind} round {it}: the {driver_name} costs {cost:.2f} per training episode "
+                f"and agrees with the teacher on {onpolicy:.3f} of action components")
         if it == cfg.iterations:
             break
         data = data.extend(new)
         student, agree = fit(data)
         rounds.append(Round(it, driver_name, len(new), len(data), agree, float("nan"),
                             student))
-        if log is not None:
-            log(f"{kind} round {it}: {len(new)} states under the {driver_name} (it agrees "
-                f"with the teacher on {onpolicy:.3f} of action components there); the rule "
-                f"fitted to {len(data)} states agrees on {agree:.3f}")
         driver, driver_name = student, f"student {it}"
-    best = max(range(len(rounds)), key=lambda i: (rounds[i].onpolicy_agreement, i))
+    # Keep the student that costs least on the training episodes (the goal is
+    # cost, not imitation: a rule can agree often and still skip the passes
+    # that matter); agreement breaks ties.
+    best = min(range(len(rounds)), key=lambda i: (rounds[i].cost, -rounds[i].onpolicy_agreement,
+                                                  i))
     chosen = rounds[best]
     return DistillResult(chosen.student, tuple(rounds), best, chosen.onpolicy_agreement,
-                         chosen.onpolicy_components, len(data))
+                         chosen.onpolicy_components, len(data), chosen.cost, teacher_cost)

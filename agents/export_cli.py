@@ -205,10 +205,11 @@ def _main(args: argparse.Namespace, argv: Sequence[str]) -> int:
             return distill(teacher, train, exp.env, dcfg, tick, say, tree_depth=d)
 
         result: DistillResult = _with_progress(total, show, work)
-        say(f"{label}: distilled in {time.perf_counter() - t0:.1f} s; round "
-            f"{result.chosen_round} agrees with the learned policy on {result.agreement:.3f} "
-            "of action components on the states it visits (budget, class, target: "
-            f"{', '.join(f'{a:.3f}' for a in result.component_agreement)})")
+        say(f"{label}: distilled in {time.perf_counter() - t0:.1f} s; kept round "
+            f"{result.chosen_round}: {result.cost:.2f} per training episode (the learned "
+            f"policy: {result.teacher_cost:.2f}); it agrees with the learned policy on "
+            f"{result.agreement:.3f} of action components on the states it visits (budget, "
+            f"class, target: {', '.join(f'{a:.3f}' for a in result.component_agreement)})")
         shape = (f"a depth-{depth} decision tree" if depth else "soft/hard page-table limits")
         record = ThresholdsRecord(
             result.student.name, rule_params(result.student),

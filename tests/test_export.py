@@ -132,7 +132,7 @@ def test_reading_the_export_back_gives_the_same_decisions(exported: dict[str, An
     a = read_thresholds(out / "thresholds.yaml").policy()
     b = read_thresholds(out / "thresholds.json").policy()
     scen = load_scenario(exported["run"].parent.parent / "tiny.yaml")
-    data, _ = collect(a, a, [scen], EnvConfig(decision_ticks=5, max_steps=12), 2, 3)
+    data, _, _ = collect(a, a, [scen], EnvConfig(decision_ticks=5, max_steps=12), 2, 3)
     rng = np.random.default_rng(0)
     obs = np.concatenate([data.obs, rng.uniform(-1, 1, (500, len(OBS_NAMES)))
                           .astype(np.float32)])
