@@ -51,6 +51,7 @@ import numpy as np
 from ..configs import CONFIG_DIR
 from ..envs.configio import (
     OneLineParser,
+    check_out_dir,
     dump_yaml,
     load_scenario,
     load_suite,
@@ -546,9 +547,11 @@ def load_model_policy(spec: PolicySpec, env_config: EnvConfig,
                       scenario: ScenarioConfig) -> ObsNormalizedPolicy:
     """Load an SB3 model (and its VecNormalize statistics, in eval mode:
     ``training=False``, ``norm_reward=False``) and check that it was trained
-    for this env's observation and action spaces."""
+    for this env's observation and action spaces.  Sets torch to one
+    intra-op thread first (see :func:`_single_thread_torch`)."""
     import warnings
 
+    _single_thread_torch()
     env = PageTableReclaimEnv([scenario], env_config)
     cls = _algo_class(spec.name)
     try:
@@ -627,8 +630,6 @@ def _single_thread_torch() -> None:
 
 def _make_context(specs: Sequence[PolicySpec], scenarios: Sequence[ScenarioConfig],
                   env_config: EnvConfig, seed: int) -> _Context:
-    if any(s.kind == "model" for s in specs):
-        _single_thread_torch()
     policies = {s.label: build_policy(s, env_config, scenarios[0]) for s in specs}
     return _Context(policies, list(scenarios), env_config, seed)
 
@@ -1066,17 +1067,6 @@ def _display(path: Path) -> str:
     return str(path)
 
 
-def _check_out(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out}: exists and is not a folder; choose another --out")
-    if force:
-        return
-    existing = [n for n in OUTPUT_FILES if (out / n).exists()]
-    if existing:
-        raise ConfigError(f"--out {out}: {existing[0]} already exists; pass --force to "
-                          "overwrite or choose another --out")
-
-
 def _check_args(args: argparse.Namespace) -> None:
     if not 1 <= args.episodes <= 100_000:
         raise ConfigError(f"--episodes: {args.episodes} is out of range; allowed [1, 100000]")
@@ -1114,7 +1104,7 @@ def _main(args: argparse.Namespace, argv: Sequence[str]) -> int:
         tl_index = names.index(args.timeline_scenario)
     env_config = _load_env_config(args.env, specs)
     out = Path(args.out) if args.out else _default_out(suite)
-    _check_out(out, args.force)
+    check_out_dir(out, OUTPUT_FILES, args.force)
     cmd = " ".join(shlex.quote(a) for a in [PROG, *argv])
     run_evaluation(specs, scenarios, env_config, out, suite=str(suite),
                    suite_files=[_display(p) for p in suite_files], episodes=args.episodes,
@@ -1138,8 +1128,6 @@ def run_evaluation(specs: Sequence[PolicySpec], scenarios: Sequence[ScenarioConf
     from . import report
 
     names = [s.name for s in scenarios]
-    if any(s.kind == "model" for s in specs):
-        _single_thread_torch()
     for s in specs:
         build_policy(s, env_config, scenarios[0])
     total = len(specs) * len(scenarios) * episodes

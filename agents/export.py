@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..envs.configio import dump_yaml, load_yaml, write_text_atomic
+from ..envs.configio import dump_yaml, load_yaml, read_config_text, write_text_atomic
 from ..envs.sim.config import ConfigError, did_you_mean, to_dict
 from .heuristics import RULES, Policy, make_rule
 
@@ -106,12 +106,9 @@ def read_thresholds(path: str | os.PathLike[str]) -> ThresholdsRecord:
     ``yaml.safe_load``, ``.json`` with ``json``)."""
     p = Path(path)
     if p.suffix.lower() == ".json":
+        text = read_config_text(p, "a thresholds .json file")
         try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{p}: no such file; check the path") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{p}: cannot read: {exc}") from None
+            data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{p}: not valid JSON at line {exc.lineno}, column {exc.colno}: "
                               f"{exc.msg}") from None

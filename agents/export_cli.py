@@ -24,7 +24,13 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from ..envs.configio import OneLineParser, progress_bar, run_cli, write_text_atomic
+from ..envs.configio import (
+    OneLineParser,
+    check_out_dir,
+    progress_bar,
+    run_cli,
+    write_text_atomic,
+)
 from ..envs.sim.config import ConfigError, to_dict
 from ..envs.sim.pagetable import MODEL_RULES_VERSION
 from .distill import DistillConfig, DistillResult, distill
@@ -167,17 +173,14 @@ def _main(args: argparse.Namespace, argv: Sequence[str]) -> int:
     learned_spec = dataclasses.replace(learned_spec, label=exp.algo + ("_best" if args.best
                                                                       else ""))
     out = Path(args.out) if args.out else run
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out}: exists and is not a folder; choose another --out")
+    # A re-export replaces the run's thresholds files on purpose: nothing to protect.
+    check_out_dir(out, (), force=False)
     tuned_path = Path(args.tuned) if args.tuned else (DEFAULT_TUNED if DEFAULT_TUNED.is_file()
                                                       else None)
     tuned: ThresholdsRecord | None = read_thresholds(tuned_path) if tuned_path else None
     train, held_out = cfg.scenarios.train, cfg.scenarios.eval
     if not held_out:
         raise ConfigError(f"{run}: the run records no held-out scenarios to score the export on")
-    from .evaluate import _single_thread_torch
-
-    _single_thread_torch()
     teacher = build_policy(learned_spec, exp.env, train[0])
     dcfg = DistillConfig(iterations=args.iterations, episodes=args.episodes, seed=args.seed)
     show = not args.quiet and sys.stderr.isatty()

@@ -550,10 +550,6 @@ def load_policy(arg: str, *, best: bool = False, trust_model: bool = False,
         raise ConfigError(f"{spec.label}: trained with env.candidate_counts (exact per-class "
                           "table counts), which a live host cannot provide cheaply; use a "
                           "policy trained without them")
-    if spec.kind == "model":
-        import torch
-
-        torch.set_num_threads(1)
     policy = build_policy(spec, env, ScenarioConfig())
     return LivePolicy(spec, policy, tuple(env.budgets))
 

@@ -311,6 +311,17 @@ def _panels(overall: Sequence[PolicySummary],
     return panels
 
 
+def _panel_grid(plt: Any, n: int, n_labels: int, pad: float) -> tuple[Any, Any, np.ndarray]:
+    """Up to 4 panels a row sharing one policy axis (``pad`` inches per row
+    for titles and labels), and the policies' y positions, first on top."""
+    ncols = min(n, 4)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols + 1.2, 0.32 * n_labels
+                                                    * nrows + pad * nrows),
+                             sharey=True, squeeze=False)
+    return fig, axes, np.arange(n_labels)[::-1]
+
+
 def plot_scores(overall: Sequence[PolicySummary],
                 per_scenario: Mapping[str, Sequence[PolicySummary]],
                 dpi: int = 80) -> bytes:
@@ -322,12 +333,7 @@ def plot_scores(overall: Sequence[PolicySummary],
     colors = policy_colors(labels)
     normalised = any(s.normalized is not None for s in overall)
     n = len(panels)
-    ncols = min(n, 4)
-    nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols + 1.2, 0.32 * len(labels)
-                                                    * nrows + 1.3 * nrows),
-                             sharey=True, squeeze=False)
-    y = np.arange(len(labels))[::-1]
+    fig, axes, y = _panel_grid(plt, n, len(labels), 1.3)
     for ax, (name, rows) in zip(axes.flat, panels, strict=False):
         by = {s.policy: s for s in rows}
         for yi, lab in zip(y, labels, strict=True):
@@ -370,12 +376,7 @@ def plot_cost_terms(overall: Sequence[PolicySummary],
     panels = _panels(overall, per_scenario)
     labels = [s.policy for s in overall]
     n = len(panels)
-    ncols = min(n, 4)
-    nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols + 1.2, 0.32 * len(labels)
-                                                    * nrows + 1.6 * nrows),
-                             sharey=True, squeeze=False)
-    y = np.arange(len(labels))[::-1]
+    fig, axes, y = _panel_grid(plt, n, len(labels), 1.6)
     for ax, (name, rows) in zip(axes.flat, panels, strict=False):
         by = {s.policy: s for s in rows}
         left = np.zeros(len(labels))

@@ -29,16 +29,40 @@ from .sim.workloads import WORKLOADS
 
 __all__ = [
     "ConfigError",
+    "OneLineParser",
+    "check_out_dir",
     "dump_yaml",
     "load_scenario",
     "load_suite",
     "load_yaml",
+    "progress_bar",
+    "read_config_text",
+    "run_cli",
     "write_text_atomic",
     "write_yaml_atomic",
 ]
 
 #: Keys of a suite file.
 SUITE_KEYS = ("name", "description", "scenarios")
+
+
+def read_config_text(path: str | os.PathLike[str], expected: str) -> str:
+    """The UTF-8 text of a config-like file; :class:`ConfigError` (one line,
+    naming the file and the fix) when it is missing, a folder, unreadable or
+    not UTF-8.  ``expected`` names what the file should be (``a YAML file``)."""
+    p = Path(path)
+    try:
+        return p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such file; check the path") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{p}: is a directory, expected {expected}") from None
+    except PermissionError:
+        raise ConfigError(f"{p}: permission denied; make the file readable") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read: {exc.strerror or exc}") from None
 
 
 def load_yaml(path: str | os.PathLike[str]) -> Any:
@@ -49,18 +73,7 @@ def load_yaml(path: str | os.PathLike[str]) -> Any:
     and column of the syntax error).
     """
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: no such file; check the path") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{p}: is a directory, expected a YAML file") from None
-    except PermissionError:
-        raise ConfigError(f"{p}: permission denied; make the file readable") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{p}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot read: {exc.strerror or exc}") from None
+    text = read_config_text(p, "a YAML file")
     try:
         return yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:
@@ -186,6 +199,20 @@ def write_text_atomic(path: str | os.PathLike[str], text: str | bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def check_out_dir(out: Path, files: Sequence[str], force: bool) -> None:
+    """Refuse an ``--out`` that is a file, or that already holds one of
+    ``files`` unless ``force``: a command never overwrites earlier results
+    by surprise."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: exists and is not a folder; choose another --out")
+    if force:
+        return
+    existing = [n for n in files if (out / n).exists()]
+    if existing:
+        raise ConfigError(f"--out {out}: {existing[0]} already exists; pass --force to "
+                          "overwrite or choose another --out")
 
 
 def _umask() -> int:

@@ -43,7 +43,14 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 
-from .configio import dump_yaml, load_scenario, progress_bar, run_cli, write_text_atomic
+from .configio import (
+    check_out_dir,
+    dump_yaml,
+    load_scenario,
+    progress_bar,
+    run_cli,
+    write_text_atomic,
+)
 from .sim.config import ConfigError, did_you_mean, to_dict
 from .sim.machine import PAGE_KIB
 from .sim.pagetable import PAGE
@@ -495,17 +502,6 @@ def _default_out(scenario: ScenarioConfig, policy: str, seed: int) -> Path:
     return out
 
 
-def _check_out(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out}: exists and is not a folder; choose another --out")
-    if force:
-        return
-    existing = [n for n in OUTPUT_FILES if (out / n).exists()]
-    if existing:
-        raise ConfigError(f"--out {out}: {existing[0]} already exists; pass --force to "
-                          "overwrite or choose another --out")
-
-
 def _progress_run(scenario: ScenarioConfig, args: argparse.Namespace, ticks: int) -> RunResult:
     show = not args.quiet and sys.stderr.isatty() and ticks >= 100
     with progress_bar(f"simulating {scenario.name}", ticks, show) as update:
@@ -536,7 +532,7 @@ def _main(args: argparse.Namespace, argv: Sequence[str]) -> int:
     scenario = load_scenario(args.scenario)
     ticks = scenario.ticks if args.ticks is None else args.ticks
     out = Path(args.out) if args.out else _default_out(scenario, args.policy, args.seed)
-    _check_out(out, args.force)
+    check_out_dir(out, OUTPUT_FILES, args.force)
     res = _progress_run(scenario, args, ticks)
     summary = summarize(res)
     text = render_summary(summary)
