@@ -223,7 +223,7 @@ def test_write_refuses_a_bad_rule_and_keeps_the_old_file(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize("case", ["no_model", "not_a_run", "schema", "soft_over_hard",
-                                  "unknown_key", "bad_flag"])
+                                  "unknown_key", "bad_flag", "out_is_a_file", "bad_json"])
 def test_bad_input_is_one_line_and_status_2(case: str, tiny_run: Path, tmp_path: Path
                                             ) -> None:
     if case == "no_model":
@@ -238,6 +238,15 @@ def test_bad_input_is_one_line_and_status_2(case: str, tiny_run: Path, tmp_path:
     elif case == "bad_flag":
         code, out, err = run(EXPORT, str(tiny_run), "--iterations", "0")
         want = "--iterations"
+    elif case == "out_is_a_file":
+        (tmp_path / "f").write_text("x")
+        code, out, err = run(EXPORT, str(tiny_run), "--out", str(tmp_path / "f"), "-q")
+        want = "exists and is not a folder"
+    elif case == "bad_json":
+        (tmp_path / "t.json").write_text("{not json")
+        code, out, err = run(EVALUATE, str(tmp_path / "t.json"), "--episodes", "1", "--out",
+                             str(tmp_path / "ev"))
+        want = "not valid JSON"
     else:
         rule: dict[str, Any] = {"kind": "soft_hard"}
         data: dict[str, Any] = {"schema_version": 1, "rule": rule}
