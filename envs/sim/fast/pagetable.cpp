@@ -1,0 +1,1269 @@
+// Port of envs/sim/pagetable.py (see pagetable.hpp).  Function names follow the Python
+// methods; the reasons for each kernel rule are documented there, not repeated here.
+#include "pagetable.hpp"
+
+#include <algorithm>
+#include <cstring>
+
+namespace ptfast {
+
+namespace {
+
+struct Xlate {
+  uint8_t t[256];
+};
+
+Xlate identity() {
+  Xlate x;
+  for (int i = 0; i < 256; i++) x.t[i] = (uint8_t)i;
+  return x;
+}
+
+// pagetable._READ_ANON, _READ_FILE, _ZAP, _ZAP_ALL, _DROP_FILE, _DROP_GUARD.
+const Xlate READ_ANON = [] { Xlate x = identity(); x.t[E_NONE] = E_ZERO; return x; }();
+const Xlate READ_FILE = [] { Xlate x = identity(); x.t[E_NONE] = E_FILE; return x; }();
+const Xlate ZAP = [] {
+  Xlate x = identity();
+  for (int i = 0; i < E_GUARD; i++) x.t[i] = E_NONE;
+  return x;
+}();
+const Xlate ZAP_ALL = [] { Xlate x; std::memset(x.t, 0, sizeof x.t); return x; }();
+const Xlate DROP_FILE = [] { Xlate x = identity(); x.t[E_FILE] = E_NONE; return x; }();
+const Xlate DROP_GUARD = [] { Xlate x = identity(); x.t[E_GUARD] = E_NONE; return x; }();
+
+inline i64 page_align(i64 n) { return (n + PAGE - 1) & ~(PAGE - 1); }
+
+// pagetable._first_marker: index of the first guard or uffd-wp marker, or -1.
+inline i64 first_marker(const uint8_t* e, i64 start, i64 stop, i64 step) {
+  i64 k = 0;
+  for (i64 i = start; i < stop; i += step, k++)
+    if (e[i] == E_GUARD || e[i] == E_UFFD_WP) return k;
+  return -1;
+}
+
+// pagetable._extent (get_extent()).
+inline i64 extent_of(i64 old_addr, i64 new_addr, i64 old_end, i64 size) {
+  i64 extent = size - (old_addr & (size - 1));
+  extent = std::min(extent, old_end - old_addr);
+  return std::min(extent, size - (new_addr & (size - 1)));
+}
+
+// pagetable._indices_in: sorted members of `tables` in [lo, hi].
+std::vector<i64> indices_in(const std::set<i64>& tables, i64 lo, i64 hi) {
+  std::vector<i64> out;
+  for (auto it = tables.lower_bound(lo); it != tables.end() && *it <= hi; ++it)
+    out.push_back(*it);
+  return out;
+}
+
+i64 g_anon_vma_ids = 0;
+
+}  // namespace
+
+i64 next_anon_vma_id() { return ++g_anon_vma_ids; }
+
+const char* err_name(int err) {
+  switch (err) {
+    case OK: return "";
+    case ERR_EINVAL: return "EINVAL";
+    case ERR_ENOMEM: return "ENOMEM";
+    case ERR_EEXIST: return "EEXIST";
+    case ERR_EFAULT: return "EFAULT";
+    case ERR_EACCES: return "EACCES";
+    case ERR_SIGSEGV: return "SIGSEGV";
+    case ERR_SIGBUS: return "SIGBUS";
+    case ERR_EBADF: return "EBADF";
+  }
+  return "EUNKNOWN";
+}
+
+// ------------------------------------------------------------------ PteTable
+
+int PteTable::resident() const {
+  if (huge) return huge == HUGE_ANON ? ENTRIES : 0;
+  return count(E_ANON) + count(E_FILE);
+}
+
+void PteTable::census(uint8_t& cls_out, int32_t& rss_out) const {
+  if (huge) {
+    if (huge == HUGE_ANON) {
+      cls_out = C_PINNED;
+      rss_out = ENTRIES;
+    } else {
+      cls_out = C_ZERO;
+      rss_out = 0;
+    }
+    return;
+  }
+  int n[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (int i = 0; i < ENTRIES; i++) n[e[i] & 7]++;
+  if (n[E_NONE] == ENTRIES) {
+    cls_out = C_EMPTY;
+    rss_out = 0;
+    return;
+  }
+  int rest = ENTRIES - n[E_NONE] - n[E_ZERO] - n[E_FILE];
+  if (rest) {
+    cls_out = C_PINNED;
+    rss_out = n[E_FILE] + n[E_ANON];
+    return;
+  }
+  cls_out = n[E_FILE] ? C_FILE : C_ZERO;
+  rss_out = n[E_FILE];
+}
+
+// ------------------------------------------------------------- AddressSpace
+
+AddressSpace::~AddressSpace() {
+  for (Vma* v : vmas) {
+    if (v->file) v->file->mappers.erase(this);
+    delete v;
+  }
+  collect();
+}
+
+void AddressSpace::collect() {
+  for (Vma* v : dead_) delete v;
+  dead_.clear();
+}
+
+std::unique_ptr<AddressSpace> AddressSpace::clone(
+    std::map<const BackingFile*, FileRef>& files) const {
+  auto c = std::make_unique<AddressSpace>();
+  c->pt_reclaim = pt_reclaim;
+  c->thp_disabled = thp_disabled;
+  c->thp_sysfs = thp_sysfs;
+  for (const Vma* v : vmas) {
+    Vma* n = new Vma(*v);
+    if (v->file) {
+      auto it = files.find(v->file.get());
+      if (it == files.end()) {
+        auto f = std::make_shared<BackingFile>();
+        f->kind = v->file->kind;
+        f->size = v->file->size;
+        f->anon = v->file->anon;
+        it = files.emplace(v->file.get(), f).first;
+      }
+      n->file = it->second;
+      n->file->mappers.insert(c.get());
+    }
+    c->vmas.push_back(n);
+  }
+  c->pte = pte;
+  c->pmd = pmd;
+  c->pud = pud;
+  c->stats = stats;
+  std::copy(cls_count, cls_count + 4, c->cls_count);
+  c->rss_pages = rss_pages;
+  c->reclaimed = reclaimed;
+  c->table_version = table_version;
+  c->uffd_vmas = uffd_vmas;
+  c->class_version = class_version;
+  std::copy(uffd_cache, uffd_cache + 4, c->uffd_cache);
+  c->logging = logging;
+  c->touch_log = touch_log;
+  return c;
+}
+
+Vma* AddressSpace::find_vma(i64 addr) const {
+  auto it = std::upper_bound(vmas.begin(), vmas.end(), addr,
+                             [](i64 a, const Vma* v) { return a < v->start; });
+  i64 i = (it - vmas.begin()) - 1;
+  if (i >= 0 && vmas[i]->end > addr) return vmas[i];
+  return nullptr;
+}
+
+i64 AddressSpace::first_ending_after(i64 addr) const {
+  auto it = std::upper_bound(vmas.begin(), vmas.end(), addr,
+                             [](i64 a, const Vma* v) { return a < v->start; });
+  i64 i = (it - vmas.begin()) - 1;
+  if (i >= 0 && vmas[i]->end > addr) return i;
+  return i + 1;
+}
+
+std::vector<Vma*> AddressSpace::vmas_overlapping(i64 start, i64 end) const {
+  std::vector<Vma*> out;
+  for (i64 i = first_ending_after(start); i < (i64)vmas.size() && vmas[i]->start < end; i++)
+    out.push_back(vmas[i]);
+  return out;
+}
+
+bool AddressSpace::any_vma_overlapping(i64 start, i64 end) const {
+  i64 i = first_ending_after(start);
+  return i < (i64)vmas.size() && vmas[i]->start < end;
+}
+
+bool AddressSpace::slot_is_uffd(i64 slot) const {
+  if (!uffd_vmas) return false;
+  i64 a = slot << PTE_SHIFT;
+  for (i64 i = first_ending_after(a); i < (i64)vmas.size() && vmas[i]->start < a + PTE_SPAN;
+       i++)
+    if (vmas[i]->uffd) return true;
+  return false;
+}
+
+i64 AddressSpace::uffd_unreclaimable() {
+  if (!uffd_vmas) return 0;
+  if (uffd_cache[0] == table_version && uffd_cache[1] == class_version &&
+      uffd_cache[2] == (i64)vmas.size())
+    return uffd_cache[3];
+  std::set<i64> seen;
+  std::vector<i64> slots;
+  for (const Vma* v : vmas) {
+    if (!v->uffd) continue;
+    slots.clear();
+    pte_slots_in(v->start, v->end, slots);
+    for (i64 s : slots)
+      if (pte.at(s).cls != C_PINNED) seen.insert(s);
+  }
+  uffd_cache[0] = table_version;
+  uffd_cache[1] = class_version;
+  uffd_cache[2] = (i64)vmas.size();
+  uffd_cache[3] = (i64)seen.size();
+  return uffd_cache[3];
+}
+
+std::string AddressSpace::check_invariants() const {
+  i64 prev_end = -1;
+  for (const Vma* v : vmas) {
+    if (!(v->start < v->end && v->start % PAGE == 0 && v->end % PAGE == 0)) return "bad VMA";
+    if (v->start < prev_end) return "VMAs overlap or are unsorted";
+    prev_end = v->end;
+  }
+  i64 counts[4] = {0, 0, 0, 0};
+  i64 rss = 0;
+  for (const auto& [slot, t] : pte) {
+    uint8_t c;
+    int32_t r;
+    t.census(c, r);
+    if (c != t.cls) return "class out of date";
+    if (r != t.rss || t.resident() != t.rss) return "rss out of date";
+    counts[t.cls]++;
+    rss += t.rss;
+    if (!pmd.count(slot >> (PMD_SHIFT - PTE_SHIFT))) return "PTE table without PMD";
+  }
+  for (int k = 0; k < 4; k++)
+    if (counts[k] != cls_count[k]) return "class counts out of date";
+  if (rss != rss_pages) return "rss_pages out of date";
+  for (i64 p : pmd)
+    if (!pud.count(p >> (PUD_SHIFT - PMD_SHIFT))) return "PMD table without PUD";
+  return "";
+}
+
+// ------------------------------------------------------- table bookkeeping
+
+void AddressSpace::ensure_upper(i64 addr) {
+  if (pud.insert(addr >> PUD_SHIFT).second) stats.upper_allocated++;
+  if (pmd.insert(addr >> PMD_SHIFT).second) stats.upper_allocated++;
+}
+
+PteTable& AddressSpace::ensure_pte(i64 slot) {
+  auto it = pte.find(slot);
+  if (it != pte.end()) return it->second;
+  ensure_upper(slot << PTE_SHIFT);
+  PteTable& t = pte.emplace(slot, PteTable()).first->second;
+  cls_count[C_EMPTY]++;
+  stats.pte_allocated++;
+  table_version++;
+  auto r = reclaimed.find(slot);
+  if (r != reclaimed.end()) {
+    stats.refault_tables++;
+    stats.refault_entries += r->second;
+    reclaimed.erase(r);
+  }
+  return t;
+}
+
+void AddressSpace::reclass(i64 slot, PteTable& t) {
+  (void)slot;
+  uint8_t c;
+  int32_t rss;
+  t.census(c, rss);
+  if (c != t.cls) {
+    cls_count[t.cls]--;
+    cls_count[c]++;
+    t.cls = c;
+    class_version++;
+  }
+  rss_pages += rss - t.rss;
+  t.rss = rss;
+}
+
+void AddressSpace::free_pte(i64 slot) {
+  free_pte_quiet(slot);
+  stats.pte_freed++;
+}
+
+PteTable AddressSpace::free_pte_quiet(i64 slot) {
+  auto it = pte.find(slot);
+  PteTable t = it->second;
+  pte.erase(it);
+  cls_count[t.cls]--;
+  rss_pages -= t.rss;
+  table_version++;
+  return t;
+}
+
+void AddressSpace::adopt_pte(i64 slot, const PteTable& t) {
+  pte[slot] = t;
+  cls_count[t.cls]++;
+  rss_pages += t.rss;
+  table_version++;
+}
+
+void AddressSpace::pte_slots_in(i64 start, i64 end, std::vector<i64>& out) const {
+  i64 lo = start >> PTE_SHIFT;
+  i64 hi = (end - 1) >> PTE_SHIFT;
+  for (auto it = pte.lower_bound(lo); it != pte.end() && it->first <= hi; ++it)
+    out.push_back(it->first);
+}
+
+void AddressSpace::update_entries(i64 start, i64 end, const uint8_t* table) {
+  std::vector<i64> slots;
+  pte_slots_in(start, end, slots);
+  for (i64 slot : slots) {
+    PteTable& t = pte.at(slot);
+    i64 base = slot << PTE_SHIFT;
+    i64 a = std::max(start, base);
+    i64 b = std::min(end, base + PTE_SPAN);
+    if (t.huge) {
+      if (a == base && b == base + PTE_SPAN) continue;
+      split_huge(slot, t);
+    }
+    i64 i = (a - base) >> PAGE_SHIFT, j = (b - base + PAGE - 1) >> PAGE_SHIFT;
+    for (i64 k = i; k < j; k++) t.e[k] = table[t.e[k]];
+    reclass(slot, t);
+  }
+}
+
+void AddressSpace::split_huge(i64 slot, PteTable& t) {
+  std::fill(t.e, t.e + ENTRIES, t.huge == HUGE_ANON ? uint8_t{E_ANON} : uint8_t{E_ZERO});
+  t.huge = HUGE_NONE;
+  reclass(slot, t);
+}
+
+void AddressSpace::split_huge_partial(i64 start, i64 end) {
+  for (i64 addr : {start, end}) {
+    if (addr % PTE_SPAN) {
+      auto it = pte.find(addr >> PTE_SHIFT);
+      if (it != pte.end() && it->second.huge) split_huge(addr >> PTE_SHIFT, it->second);
+    }
+  }
+}
+
+void AddressSpace::zap(i64 start, i64 end, bool reclaim, bool drop_markers) {
+  split_huge_partial(start, end);
+  const uint8_t* table = drop_markers ? ZAP_ALL.t : ZAP.t;
+  std::vector<i64> slots;
+  pte_slots_in(start, end, slots);
+  for (i64 slot : slots) {
+    PteTable& t = pte.at(slot);
+    i64 base = slot << PTE_SHIFT;
+    i64 a = std::max(start, base), b = std::min(end, base + PTE_SPAN);
+    bool full = a == base && b == base + PTE_SPAN;
+    if (t.huge) {
+      free_pte(slot);
+      continue;
+    }
+    i64 i = (a - base) >> PAGE_SHIFT, j = (b - base) >> PAGE_SHIFT;
+    for (i64 k = i; k < j; k++) t.e[k] = table[t.e[k]];
+    if (reclaim && full && pt_reclaim) {
+      bool any = false;
+      for (int k = 0; k < ENTRIES; k++)
+        if (t.e[k]) {
+          any = true;
+          break;
+        }
+      if (!any) {
+        free_pte(slot);
+        stats.pte_reclaimed_on_zap++;
+        continue;
+      }
+    }
+    reclass(slot, t);
+  }
+}
+
+void AddressSpace::free_pgtables(i64 start, i64 end) {
+  i64 i = first_ending_after(start);
+  i64 floor = i > 0 ? vmas[i - 1]->end : 0;
+  i64 ceiling = i < (i64)vmas.size() ? vmas[i]->start : TASK_SIZE;
+  std::vector<i64> slots;
+  pte_slots_in(start, end, slots);
+  for (i64 slot : slots)
+    if ((slot << PTE_SHIFT) >= floor && ((slot + 1) << PTE_SHIFT) <= ceiling) free_pte(slot);
+  for (int level = 0; level < 2; level++) {
+    int shift = level == 0 ? PMD_SHIFT : PUD_SHIFT;
+    std::set<i64>& tables = level == 0 ? pmd : pud;
+    for (i64 idx : indices_in(tables, start >> shift, (end - 1) >> shift)) {
+      if ((idx << shift) >= floor && ((idx + 1) << shift) <= ceiling) {
+        tables.erase(idx);
+        stats.upper_freed++;
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------ VMA plumbing
+
+i64 AddressSpace::insert(Vma* v) {
+  auto it = std::lower_bound(vmas.begin(), vmas.end(), v->start,
+                             [](const Vma* w, i64 a) { return w->start < a; });
+  i64 i = it - vmas.begin();
+  vmas.insert(it, v);
+  return i;
+}
+
+i64 AddressSpace::index_of(const Vma* v) const {
+  for (i64 i = 0; i < (i64)vmas.size(); i++)
+    if (vmas[i] == v) return i;
+  return -1;
+}
+
+void AddressSpace::anon_vma_prepare(Vma* v) {
+  if (v->anon_vma) return;
+  i64 i = index_of(v);
+  for (int side = 0; side < 2; side++) {
+    i64 j = side == 0 ? i + 1 : i - 1;
+    if (j < 0 || j >= (i64)vmas.size()) continue;
+    Vma* n = vmas[j];
+    const Vma* lo = side == 0 ? v : n;
+    const Vma* hi = side == 0 ? n : v;
+    if (n->anon_vma && lo->end == hi->start && lo->file == hi->file &&
+        !((lo->flags ^ hi->flags) & ~VM_PROT) && lo->uffd == hi->uffd &&
+        hi->pgoff == lo->pgoff + ((hi->start - lo->start) >> PAGE_SHIFT)) {
+      v->anon_vma = n->anon_vma;
+      return;
+    }
+  }
+  v->anon_vma = next_anon_vma_id();
+}
+
+void AddressSpace::split(i64 i, i64 addr) {
+  if (addr % PTE_SPAN) {
+    auto it = pte.find(addr >> PTE_SHIFT);
+    if (it != pte.end() && it->second.huge) split_huge(addr >> PTE_SHIFT, it->second);
+  }
+  Vma* v = vmas[i];
+  Vma* upper = new Vma(*v);
+  upper->start = addr;
+  upper->pgoff = v->pgoff + ((addr - v->start) >> PAGE_SHIFT);
+  v->end = addr;
+  vmas.insert(vmas.begin() + i + 1, upper);
+}
+
+i64 AddressSpace::isolate(i64 i, i64 start, i64 end) {
+  if (vmas[i]->start < start) {
+    split(i, start);
+    i++;
+  }
+  if (vmas[i]->end > end) split(i, end);
+  return i;
+}
+
+bool AddressSpace::can_merge(const Vma* a, const Vma* b) {
+  return a->end == b->start && (a->flags & ~MERGE_IGNORED) == (b->flags & ~MERGE_IGNORED) &&
+         a->file == b->file && a->uffd == b->uffd &&
+         a->pgoff + ((a->end - a->start) >> PAGE_SHIFT) == b->pgoff &&
+         (!a->anon_vma || !b->anon_vma || a->anon_vma == b->anon_vma);
+}
+
+bool AddressSpace::merge_at(i64 i) {
+  if (i < 0 || i + 1 >= (i64)vmas.size()) return false;
+  Vma* a = vmas[i];
+  Vma* b = vmas[i + 1];
+  if (!can_merge(a, b)) return false;
+  a->end = b->end;
+  if (!a->anon_vma) a->anon_vma = b->anon_vma;
+  a->flags |= b->flags & VM_MAYBE_GUARD;
+  vmas.erase(vmas.begin() + i + 1);
+  retire(b);
+  return true;
+}
+
+i64 AddressSpace::merge_around(i64 i) {
+  if (merge_at(i - 1)) i--;
+  merge_at(i);
+  return i;
+}
+
+void AddressSpace::carve(i64 start, i64 end, i64& i_out, i64& j_out) {
+  i64 i = first_ending_after(start);
+  if (i < (i64)vmas.size() && vmas[i]->start < start) {
+    split(i, start);
+    i++;
+  }
+  i64 j = i;
+  while (j < (i64)vmas.size() && vmas[j]->start < end) {
+    if (vmas[j]->end > end) split(j, end);
+    j++;
+  }
+  i_out = i;
+  j_out = j;
+}
+
+int AddressSpace::modify(i64 start, i64 end, const FlagChange& change) {
+  int error = OK;
+  i64 pos = start;
+  while (pos < end) {
+    i64 i = first_ending_after(pos);
+    if (i >= (i64)vmas.size() || vmas[i]->start >= end) return ERR_ENOMEM;
+    Vma* v = vmas[i];
+    if (v->start > pos) {
+      error = ERR_ENOMEM;
+      pos = v->start;
+    }
+    i64 piece_end = std::min(v->end, end);
+    if (change.forbid_file_or_shared && (v->file || (v->flags & VM_SHARED))) return ERR_EINVAL;
+    i64 nw = (v->flags & ~change.clear) | change.set;
+    if (nw != v->flags) {
+      i = isolate(i, pos, piece_end);
+      vmas[i]->flags = nw;
+      merge_around(i);
+    }
+    pos = piece_end;
+  }
+  return error;
+}
+
+// --------------------------------------------------------------- faulting
+
+bool AddressSpace::thp_allowed(const Vma* v) const {
+  if (thp_disabled || thp_sysfs == 0 || !v->anonymous()) return false;
+  if (v->flags & VM_NOHUGEPAGE) return false;
+  return thp_sysfs == 2 || (v->flags & VM_HUGEPAGE);
+}
+
+int AddressSpace::fault_range(Vma* v, i64 start, i64 end, i64 stride, bool write, i64 first,
+                              i64& next) {
+  i64 addr = first;
+  next = addr;
+  if ((write && !(v->flags & VM_WRITE)) || (!write && !(v->flags & VM_READ)))
+    return ERR_SIGSEGV;
+  i64 limit = end;
+  int eof_error = OK;
+  if (v->file) {
+    i64 eof = v->start + std::max<i64>(0, page_align(v->file->size) - (v->pgoff << PAGE_SHIFT));
+    if (eof < limit) {
+      limit = std::max(eof, start);
+      eof_error = ERR_SIGBUS;
+    }
+  }
+  int target;
+  const Xlate* xlate;
+  if (write) {
+    target = !(v->flags & VM_SHARED) ? E_ANON : E_FILE;
+    xlate = nullptr;
+  } else {
+    xlate = v->anonymous() ? &READ_ANON : &READ_FILE;
+    target = -1;
+  }
+  const bool page_stride = stride % PAGE == 0;
+  std::vector<i64> pages;
+  while (addr < limit) {
+    i64 slot = addr >> PTE_SHIFT;
+    i64 base = slot << PTE_SHIFT;
+    if (logging) touch_log.insert(slot);
+    i64 seg_end = std::min(limit, base + PTE_SPAN);
+    i64 n, last, i0 = 0, i1 = 0, istep = 1;
+    if (page_stride) {
+      n = (seg_end - addr + stride - 1) / stride;
+      last = addr + (n - 1) * stride;
+      i0 = (addr - base) >> PAGE_SHIFT;
+      i1 = ((last - base) >> PAGE_SHIFT) + 1;
+      istep = stride >> PAGE_SHIFT;
+    } else {
+      pages.clear();
+      n = 0;
+      for (i64 a = addr; a < seg_end; a += stride, n++) pages.push_back((a - base) >> PAGE_SHIFT);
+      std::sort(pages.begin(), pages.end());
+      pages.erase(std::unique(pages.begin(), pages.end()), pages.end());
+      last = addr + (n - 1) * stride;
+    }
+    auto it = pte.find(slot);
+    PteTable* t = it == pte.end() ? nullptr : &it->second;
+    if (!t && thp_allowed(v) && base >= v->start && base + PTE_SPAN <= v->end) {
+      t = &ensure_pte(slot);
+      t->huge = write ? HUGE_ANON : HUGE_ZERO;
+      if (!v->anon_vma) anon_vma_prepare(v);
+      reclass(slot, *t);
+      stats.faults += 1;
+      addr = last + stride;
+      continue;
+    }
+    if (t && t->huge) {
+      if (write && t->huge == HUGE_ZERO) {
+        t->huge = HUGE_ANON;
+        reclass(slot, *t);
+      }
+      if (write && !v->anon_vma) anon_vma_prepare(v);
+      addr = last + stride;
+      continue;
+    }
+    t = &ensure_pte(slot);
+    uint8_t* e = t->e;
+    if (page_stride) {
+      i64 g = first_marker(e, i0, i1, istep);
+      if (g >= 0) {
+        i64 stop = i0 + g * istep;
+        if (g) {
+          for (i64 k = i0; k < stop; k += istep)
+            e[k] = write ? (uint8_t)target : xlate->t[e[k]];
+          if (target == E_ANON && !v->anon_vma) anon_vma_prepare(v);
+        }
+        reclass(slot, *t);
+        next = base + (stop << PAGE_SHIFT);
+        return ERR_SIGSEGV;
+      }
+      for (i64 k = i0; k < i1; k += istep) e[k] = write ? (uint8_t)target : xlate->t[e[k]];
+      if (target == E_ANON && !v->anon_vma) anon_vma_prepare(v);
+    } else {
+      for (i64 p : pages) {
+        if (e[p] == E_GUARD || e[p] == E_UFFD_WP) {
+          reclass(slot, *t);
+          next = base + (p << PAGE_SHIFT);
+          return ERR_SIGSEGV;
+        }
+        e[p] = xlate ? xlate->t[e[p]] : (uint8_t)target;
+        if (target == E_ANON && !v->anon_vma) anon_vma_prepare(v);
+      }
+    }
+    reclass(slot, *t);
+    stats.faults += n;
+    addr = last + stride;
+  }
+  next = addr;
+  if (eof_error && addr < end) {
+    ensure_upper(addr);
+    if (write && !(v->flags & VM_SHARED) && !v->anon_vma) anon_vma_prepare(v);
+    return eof_error;
+  }
+  return OK;
+}
+
+int AddressSpace::touch(i64 start, i64 length, bool write, i64 stride) {
+  i64 end = start + length;
+  i64 addr = start;
+  int err = OK;
+  while (addr < end) {
+    Vma* v = find_vma(addr);
+    if (!v) {
+      err = ERR_SIGSEGV;
+      break;
+    }
+    err = fault_range(v, v->start, std::min(v->end, end), stride, write, addr, addr);
+    if (err) break;
+  }
+  collect();
+  return err;
+}
+
+// mode: 0 mlock, 1 read, 2 write (pagetable._populate).
+int AddressSpace::populate(i64 start, i64 end, int mode) {
+  i64 pos = start;
+  while (pos < end) {
+    Vma* v = find_vma(pos);
+    if (!v) {
+      i64 i = first_ending_after(pos);
+      if (mode == 0 && i < (i64)vmas.size() && vmas[i]->start < end) {
+        pos = vmas[i]->start;
+        continue;
+      }
+      return mode != 0 ? ERR_ENOMEM : OK;
+    }
+    i64 piece_end = std::min(v->end, end);
+    bool write;
+    if (mode == 0) {
+      if (!(v->flags & VM_PROT)) return ERR_ENOMEM;
+      write = (v->flags & (VM_WRITE | VM_SHARED)) == VM_WRITE;
+      if (!write && !(v->flags & VM_READ)) return ERR_ENOMEM;
+    } else {
+      write = mode == 2;
+      if (!(v->flags & VM_PROT) || (write && !(v->flags & VM_WRITE)))
+        return !(v->flags & VM_PROT) ? ERR_EINVAL : ERR_EFAULT;
+    }
+    i64 next;
+    int err = fault_range(v, pos, piece_end, PAGE, write, pos, next);
+    if (err) return mode != 0 ? ERR_EFAULT : ERR_ENOMEM;
+    pos = piece_end;
+  }
+  return OK;
+}
+
+// -------------------------------------------------------------- syscalls
+
+int AddressSpace::mmap(i64 addr, i64 length, int kind, bool shared, i64 prot, FileRef file,
+                       i64 foff, bool noreserve, bool fixed, bool populate_) {
+  if (length <= 0 || addr % PAGE || foff % PAGE) return ERR_EINVAL;
+  length = page_align(length);
+  i64 end = addr + length;
+  if (end > TASK_SIZE) return ERR_ENOMEM;
+  if (any_vma_overlapping(addr, end)) {
+    if (!fixed) return ERR_EEXIST;
+    unmap(addr, end);
+  }
+  i64 flags = prot;
+  if (kind == 0 && shared) {  // anon shared: its own shmem object
+    file = std::make_shared<BackingFile>();
+    file->kind = 1;
+    file->size = length;
+    file->anon = true;
+    foff = 0;
+  } else if (kind == 0) {
+    file = nullptr;
+    foff = addr;
+  }
+  if (shared) flags |= VM_SHARED;
+  if (noreserve)
+    flags |= VM_NORESERVE;
+  else if (!shared && (prot & VM_WRITE))
+    flags |= VM_ACCOUNT;
+  Vma* v = new Vma{addr, end, flags, foff >> PAGE_SHIFT, file};
+  if (file) file->mappers.insert(this);
+  i64 i = insert(v);
+  merge_around(i);
+  if (populate_) populate(addr, end, 0);
+  collect();
+  return OK;
+}
+
+void AddressSpace::unmap(i64 start, i64 end) {
+  i64 i, j;
+  carve(start, end, i, j);
+  if (i >= j) return;
+  std::vector<Vma*> removed(vmas.begin() + i, vmas.begin() + j);
+  vmas.erase(vmas.begin() + i, vmas.begin() + j);
+  for (Vma* v : removed) zap(v->start, v->end, false, true);
+  free_pgtables(removed.front()->start, removed.back()->end);
+  for (Vma* v : removed) retire(v);
+}
+
+int AddressSpace::munmap(i64 start, i64 length) {
+  if (start % PAGE || length <= 0) return ERR_EINVAL;
+  i64 end = start + page_align(length);
+  if (end > TASK_SIZE) return ERR_EINVAL;
+  unmap(start, end);
+  collect();
+  return OK;
+}
+
+// kind 0: mprotect(prot); 1: mlock; 2: munlock (pagetable._change_contiguous with the
+// callers' new_flags and after functions).
+int AddressSpace::change_contiguous(i64 start, i64 end, int kind, i64 prot) {
+  if (!find_vma(start)) return ERR_ENOMEM;
+  i64 pos = start;
+  while (pos < end) {
+    Vma* v = find_vma(pos);
+    if (!v) return ERR_ENOMEM;
+    i64 piece_end = std::min(v->end, end);
+    i64 old = v->flags;
+    i64 nw;
+    if (kind == 0) {
+      nw = (old & ~VM_PROT) | prot;
+      if (prot & VM_WRITE) {
+        if (!(old & (VM_ACCOUNT | VM_WRITE | VM_SHARED | VM_NORESERVE))) nw |= VM_ACCOUNT;
+      } else if ((old & VM_ACCOUNT) && v->anonymous() && !v->anon_vma) {
+        nw &= ~VM_ACCOUNT;
+      }
+    } else if (kind == 1) {
+      nw = v->flags | VM_LOCKED;
+    } else {
+      nw = v->flags & ~VM_LOCKED;
+    }
+    if (nw != old) {
+      Vma* piece = vmas[isolate(index_of(v), pos, piece_end)];
+      piece->flags = nw;
+      if (kind == 0 && (old & (VM_WRITE | VM_SHARED | VM_LOCKED)) == VM_LOCKED &&
+          (piece->flags & VM_WRITE)) {
+        i64 next;
+        fault_range(piece, pos, piece_end, PAGE, true, pos, next);
+      }
+      merge_around(index_of(piece));
+    }
+    pos = piece_end;
+  }
+  return OK;
+}
+
+int AddressSpace::mprotect(i64 start, i64 length, i64 prot) {
+  if (start % PAGE) return ERR_EINVAL;
+  if (length == 0) return OK;
+  i64 end = start + page_align(length);
+  int err = change_contiguous(start, end, 0, prot);
+  collect();
+  return err;
+}
+
+int AddressSpace::lock(i64 start, i64 length, bool on) {
+  i64 end = page_align(start + length);
+  start &= ~(PAGE - 1);
+  if (end <= start) return OK;
+  int err = change_contiguous(start, end, on ? 1 : 2, 0);
+  if (err || !on) {
+    collect();
+    return err;
+  }
+  err = populate(start, end, 0);
+  collect();
+  return err;
+}
+
+static const FlagChange FLAG_ADVICE[] = {
+    /* DONTFORK   */ {VM_DONTCOPY, 0, false},
+    /* DOFORK     */ {0, VM_DONTCOPY, false},
+    /* WIPEONFORK */ {VM_WIPEONFORK, 0, true},
+    /* KEEPONFORK */ {0, VM_WIPEONFORK, false},
+    /* HUGEPAGE   */ {VM_HUGEPAGE, VM_NOHUGEPAGE, false},
+    /* NOHUGEPAGE */ {VM_NOHUGEPAGE, VM_HUGEPAGE, false},
+    /* RANDOM     */ {VM_RAND_READ, VM_SEQ_READ, false},
+    /* SEQUENTIAL */ {VM_SEQ_READ, VM_RAND_READ, false},
+    /* NORMAL     */ {0, VM_SEQ_READ | VM_RAND_READ, false},
+};
+
+static int flag_advice_index(int advice) {
+  switch (advice) {
+    case A_DONTFORK: return 0;
+    case A_DOFORK: return 1;
+    case A_WIPEONFORK: return 2;
+    case A_KEEPONFORK: return 3;
+    case A_HUGEPAGE: return 4;
+    case A_NOHUGEPAGE: return 5;
+    case A_RANDOM: return 6;
+    case A_SEQUENTIAL: return 7;
+    case A_NORMAL: return 8;
+  }
+  return -1;
+}
+
+int AddressSpace::madvise(i64 start, i64 length, int advice) {
+  if (start % PAGE) return ERR_EINVAL;
+  if (length == 0) return OK;
+  i64 end = start + page_align(length);
+  if (end > TASK_SIZE) return ERR_EINVAL;
+  int err;
+  int fi = flag_advice_index(advice);
+  if (advice == A_POPULATE_READ || advice == A_POPULATE_WRITE)
+    err = populate(start, end, advice == A_POPULATE_READ ? 1 : 2);
+  else if (fi >= 0)
+    err = modify(start, end, FLAG_ADVICE[fi]);
+  else if (advice < 0 || advice >= A_COUNT)
+    err = ERR_EINVAL;
+  else
+    err = walk(start, end, advice);
+  collect();
+  return err;
+}
+
+int AddressSpace::walk(i64 start, i64 end, int advice) {
+  int unmapped = OK;
+  i64 pos = start;
+  while (pos < end) {
+    i64 i = first_ending_after(pos);
+    if (i >= (i64)vmas.size() || vmas[i]->start >= end) return ERR_ENOMEM;
+    Vma* v = vmas[i];
+    if (v->start > pos) {
+      unmapped = ERR_ENOMEM;
+      pos = v->start;
+    }
+    i64 piece_end = std::min(v->end, end);
+    int err = visit(v, pos, piece_end, advice);
+    if (err) return err;
+    pos = piece_end;
+  }
+  return unmapped;
+}
+
+int AddressSpace::visit(Vma* v, i64 a, i64 b, int advice) {
+  switch (advice) {
+    case A_DONTNEED:
+      if (v->flags & VM_LOCKED) return ERR_EINVAL;
+      zap(a, b, true);
+      return OK;
+    case A_DONTNEED_LOCKED:
+      zap(a, b, true);
+      return OK;
+    case A_FREE:
+      if ((v->flags & VM_LOCKED) || !v->anonymous()) return ERR_EINVAL;
+      return OK;
+    case A_PAGEOUT:
+      if (v->flags & VM_LOCKED) return ERR_EINVAL;
+      if (v->file && v->file->kind == 0) update_entries(a, b, DROP_FILE.t);
+      return OK;
+    case A_COLD:
+      return (v->flags & VM_LOCKED) ? ERR_EINVAL : OK;
+    case A_WILLNEED:
+      return OK;
+    case A_REMOVE:
+      if ((v->flags & VM_LOCKED) || !v->file) return ERR_EINVAL;
+      if (!(v->flags & VM_SHARED)) return ERR_EACCES;
+      punch(*v->file, v->file_offset(a), b - a);
+      return OK;
+    case A_GUARD_INSTALL:
+      return guard_install(v, a, b);
+    case A_GUARD_REMOVE:
+      update_entries(a, b, DROP_GUARD.t);
+      return OK;
+    case A_COLLAPSE:
+      return collapse(v, a, b);
+  }
+  return ERR_EINVAL;
+}
+
+int AddressSpace::guard_install(Vma* v, i64 a, i64 b) {
+  if (v->flags & VM_LOCKED) return ERR_EINVAL;
+  v->flags |= VM_MAYBE_GUARD;
+  if (v->anonymous() && !v->anon_vma) anon_vma_prepare(v);
+  split_huge_partial(a, b);
+  zap(a, b, false);
+  for (i64 slot = a >> PTE_SHIFT; slot <= ((b - 1) >> PTE_SHIFT); slot++) {
+    PteTable& t = ensure_pte(slot);
+    i64 base = slot << PTE_SHIFT;
+    i64 i = (std::max(a, base) - base) >> PAGE_SHIFT;
+    i64 j = (std::min(b, base + PTE_SPAN) - base) >> PAGE_SHIFT;
+    for (i64 k = i; k < j; k++) t.e[k] = E_GUARD;
+    reclass(slot, t);
+  }
+  return OK;
+}
+
+int AddressSpace::collapse(Vma* v, i64 lo, i64 hi) {
+  if (thp_disabled) return ERR_EINVAL;
+  if ((v->file && v->file->kind == 0) || (v->flags & VM_NOHUGEPAGE)) return ERR_EINVAL;
+  if (v->file && ((v->start >> PAGE_SHIFT) - v->pgoff) % ENTRIES) return ERR_EINVAL;
+  int err = OK;
+  for (i64 slot = (lo + PTE_SPAN - 1) >> PTE_SHIFT; slot < (hi >> PTE_SHIFT); slot++) {
+    auto it = pte.find(slot);
+    PteTable* t = it == pte.end() ? nullptr : &it->second;
+    if (v->anonymous()) {
+      if (t && t->huge) continue;
+      if (!t || !v->anon_vma || first_marker(t->e, 0, ENTRIES, 1) >= 0) {
+        err = ERR_EINVAL;
+        continue;
+      }
+      std::fill(t->e, t->e + ENTRIES, uint8_t{0});
+      t->huge = HUGE_ANON;
+      reclass(slot, *t);
+    } else if (t && std::find(t->e, t->e + ENTRIES, uint8_t{E_FILE}) != t->e + ENTRIES) {
+      free_pte(slot);
+    } else {
+      err = ERR_EINVAL;
+    }
+  }
+  return err;
+}
+
+void AddressSpace::punch(BackingFile& file, i64 foff, i64 length) {
+  std::vector<AddressSpace*> mms(file.mappers.begin(), file.mappers.end());
+  for (AddressSpace* mm : mms) {
+    mm->zap_file_range(file, foff, foff + length, false);
+    mm->collect();
+  }
+}
+
+void AddressSpace::truncate(BackingFile& file, i64 size) {
+  i64 old = file.size;
+  file.size = size;
+  if (size < old) {
+    i64 hole = page_align(size);
+    std::vector<AddressSpace*> mms(file.mappers.begin(), file.mappers.end());
+    for (AddressSpace* mm : mms) {
+      mm->zap_file_range(file, hole, std::max(old, hole) + TASK_SIZE, true);
+      mm->collect();
+    }
+  }
+}
+
+void AddressSpace::zap_file_range(BackingFile& file, i64 fstart, i64 fend, bool even_cows) {
+  std::vector<Vma*> snapshot = vmas;
+  for (Vma* v : snapshot) {
+    if (v->file.get() != &file) continue;
+    i64 vstart = v->pgoff << PAGE_SHIFT;
+    i64 a = std::max(fstart, vstart);
+    i64 b = std::min(fend, vstart + (v->end - v->start));
+    if (a >= b) continue;
+    i64 addr_a = v->start + (a - vstart);
+    i64 addr_b = v->start + (b - vstart);
+    if (even_cows || (v->flags & VM_SHARED))
+      zap(addr_a, addr_b, false);
+    else
+      update_entries(addr_a, addr_b, DROP_FILE.t);
+  }
+}
+
+// ------------------------------------------------------------------ mremap
+
+int AddressSpace::mremap(i64 addr, i64 old_len, i64 new_len, bool has_new_addr, i64 new_addr,
+                         bool dontunmap) {
+  old_len = page_align(old_len);
+  new_len = page_align(new_len);
+  int err;
+  if (addr % PAGE || new_len == 0 || new_len > TASK_SIZE) {
+    err = ERR_EINVAL;
+  } else if (!has_new_addr) {
+    err = dontunmap ? ERR_EINVAL : mremap_in_place(addr, old_len, new_len);
+  } else if (new_addr % PAGE || new_addr > TASK_SIZE - new_len) {
+    err = ERR_EINVAL;
+  } else if (dontunmap && old_len != new_len) {
+    err = ERR_EINVAL;
+  } else if (addr + old_len > new_addr && new_addr + new_len > addr) {
+    err = ERR_EINVAL;
+  } else if (old_len == new_len) {
+    err = remap_move(addr, old_len, new_addr, dontunmap);
+  } else {
+    Vma* v = find_vma(addr);
+    if (!v)
+      err = ERR_EFAULT;
+    else if (old_len == 0 && !(v->flags & VM_SHARED))
+      err = ERR_EINVAL;
+    else if (std::min(old_len, new_len) > v->end - addr)
+      err = ERR_EFAULT;
+    else
+      err = mremap_to(addr, old_len, new_len, new_addr, dontunmap);
+  }
+  collect();
+  return err;
+}
+
+int AddressSpace::mremap_in_place(i64 addr, i64 old_len, i64 new_len) {
+  Vma* v = find_vma(addr);
+  if (!v) return ERR_EFAULT;
+  if (new_len == old_len) return OK;
+  if (new_len < old_len) {
+    unmap(addr + new_len, addr + old_len);
+    return OK;
+  }
+  if (old_len == 0 && !(v->flags & VM_SHARED)) return ERR_EINVAL;
+  if (old_len > v->end - addr) return ERR_EFAULT;
+  i64 delta = new_len - old_len;
+  if (v->end - addr != old_len || v->end + delta > TASK_SIZE ||
+      any_vma_overlapping(v->end, v->end + delta))
+    return ERR_ENOMEM;
+  i64 old_end = v->end;
+  v->end += delta;
+  merge_around(index_of(v));
+  if (v->flags & VM_LOCKED) populate(old_end, old_end + delta, 0);
+  return OK;
+}
+
+int AddressSpace::remap_move(i64 start, i64 length, i64 new_addr, bool dontunmap) {
+  i64 end = start + length;
+  i64 target = new_addr;
+  i64 last_end = 0;
+  bool seen = false;
+  i64 pos = start;
+  while (pos < end) {
+    i64 i = first_ending_after(pos);
+    if (i >= (i64)vmas.size() || vmas[i]->start >= end) break;
+    Vma* v = vmas[i];
+    if (!seen && start < v->start) return ERR_EFAULT;
+    i64 a = std::max(v->start, start);
+    i64 n = std::min(end, v->end) - a;
+    i64 offset = seen ? v->start - last_end : 0;
+    last_end = v->end;
+    if (v->uffd && (seen || v->end < end)) return ERR_EFAULT;
+    i64 dst = target + offset;
+    int err = mremap_to(a, n, n, dst, dontunmap);
+    if (err) return err;
+    seen = true;
+    target = dst + n;
+    pos = a + n;
+  }
+  return seen ? OK : ERR_EFAULT;
+}
+
+int AddressSpace::mremap_to(i64 addr, i64 old_len, i64 new_len, i64 new_addr, bool dontunmap) {
+  unmap(new_addr, new_addr + new_len);
+  Vma* v = find_vma(addr);
+  if (!v) return ERR_EFAULT;
+  if (new_len < old_len) {
+    unmap(addr + new_len, addr + old_len);
+    v = find_vma(addr);
+    if (!v) return ERR_EFAULT;
+    old_len = new_len;
+  }
+  i64 pgoff = v->pgoff + ((addr - v->start) >> PAGE_SHIFT);
+  if (v->anonymous() && !v->anon_vma) pgoff = new_addr >> PAGE_SHIFT;
+  Vma* nw = new Vma(*v);
+  nw->start = new_addr;
+  nw->end = new_addr + new_len;
+  nw->pgoff = pgoff;
+  if (nw->file) nw->file->mappers.insert(this);
+  i64 ni = insert(nw);
+  ni = merge_around(ni);
+  nw = vmas[ni];
+  v = find_vma(addr);
+  move_page_tables(v, nw, addr, new_addr, old_len);
+  if (dontunmap) {
+    v->flags &= ~(VM_LOCKED | VM_ACCOUNT);
+    if (addr == v->start && addr + old_len == v->end && nw != v) v->anon_vma = 0;
+  } else {
+    unmap(addr, addr + old_len);
+  }
+  if (new_len > old_len && (nw->flags & VM_LOCKED))
+    populate(new_addr + old_len, new_addr + new_len, 0);
+  return OK;
+}
+
+void AddressSpace::move_page_tables(Vma* old, Vma* nw, i64 old_addr, i64 new_addr,
+                                    i64 length) {
+  if (length == 0) return;
+  i64 old_end = old_addr + length;
+  i64 align = old_addr & (PTE_SPAN - 1);
+  if (align && length >= PTE_SPAN - align && align == (new_addr & (PTE_SPAN - 1)) &&
+      old->start == old_addr && nw->start == new_addr &&
+      !any_vma_overlapping(old_addr & ~(PTE_SPAN - 1), old_addr) &&
+      !any_vma_overlapping(new_addr & ~(PTE_SPAN - 1), new_addr)) {
+    old_addr &= ~(PTE_SPAN - 1);
+    new_addr &= ~(PTE_SPAN - 1);
+  }
+  std::vector<i64> spans = indices_in(pmd, old_addr >> PMD_SHIFT, (old_end - 1) >> PMD_SHIFT);
+  while (old_addr < old_end) {
+    i64 extent = extent_of(old_addr, new_addr, old_end, PMD_SPAN);
+    if (!pmd.count(old_addr >> PMD_SHIFT)) {
+      auto k = std::upper_bound(spans.begin(), spans.end(), old_addr >> PMD_SHIFT);
+      if (k == spans.end()) break;
+      i64 skip = (*k << PMD_SHIFT) - old_addr;
+      old_addr += skip;
+      new_addr += skip;
+      continue;
+    }
+    if (pud.insert(new_addr >> PUD_SHIFT).second) stats.upper_allocated++;
+    if (extent == PMD_SPAN && !pmd.count(new_addr >> PMD_SHIFT)) {
+      move_pmd_table(old_addr, new_addr);
+      old_addr += extent;
+      new_addr += extent;
+      continue;
+    }
+    extent = extent_of(old_addr, new_addr, old_end, PTE_SPAN);
+    i64 oslot = old_addr >> PTE_SHIFT;
+    auto it = pte.find(oslot);
+    if (it == pte.end()) {
+      old_addr += extent;
+      new_addr += extent;
+      continue;
+    }
+    if (pmd.insert(new_addr >> PMD_SHIFT).second) stats.upper_allocated++;
+    i64 nslot = new_addr >> PTE_SHIFT;
+    if (extent == PTE_SPAN && !pte.count(nslot)) {
+      PteTable t = free_pte_quiet(oslot);
+      adopt_pte(nslot, t);
+    } else {
+      if (it->second.huge) split_huge(oslot, it->second);
+      PteTable& dt = ensure_pte(nslot);
+      PteTable& t = pte.at(oslot);
+      i64 oi = (old_addr & (PTE_SPAN - 1)) >> PAGE_SHIFT;
+      i64 ni = (new_addr & (PTE_SPAN - 1)) >> PAGE_SHIFT;
+      i64 k = extent >> PAGE_SHIFT;
+      uint8_t moved[ENTRIES];
+      std::memcpy(moved, t.e + oi, (size_t)k);
+      for (i64 p = 0; p < k; p++)
+        if (moved[p]) dt.e[ni + p] = moved[p];
+      std::memset(t.e + oi, 0, (size_t)k);
+      reclass(oslot, t);
+      reclass(nslot, dt);
+    }
+    old_addr += extent;
+    new_addr += extent;
+  }
+}
+
+void AddressSpace::move_pmd_table(i64 old_addr, i64 new_addr) {
+  pmd.erase(old_addr >> PMD_SHIFT);
+  pmd.insert(new_addr >> PMD_SHIFT);
+  i64 shift = (new_addr - old_addr) >> PTE_SHIFT;
+  std::vector<i64> slots;
+  pte_slots_in(old_addr, old_addr + PMD_SPAN, slots);
+  for (i64 slot : slots) {
+    PteTable t = free_pte_quiet(slot);
+    adopt_pte(slot + shift, t);
+  }
+}
+
+// ------------------------------------------------------------ fork / exit
+
+std::unique_ptr<AddressSpace> AddressSpace::fork() {
+  auto child = std::make_unique<AddressSpace>();
+  child->pt_reclaim = pt_reclaim;
+  child->thp_disabled = thp_disabled;
+  child->thp_sysfs = thp_sysfs;
+  std::vector<i64> slots;
+  for (const Vma* v : vmas) {
+    if (v->flags & VM_DONTCOPY) continue;
+    Vma* c = new Vma(*v);
+    c->flags = v->flags & ~VM_LOCKED;
+    c->uffd = 0;
+    c->anon_vma = (v->anon_vma && !(v->flags & VM_WIPEONFORK)) ? next_anon_vma_id() : 0;
+    child->vmas.push_back(c);
+    if (c->file) c->file->mappers.insert(child.get());
+    if ((v->flags & VM_WIPEONFORK) || !(v->anon_vma || (v->flags & VM_MAYBE_GUARD))) continue;
+    for (i64 idx : indices_in(pud, v->start >> PUD_SHIFT, (v->end - 1) >> PUD_SHIFT))
+      child->pud.insert(idx);
+    for (i64 idx : indices_in(pmd, v->start >> PMD_SHIFT, (v->end - 1) >> PMD_SHIFT))
+      child->pmd.insert(idx);
+    slots.clear();
+    pte_slots_in(v->start, v->end, slots);
+    for (i64 slot : slots) {
+      const PteTable& t = pte.at(slot);
+      auto it = child->pte.find(slot);
+      if (it == child->pte.end()) {
+        it = child->pte.emplace(slot, PteTable()).first;
+        child->cls_count[C_EMPTY]++;
+      }
+      PteTable& ct = it->second;
+      i64 base = slot << PTE_SHIFT;
+      i64 i = (std::max(v->start, base) - base) >> PAGE_SHIFT;
+      i64 j = (std::min(v->end, base + PTE_SPAN) - base) >> PAGE_SHIFT;
+      std::memcpy(ct.e + i, t.e + i, (size_t)(j - i));
+      ct.huge = t.huge;
+      child->reclass(slot, ct);
+    }
+  }
+  return child;
+}
+
+void AddressSpace::exit() {
+  for (Vma* v : vmas) {
+    if (v->file) v->file->mappers.erase(this);
+    retire(v);
+  }
+  vmas.clear();
+  stats.pte_freed += (i64)pte.size();
+  stats.upper_freed += (i64)pmd.size() + (i64)pud.size();
+  pte.clear();
+  pmd.clear();
+  pud.clear();
+  std::fill(cls_count, cls_count + 4, i64{0});
+  rss_pages = 0;
+  table_version++;
+  collect();
+}
+
+// ---------------------------------------------------------------- reclaim
+
+i64 AddressSpace::reclaim_table(i64 slot, unsigned allowed_mask) {
+  auto it = pte.find(slot);
+  if (it == pte.end()) return -1;
+  PteTable& t = it->second;
+  if (t.cls == C_PINNED || !(allowed_mask & (1u << t.cls)) || slot_is_uffd(slot)) return -1;
+  i64 zapped = t.huge ? ENTRIES : ENTRIES - t.count(E_NONE);
+  free_pte(slot);
+  reclaimed[slot] = zapped;
+  return zapped;
+}
+
+int AddressSpace::register_uffd(i64 start, i64 end, i64 ctx) {
+  if (start % PAGE || end % PAGE || end <= start || !find_vma(start)) return ERR_EINVAL;
+  i64 i, j;
+  carve(start, end, i, j);
+  for (i64 k = i; k < j; k++) vmas[k]->uffd = ctx;
+  for (i64 k = std::min<i64>(j, (i64)vmas.size() - 1) - 1; k > i - 2; k--)
+    if (k >= 0) merge_at(k);
+  uffd_vmas = 0;
+  for (const Vma* v : vmas) uffd_vmas += v->uffd != 0;
+  uffd_cache[0] = uffd_cache[1] = uffd_cache[2] = -1;
+  uffd_cache[3] = 0;
+  collect();
+  return OK;
+}
+
+}  // namespace ptfast
