@@ -339,3 +339,416 @@ cdef class FastAddressSpace:
 
     def reclaim_table(self, i64 slot, allowed) -> int:
         return self.mm().reclaim_table(slot, _class_mask(allowed))
+
+
+# =========================================================================== simulation
+
+cimport numpy as cnp
+import numpy as np
+from cpython.pycapsule cimport PyCapsule_GetPointer
+from libcpp.pair cimport pair
+
+cnp.import_array()
+
+cdef extern from "numpy/random/bitgen.h":
+    ctypedef struct bitgen_t:
+        pass
+
+cdef extern from "sim.hpp" namespace "ptfast":
+    cdef cppclass Rng:
+        bitgen_t* bg
+        void* gen
+
+    cdef cppclass Costs:
+        double minor_fault_us, table_alloc_us, scan_table_us, free_table_us, invlpg_us
+        i64 tlb_single_page_flush_ceiling
+        double full_flush_us, ipi_us, rmap_lock_us, mmap_write_lock_us, pmd_lock_us
+        double uffd_refault_us, alloc_failure_stall_us, oom_kill_harm_us
+
+    cdef cppclass MachineConfig:
+        i64 normal_pages, movable_pages, cpus
+        double tick_ms
+        i64 wmin, wlow, whigh
+        double base_fraction, volatility, reversion, burst_prob, burst_fraction
+        i64 burst_ticks, oom_failures, oom_window_ticks
+        cbool hard_limit_kill
+        i64 throttle_ticks
+
+    cdef cppclass Psi:
+        double some_avg10, some_avg60, full_avg10, full_avg60
+
+    cdef cppclass Machine:
+        MachineConfig cfg
+        Rng* rng
+        double tenant_pages
+        i64 burst_left
+        Psi psi
+        i64 normal_free, movable_free
+
+    cdef cppclass Process:
+        i64 pid
+        string name, family
+        unique_ptr[AddressSpace] mm
+        cbool sane, alive, has_soft, has_hard
+        i64 cpus, throttled_until, soft_limit, hard_limit, cursor
+        double stall_us
+        vector[i64] history
+        i64 pt_bytes()
+        i64 rss_bytes()
+        i64 reclaimable_tables()
+        cbool over_soft_limit()
+        i64 badness()
+
+    cdef cppclass PassResult:
+        i64 scanned, freed, zapped_entries
+        i64 freed_by_class[4]
+        double cpu_us, stall_us
+        vector[i64] targets
+
+    cdef cppclass TickRecord:
+        i64 tick, normal_free_pages, movable_free_pages, tenant_pages, pt_pages
+        i64 reclaimable_tables, user_pages, deficit_pages
+        cbool failure
+        i64 oom_kill
+        double psi_some_avg10, psi_full_avg10, stall_us
+        i64 refault_tables, refault_entries, harm_events
+        double reclaim_cpu_us
+        i64 reclaim_freed, reclaim_scanned
+
+    cdef cppclass Params:
+        unordered_map[string, double] num
+        unordered_map[string, string] str "str"
+
+    cdef cppclass Workload:
+        Simulation* sim
+        Rng rng
+        string name, family
+        cbool sane
+        vector[Process*] procs
+        i64 start_tick, stop_tick
+
+    cdef cppclass SimConfig:
+        i64 ticks
+        cbool pt_reclaim
+        cbool mmap_write_lock
+
+    cdef cppclass Simulation:
+        SimConfig cfg
+        Costs costs
+        Machine machine
+        Rng rng
+        vector[unique_ptr[Process]] procs
+        vector[unique_ptr[Workload]] workloads
+        i64 tick_no
+        vector[TickRecord] history
+        vector[pair[i64, string]] events
+        cbool recording
+        Process* spawn(const string& name, const string& family, cbool sane, i64 cpus)
+        const TickRecord& step()
+        PassResult reclaim(Process* target, unsigned classes, i64 budget)
+        PassResult reclaim_exact(Process* p, const vector[i64]& slots, unsigned classes)
+        void record_touches()
+        i64 pt_bytes()
+        i64 index_of(const Process* p)
+
+    cdef cppclass EnvConfig:
+        i64 decision_ticks, max_steps
+        vector[i64] budgets
+        cbool hard_limit_action, candidate_counts
+        double w[5]
+
+    cdef cppclass EnvCore:
+        EnvConfig cfg
+        Simulation* sim
+        i64 steps, ticks_since_pass, refaults_since_pass, rec_lo, rec_hi
+        cbool has_last
+        PassResult last
+        void attach(Simulation* s)
+        void reset_ticks()
+        double step(const i64* action, i64 n_action, float* obs, double* terms, cbool* truncated)
+        void observe(float* obs)
+        Process* most_suspicious()
+        int n_obs()
+
+    unique_ptr[Workload] make_workload "ptfast::make_workload"(const string& family, const Params& p) except +
+    cbool has_workload "ptfast::has_workload"(const string& family)
+
+    void (*g_py_choice)(void* gen, const i64* cand, i64 n, i64 k, i64* out)
+    void (*g_py_permutation)(void* gen, i64 n, i64* out)
+
+
+cdef void _py_choice(void* gen, const i64* cand, i64 n, i64 k, i64* out) noexcept:
+    cdef i64 i
+    arr = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        arr[i] = cand[i]
+    res = (<object>gen).choice(arr, size=k, replace=False)
+    for i in range(k):
+        out[i] = res[i]
+
+
+cdef void _py_permutation(void* gen, i64 n, i64* out) noexcept:
+    cdef i64 i
+    res = (<object>gen).permutation(n)
+    for i in range(n):
+        out[i] = res[i]
+
+
+g_py_choice = _py_choice
+g_py_permutation = _py_permutation
+
+
+def has_family(str family) -> bool:
+    """Whether the compiled core has a port of workload family ``family``."""
+    return has_workload(family.encode())
+
+
+cdef bitgen_t* _bitgen(object gen) except NULL:
+    capsule = gen.bit_generator.capsule
+    return <bitgen_t*>PyCapsule_GetPointer(capsule, b"BitGenerator")
+
+
+cdef class SimCore:
+    """One compiled :class:`~ptreclaim.envs.sim.simulator.Simulation` (built by
+    :class:`ptreclaim.envs.sim.fast.simulation.FastSimulation`)."""
+
+    cdef unique_ptr[Simulation] own
+    cdef list _gens  # the numpy Generators whose bit generators the core borrows
+    cdef public list proc_names
+
+    def __cinit__(self):
+        self.own.reset(new Simulation())
+        self._gens = []
+        self.proc_names = []
+
+    cdef Simulation* s(self):
+        return self.own.get()
+
+    def configure(self, dict machine, dict costs, i64 ticks, bint pt_reclaim,
+                  bint mmap_write_lock, object rng) -> None:
+        cdef Simulation* s = self.s()
+        cdef MachineConfig* m = &s.machine.cfg
+        s.cfg.ticks = ticks
+        s.cfg.pt_reclaim = pt_reclaim
+        s.cfg.mmap_write_lock = mmap_write_lock
+        m.normal_pages = machine["normal_pages"]
+        m.movable_pages = machine["movable_pages"]
+        m.cpus = machine["cpus"]
+        m.tick_ms = machine["tick_ms"]
+        m.wmin, m.wlow, m.whigh = machine["wmin"], machine["wlow"], machine["whigh"]
+        m.base_fraction = machine["base_fraction"]
+        m.volatility = machine["volatility"]
+        m.reversion = machine["reversion"]
+        m.burst_prob = machine["burst_prob"]
+        m.burst_fraction = machine["burst_fraction"]
+        m.burst_ticks = machine["burst_ticks"]
+        m.oom_failures = machine["oom_failures"]
+        m.oom_window_ticks = machine["oom_window_ticks"]
+        m.hard_limit_kill = machine["hard_limit_kill"]
+        m.throttle_ticks = machine["throttle_ticks"]
+        s.machine.tenant_pages = machine["tenant_pages"]
+        s.machine.normal_free = m.normal_pages
+        s.machine.movable_free = m.movable_pages
+        s.rng.bg = _bitgen(rng)
+        s.rng.gen = <void*>rng
+        self._gens.append(rng)
+        s.machine.rng = &s.rng
+        c = &s.costs
+        c.minor_fault_us = costs["minor_fault_us"]
+        c.table_alloc_us = costs["table_alloc_us"]
+        c.scan_table_us = costs["scan_table_us"]
+        c.free_table_us = costs["free_table_us"]
+        c.invlpg_us = costs["invlpg_us"]
+        c.tlb_single_page_flush_ceiling = costs["tlb_single_page_flush_ceiling"]
+        c.full_flush_us = costs["full_flush_us"]
+        c.ipi_us = costs["ipi_us"]
+        c.rmap_lock_us = costs["rmap_lock_us"]
+        c.mmap_write_lock_us = costs["mmap_write_lock_us"]
+        c.pmd_lock_us = costs["pmd_lock_us"]
+        c.uffd_refault_us = costs["uffd_refault_us"]
+        c.alloc_failure_stall_us = costs["alloc_failure_stall_us"]
+        c.oom_kill_harm_us = costs["oom_kill_harm_us"]
+
+    def add_workload(self, str family, dict num, dict text, object rng, str name, bint sane,
+                     i64 start_tick, i64 stop_tick) -> None:
+        cdef Params p
+        for k, v in num.items():
+            p.num[k.encode()] = v
+        for k, v in text.items():
+            p.str[k.encode()] = v.encode()
+        cdef unique_ptr[Workload] w = make_workload(family.encode(), p)
+        w.get().sim = self.s()
+        w.get().rng.bg = _bitgen(rng)
+        w.get().rng.gen = <void*>rng
+        self._gens.append(rng)
+        w.get().name = name.encode()
+        w.get().family = family.encode()
+        w.get().sane = sane
+        w.get().start_tick = start_tick
+        w.get().stop_tick = stop_tick
+        self.s().workloads.push_back(move(w))
+
+    # -- the tick
+    def step(self) -> int:
+        """Advance one tick; returns the index of its record."""
+        self.s().step()
+        return self.s().history.size() - 1
+
+    def run(self, i64 ticks) -> None:
+        cdef i64 k
+        for k in range(ticks):
+            self.s().step()
+
+    @property
+    def tick_no(self) -> int:
+        return self.s().tick_no
+
+    @property
+    def n_records(self) -> int:
+        return self.s().history.size()
+
+    def record(self, i64 i) -> tuple:
+        """Fields of tick record ``i`` in ``TickRecord`` order (oom_kill as a process index)."""
+        cdef TickRecord* r = &self.s().history[i]
+        return (r.tick, r.normal_free_pages, r.movable_free_pages, r.tenant_pages, r.pt_pages,
+                r.reclaimable_tables, r.user_pages, r.deficit_pages, r.failure,
+                None if r.oom_kill < 0 else r.oom_kill, r.psi_some_avg10, r.psi_full_avg10,
+                r.stall_us, r.refault_tables, r.refault_entries, r.harm_events,
+                r.reclaim_cpu_us, r.reclaim_freed, r.reclaim_scanned)
+
+    def events_since(self, i64 i) -> list:
+        cdef list out = []
+        cdef i64 k
+        for k in range(i, self.s().events.size()):
+            out.append((self.s().events[k].first, self.s().events[k].second.decode()))
+        return out
+
+    @property
+    def n_events(self) -> int:
+        return self.s().events.size()
+
+    # -- machine
+    def machine_state(self) -> tuple:
+        cdef Machine* m = &self.s().machine
+        return (m.normal_free, m.movable_free, m.tenant_pages, m.psi.some_avg10,
+                m.psi.some_avg60, m.psi.full_avg10, m.psi.full_avg60, m.burst_left)
+
+    # -- processes
+    @property
+    def n_procs(self) -> int:
+        return self.s().procs.size()
+
+    def proc_info(self, i64 i) -> tuple:
+        """(pid, name, family, sane, cpus, alive, throttled_until)."""
+        cdef Process* p = self.s().procs[i].get()
+        return (p.pid, p.name.decode(), p.family.decode(), p.sane, p.cpus, p.alive,
+                p.throttled_until)
+
+    def proc_numbers(self, i64 i) -> tuple:
+        """(tables, rss_pages, pt_bytes, rss_bytes, reclaimable_tables, class counts...)."""
+        cdef Process* p = self.s().procs[i].get()
+        cdef AddressSpace* mm = p.mm.get()
+        return (mm.tables(), mm.rss_pages, p.pt_bytes(), p.rss_bytes(), p.reclaimable_tables(),
+                mm.cls_count[0], mm.cls_count[1], mm.cls_count[2], mm.cls_count[3])
+
+    def proc_limits(self, i64 i) -> tuple:
+        cdef Process* p = self.s().procs[i].get()
+        return (p.soft_limit if p.has_soft else None, p.hard_limit if p.has_hard else None)
+
+    def set_limit(self, i64 i, bint hard, object limit) -> None:
+        cdef Process* p = self.s().procs[i].get()
+        if hard:
+            p.has_hard = limit is not None
+            p.hard_limit = 0 if limit is None else limit
+        else:
+            p.has_soft = limit is not None
+            p.soft_limit = 0 if limit is None else limit
+
+    def proc_history(self, i64 i) -> list:
+        return list(self.s().procs[i].get().history)
+
+    def proc_stall(self, i64 i) -> float:
+        return self.s().procs[i].get().stall_us
+
+    def proc_state(self, i64 i) -> dict:
+        """The process's address space in canonical form (``check.canonical_state``)."""
+        cdef FastAddressSpace view = FastAddressSpace(_empty=True)
+        cdef Process* p = self.s().procs[i].get()
+        # Borrow the address space for the call only; release it before returning.
+        view.own.reset(p.mm.get())
+        try:
+            return view.state()
+        finally:
+            view.own.release()
+
+    # -- reclaim
+    def reclaim(self, object target, unsigned classes, i64 budget) -> tuple:
+        cdef Process* t = NULL
+        if target is not None:
+            t = self.s().procs[<i64>target].get()
+        cdef PassResult r = self.s().reclaim(t, classes, budget)
+        return _pass_tuple(r)
+
+    def reclaim_exact(self, i64 proc, list slots, unsigned classes) -> tuple:
+        cdef vector[i64] v = slots
+        cdef PassResult r = self.s().reclaim_exact(self.s().procs[proc].get(), v, classes)
+        return _pass_tuple(r)
+
+    def pt_bytes(self) -> int:
+        return self.s().pt_bytes()
+
+
+cdef tuple _pass_tuple(PassResult& r):
+    return (r.scanned, r.freed, [r.freed_by_class[0], r.freed_by_class[1],
+            r.freed_by_class[2], r.freed_by_class[3]], r.zapped_entries, r.cpu_us,
+            r.stall_us, list(r.targets))
+
+
+cdef class EnvStep:
+    """The env's decision step on a :class:`SimCore` (``PageTableReclaimEnv`` with the
+    compiled backend): apply an action, run the ticks, observe, price."""
+
+    cdef EnvCore core
+    cdef SimCore simcore
+    cdef public cnp.ndarray terms
+
+    def __cinit__(self, dict cfg):
+        self.core.cfg.decision_ticks = cfg["decision_ticks"]
+        self.core.cfg.max_steps = cfg["max_steps"]
+        self.core.cfg.budgets = cfg["budgets"]
+        self.core.cfg.hard_limit_action = cfg["hard_limit_action"]
+        self.core.cfg.candidate_counts = cfg["candidate_counts"]
+        for k, w in enumerate(cfg["weights"]):
+            self.core.cfg.w[k] = w
+        self.terms = np.zeros(5, dtype=np.float64)
+
+    def attach(self, SimCore sim) -> None:
+        self.simcore = sim
+        self.core.attach(sim.s())
+
+    def reset_ticks(self, cnp.ndarray[cnp.float32_t, ndim=1, mode="c"] obs) -> None:
+        self.core.reset_ticks()
+        self.core.observe(<float*>cnp.PyArray_DATA(obs))
+
+    def observe(self, cnp.ndarray[cnp.float32_t, ndim=1, mode="c"] obs) -> None:
+        self.core.observe(<float*>cnp.PyArray_DATA(obs))
+
+    def step(self, cnp.ndarray[cnp.int64_t, ndim=1, mode="c"] action,
+             cnp.ndarray[cnp.float32_t, ndim=1, mode="c"] obs) -> tuple:
+        cdef cbool truncated = False
+        cdef double reward = self.core.step(<const i64*>cnp.PyArray_DATA(action), action.shape[0],
+                                            <float*>cnp.PyArray_DATA(obs),
+                                            <double*>cnp.PyArray_DATA(self.terms), &truncated)
+        return reward, truncated
+
+    @property
+    def record_range(self) -> tuple:
+        return (self.core.rec_lo, self.core.rec_hi)
+
+    @property
+    def n_obs(self) -> int:
+        return self.core.n_obs()
+
+    def most_suspicious(self):
+        cdef Process* p = self.core.most_suspicious()
+        return None if p == NULL else self.simcore.s().index_of(p)

@@ -95,3 +95,54 @@ def replay_both(script: Script, *, pt_reclaim: bool = True) -> tuple[int, str]:
             return n, f"op {n + 1} ({op.name}): {problem}"
         fast.mm.check_invariants()  # type: ignore[attr-defined]
     return len(script.ops), ""
+
+
+def _fast_proc_state(fast: Any, index: int) -> dict[str, Any]:
+    state = fast.core.proc_state(index)
+    state["vmas"] = _canonical_ids(state["vmas"])
+    return state
+
+
+def compare_simulations(scenario: Any, seed: int, ticks: int | None = None, *,
+                        reclaim_every: int = 7, state_every: int = 1) -> str:
+    """Run ``scenario`` on the reference and on the compiled core side by side, with the
+    same seeded random reclaim passes between ticks; "" when every tick record, every pass
+    result, every event and (every ``state_every`` ticks) every process's whole address
+    space are identical, else the first difference."""
+    import numpy as np
+
+    from ..reclaim import DEPTHS
+    from ..simulator import Simulation
+    from .simulation import FastSimulation
+
+    ref = Simulation(scenario, np.random.default_rng(seed))
+    fast = FastSimulation(scenario, np.random.default_rng(seed))
+    actions = np.random.default_rng(seed + 99)
+    n = scenario.ticks if ticks is None else ticks
+    for t in range(n):
+        if reclaim_every and t % reclaim_every == 0:
+            depth = int(actions.integers(3))
+            budget = int(actions.choice([64, 512, 4096, 1 << 30]))
+            who = int(actions.integers(-1, len(ref.procs))) if ref.procs else -1
+            rt = ref.procs[who] if who >= 0 and ref.procs[who].alive else None
+            ft = fast.procs[who] if rt is not None else None
+            a = ref.reclaim(rt, DEPTHS[depth], budget)
+            b = fast.reclaim(ft, DEPTHS[depth], budget)
+            if a != b:
+                return f"tick {t}: reclaim pass {b} != reference {a}"
+        ra, rb = ref.step(), fast.step()
+        if ra != rb:
+            for f in dataclasses.fields(ra):
+                if getattr(ra, f.name) != getattr(rb, f.name):
+                    return (f"tick {t}: {f.name} = {getattr(rb, f.name)!r}, reference "
+                            f"{getattr(ra, f.name)!r}")
+        if state_every and t % state_every == 0:
+            if len(ref.procs) != len(fast.procs):
+                return f"tick {t}: {len(fast.procs)} processes, reference {len(ref.procs)}"
+            for i, p in enumerate(ref.procs):
+                problem = _diff(canonical_state(p.mm), _fast_proc_state(fast, i))
+                if problem:
+                    return f"tick {t}: process {p.name}: {problem}"
+    if ref.events != fast.events:
+        return "events differ"
+    return ""
