@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
@@ -73,8 +73,15 @@ class EnvConfig:
     hard_limit_action: bool = False
     candidate_counts: bool = False  # privileged per-class counts (ablations only)
     reward: RewardWeights = field(default_factory=RewardWeights)
+    #: Simulator implementation: ``fast`` (the compiled core), ``exact`` (the Python
+    #: reference), or ``auto`` (``fast`` when it has every workload family the scenario
+    #: uses).  Both give identical trajectories (tests/test_fast_env.py).
+    backend: Literal["auto", "fast", "exact"] = "auto"
 
     def __post_init__(self) -> None:
+        if self.backend not in ("auto", "fast", "exact"):
+            raise ConfigError(f"env.backend: {self.backend!r} is not one of 'auto', 'fast', "
+                              "'exact'")
         check_range("env.decision_ticks", self.decision_ticks, 1, 10_000)
         check_range("env.max_steps", self.max_steps, 1, 10**7)
         if not self.budgets or self.budgets[0] != 0 or list(self.budgets) != sorted(self.budgets):
@@ -151,7 +158,11 @@ class PageTableReclaimEnv(gym.Env[np.ndarray, np.ndarray]):
         self.action_space: spaces.MultiDiscrete = spaces.MultiDiscrete(nvec)
         n_obs = len(OBS_NAMES) + (len(CANDIDATE_NAMES) if self.config.candidate_counts else 0)
         self.observation_space = spaces.Box(-1.0, 1.0, (n_obs,), np.float32)
-        self.sim: Simulation | None = None
+        self.sim: Simulation | Any = None
+        # The compiled env step (``backend`` fast) when ``sim`` runs on the compiled core.
+        self._core: Any = None
+        self._nvec = np.asarray(nvec, dtype=np.int64)
+        self._weights = [getattr(self.config.reward, k) for k in COST_TERMS]
         self._steps = 0
         self._last_pass: PassResult | None = None
         self._ticks_since_pass = 0
@@ -172,20 +183,39 @@ class PageTableReclaimEnv(gym.Env[np.ndarray, np.ndarray]):
             idx = int(self.np_random.integers(len(self.scenarios)))
         scenario = self.scenarios[idx]
         rng = np.random.default_rng(int(self.np_random.integers(0, 2**63)))
-        self.sim = Simulation(scenario, rng)
-        self._steps = 0
-        self._last_pass = None
-        self._ticks_since_pass = 0
-        self._refaults_since_pass = 0
-        self._fail_window = []
+        self.attach(self._make_sim(scenario, rng))
         # Let the workloads start before the first decision.
+        if self._core is not None:
+            obs = np.empty(self.observation_space.shape, dtype=np.float32)
+            self._core.reset_ticks(obs)
+            return obs, self._fast_info({})
+        assert self.sim is not None
         recs = [self.sim.step() for _ in range(self.config.decision_ticks)]
         return self._observe(recs), self._info(recs, {}, scenario.name)
+
+    def _make_sim(self, scenario: ScenarioConfig, rng: np.random.Generator) -> Any:
+        """A simulation of ``scenario`` on the configured backend."""
+        backend = self.config.backend
+        if backend != "exact":
+            from .sim.fast.simulation import FastSimulation, supports
+
+            reason = supports(scenario)
+            if reason is None:
+                return FastSimulation(scenario, rng)
+            if backend == "fast":
+                raise ConfigError(f"env.backend is 'fast' but scenario {scenario.name!r} "
+                                  f"cannot run on it: {reason}; use backend 'auto' or 'exact'")
+        return Simulation(scenario, rng)
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         sim = self.sim
         if sim is None:
             raise RuntimeError("call reset() before step()")
+        if self._core is not None:
+            obs = np.empty(self.observation_space.shape, dtype=np.float32)
+            reward, truncated = self._core.step(self._checked_action(action), obs)
+            terms = dict(zip(COST_TERMS, self._core.terms.tolist(), strict=True))
+            return obs, reward, False, truncated, self._fast_info(terms)
         self.apply_action(action)
         recs = []
         for _ in range(self.config.decision_ticks):
@@ -202,10 +232,43 @@ class PageTableReclaimEnv(gym.Env[np.ndarray, np.ndarray]):
 
     # -- helpers --------------------------------------------------------------
 
+    def _checked_action(self, action: np.ndarray) -> np.ndarray:
+        """``action`` as a contiguous int64 vector inside the action space."""
+        a = np.ascontiguousarray(np.asarray(action).astype(np.int64).ravel())
+        if a.shape != self._nvec.shape or (a < 0).any() or (a >= self._nvec).any():
+            raise ValueError(f"action {np.asarray(action).tolist()} is outside "
+                             f"MultiDiscrete({self._nvec.tolist()})")
+        return a
+
+    def _fast_info(self, terms: dict[str, float]) -> dict[str, Any]:
+        """The info dict of :meth:`_info`, from the compiled step's aggregates."""
+        sim = self.sim
+        failures, freed, reclaimable, ooms = self._core.info()
+        normal_free, _, _, psi_some10, *_ = sim.core.machine_state()
+        wm = sim.machine.wmark
+        return {
+            "scenario": sim.scenario.name,
+            "tick": sim.tick_no,
+            "cost_terms": terms,
+            "pt_bytes": sim.pt_bytes(),
+            "normal_free_pages": normal_free,
+            "watermarks": (wm.min, wm.low, wm.high),
+            "psi_some_avg10": psi_some10,
+            "failures": failures,
+            "oom_kills": [sim.procs[i].name for i in ooms],
+            "reclaim_freed": freed,
+            "reclaimable_tables": reclaimable,
+        }
+
     def apply_action(self, action: np.ndarray) -> PassResult | None:
         """Carry out one action on the simulation now (no ticks pass)."""
         sim = self.sim
         assert sim is not None
+        if self._core is not None:
+            if not self._core.apply_action(self._checked_action(action)):
+                return None
+            self._last_pass = sim._pass(self._core.last_pass())
+            return self._last_pass
         a = np.asarray(action).astype(np.int64).ravel()
         budget = self.config.budgets[int(a[0])]
         classes = DEPTHS[int(a[1])]
@@ -230,15 +293,35 @@ class PageTableReclaimEnv(gym.Env[np.ndarray, np.ndarray]):
         self._ticks_since_pass = 0
         self._refaults_since_pass = 0
         self._fail_window = []
+        self._core = None
+        core = getattr(sim, "core", None)
+        if core is not None:
+            from .sim.fast._fast import EnvStep
+
+            c = self.config
+            self._core = EnvStep({"decision_ticks": c.decision_ticks, "max_steps": c.max_steps,
+                                  "budgets": list(c.budgets),
+                                  "hard_limit_action": c.hard_limit_action,
+                                  "candidate_counts": c.candidate_counts,
+                                  "weights": self._weights})
+            self._core.attach(core)
 
     def observe(self, recs: list[TickRecord]) -> np.ndarray:
         """The observation after the ticks ``recs`` (public for drivers)."""
+        if self._core is not None:
+            obs = np.empty(self.observation_space.shape, dtype=np.float32)
+            lo = recs[0].tick if recs else self.sim.tick_no
+            self._core.observe_range(lo, lo + len(recs), obs)
+            return obs
         return self._observe(recs)
 
     def most_suspicious(self) -> Process | None:
         """The live process with the largest page-table-to-RSS ratio among those
         holding at least 1 MiB of page tables (what /proc/PID/status shows)."""
         assert self.sim is not None
+        if self._core is not None:
+            i = self._core.most_suspicious()
+            return None if i is None else self.sim.procs[i]
         cands = [p for p in self.sim.alive if p.pt_bytes >= (1 << 20)]
         if not cands:
             return None

@@ -463,22 +463,43 @@ cdef extern from "sim.hpp" namespace "ptfast":
         i64 steps, ticks_since_pass, refaults_since_pass, rec_lo, rec_hi
         cbool has_last
         PassResult last
+        i64 info_failures, info_freed, info_reclaimable_last
+        vector[i64] info_oom
         void attach(Simulation* s)
         void reset_ticks()
         double step(const i64* action, i64 n_action, float* obs, double* terms, cbool* truncated)
         void observe(float* obs)
         Process* most_suspicious()
+        cbool apply_action(const i64* a, i64 n)
         int n_obs()
 
     unique_ptr[Workload] make_workload "ptfast::make_workload"(const string& family, const Params& p) except +
+
+cdef extern from "trace_program.hpp" namespace "ptfast":
+    cdef cppclass TraceProgram:
+        vector[i64] ops, offsets
+        vector[uint8_t] key_shmem
+        vector[double] t_ms
+    void set_trace_program(Workload& w, shared_ptr[TraceProgram] prog) except +
     cbool has_workload "ptfast::has_workload"(const string& family)
 
     void (*g_py_choice)(void* gen, const i64* cand, i64 n, i64 k, i64* out)
     void (*g_py_permutation)(void* gen, i64 n, i64* out)
 
 
+cdef i64 _n_choice = 0
+cdef i64 _n_permutation = 0
+
+
+def callback_counts() -> tuple:
+    """(choice, permutation) draws made through the Python Generator so far."""
+    return (_n_choice, _n_permutation)
+
+
 cdef void _py_choice(void* gen, const i64* cand, i64 n, i64 k, i64* out) noexcept:
+    global _n_choice
     cdef i64 i
+    _n_choice += 1
     arr = np.empty(n, dtype=np.int64)
     for i in range(n):
         arr[i] = cand[i]
@@ -488,7 +509,9 @@ cdef void _py_choice(void* gen, const i64* cand, i64 n, i64 k, i64* out) noexcep
 
 
 cdef void _py_permutation(void* gen, i64 n, i64* out) noexcept:
+    global _n_permutation
     cdef i64 i
+    _n_permutation += 1
     res = (<object>gen).permutation(n)
     for i in range(n):
         out[i] = res[i]
@@ -496,6 +519,31 @@ cdef void _py_permutation(void* gen, i64 n, i64* out) noexcept:
 
 g_py_choice = _py_choice
 g_py_permutation = _py_permutation
+
+
+cdef class FastTraceProgram:
+    """A compiled trace-replay program (``trace.compile_trace``) in the core's encoding:
+    ``ops`` (n, 10) int64 rows of opcode and arguments, ``offsets`` (samples + 1),
+    ``key_shmem`` per file key, ``t_ms`` the sample times."""
+
+    cdef shared_ptr[TraceProgram] prog
+
+    def __cinit__(self, cnp.ndarray[cnp.int64_t, ndim=2, mode="c"] ops,
+                  cnp.ndarray[cnp.int64_t, ndim=1, mode="c"] offsets, list key_shmem,
+                  cnp.ndarray[cnp.float64_t, ndim=1, mode="c"] t_ms):
+        if ops.shape[1] != 10:
+            raise ValueError("ops must have 10 columns")
+        self.prog = make_shared[TraceProgram]()
+        cdef TraceProgram* p = self.prog.get()
+        cdef i64 i
+        cdef i64* data = <i64*>cnp.PyArray_DATA(ops)
+        p.ops.assign(data, data + ops.shape[0] * 10)
+        cdef i64* off = <i64*>cnp.PyArray_DATA(offsets)
+        p.offsets.assign(off, off + offsets.shape[0])
+        for flag in key_shmem:
+            p.key_shmem.push_back(1 if flag else 0)
+        cdef double* tm = <double*>cnp.PyArray_DATA(t_ms)
+        p.t_ms.assign(tm, tm + t_ms.shape[0])
 
 
 def has_family(str family) -> bool:
@@ -570,7 +618,7 @@ cdef class SimCore:
         c.oom_kill_harm_us = costs["oom_kill_harm_us"]
 
     def add_workload(self, str family, dict num, dict text, object rng, str name, bint sane,
-                     i64 start_tick, i64 stop_tick) -> None:
+                     i64 start_tick, i64 stop_tick, FastTraceProgram program=None) -> None:
         cdef Params p
         for k, v in num.items():
             p.num[k.encode()] = v
@@ -586,6 +634,8 @@ cdef class SimCore:
         w.get().sane = sane
         w.get().start_tick = start_tick
         w.get().stop_tick = stop_tick
+        if program is not None:
+            set_trace_program(w.get()[0], program.prog)
         self.s().workloads.push_back(move(w))
 
     # -- the tick
@@ -733,6 +783,20 @@ cdef class EnvStep:
     def observe(self, cnp.ndarray[cnp.float32_t, ndim=1, mode="c"] obs) -> None:
         self.core.observe(<float*>cnp.PyArray_DATA(obs))
 
+    def observe_range(self, i64 lo, i64 hi, cnp.ndarray[cnp.float32_t, ndim=1, mode="c"] obs) -> None:
+        """Observe after the ticks whose records are history[lo:hi] (drivers that step the
+        simulation themselves)."""
+        self.core.rec_lo = lo
+        self.core.rec_hi = hi
+        self.core.observe(<float*>cnp.PyArray_DATA(obs))
+
+    def apply_action(self, cnp.ndarray[cnp.int64_t, ndim=1, mode="c"] action) -> bool:
+        """Carry out one action now; True when it ran a reclaim pass."""
+        return self.core.apply_action(<const i64*>cnp.PyArray_DATA(action), action.shape[0])
+
+    def last_pass(self) -> tuple:
+        return _pass_tuple(self.core.last)
+
     def step(self, cnp.ndarray[cnp.int64_t, ndim=1, mode="c"] action,
              cnp.ndarray[cnp.float32_t, ndim=1, mode="c"] obs) -> tuple:
         cdef cbool truncated = False
@@ -740,6 +804,12 @@ cdef class EnvStep:
                                             <float*>cnp.PyArray_DATA(obs),
                                             <double*>cnp.PyArray_DATA(self.terms), &truncated)
         return reward, truncated
+
+    def info(self) -> tuple:
+        """(failures, reclaim_freed, reclaimable_tables of the last tick, OOM victims'
+        process indices) over the ticks of the last step."""
+        return (self.core.info_failures, self.core.info_freed, self.core.info_reclaimable_last,
+                list(self.core.info_oom))
 
     @property
     def record_range(self) -> tuple:

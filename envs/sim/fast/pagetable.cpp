@@ -81,8 +81,20 @@ const char* err_name(int err) {
 
 int PteTable::resident() const {
   if (huge) return huge == HUGE_ANON ? ENTRIES : 0;
-  return count(E_ANON) + count(E_FILE);
+  int n = 0;
+  for (int i = 0; i < ENTRIES; i++) n += e[i] == E_ANON || e[i] == E_FILE;
+  return n;
 }
+
+namespace {
+// Entries of a table equal to v: written so that the compiler vectorises it (SSE2 compares
+// and byte sums), which makes the class and RSS recount after each change cheap.
+inline int count_eq(const uint8_t* e, uint8_t v) {
+  int n = 0;
+  for (int i = 0; i < ENTRIES; i++) n += e[i] == v;
+  return n;
+}
+}  // namespace
 
 void PteTable::census(uint8_t& cls_out, int32_t& rss_out) const {
   if (huge) {
@@ -95,21 +107,22 @@ void PteTable::census(uint8_t& cls_out, int32_t& rss_out) const {
     }
     return;
   }
-  int n[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  for (int i = 0; i < ENTRIES; i++) n[e[i] & 7]++;
-  if (n[E_NONE] == ENTRIES) {
+  int n_none = count_eq(e, E_NONE);
+  if (n_none == ENTRIES) {
     cls_out = C_EMPTY;
     rss_out = 0;
     return;
   }
-  int rest = ENTRIES - n[E_NONE] - n[E_ZERO] - n[E_FILE];
+  int n_file = count_eq(e, E_FILE);
+  int n_zero = count_eq(e, E_ZERO);
+  int rest = ENTRIES - n_none - n_zero - n_file;
   if (rest) {
     cls_out = C_PINNED;
-    rss_out = n[E_FILE] + n[E_ANON];
+    rss_out = n_file + count_eq(e, E_ANON);
     return;
   }
-  cls_out = n[E_FILE] ? C_FILE : C_ZERO;
-  rss_out = n[E_FILE];
+  cls_out = n_file ? C_FILE : C_ZERO;
+  rss_out = n_file;
 }
 
 // ------------------------------------------------------------- AddressSpace
@@ -146,7 +159,7 @@ std::unique_ptr<AddressSpace> AddressSpace::clone(
       }
       n->file = it->second;
       n->file->mappers.insert(c.get());
-    }
+    }  // (sim.cpp's copy_file makes the same copies for files only workloads hold)
     c->vmas.push_back(n);
   }
   c->pte = pte;
@@ -615,7 +628,12 @@ int AddressSpace::fault_range(Vma* v, i64 start, i64 end, i64 stride, bool write
         next = base + (stop << PAGE_SHIFT);
         return ERR_SIGSEGV;
       }
-      for (i64 k = i0; k < i1; k += istep) e[k] = write ? (uint8_t)target : xlate->t[e[k]];
+      if (write && istep == 1)
+        std::memset(e + i0, target, (size_t)(i1 - i0));
+      else if (write)
+        for (i64 k = i0; k < i1; k += istep) e[k] = (uint8_t)target;
+      else
+        for (i64 k = i0; k < i1; k += istep) e[k] = xlate->t[e[k]];
       if (target == E_ANON && !v->anon_vma) anon_vma_prepare(v);
     } else {
       for (i64 p : pages) {
@@ -1249,6 +1267,14 @@ i64 AddressSpace::reclaim_table(i64 slot, unsigned allowed_mask) {
   free_pte(slot);
   reclaimed[slot] = zapped;
   return zapped;
+}
+
+void AddressSpace::install_vma(i64 start, i64 end, i64 flags, i64 pgoff, FileRef file,
+                               bool new_anon_vma) {
+  if (file) file->mappers.insert(this);
+  Vma* v = new Vma{start, end, flags, pgoff, file};
+  if (new_anon_vma) v->anon_vma = next_anon_vma_id();
+  vmas.push_back(v);
 }
 
 int AddressSpace::register_uffd(i64 start, i64 end, i64 ctx) {

@@ -158,6 +158,9 @@ class AddressSpace {
   int mremap(i64 addr, i64 old_len, i64 new_len, bool has_new_addr, i64 new_addr,
              bool dontunmap);
   int register_uffd(i64 start, i64 end, i64 ctx);
+  // Append a VMA exactly as given, without merging (the trace replay's "install": the
+  // kernel's own VMAs of a captured process, appended in address order).
+  void install_vma(i64 start, i64 end, i64 flags, i64 pgoff, FileRef file, bool new_anon_vma);
   std::unique_ptr<AddressSpace> fork();
   void exit();
   i64 reclaim_table(i64 slot, unsigned allowed_mask);

@@ -84,6 +84,18 @@ Process* Workload::spawn(const std::string& suffix, i64 cpus) {
   return p;
 }
 
+FileRef copy_file(std::map<const BackingFile*, FileRef>& files, const FileRef& f) {
+  if (!f) return f;
+  auto it = files.find(f.get());
+  if (it != files.end()) return it->second;
+  auto c = std::make_shared<BackingFile>();
+  c->kind = f->kind;
+  c->size = f->size;
+  c->anon = f->anon;
+  files.emplace(f.get(), c);
+  return c;
+}
+
 void Workload::remap(const std::vector<Process*>& by_index, const Simulation& old) {
   for (Process*& p : procs) p = by_index[(size_t)old.index_of(p)];
 }
@@ -417,6 +429,7 @@ std::unique_ptr<Simulation> Simulation::clone(const std::vector<Rng>& workload_r
     w->sim = c.get();
     w->rng = workload_rngs[i];
     w->remap(by_index, *this);
+    w->remap_files(files);
     c->workloads.push_back(std::move(w));
   }
   c->tick_no = tick_no;
@@ -452,6 +465,19 @@ void EnvCore::reset_ticks() {
   rec_lo = (i64)sim->history.size();
   for (i64 k = 0; k < cfg.decision_ticks; k++) sim->step();
   rec_hi = (i64)sim->history.size();
+  collect_info();
+}
+
+void EnvCore::collect_info() {
+  info_failures = info_freed = 0;
+  info_oom.clear();
+  for (i64 i = rec_lo; i < rec_hi; i++) {
+    const TickRecord& r = sim->history[(size_t)i];
+    info_failures += r.failure;
+    info_freed += r.reclaim_freed;
+    if (r.oom_kill >= 0) info_oom.push_back(r.oom_kill);
+  }
+  info_reclaimable_last = rec_hi > rec_lo ? sim->history[(size_t)(rec_hi - 1)].reclaimable_tables : 0;
 }
 
 Process* EnvCore::most_suspicious() const {
@@ -504,6 +530,7 @@ double EnvCore::step(const i64* action, i64 n_action, float* obs, double* terms,
   i64 n = rec_hi - rec_lo;
   i64 waste = 0, fails = 0, harm = 0;
   double cpu = 0.0, stall = 0.0;
+  collect_info();
   for (i64 i = rec_lo; i < rec_hi; i++) {
     const TickRecord& r = sim->history[(size_t)i];
     waste += r.reclaimable_tables;

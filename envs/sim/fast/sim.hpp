@@ -219,10 +219,16 @@ class Workload {
   virtual std::unique_ptr<Workload> clone() const = 0;
   // Re-point process pointers after a clone (old index -> new process).
   void remap(const std::vector<Process*>& by_index, const Simulation& old);
+  // Re-point backing files the workload holds after a clone: `files` maps each original
+  // file to its copy (copy_file adds a copy for one no address space maps any more).
+  virtual void remap_files(std::map<const BackingFile*, FileRef>& files) { (void)files; }
 
  protected:
   Process* spawn(const std::string& suffix = "", i64 cpus = 1);
 };
+
+// The clone of `f` in a Simulation::clone's file map (created on first use).
+FileRef copy_file(std::map<const BackingFile*, FileRef>& files, const FileRef& f);
 
 using WorkloadFactory = std::function<std::unique_ptr<Workload>(const Params&)>;
 // Registered factories by family name (each workload file registers its own).
@@ -308,9 +314,13 @@ class EnvCore {
   i64 ticks_since_pass = 0, refaults_since_pass = 0;
   std::deque<int> fail_window;
   i64 rec_lo = 0, rec_hi = 0;  // history indices of the ticks of the last step
+  // Aggregates of the last step's ticks for the env's info dict.
+  i64 info_failures = 0, info_freed = 0, info_reclaimable_last = 0;
+  std::vector<i64> info_oom;  // process indices killed by the OOM killer
 
   void attach(Simulation* s);
   void reset_ticks();  // the decision_ticks after reset
+  void collect_info();
   // One decision: apply the action, run the ticks; fills obs and terms, returns reward.
   double step(const i64* action, i64 n_action, float* obs, double* terms, bool* truncated);
   void observe(float* obs);

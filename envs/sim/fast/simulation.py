@@ -21,7 +21,7 @@ from ..pagetable import PAGE, TableClass
 from ..reclaim import PassResult
 from ..simulator import ScenarioConfig, TickRecord
 from ..workloads import WORKLOADS
-from ._fast import SimCore, has_family
+from ._fast import ADVICES, FastTraceProgram, SimCore, has_family
 
 _TICK_FIELDS = tuple(f.name for f in dataclasses.fields(TickRecord))
 
@@ -32,6 +32,63 @@ def supports(scenario: ScenarioConfig) -> str | None:
         if not has_family(spec.family):
             return f"workload family {spec.family!r} has no compiled port yet"
     return None
+
+
+_TRACE_OPS = {"touch": 0, "madvise": 1, "munmap": 2, "mprotect": 3, "mremap": 4, "mmap": 5,
+              "install": 6}
+_SHM_ANON = -2  # trace_program.hpp TRACE_KEY_SHM_ANON
+_ADVICE_INDEX = {name: i for i, name in enumerate(ADVICES)}
+
+
+def _encode_program(trace_name: str) -> FastTraceProgram:
+    """The compiled replay program of a trace in the core's encoding (cached per trace)."""
+    from ..workloads.trace import compile_trace, resolve_trace
+
+    trace = resolve_trace(trace_name)
+    cached = trace.derived.get("fast_program")
+    if cached is not None:
+        return cached  # type: ignore[no-any-return]
+    program = compile_trace(trace)
+    keys: dict[str, int] = {}
+
+    def key(k: str | None) -> int:
+        if k is None:
+            return -1
+        if k == "shm-anon":
+            return _SHM_ANON
+        return keys.setdefault(k, len(keys))
+
+    rows: list[list[int]] = []
+    offsets = [0]
+    for ops in program:
+        for name, args in ops:
+            row = [_TRACE_OPS[name]]
+            if name == "touch":
+                row += [args[0], args[1], int(args[2])]
+            elif name == "madvise":
+                row += [args[0], args[1], _ADVICE_INDEX[args[2]]]
+            elif name in ("munmap", "mprotect"):
+                row += list(args)
+            elif name == "mremap":
+                old, old_len, new_len, new_addr, dontunmap = args
+                row += [old, old_len, new_len, int(new_addr is not None),
+                        0 if new_addr is None else new_addr, int(dontunmap)]
+            elif name == "mmap":
+                addr, length, k, shared, prot, foff, noreserve, fixed, populate = args
+                row += [addr, length, key(k), int(shared), prot, foff, int(noreserve),
+                        int(fixed), int(populate)]
+            else:  # install
+                start, end, flags, pgoff, k, anon_vma = args
+                row += [start, end, flags, pgoff, key(k), int(anon_vma)]
+            rows.append(row + [0] * (10 - len(row)))
+        offsets.append(len(rows))
+    shm = tuple(p for p in ("/memfd:", "/dev/shm/", "/SYSV"))
+    fast = FastTraceProgram(np.asarray(rows, dtype=np.int64).reshape(-1, 10),
+                            np.asarray(offsets, dtype=np.int64),
+                            [k.startswith(shm) for k in keys],
+                            np.ascontiguousarray(trace.t_ms, dtype=np.float64))
+    trace.derived["fast_program"] = fast
+    return fast
 
 
 def _class_mask(classes: frozenset[TableClass]) -> int:
@@ -262,8 +319,9 @@ class FastSimulation:
                 config = cls.make_config(spec.params, where, jitter, wrng)
                 name = f"{spec.family}{i}" + (f".{k}" if spec.count > 1 else "")
                 num, text = _split_config(config)
+                program = _encode_program(config.trace) if spec.family == "trace" else None
                 self.core.add_workload(spec.family, num, text, wrng, name, cls.sane,
-                                       spec.start_tick, spec.stop_tick)
+                                       spec.start_tick, spec.stop_tick, program)
         self._procs: list[FastProcess] = []
         self._history: list[TickRecord] = []
         self._events: list[tuple[int, str]] = []
