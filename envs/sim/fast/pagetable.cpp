@@ -79,22 +79,71 @@ const char* err_name(int err) {
 
 // ------------------------------------------------------------------ PteTable
 
-int PteTable::resident() const {
-  if (huge) return huge == HUGE_ANON ? ENTRIES : 0;
-  int n = 0;
-  for (int i = 0; i < ENTRIES; i++) n += e[i] == E_ANON || e[i] == E_FILE;
-  return n;
-}
-
 namespace {
-// Entries of a table equal to v: written so that the compiler vectorises it (SSE2 compares
-// and byte sums), which makes the class and RSS recount after each change cheap.
+// Entries of a table equal to v, written so that the compiler vectorises it.
 inline int count_eq(const uint8_t* e, uint8_t v) {
   int n = 0;
   for (int i = 0; i < ENTRIES; i++) n += e[i] == v;
   return n;
 }
+// Ranges longer than this are rewritten, then recounted whole (vectorised); shorter ones
+// update the counts entry by entry.
+constexpr i64 RECOUNT_AT = 48;
 }  // namespace
+
+int PteTable::count(uint8_t v) const { return v < 4 ? n[v] : count_eq(e, v); }
+
+int PteTable::resident() const {
+  if (huge) return huge == HUGE_ANON ? ENTRIES : 0;
+  return n[E_ANON] + n[E_FILE];
+}
+
+void PteTable::recount() {
+  n[E_NONE] = (uint16_t)count_eq(e, E_NONE);
+  n[E_ANON] = (uint16_t)count_eq(e, E_ANON);
+  n[E_ZERO] = (uint16_t)count_eq(e, E_ZERO);
+  n[E_FILE] = (uint16_t)count_eq(e, E_FILE);
+  n[4] = (uint16_t)(ENTRIES - n[0] - n[1] - n[2] - n[3]);
+}
+
+void PteTable::set_range(i64 i, i64 j, i64 step, uint8_t v) {
+  if (j <= i) return;
+  if ((j - i) / step < RECOUNT_AT) {
+    for (i64 k = i; k < j; k += step) set(k, v);
+    return;
+  }
+  if (step == 1)
+    std::memset(e + i, v, (size_t)(j - i));
+  else
+    for (i64 k = i; k < j; k += step) e[k] = v;
+  recount();
+}
+
+void PteTable::xlate_range(i64 i, i64 j, i64 step, const uint8_t* tab) {
+  if (j <= i) return;
+  if ((j - i) / step < RECOUNT_AT) {
+    for (i64 k = i; k < j; k += step) set(k, tab[e[k]]);
+    return;
+  }
+  for (i64 k = i; k < j; k += step) e[k] = tab[e[k]];
+  recount();
+}
+
+void PteTable::fill(uint8_t v) {
+  std::memset(e, v, ENTRIES);
+  std::fill(n, n + 5, uint16_t{0});
+  n[bucket(v)] = ENTRIES;
+}
+
+void PteTable::copy_range(const PteTable& src, i64 i, i64 j) {
+  if (j <= i) return;
+  if (j - i < RECOUNT_AT) {
+    for (i64 k = i; k < j; k++) set(k, src.e[k]);
+    return;
+  }
+  std::memcpy(e + i, src.e + i, (size_t)(j - i));
+  recount();
+}
 
 void PteTable::census(uint8_t& cls_out, int32_t& rss_out) const {
   if (huge) {
@@ -107,22 +156,19 @@ void PteTable::census(uint8_t& cls_out, int32_t& rss_out) const {
     }
     return;
   }
-  int n_none = count_eq(e, E_NONE);
-  if (n_none == ENTRIES) {
+  if (n[E_NONE] == ENTRIES) {
     cls_out = C_EMPTY;
     rss_out = 0;
     return;
   }
-  int n_file = count_eq(e, E_FILE);
-  int n_zero = count_eq(e, E_ZERO);
-  int rest = ENTRIES - n_none - n_zero - n_file;
+  int rest = ENTRIES - n[E_NONE] - n[E_ZERO] - n[E_FILE];
   if (rest) {
     cls_out = C_PINNED;
-    rss_out = n_file + count_eq(e, E_ANON);
+    rss_out = n[E_FILE] + n[E_ANON];
     return;
   }
-  cls_out = n_file ? C_FILE : C_ZERO;
-  rss_out = n_file;
+  cls_out = n[E_FILE] ? C_FILE : C_ZERO;
+  rss_out = n[E_FILE];
 }
 
 // ------------------------------------------------------------- AddressSpace
@@ -172,6 +218,7 @@ std::unique_ptr<AddressSpace> AddressSpace::clone(
   c->table_version = table_version;
   c->uffd_vmas = uffd_vmas;
   c->class_version = class_version;
+  c->huge_tables = huge_tables;
   std::copy(uffd_cache, uffd_cache + 4, c->uffd_cache);
   c->logging = logging;
   c->touch_log = touch_log;
@@ -244,20 +291,25 @@ std::string AddressSpace::check_invariants() const {
     prev_end = v->end;
   }
   i64 counts[4] = {0, 0, 0, 0};
-  i64 rss = 0;
+  i64 rss = 0, huge = 0;
   for (const auto& [slot, t] : pte) {
     uint8_t c;
     int32_t r;
     t.census(c, r);
     if (c != t.cls) return "class out of date";
     if (r != t.rss || t.resident() != t.rss) return "rss out of date";
+    PteTable fresh = t;
+    fresh.recount();
+    if (!std::equal(fresh.n, fresh.n + 5, t.n)) return "entry counts out of date";
     counts[t.cls]++;
     rss += t.rss;
+    huge += t.huge != 0;
     if (!pmd.count(slot >> (PMD_SHIFT - PTE_SHIFT))) return "PTE table without PMD";
   }
   for (int k = 0; k < 4; k++)
     if (counts[k] != cls_count[k]) return "class counts out of date";
   if (rss != rss_pages) return "rss_pages out of date";
+  if (huge != huge_tables) return "huge_tables out of date";
   for (i64 p : pmd)
     if (!pud.count(p >> (PUD_SHIFT - PMD_SHIFT))) return "PMD table without PUD";
   return "";
@@ -311,6 +363,7 @@ PteTable AddressSpace::free_pte_quiet(i64 slot) {
   auto it = pte.find(slot);
   PteTable t = it->second;
   pte.erase(it);
+  if (t.huge) huge_tables--;
   cls_count[t.cls]--;
   rss_pages -= t.rss;
   table_version++;
@@ -319,6 +372,7 @@ PteTable AddressSpace::free_pte_quiet(i64 slot) {
 
 void AddressSpace::adopt_pte(i64 slot, const PteTable& t) {
   pte[slot] = t;
+  if (t.huge) huge_tables++;
   cls_count[t.cls]++;
   rss_pages += t.rss;
   table_version++;
@@ -344,18 +398,20 @@ void AddressSpace::update_entries(i64 start, i64 end, const uint8_t* table) {
       split_huge(slot, t);
     }
     i64 i = (a - base) >> PAGE_SHIFT, j = (b - base + PAGE - 1) >> PAGE_SHIFT;
-    for (i64 k = i; k < j; k++) t.e[k] = table[t.e[k]];
+    t.xlate_range(i, j, 1, table);
     reclass(slot, t);
   }
 }
 
 void AddressSpace::split_huge(i64 slot, PteTable& t) {
-  std::fill(t.e, t.e + ENTRIES, t.huge == HUGE_ANON ? uint8_t{E_ANON} : uint8_t{E_ZERO});
+  t.fill(t.huge == HUGE_ANON ? uint8_t{E_ANON} : uint8_t{E_ZERO});
   t.huge = HUGE_NONE;
+  huge_tables--;
   reclass(slot, t);
 }
 
 void AddressSpace::split_huge_partial(i64 start, i64 end) {
+  if (!huge_tables) return;
   for (i64 addr : {start, end}) {
     if (addr % PTE_SPAN) {
       auto it = pte.find(addr >> PTE_SHIFT);
@@ -379,15 +435,9 @@ void AddressSpace::zap(i64 start, i64 end, bool reclaim, bool drop_markers) {
       continue;
     }
     i64 i = (a - base) >> PAGE_SHIFT, j = (b - base) >> PAGE_SHIFT;
-    for (i64 k = i; k < j; k++) t.e[k] = table[t.e[k]];
+    t.xlate_range(i, j, 1, table);
     if (reclaim && full && pt_reclaim) {
-      bool any = false;
-      for (int k = 0; k < ENTRIES; k++)
-        if (t.e[k]) {
-          any = true;
-          break;
-        }
-      if (!any) {
+      if (t.n[E_NONE] == ENTRIES) {
         free_pte(slot);
         stats.pte_reclaimed_on_zap++;
         continue;
@@ -453,7 +503,7 @@ void AddressSpace::anon_vma_prepare(Vma* v) {
 }
 
 void AddressSpace::split(i64 i, i64 addr) {
-  if (addr % PTE_SPAN) {
+  if (huge_tables && addr % PTE_SPAN) {
     auto it = pte.find(addr >> PTE_SHIFT);
     if (it != pte.end() && it->second.huge) split_huge(addr >> PTE_SHIFT, it->second);
   }
@@ -598,6 +648,7 @@ int AddressSpace::fault_range(Vma* v, i64 start, i64 end, i64 stride, bool write
     if (!t && thp_allowed(v) && base >= v->start && base + PTE_SPAN <= v->end) {
       t = &ensure_pte(slot);
       t->huge = write ? HUGE_ANON : HUGE_ZERO;
+      huge_tables++;
       if (!v->anon_vma) anon_vma_prepare(v);
       reclass(slot, *t);
       stats.faults += 1;
@@ -620,20 +671,20 @@ int AddressSpace::fault_range(Vma* v, i64 start, i64 end, i64 stride, bool write
       if (g >= 0) {
         i64 stop = i0 + g * istep;
         if (g) {
-          for (i64 k = i0; k < stop; k += istep)
-            e[k] = write ? (uint8_t)target : xlate->t[e[k]];
+          if (write)
+            t->set_range(i0, stop, istep, (uint8_t)target);
+          else
+            t->xlate_range(i0, stop, istep, xlate->t);
           if (target == E_ANON && !v->anon_vma) anon_vma_prepare(v);
         }
         reclass(slot, *t);
         next = base + (stop << PAGE_SHIFT);
         return ERR_SIGSEGV;
       }
-      if (write && istep == 1)
-        std::memset(e + i0, target, (size_t)(i1 - i0));
-      else if (write)
-        for (i64 k = i0; k < i1; k += istep) e[k] = (uint8_t)target;
+      if (write)
+        t->set_range(i0, i1, istep, (uint8_t)target);
       else
-        for (i64 k = i0; k < i1; k += istep) e[k] = xlate->t[e[k]];
+        t->xlate_range(i0, i1, istep, xlate->t);
       if (target == E_ANON && !v->anon_vma) anon_vma_prepare(v);
     } else {
       for (i64 p : pages) {
@@ -642,7 +693,7 @@ int AddressSpace::fault_range(Vma* v, i64 start, i64 end, i64 stride, bool write
           next = base + (p << PAGE_SHIFT);
           return ERR_SIGSEGV;
         }
-        e[p] = xlate ? xlate->t[e[p]] : (uint8_t)target;
+        t->set(p, xlate ? xlate->t[e[p]] : (uint8_t)target);
         if (target == E_ANON && !v->anon_vma) anon_vma_prepare(v);
       }
     }
@@ -938,7 +989,7 @@ int AddressSpace::guard_install(Vma* v, i64 a, i64 b) {
     i64 base = slot << PTE_SHIFT;
     i64 i = (std::max(a, base) - base) >> PAGE_SHIFT;
     i64 j = (std::min(b, base + PTE_SPAN) - base) >> PAGE_SHIFT;
-    for (i64 k = i; k < j; k++) t.e[k] = E_GUARD;
+    t.set_range(i, j, 1, E_GUARD);
     reclass(slot, t);
   }
   return OK;
@@ -958,10 +1009,11 @@ int AddressSpace::collapse(Vma* v, i64 lo, i64 hi) {
         err = ERR_EINVAL;
         continue;
       }
-      std::fill(t->e, t->e + ENTRIES, uint8_t{0});
+      t->fill(E_NONE);
       t->huge = HUGE_ANON;
+      huge_tables++;
       reclass(slot, *t);
-    } else if (t && std::find(t->e, t->e + ENTRIES, uint8_t{E_FILE}) != t->e + ENTRIES) {
+    } else if (t && t->n[E_FILE]) {
       free_pte(slot);
     } else {
       err = ERR_EINVAL;
@@ -1175,8 +1227,8 @@ void AddressSpace::move_page_tables(Vma* old, Vma* nw, i64 old_addr, i64 new_add
       uint8_t moved[ENTRIES];
       std::memcpy(moved, t.e + oi, (size_t)k);
       for (i64 p = 0; p < k; p++)
-        if (moved[p]) dt.e[ni + p] = moved[p];
-      std::memset(t.e + oi, 0, (size_t)k);
+        if (moved[p]) dt.set(ni + p, moved[p]);
+      t.set_range(oi, oi + k, 1, E_NONE);
       reclass(oslot, t);
       reclass(nslot, dt);
     }
@@ -1231,8 +1283,10 @@ std::unique_ptr<AddressSpace> AddressSpace::fork() {
       i64 base = slot << PTE_SHIFT;
       i64 i = (std::max(v->start, base) - base) >> PAGE_SHIFT;
       i64 j = (std::min(v->end, base + PTE_SPAN) - base) >> PAGE_SHIFT;
-      std::memcpy(ct.e + i, t.e + i, (size_t)(j - i));
+      ct.copy_range(t, i, j);
+      if (ct.huge) child->huge_tables--;
       ct.huge = t.huge;
+      if (ct.huge) child->huge_tables++;
       child->reclass(slot, ct);
     }
   }
@@ -1251,6 +1305,7 @@ void AddressSpace::exit() {
   pmd.clear();
   pud.clear();
   std::fill(cls_count, cls_count + 4, i64{0});
+  huge_tables = 0;
   rss_pages = 0;
   table_version++;
   collect();

@@ -81,20 +81,35 @@ struct Vma {
   i64 file_offset(i64 addr) const { return (pgoff << PAGE_SHIFT) + (addr - start); }
 };
 
-// pagetable.PteTable, with the class and RSS the Python model keeps per table.
+// pagetable.PteTable, with the class and RSS the Python model keeps per table, and the
+// number of entries of each kind (kept as entries change, so the class is known without
+// recounting 512 entries after every change).
 struct PteTable {
   uint8_t e[ENTRIES];
   uint8_t huge = HUGE_NONE;
   uint8_t cls = C_EMPTY;
   int32_t rss = 0;
+  // Entries per kind: none, anon, zero, file, and the rest (swap entries and markers).
+  uint16_t n[5] = {ENTRIES, 0, 0, 0, 0};
   PteTable() { std::fill(e, e + ENTRIES, uint8_t{0}); }
-  int count(uint8_t v) const {
-    int n = 0;
-    for (int i = 0; i < ENTRIES; i++) n += e[i] == v;
-    return n;
-  }
+
+  static int bucket(uint8_t v) { return v < 4 ? v : 4; }
+  int count(uint8_t v) const;
   int resident() const;
   void census(uint8_t& cls_out, int32_t& rss_out) const;
+  void recount();
+  void set(i64 k, uint8_t v) {
+    n[bucket(e[k])]--;
+    e[k] = v;
+    n[bucket(v)]++;
+  }
+  // e[k] = v for k in range(i, j, step).
+  void set_range(i64 i, i64 j, i64 step, uint8_t v);
+  // e[k] = tab[e[k]] for k in range(i, j, step).
+  void xlate_range(i64 i, i64 j, i64 step, const uint8_t* tab);
+  void fill(uint8_t v);
+  // e[i:j] = src.e[i:j]
+  void copy_range(const PteTable& src, i64 i, i64 j);
 };
 
 struct Stats {
@@ -125,6 +140,7 @@ class AddressSpace {
   i64 table_version = 0;
   i64 uffd_vmas = 0;
   i64 class_version = 0;
+  i64 huge_tables = 0;  // tables that are a PMD-mapped THP's deposit (THP paths skip when 0)
   i64 uffd_cache[4] = {-1, -1, -1, 0};
   bool logging = false;
   std::set<i64> touch_log;
