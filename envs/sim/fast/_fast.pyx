@@ -42,12 +42,18 @@ cdef extern from "pagetable.hpp" namespace "ptfast":
         i64 pte_allocated, pte_freed, upper_allocated, upper_freed, pte_reclaimed_on_zap
         i64 faults, refault_tables, refault_entries
 
+    cdef cppclass SlotMap[T]:
+        size_t size()
+        size_t count(i64 slot)
+        T* find(i64 slot)
+        void slots_in(i64 lo, i64 hi, vector[i64]& out)
+
     cdef cppclass AddressSpace:
         cbool pt_reclaim
         cbool thp_disabled
         int thp_sysfs
         vector[Vma*] vmas
-        cmap[i64, PteTable] pte
+        SlotMap[PteTable] pte
         cset[i64] pmd, pud
         Stats stats
         i64 cls_count[4]
@@ -262,11 +268,12 @@ cdef class FastAddressSpace:
         cdef AddressSpace* m = self.mm()
         cdef Vma* v
         cdef list tables = []
-        cdef uint8_t* e
-        for item in m.pte:
-            e = item.second.e
-            tables.append((item.first, bytes(e[:512]), item.second.huge, item.second.cls,
-                           item.second.rss))
+        cdef vector[i64] slots
+        cdef PteTable* t
+        m.pte.slots_in(-(1 << 62), 1 << 62, slots)
+        for slot in slots:
+            t = m.pte.find(slot)
+            tables.append((slot, bytes(t.e[:512]), t.huge, t.cls, t.rss))
         return {
             "vmas": [(v.start, v.end, v.flags, v.pgoff,
                       None if v.file.get() == NULL else <size_t>v.file.get(),

@@ -318,20 +318,27 @@ std::string AddressSpace::check_invariants() const {
   }
   i64 counts[4] = {0, 0, 0, 0};
   i64 rss = 0, huge = 0;
-  for (const auto& [slot, t] : pte) {
+  std::string problem;
+  pte.for_each([&](i64 slot, const PteTable& t) {
+    if (!problem.empty()) return;
     uint8_t c;
     int32_t r;
     t.census(c, r);
-    if (c != t.cls) return "class out of date";
-    if (r != t.rss || t.resident() != t.rss) return "rss out of date";
     PteTable fresh = t;
     fresh.recount();
-    if (!std::equal(fresh.n, fresh.n + 5, t.n)) return "entry counts out of date";
+    if (c != t.cls)
+      problem = "class out of date";
+    else if (r != t.rss || t.resident() != t.rss)
+      problem = "rss out of date";
+    else if (!std::equal(fresh.n, fresh.n + 5, t.n))
+      problem = "entry counts out of date";
+    else if (!pmd.count(slot >> (PMD_SHIFT - PTE_SHIFT)))
+      problem = "PTE table without PMD";
     counts[t.cls]++;
     rss += t.rss;
     huge += t.huge != 0;
-    if (!pmd.count(slot >> (PMD_SHIFT - PTE_SHIFT))) return "PTE table without PMD";
-  }
+  });
+  if (!problem.empty()) return problem;
   for (int k = 0; k < 4; k++)
     if (counts[k] != cls_count[k]) return "class counts out of date";
   if (rss != rss_pages) return "rss_pages out of date";
@@ -349,10 +356,9 @@ void AddressSpace::ensure_upper(i64 addr) {
 }
 
 PteTable& AddressSpace::ensure_pte(i64 slot) {
-  auto it = pte.find(slot);
-  if (it != pte.end()) return it->second;
+  if (PteTable* found = pte.find(slot)) return *found;
   ensure_upper(slot << PTE_SHIFT);
-  PteTable& t = pte.emplace(slot, PteTable()).first->second;
+  PteTable& t = pte.emplace(slot).first;
   cls_count[C_EMPTY]++;
   stats.pte_allocated++;
   table_version++;
@@ -386,9 +392,8 @@ void AddressSpace::free_pte(i64 slot) {
 }
 
 PteTable AddressSpace::free_pte_quiet(i64 slot) {
-  auto it = pte.find(slot);
-  PteTable t = it->second;
-  pte.erase(it);
+  PteTable t = pte.at(slot);
+  pte.erase(slot);
   if (t.huge) huge_tables--;
   cls_count[t.cls]--;
   rss_pages -= t.rss;
@@ -397,7 +402,7 @@ PteTable AddressSpace::free_pte_quiet(i64 slot) {
 }
 
 void AddressSpace::adopt_pte(i64 slot, const PteTable& t) {
-  pte[slot] = t;
+  pte.emplace(slot).first = t;
   if (t.huge) huge_tables++;
   cls_count[t.cls]++;
   rss_pages += t.rss;
@@ -407,8 +412,7 @@ void AddressSpace::adopt_pte(i64 slot, const PteTable& t) {
 void AddressSpace::pte_slots_in(i64 start, i64 end, std::vector<i64>& out) const {
   i64 lo = start >> PTE_SHIFT;
   i64 hi = (end - 1) >> PTE_SHIFT;
-  for (auto it = pte.lower_bound(lo); it != pte.end() && it->first <= hi; ++it)
-    out.push_back(it->first);
+  pte.slots_in(lo, hi, out);
 }
 
 void AddressSpace::update_entries(i64 start, i64 end, const uint8_t* table) {
@@ -440,8 +444,8 @@ void AddressSpace::split_huge_partial(i64 start, i64 end) {
   if (!huge_tables) return;
   for (i64 addr : {start, end}) {
     if (addr % PTE_SPAN) {
-      auto it = pte.find(addr >> PTE_SHIFT);
-      if (it != pte.end() && it->second.huge) split_huge(addr >> PTE_SHIFT, it->second);
+      PteTable* t = pte.find(addr >> PTE_SHIFT);
+      if (t && t->huge) split_huge(addr >> PTE_SHIFT, *t);
     }
   }
 }
@@ -530,8 +534,8 @@ void AddressSpace::anon_vma_prepare(Vma* v) {
 
 void AddressSpace::split(i64 i, i64 addr) {
   if (huge_tables && addr % PTE_SPAN) {
-    auto it = pte.find(addr >> PTE_SHIFT);
-    if (it != pte.end() && it->second.huge) split_huge(addr >> PTE_SHIFT, it->second);
+    PteTable* t = pte.find(addr >> PTE_SHIFT);
+    if (t && t->huge) split_huge(addr >> PTE_SHIFT, *t);
   }
   Vma* v = vmas[i];
   Vma* upper = new Vma(*v);
@@ -669,8 +673,7 @@ int AddressSpace::fault_range(Vma* v, i64 start, i64 end, i64 stride, bool write
       pages.erase(std::unique(pages.begin(), pages.end()), pages.end());
       last = addr + (n - 1) * stride;
     }
-    auto it = pte.find(slot);
-    PteTable* t = it == pte.end() ? nullptr : &it->second;
+    PteTable* t = pte.find(slot);
     if (!t && thp_allowed(v) && base >= v->start && base + PTE_SPAN <= v->end) {
       t = &ensure_pte(slot);
       t->huge = write ? HUGE_ANON : HUGE_ZERO;
@@ -1027,8 +1030,7 @@ int AddressSpace::collapse(Vma* v, i64 lo, i64 hi) {
   if (v->file && ((v->start >> PAGE_SHIFT) - v->pgoff) % ENTRIES) return ERR_EINVAL;
   int err = OK;
   for (i64 slot = (lo + PTE_SPAN - 1) >> PTE_SHIFT; slot < (hi >> PTE_SHIFT); slot++) {
-    auto it = pte.find(slot);
-    PteTable* t = it == pte.end() ? nullptr : &it->second;
+    PteTable* t = pte.find(slot);
     if (v->anonymous()) {
       if (t && t->huge) continue;
       if (!t || !v->anon_vma || first_marker(t->e, 0, ENTRIES, 1) >= 0) {
@@ -1232,8 +1234,8 @@ void AddressSpace::move_page_tables(Vma* old, Vma* nw, i64 old_addr, i64 new_add
     }
     extent = extent_of(old_addr, new_addr, old_end, PTE_SPAN);
     i64 oslot = old_addr >> PTE_SHIFT;
-    auto it = pte.find(oslot);
-    if (it == pte.end()) {
+    PteTable* ot = pte.find(oslot);
+    if (!ot) {
       old_addr += extent;
       new_addr += extent;
       continue;
@@ -1244,7 +1246,7 @@ void AddressSpace::move_page_tables(Vma* old, Vma* nw, i64 old_addr, i64 new_add
       PteTable t = free_pte_quiet(oslot);
       adopt_pte(nslot, t);
     } else {
-      if (it->second.huge) split_huge(oslot, it->second);
+      if (ot->huge) split_huge(oslot, *ot);
       PteTable& dt = ensure_pte(nslot);
       PteTable& t = pte.at(oslot);
       i64 oi = (old_addr & (PTE_SPAN - 1)) >> PAGE_SHIFT;
@@ -1300,12 +1302,8 @@ std::unique_ptr<AddressSpace> AddressSpace::fork() {
     pte_slots_in(v->start, v->end, slots);
     for (i64 slot : slots) {
       const PteTable& t = pte.at(slot);
-      auto it = child->pte.find(slot);
-      if (it == child->pte.end()) {
-        it = child->pte.emplace(slot, PteTable()).first;
-        child->cls_count[C_EMPTY]++;
-      }
-      PteTable& ct = it->second;
+      auto [ct, created] = child->pte.emplace(slot);
+      if (created) child->cls_count[C_EMPTY]++;
       i64 base = slot << PTE_SHIFT;
       i64 i = (std::max(v->start, base) - base) >> PAGE_SHIFT;
       i64 j = (std::min(v->end, base + PTE_SPAN) - base) >> PAGE_SHIFT;
@@ -1340,9 +1338,9 @@ void AddressSpace::exit() {
 // ---------------------------------------------------------------- reclaim
 
 i64 AddressSpace::reclaim_table(i64 slot, unsigned allowed_mask) {
-  auto it = pte.find(slot);
-  if (it == pte.end()) return -1;
-  PteTable& t = it->second;
+  PteTable* found = pte.find(slot);
+  if (!found) return -1;
+  PteTable& t = *found;
   if (t.cls == C_PINNED || !(allowed_mask & (1u << t.cls)) || slot_is_uffd(slot)) return -1;
   i64 zapped = t.huge ? ENTRIES : ENTRIES - t.count(E_NONE);
   free_pte(slot);

@@ -16,6 +16,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "ptemap.hpp"
+
 namespace ptfast {
 
 using i64 = int64_t;
@@ -131,7 +133,7 @@ class AddressSpace {
   bool thp_disabled = true;
   int thp_sysfs = 1;  // 0 never, 1 madvise, 2 always
   std::vector<Vma*> vmas;
-  std::map<i64, PteTable> pte;
+  SlotMap<PteTable> pte;
   std::set<i64> pmd, pud;
   Stats stats;
   i64 cls_count[4] = {0, 0, 0, 0};

@@ -307,9 +307,9 @@ void Simulation::free_scanned(Process* p, const std::vector<i64>& order, unsigne
   i64 freed = 0, freed_file = 0, zapped = 0;
   AddressSpace& mm = *p->mm;
   for (i64 slot : order) {
-    auto it = mm.pte.find(slot);
-    if (it == mm.pte.end()) continue;
-    uint8_t cls = it->second.cls;
+    const PteTable* t = mm.pte.find(slot);
+    if (!t) continue;
+    uint8_t cls = t->cls;
     i64 z = mm.reclaim_table(slot, classes);
     if (z >= 0) {
       freed++;
@@ -337,7 +337,7 @@ i64 Simulation::reclaim_process(Process* p, unsigned classes, i64 budget, PassRe
   if (p->scan_version != mm.table_version) {
     p->scan_slots.clear();
     p->scan_slots.reserve(mm.pte.size());
-    for (const auto& kv : mm.pte) p->scan_slots.push_back(kv.first);
+    mm.pte.for_each([&](i64 slot, const PteTable&) { p->scan_slots.push_back(slot); });
     p->scan_version = mm.table_version;
   }
   const std::vector<i64>& slots = p->scan_slots;

@@ -1,0 +1,169 @@
+// The PTE tables of one address space, stored the way the hardware finds them.
+//
+// A slot (address >> 21) splits into a PMD index (slot >> 9) and an entry within that PMD
+// table (slot & 511), exactly as a page walk does.  Each PMD index with tables has a node
+// holding 512 table indices and a 512-bit presence map; tables themselves live in one pool
+// (a deque: references stay valid as it grows) with a free list.  Lookups cost a node
+// lookup (cached for the last PMD touched) and an array index; walking a range visits only
+// the PMD nodes in it and the set bits of their maps, in ascending slot order -- what the
+// Python model's sorted-dict walks give, with memory locality.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <vector>
+
+namespace ptfast {
+
+template <class Table>
+class SlotMap {
+ public:
+  using i64 = int64_t;
+
+  SlotMap() = default;
+  SlotMap(const SlotMap& o) { *this = o; }
+  SlotMap& operator=(const SlotMap& o) {
+    if (this == &o) return *this;
+    clear();
+    o.for_each([&](i64 slot, const Table& t) { emplace(slot).first = t; });
+    return *this;
+  }
+
+  size_t size() const { return n_; }
+  bool empty() const { return n_ == 0; }
+  size_t count(i64 slot) const { return find(slot) != nullptr; }
+
+  Table* find(i64 slot) const {
+    Node* node = node_of(slot >> 9);
+    if (!node) return nullptr;
+    int32_t idx = node->idx[slot & 511];
+    return idx < 0 ? nullptr : &pool_[(size_t)idx];
+  }
+
+  Table& at(i64 slot) const { return *find(slot); }
+
+  // The table at `slot`, created (default-constructed) if absent; second: created.
+  std::pair<Table&, bool> emplace(i64 slot) {
+    i64 pi = slot >> 9;
+    Node* node = node_of(pi);
+    if (!node) {
+      auto owned = std::make_unique<Node>();
+      node = owned.get();
+      nodes_.emplace(pi, std::move(owned));
+      cache_key_ = pi;
+      cache_ = node;
+    }
+    int e = (int)(slot & 511);
+    if (node->idx[e] >= 0) return {pool_[(size_t)node->idx[e]], false};
+    int32_t idx;
+    if (!free_.empty()) {
+      idx = free_.back();
+      free_.pop_back();
+      pool_[(size_t)idx] = Table();
+    } else {
+      idx = (int32_t)pool_.size();
+      pool_.emplace_back();
+    }
+    node->idx[e] = idx;
+    node->bits[e >> 6] |= uint64_t{1} << (e & 63);
+    node->count++;
+    n_++;
+    return {pool_[(size_t)idx], true};
+  }
+
+  void erase(i64 slot) {
+    i64 pi = slot >> 9;
+    Node* node = node_of(pi);
+    if (!node) return;
+    int e = (int)(slot & 511);
+    int32_t idx = node->idx[e];
+    if (idx < 0) return;
+    free_.push_back(idx);
+    node->idx[e] = -1;
+    node->bits[e >> 6] &= ~(uint64_t{1} << (e & 63));
+    n_--;
+    if (--node->count == 0) {
+      nodes_.erase(pi);
+      cache_key_ = INT64_MIN;
+      cache_ = nullptr;
+    }
+  }
+
+  void clear() {
+    nodes_.clear();
+    pool_.clear();
+    free_.clear();
+    n_ = 0;
+    cache_key_ = INT64_MIN;
+    cache_ = nullptr;
+  }
+
+  // Ascending slots in [lo, hi].
+  void slots_in(i64 lo, i64 hi, std::vector<i64>& out) const {
+    if (hi < lo) return;
+    for (auto it = nodes_.lower_bound(lo >> 9); it != nodes_.end() && it->first <= (hi >> 9);
+         ++it) {
+      i64 base = it->first << 9;
+      const Node& node = *it->second;
+      for (int w = 0; w < 8; w++) {
+        uint64_t bits = node.bits[w];
+        while (bits) {
+          int b = __builtin_ctzll(bits);
+          bits &= bits - 1;
+          i64 slot = base + (w << 6) + b;
+          if (slot < lo) continue;
+          if (slot > hi) return;
+          out.push_back(slot);
+        }
+      }
+    }
+  }
+
+  // f(slot, table) for every table, ascending.
+  template <class F>
+  void for_each(F f) const {
+    for (const auto& kv : nodes_) {
+      i64 base = kv.first << 9;
+      const Node& node = *kv.second;
+      for (int w = 0; w < 8; w++) {
+        uint64_t bits = node.bits[w];
+        while (bits) {
+          int b = __builtin_ctzll(bits);
+          bits &= bits - 1;
+          int e = (w << 6) + b;
+          f(base + e, static_cast<const Table&>(pool_[(size_t)node.idx[e]]));
+        }
+      }
+    }
+  }
+
+ private:
+  struct Node {
+    int32_t idx[512];
+    uint64_t bits[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int count = 0;
+    Node() {
+      for (int i = 0; i < 512; i++) idx[i] = -1;
+    }
+  };
+
+  Node* node_of(i64 pi) const {
+    if (pi == cache_key_) return cache_;
+    auto it = nodes_.find(pi);
+    if (it == nodes_.end()) return nullptr;
+    cache_key_ = pi;
+    cache_ = it->second.get();
+    return cache_;
+  }
+
+  std::map<i64, std::unique_ptr<Node>> nodes_;
+  mutable std::deque<Table> pool_;
+  std::vector<int32_t> free_;
+  size_t n_ = 0;
+  mutable i64 cache_key_ = INT64_MIN;
+  mutable Node* cache_ = nullptr;
+};
+
+}  // namespace ptfast
