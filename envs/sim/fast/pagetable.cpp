@@ -387,7 +387,12 @@ void AddressSpace::reclass(i64 slot, PteTable& t) {
 }
 
 void AddressSpace::free_pte(i64 slot) {
-  free_pte_quiet(slot);
+  const PteTable& t = pte.at(slot);
+  if (t.huge) huge_tables--;
+  cls_count[t.cls]--;
+  rss_pages -= t.rss;
+  table_version++;
+  pte.erase(slot);
   stats.pte_freed++;
 }
 
@@ -696,7 +701,8 @@ int AddressSpace::fault_range(Vma* v, i64 start, i64 end, i64 stride, bool write
     t = &ensure_pte(slot);
     uint8_t* e = t->e;
     if (page_stride) {
-      i64 g = first_marker(e, i0, i1, istep);
+      // Markers are among the "other" entries: a table without any has none to find.
+      i64 g = t->n[4] ? first_marker(e, i0, i1, istep) : -1;
       if (g >= 0) {
         i64 stop = i0 + g * istep;
         if (g) {

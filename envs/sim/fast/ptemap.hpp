@@ -103,19 +103,20 @@ class SlotMap {
   // Ascending slots in [lo, hi].
   void slots_in(i64 lo, i64 hi, std::vector<i64>& out) const {
     if (hi < lo) return;
-    for (auto it = nodes_.lower_bound(lo >> 9); it != nodes_.end() && it->first <= (hi >> 9);
-         ++it) {
-      i64 base = it->first << 9;
+    const i64 plo = lo >> 9, phi = hi >> 9;
+    for (auto it = nodes_.lower_bound(plo); it != nodes_.end() && it->first <= phi; ++it) {
+      const i64 base = it->first << 9;
       const Node& node = *it->second;
-      for (int w = 0; w < 8; w++) {
+      const int e_lo = it->first == plo ? (int)(lo & 511) : 0;
+      const int e_hi = it->first == phi ? (int)(hi & 511) : 511;
+      for (int w = e_lo >> 6; w <= (e_hi >> 6); w++) {
         uint64_t bits = node.bits[w];
+        if (w == (e_lo >> 6)) bits &= ~uint64_t{0} << (e_lo & 63);
+        if (w == (e_hi >> 6) && (e_hi & 63) != 63) bits &= (uint64_t{1} << ((e_hi & 63) + 1)) - 1;
         while (bits) {
           int b = __builtin_ctzll(bits);
           bits &= bits - 1;
-          i64 slot = base + (w << 6) + b;
-          if (slot < lo) continue;
-          if (slot > hi) return;
-          out.push_back(slot);
+          out.push_back(base + (w << 6) + b);
         }
       }
     }

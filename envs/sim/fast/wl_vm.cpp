@@ -161,6 +161,7 @@ class Balloon : public Workload {
   Process* proc = nullptr;
   i64 size = 0, unit = 0, per_chunk = 0, n_chunks = 0;
   std::vector<int8_t> state;
+  std::vector<uint8_t> ok_;  // scratch: which units a pick may choose
   int phase = B_FILL;
   i64 cycle = 0, filled = 0, wait = 0, target = 0;
 
@@ -249,9 +250,12 @@ class Balloon : public Workload {
 
   void inflate(AddressSpace& mm) {
     i64 k = std::min(inflate_batches_per_tick, target);
-    std::vector<uint8_t> ok(state.size());
-    for (size_t i = 0; i < state.size(); i++) ok[i] = state[i] == GUEST;
-    std::vector<i64> chosen = pick_sorted(rng, ok, k);
+    const size_t n = state.size();
+    const int8_t* st = state.data();
+    ok_.resize(n);
+    uint8_t* ok = ok_.data();
+    for (size_t i = 0; i < n; i++) ok[i] = st[i] == GUEST;
+    std::vector<i64> chosen = pick_sorted(rng, ok_, k);
     for (i64 c : chosen) state[(size_t)c] = BALLOONED;
     for (auto [a, b] : index_runs(chosen)) discard_small(mm, BASE + a * unit, BASE + b * unit);
     target -= (i64)chosen.size();
@@ -262,9 +266,12 @@ class Balloon : public Workload {
   }
 
   void deflate(AddressSpace& mm) {
-    std::vector<uint8_t> ok(state.size());
-    for (size_t i = 0; i < state.size(); i++) ok[i] = state[i] != GUEST;
-    std::vector<i64> chosen = pick_sorted(rng, ok, deflate_batches_per_tick);
+    const size_t n = state.size();
+    const int8_t* st = state.data();
+    ok_.resize(n);
+    uint8_t* ok = ok_.data();
+    for (size_t i = 0; i < n; i++) ok[i] = st[i] != GUEST;
+    std::vector<i64> chosen = pick_sorted(rng, ok_, deflate_batches_per_tick);
     for (i64 c : chosen) state[(size_t)c] = GUEST;
     for (auto [a, b] : index_runs(chosen)) mm.touch(BASE + a * unit, (b - a) * unit, true, PAGE);
     if ((i64)chosen.size() < deflate_batches_per_tick) {

@@ -38,6 +38,13 @@ inline i64 floor_div(i64 a, i64 b) {
 // in order of first appearance.
 inline std::vector<i64> first_distinct(const std::vector<i64>& hits, i64 k) {
   std::vector<i64> out;
+  if (hits.size() <= 256) {  // small: a linear search beats hashing
+    for (i64 h : hits) {
+      if ((i64)out.size() >= k) break;
+      if (std::find(out.begin(), out.end(), h) == out.end()) out.push_back(h);
+    }
+    return out;
+  }
   std::unordered_set<i64> seen;
   for (i64 h : hits) {
     if ((i64)out.size() >= k) break;
