@@ -455,6 +455,8 @@ cdef extern from "sim.hpp" namespace "ptfast":
         PassResult reclaim(Process* target, unsigned classes, i64 budget)
         PassResult reclaim_exact(Process* p, const vector[i64]& slots, unsigned classes)
         void record_touches()
+        vector[cmap[i64, vector[i64]]] touch_trace
+        unique_ptr[Simulation] clone(const vector[Rng]& workload_rngs, const Rng& sim_rng)
         i64 pt_bytes()
         i64 index_of(const Process* p)
 
@@ -753,6 +755,58 @@ cdef class SimCore:
 
     def pt_bytes(self) -> int:
         return self.s().pt_bytes()
+
+    # -- the offline oracle's look into the future
+    def clone(self) -> SimCore:
+        """A deep copy (``copy.deepcopy`` of the reference): same state, and generators
+        that are copies of this core's, so the copy draws what this one would."""
+        import copy
+        cdef SimCore c = SimCore.__new__(SimCore)
+        cdef vector[Rng] wrngs
+        cdef Rng r
+        gens = [copy.deepcopy(g) for g in self._gens]
+        c._gens = gens
+        c.proc_names = list(self.proc_names)
+        r.bg = _bitgen(gens[0])
+        r.gen = <void*>gens[0]
+        cdef Rng sim_rng = r
+        for g in gens[1:]:
+            r.bg = _bitgen(g)
+            r.gen = <void*>g
+            wrngs.push_back(r)
+        c.own = move(self.s().clone(wrngs, sim_rng))
+        return c
+
+    def record_touches(self) -> None:
+        self.s().record_touches()
+
+    def touch_trace(self) -> list:
+        """Per process index: {slot: [ticks it was touched]}."""
+        cdef list out = []
+        cdef size_t i
+        for i in range(self.s().touch_trace.size()):
+            out.append({kv.first: list(kv.second) for kv in self.s().touch_trace[i]})
+        return out
+
+    def tables_in_class(self, i64 proc, int cls) -> set:
+        cdef AddressSpace* mm = self.s().procs[proc].get().mm.get()
+        cdef vector[i64] slots
+        cdef set out = set()
+        mm.pte.slots_in(-(1 << 62), 1 << 62, slots)
+        for slot in slots:
+            if mm.pte.find(slot).cls == cls:
+                out.add(slot)
+        return out
+
+    def slot_is_uffd(self, i64 proc, i64 slot) -> bool:
+        return self.s().procs[proc].get().mm.get().slot_is_uffd(slot)
+
+    def table(self, i64 proc, i64 slot) -> tuple:
+        """(entries as bytes, huge) of one PTE table."""
+        cdef PteTable* t = self.s().procs[proc].get().mm.get().pte.find(slot)
+        if t == NULL:
+            raise KeyError(slot)
+        return bytes(t.e[:512]), t.huge
 
 
 cdef tuple _pass_tuple(PassResult& r):

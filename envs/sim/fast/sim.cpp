@@ -98,6 +98,7 @@ FileRef copy_file(std::map<const BackingFile*, FileRef>& files, const FileRef& f
 
 void Workload::remap(const std::vector<Process*>& by_index, const Simulation& old) {
   for (Process*& p : procs) p = by_index[(size_t)old.index_of(p)];
+  if (proc) proc = by_index[(size_t)old.index_of(proc)];
 }
 
 // --------------------------------------------------------------- simulation
@@ -112,7 +113,6 @@ Process* Simulation::spawn(const std::string& name, const std::string& family, b
   p->family = family;
   p->sane = sane;
   p->cpus = cpus;
-  if (recording) p->mm->logging = true;
   procs.push_back(std::move(p));
   return procs.back().get();
 }

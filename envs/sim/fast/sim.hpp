@@ -209,6 +209,8 @@ class Workload {
   std::string name, family;
   bool sane = true;
   std::vector<Process*> procs;
+  // The process a single-process workload drives (its latest one); re-pointed by remap.
+  Process* proc = nullptr;
   i64 start_tick = 0, stop_tick = 0;
 
   virtual ~Workload() = default;

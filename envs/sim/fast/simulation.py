@@ -116,11 +116,37 @@ def _split_config(config: Any) -> tuple[dict[str, float], dict[str, str]]:
     return num, text
 
 
+@dataclasses.dataclass(frozen=True)
+class _TableView:
+    """One PTE table as the offline oracle reads it (entries and huge state)."""
+
+    entries: bytes
+    huge: int
+
+
+class _PteView:
+    """``mm.pte[slot]`` of a compiled process."""
+
+    def __init__(self, proc: FastProcess) -> None:
+        self._p = proc
+
+    def __getitem__(self, slot: int) -> _TableView:
+        entries, huge = self._p._sim.core.table(self._p.index, slot)
+        return _TableView(entries, huge)
+
+
 class _MmView:
     """What callers read of a compiled process's address space."""
 
     def __init__(self, proc: FastProcess) -> None:
         self._p = proc
+        self.pte = _PteView(proc)
+
+    def tables_in_class(self, cls: TableClass) -> set[int]:
+        return self._p._sim.core.tables_in_class(self._p.index, int(cls))  # type: ignore[no-any-return]
+
+    def slot_is_uffd(self, slot: int) -> bool:
+        return bool(self._p._sim.core.slot_is_uffd(self._p.index, slot))
 
     @property
     def tables(self) -> int:
@@ -392,6 +418,39 @@ class FastSimulation:
     def reclaim_exact(self, p: FastProcess, slots: list[int],
                       classes: frozenset[TableClass]) -> PassResult:
         return self._pass(self.core.reclaim_exact(p.index, list(slots), _class_mask(classes)))
+
+    # -- the offline oracle --------------------------------------------------
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> FastSimulation:
+        """A copy that runs the same future (``copy.deepcopy`` of the reference)."""
+        c = FastSimulation.__new__(FastSimulation)
+        c.scenario = self.scenario
+        c.costs = self.costs
+        c.core = self.core.clone()
+        c.rng = self.rng  # unused by the core after construction
+        c.machine = FastMachine(c)
+        c._procs = []
+        c._history = list(self._history)
+        c._events = list(self._events)
+        c._touch_trace = None
+        return c
+
+    def record_touches(self) -> None:
+        """Start recording which PTE slots each process accesses, per tick."""
+        self.core.record_touches()
+
+    @property
+    def touch_trace(self) -> dict[str, dict[int, list[int]]] | None:
+        """Process name -> slot -> ticks it was accessed (as the reference keeps it)."""
+        out: dict[str, dict[int, list[int]]] = {}
+        for i, per_slot in enumerate(self.core.touch_trace()):
+            if not per_slot:
+                continue
+            merged = out.setdefault(self.procs[i].name, {})
+            for slot, ticks in per_slot.items():
+                # Processes sharing a name share the reference's lists: merge by tick.
+                merged[slot] = sorted(merged.get(slot, []) + ticks)
+        return out
 
     def set_hard_limit(self, p: FastProcess, limit_bytes: int | None) -> None:
         self.core.set_limit(p.index, True, limit_bytes)

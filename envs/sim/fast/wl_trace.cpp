@@ -70,7 +70,6 @@ class TraceWorkload : public Workload {
   std::shared_ptr<const TraceProgram> prog;
   double speed, offset_s;
   int end_mode;  // 0 exit, 1 idle, 2 loop
-  Process* proc = nullptr;
   Files files;
   i64 sample = -1;
   double t_first = 0;

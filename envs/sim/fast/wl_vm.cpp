@@ -62,7 +62,6 @@ class Hog : public Workload {
  public:
   int variant = 0;  // 0 write, 1 zeropage, 2 retouch
   i64 size_gib, tables_per_tick, stride_kib, retouch_per_tick, retouch_scan_per_tick;
-  Process* proc = nullptr;
   i64 size = 0, stride = 0, unit = 0, units = 0;
   bool write = false;
   i64 swept = 0, sweeps = 0, high = 0, expected = 0, missing = 0, probe = 0, probed = 0,
@@ -158,7 +157,6 @@ class Balloon : public Workload {
       deflate_batches_per_tick, report_kib, report_chunks_per_tick, hold_ticks, idle_ticks,
       cycles;
   double balloon_fraction, report_fraction;
-  Process* proc = nullptr;
   i64 size = 0, unit = 0, per_chunk = 0, n_chunks = 0;
   std::vector<int8_t> state;
   std::vector<uint8_t> ok_;  // scratch: which units a pick may choose
@@ -294,7 +292,6 @@ class Kdump : public Workload {
  public:
   i64 guest_mib, vcpus, warmup_mib_per_tick, keep_kib, dump_delay_ticks, dump_mib_per_tick;
   double written_fraction, resident_fraction, mixed_fraction;
-  Process* proc = nullptr;
   i64 size = 0, pos = 0, wait = 0;
   int phase = K_WARMUP;
 
