@@ -417,6 +417,7 @@ std::unique_ptr<Simulation> Simulation::clone(const std::vector<Rng>& workload_r
     w->sim = c.get();
     w->rng = workload_rngs[i];
     w->remap(by_index, *this);
+    w->rebind_files(files);
     c->workloads.push_back(std::move(w));
   }
   c->tick_no = tick_no;

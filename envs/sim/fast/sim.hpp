@@ -219,6 +219,10 @@ class Workload {
   virtual std::unique_ptr<Workload> clone() const = 0;
   // Re-point process pointers after a clone (old index -> new process).
   void remap(const std::vector<Process*>& by_index, const Simulation& old);
+  // Re-point the BackingFiles a workload holds itself after a clone: `files` maps each
+  // original file to its copy (the clones of the processes' mappings filled it), so a file
+  // shared by the workload and its processes stays one object in the copy.
+  virtual void rebind_files(std::map<const BackingFile*, FileRef>& files) { (void)files; }
 
  protected:
   Process* spawn(const std::string& suffix = "", i64 cpus = 1);
