@@ -293,19 +293,25 @@ i64 AddressSpace::uffd_unreclaimable() {
   if (uffd_cache[0] == table_version && uffd_cache[1] == class_version &&
       uffd_cache[2] == (i64)vmas.size())
     return uffd_cache[3];
-  std::set<i64> seen;
+  // VMAs are sorted and disjoint, so their slots come in ascending order and two VMAs
+  // can share only a boundary slot: counting each slot above the last one counted counts
+  // the distinct slots the reference's set holds.
+  i64 seen = 0, last = INT64_MIN;
   std::vector<i64> slots;
   for (const Vma* v : vmas) {
     if (!v->uffd) continue;
     slots.clear();
     pte_slots_in(v->start, v->end, slots);
-    for (i64 s : slots)
-      if (pte.at(s).cls != C_PINNED) seen.insert(s);
+    for (i64 sl : slots)
+      if (sl > last && pte.at(sl).cls != C_PINNED) {
+        seen++;
+        last = sl;
+      }
   }
   uffd_cache[0] = table_version;
   uffd_cache[1] = class_version;
   uffd_cache[2] = (i64)vmas.size();
-  uffd_cache[3] = (i64)seen.size();
+  uffd_cache[3] = seen;
   return uffd_cache[3];
 }
 
