@@ -19,6 +19,7 @@ run here on their own.
 from __future__ import annotations
 
 import dataclasses
+import random
 from typing import Any
 
 import numpy as np
@@ -234,6 +235,43 @@ def test_allocator_hard_limits(action: str) -> None:
         assert problem == "", f"seed {seed}: {problem}"
         word = "throttled" if action == "throttle" else "exits: over its page-table hard limit"
         assert any(word in text for _, text in events)
+
+
+def _random_scenario(r: random.Random) -> ScenarioConfig:
+    """One to three allocators with parameters drawn across their ranges (plus, sometimes,
+    a hog and a small box): combinations the hand-made cases above do not make."""
+    specs = []
+    for _ in range(r.randint(1, 3)):
+        start = r.choice([0, 0, 3])
+        specs.append(_alloc(
+            start_tick=start, stop_tick=r.choice([0, 0, start + 50]),
+            variant=r.choice(["jemalloc", "glibc", "v8", "jvm"]),
+            heap_mib=r.choice([10, 24, 96, 200]), fill_ticks=r.randint(1, 12),
+            churn_ticks=r.randint(0, 30), free_ticks=r.randint(1, 8), idle_ticks=r.randint(0, 8),
+            cycles=r.choice([0, 0, 1, 2]), churn_fraction=r.choice([0.0, 0.01, 0.1, 0.4]),
+            keep_fraction=r.choice([0.0, 0.02, 0.3, 0.9, 1.0]),
+            extent_kib=r.choice([4, 96, 128, 2048]), tables_per_tick=r.choice([4, 5, 16, 64, 300]),
+            calls_per_tick=r.choice([4, 5, 8, 32, 200]), threads=r.choice([1, 4, 16]),
+            decay_ticks=r.choice([0, 1, 3, 10]), arenas=r.choice([1, 2, 3, 8]),
+            trim_every=r.choice([0, 1, 2, 7]), page_kib=r.choice([4, 64, 256, 2048]),
+            spread_gib=r.choice([1, 2, 64, 65536]), uncommit=r.choice(["remap", "dontneed"]),
+            initial_mib=r.choice([0, 8, 64, 1000]), max_free_ratio=r.choice([0.0, 0.3, 0.7, 0.95])))
+    if r.random() < 0.3:
+        specs.append(WorkloadSpec("hog", params={"variant": r.choice(["write", "retouch"]),
+                                                 "size_gib": 32}))
+    return _scenario(*specs, ticks=80, pt_reclaim=r.random() < 0.5,
+                     lock=r.choice(["mmap_write", "pmd_lock"]), jitter=r.choice([0.0, 0.2]),
+                     machine=r.choice([MachineConfig(), _SMALL_BOX]))
+
+
+def test_random_allocator_configs() -> None:
+    """Thirty-two seeded random configurations (jitter cannot take these out of range)."""
+    r = random.Random(13)
+    for k in range(32):
+        scenario = _random_scenario(r)
+        seed = r.randint(0, 10**6)
+        problem = compare_simulations(scenario, seed, reclaim_every=r.choice([1, 3, 7]))
+        assert problem == "", f"configuration {k} ({scenario.workloads}), seed {seed}: {problem}"
 
 
 _SHIPPED = {
