@@ -120,7 +120,7 @@ class SlotEngine : public Engine {
 
   bool write(i64 s, i64 lo, i64 hi, Budget& b) {
     if (b.calls <= 0) return false;
-    bool fresh = mm->pte.find((BASE >> PTE_SHIFT) + s) == mm->pte.end();
+    bool fresh = !mm->pte.count((BASE >> PTE_SHIFT) + s);
     if (fresh && b.tables <= 0) return false;
     mm->touch(addr(s) + lo * PAGE, (hi - lo) * PAGE, true);
     b.calls -= 1;
@@ -392,7 +392,7 @@ class Glibc : public SlotEngine {
     i64 s0 = h.top / ENTRIES, s1 = ceil_div(new_top, ENTRIES);
     i64 first = (BASE >> PTE_SHIFT) + h.lo;
     i64 missing = 0;
-    for (i64 s = s0; s < s1; s++) missing += mm->pte.find(first + s) == mm->pte.end();
+    for (i64 s = s0; s < s1; s++) missing += !mm->pte.count(first + s);
     b.tables -= missing;
     mm->touch(a + h.top * PAGE, (new_top - h.top) * PAGE, true);
     b.calls -= 1;
@@ -654,7 +654,7 @@ class Jvm : public Engine {
     i64 first = addr(r0) >> PTE_SHIFT;
     i64 last = (addr(r1) - 1) >> PTE_SHIFT;
     i64 k = 0;
-    for (i64 s = first; s <= last; s++) k += mm->pte.find(s) == mm->pte.end();
+    for (i64 s = first; s <= last; s++) k += !mm->pte.count(s);
     return k;
   }
 
@@ -748,7 +748,6 @@ class Jvm : public Engine {
 class Allocator : public Workload {
  public:
   Config c;
-  Process* proc = nullptr;
   std::unique_ptr<Engine> engine;
   i64 heap_pages = 0;
   bool has_t0 = false;
@@ -783,7 +782,6 @@ class Allocator : public Workload {
   Allocator(const Allocator& o)
       : Workload(o),
         c(o.c),
-        proc(o.proc),
         engine(o.engine ? o.engine->clone() : nullptr),
         heap_pages(o.heap_pages),
         has_t0(o.has_t0),
