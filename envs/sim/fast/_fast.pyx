@@ -883,3 +883,27 @@ cdef class EnvStep:
     def most_suspicious(self):
         cdef Process* p = self.core.most_suspicious()
         return None if p == NULL else self.simcore.s().index_of(p)
+
+
+def step_batch(list steps, cnp.ndarray[cnp.int64_t, ndim=2, mode="c"] actions,
+               cnp.ndarray[cnp.float32_t, ndim=2, mode="c"] obs,
+               cnp.ndarray[cnp.float64_t, ndim=1, mode="c"] rewards,
+               cnp.ndarray[cnp.uint8_t, ndim=1, mode="c"] truncated) -> None:
+    """One decision in each of several compiled envs, in one call (the batched vector
+    env): row i of ``actions`` goes to ``steps[i]``; observations, rewards and truncation
+    flags are written to row/element i.  Actions must already be inside the space."""
+    cdef i64 n = len(steps), i
+    cdef EnvStep st
+    cdef cbool tr
+    cdef i64 k = actions.shape[1]
+    cdef i64 width = obs.shape[1]
+    cdef const i64* a = <const i64*>cnp.PyArray_DATA(actions)
+    cdef float* o = <float*>cnp.PyArray_DATA(obs)
+    cdef double* r = <double*>cnp.PyArray_DATA(rewards)
+    cdef unsigned char* t = <unsigned char*>cnp.PyArray_DATA(truncated)
+    for i in range(n):
+        st = <EnvStep>steps[i]
+        tr = False
+        r[i] = st.core.step(a + i * k, k, o + i * width, <double*>cnp.PyArray_DATA(st.terms),
+                            &tr)
+        t[i] = tr
