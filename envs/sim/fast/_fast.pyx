@@ -48,17 +48,21 @@ cdef extern from "pagetable.hpp" namespace "ptfast":
         T* find(i64 slot)
         void slots_in(i64 lo, i64 hi, vector[i64]& out)
 
+    cdef cppclass IndexSet:
+        size_t size()
+        vector[i64] all()
+
     cdef cppclass AddressSpace:
         cbool pt_reclaim
         cbool thp_disabled
         int thp_sysfs
         vector[Vma*] vmas
         SlotMap[PteTable] pte
-        cset[i64] pmd, pud
+        IndexSet pmd, pud
         Stats stats
         i64 cls_count[4]
         i64 rss_pages
-        unordered_map[i64, i64] reclaimed
+        SlotMap[i64] reclaimed
         i64 table_version
         i64 uffd_vmas
         i64 class_version
@@ -279,16 +283,22 @@ cdef class FastAddressSpace:
                       None if v.file.get() == NULL else <size_t>v.file.get(),
                       v.anon_vma or None, v.uffd or None) for v in m.vmas],
             "pte": tables,
-            "pmd": sorted(m.pmd),
-            "pud": sorted(m.pud),
+            "pmd": list(m.pmd.all()),
+            "pud": list(m.pud.all()),
             "stats": self.stats(),
             "class_counts": self.class_counts(),
             "rss_pages": m.rss_pages,
-            "reclaimed": sorted(dict(m.reclaimed).items()),
+            "reclaimed": self._reclaimed(),
             "table_version": m.table_version,
             "class_version": m.class_version,
             "uffd_vmas": m.uffd_vmas,
         }
+
+    cdef list _reclaimed(self):
+        cdef vector[i64] slots
+        cdef AddressSpace* m = self.mm()
+        m.reclaimed.slots_in(-(1 << 62), 1 << 62, slots)
+        return [(s, m.reclaimed.find(s)[0]) for s in slots]
 
     # -- system calls
     def mmap(self, i64 addr, i64 length, *, str kind="anon", bint shared=False, i64 prot=3,

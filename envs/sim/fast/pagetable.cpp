@@ -51,14 +51,6 @@ inline i64 extent_of(i64 old_addr, i64 new_addr, i64 old_end, i64 size) {
   return std::min(extent, size - (new_addr & (size - 1)));
 }
 
-// pagetable._indices_in: sorted members of `tables` in [lo, hi].
-std::vector<i64> indices_in(const std::set<i64>& tables, i64 lo, i64 hi) {
-  std::vector<i64> out;
-  for (auto it = tables.lower_bound(lo); it != tables.end() && *it <= hi; ++it)
-    out.push_back(*it);
-  return out;
-}
-
 i64 g_anon_vma_ids = 0;
 
 }  // namespace
@@ -349,7 +341,7 @@ std::string AddressSpace::check_invariants() const {
     if (counts[k] != cls_count[k]) return "class counts out of date";
   if (rss != rss_pages) return "rss_pages out of date";
   if (huge != huge_tables) return "huge_tables out of date";
-  for (i64 p : pmd)
+  for (i64 p : pmd.all())
     if (!pud.count(p >> (PUD_SHIFT - PMD_SHIFT))) return "PMD table without PUD";
   return "";
 }
@@ -357,8 +349,8 @@ std::string AddressSpace::check_invariants() const {
 // ------------------------------------------------------- table bookkeeping
 
 void AddressSpace::ensure_upper(i64 addr) {
-  if (pud.insert(addr >> PUD_SHIFT).second) stats.upper_allocated++;
-  if (pmd.insert(addr >> PMD_SHIFT).second) stats.upper_allocated++;
+  if (pud.insert(addr >> PUD_SHIFT)) stats.upper_allocated++;
+  if (pmd.insert(addr >> PMD_SHIFT)) stats.upper_allocated++;
 }
 
 PteTable& AddressSpace::ensure_pte(i64 slot) {
@@ -368,11 +360,10 @@ PteTable& AddressSpace::ensure_pte(i64 slot) {
   cls_count[C_EMPTY]++;
   stats.pte_allocated++;
   table_version++;
-  auto r = reclaimed.find(slot);
-  if (r != reclaimed.end()) {
+  if (const i64* r = reclaimed.find(slot)) {
     stats.refault_tables++;
-    stats.refault_entries += r->second;
-    reclaimed.erase(r);
+    stats.refault_entries += *r;
+    reclaimed.erase(slot);
   }
   return t;
 }
@@ -498,8 +489,8 @@ void AddressSpace::free_pgtables(i64 start, i64 end) {
     if ((slot << PTE_SHIFT) >= floor && ((slot + 1) << PTE_SHIFT) <= ceiling) free_pte(slot);
   for (int level = 0; level < 2; level++) {
     int shift = level == 0 ? PMD_SHIFT : PUD_SHIFT;
-    std::set<i64>& tables = level == 0 ? pmd : pud;
-    for (i64 idx : indices_in(tables, start >> shift, (end - 1) >> shift)) {
+    IndexSet& tables = level == 0 ? pmd : pud;
+    for (i64 idx : tables.indices_in(start >> shift, (end - 1) >> shift)) {
       if ((idx << shift) >= floor && ((idx + 1) << shift) <= ceiling) {
         tables.erase(idx);
         stats.upper_freed++;
@@ -1226,7 +1217,7 @@ void AddressSpace::move_page_tables(Vma* old, Vma* nw, i64 old_addr, i64 new_add
     old_addr &= ~(PTE_SPAN - 1);
     new_addr &= ~(PTE_SPAN - 1);
   }
-  std::vector<i64> spans = indices_in(pmd, old_addr >> PMD_SHIFT, (old_end - 1) >> PMD_SHIFT);
+  std::vector<i64> spans = pmd.indices_in(old_addr >> PMD_SHIFT, (old_end - 1) >> PMD_SHIFT);
   while (old_addr < old_end) {
     i64 extent = extent_of(old_addr, new_addr, old_end, PMD_SPAN);
     if (!pmd.count(old_addr >> PMD_SHIFT)) {
@@ -1237,7 +1228,7 @@ void AddressSpace::move_page_tables(Vma* old, Vma* nw, i64 old_addr, i64 new_add
       new_addr += skip;
       continue;
     }
-    if (pud.insert(new_addr >> PUD_SHIFT).second) stats.upper_allocated++;
+    if (pud.insert(new_addr >> PUD_SHIFT)) stats.upper_allocated++;
     if (extent == PMD_SPAN && !pmd.count(new_addr >> PMD_SHIFT)) {
       move_pmd_table(old_addr, new_addr);
       old_addr += extent;
@@ -1252,7 +1243,7 @@ void AddressSpace::move_page_tables(Vma* old, Vma* nw, i64 old_addr, i64 new_add
       new_addr += extent;
       continue;
     }
-    if (pmd.insert(new_addr >> PMD_SHIFT).second) stats.upper_allocated++;
+    if (pmd.insert(new_addr >> PMD_SHIFT)) stats.upper_allocated++;
     i64 nslot = new_addr >> PTE_SHIFT;
     if (extent == PTE_SPAN && !pte.count(nslot)) {
       PteTable t = free_pte_quiet(oslot);
@@ -1306,9 +1297,9 @@ std::unique_ptr<AddressSpace> AddressSpace::fork() {
     child->vmas.push_back(c);
     if (c->file) c->file->mappers.insert(child.get());
     if ((v->flags & VM_WIPEONFORK) || !(v->anon_vma || (v->flags & VM_MAYBE_GUARD))) continue;
-    for (i64 idx : indices_in(pud, v->start >> PUD_SHIFT, (v->end - 1) >> PUD_SHIFT))
+    for (i64 idx : pud.indices_in(v->start >> PUD_SHIFT, (v->end - 1) >> PUD_SHIFT))
       child->pud.insert(idx);
-    for (i64 idx : indices_in(pmd, v->start >> PMD_SHIFT, (v->end - 1) >> PMD_SHIFT))
+    for (i64 idx : pmd.indices_in(v->start >> PMD_SHIFT, (v->end - 1) >> PMD_SHIFT))
       child->pmd.insert(idx);
     slots.clear();
     pte_slots_in(v->start, v->end, slots);
@@ -1356,7 +1347,7 @@ i64 AddressSpace::reclaim_table(i64 slot, unsigned allowed_mask) {
   if (t.cls == C_PINNED || !(allowed_mask & (1u << t.cls)) || slot_is_uffd(slot)) return -1;
   i64 zapped = t.huge ? ENTRIES : ENTRIES - t.count(E_NONE);
   free_pte(slot);
-  reclaimed[slot] = zapped;
+  reclaimed.emplace(slot).first = zapped;
   return zapped;
 }
 

@@ -134,11 +134,12 @@ class AddressSpace {
   int thp_sysfs = 1;  // 0 never, 1 madvise, 2 always
   std::vector<Vma*> vmas;
   SlotMap<PteTable> pte;
-  std::set<i64> pmd, pud;
+  IndexSet pmd, pud;
   Stats stats;
   i64 cls_count[4] = {0, 0, 0, 0};
   i64 rss_pages = 0;
-  std::unordered_map<i64, i64> reclaimed;
+  // Slots freed by an out-of-line reclaimer -> zero/file entries it zapped.
+  SlotMap<i64> reclaimed;
   i64 table_version = 0;
   i64 uffd_vmas = 0;
   i64 class_version = 0;

@@ -9,6 +9,7 @@
 // Python model's sorted-dict walks give, with memory locality.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <deque>
 #include <map>
@@ -165,6 +166,68 @@ class SlotMap {
   size_t n_ = 0;
   mutable i64 cache_key_ = INT64_MIN;
   mutable Node* cache_ = nullptr;
+};
+
+}  // namespace ptfast
+
+namespace ptfast {
+
+// A set of non-negative indices (PMD and PUD table indices) as a bitmap: membership in
+// O(1), ascending walks over a range in word steps.
+class IndexSet {
+ public:
+  using i64 = int64_t;
+
+  size_t size() const { return n_; }
+  size_t count(i64 i) const {
+    size_t w = (size_t)(i >> 6);
+    return w < bits_.size() && ((bits_[w] >> (i & 63)) & 1);
+  }
+  // True when i was not in the set.
+  bool insert(i64 i) {
+    size_t w = (size_t)(i >> 6);
+    if (w >= bits_.size()) bits_.resize(w + 1, 0);
+    uint64_t m = uint64_t{1} << (i & 63);
+    if (bits_[w] & m) return false;
+    bits_[w] |= m;
+    n_++;
+    return true;
+  }
+  void erase(i64 i) {
+    size_t w = (size_t)(i >> 6);
+    if (w >= bits_.size()) return;
+    uint64_t m = uint64_t{1} << (i & 63);
+    if (bits_[w] & m) {
+      bits_[w] &= ~m;
+      n_--;
+    }
+  }
+  void clear() {
+    bits_.clear();
+    n_ = 0;
+  }
+  // Ascending members in [lo, hi].
+  std::vector<i64> indices_in(i64 lo, i64 hi) const {
+    std::vector<i64> out;
+    if (lo < 0) lo = 0;
+    if (hi < lo || bits_.empty()) return out;
+    i64 last_word = std::min<i64>(hi >> 6, (i64)bits_.size() - 1);
+    for (i64 w = lo >> 6; w <= last_word; w++) {
+      uint64_t b = bits_[(size_t)w];
+      if (w == (lo >> 6)) b &= ~uint64_t{0} << (lo & 63);
+      if (w == (hi >> 6) && (hi & 63) != 63) b &= (uint64_t{1} << ((hi & 63) + 1)) - 1;
+      while (b) {
+        out.push_back((w << 6) + __builtin_ctzll(b));
+        b &= b - 1;
+      }
+    }
+    return out;
+  }
+  std::vector<i64> all() const { return indices_in(0, (i64)bits_.size() * 64 - 1); }
+
+ private:
+  std::vector<uint64_t> bits_;
+  size_t n_ = 0;
 };
 
 }  // namespace ptfast
