@@ -8,6 +8,7 @@ and the differential tests can compare the two models op by op.
 """
 
 from libc.stdint cimport int64_t, uint8_t
+from libc.string cimport memcpy
 from libcpp cimport bool as cbool
 from libcpp.memory cimport shared_ptr, unique_ptr, make_shared
 from libcpp.string cimport string
@@ -517,23 +518,18 @@ def callback_counts() -> tuple:
 
 cdef void _py_choice(void* gen, const i64* cand, i64 n, i64 k, i64* out) noexcept:
     global _n_choice
-    cdef i64 i
     _n_choice += 1
     arr = np.empty(n, dtype=np.int64)
-    for i in range(n):
-        arr[i] = cand[i]
-    res = (<object>gen).choice(arr, size=k, replace=False)
-    for i in range(k):
-        out[i] = res[i]
+    memcpy(cnp.PyArray_DATA(arr), cand, n * sizeof(i64))
+    res = np.ascontiguousarray((<object>gen).choice(arr, size=k, replace=False), dtype=np.int64)
+    memcpy(out, cnp.PyArray_DATA(res), k * sizeof(i64))
 
 
 cdef void _py_permutation(void* gen, i64 n, i64* out) noexcept:
     global _n_permutation
-    cdef i64 i
     _n_permutation += 1
-    res = (<object>gen).permutation(n)
-    for i in range(n):
-        out[i] = res[i]
+    res = np.ascontiguousarray((<object>gen).permutation(n), dtype=np.int64)
+    memcpy(out, cnp.PyArray_DATA(res), n * sizeof(i64))
 
 
 g_py_choice = _py_choice

@@ -124,17 +124,82 @@ void PteTable::recount() {
   n[4] = (uint16_t)(ENTRIES - n[0] - n[1] - n[2] - n[3]);
 }
 
+namespace {
+// Entries of e[i:j] per kind bucket (none, anon, zero, file, other).
+inline void range_hist(const uint8_t* e, i64 i, i64 j, int h[5]) {
+  int c0 = 0, c1 = 0, c2 = 0, c3 = 0;
+  i64 k = i;
+#ifdef __SSE2__
+  // 16 bytes at a time; a range is at most 512 bytes, so byte lanes (<= 32) never wrap.
+  const __m128i z = _mm_setzero_si128(), k1 = _mm_set1_epi8(1), k2 = _mm_set1_epi8(2),
+                k3 = _mm_set1_epi8(3);
+  __m128i a0 = z, a1 = z, a2 = z, a3 = z;
+  for (; k + 16 <= j; k += 16) {
+    __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(e + k));
+    a0 = _mm_sub_epi8(a0, _mm_cmpeq_epi8(x, z));
+    a1 = _mm_sub_epi8(a1, _mm_cmpeq_epi8(x, k1));
+    a2 = _mm_sub_epi8(a2, _mm_cmpeq_epi8(x, k2));
+    a3 = _mm_sub_epi8(a3, _mm_cmpeq_epi8(x, k3));
+  }
+  auto hsum = [&](__m128i a) {
+    __m128i t = _mm_sad_epu8(a, z);
+    return _mm_cvtsi128_si32(t) + _mm_cvtsi128_si32(_mm_srli_si128(t, 8));
+  };
+  c0 = hsum(a0);
+  c1 = hsum(a1);
+  c2 = hsum(a2);
+  c3 = hsum(a3);
+#endif
+  for (; k < j; k++) {
+    const uint8_t x = e[k];
+    c0 += x == 0;
+    c1 += x == 1;
+    c2 += x == 2;
+    c3 += x == 3;
+  }
+  h[0] = c0;
+  h[1] = c1;
+  h[2] = c2;
+  h[3] = c3;
+  h[4] = (int)(j - i) - c0 - c1 - c2 - c3;
+}
+}  // namespace
+
 void PteTable::set_range(i64 i, i64 j, i64 step, uint8_t v) {
   if (j <= i) return;
-  if ((j - i) / step < RECOUNT_AT) {
+  if (step == 1 && i == 0 && j == ENTRIES) {
+    fill(v);
+    return;
+  }
+  if (step != 1 || j - i < RECOUNT_AT) {
     for (i64 k = i; k < j; k += step) set(k, v);
     return;
   }
-  if (step == 1)
-    std::memset(e + i, v, (size_t)(j - i));
-  else
-    for (i64 k = i; k < j; k += step) e[k] = v;
-  recount();
+  int h[5];
+  range_hist(e, i, j, h);
+  for (int b = 0; b < 5; b++) n[b] = (uint16_t)(n[b] - h[b]);
+  n[bucket(v)] = (uint16_t)(n[bucket(v)] + (j - i));
+  std::memset(e + i, v, (size_t)(j - i));
+}
+
+void PteTable::replace_range(i64 i, i64 j, i64 step, uint8_t from, uint8_t to) {
+  if (j <= i || from == to) return;
+  int c = 0;
+  if (step == 1) {
+    for (i64 k = i; k < j; k++) {
+      const uint8_t x = e[k];
+      c += x == from;
+      e[k] = x == from ? to : x;
+    }
+  } else {
+    for (i64 k = i; k < j; k += step)
+      if (e[k] == from) {
+        e[k] = to;
+        c++;
+      }
+  }
+  n[bucket(from)] = (uint16_t)(n[bucket(from)] - c);
+  n[bucket(to)] = (uint16_t)(n[bucket(to)] + c);
 }
 
 void PteTable::xlate_range(i64 i, i64 j, i64 step, const uint8_t* tab) {
@@ -467,7 +532,10 @@ void AddressSpace::zap(i64 start, i64 end, bool reclaim, bool drop_markers) {
       continue;
     }
     i64 i = (a - base) >> PAGE_SHIFT, j = (b - base) >> PAGE_SHIFT;
-    t.xlate_range(i, j, 1, table);
+    if (drop_markers || t.n[4] == 0)
+      t.set_range(i, j, 1, E_NONE);  // nothing survives a zap: only 0..3 are present
+    else
+      t.xlate_range(i, j, 1, table);
     if (reclaim && full && pt_reclaim) {
       if (t.n[E_NONE] == ENTRIES) {
         free_pte(slot);
@@ -706,7 +774,7 @@ int AddressSpace::fault_range(Vma* v, i64 start, i64 end, i64 stride, bool write
           if (write)
             t->set_range(i0, stop, istep, (uint8_t)target);
           else
-            t->xlate_range(i0, stop, istep, xlate->t);
+            t->replace_range(i0, stop, istep, E_NONE, xlate->t[E_NONE]);
           if (target == E_ANON && !v->anon_vma) anon_vma_prepare(v);
         }
         reclass(slot, *t);
@@ -716,7 +784,7 @@ int AddressSpace::fault_range(Vma* v, i64 start, i64 end, i64 stride, bool write
       if (write)
         t->set_range(i0, i1, istep, (uint8_t)target);
       else
-        t->xlate_range(i0, i1, istep, xlate->t);
+        t->replace_range(i0, i1, istep, E_NONE, xlate->t[E_NONE]);
       if (target == E_ANON && !v->anon_vma) anon_vma_prepare(v);
     } else {
       for (i64 p : pages) {

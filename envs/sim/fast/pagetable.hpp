@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <set>
@@ -109,10 +110,23 @@ struct PteTable {
   void set_range(i64 i, i64 j, i64 step, uint8_t v);
   // e[k] = tab[e[k]] for k in range(i, j, step).
   void xlate_range(i64 i, i64 j, i64 step, const uint8_t* tab);
+  // e[k] = to where e[k] == from, for k in range(i, j, step): the translations that change
+  // one kind only (read faults, dropping page cache or guard markers).
+  void replace_range(i64 i, i64 j, i64 step, uint8_t from, uint8_t to);
   void fill(uint8_t v);
   // e[i:j] = src.e[i:j]
   void copy_range(const PteTable& src, i64 i, i64 j);
 };
+
+template <>
+inline void reset_value<PteTable>(PteTable& t) {
+  std::memset(t.e, 0, ENTRIES);
+  t.huge = HUGE_NONE;
+  t.cls = C_EMPTY;
+  t.rss = 0;
+  t.n[0] = ENTRIES;
+  t.n[1] = t.n[2] = t.n[3] = t.n[4] = 0;
+}
 
 struct Stats {
   i64 pte_allocated = 0, pte_freed = 0, upper_allocated = 0, upper_freed = 0,

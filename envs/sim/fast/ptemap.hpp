@@ -18,6 +18,12 @@
 
 namespace ptfast {
 
+// Return a recycled pool element to its default state (PteTable resets in place).
+template <class T>
+inline void reset_value(T& v) {
+  v = T();
+}
+
 template <class Table>
 class SlotMap {
  public:
@@ -62,7 +68,7 @@ class SlotMap {
     if (!free_.empty()) {
       idx = free_.back();
       free_.pop_back();
-      pool_[(size_t)idx] = Table();
+      reset_value(pool_[(size_t)idx]);
     } else {
       idx = (int32_t)pool_.size();
       pool_.emplace_back();
