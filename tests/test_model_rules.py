@@ -813,8 +813,27 @@ def test_r17_mremap_dontunmap() -> None:
     mm.mlock(BASE, 2 * MiB)
     assert mm.mremap(BASE, 2 * MiB, 2 * MiB, BASE + 4 * MiB, dontunmap=True) is None
     src, dst = mm.vmas
-    assert src.flags == RW and src.anon_vma is None
+    # The source keeps VM_ACCOUNT (stable fix "mm/mremap: correctly account old
+    # mapping after MREMAP_DONTUNMAP remap"); only VM_LOCKED is cleared.
+    assert src.flags == ANON_RW and src.anon_vma is None
     assert dst.flags == ANON_RW | VM_LOCKED and dst.anon_vma is not None
+
+
+def test_r17_dontunmap_source_keeps_vm_account() -> None:
+    """An accountable mapping placed next to a DONTUNMAP source merges with it, so a
+    later move takes both as one VMA: the partial last table of the first part is
+    moved whole instead of copied (kernel: +8, two VMAs would give +12)."""
+    script = parse_text("""
+mmap 5 anon private 8M+624K
+touch 5 0 8M+624K write 128K
+mremap 5 0 8M+624K 8M+624K 6 78M dontunmap
+mmap 5 anon private 100M+836K 8M+624K
+maps
+mremap 5 0 109M+436K 109M+436K 7 116M dontunmap
+""")
+    out = replay(script, check=True)
+    assert [o.delta_kib for o in out] == [0, 28, 40, 40, 40, 48]
+    assert out[4].maps == ("5 0 112052 rw-p", "6 79872 88688 rw-p")
 
 
 FORK_CASES = {

@@ -1441,7 +1441,11 @@ class AddressSpace:
         v = found
         self._move_page_tables(v, new, addr, new_addr, old_len)
         if dontunmap:
-            v.flags &= ~(VM_LOCKED | VM_ACCOUNT)  # R17
+            # R17, as amended by the stable fix "mm/mremap: correctly account old
+            # mapping after MREMAP_DONTUNMAP remap" (in this 6.18): dontunmap_complete()
+            # clears VM_LOCKED only; the source keeps VM_ACCOUNT (and so still merges
+            # with a new accountable neighbour).
+            v.flags &= ~VM_LOCKED
             if addr == v.start and addr + old_len == v.end and new is not v:
                 v.anon_vma = None
         else:
