@@ -808,10 +808,11 @@ class AddressSpace:
                     continue
             t = self._ensure_pte(slot)
             e = t.entries
-            if fits and write and not cow and not any(e):
-                # finish_fault() maps the whole large folio when it fits the
-                # VMA and the table and its entries are all none.
-                e[:] = bytes([E_FILE]) * ENTRIES
+            # A PMD-sized folio that fits this table is PTE-mapped whole once a
+            # fault in the slot succeeds: by fault-around for a read (every none
+            # entry: filemap_map_folio_range()), by finish_fault() for a shared
+            # write into an all-none table.  A COW write maps its copy only.
+            whole = fits and not cow and (not write or not any(e))
             # shmem allocates the page of every successful fault in its cache.
             cache = v.file if v.file is not None and v.file.kind == "shmem" else None
             fpage = v.pgoff + ((base - v.start) >> PAGE_SHIFT)
@@ -827,6 +828,8 @@ class AddressSpace:
                             self._anon_vma_prepare(v)
                         if cache is not None:
                             cache.cache_pages(fpage + idx.start, idx.step, g)
+                        if whole:
+                            e[:] = e.translate(_READ_FILE)
                     self._reclass(slot, t)
                     return base + (stop << PAGE_SHIFT), "SIGSEGV"
                 e[idx] = bytes([target]) * len(view) if write else view.translate(xlate)
@@ -835,8 +838,10 @@ class AddressSpace:
                 if cache is not None:
                     cache.cache_pages(fpage + idx.start, idx.step, len(view))
             else:
-                for p in pages:
+                for k, p in enumerate(pages):
                     if e[p] in MARKERS:
+                        if whole and k:
+                            e[:] = e.translate(_READ_FILE)
                         self._reclass(slot, t)
                         return base + (p << PAGE_SHIFT), "SIGSEGV"
                     e[p] = xlate[e[p]] if xlate is not None else target
@@ -844,6 +849,8 @@ class AddressSpace:
                         self._anon_vma_prepare(v)
                     if cache is not None:
                         cache.cache_pages(fpage + p, 1, 1)
+            if whole:
+                e[:] = e.translate(_READ_FILE)
             self._reclass(slot, t)
             self.stats.faults += n
             addr = last + stride
