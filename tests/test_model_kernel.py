@@ -117,6 +117,23 @@ def test_compare_flags_exactly_the_differing_ops() -> None:
     assert [i for i, _, _ in d.diffs] == [2, 5, 6]
 
 
+@needs_kernel
+@pytest.mark.kernel
+def test_cli_compare_generated_thp_families() -> None:
+    r = _cli("compare", "-q", "--generated", "6", "--seed", "3", "--thp",
+             "--families", "file,virtio_mem")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.startswith("6 of 6 scripts match")
+
+
+def test_cli_bad_families_is_one_line() -> None:
+    r = _cli("compare", "--generated", "4", "--families", "file,nope")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "unknown family 'nope'" in r.stderr and "allocator" in r.stderr
+    r = _cli("compare", "--generated", "4", "--thp", "--bogus")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--bogus" in r.stderr
+
+
 def test_cli_bad_input_is_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.script"
     bad.write_text("mmap 0 anon private 4M\ntouch 0 0 4M scribble\n")
