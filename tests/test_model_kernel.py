@@ -37,7 +37,7 @@ def _corpus() -> list[tuple[str, str]]:
 
 
 def test_experiments_are_all_shipped() -> None:
-    assert len(EXPERIMENTS) == 51
+    assert len(EXPERIMENTS) == 53
     for s in EXPERIMENTS:
         assert s.with_suffix(".expected").exists()
 
@@ -101,7 +101,7 @@ def test_cli_kernel_and_compare() -> None:
     assert r.stdout == path.with_suffix(".expected").read_text()
     r = _cli("compare", *map(str, EXPERIMENTS))
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "51 of 51 scripts match" in r.stdout
+    assert "53 of 53 scripts match" in r.stdout
 
 
 @needs_kernel

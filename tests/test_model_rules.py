@@ -1219,6 +1219,21 @@ def test_r24_pte_mapped_folio_is_mapped_whole_and_split_when_partly_in_range() -
     """, thp=True)
 
 
+def test_r24_pmd_across_the_file_end() -> None:
+    expect("""
+     0         mmap 0 shmem shared 6M 2M
+    20         touch 0 2M 6M write 1M
+    20         truncate 0 3M+4K                # the end inside the folio of [4M,6M)
+    16         madvise 0 4M 2M COLLAPSE
+    16         touch 0 5M+512K 4K write        # inside the PMD: no fault
+    16         madvise 0 4M 2M DONTNEED
+    16/SIGBUS  touch 0 5M+128K 4K read         # window [5M+128K,...) past the end
+    16         touch 0 5M+60K 4K read          # window [5M,5M+64K): maps the PMD
+    16         madvise 0 4M 2M DONTNEED
+    16/SIGBUS  touch 0 5M+8K 4K write          # a write fault past the end
+    """, thp=True)
+
+
 def test_r24_state_rss_and_classes() -> None:
     """What a file THP PMD is in the model: a slot in ``file_thp`` (no PTE table, no
     reclaim class, 512 pages of RSS), over a chunk in its file's ``huge`` set."""
@@ -1348,8 +1363,8 @@ CLASS_CORPUS = _class_corpus()
 
 
 def test_class_corpus_covers_every_class_and_thp() -> None:
-    assert len(CLASS_CORPUS) == 51 + 60 + 12
-    assert sum(s.thp for _, s in CLASS_CORPUS) >= 12 + 3 + 7  # E43-E48, E50 are THP ones
+    assert len(CLASS_CORPUS) == 53 + 60 + 12
+    assert sum(s.thp for _, s in CLASS_CORPUS) >= 12 + 3 + 9  # E43-E48, E50-E52 are THP ones
 
 
 @pytest.mark.parametrize("name_script", CLASS_CORPUS, ids=[n for n, _ in CLASS_CORPUS])

@@ -61,6 +61,8 @@ KNOWN_FAILURES: dict[str, dict[int, str]] = {
         37: "madvise: EINVAL",   # an anon one
     },
     "E46_shmem_thp_split_vma": {16: "touch: SIGSEGV"},  # PROT_NONE
+    "E52_shmem_thp_past_eof": {6: "touch: SIGBUS",      # read, window past the end
+                               7: "touch: SIGBUS"},     # write fault past the end
 }
 
 #: The `maps` output recorded in RULES.md, per maps op, as "ID START_KIB END_KIB PERMS".

@@ -56,6 +56,9 @@ PUD_SPAN = 1 << PUD_SHIFT
 ENTRIES = 512
 TABLE_KIB = 4
 TASK_SIZE = 1 << 47  # 128 TiB: 4-level paging
+#: fault_around_bytes (mm/memory.c, default 64 KiB): a read fault maps the cached
+#: pages of this aligned window around it (do_fault_around()).
+FAULT_AROUND = 64 << 10
 
 # PTE entry states (one byte each).
 E_NONE, E_ANON, E_ZERO, E_FILE, E_SWAP, E_GUARD, E_UFFD_WP = range(7)
@@ -744,6 +747,7 @@ class AddressSpace:
             return addr, "SIGSEGV"  # access_error(): nothing allocated (R4)
         limit = end
         eof_error = None
+        eof = end
         if v.file is not None:
             eof = v.start + max(0, _page_align(v.file.size) - (v.pgoff << PAGE_SHIFT))
             if eof < limit:
@@ -855,11 +859,32 @@ class AddressSpace:
             self.stats.faults += n
             addr = last + stride
         if eof_error and addr < end:
+            addr = self._past_eof_file_thp(v, addr, end, stride, write, eof)
+        if eof_error and addr < end:
             self._ensure_upper(addr)  # the fault path allocated PUD/PMD first (R4)
             if write and not v.flags & VM_SHARED and v.anon_vma is None:
                 self._anon_vma_prepare(v)  # do_cow_fault() prepares it before ->fault fails
             return addr, eof_error
         return addr, None
+
+    def _past_eof_file_thp(self, v: Vma, addr: int, end: int, stride: int, write: bool,
+                           eof: int) -> int:
+        """shmem maps a PMD across i_size (R24): accesses past the file's end
+        inside a file THP's PMD do not fault, and a read whose fault-around
+        window starts before the end maps that PMD (filemap_map_pages() clips
+        its window at i_size, filemap_map_pmd() does not).  Returns the first
+        access left, which faults past the end (SIGBUS)."""
+        slot = addr >> PTE_SHIFT
+        base = slot << PTE_SHIFT
+        if slot not in self.file_thp:
+            window = max(addr & ~(FAULT_AROUND - 1), v.start)
+            if (write or window >= eof or slot in self.pte or self.thp_disabled
+                    or v.flags & VM_NOHUGEPAGE or not self._file_folio_fits(v, base)):
+                return addr
+            self._map_file_thp(slot)
+            self.stats.faults += 1
+        nxt = min(end, base + PTE_SPAN)
+        return addr + -(-(nxt - addr) // stride) * stride
 
     def touch(self, start: int, length: int, write: bool, stride: int = PAGE) -> str | None:
         """Access one byte every ``stride`` bytes of [start, start+length) in
