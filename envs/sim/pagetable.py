@@ -1171,7 +1171,7 @@ class AddressSpace:
             j = (min(b, base + PTE_SPAN) - base) >> PAGE_SHIFT
             entries = self.pte[slot].entries
             first = v.pgoff + ((base - v.start) >> PAGE_SHIFT)
-            hit = {(first + k) >> 9 for k in range(i, j) if entries[k] == E_FILE} & f.huge
+            hit = {(first + k) // ENTRIES for k in range(i, j) if entries[k] == E_FILE} & f.huge
             if not hit:
                 continue
             if (j - i == ENTRIES and self._file_folio_fits(v, base)
@@ -1273,8 +1273,9 @@ class AddressSpace:
         Unless the chunk is already huge (SCAN_PTE_MAPPED_HUGEPAGE), a chunk
         with no cached page stops the walk (SCAN_TRUNCATED); otherwise
         collapse_file() makes it huge, unmaps its old pages from every mapping
-        and retract_page_tables() frees the PTE table of every other aligned
-        mapping of it.  Then try_collapse_pte_mapped_thp() maps it here with a
+        and retract_page_tables() frees the PTE table of every aligned mapping
+        of it that allows it, this one included.  Then
+        try_collapse_pte_mapped_thp() maps it here with a
         PMD (set_huge_pmd() allocates missing PUD/PMD tables), freeing this
         slot's table unless it holds a marker (skip) or a page that is not the
         folio's, a COW copy (stop).
