@@ -1,7 +1,8 @@
 """Rule-by-rule tests of the page-table model (``envs/sim/pagetable.py``).
 
 Each test pins one rule of ``shared/kernel/RULES.md`` (R1..R23, measured on Linux
-6.18) so that a regression names the rule it broke.  The scripts are written
+6.18; R24, file THPs in the shmem page cache, is documented in the README's
+page-table model section) so that a regression names the rule it broke.  The scripts are written
 fresh (other offsets and sizes than the experiments in ``tests/data/kernel``);
 every expected number is derived by hand from the rules, with the arithmetic in
 a comment, and every script here was also replayed once on the live 6.18 kernel
@@ -10,7 +11,7 @@ with the oracle, which gave the same numbers.
 Layout of the file:
 
 1. VMA split and merge, directly on :class:`AddressSpace` (absolute addresses).
-2. One test per rule R1..R23 on op scripts: the expected VmPTE delta (KiB) of
+2. One test per rule R1..R24 on op scripts: the expected VmPTE delta (KiB) of
    every op is the first column of the table given to :func:`expect`.
 3. Reclaim-class counters after every op of every script, against an
    independent brute-force recount, plus targeted class cases.
@@ -813,8 +814,27 @@ def test_r17_mremap_dontunmap() -> None:
     mm.mlock(BASE, 2 * MiB)
     assert mm.mremap(BASE, 2 * MiB, 2 * MiB, BASE + 4 * MiB, dontunmap=True) is None
     src, dst = mm.vmas
-    assert src.flags == RW and src.anon_vma is None
+    # The source keeps VM_ACCOUNT (stable fix "mm/mremap: correctly account old
+    # mapping after MREMAP_DONTUNMAP remap"); only VM_LOCKED is cleared.
+    assert src.flags == ANON_RW and src.anon_vma is None
     assert dst.flags == ANON_RW | VM_LOCKED and dst.anon_vma is not None
+
+
+def test_r17_dontunmap_source_keeps_vm_account() -> None:
+    """An accountable mapping placed next to a DONTUNMAP source merges with it, so a
+    later move takes both as one VMA: the partial last table of the first part is
+    moved whole instead of copied (kernel: +8, two VMAs would give +12)."""
+    script = parse_text("""
+mmap 5 anon private 8M+624K
+touch 5 0 8M+624K write 128K
+mremap 5 0 8M+624K 8M+624K 6 78M dontunmap
+mmap 5 anon private 100M+836K 8M+624K
+maps
+mremap 5 0 109M+436K 109M+436K 7 116M dontunmap
+""")
+    out = replay(script, check=True)
+    assert [o.delta_kib for o in out] == [0, 28, 40, 40, 40, 48]
+    assert out[4].maps == ("5 0 112052 rw-p", "6 79872 88688 rw-p")
 
 
 FORK_CASES = {
@@ -1014,6 +1034,260 @@ def test_r23_effects_are_synchronous_and_deterministic() -> None:
         assert deltas("\n".join(lines[:k]) + "\n")[-1] == full[k - 1]
 
 
+# R24 (kept in the README's page-table model section; RULES.md stops at R23): a
+# PMD-sized folio in the shmem page cache is mapped with a PMD and no PTE table.
+
+
+def test_r24_fault_maps_a_huge_shmem_folio_with_a_pmd() -> None:
+    expect("""
+     0         mmap 0 shmem shared 6M 2M                   # file [0,6M) at [2M,8M)
+    20         touch 0 2M 6M write 1M                      # 3 PTE + PMD + PUD
+    12         madvise 0 2M 4M COLLAPSE                    # file [0,4M): 2 tables freed, 2 PMDs
+    12         touch 0 2M 4M read 64K                      # the PMDs map every page
+    12         madvise 0 4M 2M DONTNEED                    # unmapped; the folio stays huge
+    12         touch 0 5M 4K write                         # a shared write maps the PMD again
+    12         mmap 1 shmem shared 2M 4M fd=0 foff=2M      # aligned view of a huge folio
+    20         touch 1 4M 4K read                          # PUD + PMD, no PTE table
+    20         mmap 2 shmem shared 2M 6M fd=0 foff=2M+4K   # file offset not 2 MiB-aligned
+    32         touch 2 6M 4K read                          # PTEs
+    32         mmap 3 shmem private 4M 2M fd=0 foff=2M
+    40         touch 3 3M 4K read                          # a private read maps the PMD too
+    44         touch 3 3M 4K write                         # COW: PMD split, a table for the copy
+    48         touch 3 4M 4K write                         # COW on an unmapped THP: a table
+    48         mmap 4 shmem shared 2M 2M fd=0 nohugepage
+    60         touch 4 2M 4K read                          # VM_NOHUGEPAGE: PTEs
+    60         mmap 5 shmem shared 2M 2M fd=0
+    60         thp off
+    72         touch 5 2M 4K read                          # prctl(PR_SET_THP_DISABLE): PTEs
+    """, thp=True)
+
+
+def test_r24_collapse_of_shmem() -> None:
+    expect("""
+     0         mmap 0 shmem shared 8M 2M
+    20         touch 0 2M 6M write 512K      # 3 PTE + PMD + PUD
+    12         madvise 0 2M 4M DONTNEED      # 2 tables freed; the cache keeps the pages
+    12         madvise 0 2M 2M COLLAPSE      # cached pages are enough: PMD-mapped
+    12/EINVAL  madvise 0 8M 2M COLLAPSE      # nothing cached there: SCAN_TRUNCATED
+     8         madvise 0 4M 4M COLLAPSE      # [4M,6M) from the cache, [6M,8M) frees its table
+     8         mmap 1 shmem shared 4M 2M fd=0
+    16         madvise 1 2M 4M COLLAPSE      # huge already, no table: PUD + PMD allocated
+    16         mmap 2 shmem shared 4M 0
+    28         touch 2 0 4K write
+    24/EINVAL  madvise 2 0 4M COLLAPSE       # [0,2M) done, then [2M,4M) empty: stops
+    24         touch 2 0 2M read             # PMD-mapped
+    24         mmap 3 shmem private 4M 0
+    40         touch 3 0 4M read 1M          # 2 PTE + PMD + PUD
+    40         touch 3 2M 4K write           # a COW page in [2M,4M)
+    36/EINVAL  madvise 3 0 4M COLLAPSE       # [0,2M) done, [2M,4M): SCAN_FAIL
+    36         mmap 4 shmem shared 4M 0
+    52         touch 4 0 4M write 1M
+    52         madvise 4 2M+8K 4K GUARD_INSTALL
+    48/EINVAL  madvise 4 0 4M COLLAPSE       # [0,2M) done, the marker: skipped
+    48         mmap 5 shmem shared 2M+4K 1M
+    64         touch 5 1M 2M+4K write
+    64/EINVAL  madvise 5 1M 2M+4K COLLAPSE   # no aligned 2 MiB fits the VMA's end
+    """, thp=True)
+
+
+def test_r24_collapse_retracts_the_tables_of_other_mappings() -> None:
+    # collapse_file() unmaps the old pages everywhere; retract_page_tables() frees the
+    # table of every aligned mapping without anon_vma or VM_MAYBE_GUARD.
+    expect("""
+     0         mmap 0 shmem shared 2M 6M
+    12         touch 0 6M 2M write 256K
+    12         mmap 1 shmem shared 2M 2M fd=0              # aligned, shared
+    24         touch 1 2M 4K read
+    24         mmap 2 shmem private 2M 2M fd=0             # aligned, private, only read
+    36         touch 2 2M 4K read
+    36         mmap 3 shmem private 2M 2M fd=0             # written: anon_vma
+    48         touch 3 3M 4K write
+    48         mmap 4 shmem shared 2M 2M fd=0              # VM_MAYBE_GUARD (sticky)
+    60         touch 4 2M 4K read
+    60         madvise 4 3M 4K GUARD_INSTALL
+    60         madvise 4 3M 4K GUARD_REMOVE
+    60         mmap 5 shmem shared 2M 1M fd=0              # not 2 MiB-aligned
+    72         touch 5 1M 4K read
+    60         madvise 0 6M 2M COLLAPSE                    # ID0, ID1, ID2 lose their tables
+    60         touch 1 2M 2M read 256K                     # PMD-mapped
+    60         touch 2 2M 2M read 256K
+    """, thp=True)
+
+
+def test_r24_zaps_and_vma_splits_unmap_the_pmd() -> None:
+    expect("""
+     0         mmap 0 shmem shared 10M 2M
+    28         touch 0 2M 10M write 1M       # 5 PTE + PMD + PUD
+     8         madvise 0 2M 10M COLLAPSE
+     8         madvise 0 3M 1M DONTNEED      # partial zap: unmapped, still huge
+     8         touch 0 2M 4K read            # PMD again
+     8         madvise 0 4M 2M DONTNEED
+     8         touch 0 4M 4K read
+     8         mprotect 0 6M+1M 4K r         # a VMA boundary inside [6M,8M)
+    12         touch 0 6M 4K read            # PTEs
+    12         mprotect 0 6M+1M 4K rw        # merged again
+     8         madvise 0 6M 2M DONTNEED
+     8         touch 0 6M 4K read            # PMD
+     8         mprotect 0 8M 2M r            # the whole 2 MiB: the PMD stays
+     8         touch 0 8M 4K read
+     8         munmap 0 11M 1M               # partial munmap
+    12         touch 0 10M 4K read           # PTEs
+    12         mlock 0 2M 2M                 # the PMD maps it already
+    12         madvise 0 2M 2M DONTNEED_LOCKED
+    16         mlock 0 4M 1M                 # VMA split inside [4M,6M), then populated
+    """, thp=True)
+
+
+def test_r24_fork_copies_no_file_thp() -> None:
+    expect("""
+     0         mmap 0 shmem private 6M 2M
+    20         touch 0 2M 6M read 1M
+    12         madvise 0 2M 4M COLLAPSE
+     0         fork                          # no anon_vma: not copied
+    12         touch 0 7M 4K write           # anon_vma
+    12         fork                          # PUD + PMD + the table of [6M,8M) only
+    12         touch 0 2M 4M read 1M         # the parent's PMDs are still there
+    12         mmap 1 shmem shared 4M 2M
+    28         touch 1 2M 4M write 2M
+    20         madvise 1 2M 4M COLLAPSE
+    24         madvise 1 5M 4K GUARD_INSTALL # zaps one PMD; a table with a marker
+    24         fork                          # 12 (ID0) + 12 (ID1: PUD + PMD + 1 PTE)
+    """, thp=True)
+
+
+def test_r24_mremap_moves_or_splits_the_pmd() -> None:
+    expect("""
+     0         mmap 0 shmem shared 10M 2M
+    28         touch 0 2M 10M write 1M
+     8         madvise 0 2M 10M COLLAPSE
+    16         mremap 0 2M 2M 2M 1 2M        # aligned: the PMD moves; dst PUD + PMD
+    16         mremap 0 4M 2M 2M 1 6M+8K     # unaligned: split, no destination table
+    20         touch 1 6M+8K 4K read         # misaligned now: PTEs
+    28         mremap 0 6M 1M 1M 2 0         # half a THP: split; dst PUD + PMD
+    32         touch 2 0 4K read
+    36         touch 0 7M 4K read            # [7M,8M) alone: PTEs
+    36         mremap 0 8M 2M 2M 0 20M dontunmap
+    36         touch 0 8M 4K read            # the source faults the PMD in again
+    36         touch 0 20M 4K read
+    36         madvise 0 10M 2M PAGEOUT      # unmapped, not split
+    40         mremap 0 10M 2M 2M 3 2M       # nothing mapped: only the dst PUD
+    44         touch 3 2M 4K read            # dst PMD table + the PMD
+    """, thp=True)
+
+
+def test_r24_file_ops_and_partial_cold_split_the_folio() -> None:
+    expect("""
+     0         mmap 0 shmem shared 14M 2M
+    36         touch 0 2M 14M write 1M       # 7 PTE + PMD + PUD
+     8         madvise 0 2M 14M COLLAPSE
+     8         punch 0 1M 4K                 # splits the folio of [2M,4M)
+     8         madvise 0 2M 2M DONTNEED
+    12         touch 0 2M 4K read            # PTEs
+    12         madvise 0 4M+4K 8K REMOVE     # splits
+    16         touch 0 4M 4K read
+    16         madvise 0 6M 2M REMOVE        # the whole folio goes
+    20         touch 0 6M 4K write           # a small page: PTEs
+    20         madvise 0 8M 1M COLD          # partial: splits
+    20         madvise 0 8M 2M DONTNEED
+    24         touch 0 8M 4K read
+    24         madvise 0 10M 2M PAGEOUT      # whole: unmapped, not split
+    24         touch 0 10M 4K read           # PMD
+    24         madvise 0 12M 2M COLD         # whole: nothing
+    24         madvise 0 12M 2M DONTNEED
+    24         touch 0 12M 4K read           # PMD
+    24         truncate 0 12M+4K             # splits the folio of [14M,16M)
+    24         madvise 0 14M 2M DONTNEED
+    28         touch 0 14M 4K read           # PTEs
+    """, thp=True)
+
+
+def test_r24_pte_mapped_folio_is_mapped_whole_and_split_when_partly_in_range() -> None:
+    expect("""
+     0         mmap 0 shmem shared 6M 2M
+    20         touch 0 2M 6M write 1M
+     8         madvise 0 2M 6M COLLAPSE
+     8         madvise 0 2M 6M DONTNEED
+     8         thp off
+    12         touch 0 3M 4K read            # the whole folio by PTEs (fault-around)
+    16         touch 0 4M 4K write           # the whole folio (finish_fault)
+    16         thp on
+    16         madvise 0 2M 2M COLD          # mapped whole inside the range: not split
+    16         madvise 0 4M+4K 2M-4K COLD    # only part of it inside the range: split
+     8         madvise 0 2M 4M DONTNEED
+     8         touch 0 2M 4K read            # PMD
+    12         touch 0 4M 4K read            # PTEs
+    """, thp=True)
+
+
+def test_r24_pmd_across_the_file_end() -> None:
+    expect("""
+     0         mmap 0 shmem shared 6M 2M
+    20         touch 0 2M 6M write 1M
+    20         truncate 0 3M+4K                # the end inside the folio of [4M,6M)
+    16         madvise 0 4M 2M COLLAPSE
+    16         touch 0 5M+512K 4K write        # inside the PMD: no fault
+    16         madvise 0 4M 2M DONTNEED
+    16/SIGBUS  touch 0 5M+128K 4K read         # window [5M+128K,...) past the end
+    16         touch 0 5M+60K 4K read          # window [5M,5M+64K): maps the PMD
+    16         madvise 0 4M 2M DONTNEED
+    16/SIGBUS  touch 0 5M+8K 4K write          # a write fault past the end
+    """, thp=True)
+
+
+def test_r24_state_rss_and_classes() -> None:
+    """What a file THP PMD is in the model: a slot in ``file_thp`` (no PTE table, no
+    reclaim class, 512 pages of RSS), over a chunk in its file's ``huge`` set."""
+    mm = AddressSpace(thp_disabled=False)
+    f = BackingFile("shmem", GiB)
+    slot = BASE >> PTE_SHIFT
+    assert mm.mmap(BASE, 4 * MiB, kind="shmem", shared=True, file=f) is None
+    assert mm.touch(BASE, 4 * MiB, write=True) is None
+    assert (mm.rss_pages, mm.class_counts(), sorted(f.cache)) == (1024, (0, 0, 2, 0), [0, 1])
+    assert mm.madvise(BASE, 2 * MiB, "COLLAPSE") is None
+    assert mm.file_thp == {slot} and f.huge == {0} and slot not in mm.pte
+    assert (mm.rss_pages, mm.class_counts(), mm.tables) == (1024, (0, 0, 1, 0), 3)
+    assert mm.reclaim_table(slot, frozenset(TableClass)) == -1  # no table to reclaim
+    assert mm.madvise(BASE + 4 * KiB, 4 * KiB, "DONTNEED") is None  # partial zap
+    assert (mm.file_thp, mm.rss_pages, f.huge) == (set(), 512, {0})
+    assert mm.touch(BASE + 8 * KiB, KiB, write=False) is None  # refault: PMD again
+    assert (mm.file_thp, mm.rss_pages, mm.tables) == ({slot}, 1024, 3)
+    mm.punch(f, 0, PAGE)  # splits the folio and unmaps it everywhere
+    assert (mm.file_thp, f.huge, f.cache[0].count(1)) == (set(), set(), ENTRIES - 1)
+    assert mm.touch(BASE + 8 * KiB, KiB, write=False) is None  # PTEs now, one page
+    assert (mm.rss_pages, mm.class_counts()) == (512 + 1, (0, 0, 2, 0))
+    mm.check_invariants()
+    # A private mapping: a read maps the PMD, a COW write replaces it with a table.
+    p = AddressSpace(thp_disabled=False)
+    assert p.mmap(BASE + 2 * MiB, 2 * MiB, kind="shmem", file=f, foff=2 * MiB) is None
+    f.collapse(1)
+    assert p.touch(BASE + 2 * MiB, PAGE, write=False) is None
+    assert (p.file_thp, p.rss_pages, p.tables) == ({slot + 1}, 512, 2)
+    assert p.touch(BASE + 2 * MiB, PAGE, write=True) is None
+    assert (p.file_thp, p.rss_pages, p.class_counts()) == (set(), 1, (0, 0, 0, 1))
+    p.check_invariants()
+    p.exit()
+    mm.exit()
+    assert mm.file_thp == set() and mm.rss_pages == 0
+
+
+def test_r24_backing_file_page_cache() -> None:
+    f = BackingFile("shmem", GiB)
+    f.cache_pages(ENTRIES - 2, 3, 3)  # pages 510, 513, 516: across a chunk boundary
+    assert {c: [i for i, b in enumerate(pg) if b] for c, pg in f.cache.items()} == {
+        0: [510], 1: [1, 4]}
+    f.collapse(2)
+    assert f.huge == {2} and f.cache[2] == b"\x01" * ENTRIES
+    assert f.huge_split_by(4 * MiB + PAGE, 4 * MiB + 2 * PAGE) == [2]  # part of it
+    assert f.huge_split_by(4 * MiB, 6 * MiB) == []  # all of it: removed, not split
+    f.drop_pages(4 * MiB + 100, 4 * MiB + 3 * PAGE)  # whole pages 1025 and 1026 only
+    assert 2 not in f.huge and f.cache[2].count(0) == 2
+    f.drop_pages(0, 4 * MiB)
+    assert sorted(f.cache) == [2]  # chunks with no page left are dropped
+    ext4 = BackingFile("file", GiB)
+    ext4.cache_pages(0, 1, 10)  # ext4 readahead is not followed: nothing kept
+    assert ext4.cache == {}
+
+
 def test_madvise_over_a_hole_applies_to_mapped_parts_and_returns_enomem() -> None:
     expect("""
      0         mmap 0 anon private 2M 0
@@ -1080,7 +1354,8 @@ def _class_corpus() -> list[tuple[str, Script]]:
     out = [(p.stem, parse_file(p)) for p in EXPERIMENTS]
     out += [(n, parse_text(t, n)) for n, t in generate_corpus(8675309, 60)]
     out += [(f"thp-{n}", parse_text(t, n)) for n, t in
-            generate_corpus(8675310, 12, ("allocator", "balloon", "hog"), thp_share=1.0)]
+            generate_corpus(8675310, 12, ("allocator", "balloon", "hog", "file"),
+                            thp_share=1.0)]
     return out
 
 
@@ -1088,8 +1363,8 @@ CLASS_CORPUS = _class_corpus()
 
 
 def test_class_corpus_covers_every_class_and_thp() -> None:
-    assert len(CLASS_CORPUS) == 43 + 60 + 12
-    assert sum(s.thp for _, s in CLASS_CORPUS) >= 12 + 3
+    assert len(CLASS_CORPUS) == 53 + 60 + 12
+    assert sum(s.thp for _, s in CLASS_CORPUS) >= 12 + 3 + 9  # E43-E48, E50-E52 are THP ones
 
 
 @pytest.mark.parametrize("name_script", CLASS_CORPUS, ids=[n for n, _ in CLASS_CORPUS])

@@ -51,6 +51,18 @@ KNOWN_FAILURES: dict[str, dict[int, str]] = {
                      12: "touch: SIGBUS"},           # beyond EOF of a truncated file
     "E34_mremap_multi": {2: "touch: SIGSEGV",        # the gap between two VMAs
                          16: "mremap: EFAULT"},      # source starts in a hole
+    "E43_shmem_thp_refault": {6: "touch: SIGSEGV"},  # the page split off by munmap
+    "E44_shmem_thp_collapse": {
+        8: "madvise: EINVAL",    # an empty 2 MiB of the memfd stops MADV_COLLAPSE
+        23: "madvise: EINVAL",   # a COW page in the table (SCAN_FAIL)
+        30: "madvise: EINVAL",   # a guard marker in the table (SCAN_PTE_NON_PRESENT)
+        31: "touch: SIGSEGV",    # ... which survives the collapse
+        34: "madvise: EINVAL",   # a shmem VMA with no room for an aligned 2 MiB
+        37: "madvise: EINVAL",   # an anon one
+    },
+    "E46_shmem_thp_split_vma": {16: "touch: SIGSEGV"},  # PROT_NONE
+    "E52_shmem_thp_past_eof": {6: "touch: SIGBUS",      # read, window past the end
+                               7: "touch: SIGBUS"},     # write fault past the end
 }
 
 #: The `maps` output recorded in RULES.md, per maps op, as "ID START_KIB END_KIB PERMS".
@@ -67,6 +79,9 @@ KNOWN_MAPS: dict[str, list[tuple[str, ...]]] = {
     ],
     "E40_mremap_shrink_cross": [("0 0 2048 rw-p",)],
     "E41_vma_boundaries": [_E41, (*_E41, "1 0 2048 rw-p")],
+    # the DONTUNMAP source keeps VM_ACCOUNT and merges with its new neighbour
+    "E49_dontunmap_account": [("5 0 112052 rw-p", "6 79872 88688 rw-p"),
+                              ("5 0 112052 rw-p", "6 79872 88688 rw-p", "7 118784 230836 rw-p")],
 }
 
 

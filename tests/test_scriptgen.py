@@ -169,6 +169,39 @@ def test_thp_scripts() -> None:
     assert all(op.mayfail for s in thp for op in s.ops if op.advice == "COLLAPSE")
 
 
+def test_thp_scripts_collapse_shmem_then_refault() -> None:
+    """THP scripts collapse shmem and then touch it again, right away or after an op
+    that unmaps or splits the huge folio (R24); the model PMD-maps file THPs in them."""
+    from ptreclaim.envs.sim.replay import ScriptMachine
+
+    corpus = scriptgen.generate_corpus(31, 120, thp_share=1.0)
+    sequences = 0
+    between: Counter[str] = Counter()
+    with_file_thp = 0
+    for name, text in corpus:
+        lines = [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
+        for i, line in enumerate(lines):
+            if "# shmem THP" not in line:
+                continue
+            assert " COLLAPSE mayfail" in line, line
+            sequences += 1
+            for later in lines[i + 1:i + 6]:
+                if "# refault" in later:
+                    break
+                words = later.split()
+                between[words[4] if words[0] == "madvise" else words[0]] += 1
+        machine = ScriptMachine(thp=True)
+        seen = False
+        for op in parse_text(text, name).ops:
+            machine.apply(op)
+            seen = seen or bool(machine.mm.file_thp)
+        with_file_thp += seen
+    assert sequences >= 15  # 25 with this seed: about one script in five
+    assert {"DONTNEED", "mprotect", "fork", "munmap", "mremap", "thp"} <= set(between)
+    assert between["COLD"] + between["PAGEOUT"] > 0 and between["punch"] + between["REMOVE"] > 0
+    assert with_file_thp >= 0.08 * len(corpus)  # 15 of 120 with this seed
+
+
 FAMILY_OPS = {
     "allocator": {"touch_write", "DONTNEED", "FREE", "mmap_norsv", "mmap_fixed", "munmap",
                   "mprotect", "mremap_grow", "mremap_shrink", "fork"},

@@ -5,7 +5,8 @@ number per line, exactly as the ``.expected`` files hold them; ``kernel SCRIPT``
 prints what the running kernel reports; ``compare SCRIPT...`` runs both and
 prints a per-op diff and a summary, with exit status 0 only when every op
 matches (same number, and both failed or both succeeded).  ``--generated N``
-adds N scripts from the seeded generator.  Exit status 2 means the input was
+adds N scripts from the seeded generator (``--families`` picks the families,
+``--thp`` makes every one a THP script).  Exit status 2 means the input was
 bad or the kernel cannot serve; the reason is printed on one line.
 """
 
@@ -16,6 +17,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..configio import OneLineParser
 from ..sim.opscript import OpScriptError, Script, parse_file, parse_text, read_expected
 from ..sim.replay import OpOutcome, replay
 from .oracle import OpResult, OracleError, OracleUnavailable, kernel_status, run_script
@@ -43,14 +45,27 @@ def compare_script(script: Script, kernel: Sequence[OpResult],
     return ScriptDiff(script.source, len(script.ops), diffs)
 
 
-def _load(paths: Sequence[str], generated: int, seed: int) -> list[Script]:
+def _load(paths: Sequence[str], generated: int, seed: int,
+          families: Sequence[str] | None = None, thp: bool = False) -> list[Script]:
     scripts = [parse_file(p) for p in paths]
     if generated:
         from ..sim.scriptgen import generate_corpus
 
-        scripts += [parse_text(text, f"generated:{seed}:{name}")
-                    for name, text in generate_corpus(seed, generated)]
+        corpus = generate_corpus(seed, generated, families, thp_share=1.0 if thp else 0.0)
+        scripts += [parse_text(text, f"generated:{seed}:{name}") for name, text in corpus]
     return scripts
+
+
+def _families(text: str) -> tuple[str, ...]:
+    """``--families``: comma-separated names from scriptgen.FAMILIES."""
+    from ..sim.scriptgen import FAMILIES
+
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in FAMILIES]
+    if unknown or not names:
+        what = f"unknown family {unknown[0]!r}" if unknown else "no family named"
+        raise argparse.ArgumentTypeError(f"{what}; choose from {','.join(FAMILIES)}")
+    return names
 
 
 def _print_diff(script: Script, d: ScriptDiff, out: list[str]) -> None:
@@ -80,7 +95,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     ok, why = kernel_status()
     if not ok:
         raise OracleUnavailable(why)
-    scripts = _load(args.scripts, args.generated, args.seed)
+    scripts = _load(args.scripts, args.generated, args.seed, args.families, args.thp)
     if not scripts:
         raise OpScriptError("no scripts given: name SCRIPT files or use --generated N")
     failed = 0
@@ -127,7 +142,7 @@ def _progress(items: list[Script], quiet: bool) -> list[Script]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="kernel_check.py",
         description="Check the page-table model against the running Linux kernel.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -144,6 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--generated", type=int, default=0, metavar="N",
                    help="also compare N scripts from the seeded generator")
     c.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
+    c.add_argument("--families", type=_families, default=None, metavar="A,B",
+                   help="generate only these families (default: all; see scriptgen.FAMILIES)")
+    c.add_argument("--thp", action="store_true",
+                   help="make every generated script a THP one (# ptoracle-opts: -t), "
+                        "with the THP ops of its family and shmem collapse-then-refault")
     c.add_argument("-q", "--quiet", action="store_true", help="print only mismatches")
     c.set_defaults(func=_cmd_compare)
     e = sub.add_parser("expected", help="compare the model with recorded .expected files")

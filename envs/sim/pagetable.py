@@ -6,7 +6,8 @@ measured on Linux 6.18 (``shared/kernel/RULES.md``; rule numbers are cited as
 table allocation on faults and populate paths, the 6.14+ on-zap reclaim of PTE
 tables by ``MADV_DONTNEED``, floor/ceiling freeing on every unmap path, mremap
 moves (whole-table moves, per-extent allocation, realignment, DONTUNMAP), the
-fork copy rules, and THP deposits and collapse.
+fork copy rules, THP deposits and collapse, and file THPs (R24): a PMD-sized
+folio in the shmem page cache is mapped with one PMD and no PTE table.
 
 Tables are kept sparsely, keyed by the address they map, so the cost of an op
 grows with the tables it touches and never with the mapped size: mapping
@@ -33,14 +34,16 @@ from __future__ import annotations
 import bisect
 import itertools
 from collections.abc import Callable, Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-#: The kernel rules this model implements (../shared/kernel/RULES.md R1-R22,
+#: The kernel rules this model implements (../shared/kernel/RULES.md R1-R23,
+#: and R24, file THPs, documented in the README's page-table model section;
 #: measured on Linux 6.18 with CONFIG_PT_RECLAIM=y).  Exports record it: bump
 #: it whenever a rule is added or changed, since a rule tuned on one model may
 #: not carry over to another.
-MODEL_RULES_VERSION = "linux-6.18/R1-R22/1"
+MODEL_RULES_VERSION = "linux-6.18/R1-R24/1"
 
 PAGE_SHIFT = 12
 PAGE = 1 << PAGE_SHIFT
@@ -53,6 +56,9 @@ PUD_SPAN = 1 << PUD_SHIFT
 ENTRIES = 512
 TABLE_KIB = 4
 TASK_SIZE = 1 << 47  # 128 TiB: 4-level paging
+#: fault_around_bytes (mm/memory.c, default 64 KiB): a read fault maps the cached
+#: pages of this aligned window around it (do_fault_around()).
+FAULT_AROUND = 64 << 10
 
 # PTE entry states (one byte each).
 E_NONE, E_ANON, E_ZERO, E_FILE, E_SWAP, E_GUARD, E_UFFD_WP = range(7)
@@ -104,7 +110,16 @@ _CLASSES = tuple(TableClass)
 
 
 class BackingFile:
-    """A file or shmem object that mappings share (page cache lives here)."""
+    """A file or shmem object that mappings share (page cache lives here).
+
+    For shmem the page cache is followed per 2 MiB-aligned *chunk* of the file
+    (index ``file offset >> 21``): which of its 512 pages are cached, and which
+    chunks one PMD-sized folio holds (R24).  ``MADV_COLLAPSE`` creates such a
+    folio, a fault maps it with a PMD, and punch, truncate, ``REMOVE`` and a
+    partial ``COLD``/``PAGEOUT`` split or drop it.  Regular files (``file``)
+    keep no page-cache state: their readahead, and so their large folios, are
+    not followed (see the README).
+    """
 
     _ids = itertools.count(1)
 
@@ -115,9 +130,67 @@ class BackingFile:
         self.ident = next(self._ids)
         # Address spaces that map this file; punch/truncate zap all of them.
         self.mappers: set[AddressSpace] = set()
+        # shmem only: chunk -> one byte per page, 1 = cached.  A chunk is kept
+        # only while it holds a page (collapse needs one: SCAN_TRUNCATED).
+        self.cache: dict[int, bytearray] = {}
+        # Chunks held by one PMD-sized folio (all 512 pages cached).
+        self.huge: set[int] = set()
 
     def __repr__(self) -> str:
         return f"BackingFile({self.kind}#{self.ident}, size={self.size})"
+
+    def cache_pages(self, first: int, step: int, count: int) -> None:
+        """File pages ``first + k*step`` (k < count) enter the page cache: any
+        successful fault on shmem (read or write, shared or private) allocates
+        its page (shmem_fault)."""
+        if self.kind != "shmem":
+            return
+        while count > 0:
+            chunk, off = divmod(first, ENTRIES)
+            n = min(count, (ENTRIES - 1 - off) // step + 1)
+            pages = self.cache.get(chunk)
+            if pages is None:
+                pages = self.cache[chunk] = bytearray(ENTRIES)
+            pages[off:off + (n - 1) * step + 1:step] = b"\x01" * n
+            first += n * step
+            count -= n
+
+    def collapse(self, chunk: int) -> None:
+        """collapse_file(): one PMD-sized folio now holds the chunk; the holes
+        are filled with zeroed pages."""
+        self.cache[chunk] = bytearray(b"\x01" * ENTRIES)
+        self.huge.add(chunk)
+
+    def huge_split_by(self, start: int, end: int) -> list[int]:
+        """Huge chunks that the byte range [start, end) overlaps without
+        covering them: punching or truncating there splits their folio
+        (truncate_inode_partial_folio)."""
+        if end <= start:
+            return []
+        lo, hi = start >> PTE_SHIFT, (end - 1) >> PTE_SHIFT
+        return [c for c in _indices_in(self.huge, lo, hi)
+                if start > c << PTE_SHIFT or end < (c + 1) << PTE_SHIFT]
+
+    def drop_pages(self, start: int, end: int) -> None:
+        """Punch or truncate the byte range [start, end): the pages wholly inside
+        it leave the cache, and every folio it touches stops being PMD-sized
+        (removed when covered, split when not)."""
+        if end <= start:
+            return
+        lo, hi = start >> PTE_SHIFT, (end - 1) >> PTE_SHIFT
+        self.huge.difference_update(_indices_in(self.huge, lo, hi))
+        first = -(-start // PAGE)
+        last = end // PAGE
+        for chunk in _indices_in(self.cache.keys(), lo, hi):
+            base = chunk * ENTRIES
+            a = max(first, base) - base
+            b = min(last, base + ENTRIES) - base
+            if a >= b:
+                continue
+            pages = self.cache[chunk]
+            pages[a:b] = bytes(b - a)
+            if not any(pages):
+                del self.cache[chunk]
 
 
 class AnonVma:
@@ -220,6 +293,10 @@ class AddressSpace:
         thp_disabled: ``prctl(PR_SET_THP_DISABLE)`` is in force.
         thp_sysfs: ``/sys/kernel/mm/transparent_hugepage/enabled``:
             ``always``, ``madvise`` or ``never``.
+
+    Besides the PTE tables, ``file_thp`` holds the slots (address >> 21) that
+    map a file THP with a PMD (R24): no PTE table, in no reclaim class, and
+    512 pages of ``rss_pages`` each.
     """
 
     pt_reclaim: bool = True
@@ -236,6 +313,8 @@ class AddressSpace:
         for slot, t in self.pte.items():
             self._class_sets[t.cls].add(slot)
         self.rss_pages = sum(t.rss for t in self.pte.values())
+        # Slots PMD-mapping a PMD-sized folio of the shmem page cache (R24).
+        self.file_thp: set[int] = set()
         # Slots freed by an out-of-line reclaimer -> zero/file entries it zapped.
         self.reclaimed: dict[int, int] = {}
         # Bumped whenever a PTE table appears or disappears (reclaim scan caches).
@@ -332,7 +411,21 @@ class AddressSpace:
             for slot in self._class_sets[cls]:
                 assert self.pte[slot].cls == cls
         assert sum(len(s) for s in self._class_sets) == len(self.pte)
-        assert self.rss_pages == sum(t.resident() for t in self.pte.values())
+        assert self.rss_pages == (sum(t.resident() for t in self.pte.values())
+                                  + ENTRIES * len(self.file_thp))
+        for slot in self.file_thp:
+            base = slot << PTE_SHIFT
+            mapping = self.find_vma(base)
+            assert slot not in self.pte, "a file THP PMD and a PTE table in one slot"
+            assert (slot >> (PMD_SHIFT - PTE_SHIFT)) in self.pmd, "file THP without PMD table"
+            assert mapping is not None and mapping.file is not None, hex(base)
+            assert mapping.end >= base + PTE_SPAN, "file THP PMD-mapped past its VMA"
+            assert mapping.file_offset(base) % PTE_SPAN == 0, "file THP PMD-mapped unaligned"
+            assert mapping.file_offset(base) >> PTE_SHIFT in mapping.file.huge, "folio not huge"
+        for f in {v.file for v in self.vmas if v.file is not None}:
+            for chunk in f.huge:
+                assert f.cache.get(chunk, b"") == b"\x01" * ENTRIES, (f, chunk)
+            assert all(any(pages) for pages in f.cache.values()), f
         for slot, t in self.pte.items():
             assert t.cls == t.classify(), (hex(slot << PTE_SHIFT), t.cls, t.classify())
             assert (slot >> (PMD_SHIFT - PTE_SHIFT)) in self.pmd, "PTE table without PMD"
@@ -445,9 +538,20 @@ class AddressSpace:
                 if t is not None and t.huge:
                     self._split_huge(addr >> PTE_SHIFT, t)
 
+    def _unmap_file_thp(self, start: int, end: int) -> None:
+        """Clear the PMD mappings of file THPs that [start, end) overlaps, whole
+        (zap_huge_pmd) or in part (__split_huge_pmd): a file THP has no deposit,
+        so either way the slot is left with no PTE table (R24)."""
+        if not self.file_thp or end <= start:
+            return
+        for slot in _indices_in(self.file_thp, start >> PTE_SHIFT, (end - 1) >> PTE_SHIFT):
+            self.file_thp.discard(slot)
+            self.rss_pages -= ENTRIES
+
     def _zap(self, start: int, end: int, reclaim: bool, drop_markers: bool = False) -> None:
         """Zap entries of [start, end) (inside one VMA); with ``reclaim``, free
         the PTE tables whose whole aligned 2 MiB the range covers (R6-R8)."""
+        self._unmap_file_thp(start, end)
         self._split_huge_partial(start, end)
         table = _ZAP_ALL if drop_markers else _ZAP
         for slot in list(self._pte_slots_in(start, end)):
@@ -514,11 +618,13 @@ class AddressSpace:
 
     def _split(self, i: int, addr: int) -> None:
         """Split vmas[i] at ``addr`` (strictly inside it); a THP straddling the
-        new boundary is split too (vma_adjust_trans_huge)."""
+        new boundary is split too (vma_adjust_trans_huge): an anon one keeps
+        its deposit as a PTE table, a file one is just unmapped (R24)."""
         if addr % PTE_SPAN:
             t = self.pte.get(addr >> PTE_SHIFT)
             if t is not None and t.huge:
                 self._split_huge(addr >> PTE_SHIFT, t)
+            self._unmap_file_thp(addr, addr + PAGE)
         v = self.vmas[i]
         upper = v.copy(start=addr, pgoff=v.pgoff + ((addr - v.start) >> PAGE_SHIFT))
         v.end = addr
@@ -613,6 +719,25 @@ class AddressSpace:
             return False
         return self.thp_sysfs == "always" or bool(v.flags & VM_HUGEPAGE)
 
+    @staticmethod
+    def _file_folio_fits(v: Vma, base: int) -> bool:
+        """Whether the PTE slot at ``base`` of file VMA ``v`` maps exactly one
+        PMD-sized folio of the page cache: the VMA covers the whole slot at a
+        2 MiB-aligned file offset (thp_vma_suitable_order) and the chunk is
+        huge (R24)."""
+        if v.file is None or not v.file.huge or base < v.start or base + PTE_SPAN > v.end:
+            return False
+        foff = v.file_offset(base)
+        return foff % PTE_SPAN == 0 and (foff >> PTE_SHIFT) in v.file.huge
+
+    def _map_file_thp(self, slot: int) -> None:
+        """do_set_pmd(): map a PMD-sized folio with one PMD (R24).  The fault
+        path allocates the PUD and PMD tables as usual, but no PTE table; the
+        512 pages count in RSS (RssShmem)."""
+        self._ensure_upper(slot << PTE_SHIFT)
+        self.file_thp.add(slot)
+        self.rss_pages += ENTRIES
+
     def _fault_range(self, v: Vma, start: int, end: int, stride: int, write: bool,
                      first: int) -> tuple[int, str | None]:
         """Fault the accesses ``first + k*stride`` that fall in [start, end) of
@@ -622,6 +747,7 @@ class AddressSpace:
             return addr, "SIGSEGV"  # access_error(): nothing allocated (R4)
         limit = end
         eof_error = None
+        eof = end
         if v.file is not None:
             eof = v.start + max(0, _page_align(v.file.size) - (v.pgoff << PAGE_SHIFT))
             if eof < limit:
@@ -667,8 +793,33 @@ class AddressSpace:
                     self._anon_vma_prepare(v)
                 addr = last + stride
                 continue
+            cow = write and not v.flags & VM_SHARED
+            fits = v.file is not None and self._file_folio_fits(v, base)
+            if t is None and v.file is not None:
+                if slot in self.file_thp:
+                    if not cow:
+                        addr = last + stride  # the PMD maps every page already
+                        continue
+                    # wp_huge_pmd(): a COW fault splits the PMD (which unmaps a
+                    # file THP), then do_cow_fault() needs a PTE table (R24).
+                    self._unmap_file_thp(base, base + PAGE)
+                elif (fits and not cow and not self.thp_disabled
+                      and not v.flags & VM_NOHUGEPAGE):
+                    # finish_fault()/filemap_map_pmd() -> do_set_pmd() (R24).
+                    self._map_file_thp(slot)
+                    self.stats.faults += 1
+                    addr = last + stride
+                    continue
             t = self._ensure_pte(slot)
             e = t.entries
+            # A PMD-sized folio that fits this table is PTE-mapped whole once a
+            # fault in the slot succeeds: by fault-around for a read (every none
+            # entry: filemap_map_folio_range()), by finish_fault() for a shared
+            # write into an all-none table.  A COW write maps its copy only.
+            whole = fits and not cow and (not write or not any(e))
+            # shmem allocates the page of every successful fault in its cache.
+            cache = v.file if v.file is not None and v.file.kind == "shmem" else None
+            fpage = v.pgoff + ((base - v.start) >> PAGE_SHIFT)
             if idx is not None:
                 view = bytes(e[idx])
                 g = _first_marker(view)
@@ -679,28 +830,61 @@ class AddressSpace:
                         e[part] = bytes([target]) * g if write else e[part].translate(xlate)
                         if target == E_ANON and v.anon_vma is None:
                             self._anon_vma_prepare(v)
+                        if cache is not None:
+                            cache.cache_pages(fpage + idx.start, idx.step, g)
+                        if whole:
+                            e[:] = e.translate(_READ_FILE)
                     self._reclass(slot, t)
                     return base + (stop << PAGE_SHIFT), "SIGSEGV"
                 e[idx] = bytes([target]) * len(view) if write else view.translate(xlate)
                 if target == E_ANON and v.anon_vma is None:
                     self._anon_vma_prepare(v)  # the first write fault prepares it (R18)
+                if cache is not None:
+                    cache.cache_pages(fpage + idx.start, idx.step, len(view))
             else:
-                for p in pages:
+                for k, p in enumerate(pages):
                     if e[p] in MARKERS:
+                        if whole and k:
+                            e[:] = e.translate(_READ_FILE)
                         self._reclass(slot, t)
                         return base + (p << PAGE_SHIFT), "SIGSEGV"
                     e[p] = xlate[e[p]] if xlate is not None else target
                     if target == E_ANON and v.anon_vma is None:
                         self._anon_vma_prepare(v)
+                    if cache is not None:
+                        cache.cache_pages(fpage + p, 1, 1)
+            if whole:
+                e[:] = e.translate(_READ_FILE)
             self._reclass(slot, t)
             self.stats.faults += n
             addr = last + stride
+        if eof_error and addr < end:
+            addr = self._past_eof_file_thp(v, addr, end, stride, write, eof)
         if eof_error and addr < end:
             self._ensure_upper(addr)  # the fault path allocated PUD/PMD first (R4)
             if write and not v.flags & VM_SHARED and v.anon_vma is None:
                 self._anon_vma_prepare(v)  # do_cow_fault() prepares it before ->fault fails
             return addr, eof_error
         return addr, None
+
+    def _past_eof_file_thp(self, v: Vma, addr: int, end: int, stride: int, write: bool,
+                           eof: int) -> int:
+        """shmem maps a PMD across i_size (R24): accesses past the file's end
+        inside a file THP's PMD do not fault, and a read whose fault-around
+        window starts before the end maps that PMD (filemap_map_pages() clips
+        its window at i_size, filemap_map_pmd() does not).  Returns the first
+        access left, which faults past the end (SIGBUS)."""
+        slot = addr >> PTE_SHIFT
+        base = slot << PTE_SHIFT
+        if slot not in self.file_thp:
+            window = max(addr & ~(FAULT_AROUND - 1), v.start)
+            if (write or window >= eof or slot in self.pte or self.thp_disabled
+                    or v.flags & VM_NOHUGEPAGE or not self._file_folio_fits(v, base)):
+                return addr
+            self._map_file_thp(slot)
+            self.stats.faults += 1
+        nxt = min(end, base + PTE_SPAN)
+        return addr + -(-(nxt - addr) // stride) * stride
 
     def touch(self, start: int, length: int, write: bool, stride: int = PAGE) -> str | None:
         """Access one byte every ``stride`` bytes of [start, start+length) in
@@ -955,10 +1139,60 @@ class AddressSpace:
         if v.file is not None and v.file.kind == "file":
             # Page cache is unmapped; anon (no swap here) and shmem stay (R13).
             self._update_entries(a, b, _DROP_FILE)
+        self._cold_file_thp(v, a, b, pageout=True)
         return None
 
     def _advise_cold(self, v: Vma, a: int, b: int) -> str | None:
-        return "EINVAL" if v.flags & VM_LOCKED else None
+        if v.flags & VM_LOCKED:
+            return "EINVAL"
+        self._cold_file_thp(v, a, b, pageout=False)
+        return None
+
+    def _cold_file_thp(self, v: Vma, a: int, b: int, pageout: bool) -> None:
+        """madvise_cold_or_pageout_pte_range() on the PMD-sized folios of
+        [a, b) (R24).  A folio the range maps only in part -- a PMD it covers
+        partly, or PTEs that map fewer than its 512 pages inside the range --
+        is split (split_folio(), which unmaps it everywhere).  A folio mapped
+        whole inside the range is not: ``PAGEOUT`` reclaims it, which unmaps
+        it everywhere but keeps it in the page cache (no swap), and ``COLD``
+        only deactivates it."""
+        f = v.file
+        if f is None or not f.huge:
+            return
+        whole: set[int] = set()
+        split: set[int] = set()
+        lo, hi = a >> PTE_SHIFT, (b - 1) >> PTE_SHIFT
+        for slot in _indices_in(self.file_thp, lo, hi):
+            covered = a <= slot << PTE_SHIFT and (slot + 1) << PTE_SHIFT <= b
+            (whole if covered else split).add(v.file_offset(slot << PTE_SHIFT) >> PTE_SHIFT)
+        for slot in list(self._pte_slots_in(a, b)):
+            base = slot << PTE_SHIFT
+            i = (max(a, base) - base) >> PAGE_SHIFT
+            j = (min(b, base + PTE_SPAN) - base) >> PAGE_SHIFT
+            entries = self.pte[slot].entries
+            first = v.pgoff + ((base - v.start) >> PAGE_SHIFT)
+            hit = {(first + k) // ENTRIES for k in range(i, j) if entries[k] == E_FILE} & f.huge
+            if not hit:
+                continue
+            if (j - i == ENTRIES and self._file_folio_fits(v, base)
+                    and entries.count(E_FILE) == ENTRIES):
+                whole |= hit  # madvise_folio_pte_batch() covers the whole folio
+            else:
+                split |= hit
+        for chunk in sorted(split):
+            f.huge.discard(chunk)
+            self._unmap_folio(f, chunk)
+        if pageout:
+            for chunk in sorted(whole - split):
+                self._unmap_folio(f, chunk)  # shrink_folio_list(): try_to_unmap()
+
+    @staticmethod
+    def _unmap_folio(file: BackingFile, chunk: int) -> None:
+        """try_to_unmap() of one folio of ``file``: every mapping of its pages,
+        by PMD or PTE, in every address space (COW copies are not its pages)."""
+        start = chunk << PTE_SHIFT
+        for mm in list(file.mappers):
+            mm._zap_file_range(file, start, start + PTE_SPAN, even_cows=False)
 
     def _advise_remove(self, v: Vma, a: int, b: int) -> str | None:
         if v.flags & VM_LOCKED or v.file is None:
@@ -992,54 +1226,126 @@ class AddressSpace:
         return None
 
     def _collapse(self, v: Vma, lo: int, hi: int) -> str | None:
-        """MADV_COLLAPSE (R20, R22) on each aligned 2 MiB block inside a VMA.
+        """MADV_COLLAPSE (R20, R22, R24) on each aligned 2 MiB block inside a VMA.
 
-        anon: the VMA needs an anon_vma and the block a PTE table without
-        markers; the table then becomes the THP's deposit (count unchanged).
-        shmem: a table with cached pages is freed (file THPs have no deposit).
-        Disabled THP,
-        VM_NOHUGEPAGE or a regular file give EINVAL.
+        The VMA must be able to hold one aligned block at its end, at a 2 MiB-
+        aligned file offset (thp_vma_allowable_order()); disabled THP,
+        VM_NOHUGEPAGE or a regular file give EINVAL.  anon: the VMA needs an
+        anon_vma and the block a PTE table without markers; the table then
+        becomes the THP's deposit (count unchanged).  shmem: see
+        :meth:`_collapse_file`.
         """
         if self.thp_disabled:  # prctl(PR_SET_THP_DISABLE); sysfs "never" does not stop it
             return "EINVAL"
         if (v.file is not None and v.file.kind == "file") or v.flags & VM_NOHUGEPAGE:
             return "EINVAL"
+        if ((v.end - PTE_SPAN) & ~(PTE_SPAN - 1)) < v.start:
+            return "EINVAL"  # thp_vma_suitable_order() at vm_end - 2 MiB: no room
         if v.file is not None and ((v.start >> PAGE_SHIFT) - v.pgoff) % ENTRIES:
             return "EINVAL"  # thp_vma_suitable_order(): file offset not 2 MiB-aligned
         err: str | None = None
         for slot in range((lo + PTE_SPAN - 1) >> PTE_SHIFT, hi >> PTE_SHIFT):
             t = self.pte.get(slot)
-            if v.anonymous:
-                if t is not None and t.huge:
-                    continue  # already PMD-mapped (SCAN_PMD_MAPPED)
-                # khugepaged's revalidation wants an anon_vma (SCAN_PAGE_ANON)
-                # and a PTE table without markers to copy from.
-                if t is None or v.anon_vma is None or _first_marker(bytes(t.entries)) >= 0:
+            if not v.anonymous:
+                result = self._collapse_file(v, slot)
+                if result == "stop":
+                    return "EINVAL"
+                if result == "skip":
                     err = "EINVAL"
-                    continue
-                t.entries[:] = bytes(ENTRIES)
-                t.huge = HUGE_ANON
-                self._reclass(slot, t)
-            elif t is not None and E_FILE in t.entries:
-                self._free_pte(slot)
-            else:
-                err = "EINVAL"  # nothing cached to collapse
+                continue
+            if t is not None and t.huge:
+                continue  # already PMD-mapped (SCAN_PMD_MAPPED)
+            # khugepaged's revalidation wants an anon_vma (SCAN_PAGE_ANON)
+            # and a PTE table without markers to copy from.
+            if t is None or v.anon_vma is None or _first_marker(bytes(t.entries)) >= 0:
+                err = "EINVAL"
+                continue
+            t.entries[:] = bytes(ENTRIES)
+            t.huge = HUGE_ANON
+            self._reclass(slot, t)
         return err
+
+    def _collapse_file(self, v: Vma, slot: int) -> str:
+        """MADV_COLLAPSE of one aligned block of a shmem VMA (R22, R24):
+        ``"ok"``, ``"skip"`` (failed, the walk goes on) or ``"stop"`` (failed,
+        madvise_collapse() gives up).
+
+        Unless the chunk is already huge (SCAN_PTE_MAPPED_HUGEPAGE), a chunk
+        with no cached page stops the walk (SCAN_TRUNCATED); otherwise
+        collapse_file() makes it huge, unmaps its old pages from every mapping
+        and retract_page_tables() frees the PTE table of every aligned mapping
+        of it that allows it, this one included.  Then
+        try_collapse_pte_mapped_thp() maps it here with a
+        PMD (set_huge_pmd() allocates missing PUD/PMD tables), freeing this
+        slot's table unless it holds a marker (skip) or a page that is not the
+        folio's, a COW copy (stop).
+        """
+        f = v.file
+        assert f is not None
+        chunk = v.file_offset(slot << PTE_SHIFT) >> PTE_SHIFT
+        if chunk not in f.huge:
+            if chunk not in f.cache:
+                return "stop"
+            f.collapse(chunk)
+            self._unmap_folio(f, chunk)  # the old small folios, from every mapping
+            for mm in list(f.mappers):
+                mm._retract_page_tables(f, chunk)
+        if slot in self.file_thp:
+            return "ok"  # SCAN_PMD_MAPPED
+        t = self.pte.get(slot)
+        if t is not None:
+            for e in t.entries:  # step 1: every mapped PTE must map the folio
+                if e in (E_SWAP, *MARKERS):
+                    return "skip"  # SCAN_PTE_NON_PRESENT (whitelisted)
+                if e not in (E_NONE, E_FILE):
+                    return "stop"  # SCAN_FAIL
+            self._free_pte(slot)  # steps 2-4: clear the PTEs, free the table
+        self._map_file_thp(slot)
+        return "ok"
+
+    def _retract_page_tables(self, file: BackingFile, chunk: int) -> None:
+        """retract_page_tables() after collapse_file(): free the (empty) PTE
+        table of every VMA mapping the chunk's first page at a 2 MiB-aligned
+        address with the whole chunk inside it, unless the VMA has an anon_vma,
+        VM_MAYBE_GUARD or uffd-wp (file_backed_vma_is_retractable()) (R24)."""
+        page = chunk * ENTRIES
+        for v in self.vmas:
+            pages = (v.end - v.start) >> PAGE_SHIFT
+            if v.file is not file or not v.pgoff <= page < v.pgoff + pages:
+                continue
+            addr = v.start + ((page - v.pgoff) << PAGE_SHIFT)
+            if (addr % PTE_SPAN or addr + PTE_SPAN > v.end or v.anon_vma is not None
+                    or v.flags & (VM_MAYBE_GUARD | VM_UFFD_WP)):
+                continue
+            if (addr >> PTE_SHIFT) in self.pte:
+                self._free_pte(addr >> PTE_SHIFT)
 
     def punch(self, file: BackingFile, foff: int, length: int) -> None:
         """fallocate(PUNCH_HOLE) / MADV_REMOVE: unmap the range's page cache
-        from every mapping of ``file``; tables stay (R13)."""
-        for mm in list(file.mappers):
-            mm._zap_file_range(file, foff, foff + length, even_cows=False)
+        from every mapping of ``file``; tables stay (R13).  Its pages leave the
+        cache, and a PMD-sized folio it touches is removed or split (R24)."""
+        self._drop_file_range(file, foff, foff + length, foff, even_cows=False)
 
     def truncate(self, file: BackingFile, size: int) -> None:
-        """ftruncate: pages past the new end are unmapped, COW copies too; tables stay."""
+        """ftruncate: pages past the new end are unmapped, COW copies too; tables
+        stay.  They leave the cache; a folio across the new end is split (R24)."""
         old = file.size
         file.size = size
         if size < old:
-            hole = _page_align(size)
-            for mm in list(file.mappers):
-                mm._zap_file_range(file, hole, max(old, hole) + TASK_SIZE, even_cows=True)
+            self._drop_file_range(file, size, max(old, size) + TASK_SIZE, _page_align(size),
+                                  even_cows=True)
+
+    def _drop_file_range(self, file: BackingFile, start: int, end: int, unmap_start: int,
+                         even_cows: bool) -> None:
+        """Punch or truncate bytes [start, end) of ``file``: unmap_mapping_range()
+        from ``unmap_start``, then shmem_undo_range(), whose split of a PMD-sized
+        folio the range covers only in part unmaps that folio everywhere."""
+        split = file.huge_split_by(start, end)
+        for mm in list(file.mappers):
+            mm._zap_file_range(file, unmap_start, end, even_cows)
+        for chunk in split:
+            self._unmap_folio(file, chunk)
+        file.drop_pages(start, end)
 
     def _zap_file_range(self, file: BackingFile, fstart: int, fend: int, even_cows: bool) -> None:
         for v in list(self.vmas):
@@ -1055,6 +1361,7 @@ class AddressSpace:
             if even_cows or v.flags & VM_SHARED:
                 self._zap(addr_a, addr_b, reclaim=False)
             else:
+                self._unmap_file_thp(addr_a, addr_b)
                 self._update_entries(addr_a, addr_b, _DROP_FILE)
 
     def mremap(self, addr: int, old_len: int, new_len: int, new_addr: int | None = None,
@@ -1167,7 +1474,11 @@ class AddressSpace:
         v = found
         self._move_page_tables(v, new, addr, new_addr, old_len)
         if dontunmap:
-            v.flags &= ~(VM_LOCKED | VM_ACCOUNT)  # R17
+            # R17, as amended by the stable fix "mm/mremap: correctly account old
+            # mapping after MREMAP_DONTUNMAP remap" (in this 6.18): dontunmap_complete()
+            # clears VM_LOCKED only; the source keeps VM_ACCOUNT (and so still merges
+            # with a new accountable neighbour).
+            v.flags &= ~VM_LOCKED
             if addr == v.start and addr + old_len == v.end and new is not v:
                 v.anon_vma = None
         else:
@@ -1217,6 +1528,8 @@ class AddressSpace:
             oslot = old_addr >> PTE_SHIFT
             t = self.pte.get(oslot)
             if t is None:
+                if oslot in self.file_thp:
+                    self._move_file_thp(oslot, new_addr, extent)
                 old_addr += extent
                 new_addr += extent
                 continue
@@ -1244,8 +1557,24 @@ class AddressSpace:
             old_addr += extent
             new_addr += extent
 
+    def _move_file_thp(self, oslot: int, new_addr: int, extent: int) -> None:
+        """move_page_tables() on a PMD-mapped file THP (R24): the destination
+        PMD table is allocated (alloc_new_pmd()); a whole aligned 2 MiB extent
+        moves the PMD (move_huge_pmd()), any other is split, which unmaps a
+        file THP and allocates no destination PTE table."""
+        if (new_addr >> PMD_SHIFT) not in self.pmd:
+            self.pmd.add(new_addr >> PMD_SHIFT)
+            self.stats.upper_allocated += 1
+        nslot = new_addr >> PTE_SHIFT
+        self.file_thp.discard(oslot)
+        if extent == PTE_SPAN and nslot not in self.pte and nslot not in self.file_thp:
+            self.file_thp.add(nslot)
+        else:
+            self.rss_pages -= ENTRIES
+
     def _move_pmd_table(self, old_addr: int, new_addr: int) -> None:
-        """Move a whole PMD table (1 GiB) with the PTE tables under it."""
+        """Move a whole PMD table (1 GiB) with the PTE tables and file THP
+        PMDs under it."""
         self.pmd.discard(old_addr >> PMD_SHIFT)
         self.pmd.add(new_addr >> PMD_SHIFT)
         shift = (new_addr - old_addr) >> PTE_SHIFT
@@ -1253,6 +1582,10 @@ class AddressSpace:
             t = self.pte[slot]
             self._free_pte_quiet(slot)
             self._adopt_pte(slot + shift, t)
+        lo = old_addr >> PTE_SHIFT
+        moved = _indices_in(self.file_thp, lo, lo + ENTRIES - 1)
+        self.file_thp.difference_update(moved)
+        self.file_thp.update(slot + shift for slot in moved)
 
     def fork(self) -> AddressSpace:
         """fork(): the child copies tables only for VMAs with an anon_vma or
@@ -1302,6 +1635,7 @@ class AddressSpace:
         self.pte.clear()
         self.pmd.clear()
         self.pud.clear()
+        self.file_thp.clear()
         for s in self._class_sets:
             s.clear()
         self.rss_pages = 0
@@ -1352,7 +1686,7 @@ def _vma_start(v: Vma) -> int:
     return v.start
 
 
-def _indices_in(tables: set[int], lo: int, hi: int) -> list[int]:
+def _indices_in(tables: AbstractSet[int], lo: int, hi: int) -> list[int]:
     """Sorted members of ``tables`` in [lo, hi], walking whichever is smaller:
     the index range or the set (a huge sparse range costs its tables)."""
     if hi - lo + 1 <= len(tables):
