@@ -560,6 +560,14 @@ cdef class FastTraceProgram:
         cdef double* tm = <double*>cnp.PyArray_DATA(t_ms)
         p.t_ms.assign(tm, tm + t_ms.shape[0])
 
+    def __deepcopy__(self, memo: dict) -> FastTraceProgram:
+        # Immutable once built: copies of a trace (the oracle deep-copies simulations,
+        # traces included) share it.
+        return self
+
+    def __copy__(self) -> FastTraceProgram:
+        return self
+
 
 def has_family(str family) -> bool:
     """Whether the compiled core has a port of workload family ``family``."""
