@@ -40,8 +40,8 @@ from typing import Any
 
 import numpy as np
 
+from ..cli.common import OneLineParser, run_cli
 from . import procfs
-from .configio import OneLineParser, run_cli
 from .sim.config import ConfigError
 from .sim.trace import PERM_R, PERM_S, PERM_W, PERM_X, SYSCALLS, Trace, TraceWriter, read_trace
 from .sim.workloads.trace import FidelityReport, replay
