@@ -199,7 +199,8 @@ def make_callback(run: RunFolder, exp: ExperimentConfig, scen: Scenarios, total:
                 if vn is not None:
                     save_stats(vn, self.run / "best_vecnormalize.pkl")
                 self.run.write_state(best_timesteps=n, best_mean_cost=-mean)
-            if self.progress is None:
+            if self.progress is None and not stop_requested():
+                # Once stopping, the run's only line is the one saying so.
                 pct = 100.0 * n / self.total
                 self.echo(f"{self.label}step {n}/{self.total} ({pct:.0f}%) {self._status()}")
 

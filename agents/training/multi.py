@@ -134,9 +134,11 @@ def run_multi(exp: ExperimentConfig, hp: Mapping[str, Any], scen: Scenarios, out
     codes: dict[int, int] = {}
     signum = 0
     ctx = _SeedContext(exp, dict(hp), scen, command)
-    if exp.jobs == 1:
+    tasks = _seed_tasks(exp, runs, out, record)
+    jobs = min(exp.jobs, len(tasks))
+    if jobs <= 1:
+        # In this process: a signal stops the current seed at its next step.
         with stop_signals("flag"):
-            tasks = _seed_tasks(exp, runs, out, record)
             for task in tasks:
                 if stop_requested():
                     break
@@ -145,12 +147,11 @@ def run_multi(exp: ExperimentConfig, hp: Mapping[str, Any], scen: Scenarios, out
                                                             report_stop=False))
             signum = stop_requested()
     else:
+        # Here a signal interrupts the wait; the pool then stops every worker.
         with stop_signals("raise"):
             try:
-                tasks = _seed_tasks(exp, runs, out, record)
-                with WorkerPool(min(exp.jobs, len(tasks)), _seed_context,
-                                (exp, dict(hp), scen, command), _train_seed,
-                                grace=STOP_GRACE) as pool:
+                with WorkerPool(jobs, _seed_context, (exp, dict(hp), scen, command),
+                                _train_seed, grace=STOP_GRACE) as pool:
                     for task, code in zip(tasks, pool.map(tasks), strict=True):
                         codes[task[0]] = code
             except Interrupted as exc:
