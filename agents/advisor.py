@@ -290,19 +290,21 @@ class Interval:
         }
 
 
+@dataclass
 class Advisor:
     """Samples the host and asks the policy, one interval at a time."""
 
-    def __init__(self, live: LivePolicy, root: Path, notes: Notes, interval_s: float,
-                 top_rows: int = 10, scan_top: int = 0, want_maps: bool = True) -> None:
-        self.live = live
-        self.root = root
-        self.notes = notes
-        self.top_rows = top_rows
-        self.scan_top = scan_top
-        self.want_maps = want_maps
-        self.state = LiveState(interval_s, time.monotonic())
-        self.index = 0
+    live: LivePolicy
+    root: Path
+    notes: Notes
+    interval_s: float
+    top_rows: int = 10
+    scan_top: int = 0
+    want_maps: bool = True
+    index: int = 0
+
+    def __post_init__(self) -> None:
+        self.state = LiveState(self.interval_s, time.monotonic())
 
     def sample(self) -> Interval:
         """Take one sample and decide."""

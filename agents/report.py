@@ -22,6 +22,8 @@ from ..envs.pagetable_env import COST_TERMS
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
+    from rich.console import Console
+    from rich.progress import Progress
     from rich.table import Table
 
     from .results import EpisodeResult, PolicySummary
@@ -269,6 +271,31 @@ def rich_tables(overall: Sequence[PolicySummary],
         terms.add_row(*terms_row(s))
     out.append(terms)
     return out
+
+
+def progress_display(label: str, console: Console, *, transient: bool,
+                     status_field: str | None = None, bar_width: int = 40) -> Progress:
+    """The project's rich progress bar: ``label``, the bar, done/total,
+    elapsed and remaining time, then (with ``status_field``) the task's field
+    of that name, e.g. the best result so far."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns: list[ProgressColumn] = [TextColumn(label), BarColumn(bar_width=bar_width),
+                                     MofNCompleteColumn(), TimeElapsedColumn()]
+    if status_field is not None:
+        columns.append(TextColumn("<"))
+    columns.append(TimeRemainingColumn())
+    if status_field is not None:
+        columns.append(TextColumn(f"{{task.fields[{status_field}]}}"))
+    return Progress(*columns, console=console, transient=transient)
 
 
 def render_text(overall: Sequence[PolicySummary],

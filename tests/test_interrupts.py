@@ -25,24 +25,15 @@ from pathlib import Path
 import optuna
 import pytest
 import test_train  # tests/ is on sys.path (pytest's rootdir-relative import)
+import test_tune
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
-#: Cheap episodes whose cost still depends on the policy (as in test_tune.py).
-TINY = """\
-name: tiny
-ticks: {ticks}
-machine:
-  ram_mib: 256
-  tenants:
-    base_fraction: 0.7
-workloads:
-  - family: hog
-    params: {{variant: zeropage}}
-  - family: kdump
-"""
+#: Cheap episodes whose cost still depends on the policy; LONG: a few seconds each.
+TINY = test_tune.TINY
+LONG = TINY.replace("ticks: 400", "ticks: 3000")
 
 
 def _stat(pid: int) -> tuple[int, str, int] | None:
@@ -142,7 +133,7 @@ def _one_line(text: str, start: str) -> str:
 
 
 def test_evaluate_stops_its_workers_and_writes_nothing(tmp_path: Path) -> None:
-    (tmp_path / "tiny.yaml").write_text(TINY.format(ticks=400))
+    (tmp_path / "tiny.yaml").write_text(TINY)
     args = ["--suite", "tiny.yaml", "--episodes", "40", "--no-oracle", "--jobs", "2",
             "--bootstrap", "200", "--out", "ev", "-q"]
     started = time.monotonic()
@@ -174,7 +165,7 @@ def _running_trial(db: Path) -> bool:
 
 
 def test_tune_marks_the_running_trial_failed_and_resumes_with_the_next(tmp_path: Path) -> None:
-    (tmp_path / "long.yaml").write_text(TINY.format(ticks=3000))
+    (tmp_path / "long.yaml").write_text(LONG)
     (tmp_path / "env.yaml").write_text("max_steps: 200\n")
     args = ["heuristic", "soft_hard", "--suite", "long.yaml", "--env-config", "env.yaml",
             "--out", "tune", "--jobs", "2", "-q"]

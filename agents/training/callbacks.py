@@ -87,14 +87,6 @@ def make_callback(run: RunFolder, exp: ExperimentConfig, scen: Scenarios, total:
 
         def __init__(self) -> None:
             super().__init__(verbose=0)
-            self.run = run
-            self.exp = exp
-            self.scen = scen
-            self.total = total
-            self.progress = progress
-            self.task = task
-            self.echo = echo
-            self.label = label
             self.evals: dict[str, list[Any]] = {"timesteps": [], "results": [],
                                                 "ep_lengths": [], "costs": []}
             self.best = -math.inf
@@ -110,10 +102,10 @@ def make_callback(run: RunFolder, exp: ExperimentConfig, scen: Scenarios, total:
         def _on_training_start(self) -> None:
             n = self.num_timesteps
             self.n0 = n
-            freq, ck = self.exp.eval.freq, self.exp.checkpoint_freq
+            freq, ck = exp.eval.freq, exp.checkpoint_freq
             self.next_eval = (n // freq + 1) * freq if freq else math.inf
             self.next_ckpt = (n // ck + 1) * ck if ck else math.inf
-            old = self.run / "evaluations.npz"
+            old = run / "evaluations.npz"
             if old.is_file():
                 with np.load(old) as d:
                     for k in self.evals:
@@ -132,13 +124,13 @@ def make_callback(run: RunFolder, exp: ExperimentConfig, scen: Scenarios, total:
             n = self.num_timesteps
             if n >= self.next_eval:
                 self.evaluate()
-                self.next_eval += self.exp.eval.freq
+                self.next_eval += exp.eval.freq
                 while self.next_eval <= n:
-                    self.next_eval += self.exp.eval.freq
+                    self.next_eval += exp.eval.freq
             if n >= self.next_ckpt:
-                save_checkpoint(self.model, self.run, n, self.total)
+                save_checkpoint(self.model, run, n, total)
                 while self.next_ckpt <= n:
-                    self.next_ckpt += self.exp.checkpoint_freq
+                    self.next_ckpt += exp.checkpoint_freq
             if self.stop_at and n >= self.stop_at and not stop_requested():
                 request_stop(signal.SIGINT)
             self._show(n)
@@ -161,8 +153,8 @@ def make_callback(run: RunFolder, exp: ExperimentConfig, scen: Scenarios, total:
             return f"{self.fps():.0f} steps/s | {ev}"
 
         def _show(self, n: int) -> None:
-            if self.progress is not None and self.task is not None:
-                self.progress.update(self.task, completed=n, status=self._status())
+            if progress is not None and task is not None:
+                progress.update(task, completed=n, status=self._status())
 
         def evaluate(self) -> None:
             """Deterministic validation episodes (``eval.select_on``), seeds
@@ -171,10 +163,10 @@ def make_callback(run: RunFolder, exp: ExperimentConfig, scen: Scenarios, total:
 
             venv = self.model.get_env()
             vn = venv if isinstance(venv, VecNormalize) else None
-            policy = as_policy(self.model, vn, self.exp.env, "current")
-            scenarios = self.scen.train if self.exp.eval.select_on == "train" else self.scen.eval
-            res = run_policies({"current": policy}, scenarios, self.exp.eval.episodes,
-                               self.exp.eval.seed + 1, self.exp.env)
+            policy = as_policy(self.model, vn, exp.env, "current")
+            scenarios = scen.train if exp.eval.select_on == "train" else scen.eval
+            res = run_policies({"current": policy}, scenarios, exp.eval.episodes,
+                               exp.eval.seed + 1, exp.env)
             rewards = np.array([r.reward for r in res])
             lengths = np.array([r.steps for r in res])
             mean = float(rewards.mean())
@@ -189,19 +181,19 @@ def make_callback(run: RunFolder, exp: ExperimentConfig, scen: Scenarios, total:
             arrays["term_names"] = np.array(COST_TERMS)
             buf = io.BytesIO()
             np.savez(buf, **arrays)
-            write_text_atomic(self.run / "evaluations.npz", buf.getvalue())
+            write_text_atomic(run / "evaluations.npz", buf.getvalue())
             self.last = -mean
             self.logger.record("eval/mean_cost", -mean)
             self.logger.record("eval/mean_reward", mean)
             if mean > self.best:
                 self.best = mean
-                save_model(self.model, self.run / "best_model.zip")
+                save_model(self.model, run / "best_model.zip")
                 if vn is not None:
-                    save_stats(vn, self.run / "best_vecnormalize.pkl")
-                self.run.write_state(best_timesteps=n, best_mean_cost=-mean)
-            if self.progress is None and not stop_requested():
+                    save_stats(vn, run / "best_vecnormalize.pkl")
+                run.write_state(best_timesteps=n, best_mean_cost=-mean)
+            if progress is None and not stop_requested():
                 # Once stopping, the run's only line is the one saying so.
-                pct = 100.0 * n / self.total
-                self.echo(f"{self.label}step {n}/{self.total} ({pct:.0f}%) {self._status()}")
+                pct = 100.0 * n / total
+                echo(f"{label}step {n}/{total} ({pct:.0f}%) {self._status()}")
 
     return _Callback()

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from ...envs.configio import write_text_atomic
 from ..interrupts import signal_name, stop_requested
 from ..loading import algo_class, load_model, load_replay_buffer
+from ..report import progress_display
 from ..runs import RunFolder
 from ..stats import paired_difference_ci, summarize
 from .baselines import baseline_results, run_with_ticks
@@ -128,20 +129,10 @@ def _train(run: RunFolder, cfg: RunConfig, out: Output, resume: bool,
     task = None
     if out.live:
         from rich.markup import escape
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
 
-        progress = Progress(TextColumn(f"{escape(out.label)}[bold]{exp.algo}[/] seed {seed}"),
-                            BarColumn(bar_width=24),
-                            MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("<"),
-                            TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
-                            console=out.console, transient=False)
+        progress = progress_display(f"{escape(out.label)}[bold]{exp.algo}[/] seed {seed}",
+                                    out.console, transient=False, status_field="status",
+                                    bar_width=24)
         task = progress.add_task("train", total=total, completed=model.num_timesteps,
                                  status="")
     cb = make_callback(run, exp, cfg.scenarios, total, progress, task, out.echo, out.label)

@@ -30,7 +30,7 @@ import json
 import math
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -173,14 +173,28 @@ class EpisodeRunner:
         self.pool.close()
 
 
-def _interrupted(trial: optuna.Trial, exc: interrupts.Interrupted) -> None:
-    """Record why ``trial`` stops, and keep Optuna from logging its failure
-    with a traceback (the command prints one line)."""
+def _scored(trial: optuna.Trial, t0: float,
+            work: Callable[[], tuple[list[EpisodeResult], list[int]]]) -> float:
+    """Run a trial's episodes (``work``: results and their seed groups), record
+    its score in ``trial`` and return the mean cost.  A signal may stop the
+    work anywhere (:func:`~ptreclaim.agents.interrupts.immediate`): the trial
+    then records why, and Optuna marks it FAIL without logging a traceback
+    (the command prints one line)."""
     import optuna
 
-    trial.set_user_attr("interrupted", interrupts.signal_name(exc.signum))
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    exc.explain(what=f"trial {trial.number} (marked FAIL in the study)")
+    try:
+        with interrupts.immediate():
+            results, groups = work()
+    except interrupts.Interrupted as exc:
+        trial.set_user_attr("interrupted", interrupts.signal_name(exc.signum))
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        exc.explain(what=f"trial {trial.number} (marked FAIL in the study)")
+        raise
+    s = score(results, groups)
+    for key, value in s.attrs().items():
+        trial.set_user_attr(key, value)
+    trial.set_user_attr("seconds", time.perf_counter() - t0)
+    return s.mean
 
 
 class HeuristicObjective:
@@ -201,17 +215,7 @@ class HeuristicObjective:
         t0 = time.perf_counter()
         params = self.params(trial)
         trial.set_user_attr("params", params)
-        try:
-            with interrupts.immediate():
-                results, groups = self.runner.run(self.name, params)
-        except interrupts.Interrupted as exc:
-            _interrupted(trial, exc)
-            raise
-        s = score(results, groups)
-        for key, value in s.attrs().items():
-            trial.set_user_attr(key, value)
-        trial.set_user_attr("seconds", time.perf_counter() - t0)
-        return s.mean
+        return _scored(trial, t0, lambda: self.runner.run(self.name, params))
 
 
 # ------------------------------------------------------------ agent objective
@@ -296,17 +300,7 @@ class AgentObjective:
         hp = agent_hyperparams(st.algo, params, st.base_hp, st.experiment.n_envs)
         validate_hyperparams(st.algo, hp, f"trial {trial.number}")
         trial.set_user_attr("hyperparams", hp)
-        try:
-            with interrupts.immediate():
-                results, groups = self._train(trial, hp, t0)
-        except interrupts.Interrupted as exc:
-            _interrupted(trial, exc)
-            raise
-        s = score(results, groups)
-        for key, value in s.attrs().items():
-            trial.set_user_attr(key, value)
-        trial.set_user_attr("seconds", time.perf_counter() - t0)
-        return s.mean
+        return _scored(trial, t0, lambda: self._train(trial, hp, t0))
 
     def _train(self, trial: optuna.Trial, hp: Mapping[str, Any], t0: float
                ) -> tuple[list[EpisodeResult], list[int]]:

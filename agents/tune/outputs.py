@@ -27,7 +27,7 @@ from ... import __version__
 from ...envs.configio import dump_yaml, write_text_atomic, write_yaml_atomic
 from ...envs.sim.config import build, to_dict
 from ..heuristics import SoftHardParams, make_heuristic
-from ..report import md_table, png, pyplot
+from ..report import md_table, png, progress_display, pyplot
 from .objectives import Objective
 from .storage import first_line
 
@@ -405,19 +405,8 @@ class Progress:
 
     def __enter__(self) -> Progress:
         if self.live:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-            from rich.progress import Progress as Bar
-
-            self._bar = Bar(TextColumn(f"[bold]{self.label}[/]"), BarColumn(bar_width=24),
-                            MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("<"),
-                            TimeRemainingColumn(), TextColumn("{task.fields[best]}"),
-                            console=self.console, transient=False)
+            self._bar = progress_display(f"[bold]{self.label}[/]", self.console,
+                                         transient=False, status_field="best", bar_width=24)
             self._bar.__enter__()
             self._task = self._bar.add_task("trials", total=self.total, best="")
         return self

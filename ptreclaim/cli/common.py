@@ -27,6 +27,8 @@ from ..envs.sim.config import ConfigError
 
 __all__ = [
     "OneLineParser",
+    "add_model_flags",
+    "add_output_flags",
     "check_out_dir",
     "command_text",
     "display_path",
@@ -49,6 +51,27 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.error_prefix}: {message}; see --help\n")
+
+
+def add_model_flags(parser: argparse.ArgumentParser, *, best: bool = True) -> None:
+    """``--best`` (run folders: the best model, not the final one) and
+    ``--trust-model``: the flags of every command that loads trained models."""
+    if best:
+        parser.add_argument("--best", action="store_true",
+                            help="run folders: use best_model.zip (with best_vecnormalize.pkl)")
+    parser.add_argument("--trust-model", action="store_true",
+                        help="allow models from outside runs/ (model zips hold pickles, which "
+                             "can run code when loaded)")
+
+
+def add_output_flags(parser: argparse.ArgumentParser, default: str) -> None:
+    """``--out`` (default: a new folder under ``default``), ``--force`` and
+    ``-q``: the flags of every command that writes a report folder."""
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help=f"output folder (default: a new folder under {default})")
+    parser.add_argument("--force", action="store_true", help="overwrite existing output files")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="no progress bar and no tables on stdout (files are still written)")
 
 
 def run_cli(prog: str, parser: argparse.ArgumentParser,
@@ -95,18 +118,12 @@ def progress_bar(description: str, total: int, show: bool = True
         yield None
         return
     from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
-                  transient=True) as bar:
+    # Here, not at the top: the report module imports the env (and gymnasium),
+    # which commands such as kernel_check.py and capture_trace.py never need.
+    from ..agents.report import progress_display
+
+    with progress_display("{task.description}", Console(stderr=True), transient=True) as bar:
         task = bar.add_task(description, total=total)
 
         def update(completed: int) -> None:

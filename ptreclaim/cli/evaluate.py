@@ -31,6 +31,8 @@ from ..envs.configio import resolve_suite
 from ..envs.sim.config import ConfigError, did_you_mean
 from .common import (
     OneLineParser,
+    add_model_flags,
+    add_output_flags,
     check_out_dir,
     command_text,
     display_path,
@@ -64,8 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="base seed of the episodes (default 0)")
     p.add_argument("--jobs", type=int, default=1, metavar="J",
                    help="parallel processes (default 1; results do not depend on it)")
-    p.add_argument("--best", action="store_true",
-                   help="run folders: evaluate best_model.zip (with best_vecnormalize.pkl)")
+    add_model_flags(p)
     p.add_argument("--oracle", action=argparse.BooleanOptionalAction, default=True,
                    help="include the oracle bound (default on; needed for normalised scores)")
     p.add_argument("--baseline", default="on_zap", metavar="NAME",
@@ -79,14 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scenario whose episode 0 is plotted as a timeline (default: the first)")
     p.add_argument("--bootstrap", type=int, default=2000, metavar="N",
                    help="bootstrap resamples for the confidence intervals (default 2000)")
-    p.add_argument("--out", default=None, metavar="DIR",
-                   help="output folder (default: a new folder under runs/eval/)")
-    p.add_argument("--force", action="store_true", help="overwrite existing output files")
-    p.add_argument("--trust-model", action="store_true",
-                   help="allow models from outside runs/ (model zips hold pickles, which can "
-                        "run code when loaded)")
-    p.add_argument("-q", "--quiet", action="store_true",
-                   help="no progress bar and no tables on stdout (files are still written)")
+    add_output_flags(p, "runs/eval/")
     return p
 
 

@@ -44,7 +44,7 @@ from ..envs.configio import write_text_atomic
 from ..envs.features import OBS_NAMES
 from ..envs.host.sample import PAGE_KIB, Notes, os_reason
 from ..envs.sim.config import ConfigError
-from .common import OneLineParser, run_cli
+from .common import OneLineParser, add_model_flags, run_cli
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -232,11 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not count every process's mappings (saves reading /proc/PID/maps)")
     p.add_argument("--proc-root", default="/proc", metavar="DIR",
                    help="where procfs is mounted (default /proc; tests point it at a fake tree)")
-    p.add_argument("--best", action="store_true",
-                   help="run folders: use best_model.zip (with best_vecnormalize.pkl)")
-    p.add_argument("--trust-model", action="store_true",
-                   help="allow models from outside runs/ (model zips hold pickles, which can "
-                        "run code when loaded)")
+    add_model_flags(p)
     p.add_argument("--plot", default=None, metavar="PNG",
                    help="at the end (after --count samples or Ctrl-C) write a PNG timeline "
                         "of the session: page-table signals with the advised passes, free "

@@ -45,7 +45,15 @@ from ..envs.simulate import (
     summarize,
     summary_tables,
 )
-from .common import OneLineParser, check_out_dir, command_text, progress_bar, run_cli
+from .common import (
+    OneLineParser,
+    add_model_flags,
+    add_output_flags,
+    check_out_dir,
+    command_text,
+    progress_bar,
+    run_cli,
+)
 
 PROG = "simulate.py"
 #: Files a run writes into its output folder.
@@ -100,14 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "periodic_scan, oracle; heuristic:NAME[:params.yaml]; a run folder, "
                         "model .zip or thresholds file; aggressive: a diagnostic that frees "
                         "every reclaimable table after every tick")
-    p.add_argument("--trust-model", action="store_true",
-                   help="allow loading a model zip from outside runs/ (zips can carry pickles)")
+    add_model_flags(p, best=False)
     p.add_argument("--seed", type=int, default=0, help="RNG seed (default 0)")
-    p.add_argument("--out", default=None, metavar="DIR",
-                   help="output folder (default: a new folder under runs/simulate/)")
-    p.add_argument("--force", action="store_true", help="overwrite existing output files")
-    p.add_argument("-q", "--quiet", action="store_true",
-                   help="no progress bar and no tables on stdout (files are still written)")
+    add_output_flags(p, "runs/simulate/")
     return p
 
 
