@@ -29,7 +29,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from ptreclaim.envs import features, procfs
+from ptreclaim.envs import features
+from ptreclaim.envs.host import procfs
 from ptreclaim.envs.host import sample as host
 
 #: The child: a MAP_NORESERVE reservation with one written page per 2 MiB

@@ -37,7 +37,7 @@ OVERSIZE = {
 }
 #: envs -> ptreclaim.cli: the capture tool still holds its own parser (its
 #: main moves to ptreclaim/cli/capture_trace.py once the change editing it lands).
-CLI_IN_ENVS = {"ptreclaim.envs.capture"}
+CLI_IN_ENVS = {"ptreclaim.envs.host.capture"}
 
 
 def _modules() -> dict[str, Path]:

@@ -72,7 +72,7 @@ class Child:
         self.pid = self.proc.pid
 
     def status(self) -> dict[str, int]:
-        from ptreclaim.envs.procfs import read_status
+        from ptreclaim.envs.host.procfs import read_status
 
         return read_status(self.pid)
 
@@ -602,7 +602,7 @@ def test_scan_never_write_protects(children: tuple[Child, Child],
     """PAGEMAP_SCAN can also write-protect the pages it matches
     (PM_SCAN_WP_MATCHING): the advisor's scan must ask for no such flag.  strace
     does not decode the ioctl's argument, so this looks at it directly."""
-    from ptreclaim.envs import procfs
+    from ptreclaim.envs.host import procfs
 
     hog, _ = children
     seen: list[tuple[int, int]] = []

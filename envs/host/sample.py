@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import procfs
 from ..features import pt_ratio
 from ..sim.config import ConfigError
 from ..sim.machine import watermarks
+from . import procfs
 
 PAGE_KIB = 4
 #: The raw-pagemap fallback (kernels before 6.7) reads 8 bytes per page of a
@@ -353,7 +353,7 @@ class ScanResult:
 def scan_empty_tables(root: Path, procs: Sequence[ProcSample], notes: Notes
                       ) -> dict[int, ScanResult]:
     """Estimate the empty PTE tables of ``procs`` with
-    :func:`~ptreclaim.envs.procfs.block_presence`; a process that is gone
+    :func:`~ptreclaim.envs.host.procfs.block_presence`; a process that is gone
     is skipped, one that cannot be read is noted once."""
     out: dict[int, ScanResult] = {}
     for p in procs:
