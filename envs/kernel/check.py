@@ -42,7 +42,7 @@ def load_scripts(paths: Sequence[str], generated: int, seed: int) -> list[Script
     """The op scripts at ``paths``, then ``generated`` scripts of the seeded generator."""
     scripts = [parse_file(p) for p in paths]
     if generated:
-        from ..sim.scriptgen import generate_corpus
+        from .scriptgen import generate_corpus
 
         scripts += [parse_text(text, f"generated:{seed}:{name}")
                     for name, text in generate_corpus(seed, generated)]
