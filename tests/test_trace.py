@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ptreclaim.envs import procfs
-from ptreclaim.envs.capture import GOAL_REL, GOAL_TABLES, main, parse_strace
 from ptreclaim.envs.configio import load_scenario, load_suite
+from ptreclaim.envs.host import procfs
+from ptreclaim.envs.host.capture import GOAL_REL, GOAL_TABLES, main, parse_strace
 from ptreclaim.envs.sim.config import ConfigError
 from ptreclaim.envs.sim.pagetable import AddressSpace
 from ptreclaim.envs.sim.simulator import ScenarioConfig, Simulation, WorkloadSpec

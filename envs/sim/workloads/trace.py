@@ -3,7 +3,7 @@
 Source
 ------
 Traces recorded on this machine with ``scripts/capture_trace.py record``
-(:mod:`ptreclaim.envs.capture`; format in :mod:`ptreclaim.envs.sim.trace`):
+(:mod:`ptreclaim.envs.host.capture`; format in :mod:`ptreclaim.envs.sim.trace`):
 the process's maps, its per-2 MiB-block page presence (``PAGEMAP_SCAN``)
 and its memory syscalls (strace), on one clock.  The shipped ones live in
 ``data/traces/`` (installed as the ``ptreclaim.data`` package).

@@ -5,7 +5,7 @@
 * ``record -o OUT.npz [--pid PID | -- COMMAND...]``: every ``--interval-ms``
   reads the process's ``VmPTE``/``VmRSS`` (``/proc/PID/status``), its maps
   (stored when they change) and its per-2 MiB-block page presence
-  (``PAGEMAP_SCAN``, :mod:`ptreclaim.envs.procfs`), and with ``--syscalls``
+  (``PAGEMAP_SCAN``, :mod:`ptreclaim.envs.host.procfs`), and with ``--syscalls``
   (the default when ``strace`` is installed) the memory syscalls through
   ``strace -f --seccomp-bpf``.  Its own CPU use is measured and the interval
   stretched to stay under ``--max-cpu-share``.
@@ -40,11 +40,11 @@ from typing import Any
 
 import numpy as np
 
+from ...cli.common import OneLineParser, run_cli
+from ..sim.config import ConfigError
+from ..sim.trace import PERM_R, PERM_S, PERM_W, PERM_X, SYSCALLS, Trace, TraceWriter, read_trace
+from ..sim.workloads.trace import FidelityReport, replay
 from . import procfs
-from .configio import OneLineParser, run_cli
-from .sim.config import ConfigError
-from .sim.trace import PERM_R, PERM_S, PERM_W, PERM_X, SYSCALLS, Trace, TraceWriter, read_trace
-from .sim.workloads.trace import FidelityReport, replay
 
 PROG = "capture_trace.py"
 #: The fidelity goal of a replay: within 2 % and within a few tables of VmPTE.
