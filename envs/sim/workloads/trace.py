@@ -152,8 +152,8 @@ from ..pagetable import (
 from ..trace import PERM_S, SYSCALLS, BlockState, MapsRow, Trace, TraceError, read_trace
 from .base import Workload
 
-__all__ = ["FidelityReport", "TraceConfig", "TracePlayer", "TraceReplayer", "TraceWorkload",
-           "compile_trace", "replay", "resolve_trace", "shipped_traces"]
+__all__ = ["UNWRITTEN_TAIL", "FidelityReport", "TraceConfig", "TracePlayer", "TraceReplayer",
+           "TraceWorkload", "compile_trace", "replay", "resolve_trace", "shipped_traces"]
 
 # Linux mmap/mremap flag and madvise advice numbers (uapi mman-common.h).
 MAP_SHARED = 0x01
