@@ -327,9 +327,14 @@ def test_traces_are_shipped() -> None:
 
 
 @pytest.mark.parametrize("path", TRACES, ids=lambda p: p.stem)
-def test_shipped_trace_fidelity(path: Path) -> None:
-    """The fidelity goal holds at every sample of every shipped trace."""
+def test_shipped_trace_fidelity(path: Path, tmp_path: Path,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    """The fidelity goal holds at every sample of every shipped trace, and
+    ``capture_trace.py check`` says so (exit status 0)."""
+    assert main(["check", str(path), "--rows", "0", "--png", str(tmp_path / "f.png")]) == 0
     trace = read_trace(path)
+    n = trace.samples
+    assert f"{n}/{n} samples within the goal" in " ".join(capsys.readouterr().out.split())
     assert trace.has_syscalls and trace.samples >= 100
     report = replay(trace)
     s = report.summary(GOAL_REL, GOAL_TABLES)
