@@ -1,9 +1,10 @@
 # ptreclaim: run every target from the repository root.
 #
 #   make run          set up, then train the default experiment (the main job)
-#   make test         set up, then ruff + mypy + pytest (what .ci/run does)
+#   make test         set up, then ruff + mypy + pytest + docs (what .ci/run does)
 #   make check-model  the page-table model against the live kernel
 #   make lint   ruff + mypy only
+#   make docs   build the documentation site into build/site/ (mkdocs --strict)
 #   make bench  run benchmarks/*.py
 #   make clean  remove build products and caches (keeps .venv; `make distclean` removes it)
 
@@ -28,10 +29,10 @@ MYPY_TREE  := build/mypy
 MYPY_EXTRA  = $(wildcard scripts/*.py benchmarks/*.py)
 BENCHES     = $(wildcard benchmarks/*.py)
 
-.PHONY: help setup run check-model test lint ruff mypy pytest bench clean distclean
+.PHONY: help setup run check-model test lint ruff mypy pytest docs bench clean distclean
 
 help:
-	@sed -n '3,9s/^# \{0,1\}//p' Makefile
+	@sed -n '3,10s/^# \{0,1\}//p' Makefile
 
 setup: $(STAMP)
 
@@ -53,15 +54,16 @@ run: $(STAMP)
 check-model: $(STAMP)
 	$(PYTHON) scripts/kernel_check.py compare tests/data/kernel/*.script
 
-# Runs all three checks even when one fails, so one CI log shows every problem.
+# Runs all four checks even when one fails, so one CI log shows every problem.
 # pytest's exit code is passed through as is: 5 ("no tests collected") fails too.
 test: $(STAMP)
 	@failed=""; \
 	$(MAKE) --no-print-directory ruff   || failed="$$failed ruff"; \
 	$(MAKE) --no-print-directory mypy   || failed="$$failed mypy"; \
 	$(MAKE) --no-print-directory pytest || failed="$$failed pytest"; \
+	$(MAKE) --no-print-directory docs   || failed="$$failed docs"; \
 	if [ -n "$$failed" ]; then echo "make test: FAILED:$$failed"; exit 1; fi; \
-	echo "make test: ruff, mypy and pytest passed"
+	echo "make test: ruff, mypy, pytest and docs passed"
 
 lint: $(STAMP)
 	@failed=""; \
@@ -92,6 +94,13 @@ mypy: $(STAMP)
 
 pytest: $(STAMP)
 	$(PYTEST)
+
+# The documentation site (mkdocs.yml, docs/) into build/site/.  --strict turns every
+# warning into a failure: a dead link or anchor, a page missing from the nav.
+# NO_MKDOCS_2_WARNING silences mkdocs-material's banner about its successor.  Never
+# --quiet: it drops the warnings before --strict counts them, and the build passes.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PYTHON) -m mkdocs build --strict
 
 bench: $(STAMP)
 	@if [ -z "$(BENCHES)" ]; then echo "no benchmarks in benchmarks/"; fi

@@ -22,9 +22,11 @@ from ..envs.pagetable_env import COST_TERMS
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
+    from rich.console import Console
+    from rich.progress import Progress
     from rich.table import Table
 
-    from .evaluate import EpisodeResult, PolicySummary
+    from .results import EpisodeResult, PolicySummary
 
 MIB = 1 << 20
 PAGE = 4096
@@ -136,8 +138,11 @@ def summary_json(overall: Sequence[PolicySummary],
     return json.dumps(_jsonable(data), indent=1) + "\n"
 
 
-def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]],
-              numeric: bool = True) -> str:
+def md_table(header: Sequence[str], rows: Sequence[Sequence[str]],
+             numeric: bool = True) -> str:
+    """A Markdown table (the project's one table formatter): the first
+    column left-aligned, the others right-aligned when ``numeric``; ``|`` in
+    a cell is escaped."""
     right = ["---" if i == 0 or not numeric else "--:" for i in range(len(header))]
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(right) + " |"]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
@@ -163,27 +168,27 @@ def markdown_report(overall: Sequence[PolicySummary],
         "",
         "## Policies",
         "",
-        _md_table(["label", "kind", "from"],
+        md_table(["label", "kind", "from"],
                   [[p["label"], p["kind"], f"`{p.get('path') or p.get('source', '')}`"]
                    for p in meta.get("policies", [])], numeric=False),
         "",
         "## All scenarios",
         "",
-        _md_table(summary_columns(baseline), [summary_row(s) for s in overall]),
+        md_table(summary_columns(baseline), [summary_row(s) for s in overall]),
         "",
         "![scores](scores.png)",
         "",
         "## Cost breakdown (weighted mean per episode, all scenarios)",
         "",
-        _md_table(["policy", *COST_TERMS, "total"], [terms_row(s) for s in overall]),
+        md_table(["policy", *COST_TERMS, "total"], [terms_row(s) for s in overall]),
         "",
         "![cost terms](cost_terms.png)",
         "",
     ]
     for name, rows in per_scenario.items():
         lines += [f"## Scenario `{name}`", "",
-                  _md_table(summary_columns(baseline), [summary_row(s) for s in rows]), "",
-                  _md_table(["policy", *COST_TERMS, "total"], [terms_row(s) for s in rows]),
+                  md_table(summary_columns(baseline), [summary_row(s) for s in rows]), "",
+                  md_table(["policy", *COST_TERMS, "total"], [terms_row(s) for s in rows]),
                   ""]
     tl = meta.get("timeline", {})
     lines += [
@@ -268,6 +273,31 @@ def rich_tables(overall: Sequence[PolicySummary],
     return out
 
 
+def progress_display(label: str, console: Console, *, transient: bool,
+                     status_field: str | None = None, bar_width: int = 40) -> Progress:
+    """The project's rich progress bar: ``label``, the bar, done/total,
+    elapsed and remaining time, then (with ``status_field``) the task's field
+    of that name, e.g. the best result so far."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns: list[ProgressColumn] = [TextColumn(label), BarColumn(bar_width=bar_width),
+                                     MofNCompleteColumn(), TimeElapsedColumn()]
+    if status_field is not None:
+        columns.append(TextColumn("<"))
+    columns.append(TimeRemainingColumn())
+    if status_field is not None:
+        columns.append(TextColumn(f"{{task.fields[{status_field}]}}"))
+    return Progress(*columns, console=console, transient=transient)
+
+
 def render_text(overall: Sequence[PolicySummary],
                 per_scenario: Mapping[str, Sequence[PolicySummary]],
                 meta: Mapping[str, Any], width: int = 130) -> str:
@@ -284,7 +314,8 @@ def render_text(overall: Sequence[PolicySummary],
 
 # ------------------------------------------------------------------ plots
 
-def _plt() -> Any:
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -293,11 +324,13 @@ def _plt() -> Any:
     return plt
 
 
-def _png(fig: Any, dpi: int) -> bytes:
-    plt = _plt()
+def png(fig: Any, dpi: int, tight: bool = False) -> bytes:
+    """``fig`` as PNG bytes (then closed); ``tight`` crops to what is drawn."""
+    plt = pyplot()
     buf = io.BytesIO()
     # No "Software" key: the PNG is then the same whatever matplotlib wrote it.
-    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
+    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None},
+                bbox_inches="tight" if tight else None)
     plt.close(fig)
     return buf.getvalue()
 
@@ -327,7 +360,7 @@ def plot_scores(overall: Sequence[PolicySummary],
                 dpi: int = 80) -> bytes:
     """``scores.png``: per scenario (and over all), each policy's normalised
     score with its 95 % CI; the mean cost when there is no oracle."""
-    plt = _plt()
+    plt = pyplot()
     panels = _panels(overall, per_scenario)
     labels = [s.policy for s in overall]
     colors = policy_colors(labels)
@@ -364,7 +397,7 @@ def plot_scores(overall: Sequence[PolicySummary],
     fig.suptitle("scores with 95 % bootstrap CIs (higher is better)" if normalised else
                  "mean cost with 95 % bootstrap CIs (lower is better)", fontsize=9)
     fig.tight_layout()
-    return _png(fig, dpi)
+    return png(fig, dpi)
 
 
 def plot_cost_terms(overall: Sequence[PolicySummary],
@@ -372,7 +405,7 @@ def plot_cost_terms(overall: Sequence[PolicySummary],
                     dpi: int = 80) -> bytes:
     """``cost_terms.png``: per scenario (and over all), stacked bars of each
     policy's weighted mean cost terms per episode."""
-    plt = _plt()
+    plt = pyplot()
     panels = _panels(overall, per_scenario)
     labels = [s.policy for s in overall]
     n = len(panels)
@@ -397,7 +430,7 @@ def plot_cost_terms(overall: Sequence[PolicySummary],
                frameon=False)
     fig.suptitle("cost breakdown (lower is better)", fontsize=9)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
-    return _png(fig, dpi)
+    return png(fig, dpi)
 
 
 def plot_timelines(timelines: Mapping[str, Sequence[Mapping[str, Any]]], title: str,
@@ -406,7 +439,7 @@ def plot_timelines(timelines: Mapping[str, Sequence[Mapping[str, Any]]], title: 
     tables, free unmovable memory vs watermarks, PSI, tables freed by reclaim
     (dots where a pass scanned), cumulative allocation-failure ticks (crosses
     at OOM kills)."""
-    plt = _plt()
+    plt = pyplot()
     colors = policy_colors(list(timelines))
     # Policies that act alike draw the same line: dashes keep the lower ones visible.
     styles = ("-", "--", "-.", ":", (0, (5, 1, 1, 1)), (0, (3, 1)))
@@ -459,7 +492,7 @@ def plot_timelines(timelines: Mapping[str, Sequence[Mapping[str, Any]]], title: 
         ax.grid(lw=0.3, alpha=0.5)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    return _png(fig, dpi)
+    return png(fig, dpi)
 
 
 def render_all(results: Sequence[EpisodeResult], overall: Sequence[PolicySummary],

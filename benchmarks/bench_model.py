@@ -45,6 +45,7 @@ from functools import partial
 from rich.console import Console
 from rich.table import Table
 
+from ptreclaim.envs.kernel.scriptgen import FAMILIES, generate_corpus
 from ptreclaim.envs.sim.opscript import GiB, MiB, Script, TiB, parse_text
 from ptreclaim.envs.sim.pagetable import (
     PAGE,
@@ -56,7 +57,6 @@ from ptreclaim.envs.sim.pagetable import (
     AddressSpace,
 )
 from ptreclaim.envs.sim.replay import replay
-from ptreclaim.envs.sim.scriptgen import FAMILIES, generate_corpus
 
 #: Lowest address a process may map (vm.mmap_min_addr's usual default).
 MMAP_MIN_ADDR = 64 * 1024

@@ -6,8 +6,8 @@ noise hits every variant alike):
 1. CPU time of one per-2 MiB-block presence read of a child process holding a
    sparse 32 GiB mapping with one written page per 2 MiB (16384 blocks), by
    the ``PAGEMAP_SCAN`` ioctl and by the raw ``/proc/PID/pagemap`` bits, and
-   their ratio (what the capturer and ``monitor.py --scan-top`` pay);
-2. CPU time of one advisor sample (``monitor.py``: host files, every process's
+   their ratio (what the capturer and ``host.py --scan-top`` pay);
+2. CPU time of one advisor sample (``host.py``: host files, every process's
    status, PSI, zoneinfo) with mapping counts, without them (``--no-maps``),
    and with a ``PAGEMAP_SCAN`` pass over the top page-table consumer.
 
@@ -29,8 +29,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from ptreclaim.agents import monitor
-from ptreclaim.envs import procfs
+from ptreclaim.envs import features
+from ptreclaim.envs.host import procfs
+from ptreclaim.envs.host import sample as host
 
 #: The child: a MAP_NORESERVE reservation with one written page per 2 MiB
 #: block, so every block holds a PTE table and one present page.
@@ -67,21 +68,21 @@ def main() -> int:
         pid = child.pid
         maps = procfs.read_maps(pid)
         root = Path(procfs.PROC_ROOT)
-        notes = monitor.Notes()
-        procs = monitor.sample_processes(root)
-        top = monitor.top_consumers(procs.procs, 1)
+        notes = host.Notes()
+        procs = host.sample_processes(root)
+        top = features.top_consumers(procs.procs, 1)
         variants: dict[str, Callable[[], object]] = {
             "presence: PAGEMAP_SCAN": lambda: procfs.block_presence(pid, maps,
                                                                     method="pagemap_scan"),
             "presence: raw pagemap": lambda: procfs.block_presence(pid, maps, method="pagemap"),
-            "advisor sample": lambda: (monitor.read_host(root, notes),
-                                       monitor.sample_processes(root, want_maps=True)),
-            "advisor sample --no-maps": lambda: (monitor.read_host(root, notes),
-                                                 monitor.sample_processes(root,
+            "advisor sample": lambda: (host.read_host(root, notes),
+                                       host.sample_processes(root, want_maps=True)),
+            "advisor sample --no-maps": lambda: (host.read_host(root, notes),
+                                                 host.sample_processes(root,
                                                                           want_maps=False)),
             "advisor sample --scan-top 1": lambda: (
-                monitor.read_host(root, notes), monitor.sample_processes(root, want_maps=True),
-                monitor.scan_empty_tables(root, top, notes)),
+                host.read_host(root, notes), host.sample_processes(root, want_maps=True),
+                host.scan_empty_tables(root, top, notes)),
         }
         first = procfs.block_presence(pid, maps, method="pagemap_scan")
         assert len(first.block) >= blocks, "the child's blocks are not all present"

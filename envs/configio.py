@@ -11,33 +11,29 @@ the same folder, then ``os.replace``), so a crash never leaves half a file.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import os
-import sys
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import yaml
 
+from ..configs import CONFIG_DIR
 from .sim.config import ConfigError, build, did_you_mean
 from .sim.simulator import ScenarioConfig
 from .sim.workloads import WORKLOADS
 
 __all__ = [
     "ConfigError",
-    "OneLineParser",
-    "check_out_dir",
     "dump_yaml",
     "load_scenario",
     "load_suite",
     "load_yaml",
-    "progress_bar",
     "read_config_text",
-    "run_cli",
+    "resolve_suite",
     "write_text_atomic",
     "write_yaml_atomic",
 ]
@@ -172,6 +168,35 @@ def load_suite(path: str | os.PathLike[str]) -> list[ScenarioConfig]:
     return [load_scenario(s) for s in suite_paths(path)]
 
 
+def shipped_names(kind: str) -> list[str]:
+    """Stems of the shipped ``configs/<kind>/*.yaml`` (``suites``, ``scenarios``)."""
+    return sorted(p.stem for p in (CONFIG_DIR / kind).glob("*.yaml"))
+
+
+def resolve_suite(spec: str, label: str = "--suite") -> tuple[list[ScenarioConfig], list[Path]]:
+    """The scenarios ``spec`` names, and their files: a shipped suite or
+    scenario (``configs/suites/NAME.yaml``, ``configs/scenarios/NAME.yaml``),
+    or a path to a suite YAML (``scenarios: [...]``) or to one scenario YAML.
+    A bare name (no ``/``, no ``.yaml``) means the shipped file even when the
+    working folder holds something of that name.  Errors name ``label``."""
+    p = Path(spec)
+    bare = p.suffix == "" and len(p.parts) == 1
+    shipped = [CONFIG_DIR / kind / f"{spec}.yaml" for kind in ("suites", "scenarios")] \
+        if bare and spec else []
+    found = next((c for c in shipped if c.is_file()), None)
+    if found is not None:
+        p = found
+    elif bare and not p.exists():
+        known = shipped_names("suites")
+        raise ConfigError(f"{label} {spec!r}: no such file, nor a shipped suite or "
+                          f"scenario{did_you_mean(spec, known + shipped_names('scenarios'))}"
+                          f"; shipped suites: {', '.join(known)}")
+    data = load_yaml(p)
+    if isinstance(data, Mapping) and "workloads" in data and "scenarios" not in data:
+        return [load_scenario(p)], [p.resolve()]
+    return load_suite(p), suite_paths(p)
+
+
 def dump_yaml(data: Any) -> str:
     """YAML text for plain data (keys in insertion order, block style)."""
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True)
@@ -201,20 +226,6 @@ def write_text_atomic(path: str | os.PathLike[str], text: str | bytes) -> None:
         raise
 
 
-def check_out_dir(out: Path, files: Sequence[str], force: bool) -> None:
-    """Refuse an ``--out`` that is a file, or that already holds one of
-    ``files`` unless ``force``: a command never overwrites earlier results
-    by surprise."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out}: exists and is not a folder; choose another --out")
-    if force:
-        return
-    existing = [n for n in files if (out / n).exists()]
-    if existing:
-        raise ConfigError(f"--out {out}: {existing[0]} already exists; pass --force to "
-                          "overwrite or choose another --out")
-
-
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
@@ -224,64 +235,3 @@ def _umask() -> int:
 def write_yaml_atomic(path: str | os.PathLike[str], data: Any) -> None:
     """Write plain ``data`` as YAML to ``path`` atomically."""
     write_text_atomic(path, dump_yaml(data))
-
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line on stderr (exit status 2), not
-    the usage dump: the project's rule for bad input."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: {message}; see --help\n")
-
-
-def run_cli(prog: str, parser: argparse.ArgumentParser,
-            handler: Callable[[argparse.Namespace, list[str]], int],
-            argv: Sequence[str] | None = None) -> int:
-    """Run a command-line entry point the project's way: bad input
-    (:class:`ConfigError`) is one line on stderr and exit status 2, Ctrl-C is
-    one line and 130, a closed pipe is quiet; never a traceback for these."""
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(args_list)
-    try:
-        return handler(args, args_list)
-    except ConfigError as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        return 0
-
-
-@contextlib.contextmanager
-def progress_bar(description: str, total: int, show: bool = True
-                 ) -> Iterator[Callable[[int], None] | None]:
-    """A transient rich progress bar on stderr for long work.
-
-    Yields ``update(completed)``, or None when ``show`` is false (not a
-    terminal, ``--quiet``): callers pass it on as an optional callback.
-    """
-    if not show:
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
-                  transient=True) as bar:
-        task = bar.add_task(description, total=total)
-
-        def update(completed: int) -> None:
-            bar.update(task, completed=completed)
-
-        yield update

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -11,35 +10,35 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from .registration import DEFAULT_MAX_STEPS
+from . import features
+from .features import CANDIDATE_NAMES, FAIL_WINDOW_TICKS, OBS_NAMES, Signals
 from .sim.config import ConfigError, check_range
-from .sim.pagetable import TableClass
+from .sim.pagetable import PAGE, TableClass
 from .sim.process import Process
 from .sim.reclaim import DEPTHS, PassResult
 from .sim.simulator import ScenarioConfig, Simulation, TickRecord
 
 #: Scan budgets (PTE tables per pass) of the default action space.
 DEFAULT_BUDGETS = (0, 64, 512, 4096, 1 << 30)
-TOP_K = 3
+#: Decisions per episode (``EnvConfig.max_steps`` defaults to it).
+DEFAULT_MAX_STEPS = 120
 
 COST_TERMS = ("pt_waste", "alloc_failures", "reclaim_cpu", "app_stall", "harm")
+MIB = 1 << 20
 
-#: Names of the observation features, in order (heuristics and distillation
-#: address them by name).
-OBS_NAMES: tuple[str, ...] = (
-    "free_vs_wmark",  # (free - min) / (high - min) / 4, clipped to [-1, 1]
-    "free_frac",  # normal-zone free pages / zone pages
-    "psi_some_avg10", "psi_some_avg60", "psi_full_avg10", "psi_full_avg60",
-    "pt_frac",  # page-table pages / normal-zone pages
-    "top1_pt_frac", "top1_pt_ratio",  # page tables / zone; page tables / (RSS + page tables)
-    "top2_pt_frac", "top2_pt_ratio",
-    "top3_pt_frac", "top3_pt_ratio",
-    "refault_rate",  # log1p(tables re-faulted since the last pass) / 10
-    "last_yield",  # freed / scanned in the last pass
-    "fail_share",  # share of the last 100 ticks with an allocation failure
-    "since_pass",  # log1p(ticks since the last pass) / 10
-)
-CANDIDATE_NAMES: tuple[str, ...] = ("empty_share", "zero_share", "file_share")
+
+def cost_terms(recs: Sequence[TickRecord], ticks_per_step: int) -> dict[str, float]:
+    """The named cost terms of the ticks ``recs`` (raw units, see
+    :class:`RewardWeights`): ``pt_waste`` is averaged over ``ticks_per_step``
+    ticks, the others are summed.  The env charges each step with it; a
+    ``simulate.py`` run is priced with it too, so the two agree."""
+    return {
+        "pt_waste": sum(r.reclaimable_tables for r in recs) * PAGE / MIB / ticks_per_step,
+        "alloc_failures": float(sum(r.failure for r in recs)),
+        "reclaim_cpu": sum(r.reclaim_cpu_us for r in recs) / 1000.0,
+        "app_stall": sum(r.stall_us for r in recs) / 1000.0,
+        "harm": float(sum(r.harm_events for r in recs)),
+    }
 
 
 @dataclass(frozen=True)
@@ -316,65 +315,45 @@ class PageTableReclaimEnv(gym.Env[np.ndarray, np.ndarray]):
         return self._observe(recs)
 
     def most_suspicious(self) -> Process | None:
-        """The live process with the largest page-table-to-RSS ratio among those
-        holding at least 1 MiB of page tables (what /proc/PID/status shows)."""
+        """The target of ``target = 1`` (:func:`~ptreclaim.envs.features.most_suspicious`)."""
         assert self.sim is not None
         if self._core is not None:
             i = self._core.most_suspicious()
             return None if i is None else self.sim.procs[i]
-        cands = [p for p in self.sim.alive if p.pt_bytes >= (1 << 20)]
-        if not cands:
-            return None
-        return max(cands, key=lambda p: (p.pt_bytes / (p.rss_bytes + p.pt_bytes), -p.pid))
+        return features.most_suspicious(self.sim.alive)
 
     def _cost_terms(self, recs: list[TickRecord]) -> dict[str, float]:
-        assert self.sim is not None
-        n = max(len(recs), 1)
-        return {
-            "pt_waste": sum(r.reclaimable_tables for r in recs) * 4096 / (1 << 20) / n,
-            "alloc_failures": float(sum(r.failure for r in recs)),
-            "reclaim_cpu": sum(r.reclaim_cpu_us for r in recs) / 1000.0,
-            "app_stall": sum(r.stall_us for r in recs) / 1000.0,
-            "harm": float(sum(r.harm_events for r in recs)),
-        }
+        return cost_terms(recs, max(len(recs), 1))
 
     def _observe(self, recs: list[TickRecord]) -> np.ndarray:
+        """Update what the observation tracks over time, then build it
+        (:func:`~ptreclaim.envs.features.observation`)."""
         sim = self.sim
         assert sim is not None
         m = sim.machine
-        zone = m.normal_pages
-        wm = m.wmark
         for r in recs:
             self._fail_window.append(int(r.failure))
             self._refaults_since_pass += r.refault_tables
-        self._fail_window = self._fail_window[-100:]
+        self._fail_window = self._fail_window[-FAIL_WINDOW_TICKS:]
         self._ticks_since_pass += len(recs)
         pt_pages = sum(p.mm.tables for p in sim.alive)
-        top = sorted(sim.alive, key=lambda p: (-p.mm.tables, p.pid))[:TOP_K]
-        obs = [
-            _clip((m.normal_free - wm.min) / max(wm.high - wm.min, 1) / 4.0),
-            _clip(m.normal_free / zone),
-            m.psi.some_avg10, m.psi.some_avg60, m.psi.full_avg10, m.psi.full_avg60,
-            _clip(pt_pages / zone),
-        ]
-        for i in range(TOP_K):
-            if i < len(top):
-                p = top[i]
-                obs += [_clip(p.mm.tables / zone), p.pt_bytes / (p.rss_bytes + p.pt_bytes or 1)]
-            else:
-                obs += [0.0, 0.0]
-        last = self._last_pass
-        obs += [
-            _clip(math.log1p(self._refaults_since_pass) / 10.0),
-            (last.freed / last.scanned) if last and last.scanned else 0.0,
-            sum(self._fail_window) / max(len(self._fail_window), 1),
-            _clip(math.log1p(self._ticks_since_pass) / 10.0),
-        ]
+        candidates = None
         if self.config.candidate_counts:
             total = max(pt_pages, 1)
-            for cls in (TableClass.EMPTY, TableClass.ZERO, TableClass.FILE):
-                obs.append(sum(p.mm.class_count(cls) for p in sim.alive) / total)
-        return np.asarray(obs, dtype=np.float32)
+            e, z, f = (sum(p.mm.class_count(cls) for p in sim.alive) / total
+                       for cls in (TableClass.EMPTY, TableClass.ZERO, TableClass.FILE))
+            candidates = (e, z, f)
+        last = self._last_pass
+        return features.observation(Signals(
+            zone_pages=m.normal_pages, free_pages=m.normal_free,
+            wmark_min=m.wmark.min, wmark_high=m.wmark.high,
+            psi_some_avg10=m.psi.some_avg10, psi_some_avg60=m.psi.some_avg60,
+            psi_full_avg10=m.psi.full_avg10, psi_full_avg60=m.psi.full_avg60,
+            pt_pages=pt_pages, top=features.top_consumers(sim.alive),
+            refault_tables=self._refaults_since_pass,
+            last_yield=(last.freed / last.scanned) if last and last.scanned else 0.0,
+            fail_share=sum(self._fail_window) / max(len(self._fail_window), 1),
+            ticks_since_pass=self._ticks_since_pass, candidates=candidates))
 
     def _info(self, recs: list[TickRecord], terms: dict[str, float],
               scenario: str) -> dict[str, Any]:
@@ -394,7 +373,3 @@ class PageTableReclaimEnv(gym.Env[np.ndarray, np.ndarray]):
             "reclaim_freed": sum(r.reclaim_freed for r in recs),
             "reclaimable_tables": last.reclaimable_tables if last else 0,
         }
-
-
-def _clip(x: float) -> float:
-    return max(-1.0, min(1.0, x))

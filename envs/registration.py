@@ -5,14 +5,13 @@
 the one shipped scenario ``configs/scenarios/<name>.yaml``.  Ids are registered
 when ``ptreclaim`` is imported (``gymnasium.make`` needs nothing else, and
 rl-zoo3 finds them with ``--gym-packages ptreclaim``); configs are read only
-when an env is made.
+when an env is made.  Importing this module imports neither gymnasium nor
+the env: registration may run while either is still being imported.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
-
-import gymnasium as gym
 
 from ..configs import CONFIG_DIR
 
@@ -20,10 +19,6 @@ if TYPE_CHECKING:
     from .pagetable_env import PageTableReclaimEnv
 
 DEFAULT_ID = "ptreclaim/PageTableReclaim-v0"
-#: Decisions per episode (``EnvConfig.max_steps`` defaults to it).  A constant
-#: here so that registering imports no env code: registration may run while
-#: the env module itself is still being imported.
-DEFAULT_MAX_STEPS = 120
 #: A string, so that gymnasium imports it lazily and env specs pickle.
 ENTRY_POINT = "ptreclaim.envs.registration:make_env"
 
@@ -38,7 +33,7 @@ def scenario_id(stem: str) -> str:
 def make_env(suite: str | None = None, scenario: str | None = None,
              env_config: dict[str, Any] | None = None) -> PageTableReclaimEnv:
     """Entry point of every registered id: a suite name or a scenario stem."""
-    from ..envs.configio import load_scenario, load_suite
+    from .configio import load_scenario, load_suite
     from .pagetable_env import EnvConfig, PageTableReclaimEnv
     from .sim.config import build
 
@@ -52,6 +47,10 @@ def make_env(suite: str | None = None, scenario: str | None = None,
 
 def register_all() -> None:
     """Register the default id and one id per shipped scenario (idempotent)."""
+    # Imported here, not at the top: importing gymnasium first runs the hook of
+    # ptreclaim/__init__.py, which calls this function; the module must be whole by then.
+    import gymnasium as gym
+
     if DEFAULT_ID not in gym.registry:
         gym.register(DEFAULT_ID, entry_point=ENTRY_POINT, max_episode_steps=None,
                      kwargs={"suite": "train"})

@@ -3,7 +3,7 @@
 
 import sys
 
-from ptreclaim.envs.capture import main
+from ptreclaim.cli.capture_trace import main
 
 if __name__ == "__main__":
     sys.exit(main())

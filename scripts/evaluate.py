@@ -3,7 +3,7 @@
 
 import sys
 
-from ptreclaim.agents.evaluate import main
+from ptreclaim.cli.evaluate import main
 
 if __name__ == "__main__":
     sys.exit(main())

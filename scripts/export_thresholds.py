@@ -3,7 +3,7 @@
 
 import sys
 
-from ptreclaim.agents.export_cli import main
+from ptreclaim.cli.export import main
 
 if __name__ == "__main__":
     sys.exit(main())

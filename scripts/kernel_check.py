@@ -3,7 +3,7 @@
 
 import sys
 
-from ptreclaim.envs.kernel.check import main
+from ptreclaim.cli.kernel_check import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -4,7 +4,7 @@
 
 import sys
 
-from ptreclaim.agents.monitor import main
+from ptreclaim.cli.monitor import main
 
 if __name__ == "__main__":
     sys.exit(main())

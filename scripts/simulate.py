@@ -3,7 +3,7 @@
 
 import sys
 
-from ptreclaim.envs.simulate_cli import main
+from ptreclaim.cli.simulate import main
 
 if __name__ == "__main__":
     sys.exit(main())

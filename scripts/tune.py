@@ -3,7 +3,7 @@
 
 import sys
 
-from ptreclaim.agents.tune import main
+from ptreclaim.cli.tune import main
 
 if __name__ == "__main__":
     sys.exit(main())

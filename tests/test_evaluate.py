@@ -15,27 +15,27 @@ import numpy as np
 import pytest
 import yaml
 
-from ptreclaim.agents.evaluate import (
-    OUTPUT_FILES,
-    EpisodeResult,
+from ptreclaim.agents.evaluate import OUTPUT_FILES, evaluate_specs
+from ptreclaim.agents.heuristics import make_heuristic
+from ptreclaim.agents.loading import (
     ObsNormalizedPolicy,
     PolicySpec,
-    evaluate,
-    evaluate_specs,
     heuristic_spec,
-    iqm,
     load_model_policy,
-    main,
     oracle_spec,
     parse_policy,
+)
+from ptreclaim.agents.oracle import OracleBound
+from ptreclaim.agents.results import EpisodeResult
+from ptreclaim.agents.rollout import run_policies as evaluate
+from ptreclaim.agents.stats import (
+    iqm,
     probability_of_improvement,
-    resolve_suite,
     stratified_bootstrap,
     summarize,
 )
-from ptreclaim.agents.heuristics import make_heuristic
-from ptreclaim.agents.oracle import OracleBound
-from ptreclaim.envs.configio import load_scenario, load_suite
+from ptreclaim.cli.evaluate import main
+from ptreclaim.envs.configio import load_scenario, load_suite, resolve_suite
 from ptreclaim.envs.pagetable_env import COST_TERMS, EnvConfig, PageTableReclaimEnv
 from ptreclaim.envs.sim.config import ConfigError
 

@@ -27,7 +27,7 @@ from ptreclaim.agents.distill import (
     fit_rule,
     fit_tree,
 )
-from ptreclaim.agents.evaluate import evaluate_specs, parse_policy
+from ptreclaim.agents.evaluate import evaluate_specs
 from ptreclaim.agents.export import (
     THRESHOLDS_SCHEMA_VERSION,
     ThresholdsRecord,
@@ -35,7 +35,6 @@ from ptreclaim.agents.export import (
     sha256_file,
     write_thresholds,
 )
-from ptreclaim.agents.export_cli import gain_share
 from ptreclaim.agents.heuristics import (
     SoftHard,
     SoftHardParams,
@@ -43,9 +42,12 @@ from ptreclaim.agents.heuristics import (
     make_heuristic,
     make_rule,
 )
+from ptreclaim.agents.loading import parse_policy
+from ptreclaim.agents.stats import gain_share
 from ptreclaim.configs import CONFIG_DIR
 from ptreclaim.envs.configio import load_scenario
-from ptreclaim.envs.pagetable_env import OBS_NAMES, EnvConfig
+from ptreclaim.envs.features import OBS_NAMES
+from ptreclaim.envs.pagetable_env import EnvConfig
 from ptreclaim.envs.sim.config import ConfigError, build
 
 ROOT = Path(__file__).resolve().parents[1]

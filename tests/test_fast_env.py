@@ -108,7 +108,7 @@ def test_batched_vec_env_trains_the_same_model() -> None:
     from stable_baselines3.common.monitor import Monitor
     from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-    from ptreclaim.agents.fastvec import FastVecEnv
+    from ptreclaim.agents.training.fastvec import FastVecEnv
 
     scenarios = load_suite(CONFIG_DIR / "suites" / "train.yaml")
 

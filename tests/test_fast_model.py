@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ptreclaim.envs.sim import scriptgen
+from ptreclaim.envs.kernel import scriptgen
 from ptreclaim.envs.sim.fast._fast import FastAddressSpace
 from ptreclaim.envs.sim.fast.check import canonical_state, replay_both
 from ptreclaim.envs.sim.opscript import parse_file, parse_text

@@ -10,9 +10,9 @@ import pytest
 
 from ptreclaim.envs.kernel.check import compare_script
 from ptreclaim.envs.kernel.oracle import kernel_status, run_script
+from ptreclaim.envs.kernel.scriptgen import generate_corpus
 from ptreclaim.envs.sim.opscript import parse_file, parse_text, read_expected
 from ptreclaim.envs.sim.replay import replay
-from ptreclaim.envs.sim.scriptgen import generate_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data" / "kernel"

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from ptreclaim.envs.kernel.scriptgen import generate_corpus
 from ptreclaim.envs.sim.opscript import Script, parse_file, parse_text
 from ptreclaim.envs.sim.pagetable import (
     E_ANON,
@@ -62,7 +63,6 @@ from ptreclaim.envs.sim.pagetable import (
     TableClass,
 )
 from ptreclaim.envs.sim.replay import ScriptMachine, replay
-from ptreclaim.envs.sim.scriptgen import generate_corpus
 
 KiB = 1 << 10
 MiB = 1 << 20

@@ -27,8 +27,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ptreclaim.agents import monitor
-from ptreclaim.envs.pagetable_env import OBS_NAMES
+from ptreclaim.agents import advisor
+from ptreclaim.envs import features
+from ptreclaim.envs.features import OBS_NAMES
+from ptreclaim.envs.host import sample as hostsample
+from ptreclaim.envs.sim.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "monitor.py"
@@ -69,7 +72,7 @@ class Child:
         self.pid = self.proc.pid
 
     def status(self) -> dict[str, int]:
-        from ptreclaim.envs.procfs import read_status
+        from ptreclaim.envs.host.procfs import read_status
 
         return read_status(self.pid)
 
@@ -156,13 +159,13 @@ def test_without_the_hog_nobody_is_named(children: tuple[Child, Child]) -> None:
     """Judged alone, the sane process is under the per-process limit."""
     _, sane = children
     rec = _one(["--policy", str(THRESHOLDS), "--top", "1000"])
-    procs = [monitor.ProcSample(r["pid"], r["vmpte_kib"], r["vmrss_kib"], r["maps"])
+    procs = [hostsample.ProcSample(r["pid"], r["vmpte_kib"], r["vmrss_kib"], r["maps"])
              for r in rec["top"] if r["pid"] == sane.pid]
-    live = monitor.load_policy(str(THRESHOLDS))
+    live = advisor.load_policy(str(THRESHOLDS))
     obs = np.zeros(len(OBS_NAMES), dtype=np.float32)
     obs[OBS_NAMES.index("top1_pt_frac")] = procs[0].pte_kib / 4 / rec["host"]["zone_pages"]
     obs[OBS_NAMES.index("top1_pt_ratio")] = procs[0].ratio
-    advice = monitor.advise(live, obs, procs, Path("/proc"))
+    advice = advisor.advise(live, obs, procs, Path("/proc"))
     assert advice.target == "none" and advice.pid is None
     assert "no process over the per-process limit" in advice.reason
 
@@ -334,7 +337,7 @@ def test_unprivileged_run_says_what_it_could_not_read(children: tuple[Child, Chi
     if os.geteuid() != 0 or setpriv is None:
         pytest.skip("needs root and setpriv to drop to an unprivileged user")
     prefix = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
-    probe = subprocess.run([*prefix, sys.executable, "-c", "import ptreclaim.agents.monitor"],
+    probe = subprocess.run([*prefix, sys.executable, "-c", "import ptreclaim.cli.monitor"],
                            capture_output=True, text=True, timeout=60, env=_env())
     if probe.returncode != 0:
         pytest.skip(f"cannot run the project as nobody: {probe.stderr.strip()[-200:]}")
@@ -523,34 +526,34 @@ def test_bad_input_is_one_line(args: list[str], expect: str) -> None:
 # ------------------------------------------------------------------ units
 
 def test_parse_zoneinfo_and_unmovable_zone() -> None:
-    zones = monitor.parse_zoneinfo(ZONEINFO)
+    zones = hostsample.parse_zoneinfo(ZONEINFO)
     assert [z.name for z in zones] == ["DMA", "Normal", "Movable", "Device"]
     dma, normal = zones[0], zones[1]
     assert (dma.free, dma.min, dma.managed, dma.free_cma) == (3840, 22, 3840, 0)
     assert (normal.cma, normal.free_cma, normal.high) == (4096, 2048, 1500)
-    u = monitor.unmovable_zone(zones)
+    u = hostsample.unmovable_zone(zones)
     assert u is not None and u.zones == ("0:DMA", "0:Normal")
-    assert monitor.unmovable_zone([zones[2], zones[3]]) is None
+    assert hostsample.unmovable_zone([zones[2], zones[3]]) is None
 
 
 def test_parse_psi_and_kv() -> None:
-    psi = monitor.parse_psi("some avg10=1.50 avg60=0.25 avg300=0.00 total=1\n")
+    psi = hostsample.parse_psi("some avg10=1.50 avg60=0.25 avg300=0.00 total=1\n")
     assert psi == {"some_avg10": 0.015, "some_avg60": 0.0025}
-    assert monitor.parse_kv(MEMINFO)["PageTables"] == 10240
+    assert hostsample.parse_kv(MEMINFO)["PageTables"] == 10240
 
 
 def test_fail_share_window() -> None:
-    state = monitor.LiveState(interval_s=5.0, now=0.0)  # 10 s / 5 s: two intervals
+    state = advisor.LiveState(interval_s=5.0, now=0.0)  # 10 s / 5 s: two intervals
     assert state.window.maxlen == 2
     assert state.fail_share(10) == 0.0  # nothing to compare with yet
     assert state.fail_share(12) == 0.5
     assert state.fail_share(12) == 0.5
     assert state.fail_share(12) == 0.0
-    assert monitor.LiveState(0.1, 0.0).window.maxlen == 100
+    assert advisor.LiveState(0.1, 0.0).window.maxlen == 100
 
 
 def test_notes_said_once() -> None:
-    notes = monitor.Notes()
+    notes = hostsample.Notes()
     notes.add("a", "first")
     notes.add("a", "again")
     notes.add("b", "second")
@@ -574,15 +577,15 @@ def test_observation_matches_the_env() -> None:
     assert sim is not None
     m = sim.machine
     want = env.observe([])
-    zone = monitor.UnmovableZone(m.normal_pages, m.normal_free, m.wmark.min, m.wmark.low,
+    zone = hostsample.UnmovableZone(m.normal_pages, m.normal_free, m.wmark.min, m.wmark.low,
                                  m.wmark.high, ("sim",), "test")
     psi = {"some_avg10": m.psi.some_avg10, "some_avg60": m.psi.some_avg60,
            "full_avg10": m.psi.full_avg10, "full_avg60": m.psi.full_avg60}
     pt_kib = sum(p.pt_bytes for p in sim.alive) // 1024
-    host = monitor.HostSample(zone, psi, pt_kib, None)
-    procs = [monitor.ProcSample(p.pid, p.pt_bytes // 1024, p.rss_bytes // 1024, None)
+    host = hostsample.HostSample(zone, psi, pt_kib, None)
+    procs = [hostsample.ProcSample(p.pid, p.pt_bytes // 1024, p.rss_bytes // 1024, None)
              for p in sim.alive]
-    got, missing = monitor.observe(host, procs, monitor.LiveState(5.0, 0.0), 0.0)
+    got, missing = advisor.observe(host, procs, advisor.LiveState(5.0, 0.0), 0.0)
     assert missing == ["refault_rate", "last_yield", "fail_share"]
     same = [i for i, n in enumerate(OBS_NAMES)
             if n not in ("refault_rate", "last_yield", "fail_share", "since_pass")]
@@ -590,7 +593,7 @@ def test_observation_matches_the_env() -> None:
     assert np.count_nonzero(got[same]) >= 8  # a state with signal in it
     # The env's suspect and the advisor's are the same process.
     suspect = env.most_suspicious()
-    mine = monitor.most_suspicious(procs)
+    mine = features.most_suspicious(procs)
     assert (suspect.pid if suspect else None) == (mine.pid if mine else None)
 
 
@@ -599,7 +602,7 @@ def test_scan_never_write_protects(children: tuple[Child, Child],
     """PAGEMAP_SCAN can also write-protect the pages it matches
     (PM_SCAN_WP_MATCHING): the advisor's scan must ask for no such flag.  strace
     does not decode the ioctl's argument, so this looks at it directly."""
-    from ptreclaim.envs import procfs
+    from ptreclaim.envs.host import procfs
 
     hog, _ = children
     seen: list[tuple[int, int]] = []
@@ -612,8 +615,8 @@ def test_scan_never_write_protects(children: tuple[Child, Child],
 
     monkeypatch.setattr(procfs.fcntl, "ioctl", spy)
     st = hog.status()
-    notes = monitor.Notes()
-    res = monitor.scan_empty_tables(Path("/proc"), [monitor.ProcSample(
+    notes = hostsample.Notes()
+    res = hostsample.scan_empty_tables(Path("/proc"), [hostsample.ProcSample(
         hog.pid, st["VmPTE"], st["VmRSS"], None)], notes)
     assert seen and all(flags == 0 for flags, _ in seen)
     assert res[hog.pid].method == "pagemap_scan"
@@ -640,42 +643,42 @@ def test_learned_policy_from_a_run_folder(tmp_path: Path) -> None:
     PPO("MlpPolicy", venv, n_steps=8, batch_size=8, seed=0, device="cpu").save(
         run / "model.zip")
     venv.save(str(run / "vecnormalize.pkl"))
-    live = monitor.load_policy(str(run), runs_root=str(runs))
+    live = advisor.load_policy(str(run), runs_root=str(runs))
     assert live.spec.kind == "model" and live.spec.vecnormalize
     obs = np.full(len(OBS_NAMES), 0.1, dtype=np.float32)
     obs[OBS_NAMES.index("pt_frac")] = 0.9
-    procs = [monitor.ProcSample(os.getpid(), 2048, 1024, 10)]
-    advice = monitor.advise(live, obs, procs, Path("/proc"))
+    procs = [hostsample.ProcSample(os.getpid(), 2048, 1024, 10)]
+    advice = advisor.advise(live, obs, procs, Path("/proc"))
     assert advice.reason.startswith("learned policy; signals furthest from its training data: "
                                     "pt_frac 0.9 (z ")
-    assert len(advice.action) == 3 and advice.depth in monitor.DEPTH_NAMES
+    assert len(advice.action) == 3 and advice.depth in advisor.DEPTH_NAMES
     if advice.target == "process":
         assert advice.pid == os.getpid()
     # Outside runs/ a model needs --trust-model (it holds pickles).
-    with pytest.raises(monitor.ConfigError, match="--trust-model"):
-        monitor.load_policy(str(run), runs_root=str(tmp_path / "elsewhere"))
+    with pytest.raises(ConfigError, match="--trust-model"):
+        advisor.load_policy(str(run), runs_root=str(tmp_path / "elsewhere"))
 
 
-def _obs_for(procs: list[monitor.ProcSample], zone_pages: int) -> np.ndarray:
-    host = monitor.HostSample(monitor.UnmovableZone(zone_pages, zone_pages // 2, 100, 125, 150,
-                                                    ("t",), "test"), None, 4096, None)
-    return monitor.observe(host, procs, monitor.LiveState(5.0, 0.0), 0.0)[0]
+def _obs_for(procs: list[hostsample.ProcSample], zone_pages: int) -> np.ndarray:
+    host = hostsample.HostSample(hostsample.UnmovableZone(zone_pages, zone_pages // 2, 100, 125,
+                                                          150, ("t",), "test"), None, 4096, None)
+    return advisor.observe(host, procs, advisor.LiveState(5.0, 0.0), 0.0)[0]
 
 
 def test_advice_targets_the_env_suspect() -> None:
     """The rule judges the largest holder; the pass goes where the env would
     send it (the largest ratio among holders of >= 1 MiB), and says so."""
-    live = monitor.load_policy(str(THRESHOLDS))
-    big = monitor.ProcSample(10, 20000, 10000, None)  # ratio 0.67, the largest holder
-    worse = monitor.ProcSample(20, 2000, 100, None)  # ratio 0.95
-    tiny = monitor.ProcSample(30, 1000, 1, None)  # ratio 0.999 but under 1 MiB
-    advice = monitor.advise(live, _obs_for([big, worse, tiny], 1 << 20), [big, worse, tiny],
+    live = advisor.load_policy(str(THRESHOLDS))
+    big = hostsample.ProcSample(10, 20000, 10000, None)  # ratio 0.67, the largest holder
+    worse = hostsample.ProcSample(20, 2000, 100, None)  # ratio 0.95
+    tiny = hostsample.ProcSample(30, 1000, 1, None)  # ratio 0.999 but under 1 MiB
+    advice = advisor.advise(live, _obs_for([big, worse, tiny], 1 << 20), [big, worse, tiny],
                             Path("/nonexistent"))
     assert advice.target == "process" and advice.pid == 20
     assert "the target is PID 20" in advice.reason
     assert advice.comm == "?" and advice.cmdline == ""  # gone: no crash
     # Nobody holds >= 1 MiB: the env runs no pass, and the advice says why.
     obs = _obs_for([big], 1 << 20)
-    advice = monitor.advise(live, obs, [tiny], Path("/proc"))
+    advice = advisor.advise(live, obs, [tiny], Path("/proc"))
     assert advice.target == "none" and advice.budget_tables == 0 and advice.pid is None
     assert advice.reason.endswith("so no pass")

@@ -60,7 +60,7 @@ from ptreclaim.envs.sim.pagetable import (
 from ptreclaim.envs.sim.reclaim import DEPTHS
 from ptreclaim.envs.sim.simulator import ScenarioConfig, Simulation, TickRecord
 from ptreclaim.envs.sim.workloads import WORKLOADS
-from ptreclaim.envs.simulate_cli import policy_aggressive
+from ptreclaim.envs.simulate import policy_aggressive
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIO_DIR = ROOT / "configs" / "scenarios"

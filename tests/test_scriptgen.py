@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from ptreclaim.envs.sim import scriptgen
+from ptreclaim.envs.kernel import scriptgen
 from ptreclaim.envs.sim.opscript import PAGE, SLOT_SIZE, GiB, MiB, Op, Script, parse_text
 
 PER_FAMILY = 40

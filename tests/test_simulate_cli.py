@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ptreclaim.cli.simulate import OUTPUT_FILES, plot_timeline, run, summarize
 from ptreclaim.envs.configio import load_scenario
-from ptreclaim.envs.simulate_cli import OUTPUT_FILES, plot_timeline, run, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "simulate.py"

@@ -7,6 +7,7 @@ and are awaited together, so the whole file stays well under 90 s on 2 cores.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -22,7 +23,8 @@ import gymnasium  # noqa: F401  (registers the env ids before the env module loa
 import numpy as np
 import pytest
 
-from ptreclaim.agents import train as T
+from ptreclaim.agents import loading
+from ptreclaim.agents.training import callbacks, config, hyperparams, runconfig
 from ptreclaim.envs.configio import load_scenario
 from ptreclaim.envs.pagetable_env import EnvConfig, PageTableReclaimEnv
 
@@ -75,7 +77,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env.pop(T.STOP_AT_ENV, None)
+    env.pop(callbacks.STOP_AT_ENV, None)
     env.update(extra or {})
     return env
 
@@ -103,7 +105,7 @@ def only_run(out: Path) -> Path:
 
 def rollout(run_dir: Path, scenario: Path, steps: int = 30) -> tuple[list[list[int]], list[float]]:
     """The first ``steps`` actions and rewards of a run's final policy."""
-    policy = T.load_trained_policy(run_dir)
+    policy = runconfig.load_trained_policy(run_dir)
     env = PageTableReclaimEnv([load_scenario(scenario)], ENV_CONFIG)
     obs, _ = env.reset(seed=123)
     actions, rewards = [], []
@@ -127,18 +129,18 @@ def runs(tiny: Path) -> Iterator[dict[str, Any]]:
     all started together."""
     exp = str(tiny / "exp.yaml")
     jobs: dict[str, subprocess.Popen[str]] = {}
-    for algo in T.ALGOS:
+    for algo in loading.ALGOS:
         jobs[algo] = start(["--config", exp, "--algo", algo, "--out", str(tiny / algo)])
     jobs["ppo_again"] = start(["--config", exp, "--out", str(tiny / "ppo_again")])
     jobs["stopped"] = start(["--config", exp, "--out", str(tiny / "stopped"),
-                             "--set", "checkpoint_freq=64"], {T.STOP_AT_ENV: "128"})
+                             "--set", "checkpoint_freq=64"], {callbacks.STOP_AT_ENV: "128"})
     jobs["multi"] = start(["--config", exp, "--seeds", "0,1", "--jobs", "2",
                            "--set", "eval.final_episodes=1", "--out", str(tiny / "multi")])
     results = {name: finish(p, timeout=180) for name, p in jobs.items()}
     yield {"dir": tiny, "results": results}
 
 
-@pytest.mark.parametrize("algo", T.ALGOS)
+@pytest.mark.parametrize("algo", loading.ALGOS)
 def test_smoke_run_per_algorithm(runs: dict[str, Any], algo: str) -> None:
     rc, out, err = runs["results"][algo]
     assert rc == 0, err
@@ -152,12 +154,12 @@ def test_smoke_run_per_algorithm(runs: dict[str, Any], algo: str) -> None:
     state = json.loads((run_dir / "state.json").read_text())
     assert state["status"] == "finished" and state["num_timesteps"] == 256
     report = (run_dir / "report.md").read_text()
-    for name in (*T.BASELINES, "oracle", algo, f"{algo}_best"):
+    for name in (*config.BASELINES, "oracle", algo, f"{algo}_best"):
         assert f"| {name} |" in report
     assert "paired" in report.lower()
     # The printed table: every policy, with the normalised score column.
     assert "score" in out and "soft_hard" in out and "oracle" in out
-    cfg = T.read_run_config(run_dir)
+    cfg = runconfig.read_run_config(run_dir)
     assert cfg.experiment.algo == algo and cfg.seed == 0
     with np.load(run_dir / "evaluations.npz") as d:
         assert list(d["timesteps"]) == [128, 256]
@@ -168,11 +170,12 @@ def test_save_load_round_trip_gives_identical_actions(runs: dict[str, Any]) -> N
     obs = np.random.default_rng(0).uniform(-1, 1, (64, 17)).astype(np.float32)
     for algo in ("ppo", "dqn"):
         run_dir = only_run(runs["dir"] / algo)
-        final = T.load_trained_policy(run_dir)
+        final = runconfig.load_trained_policy(run_dir)
         # The last checkpoint is the final model: same weights, same statistics.
-        model = T.load_model(run_dir / "checkpoints" / "model_256_steps.zip", algo, ENV_CONFIG)
-        stats = T.load_normalizer(run_dir / "checkpoints" / "vecnormalize_256_steps.pkl")
-        ckpt = T.as_policy(model, stats, ENV_CONFIG, "ckpt")
+        model = loading.load_model(run_dir / "checkpoints" / "model_256_steps.zip", algo,
+                                   ENV_CONFIG)
+        stats = loading.load_vecnormalize(run_dir / "checkpoints" / "vecnormalize_256_steps.pkl")
+        ckpt = loading.as_policy(model, stats, ENV_CONFIG, "ckpt")
         a, _ = final.predict(obs)
         b, _ = ckpt.predict(obs)
         assert a.shape == (64, 3)
@@ -181,10 +184,10 @@ def test_save_load_round_trip_gives_identical_actions(runs: dict[str, Any]) -> N
         np.testing.assert_array_equal(final.predict(obs[5])[0], a[5])
     # In process: save -> load keeps the weights and the statistics exactly.
     run_dir = only_run(runs["dir"] / "ppo")
-    model = T.load_model(run_dir / "model.zip", "ppo", ENV_CONFIG)
+    model = loading.load_model(run_dir / "model.zip", "ppo", ENV_CONFIG)
     path = runs["dir"] / "roundtrip.zip"
-    T._save_model(model, path)
-    again = T.load_model(path, "ppo", ENV_CONFIG)
+    callbacks.save_model(model, path)
+    again = loading.load_model(path, "ppo", ENV_CONFIG)
     np.testing.assert_array_equal(model.predict(obs, deterministic=True)[0],
                                   again.predict(obs, deterministic=True)[0])
 
@@ -222,7 +225,7 @@ def test_resume_continues_the_step_count(runs: dict[str, Any]) -> None:
     assert "resuming" in out and "at step 128/256" in out
     state = json.loads((run_dir / "state.json").read_text())
     assert state["status"] == "finished" and state["num_timesteps"] == 256
-    model = T.load_model(run_dir / "model.zip", "ppo", ENV_CONFIG)
+    model = loading.load_model(run_dir / "model.zip", "ppo", ENV_CONFIG)
     assert model.num_timesteps == 256
     with np.load(run_dir / "evaluations.npz") as d:
         assert list(d["timesteps"]) == [128, 256]
@@ -349,7 +352,7 @@ def test_model_from_another_env_is_refused(runs: dict[str, Any], tmp_path: Path)
     scen = load_scenario(runs["dir"] / "tiny.yaml")
     other = PPO("MlpPolicy", PageTableReclaimEnv([scen], EnvConfig(candidate_counts=True)),
                 n_steps=16, batch_size=16, seed=0, device="cpu")
-    for name, make in (("other_env", lambda p: T._save_model(other, p)),
+    for name, make in (("other_env", lambda p: callbacks.save_model(other, p)),
                        ("other_algo", lambda p: shutil.copy(
                            only_run(runs["dir"] / "dqn") / "model.zip", p))):
         run_dir = tmp_path / name
@@ -378,36 +381,36 @@ def test_existing_run_folder_is_never_overwritten(tiny: Path, tmp_path: Path) ->
 
 
 def test_set_values_are_typed_and_validated(tiny: Path) -> None:
-    exp, data = T.load_experiment(tiny / "exp.yaml", [
+    exp, data = config.load_experiment(tiny / "exp.yaml", [
         ("--set", "env.decision_ticks=7"), ("--set", "normalize.reward=false"),
         ("--set", "hyperparams.ppo.learning_rate=1e-3"), ("--set", "seeds=[3, 4]")])
     assert exp.env.decision_ticks == 7 and exp.normalize.reward is False
     assert exp.seeds == (3, 4)
     assert exp.train_suite == str((tiny / "tiny.yaml").resolve())
     assert data["env"]["decision_ticks"] == 7
-    hp = T.load_hyperparams(exp)
+    hp = hyperparams.load_hyperparams(exp)
     assert hp["learning_rate"] == pytest.approx(1e-3)
     assert hp["n_steps"] == 32  # the experiment's override of the algo YAML
-    sched = T._schedule("lin_3e-4", "x")
+    sched = hyperparams._schedule("lin_3e-4", "x")
     assert sched(1.0) == pytest.approx(3e-4) and sched(0.5) == pytest.approx(1.5e-4)
-    with pytest.raises(T.TrainError, match="did you mean 'normalize'"):
-        T.load_experiment(tiny / "exp.yaml", [("--set", "normalise.obs=true")])
+    with pytest.raises(config.TrainError, match="did you mean 'normalize'"):
+        config.load_experiment(tiny / "exp.yaml", [("--set", "normalise.obs=true")])
 
 
 def test_default_experiment_and_algo_configs_load() -> None:
-    exp, _ = T.load_experiment(None)
+    exp, _ = config.load_experiment(None)
     assert exp.name == "default" and exp.algo == "ppo" and len(exp.seeds) >= 3
-    for algo in T.ALGOS:
-        hp = T.load_hyperparams(T.dataclasses.replace(exp, algo=algo))
-        T.materialize(algo, hp)
-    scen = T.resolve_scenarios(exp)
+    for algo in loading.ALGOS:
+        hp = hyperparams.load_hyperparams(dataclasses.replace(exp, algo=algo))
+        hyperparams.materialize(algo, hp)
+    scen = config.resolve_scenarios(exp)
     assert {s.name for s in scen.train}.isdisjoint({s.name for s in scen.eval})
 
 
 def test_flattened_actions_cover_the_multidiscrete_space() -> None:
     nvec = np.array([5, 3, 2])
-    flat = T.unflatten_action(np.arange(30), nvec)
+    flat = loading.unflatten_action(np.arange(30), nvec)
     assert flat.shape == (30, 3)
     assert len({tuple(r) for r in flat}) == 30
     assert (flat < nvec).all()
-    assert list(T.unflatten_action(np.int64(7), nvec)) == list(flat[7])
+    assert list(loading.unflatten_action(np.int64(7), nvec)) == list(flat[7])

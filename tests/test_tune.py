@@ -21,10 +21,14 @@ import optuna
 import pytest
 import yaml
 
-from ptreclaim.agents import tune
-from ptreclaim.agents.evaluate import evaluate_specs, load_thresholds, parse_policy
+from ptreclaim.agents.evaluate import evaluate_specs
+from ptreclaim.agents.export import load_thresholds
 from ptreclaim.agents.heuristics import SoftHardParams, make_heuristic
-from ptreclaim.agents.train import load_experiment, load_hyperparams, validate_hyperparams
+from ptreclaim.agents.loading import parse_policy
+from ptreclaim.agents.training.config import load_experiment
+from ptreclaim.agents.training.hyperparams import load_hyperparams, validate_hyperparams
+from ptreclaim.agents.tune import spaces, storage
+from ptreclaim.cli import tune
 from ptreclaim.envs.configio import load_scenario
 from ptreclaim.envs.pagetable_env import EnvConfig
 from ptreclaim.envs.sim.config import to_dict
@@ -223,8 +227,8 @@ def test_killed_workers_trial_is_failed_and_its_params_rerun(
         proc.wait()
     (killed,) = [t for t in load(out).trials if t.state == optuna.trial.TrialState.RUNNING]
     # A later worker notices the silent trial once its grace period is over.
-    monkeypatch.setattr(tune, "GRACE_SECONDS", 2)
-    monkeypatch.setattr(tune, "HEARTBEAT_SECONDS", 1)
+    monkeypatch.setattr(storage, "GRACE_SECONDS", 2)
+    monkeypatch.setattr(storage, "HEARTBEAT_SECONDS", 1)
     time.sleep(3)
     assert tune.main([*args, "--n-trials", "1"]) == 0
     study = load(out)
@@ -247,7 +251,7 @@ def test_every_sampled_soft_hard_is_valid(hard_limit: bool) -> None:
     seen: set[str] = set()
 
     def objective(trial: optuna.Trial) -> float:
-        params = tune.suggest_soft_hard(trial, env)
+        params = spaces.suggest_soft_hard(trial, env)
         make_heuristic("soft_hard", params)  # raises on an invalid combination
         assert params["soft_pt_frac"] <= params["hard_pt_frac"]
         seen.update(params)
@@ -261,20 +265,20 @@ def test_every_sampled_soft_hard_is_valid(hard_limit: bool) -> None:
 
 def test_default_trial_reproduces_the_defaults() -> None:
     env = EnvConfig()
-    params = tune.suggest_soft_hard(optuna.trial.FixedTrial(tune.default_soft_hard(env)), env)
+    params = spaces.suggest_soft_hard(optuna.trial.FixedTrial(spaces.default_soft_hard(env)), env)
     assert SoftHardParams(**params) == SoftHardParams()
-    fixed = optuna.trial.FixedTrial(tune.default_periodic(env))
-    assert tune.suggest_periodic(fixed, env) == tune.default_periodic(env)
+    fixed = optuna.trial.FixedTrial(spaces.default_periodic(env))
+    assert spaces.suggest_periodic(fixed, env) == spaces.default_periodic(env)
 
 
 @pytest.mark.parametrize("algo", tune.AGENT_TARGETS)
 def test_shipped_hyperparameters_are_trial_0_of_the_agent_space(algo: str) -> None:
     exp, _ = load_experiment(None, [("--algo", f"algo={algo}")])
     base = load_hyperparams(exp)
-    default = tune.default_agent(algo, base)
+    default = spaces.default_agent(algo, base)
     assert default is not None
-    params = tune.suggest_agent(optuna.trial.FixedTrial(default), algo)
-    hp = tune.agent_hyperparams(algo, params, base, exp.n_envs)
+    params = spaces.suggest_agent(optuna.trial.FixedTrial(default), algo)
+    hp = spaces.agent_hyperparams(algo, params, base, exp.n_envs)
 
     def lr(v: Any) -> tuple[bool, float]:  # 'lin_3.0e-4' and 'lin_0.0003' are one schedule
         return (True, float(v[4:])) if isinstance(v, str) else (False, float(v))

@@ -19,7 +19,7 @@ blocks them for the whole pass, ``pmd_lock`` only per freed table).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 
@@ -27,8 +27,9 @@ from .costs import PTRS_PER_PTE
 from .pagetable import TableClass
 
 if TYPE_CHECKING:
+    from .costs import CostModel
+    from .machine import Machine
     from .process import Process
-    from .simulator import Simulation
 
 #: Class depth: what a pass may free, from the least to the most aggressive.
 DEPTHS: tuple[frozenset[TableClass], ...] = (
@@ -44,6 +45,25 @@ class ReclaimConfig:
     the whole pass) or ``pmd_lock`` (fine-grained, per table)."""
 
     lock: Literal["mmap_write", "pmd_lock"] = "mmap_write"
+
+
+class _Scenario(Protocol):
+    @property
+    def reclaim(self) -> ReclaimConfig: ...
+
+
+class Simulation(Protocol):
+    """The part of :class:`ptreclaim.envs.sim.simulator.Simulation` a pass
+    uses; the simulator imports this module, so it is typed here, not imported."""
+
+    costs: CostModel
+    machine: Machine
+
+    @property
+    def scenario(self) -> _Scenario: ...
+
+    @property
+    def alive(self) -> list[Process]: ...
 
 
 @dataclass

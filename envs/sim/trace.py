@@ -4,9 +4,11 @@ A trace is one ``.npz`` file (numpy's zip of arrays, always read with
 ``allow_pickle=False``) holding, on one monotonic clock in milliseconds since
 the capture started:
 
-* **samples** (``n``): ``t_ms``, ``vm_pte_kib`` (``VmPTE`` read before the
-  page walk), ``vm_pte_after_kib`` (read again after it: a difference means
-  the process changed its tables during the sample), ``vm_rss_kib``;
+* **samples** (``n``): ``t_ms`` (when the sample began: just before
+  ``VmPTE`` was read), ``vm_pte_kib`` (``VmPTE`` read before the page walk),
+  ``vm_pte_after_kib`` (read again after it: a difference means the process
+  changed its tables during the sample), ``t_after_ms`` (just before that
+  second read: the end of the sample's read window), ``vm_rss_kib``;
 * **block presence**, stored as per-sample *changes*: for every 2 MiB-aligned
   block (``address >> 21``) whose state differs from the previous sample, its
   new present/swapped/zero-page/file page counts, PMD-mapped flag and a
@@ -25,8 +27,15 @@ the capture started:
   ``version`` (:data:`VERSION`), the command, kernel, interval, method,
   capture overhead and notes.
 
-Reading a file that is not a trace, was cut short, or has another version
-raises :class:`TraceError` with one line that names the file and the fix.
+Versions: 2 (written now) added ``t_after_ms``.  Version 1 files are still
+read; they did not record when a sample's page walk ended, so their
+``t_after_ms`` is ``t_ms`` (a read window of zero length: a syscall that
+completed during the walk counts as after the sample, as it always did for
+them).
+
+Reading a file that is not a trace, was cut short, or has a version this
+code does not read raises :class:`TraceError` with one line that names the
+file and the fix.
 """
 
 from __future__ import annotations
@@ -48,6 +57,7 @@ from .config import ConfigError
 
 __all__ = [
     "FORMAT",
+    "READABLE_VERSIONS",
     "SYSCALLS",
     "VERSION",
     "BlockState",
@@ -58,7 +68,9 @@ __all__ = [
 ]
 
 FORMAT = "ptreclaim-trace"
-VERSION = 1
+VERSION = 2
+#: Format versions :func:`read_trace` accepts (see the module docstring).
+READABLE_VERSIONS = (1, 2)
 #: Memory syscalls a trace records, in code order (``sys_op`` indexes this).
 SYSCALLS = ("mmap", "munmap", "madvise", "mremap", "brk", "mprotect")
 PERM_R, PERM_W, PERM_X, PERM_S = 1, 2, 4, 8
@@ -68,7 +80,7 @@ BITMAP_BYTES = 64  # 512 pages per 2 MiB block
 # .npz with the right names but wrong contents is still rejected cleanly.
 _ARRAYS: dict[str, tuple[str, int]] = {
     "t_ms": ("f", 1), "vm_pte_kib": ("i", 1), "vm_pte_after_kib": ("i", 1),
-    "vm_rss_kib": ("i", 1),
+    "t_after_ms": ("f", 1), "vm_rss_kib": ("i", 1),
     "chg_offsets": ("i", 1), "chg_block": ("i", 1), "chg_present": ("i", 1),
     "chg_swapped": ("i", 1), "chg_zero": ("i", 1), "chg_file": ("i", 1),
     "chg_huge": ("b", 1), "chg_bits": ("u", 2),
@@ -78,6 +90,8 @@ _ARRAYS: dict[str, tuple[str, int]] = {
     "sys_t_ms": ("f", 1), "sys_op": ("u", 1), "sys_args": ("i", 2), "sys_ret": ("i", 1),
     "sys_tid": ("i", 1), "sys_path": ("i", 1),
 }
+#: Arrays a version-1 file lacks (:func:`read_trace` derives them).
+_SINCE_V2 = frozenset({"t_after_ms"})
 
 
 class TraceError(ConfigError):
@@ -144,6 +158,11 @@ class Trace:
         return self.arrays["vm_pte_kib"]
 
     @property
+    def t_after_ms(self) -> np.ndarray:
+        """End of each sample's read window (see the module docstring)."""
+        return self.arrays["t_after_ms"]
+
+    @property
     def duration_ms(self) -> float:
         t = self.arrays["t_ms"]
         return float(t[-1]) if t.size else 0.0
@@ -151,6 +170,11 @@ class Trace:
     @property
     def has_syscalls(self) -> bool:
         return bool(self.meta.get("syscalls", False))
+
+    @property
+    def has_read_windows(self) -> bool:
+        """Whether ``t_after_ms`` was recorded (format version 2 on)."""
+        return int(self.meta.get("version", VERSION)) >= 2
 
     @property
     def syscall_count(self) -> int:
@@ -272,11 +296,12 @@ def read_trace(path: str | os.PathLike[str]) -> Trace:
             if not isinstance(raw_meta, np.ndarray):  # a zip member that is no .npy
                 raise ValueError("'meta' is not a numpy array")
             meta = _parse_meta(name, raw_meta)
-            missing = sorted(set(_ARRAYS) - names)
+            expected = set(_ARRAYS) - (_SINCE_V2 if meta["version"] == 1 else set())
+            missing = sorted(expected - names)
             if missing:
                 raise TraceError(f"{name}: truncated or damaged trace: arrays missing: "
                                  f"{', '.join(missing[:4])}; re-record it")
-            arrays = {k: z[k] for k in _ARRAYS}
+            arrays = {k: z[k] for k in _ARRAYS if k in expected}
             bad = [k for k, v in arrays.items() if not isinstance(v, np.ndarray)]
             if bad:
                 raise ValueError(f"array {bad[0]!r} is not a numpy array")
@@ -286,6 +311,8 @@ def read_trace(path: str | os.PathLike[str]) -> Trace:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise TraceError(f"{name}: truncated or damaged trace ({first}); re-record it "
                          "with scripts/capture_trace.py record") from None
+    if meta["version"] == 1:
+        arrays["t_after_ms"] = arrays["t_ms"]  # no read window recorded
     _check_arrays(name, arrays)
     return Trace(meta, arrays, source=name)
 
@@ -300,9 +327,10 @@ def _parse_meta(name: str, raw: np.ndarray) -> dict[str, Any]:
                          f"{meta.get('format') if isinstance(meta, dict) else None!r}, "
                          f"expected {FORMAT!r})")
     version = meta.get("version")
-    if version != VERSION:
+    if version not in READABLE_VERSIONS or isinstance(version, bool):
+        readable = " and ".join(str(v) for v in READABLE_VERSIONS)
         raise TraceError(f"{name}: trace format version {version!r}, but this ptreclaim reads "
-                         f"version {VERSION}; re-record it or use a matching ptreclaim")
+                         f"versions {readable}; re-record it or use a matching ptreclaim")
     return meta
 
 
@@ -320,11 +348,15 @@ def _check_arrays(name: str, a: dict[str, np.ndarray]) -> None:
     problems = []
     if n == 0:
         problems.append("no samples")
-    for key in ("vm_pte_kib", "vm_pte_after_kib", "vm_rss_kib"):
+    for key in ("vm_pte_kib", "vm_pte_after_kib", "t_after_ms", "vm_rss_kib"):
         if a[key].size != n:
             problems.append(f"{key} has {a[key].size} values for {n} samples")
     if n and np.any(np.diff(a["t_ms"]) < 0):
         problems.append("sample times go backwards")
+    elif a["t_after_ms"].size == n and n and (
+            np.any(a["t_after_ms"] < a["t_ms"]) or np.any(a["t_after_ms"][:-1] > a["t_ms"][1:])):
+        problems.append("a sample's read window ends before it starts or after the next "
+                        "sample starts")
     off = a["chg_offsets"]
     k = a["chg_block"].size
     if off.size != n + 1 or off[0] != 0 or off[-1] != k or np.any(np.diff(off) < 0):
@@ -370,6 +402,7 @@ class TraceWriter:
         self._t: list[float] = []
         self._pte: list[int] = []
         self._pte_after: list[int] = []
+        self._t_after: list[float] = []
         self._rss: list[int] = []
         self._prev: dict[int, tuple[int, int, int, int, bool, bytes]] = {}
         self._chg: list[tuple[int, int, int, int, int, bool, bytes]] = []
@@ -402,8 +435,10 @@ class TraceWriter:
     def add_sample(self, t_ms: float, vm_pte_kib: int, vm_pte_after_kib: int, vm_rss_kib: int,
                    block: np.ndarray, present: np.ndarray, swapped: np.ndarray,
                    zero: np.ndarray, file: np.ndarray, huge: np.ndarray,
-                   bits: np.ndarray) -> None:
-        """Add one sample with the full per-block state (sorted by block)."""
+                   bits: np.ndarray, t_after_ms: float | None = None) -> None:
+        """Add one sample with the full per-block state (sorted by block);
+        ``t_after_ms`` is when ``VmPTE`` was read again after the page walk
+        (default ``t_ms``: no read window)."""
         if not self._maps_sample:
             raise ValueError("add_maps() must come before the first sample")
         cur = {int(b): (int(p), int(s), int(z), int(f), bool(h), bits[i].tobytes())
@@ -419,6 +454,7 @@ class TraceWriter:
         self._t.append(float(t_ms))
         self._pte.append(int(vm_pte_kib))
         self._pte_after.append(int(vm_pte_after_kib))
+        self._t_after.append(float(t_ms if t_after_ms is None else t_after_ms))
         self._rss.append(int(vm_rss_kib))
 
     def add_syscall(self, t_ms: float, op: str, args: tuple[int, ...], ret: int,
@@ -441,6 +477,7 @@ class TraceWriter:
             "t_ms": np.asarray(self._t, dtype=np.float64),
             "vm_pte_kib": np.asarray(self._pte, dtype=np.int64),
             "vm_pte_after_kib": np.asarray(self._pte_after, dtype=np.int64),
+            "t_after_ms": np.asarray(self._t_after, dtype=np.float64),
             "vm_rss_kib": np.asarray(self._rss, dtype=np.int64),
             "chg_offsets": np.asarray(self._chg_offsets, dtype=np.int64),
             "chg_block": np.asarray([c[0] for c in chg], dtype=np.int64),

@@ -4,15 +4,27 @@ one or more processes' address spaces tick by tick."""
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
 from ..config import ConfigError, build
 
 if TYPE_CHECKING:
+    from ..machine import Machine
     from ..process import Process
-    from ..simulator import Simulation
+
+
+class Simulation(Protocol):
+    """What a workload may call on the simulation running it.  The simulator
+    imports the workloads, so its class is described here, not imported."""
+
+    tick_no: int
+    machine: Machine
+
+    def spawn(self, name: str, family: str, *, sane: bool = True, cpus: int = 1) -> Process: ...
+
+    def exit_process(self, p: Process, reason: str) -> None: ...
 
 #: Every process gets its own address space; workloads map their memory here.
 BASE = 16 << 40

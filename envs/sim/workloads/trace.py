@@ -3,7 +3,7 @@
 Source
 ------
 Traces recorded on this machine with ``scripts/capture_trace.py record``
-(:mod:`ptreclaim.envs.capture`; format in :mod:`ptreclaim.envs.sim.trace`):
+(:mod:`ptreclaim.envs.host.capture`; format in :mod:`ptreclaim.envs.sim.trace`):
 the process's maps, its per-2 MiB-block page presence (``PAGEMAP_SCAN``)
 and its memory syscalls (strace), on one clock.  The shipped ones live in
 ``data/traces/`` (installed as the ``ptreclaim.data`` package).
@@ -13,26 +13,98 @@ How a trace drives the model
 1. The first sample's maps become the initial VMAs (as the kernel split
    them: every private anonymous VMA gets its own anon_vma so neighbours the
    kernel kept apart stay apart), and its present pages are faulted in.
-2. For each later sample, in time order: the syscalls that completed since
-   the previous sample are applied to the model as the kernel got them
-   (mmap/munmap/madvise/mremap/brk/mprotect, with the kernel's return value
-   for placement), so VMAs change and ``MADV_DONTNEED`` zaps and reclaims
-   tables exactly by the model's rules; then the model's VMAs are reconciled
-   with the sample's maps (stack growth and anything the syscall log lacks);
-   then each block whose pages changed, or that a syscall zapped, is synced
-   with the sample: pages that appeared in the trace (or that a modelled zap
-   took while the kernel still shows them) are faulted in -- the first
-   appearance of a page in a block faults its table -- and pages that left
-   the trace without a modelled zap are dropped without freeing tables (as
-   lazy-free reclaim or swap-out would).  What is faulted depends on the
-   trace and the VMAs only, so :func:`compile_trace` turns a trace into a
-   fixed list of model operations once, and every replay runs that list.
+2. For each later sample ``k``, in time order (``t_ms[k]``: the sample began
+   and read ``VmPTE``; ``t_after_ms[k]``: it read ``VmPTE`` again after its
+   page walk; a syscall is dated by its completion):
+
+   a. the syscalls dated after sample ``k-1``'s read window and up to
+      ``t_ms[k]`` are applied to the model as the kernel got them
+      (mmap/munmap/madvise/mremap/brk/mprotect, with the kernel's return
+      value for placement), so VMAs change and ``MADV_DONTNEED`` zaps and
+      reclaims tables exactly by the model's rules;
+   b. the model's VMAs are reconciled with the sample's maps (stack growth
+      and anything the syscall log lacks) -- except the ranges that a logged
+      ``mmap``/``munmap``/``mremap``/``brk``/``mprotect`` dated after
+      ``t_ms[k]`` and before the next sample changes: such a call may have
+      been under way while the maps were read (``munmap`` and a ``brk``
+      shrink drop the VMA first and free the tables last), and the log
+      applies it when it completes;
+   c. each block whose pages changed, or that a syscall zapped, is synced
+      with the sample: pages that appeared in the trace (or that a modelled
+      zap took while the kernel still shows them) are faulted in -- the
+      first appearance of a page in a block faults its table -- and pages
+      that left the trace without a modelled zap are dropped without freeing
+      tables (as lazy-free reclaim or swap-out would);
+   d. the syscalls dated inside the sample's read window
+      (``t_ms[k]``, ``t_after_ms[k]``] are applied: the second ``VmPTE``
+      read saw them, the page walk may not have.  Their zaps are judged
+      against the next sample's pages (pages it still shows were faulted
+      again), and pages that had no VMA at c are retried after them.
+
+   The fidelity report compares the model's range over the sample (after c,
+   after d) with the kernel's (the two reads), so a syscall counts where the
+   kernel's reads saw it, not one sample late.  strace dates a call's end
+   when it gets to it, which can be milliseconds late on a busy machine, so
+   a version-1 trace (no ``t_after_ms``: its window is empty and d never
+   runs) also skips the exception in b and trusts the maps, as before: its
+   ``churn_glibc_trim`` has a ``brk`` shrink dated 5 ms after the sample
+   whose freed tables the first read already saw.  Evidence (``check`` on
+   the trace as recorded, then with its windows dropped):
+   ``numpy_jemalloc_decay`` 394/394 samples within the goal (max 3 tables)
+   against 392/394 (max 10: ``DONTNEED`` calls dated 1-2 ms into a sample
+   that both reads or the second saw); three more numpy re-recordings
+   390/390, 354/354, 394/394 against 390/390, 353/354, 391/394; two glibc
+   ``malloc_trim`` re-recordings max 4 and 5 tables against 104 and 200
+   without b's exception (a 230 MiB ``brk`` shrink dated 20 and 78 ms after
+   the sample, the VMA already gone from its maps, its tables still in both
+   reads).  Read windows there last 6-10 ms (median; numpy) to 26-41 ms
+   (churn, whose walks are long) and hold 7 % (numpy) to 32 % (churn) of
+   the syscalls.
+
+   What is faulted depends on the trace and the VMAs only, so
+   :func:`compile_trace` turns a trace into a fixed list of model
+   operations once, and every replay runs that list.
 3. Allocators purge pages they dirtied: a ``MADV_DONTNEED`` that reaches a
    block with no table in the replay, and would not free that block's table
    (partial cover, or a VMA boundary inside: R6, R9), means the process wrote
    there after the last sample and the kernel kept the table; the replay
    writes the first purged page there before the call (counted as
-   "purge-implied writes" in the fidelity report).
+   "purge-implied writes" in the fidelity report) -- except in the block
+   where a range that began in an earlier block ends, when it covers at most
+   :data:`UNWRITTEN_TAIL` (128 pages, 512 KiB) of it (counted as "tails").
+   The tail of a purged range is the end of the allocator's last extent:
+   size-class slack and, in jemalloc (``cache_oblivious``), a padding page,
+   which the process never wrote.  numpy under jemalloc shows it plainly:
+   its arrays of 8-48 MiB are large extents whose size class is a multiple
+   of 2 MiB, plus the padding page, so a purge ends 1-6 pages into a block
+   the array never reached, and the next sample holds no page there.
+   Evidence, writes made with this rule / with a write at every such block
+   / with none (samples within the goal):
+
+   ======================== ================ ================ ==============
+   trace                    this rule        every block      no writes
+   ======================== ================ ================ ==============
+   numpy_jemalloc_decay     6 w, 394/394     91 w, 142/394    393/394
+   churn_jemalloc           8 w, 151/151     15 w, 151/151    151/151
+   churn_glibc_trim         65 w, 155/155    65 w, 155/155    155/155
+   redis_jemalloc           0 w, 295/295     0 w, 295/295     295/295
+   ======================== ================ ================ ==============
+
+   and on 20 re-recordings (``record.sh`` commands; not shipped): numpy
+   (9 traces) 99-153 of about 400 samples within the goal with every block
+   written, all but 3 samples with this rule; churn under jemalloc (6) needs
+   the writes (100/148, 118/131 without any) and keeps most of them: 21-89
+   writes, 13-39 tails, every sample within the goal but one (4 tables, also
+   missed with every block written).  Replaying 8 jemalloc traces (numpy
+   and churn) with one candidate write flipped at a time: of the writes into
+   a range's tail block, 299 of those covering at most 128 pages raised the
+   error and 1 lowered it; of those covering more, 40 lowered it and 3
+   raised it (the rest changed nothing).  The wrong ones cover up to 86
+   pages (one 131), the right ones 135 and more (one 30); a threshold of
+   96-128 pages gave the least error on all 24 traces.
+   A block whose next sample holds pages does not matter (the sync faults
+   it anyway); one whose next sample holds none is exactly where the churn
+   traces need the write, so that is no criterion.
 4. What the first sample cannot show -- tables emptied before capture began
    -- is the difference between the recorded and the modelled VmPTE at
    sample 0, carried as a constant ``baseline_tables``.
@@ -80,8 +152,8 @@ from ..pagetable import (
 from ..trace import PERM_S, SYSCALLS, BlockState, MapsRow, Trace, TraceError, read_trace
 from .base import Workload
 
-__all__ = ["FidelityReport", "TraceConfig", "TracePlayer", "TraceReplayer", "TraceWorkload",
-           "compile_trace", "replay", "resolve_trace", "shipped_traces"]
+__all__ = ["UNWRITTEN_TAIL", "FidelityReport", "TraceConfig", "TracePlayer", "TraceReplayer",
+           "TraceWorkload", "compile_trace", "replay", "resolve_trace", "shipped_traces"]
 
 # Linux mmap/mremap flag and madvise advice numbers (uapi mman-common.h).
 MAP_SHARED = 0x01
@@ -99,6 +171,9 @@ _ADVICE_NUMBERS = {
 assert set(_ADVICE_NUMBERS.values()) <= set(ADVICES)
 #: Advice that zaps pages (their blocks must be re-synced with the trace).
 _ZAPPING = frozenset({"DONTNEED", "DONTNEED_LOCKED", "REMOVE", "PAGEOUT"})
+#: A ``DONTNEED`` range's tail in its last 2 MiB block, up to this long,
+#: implies no write (module docstring, point 3): a quarter of a block.
+UNWRITTEN_TAIL = 128 * PAGE
 #: A stand-in size for files of file mappings: the trace does not know their
 #: sizes, and a mapping past EOF would fault SIGBUS in the model.
 _FILE_SIZE = 1 << 46
@@ -197,6 +272,29 @@ def _apply(mm: AddressSpace, files: _Files, name: str, args: tuple[Any, ...]) ->
     raise ValueError(f"unknown replay operation {name!r}")
 
 
+_Action = tuple[str, int, int, MapsRow | None]
+
+
+def _outside(action: _Action, leave: list[tuple[int, int]]) -> list[_Action]:
+    """The parts of a reconcile action's range [a, b) outside the sorted
+    ranges ``leave``."""
+    act, a, b, w = action
+    out: list[_Action] = []
+    pos = a
+    for lo, hi in leave:
+        if hi <= pos:
+            continue
+        if lo >= b:
+            break
+        if lo > pos:
+            out.append((act, pos, lo, w))
+        pos = max(pos, hi)
+        if pos >= b:
+            return out
+    out.append((act, pos, b, w))
+    return out
+
+
 def _key_of_row(row: MapsRow) -> str | None:
     """Backing identity of a maps row: None (private anon), "shm-anon" or a path."""
     if row.inode == 0:
@@ -228,21 +326,32 @@ class TraceReplayer:
         self.sample = -1
         self.snapshot = -1
         self.brk: int | None = None
-        #: Pages present in the trace that the model had no VMA for.
+        #: Pages present in the trace that still had no VMA in the model when
+        #: their sample was done (counted again for every sample they wait).
         self.unplaced = 0
         #: Syscalls the model refused (an errno) although the kernel accepted them.
         self.refused = 0
         self._sorted_keys: list[int] | None = None
         #: Per block, the pages the current step's syscalls zapped in the model.
         self._zaps: dict[int, np.ndarray] = {}
+        #: Zaps of the syscalls inside the last sample's read window, judged
+        #: against the next sample's pages (the walk may have predated them).
+        self._late_zaps: dict[int, np.ndarray] = {}
+        #: ``VmPTE`` of the model when the current sample's pages were synced,
+        #: before the syscalls of its read window (module docstring, point 2).
+        self.walk_kib = 0
+        #: Syscalls applied inside a sample's read window.
+        self.in_window = 0
         #: Per block, trace pages that could not be faulted yet (no VMA): retried.
         self.pending: dict[int, np.ndarray] = {}
         if record:
             self.program = [[] for _ in range(trace.samples)]
         self._now = 0  # the sample whose operations are being emitted
-        #: See :meth:`_touch_before_purge`; ``implied`` counts those writes.
+        #: See :meth:`_touch_before_purge`; ``implied`` counts those writes,
+        #: ``tails`` the range tails it left unwritten.
         self.purge_implies_touch = purge_implies_touch
         self.implied = 0
+        self.tails = 0
 
     def _do(self, name: str, *args: object) -> str | None:
         if self.program is not None:
@@ -265,6 +374,7 @@ class TraceReplayer:
             self._set_target(block, st)
         for block in sorted(self.target):
             self._sync(block, None, None)
+        self._window(0)
 
     def _install(self, row: MapsRow) -> None:
         """Insert a VMA exactly as the kernel has it (no merging): every private
@@ -289,16 +399,18 @@ class TraceReplayer:
     # -- one sample ------------------------------------------------------
 
     def _step(self, k: int) -> None:
+        """Sample ``k``: the syscalls between the previous sample's read window
+        and this sample, its maps, its pages, then the syscalls inside its read
+        window (see the module docstring, point 2)."""
         tr = self.trace
-        t = tr.t_ms
         self._now = k
-        self._zaps = {}
-        for i in tr.syscalls_between(float(t[k - 1]), float(t[k])):
+        self._zaps, self._late_zaps = self._late_zaps, {}
+        for i in tr.syscalls_between(float(tr.t_after_ms[k - 1]), float(tr.t_ms[k])):
             self._syscall(i)
         snap = tr.maps_index(k)
         if snap != self.snapshot:
             self.snapshot = snap
-            self._reconcile(tr.maps(snap))
+            self._reconcile(tr.maps(snap), self._in_flight(k))
         old: dict[int, BlockState | None] = {}
         for block, st in tr.changes(k):
             old[block] = self.target.get(block)
@@ -307,7 +419,69 @@ class TraceReplayer:
         for block in sorted(dirty):
             self._sync(block, old[block] if block in old else self.target.get(block),
                        self._zaps.get(block))
+        self._window(k)
         self.sample = k
+
+    def _window(self, k: int) -> None:
+        """Apply the syscalls dated inside sample ``k``'s read window (after
+        ``VmPTE`` was read, before it was read again): the second read saw
+        them, the page walk may not have.  So they come after the sample's
+        pages, their zaps are judged against the next sample's pages, and
+        pages that had no VMA yet are retried once they have run."""
+        self.walk_kib = self.mm.vm_pte_kib
+        tr = self.trace
+        calls = tr.syscalls_between(float(tr.t_ms[k]), float(tr.t_after_ms[k]))
+        if calls:
+            self._zaps = {}
+            for i in calls:
+                self._syscall(i)
+            self.in_window += len(calls)
+            self._late_zaps, self._zaps = self._zaps, {}
+            for block in sorted(self.pending):
+                self._sync(block, self.target.get(block), None)
+        # Counted once a sample is done: a page the window's syscalls placed is no miss.
+        self.unplaced += sum(int(m.sum()) for m in self.pending.values())
+
+    def _target_blocks(self, lo: int, hi: int) -> list[int]:
+        """Blocks ``lo..hi`` that hold pages in the trace (the targets)."""
+        if hi - lo < 4096:
+            return [b for b in range(lo, hi + 1) if b in self.target]
+        if self._sorted_keys is None:
+            self._sorted_keys = sorted(self.target)
+        keys = self._sorted_keys
+        return keys[int(np.searchsorted(keys, lo)):int(np.searchsorted(keys, hi, side="right"))]
+
+    def _in_flight(self, k: int) -> list[tuple[int, int]]:
+        """Address ranges whose mappings the syscalls dated after sample
+        ``k`` began and before the next sample change.  One of them may have
+        been under way while the sample read the maps (``munmap`` and a
+        ``brk`` shrink drop the VMA first and free the tables last), so the
+        reconcile leaves those ranges to the log.  A version-1 trace did not
+        record its read windows, so this is off for it: there a syscall dated
+        just after a sample may have completed before it (strace stamps a
+        syscall's end when it gets to it), and the maps are trusted as before."""
+        tr = self.trace
+        if not tr.has_read_windows:
+            return []
+        t1 = float(tr.t_ms[k + 1]) if k + 1 < tr.samples else np.inf
+        out: list[tuple[int, int]] = []
+        brk = self.brk
+        for i in tr.syscalls_between(float(tr.t_ms[k]), t1):
+            ret = int(tr["sys_ret"][i])
+            op = SYSCALLS[int(tr["sys_op"][i])]
+            if -4096 < ret < 0 or op == "madvise":  # failed, or maps nothing
+                continue
+            a = [int(x) for x in tr["sys_args"][i]]
+            if op == "mmap":
+                out.append((ret, ret + a[1]))
+            elif op in ("munmap", "mprotect"):
+                out.append((a[0], a[0] + a[1]))
+            elif op == "mremap":
+                out += [(a[0], a[0] + a[1]), (ret, ret + a[2])]
+            elif op == "brk" and brk is not None:
+                out.append((min(ret, brk) & ~(PAGE - 1), (max(ret, brk) + PAGE - 1) & ~(PAGE - 1)))
+                brk = ret
+        return sorted((lo, hi) for lo, hi in out if hi > lo)
 
     def _set_target(self, block: int, st: BlockState) -> None:
         if st.present or st.swapped:
@@ -320,17 +494,7 @@ class TraceReplayer:
     def _zapped(self, start: int, end: int) -> None:
         """Note that the model zapped [start, end): pages the trace still shows
         there were faulted again by the process (or never left)."""
-        lo, hi = start >> PTE_SHIFT, (end - 1) >> PTE_SHIFT
-        if hi - lo < 4096:
-            blocks = [b for b in range(lo, hi + 1) if b in self.target]
-        else:
-            if self._sorted_keys is None:
-                self._sorted_keys = sorted(self.target)
-            keys = self._sorted_keys
-            i = int(np.searchsorted(keys, lo))
-            j = int(np.searchsorted(keys, hi, side="right"))
-            blocks = keys[i:j]
-        for b in blocks:
+        for b in self._target_blocks(start >> PTE_SHIFT, (end - 1) >> PTE_SHIFT):
             mask = self._zaps.get(b)
             if mask is None:
                 mask = self._zaps[b] = np.zeros(ENTRIES, dtype=bool)
@@ -386,8 +550,13 @@ class TraceReplayer:
         would not free (it covers the block only partly, or a VMA boundary
         splits the block: R6, R9), the process wrote there after the last
         sample and the kernel keeps the table.  Write the first purged page of
-        such blocks before the call.  Decided on the replay's own address
-        space, so the result is part of the compiled program."""
+        such blocks before the call -- except in the block where a range that
+        began in an earlier block ends, when it covers at most
+        :data:`UNWRITTEN_TAIL` bytes of it: that tail is the end of the
+        allocator's last extent (size-class slack and padding page), which the
+        process did not write (the evidence is in the module docstring, point
+        3; ``tails`` counts them).  Decided on the replay's own address space,
+        so the result is part of the compiled program."""
         if end <= start:
             return
         mm = self.mm
@@ -409,6 +578,9 @@ class TraceReplayer:
             if v is None or v.file is not None or v.flags & VM_SHARED or \
                     not v.flags & VM_WRITE:
                 continue
+            if hi == end and start < base and end - base <= UNWRITTEN_TAIL:
+                self.tails += 1
+                continue
             self._do("touch", lo, PAGE, True)
             self.implied += 1
 
@@ -427,14 +599,15 @@ class TraceReplayer:
             return self._do("munmap", hi, lo - hi)
         return None
 
-    def _reconcile(self, rows: list[MapsRow]) -> None:
+    def _reconcile(self, rows: list[MapsRow], leave: list[tuple[int, int]]) -> None:
         """Make the model's mapped ranges, protections and backings equal the
-        snapshot's (VMA boundaries inside equal ranges are left alone)."""
+        snapshot's (VMA boundaries inside equal ranges are left alone), except
+        inside the sorted ranges ``leave`` (see :meth:`_in_flight`)."""
         want = [(r.start, r.end, r) for r in rows if r.end <= TASK_SIZE]
         have = [(v.start, v.end, v) for v in self.mm.vmas]
         cuts = sorted({x for s, e, _ in want for x in (s, e)} | {x for s, e, _ in have
                                                                  for x in (s, e)})
-        actions: list[tuple[str, int, int, MapsRow | None]] = []
+        actions: list[_Action] = []
         wi = hi_ = 0
         for a, b in itertools.pairwise(cuts):
             while wi < len(want) and want[wi][1] <= a:
@@ -459,7 +632,8 @@ class TraceReplayer:
                 actions[-1] = (act, actions[-1][1], b, w)
             else:
                 actions.append((act, a, b, w))
-        for act, a, b, w in actions:
+        for act, a, b, w in (piece for action in actions
+                             for piece in _outside(action, leave)):
             if act == "unmap":
                 self._zapped(a, b)
                 self._do("munmap", a, b - a)
@@ -526,7 +700,6 @@ class TraceReplayer:
                 stop = later[0].start if later else (end if v is None else min(v.end, end))
                 i = first + ((pos - start) >> PAGE_SHIFT)
                 missed[i:i + ((stop - pos) >> PAGE_SHIFT)] = True
-                self.unplaced += (stop - pos) >> PAGE_SHIFT
                 pos = stop
                 continue
             piece = min(v.end, end) - pos
@@ -601,20 +774,30 @@ class FidelityReport:
 
     A sample reads ``VmPTE`` before and after its page walk; when the process
     changed its tables in between (``raced``), the kernel's value during the
-    sample lies between the two.  ``error_tables`` compares the model with
-    the value read before the walk; ``window_error_tables`` with the window
-    [before, after] (0 inside it), which is what the fidelity goal judges.
+    sample lies between the two.  The model's value during the sample lies
+    between its value when the sample's pages were synced (``model_walk_kib``)
+    and its value after the syscalls dated inside the sample's read window
+    (``model_kib``; the two are equal for a version-1 trace, which recorded
+    no read window).  ``error_tables`` compares ``model_kib`` with the value
+    read before the walk; ``window_error_tables`` is the distance between the
+    two ranges (0 when they overlap), which is what the fidelity goal judges.
     """
 
     t_ms: np.ndarray
     recorded_kib: np.ndarray  # VmPTE read before the page walk
     recorded_after_kib: np.ndarray  # VmPTE read after it
-    model_kib: np.ndarray  # includes the constant baseline
+    model_kib: np.ndarray  # after the sample; includes the constant baseline
     baseline_tables: int
     notes: dict[int, str] = field(default_factory=dict)
     unplaced_pages: int = 0
     refused_syscalls: int = 0
     purge_implied_writes: int = 0
+    #: ``DONTNEED`` range tails that implied no write (module docstring, point 3).
+    purge_tails_unwritten: int = 0
+    #: Syscalls dated inside a sample's read window (module docstring, point 2).
+    window_syscalls: int = 0
+    #: The model when each sample's pages were synced (with the baseline).
+    model_walk_kib: np.ndarray | None = None
 
     @property
     def samples(self) -> int:
@@ -632,8 +815,10 @@ class FidelityReport:
     def window_error_tables(self) -> np.ndarray:
         lo = np.minimum(self.recorded_kib, self.recorded_after_kib)
         hi = np.maximum(self.recorded_kib, self.recorded_after_kib)
-        m = self.model_kib
-        return (np.where(m < lo, m - lo, 0) + np.where(m > hi, m - hi, 0)) // 4
+        walk = self.model_kib if self.model_walk_kib is None else self.model_walk_kib
+        m_lo = np.minimum(walk, self.model_kib)
+        m_hi = np.maximum(walk, self.model_kib)
+        return (np.where(m_hi < lo, m_hi - lo, 0) + np.where(m_lo > hi, m_lo - hi, 0)) // 4
 
     @property
     def rel_error(self) -> np.ndarray:
@@ -669,49 +854,44 @@ def replay(trace: Trace, purge_implies_touch: bool = True) -> FidelityReport:
     r = TraceReplayer(trace, mm, purge_implies_touch=purge_implies_touch)
     n = trace.samples
     model = np.zeros(n, dtype=np.int64)
-    notes: dict[int, str] = {}
-    r.start()
-    model[0] = mm.vm_pte_kib
-    rec = trace.vm_pte_kib
-    after = trace["vm_pte_after_kib"]
-    # Tables the first sample cannot show: the distance from the model to the
-    # window [before, after] of sample 0 (0 when the model lies inside it).
-    lo0, hi0 = min(rec[0], after[0]), max(rec[0], after[0])
-    base_kib = int(lo0 - model[0] if model[0] < lo0 else hi0 - model[0] if model[0] > hi0 else 0)
-    last_unplaced = r.unplaced
-    last_implied = r.implied
-    last_err = 0
-    for k in range(1, n):
+    walk = np.zeros(n, dtype=np.int64)
+    unplaced = np.zeros(n, dtype=np.int64)
+    implied = np.zeros(n, dtype=np.int64)
+    for k in range(n):
         r.advance_to(k)
-        model[k] = mm.vm_pte_kib
-        m = model[k] + base_kib
-        lo, hi = min(rec[k], after[k]), max(rec[k], after[k])
-        err = int(m - lo if m < lo else m - hi if m > hi else 0) // 4
+        model[k], walk[k], unplaced[k], implied[k] = mm.vm_pte_kib, r.walk_kib, r.unplaced, \
+            r.implied
+    rec = trace.vm_pte_kib.astype(np.int64)
+    after = trace["vm_pte_after_kib"].astype(np.int64)
+    report = FidelityReport(trace.t_ms.copy(), rec, after, model, 0, {}, r.unplaced, r.refused,
+                            r.implied, r.tails, r.in_window, walk)
+    # Tables the first sample cannot show: the distance from the model to the
+    # kernel's range at sample 0 (0 when the two overlap), carried as a constant.
+    base_kib = -4 * int(report.window_error_tables[0])
+    report.baseline_tables = base_kib // 4
+    report.model_kib = model + base_kib
+    report.model_walk_kib = walk + base_kib
+    err = report.window_error_tables
+    t = trace.t_ms
+    for k in range(1, n):
         why = []
         if after[k] != rec[k]:
             why.append(f"raced: VmPTE {rec[k]}->{after[k]} kB during the sample")
-        if r.unplaced != last_unplaced:
-            why.append(f"{r.unplaced - last_unplaced} present pages outside model VMAs")
-            last_unplaced = r.unplaced
-        if err != last_err:
-            gap = trace.t_ms[k] - trace.t_ms[k - 1]
-            nsys = len(trace.syscalls_between(float(trace.t_ms[k - 1]), float(trace.t_ms[k])))
-            implied = f", {r.implied - last_implied} purge-implied writes" if (
-                r.implied != last_implied) else ""
-            why.append(f"error {last_err:+d} -> {err:+d} tables over the {gap:.0f} ms gap "
-                       f"({nsys} syscalls{implied}): faults and zaps between samples are not "
-                       "seen")
+        if unplaced[k] != unplaced[k - 1]:
+            why.append(f"{unplaced[k] - unplaced[k - 1]} present pages outside model VMAs")
+        if err[k] != err[k - 1]:
+            nsys = len(trace.syscalls_between(float(t[k - 1]), float(trace.t_after_ms[k])))
+            more = f", {implied[k] - implied[k - 1]} purge-implied writes" if (
+                implied[k] != implied[k - 1]) else ""
+            why.append(f"error {err[k - 1]:+d} -> {err[k]:+d} tables over the "
+                       f"{t[k] - t[k - 1]:.0f} ms gap ({nsys} syscalls{more}): faults and "
+                       "zaps between samples are not seen")
             if not trace.has_syscalls:
                 why.append("no syscall log: DONTNEED reclaim and munmap are only inferred "
                            "from maps and presence")
-            last_err = err
-        last_implied = r.implied
         if why:
-            notes[k] = "; ".join(why)
-    baseline = base_kib // 4
-    return FidelityReport(trace.t_ms.copy(), rec.astype(np.int64), after.astype(np.int64),
-                          model + 4 * baseline, baseline, notes, r.unplaced, r.refused,
-                          r.implied)
+            report.notes[k] = "; ".join(why)
+    return report
 
 
 # ------------------------------------------------------------------ workload

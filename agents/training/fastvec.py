@@ -27,8 +27,8 @@ from stable_baselines3.common.vec_env.base_vec_env import (
     VecEnvStepReturn,
 )
 
-from ..envs.pagetable_env import PageTableReclaimEnv
-from ..envs.sim.fast._fast import step_batch
+from ...envs.pagetable_env import PageTableReclaimEnv
+from ...envs.sim.fast._fast import step_batch
 
 
 class FastVecEnv(VecEnv):

@@ -5,7 +5,7 @@
 * ``record -o OUT.npz [--pid PID | -- COMMAND...]``: every ``--interval-ms``
   reads the process's ``VmPTE``/``VmRSS`` (``/proc/PID/status``), its maps
   (stored when they change) and its per-2 MiB-block page presence
-  (``PAGEMAP_SCAN``, :mod:`ptreclaim.envs.procfs`), and with ``--syscalls``
+  (``PAGEMAP_SCAN``, :mod:`ptreclaim.envs.host.procfs`), and with ``--syscalls``
   (the default when ``strace`` is installed) the memory syscalls through
   ``strace -f --seccomp-bpf``.  Its own CPU use is measured and the interval
   stretched to stay under ``--max-cpu-share``.
@@ -40,11 +40,11 @@ from typing import Any
 
 import numpy as np
 
+from ...cli.common import OneLineParser, run_cli
+from ..sim.config import ConfigError
+from ..sim.trace import PERM_R, PERM_S, PERM_W, PERM_X, SYSCALLS, Trace, TraceWriter, read_trace
+from ..sim.workloads.trace import FidelityReport, replay
 from . import procfs
-from .configio import OneLineParser, run_cli
-from .sim.config import ConfigError
-from .sim.trace import PERM_R, PERM_S, PERM_W, PERM_X, SYSCALLS, Trace, TraceWriter, read_trace
-from .sim.workloads.trace import FidelityReport, replay
 
 PROG = "capture_trace.py"
 #: The fidelity goal of a replay: within 2 % and within a few tables of VmPTE.
@@ -289,6 +289,9 @@ def _sample_loop(target: int, t0: float, opts: RecordOptions, tracer: _Strace | 
                     break  # a zombie: the mm is gone
                 maps = procfs.read_maps(target)
                 pres = procfs.block_presence(target, maps, method=method, bitmap=True)
+                # Stamped before the second read: a syscall strace dates before
+                # this had completed when VmPTE was read again.
+                t_walked = time.monotonic()
                 after = procfs.read_status(target)
             except procfs.ProcessGone:
                 break
@@ -303,7 +306,8 @@ def _sample_loop(target: int, t0: float, opts: RecordOptions, tracer: _Strace | 
             assert pres.bits is not None
             writer.add_sample((t_sample - t0) * 1000.0, st["VmPTE"], after["VmPTE"],
                               st.get("VmRSS", 0), pres.block, pres.present, pres.swapped,
-                              pres.zero, pres.file, pres.huge, pres.bits)
+                              pres.zero, pres.file, pres.huge, pres.bits,
+                              t_after_ms=(t_walked - t0) * 1000.0)
             costs.append(time.process_time() - c0)
             next_t = t_sample + interval
             # Overhead control over ~1 s windows: our CPU / wall time.
@@ -515,8 +519,11 @@ def check_trace(path: str | os.PathLike[str], png: Path | None = None, rows: int
         kernel = str(report.recorded_kib[k])
         if report.raced[k]:
             kernel += f"..{report.recorded_after_kib[k]}"
-        table.add_row(str(k), f"{report.t_ms[k] / 1000:.2f}", kernel,
-                      str(report.model_kib[k]), f"{report.error_tables[k]:+d}",
+        model = str(report.model_kib[k])
+        if report.model_walk_kib is not None and report.model_walk_kib[k] != report.model_kib[k]:
+            model = f"{report.model_walk_kib[k]}..{model}"  # syscalls inside the read window
+        table.add_row(str(k), f"{report.t_ms[k] / 1000:.2f}", kernel, model,
+                      f"{report.error_tables[k]:+d}",
                       f"{report.window_error_tables[k]:+d}",
                       f"{100 * report.rel_error[k]:+.2f}", note)
     if rows:
@@ -531,10 +538,14 @@ def check_trace(path: str | os.PathLike[str], png: Path | None = None, rows: int
         f"raced samples); final error {s['final_tables']:+d}; {s['within_goal']}/{n} samples "
         f"within the goal ({100 * GOAL_REL:g} % and {GOAL_TABLES} tables)"
         + ("" if s["all_within_goal"] else "; misses are explained in the note column"))
-    if report.purge_implied_writes:
+    if report.purge_implied_writes or report.purge_tails_unwritten:
         console.print(f"{report.purge_implied_writes} pages written before a DONTNEED reached "
                       "their table-less block (the allocator purges what it dirtied since the "
-                      "last sample)")
+                      f"last sample); {report.purge_tails_unwritten} such blocks held only the "
+                      "short tail of the purged range and were left unwritten")
+    if report.window_syscalls:
+        console.print(f"{report.window_syscalls} syscalls completed inside a sample's read "
+                      "window: applied after its page walk, within the sample")
     if report.unplaced_pages or report.refused_syscalls:
         console.print(f"model diagnostics: {report.unplaced_pages} present pages had no VMA in "
                       f"the model when they appeared; the model refused "
@@ -562,7 +573,8 @@ def info(path: str | os.PathLike[str]) -> dict[str, Any]:
     last_blocks = trace.blocks_at(trace.samples - 1)
     size = Path(path).stat().st_size
     out = {
-        "file": str(path), "bytes": size, "samples": trace.samples,
+        "file": str(path), "version": trace.meta.get("version"), "bytes": size,
+        "samples": trace.samples,
         "duration_s": round(trace.duration_ms / 1000.0, 2),
         "interval_ms": trace.meta.get("interval_ms"),
         "method": trace.meta.get("method"), "kernel": trace.meta.get("kernel"),

@@ -1,57 +1,32 @@
-"""``simulate``: run one scenario for N ticks, print a summary, plot a timeline.
+"""Run one scenario tick by tick: per-process facts, a summary and a timeline.
 
-::
+The core of ``scripts/simulate.py`` (:mod:`ptreclaim.cli.simulate`): a
+*driver* is called after every tick and may act on the simulation;
+:func:`run_driven` runs a scenario for N ticks under one, keeping what the
+simulator does not (when each process appeared and died, its peak RSS and
+its tables by class at its page-table peak).  :func:`summarize` turns a run
+into plain data (``summary.json``), :func:`render_summary` into text tables,
+:func:`plot_timeline` into a PNG.
 
-    python scripts/simulate.py configs/scenarios/hypervisor_balloon.yaml \\
-        --ticks 800 --policy none --seed 0 --out runs/simulate/demo
-
-The run folder (default: a new folder under ``runs/simulate/``) receives the
-resolved scenario (``config.yaml``), the command line (``command.txt``), the
-summary as text and JSON (``summary.txt``, ``summary.json``) and a PNG
-timeline (``timeline.png``): page-table bytes (total and the top processes),
-normal-zone free memory against its min/low/high watermarks, PSI some/full
-avg10, and allocation failures and OOM kills as markers.  Every file is
-written atomically and an existing file is never overwritten without
-``--force``.
-
-Policies here are diagnostics, not heuristics (those live in
-``ptreclaim.agents``): ``none`` never reclaims; ``aggressive`` runs a global
-reclaim pass of the deepest class (empty + zero + reconstructable) with an
-unlimited budget after every tick, the most any reclaimer could do, which is
-what the data-preservation tests replay.
-
-Bad input (a missing or malformed scenario, an unknown key, a value out of
-range, an unknown policy, a negative tick count, an existing output file)
-prints one line on stderr naming the problem and the fix, and exits with
-status 2.
+The drivers here are diagnostics, not heuristics (those are policies in
+``ptreclaim.agents``, driven through the env's observation and action by
+:func:`ptreclaim.agents.rollout.policy_driver`): ``none`` never reclaims;
+``aggressive`` runs a global reclaim pass of the deepest class (empty + zero
++ reconstructable) with an unlimited budget after every tick, the most any
+reclaimer could do, which is what the data-preservation tests replay.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import io
-import json
-import os
-import shlex
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .configio import (
-    check_out_dir,
-    dump_yaml,
-    load_scenario,
-    progress_bar,
-    run_cli,
-    write_text_atomic,
-)
-from .sim.config import ConfigError, did_you_mean, to_dict
+from .pagetable_env import COST_TERMS, EnvConfig, cost_terms
 from .sim.machine import PAGE_KIB
 from .sim.pagetable import PAGE
 from .sim.process import Process
@@ -61,21 +36,17 @@ from .sim.simulator import ScenarioConfig, Simulation, TickRecord
 if TYPE_CHECKING:
     from rich.table import Table
 
-PROG = "simulate.py"
-#: Files a run writes into its output folder.
-OUTPUT_FILES = ("config.yaml", "command.txt", "summary.json", "summary.txt", "timeline.png")
 #: Processes plotted individually (largest peak page-table bytes first).
 TOP_PLOTTED = 5
-#: Longest allowed run (matches ``ScenarioConfig.ticks``).
-MAX_TICKS = 10**7
 MIB = 1 << 20
 
-Policy = Callable[[Simulation], None]
+Driver = Callable[[Simulation], None]
 
 
 def policy_none(sim: Simulation) -> None:
-    """Never reclaim, on a kernel before 6.14 (``run`` switches the scenario's
-    ``pt_reclaim`` off for it, as evaluation does for the ``none`` policy)."""
+    """Never reclaim, on a kernel before 6.14 (the caller switches the
+    scenario's ``pt_reclaim`` off for it, as evaluation does for the ``none``
+    policy)."""
 
 
 def policy_aggressive(sim: Simulation) -> None:
@@ -91,48 +62,8 @@ def policy_aggressive(sim: Simulation) -> None:
         sim.reclaim(None, DEPTHS[-1], budget)
 
 
-POLICIES: dict[str, Policy] = {"none": policy_none, "aggressive": policy_aggressive}
-#: Shortcuts for the fixed heuristics of ``ptreclaim.agents`` (``heuristic:NAME``).
-AGENT_SHORTCUTS = ("on_zap", "soft_hard", "periodic_scan", "oracle")
-
-
-def agent_driver(spec: str, scenario: ScenarioConfig,
-                 trust_model: bool = False) -> tuple[Policy, ScenarioConfig]:
-    """A per-tick policy that runs any evaluable policy (a heuristic, the
-    oracle, a run folder, a model .zip, a thresholds file) through the env's
-    observation and action: every ``decision_ticks`` ticks it observes,
-    predicts and applies one action.  Returns the driver and the scenario to
-    run (``none``-like policies run on a pre-6.14 kernel)."""
-
-    from ..agents.evaluate import build_policy, oracle_spec, parse_policy
-    from .pagetable_env import EnvConfig, PageTableReclaimEnv
-
-    env_config = EnvConfig()
-    if spec == "oracle":
-        pspec = oracle_spec()
-    elif spec in AGENT_SHORTCUTS:
-        pspec = parse_policy(f"heuristic:{spec}")
-    else:
-        pspec = parse_policy(spec, trust_model=trust_model)
-    policy = build_policy(pspec, env_config, scenario)
-    if not getattr(policy, "kernel_pt_reclaim", True):
-        scenario = dataclasses.replace(scenario, pt_reclaim=False)
-    env = PageTableReclaimEnv([scenario], env_config)
-    seen = [0]
-
-    def act(sim: Simulation) -> None:
-        if env.sim is not sim:
-            env.attach(sim)
-            if getattr(policy, "privileged", False):
-                policy.bind(env)
-        if sim.tick_no % env_config.decision_ticks:
-            return
-        recs = sim.history[seen[0]:]
-        seen[0] = len(sim.history)
-        action, _ = policy.predict(env.observe(recs), deterministic=True)
-        env.apply_action(action)
-
-    return act, scenario
+#: The diagnostic drivers by name.
+DIAGNOSTICS: dict[str, Driver] = {"none": policy_none, "aggressive": policy_aggressive}
 
 
 @dataclass
@@ -158,30 +89,18 @@ class RunResult:
         return self.sim.history
 
 
-def run(scenario: ScenarioConfig, ticks: int | None = None, policy: str = "none", seed: int = 0,
-        on_tick: Callable[[int], None] | None = None, trust_model: bool = False) -> RunResult:
-    """Run ``scenario`` for ``ticks`` ticks (default: the scenario's) under a
-    ``policy`` from ``seed``: ``none`` (no reclaim on a pre-6.14 kernel),
-    the diagnostic ``aggressive``, a heuristic name (``on_zap``, ``soft_hard``,
-    ``periodic_scan``), ``oracle``, or any spec ``evaluate.py`` accepts
-    (``heuristic:NAME[:params.yaml]``, a run folder, a model .zip, a
-    thresholds file).
 
-    ``on_tick(t)`` is called after each tick (for progress bars).
-    """
-    n = scenario.ticks if ticks is None else ticks
-    if policy in POLICIES:
-        act = POLICIES[policy]
-        if policy == "none":
-            scenario = dataclasses.replace(scenario, pt_reclaim=False)
-    else:
-        act, scenario = agent_driver(policy, scenario, trust_model)
+def run_driven(scenario: ScenarioConfig, ticks: int, driver: Driver, policy: str, seed: int = 0,
+               on_tick: Callable[[int], None] | None = None) -> RunResult:
+    """Run ``scenario`` for ``ticks`` ticks from ``seed``, calling ``driver``
+    after each tick (``policy`` names it in the result) and ``on_tick(t)``
+    after that (for progress bars)."""
     sim = Simulation(scenario, np.random.default_rng(seed))
-    res = RunResult(scenario, sim, policy, seed, n)
+    res = RunResult(scenario, sim, policy, seed, ticks)
     seen = 0
     peak_pt: dict[int, int] = {}
     t0 = time.perf_counter()
-    for t in range(n):
+    for t in range(ticks):
         sim.step()
         procs = sim.procs
         for p in procs[seen:]:
@@ -199,7 +118,7 @@ def run(scenario: ScenarioConfig, ticks: int | None = None, policy: str = "none"
                     res.peak_classes[p.pid] = p.mm.class_counts()
             elif p.pid not in res.end_tick:
                 res.end_tick[p.pid] = t
-        act(sim)
+        driver(sim)
         if on_tick is not None:
             on_tick(t)
     # Processes that died in their first tick never had their RSS sampled.
@@ -224,20 +143,13 @@ def _exit_reason(sim: Simulation, p: Process) -> str:
     return "exited"
 
 
+
 def episode_cost_terms(hist: Sequence[TickRecord]) -> dict[str, float]:
     """The env's named cost terms summed over a run, with default decision
     ticks and reward weights (so a simulate.py run and an evaluated episode of
     the same length price alike), plus their weighted sum."""
-    from .pagetable_env import COST_TERMS, EnvConfig
-
     cfg = EnvConfig()
-    terms = {
-        "pt_waste": sum(r.reclaimable_tables for r in hist) * PAGE / MIB / cfg.decision_ticks,
-        "alloc_failures": float(sum(r.failure for r in hist)),
-        "reclaim_cpu": sum(r.reclaim_cpu_us for r in hist) / 1000.0,
-        "app_stall": sum(r.stall_us for r in hist) / 1000.0,
-        "harm": float(sum(r.harm_events for r in hist)),
-    }
+    terms = cost_terms(hist, cfg.decision_ticks)
     terms["weighted_cost"] = sum(getattr(cfg.reward, k) * terms[k] for k in COST_TERMS)
     return terms
 
@@ -308,7 +220,7 @@ def _mib(b: float) -> str:
     return f"{b / MIB:,.1f}"
 
 
-def _tables(summary: dict[str, Any], max_rows: int = 30) -> tuple[Table, Table]:
+def summary_tables(summary: dict[str, Any], max_rows: int = 30) -> tuple[Table, Table]:
     from rich.table import Table
 
     procs = sorted(summary["processes"], key=lambda q: (-q["peak_pt_bytes"], q["pid"]))
@@ -378,7 +290,7 @@ def render_summary(summary: dict[str, Any], width: int = 130, max_rows: int = 10
     buf = io.StringIO()
     console = Console(file=buf, width=width, no_color=True, color_system=None,
                       force_terminal=False, legacy_windows=False)
-    for table in _tables(summary, max_rows):
+    for table in summary_tables(summary, max_rows):
         console.print(table)
     return buf.getvalue()
 
@@ -460,99 +372,3 @@ def plot_timeline(res: RunResult, title: str | None = None, dpi: int = 90) -> by
     return buf.getvalue()
 
 
-# -- command line -------------------------------------------------------------
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but usage errors are one line on stderr (exit status 2)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: {message}; see --help\n")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Run a scenario for N ticks; print a summary table and "
-                "write a PNG timeline of page tables, free memory, pressure and failures.")
-    p.add_argument("scenario", help="scenario YAML file (configs/scenarios/*.yaml)")
-    p.add_argument("--ticks", type=int, default=None, metavar="N",
-                   help="ticks to run (default: the scenario's 'ticks')")
-    p.add_argument("--policy", default="none", metavar="POLICY",
-                   help="none: never reclaim, pre-6.14 kernel (default); on_zap, soft_hard, "
-                        "periodic_scan, oracle; heuristic:NAME[:params.yaml]; a run folder, "
-                        "model .zip or thresholds file; aggressive: a diagnostic that frees "
-                        "every reclaimable table after every tick")
-    p.add_argument("--trust-model", action="store_true",
-                   help="allow loading a model zip from outside runs/ (zips can carry pickles)")
-    p.add_argument("--seed", type=int, default=0, help="RNG seed (default 0)")
-    p.add_argument("--out", default=None, metavar="DIR",
-                   help="output folder (default: a new folder under runs/simulate/)")
-    p.add_argument("--force", action="store_true", help="overwrite existing output files")
-    p.add_argument("-q", "--quiet", action="store_true",
-                   help="no progress bar and no tables on stdout (files are still written)")
-    return p
-
-
-def _default_out(scenario: ScenarioConfig, policy: str, seed: int) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    label = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(policy).stem or policy)
-    base = Path("runs") / "simulate" / f"{scenario.name}__{label}__{seed}__{stamp}"
-    out, k = base, 1
-    while out.exists():
-        out = base.with_name(f"{base.name}-{k}")
-        k += 1
-    return out
-
-
-def _progress_run(scenario: ScenarioConfig, args: argparse.Namespace, ticks: int) -> RunResult:
-    show = not args.quiet and sys.stderr.isatty() and ticks >= 100
-    with progress_bar(f"simulating {scenario.name}", ticks, show) as update:
-        if update is None:
-            return run(scenario, ticks, args.policy, args.seed, trust_model=args.trust_model)
-        bar = update
-
-        def tick(t: int) -> None:
-            if t % 10 == 9 or t == ticks - 1:
-                bar(t + 1)
-
-        return run(scenario, ticks, args.policy, args.seed, on_tick=tick,
-                   trust_model=args.trust_model)
-
-
-def _main(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    known = (*POLICIES, *AGENT_SHORTCUTS)
-    looks_like_path = any(c in args.policy for c in "/.:")
-    if args.policy not in known and not looks_like_path:
-        raise ConfigError(f"--policy {args.policy!r} is unknown"
-                          f"{did_you_mean(args.policy, known)}; "
-                          f"choose one of: {', '.join(known)}, heuristic:NAME[:params.yaml], "
-                          "a run folder, a model .zip or a thresholds file")
-    if args.ticks is not None and not 1 <= args.ticks <= MAX_TICKS:
-        raise ConfigError(f"--ticks: {args.ticks} is out of range; allowed [1, {MAX_TICKS}]")
-    if args.seed < 0:
-        raise ConfigError(f"--seed: {args.seed} is out of range; use a seed >= 0")
-    scenario = load_scenario(args.scenario)
-    ticks = scenario.ticks if args.ticks is None else args.ticks
-    out = Path(args.out) if args.out else _default_out(scenario, args.policy, args.seed)
-    check_out_dir(out, OUTPUT_FILES, args.force)
-    res = _progress_run(scenario, args, ticks)
-    summary = summarize(res)
-    text = render_summary(summary)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "config.yaml", dump_yaml(to_dict(scenario)))
-    cmd = " ".join(shlex.quote(a) for a in [PROG, *argv])
-    write_text_atomic(out / "command.txt", f"{cmd}\n# cwd: {os.getcwd()}\n")
-    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-    write_text_atomic(out / "summary.txt", text)
-    write_text_atomic(out / "timeline.png", plot_timeline(res))
-    if not args.quiet:
-        from rich.console import Console
-
-        console = Console(width=None if sys.stdout.isatty() else 130)
-        for table in _tables(summary, max_rows=15):
-            console.print(table)
-        console.print(f"wrote {out}/: {', '.join(OUTPUT_FILES)}")
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status (2: bad input, 130: interrupted)."""
-    return run_cli(PROG, build_parser(), _main, argv)

@@ -1,58 +1,53 @@
 """``scripts/export_thresholds.py``: a trained run -> deployable thresholds.
 
 Distils the run's learned policy into a soft/hard-limit rule
-(:mod:`.distill`), writes it as ``thresholds.yaml`` and ``thresholds.json``
-(:mod:`.export`), then evaluates the written file (read back, like an
-operator would) next to the learned policy, the tuned heuristic (if any), the
-default heuristics and the oracle bound on the run's held-out scenarios, and
-records the scores and the share of the learned gain the rule keeps:
-``(none - export) / (none - learned)``.
+(:mod:`ptreclaim.agents.distill`), writes it as ``thresholds.yaml`` and
+``thresholds.json`` (:mod:`ptreclaim.agents.export`), then evaluates the
+written file (read back, like an operator would) next to the learned policy,
+the tuned heuristic (if any), the default heuristics and the oracle bound on
+the run's held-out scenarios, and records the scores and the share of the
+learned gain the rule keeps: ``(none - export) / (none - learned)``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .. import __version__
-from ..envs.configio import (
-    OneLineParser,
-    check_out_dir,
-    progress_bar,
-    run_cli,
-    write_text_atomic,
+from ..agents import interrupts
+from ..agents.distill import DistillConfig, DistillResult, distill
+from ..agents.evaluate import run_evaluation
+from ..agents.export import (
+    ThresholdsRecord,
+    read_thresholds,
+    rule_params,
+    sha256_file,
+    write_thresholds,
 )
+from ..agents.heuristics import TreeRule
+from ..agents.loading import PolicySpec, build_policy, heuristic_spec, oracle_spec, parse_policy
+from ..agents.stats import gain_share, gain_share_ci, paired_difference_ci
+from ..agents.training.runconfig import read_run_config
+from ..envs.configio import write_text_atomic
 from ..envs.sim.config import ConfigError, to_dict
 from ..envs.sim.pagetable import MODEL_RULES_VERSION
-from .distill import DistillConfig, DistillResult, distill
-from .evaluate import (
-    EpisodeResult,
-    PolicySpec,
-    build_policy,
-    heuristic_spec,
-    oracle_spec,
-    paired_difference_ci,
-    parse_policy,
-    run_evaluation,
-)
-from .export import ThresholdsRecord, read_thresholds, rule_params, sha256_file, write_thresholds
-from .heuristics import TreeRule
+from .common import OneLineParser, check_out_dir, command_text, progress_bar, run_cli
 
 PROG = "export_thresholds.py"
 #: Where ``scripts/tune.py heuristic soft_hard`` leaves its best rule by default.
 DEFAULT_TUNED = Path("runs/tune/soft_hard/best.yaml")
 
 
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser of ``scripts/export_thresholds.py``."""
     p = OneLineParser(prog=PROG, description=(
         "Distil a trained run's policy into soft/hard-limit thresholds (DAgger), write "
         "thresholds.yaml/.json, and evaluate them next to the learned policy, the tuned "
@@ -96,15 +91,6 @@ def _check_args(args: argparse.Namespace) -> None:
                           "allowed [1, 100000]")
 
 
-def _read_run(run: Path) -> Any:
-    from .train import TrainError, read_run_config
-
-    try:
-        return read_run_config(run)
-    except TrainError as exc:
-        raise ConfigError(str(exc)) from None
-
-
 def _with_progress(total: int, show: bool,
                    work: Callable[[Callable[[], None] | None], Any]) -> Any:
     with progress_bar("distilling: episodes", total, show) as update:
@@ -128,46 +114,21 @@ def _summary_entry(s: Any) -> dict[str, Any]:
     return entry
 
 
-def gain_share(none: float, export: float, learned: float) -> float | None:
-    """``(none - export) / (none - learned)``: the share of the learned
-    policy's gain over no reclaim that the exported rule keeps (None when the
-    learned policy gained nothing)."""
-    if none - learned <= 0:
-        return None
-    return (none - export) / (none - learned)
-
-
-def _bootstrap_share(results: Sequence[EpisodeResult], export: str, learned: str,
-                     n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95 % CI of the gain share, resampling episodes within each scenario
-    (the three policies of an episode stay together)."""
-    by: dict[tuple[str, int], dict[str, float]] = {}
-    for r in results:
-        by.setdefault((r.scenario, r.episode), {})[r.policy] = r.cost
-    groups: dict[str, list[tuple[float, float, float]]] = {}
-    for (scen, _), d in sorted(by.items()):
-        if {"none", export, learned} <= set(d):
-            groups.setdefault(scen, []).append((d["none"], d[export], d[learned]))
-    rng = np.random.default_rng(seed)
-    arrays = [np.asarray(g) for g in groups.values()]
-    shares = []
-    for _ in range(n_boot):
-        tot = np.zeros(3)
-        for a in arrays:
-            tot += a[rng.integers(0, len(a), len(a))].mean(axis=0)
-        s = gain_share(*tot)
-        if s is not None:
-            shares.append(s)
-    if not shares:
-        return float("nan"), float("nan")
-    lo, hi = np.percentile(shares, [2.5, 97.5])
-    return float(lo), float(hi)
-
-
 def _main(args: argparse.Namespace, argv: Sequence[str]) -> int:
     _check_args(args)
+    written: list[Path] = []
+    try:
+        return _export(args, argv, written)
+    except interrupts.Interrupted as exc:
+        kept = (f"{', '.join(str(p) for p in written)} (written before the evaluation, "
+                "without scores)" if written else "nothing")
+        raise exc.explain(what=f"the export of {args.run}", kept=kept,
+                          resume="the same command (it distils again)") from None
+
+
+def _export(args: argparse.Namespace, argv: Sequence[str], written: list[Path]) -> int:
     run = Path(args.run)
-    cfg = _read_run(run)
+    cfg = read_run_config(run)
     exp = cfg.experiment
     learned_spec = parse_policy(str(run), best=args.best, trust_model=True)
     learned_spec = dataclasses.replace(learned_spec, label=exp.algo + ("_best" if args.best
@@ -222,7 +183,7 @@ def _main(args: argparse.Namespace, argv: Sequence[str]) -> int:
             {**common, "distillation": {**to_dict(dcfg), "tree_depth": depth,
                                         **result.summary()}})
         stem = out / ("thresholds_tree" if depth else "thresholds")
-        write_thresholds(stem, record)
+        written += write_thresholds(stem, record)
         if isinstance(result.student, TreeRule):
             write_text_atomic(out / "thresholds_tree.txt", result.student.render() + "\n")
         exports.append((label, stem, record))
@@ -238,16 +199,20 @@ def _main(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if not args.no_oracle:
         specs.append(oracle_spec())
     episodes = args.eval_episodes or exp.eval.final_episodes
-    cmd = " ".join(shlex.quote(a) for a in [PROG, *argv])
-    results, overall = run_evaluation(
-        specs, held_out, exp.env, out / "export_eval", suite="run's held-out scenarios",
-        suite_files=[], episodes=episodes, seed=exp.eval.seed, jobs=args.jobs,
-        baseline="soft_hard", oracle=not args.no_oracle, command=cmd, quiet=args.quiet)
+    command = command_text(PROG, argv)
+    total = len(specs) * len(held_out) * episodes
+    with progress_bar("episodes", total, show) as update:
+        results, overall = run_evaluation(
+            specs, held_out, exp.env, out / "export_eval", suite="run's held-out scenarios",
+            suite_files=[], episodes=episodes, seed=exp.eval.seed, jobs=args.jobs,
+            baseline="soft_hard", oracle=not args.no_oracle, command=command,
+            quiet=args.quiet,
+            progress=None if update is None else lambda done, _total: update(done))
     by = {s.policy: s for s in overall}
     learned = learned_spec.label
     for label, stem, record in exports:
         share = gain_share(by["none"].mean_cost, by[label].mean_cost, by[learned].mean_cost)
-        lo, hi = _bootstrap_share(results, label, learned)
+        lo, hi = gain_share_ci(results, label, learned)
         # (the export's cost - the learned policy's) on the same episodes.
         diff = paired_difference_ci(results, learned, label)
         evaluation: dict[str, Any] = {
@@ -267,12 +232,12 @@ def _main(args: argparse.Namespace, argv: Sequence[str]) -> int:
             kept = "n/a (the learned policy gained nothing)" if share is None else f"{share:.1%}"
             print(f"{label}: keeps {kept} of the learned gain over no reclaim (95 % CI "
                   f"{lo:.1%} .. {hi:.1%}); wrote {', '.join(str(p) for p in paths)}")
-    write_text_atomic(out / "export_command.txt", f"{cmd}\n# cwd: {os.getcwd()}\n")
+    write_text_atomic(out / "export_command.txt", command)
     if not args.quiet:
         print(f"evaluation report: {out / 'export_eval' / 'report.md'}")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status (2: bad input, 130: interrupted)."""
+    """Entry point; returns the exit status (2: bad input, 130/143: interrupted)."""
     return run_cli(PROG, build_parser(), _main, argv)

@@ -1,7 +1,7 @@
 """Small readers of ``/proc/PID`` for page-table accounting of live processes.
 
-Shared by the trace capturer (:mod:`ptreclaim.envs.capture`) and the live
-advisor (``agents/monitor.py``); the API below is kept stable for both:
+Shared by the trace capturer (:mod:`ptreclaim.envs.host.capture`) and the live
+advisor (``envs/host/sample.py``); the API below is kept stable for both:
 
 * :func:`read_status` -- the kB fields of ``/proc/PID/status`` (``VmPTE``...);
 * :func:`read_maps` -- ``/proc/PID/maps`` as :class:`MapEntry` records;

@@ -1,0 +1,550 @@
+"""Policies behind one interface, and the one loader of trained models.
+
+Every policy -- an SB3 model, a heuristic, an exported thresholds rule, the
+oracle bound -- exposes :class:`Policy`'s ``predict()`` (SB3's signature), so
+one evaluator, one advisor and one simulator driver serve them all.
+
+This module is the only one that loads pickled data: SB3 model zips (their
+``data`` holds cloudpickled objects), VecNormalize statistics and replay
+buffers all go through :func:`_pickled`, which can run code from the file
+and is therefore the one place to check where a file came from.  Command-line
+policies outside ``runs/`` need ``--trust-model`` (:func:`parse_policy`).
+
+It also holds the one algorithm registry (:data:`ALGOS`, :func:`algo_class`)
+and the one parser of command-line policy specs (:func:`parse_policy`,
+:func:`build_policy`), used by ``evaluate.py``, ``simulate.py``,
+``export_thresholds.py``, ``tune.py`` and the live advisor.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import warnings
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from ..envs.configio import load_yaml
+from ..envs.pagetable_env import EnvConfig, PageTableReclaimEnv
+from ..envs.sim.config import ConfigError, build, did_you_mean
+from ..envs.sim.simulator import ScenarioConfig
+from .export import read_thresholds
+from .heuristics import HEURISTICS, make_heuristic, make_rule
+from .oracle import OracleBound
+from .runs import model_label, parse_name, stats_for
+
+if TYPE_CHECKING:
+    from stable_baselines3.common.base_class import BaseAlgorithm
+    from stable_baselines3.common.vec_env import VecEnv, VecNormalize
+
+
+class Policy(Protocol):
+    """What every policy offers: SB3's ``predict``.  Returns the action(s) and
+    the recurrent state (None for the policies here)."""
+
+    def predict(self, observation: np.ndarray, state: Any = None,
+                episode_start: np.ndarray | None = None,
+                deterministic: bool = True) -> tuple[np.ndarray, Any]: ...
+
+
+# ------------------------------------------------------------ algorithms
+
+#: The SB3 algorithms ptreclaim trains, evaluates and tunes.
+ALGOS: tuple[str, ...] = ("ppo", "a2c", "dqn", "maskable_ppo")
+#: Other spellings a run's config.yaml may use -> the name in :data:`ALGOS`.
+ALGO_ALIASES = {"maskableppo": "maskable_ppo", "ppo_mask": "maskable_ppo",
+                "mppo": "maskable_ppo"}
+
+
+def canonical_algo(name: str, where: str) -> str:
+    """The :data:`ALGOS` name of ``name`` (any case, ``-`` or ``_``, an alias);
+    :class:`ConfigError` naming ``where`` for an unknown one."""
+    key = name.strip().lower().replace("-", "_")
+    names = {**{a: a for a in ALGOS}, **ALGO_ALIASES}
+    for k in (key, key.replace("_", "")):
+        if k in names:
+            return names[k]
+    raise ConfigError(f"{where}: algorithm {name!r} is unknown{did_you_mean(key, names)}; "
+                      f"known: {', '.join(ALGOS)}")
+
+
+def algo_class(algo: str) -> type[BaseAlgorithm]:
+    """The SB3 class of an :data:`ALGOS` name (imported lazily: torch is slow to load)."""
+    if algo == "ppo":
+        from stable_baselines3 import PPO
+        return PPO
+    if algo == "a2c":
+        from stable_baselines3 import A2C
+        return A2C
+    if algo == "dqn":
+        from stable_baselines3 import DQN
+        return DQN
+    if algo == "maskable_ppo":
+        from sb3_contrib import MaskablePPO
+        return MaskablePPO
+    raise ConfigError(f"unknown algorithm {algo!r}{did_you_mean(algo, ALGOS)}; "
+                      f"known: {', '.join(ALGOS)}")
+
+
+# ------------------------------------------------------------ models as policies
+
+def unflatten_action(action: Any, nvec: Sequence[int] | np.ndarray) -> np.ndarray:
+    """A flat ``Discrete(prod(nvec))`` index (or a batch of them) back to
+    ``MultiDiscrete(nvec)`` actions, C order: the last component varies fastest."""
+    a = np.asarray(action, dtype=np.int64)
+    parts = np.unravel_index(a, tuple(int(n) for n in nvec))
+    return np.stack(parts, axis=-1).astype(np.int64)
+
+
+class ObsNormalizedPolicy:
+    """An SB3 model behind the policy interface, with the VecNormalize
+    observation statistics it was trained with (if any).
+
+    ``action_shape`` (the env's ``MultiDiscrete`` nvec) decodes a model
+    trained on the flattened ``Discrete(prod(nvec))`` action space (DQN).
+    """
+
+    kernel_pt_reclaim = True
+    privileged = False
+
+    def __init__(self, model: Any, normalize: Callable[[np.ndarray], np.ndarray] | None = None,
+                 name: str = "model", action_shape: Sequence[int] | None = None) -> None:
+        self.model = model
+        self.normalize = normalize
+        self.name = name
+        self.action_shape = tuple(int(n) for n in action_shape) if action_shape else None
+
+    def predict(self, observation: np.ndarray, state: Any = None,
+                episode_start: np.ndarray | None = None,
+                deterministic: bool = True) -> tuple[np.ndarray, Any]:
+        obs = self.normalize(observation) if self.normalize is not None else observation
+        action, state = self.model.predict(obs, state=state, episode_start=episode_start,
+                                           deterministic=deterministic)
+        if self.action_shape is not None:
+            action = unflatten_action(action, self.action_shape)
+        return action, state
+
+
+def env_nvec(env_config: EnvConfig) -> list[int]:
+    """The ``MultiDiscrete`` nvec of the env's actions.  Spaces depend on the
+    env config only, so an env over a placeholder scenario tells them (the
+    constructor builds no simulation)."""
+    return [int(n) for n in PageTableReclaimEnv(ScenarioConfig(), env_config).action_space.nvec]
+
+
+def as_policy(model: Any, normalizer: VecNormalize | None, env_config: EnvConfig,
+              name: str) -> ObsNormalizedPolicy:
+    """A trained (or training) model behind the policy interface, normalising
+    observations with ``normalizer``'s statistics when it has them."""
+    from gymnasium import spaces
+
+    shape = env_nvec(env_config) if isinstance(model.action_space, spaces.Discrete) else None
+    normalize = None
+    if normalizer is not None and normalizer.norm_obs:
+        stats = normalizer
+
+        def normalize(obs: np.ndarray) -> np.ndarray:
+            return np.asarray(stats.normalize_obs(obs))
+
+    return ObsNormalizedPolicy(model, normalize, name, shape)
+
+
+def _single_thread_torch() -> None:
+    """One intra-op thread: small MLPs run faster so, and the floating-point
+    reduction order is then the same in every process (``--jobs``)."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+# ------------------------------------------------------------ pickled data
+
+#: Replace the training-only schedules on load for evaluation: they are
+#: pickled lambdas that need not unpickle across Python versions, and
+#: evaluation never uses them.
+_EVAL_OBJECTS = {"learning_rate": 0.0, "lr_schedule": lambda _: 0.0,
+                 "clip_range": lambda _: 0.0, "exploration_schedule": lambda _: 0.0}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _pickled(path: str | os.PathLike[str], what: str) -> Path:
+    """Every load of pickled data passes here first (model zips, VecNormalize
+    statistics, replay buffers): such a file can run code when loaded, so this
+    is where a check of its origin belongs.  Refuses a path that is not a file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: no such {what} file")
+    return p
+
+
+def _load_sb3(path: str | os.PathLike[str], algo: str,
+              custom_objects: Mapping[str, Any] | None = None) -> BaseAlgorithm:
+    p = _pickled(path, "model")
+    if not zipfile.is_zipfile(p):
+        raise ConfigError(f"{p}: cannot load as a {algo} model (not a zip archive); pass a "
+                          "model.zip saved by training")
+    cls = algo_class(algo)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return cls.load(str(p), device="cpu",
+                            custom_objects=dict(custom_objects) if custom_objects else None)
+    except Exception as exc:  # SB3 raises many kinds for foreign or damaged archives
+        raise ConfigError(f"{p}: cannot load as a {algo} model ({type(exc).__name__}: "
+                          f"{_first_line(exc)}); is it a complete model.zip saved by "
+                          "training?") from None
+
+
+def load_vecnormalize(path: str | os.PathLike[str], venv: VecEnv | None = None
+                      ) -> VecNormalize:
+    """VecNormalize statistics saved by a run, attached to ``venv`` if given
+    (without one only ``normalize_obs`` works).  Flags are as saved: callers
+    set ``training`` and ``norm_reward``."""
+    import pickle
+
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    p = _pickled(path, "VecNormalize statistics")
+    try:
+        with warnings.catch_warnings(), p.open("rb") as f:
+            warnings.simplefilter("ignore")
+            vn = pickle.load(f)
+            if not isinstance(vn, VecNormalize):
+                raise TypeError(f"holds a {type(vn).__name__}")
+            if venv is not None:
+                vn.set_venv(venv)
+    except Exception as exc:  # pickle raises anything for a damaged file
+        raise ConfigError(f"{p}: cannot load the VecNormalize statistics "
+                          f"({type(exc).__name__}: {_first_line(exc)}); they must come "
+                          "from the same run and env as the model") from None
+    return vn
+
+
+def load_replay_buffer(model: Any, path: str | os.PathLike[str]) -> None:
+    """Restore an off-policy model's replay buffer from a checkpoint."""
+    p = _pickled(path, "replay buffer")
+    try:
+        model.load_replay_buffer(str(p))
+    except Exception as exc:
+        raise ConfigError(f"{p}: cannot load the replay buffer ({type(exc).__name__}: "
+                          f"{_first_line(exc)}); resume from another checkpoint") from None
+
+
+def _space_text(space: Any) -> str:
+    return str(space).replace("\n", " ")
+
+
+def load_model(path: str | os.PathLike[str], algo: str, env_config: EnvConfig
+               ) -> BaseAlgorithm:
+    """Load an SB3 model to go on training it: it must have exactly the
+    spaces of this env config (:class:`ConfigError`, one line, for a missing,
+    corrupt or foreign file)."""
+    from gymnasium import spaces
+
+    model = _load_sb3(path, algo)
+    env = PageTableReclaimEnv(ScenarioConfig(), env_config)
+    obs: Any = env.observation_space
+    act: Any = env.action_space
+    if algo == "dqn":
+        act = spaces.Discrete(math.prod(env_nvec(env_config)))
+    if model.observation_space != obs or model.action_space != act:
+        raise ConfigError(f"{path}: the model is from another env: it observes "
+                          f"{model.observation_space} and acts in {model.action_space}, "
+                          f"this run's env observes {obs} and acts in {act}")
+    return model
+
+
+def _action_shape(model_space: Any, env: PageTableReclaimEnv, path: str) -> tuple[int, ...] | None:
+    from gymnasium import spaces
+
+    nvec = [int(n) for n in env.action_space.nvec]
+    if isinstance(model_space, spaces.MultiDiscrete) and \
+            [int(n) for n in model_space.nvec] == nvec:
+        return None
+    if isinstance(model_space, spaces.Discrete) and int(model_space.n) == math.prod(nvec):
+        return tuple(nvec)
+    raise ConfigError(f"{path}: trained for actions {_space_text(model_space)}, but the env "
+                      f"takes {_space_text(env.action_space)}; evaluate with the env config it "
+                      "was trained with (--env, or keep the run's config.yaml next to it)")
+
+
+def load_model_policy(spec: PolicySpec, env_config: EnvConfig,
+                      scenario: ScenarioConfig) -> ObsNormalizedPolicy:
+    """Load an SB3 model to act with it (and its VecNormalize statistics, in
+    eval mode: ``training=False``, ``norm_reward=False``), checking that it
+    was trained for this env's observation and action spaces.  Sets torch to
+    one intra-op thread first (see :func:`_single_thread_torch`)."""
+    _single_thread_torch()
+    env = PageTableReclaimEnv([scenario], env_config)
+    model = _load_sb3(spec.path, spec.name, _EVAL_OBJECTS)
+    obs_shape = getattr(model.observation_space, "shape", None)
+    if obs_shape != env.observation_space.shape:
+        raise ConfigError(f"{spec.path}: trained for observations of shape {obs_shape}, but "
+                          f"the env gives {env.observation_space.shape}; evaluate with the env "
+                          "config it was trained with (--env, or keep the run's config.yaml)")
+    shape = _action_shape(model.action_space, env, spec.path)
+    normalize: Callable[[np.ndarray], np.ndarray] | None = None
+    if spec.vecnormalize:
+        from stable_baselines3.common.vec_env import DummyVecEnv
+
+        vn = load_vecnormalize(spec.vecnormalize, DummyVecEnv([lambda: env]))
+        vn.training = False
+        vn.norm_reward = False
+
+        def normalize(obs: np.ndarray) -> np.ndarray:
+            return np.asarray(vn.normalize_obs(obs))
+
+    return ObsNormalizedPolicy(model, normalize, spec.label, shape)
+
+
+# ------------------------------------------------------------ policy specs
+
+_LABEL = re.compile(r"^[A-Za-z0-9_.+\-\[\]]+$")
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """A policy as the command line names it: enough to rebuild it in a
+    worker process (policies themselves may not pickle).
+
+    ``kind`` is ``heuristic``, ``thresholds``, ``model`` or ``oracle``;
+    ``name`` the heuristic or the SB3 algorithm; ``params`` the heuristic's
+    parameters; ``path`` the file it came from; ``vecnormalize`` the model's
+    observation statistics (or ``""``); ``env`` the env config the model
+    was trained with (from its run's ``config.yaml``), if known.
+    """
+
+    label: str
+    kind: str
+    name: str = ""
+    params: Mapping[str, Any] | None = None
+    path: str = ""
+    vecnormalize: str = ""
+    env: Mapping[str, Any] | None = None
+    source: str = ""
+
+    def describe(self) -> dict[str, Any]:
+        """Plain data for config.yaml and the report."""
+        d: dict[str, Any] = {"label": self.label, "kind": self.kind, "name": self.name,
+                             "source": self.source or self.label}
+        if self.path:
+            d["path"] = self.path
+        if self.vecnormalize:
+            d["vecnormalize"] = self.vecnormalize
+        if self.params:
+            d["params"] = dict(self.params)
+        return d
+
+
+def heuristic_spec(name: str, label: str | None = None) -> PolicySpec:
+    """The spec of a built-in heuristic with default parameters."""
+    make_heuristic(name)
+    return PolicySpec(label or name, "heuristic", name, source=f"heuristic:{name}")
+
+
+def oracle_spec() -> PolicySpec:
+    """The spec of the oracle bound."""
+    return PolicySpec("oracle", "oracle", "oracle", source="--oracle")
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def _check_trust(path: Path, trust_model: bool, runs_root: Path) -> None:
+    if trust_model or _inside(path, runs_root):
+        return
+    raise ConfigError(f"{path}: outside {runs_root}/, and SB3 model zips and VecNormalize "
+                      "files carry pickled Python objects that run code when loaded; pass "
+                      "--trust-model if you trust where it came from")
+
+
+def _algo_from_run_config(data: Any) -> str | None:
+    if not isinstance(data, Mapping):
+        return None
+    cands: list[Any] = [data.get("algo")]
+    for key in ("train", "experiment", "training"):
+        sub = data.get(key)
+        if isinstance(sub, Mapping):
+            cands.append(sub.get("algo"))
+    for c in cands:
+        if isinstance(c, Mapping):
+            c = c.get("name", c.get("algo", c.get("class")))
+        if isinstance(c, str):
+            return c
+    return None
+
+
+def _algo_from_zip(path: Path) -> str:
+    """Guess the algorithm of a bare model.zip from its JSON ``data`` entry
+    (reads no pickle)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            data = json.loads(zf.read("data"))
+    except (zipfile.BadZipFile, KeyError, OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: not an SB3 model zip ({type(exc).__name__}: "
+                          f"{_first_line(exc)}); pass the model.zip a training run saved"
+                          ) from None
+    module = str(data.get("policy_class", {}).get("__module__", "")) \
+        if isinstance(data.get("policy_class"), Mapping) else ""
+    if "sb3_contrib" in module and "maskable" in module:
+        return "maskable_ppo"
+    if ".dqn" in module or "exploration_initial_eps" in data:
+        return "dqn"
+    if "n_epochs" in data:
+        return "ppo"
+    if "normalize_advantage" in data:
+        return "a2c"
+    raise ConfigError(f"{path}: cannot tell which algorithm saved this model; put it in a run "
+                      "folder whose config.yaml names the algo")
+
+
+def _algo_from_name(folder: Path) -> str | None:
+    parts = parse_name(folder.name)
+    return parts[1] if parts else None
+
+
+def _run_config(folder: Path) -> tuple[str | None, Mapping[str, Any] | None]:
+    """(algo, env mapping) from a run folder's config.yaml, if it exists (a
+    hand-written one included, so this is lenient where training's reader is
+    strict)."""
+    cfg = folder / "config.yaml"
+    if not cfg.is_file():
+        return _algo_from_name(folder), None
+    data = load_yaml(cfg)
+    algo = _algo_from_run_config(data)
+    if algo is None:
+        algo = _algo_from_name(folder)
+    env, where = None, "env"
+    if isinstance(data, Mapping):
+        # train.py writes experiment.env; a hand-written config may have a top-level env.
+        exp = data.get("experiment")
+        if isinstance(exp, Mapping) and exp.get("env") is not None:
+            env, where = exp["env"], "experiment.env"
+        else:
+            env = data.get("env")
+    if env is not None:
+        if not isinstance(env, Mapping):
+            raise ConfigError(f"{cfg}: '{where}' must be a mapping of env settings")
+        build(EnvConfig, env, f"{cfg.name}.{where}")
+    return algo, env
+
+
+def _model_spec(label: str | None, model: Path, stats: Path | None, folder: Path,
+                source: str, trust_model: bool, runs_root: Path) -> PolicySpec:
+    _check_trust(model, trust_model, runs_root)
+    algo, env = _run_config(folder)
+    algo = canonical_algo(algo, str(folder / "config.yaml")) if algo else _algo_from_zip(model)
+    if stats is not None:
+        _check_trust(stats, trust_model, runs_root)
+    return PolicySpec(label or model_label(folder, model), "model", algo, None, str(model),
+                      str(stats) if stats is not None else "", env, source)
+
+
+class _Where(dict[str, Any]):
+    """A params mapping that carries the place to name in error messages."""
+
+    def __init__(self, data: Mapping[str, Any], where: str) -> None:
+        super().__init__(data)
+        self.where = where
+
+
+def _heuristic(name: str, params: Mapping[str, Any] | None) -> Any:
+    """``make_heuristic``, but errors name the file the parameters came from."""
+    return make_heuristic(name, dict(params) if params else None,
+                          getattr(params, "where", None))
+
+
+def _split_label(arg: str) -> tuple[str | None, str]:
+    """``LABEL=SPEC`` -> (LABEL, SPEC); anything else (a path with '=' in it
+    included) is a SPEC without a label."""
+    if "=" in arg and not os.path.exists(arg):
+        label, spec = arg.split("=", 1)
+        if _LABEL.match(label):
+            return label, spec
+    return None, arg
+
+
+def parse_policy(arg: str, *, best: bool = False, trust_model: bool = False,
+                 runs_root: str | os.PathLike[str] = "runs") -> PolicySpec:
+    """Turn one command-line policy into a checked :class:`PolicySpec`.
+
+    ``[LABEL=]SPEC`` with SPEC one of: a run folder (its ``model.zip``, or
+    ``best_model.zip`` with ``best``, and the matching VecNormalize stats);
+    a ``*.zip`` model; a thresholds ``*.yaml``/``*.yml``/``*.json``;
+    ``heuristic:NAME`` or ``heuristic:NAME:params.yaml``.  Models outside
+    ``runs_root`` need ``trust_model``.  Raises :class:`ConfigError`.
+    """
+    root = Path(runs_root)
+    label, spec = _split_label(arg)
+    if spec.startswith("heuristic:"):
+        name, _, params_path = spec[len("heuristic:"):].partition(":")
+        if name not in HEURISTICS:
+            raise ConfigError(f"{arg}: unknown heuristic {name!r}"
+                              f"{did_you_mean(name, HEURISTICS)}; known: {', '.join(HEURISTICS)}")
+        params: Mapping[str, Any] | None = None
+        if params_path:
+            data = load_yaml(params_path)
+            if data is None:
+                raise ConfigError(f"{params_path}: the file is empty; it should map parameter "
+                                  f"names of {name} to values")
+            if not isinstance(data, Mapping):
+                raise ConfigError(f"{params_path}: expected a mapping of {name} parameters, "
+                                  f"got {type(data).__name__}")
+            params = _Where(data, Path(params_path).name)
+        _heuristic(name, params)
+        default = name if not params_path else f"{name}[{Path(params_path).stem}]"
+        return PolicySpec(label or default, "heuristic", name,
+                          dict(params) if params else None, params_path, source=arg)
+    p = Path(spec)
+    if not spec or not p.exists():
+        hint = f"; did you mean heuristic:{spec}?" if spec in HEURISTICS else ""
+        raise ConfigError(f"{spec or arg!r}: no such file or folder; a policy is a run folder, "
+                          "a model .zip, a thresholds .yaml/.json, or "
+                          f"heuristic:NAME[:params.yaml]{hint}")
+    if p.is_dir():
+        model = p / ("best_model.zip" if best else "model.zip")
+        if not model.is_file():
+            hint = ("drop --best (the run saved no best model)" if best else
+                    "is the training still running? (or pass --best for best_model.zip)")
+            raise ConfigError(f"{p}: no {model.name} in this run folder; {hint}")
+        return _model_spec(label, model, stats_for(model), p, arg, trust_model, root)
+    suffix = p.suffix.lower()
+    if suffix == ".zip":
+        return _model_spec(label, p, stats_for(p), p.parent, arg, trust_model, root)
+    if suffix in (".yaml", ".yml", ".json"):
+        record = read_thresholds(p)
+        return PolicySpec(label or f"thresholds[{p.stem}]", "thresholds",
+                          record.kind, dict(record.params), str(p), source=arg)
+    raise ConfigError(f"{p}: not a policy (expected a run folder, a model .zip, a thresholds "
+                      ".yaml/.json, or heuristic:NAME[:params.yaml])")
+
+
+
+def build_policy(spec: PolicySpec, env_config: EnvConfig, scenario: ScenarioConfig) -> Any:
+    """The policy object of ``spec`` (``scenario`` only sizes a throwaway env
+    for space checks and VecNormalize)."""
+    if spec.kind == "oracle":
+        return OracleBound()
+    if spec.kind == "thresholds":
+        return make_rule(spec.name, spec.params, spec.path or spec.label)
+    if spec.kind == "heuristic":
+        return _heuristic(spec.name, spec.params)
+    if spec.kind == "model":
+        return load_model_policy(spec, env_config, scenario)
+    raise ConfigError(f"policy {spec.label!r}: unknown kind {spec.kind!r}")

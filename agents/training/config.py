@@ -1,0 +1,284 @@
+"""Experiments: what to train, on what, how long, and how to judge it.
+
+An *experiment* (``configs/experiments/<name>.yaml``, :class:`ExperimentConfig`)
+names the env id, the training and held-out evaluation scenarios, the
+algorithm, seeds, budget, vectorisation, normalisation, evaluation and env
+overrides; ``--set key=value`` overrides any key (typed, checked, with a
+did-you-mean hint).  The algorithm's hyperparameters come from
+:mod:`.hyperparams`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import gymnasium as gym
+import yaml
+
+from ...configs import CONFIG_DIR
+from ...envs.configio import load_yaml, resolve_suite
+from ...envs.pagetable_env import EnvConfig
+from ...envs.registration import DEFAULT_ID
+from ...envs.sim.config import ConfigError, build, check_range, did_you_mean, to_dict
+from ...envs.sim.simulator import ScenarioConfig
+from ..heuristics import HEURISTICS
+from ..loading import ALGOS
+
+#: Policies of the final comparison, besides the learned ones.
+BASELINES: tuple[str, ...] = ("none", "on_zap", "soft_hard", "periodic_scan")
+
+
+class TrainError(ConfigError):
+    """Bad input to training: printed as one ``error:`` line, exit status 2."""
+
+
+@dataclass(frozen=True)
+class NormalizeConfig:
+    """VecNormalize settings.  Observations are already in [-1, 1] but many
+    features live near 0 (page-table fractions of a few %), so standardising
+    them helps the MLP; rewards span three orders of magnitude between quiet
+    and failing steps, so scaling them keeps the value loss sane."""
+
+    obs: bool = True
+    reward: bool = True
+    clip_obs: float = 10.0
+    clip_reward: float = 10.0
+
+    def __post_init__(self) -> None:
+        check_range("normalize.clip_obs", self.clip_obs, 0.0, 1e6, lo_open=True)
+        check_range("normalize.clip_reward", self.clip_reward, 0.0, 1e6, lo_open=True)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Model selection during training, and the final evaluation.
+
+    During training, every ``freq`` steps the current model runs ``episodes``
+    deterministic validation episodes per scenario of ``select_on`` (default
+    ``train``: the training scenarios, so the held-out scenarios never
+    influence which model is kept; ``eval``: the held-out ones, the old
+    behaviour) with seeds drawn from ``seed + 1``; the best mean becomes
+    ``best_model.zip``.  At the end every policy runs ``final_episodes`` per
+    held-out scenario with seeds from ``seed``.
+    """
+
+    freq: int = 10_000
+    episodes: int = 2
+    final_episodes: int = 10
+    seed: int = 1000
+    select_on: str = "train"
+    baselines: tuple[str, ...] = BASELINES
+    oracle: bool = True
+    cache_baselines: bool = True  # heuristics are deterministic: reuse across seeds/runs
+    n_boot: int = 2000
+
+    def __post_init__(self) -> None:
+        check_range("eval.freq", self.freq, 0, 10**10)
+        check_range("eval.episodes", self.episodes, 1, 10_000)
+        check_range("eval.final_episodes", self.final_episodes, 1, 10_000)
+        check_range("eval.seed", self.seed, 0, 2**31)
+        check_range("eval.n_boot", self.n_boot, 100, 10**6)
+        if self.select_on not in ("train", "eval"):
+            raise ConfigError(f"eval.select_on: {self.select_on!r} is not 'train' (validation "
+                              "episodes of the training scenarios) or 'eval' (the held-out "
+                              "scenarios)")
+        for name in self.baselines:
+            if name not in HEURISTICS:
+                raise ConfigError(f"eval.baselines: unknown heuristic {name!r}"
+                                  f"{did_you_mean(name, HEURISTICS)}; known: "
+                                  f"{', '.join(HEURISTICS)}")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """One experiment: what to train, on what, how long, and how to judge it.
+
+    ``train_suite``/``eval_suite``: a shipped suite or scenario name
+    (``configs/suites/<name>.yaml``, ``configs/scenarios/<name>.yaml``) or a
+    path to a suite or scenario YAML; empty ``train_suite`` means the env id's
+    own scenarios.  ``env``: :class:`EnvConfig` fields.  ``hyperparams``:
+    per-algorithm overrides of the algo YAML (``{ppo: {n_steps: 64}}``).
+    """
+
+    name: str = ""
+    env_id: str = DEFAULT_ID
+    train_suite: str = ""
+    eval_suite: str = "test"
+    algo: str = "ppo"
+    algo_config: str = ""  # path of the algo YAML; empty: configs/algos/<algo>.yaml
+    seeds: tuple[int, ...] = (0,)
+    timesteps: int = 100_000
+    n_envs: int = 8
+    vec_env: Literal["dummy", "subproc"] = "dummy"
+    jobs: int = 1
+    torch_threads: int = 1
+    checkpoint_freq: int = 0  # steps between checkpoints; 0: only at the end and on Ctrl-C
+    normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    hyperparams: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.name and not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
+            raise ConfigError(f"name: {self.name!r} must be letters, digits, '_', '-', '.'")
+        if self.algo not in ALGOS:
+            raise ConfigError(f"algo: unknown algorithm {self.algo!r}"
+                              f"{did_you_mean(self.algo, ALGOS)}; known: {', '.join(ALGOS)}")
+        for key in self.hyperparams:
+            if key not in ALGOS:
+                raise ConfigError(f"hyperparams: {key!r} is not an algorithm"
+                                  f"{did_you_mean(key, ALGOS)}; known: {', '.join(ALGOS)}")
+        if not self.seeds:
+            raise ConfigError("seeds: give at least one seed")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"seeds: {list(self.seeds)} lists a seed twice")
+        for s in self.seeds:
+            check_range("seeds[]", s, 0, 2**31)
+        check_range("timesteps", self.timesteps, 1, 10**10)
+        check_range("n_envs", self.n_envs, 1, 1024)
+        check_range("jobs", self.jobs, 1, 256)
+        check_range("torch_threads", self.torch_threads, 1, 256)
+        check_range("checkpoint_freq", self.checkpoint_freq, 0, 10**10)
+        if not self.eval_suite:
+            raise ConfigError("eval_suite: name the held-out scenarios (e.g. test)")
+
+
+@dataclass
+class Scenarios:
+    """The resolved training and held-out scenarios."""
+
+    train: list[ScenarioConfig]
+    eval: list[ScenarioConfig]
+
+
+def default_experiment_path() -> Path:
+    """``configs/experiments/default.yaml``: the experiment of ``make run``."""
+    return CONFIG_DIR / "experiments" / "default.yaml"
+
+
+def coerce_number(value: Any) -> Any:
+    """YAML 1.1 reads ``1e-3`` as a string; take numeric strings as numbers."""
+    if isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", value):
+        f = float(value)
+        return int(f) if re.fullmatch(r"[-+]?\d+", value) else f
+    return value
+
+
+def _parse_value(raw: str) -> Any:
+    """A typed ``--set`` value: YAML scalars and flow lists/maps, never eval."""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        raise TrainError(f"cannot parse {raw!r} as a YAML value") from None
+    return coerce_number(value)
+
+
+def _resolve_suite_spec(spec: Any, base: Path) -> Any:
+    """Paths (anything with a '/' or a .yaml suffix) become absolute, so a
+    resolved config works from any folder; names stay names."""
+    if isinstance(spec, str) and spec and ("/" in spec or spec.endswith((".yaml", ".yml"))):
+        return str((base / spec).resolve())
+    return spec
+
+
+def _set_path(data: dict[str, Any], key: str, value: Any, label: str) -> None:
+    """Put ``value`` at dotted ``key``, checking each dataclass level's keys."""
+    parts = key.split(".")
+    cls: Any = ExperimentConfig
+    node = data
+    for i, part in enumerate(parts):
+        if not part:
+            raise TrainError(f"{label}: empty key in {key!r}")
+        if cls is not None:
+            names = [f.name for f in dataclasses.fields(cls) if f.init]
+            if part not in names:
+                where = ".".join(parts[:i]) or "the experiment"
+                raise TrainError(f"{label}: unknown key {part!r} in {where}"
+                                 f"{did_you_mean(part, names)}; allowed: {', '.join(names)}")
+            hint = _type_hints(cls)[part]
+            cls = hint if dataclasses.is_dataclass(hint) else None
+        if i == len(parts) - 1:
+            node[part] = value
+            return
+        child = node.get(part)
+        if child is None:
+            child = {}
+        elif not isinstance(child, dict):
+            raise TrainError(f"{label}: {'.'.join(parts[:i + 1])} is not a mapping")
+        else:
+            child = dict(child)
+        node[part] = child
+        node = child
+
+
+def _type_hints(cls: Any) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def load_experiment(path: Path | None, sets: Sequence[tuple[str, str]] = ()
+                    ) -> tuple[ExperimentConfig, dict[str, Any]]:
+    """Load an experiment YAML and apply ``(label, "key=value")`` overrides.
+
+    Returns the frozen config and its plain data (paths made absolute).
+    """
+    p = path or default_experiment_path()
+    data = load_yaml(p)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping of experiment keys, got {type(data).__name__}")
+    data = dict(data)
+    for key in ("train_suite", "eval_suite", "algo_config"):
+        if key in data:
+            data[key] = _resolve_suite_spec(data[key], p.parent)
+    if not data.get("name"):
+        data["name"] = p.stem
+    exp = build(ExperimentConfig, data, p.name)
+    for label, item in sets:
+        if "=" not in item:
+            raise TrainError(f"{label} {item!r}: expected key=value (e.g. env.decision_ticks=20)")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        # `--set k=v` names the item; a flag (`--algo x`) arrives with its own label.
+        where = f"{label} {item}" if label == "--set" else label
+        try:
+            value = _parse_value(raw)
+        except TrainError as exc:
+            raise TrainError(f"{where}: {exc}") from None
+        if key in ("train_suite", "eval_suite", "algo_config"):
+            value = _resolve_suite_spec(value, Path.cwd())
+        _set_path(data, key, value, where)
+        try:
+            exp = build(ExperimentConfig, data, "experiment")
+        except ConfigError as exc:
+            raise TrainError(f"{where}: {exc}") from None
+    return exp, to_dict(exp)
+
+
+
+
+def load_scenarios(spec: str, label: str) -> list[ScenarioConfig]:
+    """Scenarios from a shipped suite/scenario name or a suite/scenario file
+    (:func:`~ptreclaim.envs.configio.resolve_suite`)."""
+    return resolve_suite(spec, label)[0]
+
+
+def resolve_scenarios(exp: ExperimentConfig) -> Scenarios:
+    """Load the training scenarios (the env id's own when ``train_suite`` is
+    empty) and the held-out ones."""
+    if exp.env_id not in gym.registry or not exp.env_id.startswith("ptreclaim/"):
+        ids = [k for k in gym.registry if k.startswith("ptreclaim/")]
+        raise TrainError(f"env_id: {exp.env_id!r} is not a ptreclaim env id"
+                         f"{did_you_mean(exp.env_id, ids)}; e.g. {DEFAULT_ID}")
+    train_spec = exp.train_suite
+    if not train_spec:
+        kwargs = gym.spec(exp.env_id).kwargs
+        train_spec = kwargs.get("scenario") or kwargs.get("suite") or "train"
+    return Scenarios(load_scenarios(train_spec, "train_suite"),
+                     load_scenarios(exp.eval_suite, "eval_suite"))

@@ -1,0 +1,238 @@
+"""One training run: train (or continue) a seed, then evaluate and report.
+
+:func:`train_run` drives a run folder (:class:`~ptreclaim.agents.runs.RunFolder`)
+from whatever state it is in: ``running`` or ``interrupted`` runs are trained
+to their total (from the last checkpoint when resuming), ``trained`` ones go
+straight to the final evaluation, in which the final and best models meet
+every fixed heuristic and the oracle bound on the same seeded held-out
+episodes.  A stop request (:mod:`ptreclaim.agents.interrupts`, ``flag``
+mode) ends training at the next step with a checkpoint, or the final
+evaluation at the next episode; the run stays resumable either way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TextIO
+
+from ...envs.configio import write_text_atomic
+from ..interrupts import signal_name, stop_requested
+from ..loading import algo_class, load_model, load_replay_buffer
+from ..report import progress_display
+from ..runs import RunFolder
+from ..stats import paired_difference_ci, summarize
+from .baselines import baseline_results, run_with_ticks
+from .callbacks import make_callback, save_checkpoint, save_model, save_stats
+from .config import TrainError
+from .hyperparams import materialize
+from .report import plot_cost_terms, plot_learning_curve, print_tables, run_report
+from .runconfig import RunConfig, load_trained_policy
+from .vecenv import make_vec_env
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+@dataclass
+class Output:
+    """Where a run talks: a rich console, whether to draw a live bar, a label
+    for every line, and whether a stop is reported here (``False`` when the
+    caller reports it for several runs at once)."""
+
+    console: Console
+    live: bool
+    label: str = ""
+    report_stop: bool = True
+
+    def echo(self, msg: str) -> None:
+        """Print one line (no markup), flushed at once."""
+        self.console.print(msg, highlight=False, markup=False, soft_wrap=True)
+        # Piped output (parallel seeds, tee, CI logs) should show progress as it happens.
+        with contextlib.suppress(OSError, ValueError):
+            self.console.file.flush()
+
+    def stopped(self, what: str, kept: str, run: RunFolder) -> int:
+        """Report a stop request that ended ``what`` (one line); returns the
+        exit status, 128 + the signal."""
+        signum = stop_requested()
+        if self.report_stop:
+            self.echo(f"{self.label}{signal_name(signum)} stopped {what}; kept {kept}; resume "
+                      f"with: python scripts/train.py --resume {shlex.quote(str(run))}")
+        return 128 + signum
+
+
+def console(file: TextIO | None = None) -> Console:
+    """The console of training output (a fixed width when piped)."""
+    from rich.console import Console
+
+    # Piped output (logs, parallel seeds) gets a fixed width wide enough for the tables.
+    return Console(file=file, width=None if (file or sys.stdout).isatty() else 150)
+
+
+class _FinalEvalStopped(Exception):
+    """Raised to unwind the final evaluation after a stop request."""
+
+
+def train_run(run: RunFolder, cfg: RunConfig, out: Output, resume: bool = False) -> int:
+    """Train (or continue) one seed in ``run``, then evaluate and report."""
+    import torch
+
+    exp = cfg.experiment
+    torch.set_num_threads(exp.torch_threads)
+    state = run.read_state()
+    total = exp.timesteps
+    done = int(state.get("num_timesteps", 0))
+    if state["status"] in ("running", "interrupted") and done < total:
+        code = _train(run, cfg, out, resume, state)
+        if code:
+            return code
+    return _finish(run, cfg, out)
+
+
+def _train(run: RunFolder, cfg: RunConfig, out: Output, resume: bool,
+           state: dict[str, Any]) -> int:
+    exp, seed, hp = cfg.experiment, cfg.seed, cfg.hyperparams
+    total = exp.timesteps
+    policy, kwargs = materialize(exp.algo, hp)
+    gamma = float(hp.get("gamma", 0.99))
+    cls = algo_class(exp.algo)
+    ckpt = state.get("checkpoint") if resume else None
+    if ckpt:
+        ck_path = run / ckpt
+        n = int(state["num_timesteps"])
+        stats = run / "checkpoints" / f"vecnormalize_{n}_steps.pkl"
+        if (exp.normalize.obs or exp.normalize.reward) and not stats.is_file():
+            raise TrainError(f"{stats}: missing; cannot resume without the checkpoint's "
+                             "normalisation statistics")
+        model = load_model(ck_path, exp.algo, exp.env)
+        # A fresh stream: do not replay the episodes seen before the interrupt.
+        venv = make_vec_env(exp, cfg.scenarios.train, seed + n, gamma,
+                            stats if stats.is_file() else None)
+        model.set_env(venv)
+        model.set_random_seed(seed + n)
+        rb = run / "checkpoints" / f"replay_buffer_{n}_steps.pkl"
+        if rb.is_file() and hasattr(model, "load_replay_buffer"):
+            load_replay_buffer(model, rb)
+        out.echo(f"{out.label}resuming {run.name} at step {n}/{total}")
+    else:
+        venv = make_vec_env(exp, cfg.scenarios.train, seed, gamma)
+        model = cls(policy, venv, seed=seed, device="cpu", verbose=0,
+                    tensorboard_log=str(run / "tb"), **kwargs)
+    run.write_state(status="running", total_timesteps=total)
+    progress = None
+    task = None
+    if out.live:
+        from rich.markup import escape
+
+        progress = progress_display(f"{escape(out.label)}[bold]{exp.algo}[/] seed {seed}",
+                                    out.console, transient=False, status_field="status",
+                                    bar_width=24)
+        task = progress.add_task("train", total=total, completed=model.num_timesteps,
+                                 status="")
+    cb = make_callback(run, exp, cfg.scenarios, total, progress, task, out.echo, out.label)
+    t0 = time.perf_counter()
+    remaining = total - model.num_timesteps
+    if progress is None:
+        out.echo(f"{out.label}training {exp.algo} seed {seed}: {remaining} steps "
+                 f"({exp.n_envs} envs) -> {run}")
+    try:
+        with progress if progress is not None else contextlib.nullcontext():
+            model.learn(remaining, callback=cb, tb_log_name=exp.algo,
+                        reset_num_timesteps=not ckpt, progress_bar=False)
+    finally:
+        spent = time.perf_counter() - t0
+        run.write_state(train_seconds=float(state.get("train_seconds", 0.0)) + spent)
+    n = model.num_timesteps
+    if stop_requested():
+        save_checkpoint(model, run, n, total)
+        run.write_state(status="interrupted")
+        venv.close()
+        return out.stopped(f"training at step {n}/{total}",
+                           f"a checkpoint and its normalisation stats in {run / 'checkpoints'}",
+                           run)
+    # The curve ends at the final model, which may also be the best one.
+    if exp.eval.freq and (not cb.evals["timesteps"] or cb.evals["timesteps"][-1] != n):
+        cb.evaluate()
+    save_model(model, run / "model.zip")
+    save_stats(venv, run / "vecnormalize.pkl")
+    save_checkpoint(model, run, n, total)
+    if not (run / "best_model.zip").is_file():
+        # No evaluation during training: the final model is the best we know.
+        write_text_atomic(run / "best_model.zip", (run / "model.zip").read_bytes())
+        if (run / "vecnormalize.pkl").is_file():
+            write_text_atomic(run / "best_vecnormalize.pkl",
+                              (run / "vecnormalize.pkl").read_bytes())
+    run.write_state(status="trained", num_timesteps=n, fps=cb.fps())
+    venv.close()
+    return 0
+
+
+def _finish(run: RunFolder, cfg: RunConfig, out: Output) -> int:
+    """Final evaluation of the final and best models against every baseline,
+    then the report, plots and table."""
+    exp = cfg.experiment
+    ev = exp.eval
+    out.echo(f"{out.label}final evaluation on {len(cfg.scenarios.eval)} held-out scenarios x "
+             f"{ev.final_episodes} episodes (seeds from {ev.seed}), every policy")
+    learned = {exp.algo: load_trained_policy(run, "final")}
+    if (run / "best_model.zip").is_file():
+        learned[f"{exp.algo}_best"] = load_trained_policy(run, "best")
+    names = list(ev.baselines) + (["oracle"] if ev.oracle else [])
+    cache = run.parent / ".baseline_cache" if ev.cache_baselines else None
+
+    per_policy = len(cfg.scenarios.eval) * ev.final_episodes
+    progress = None
+    if out.live:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        # Cached baselines finish at once, so the bar may jump: it counts episodes run.
+        progress = Progress(TextColumn("final evaluation"), BarColumn(bar_width=24),
+                            MofNCompleteColumn(), TextColumn("episodes"),
+                            console=out.console, transient=True)
+        curve = (len(names) * len(cfg.scenarios.eval) * ev.episodes
+                 if (run / "evaluations.npz").is_file() else 0)
+        task = progress.add_task("eval", total=per_policy * (len(learned) + len(names)) + curve)
+
+    def tick() -> None:
+        if stop_requested():
+            raise _FinalEvalStopped
+        if progress is not None:
+            progress.advance(task)
+
+    t0 = time.perf_counter()
+    try:
+        with progress if progress is not None else contextlib.nullcontext():
+            # Own models first: parallel seeds then reach the shared baselines at
+            # different times and split them instead of waiting on one another.
+            mine = run_with_ticks(learned, cfg.scenarios.eval, ev.final_episodes, ev.seed,
+                                  exp.env, tick)
+            base = baseline_results(names, cfg.scenarios.eval, ev.final_episodes, ev.seed,
+                                    exp.env, cache, tick)
+            curve_scen = cfg.scenarios.train if ev.select_on == "train" else cfg.scenarios.eval
+            curve_base = (baseline_results(names, curve_scen, ev.episodes,
+                                           ev.seed + 1, exp.env, cache, tick)
+                          if (run / "evaluations.npz").is_file() else [])
+    except _FinalEvalStopped:
+        return out.stopped(f"the final evaluation of {run.name}", "the trained models", run)
+    results = base + mine
+    write_text_atomic(run / "eval_results.json",
+                      json.dumps([dataclasses.asdict(r) for r in results], indent=1) + "\n")
+    summaries = summarize(results, n_boot=ev.n_boot)
+    paired = {(p, h): paired_difference_ci(results, p, h, n_boot=ev.n_boot)
+              for p in learned for h in names}
+    state = run.write_state(eval_seconds=time.perf_counter() - t0)
+    plot_learning_curve(run, curve_base, exp.algo, f"{run.name}")
+    plot_cost_terms(run / "cost_terms.png", summaries, exp.env)
+    write_text_atomic(run / "report.md",
+                      run_report(run, cfg, summaries, paired, results, state))
+    print_tables(out.console, summaries, paired, title=f"{run.name}: held-out evaluation")
+    run.write_state(status="finished")
+    out.echo(f"{out.label}report: {run / 'report.md'}")
+    return 0
+

@@ -1,0 +1,183 @@
+"""Multi-seed experiments: one run folder per seed, then the aggregate report.
+
+The seeds train in turn (``jobs: 1``) or ``jobs`` at a time in worker
+processes (:class:`~ptreclaim.agents.rollout.WorkerPool`), each in its own
+run folder; ``<experiment>__<algo>__multi__<time>/`` records the resolved
+experiment (``experiment.yaml``: every seed trains with the very same
+hyperparameters), which run folder each seed has (``runs.json``) and the
+aggregate report.
+
+Stopping: SIGINT or SIGTERM to the main process stops every seed at its
+next step with a checkpoint (in parallel: the pool sends SIGTERM to each
+worker and gives it :data:`STOP_GRACE` seconds), then prints one line naming
+each seed's step and how to resume, and exits with 130 or 143.
+``--resume <multi folder>`` resumes every unfinished seed and starts the
+missing ones; ``--resume <run folder>`` resumes one seed alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import shlex
+import signal
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ...envs.configio import write_text_atomic, write_yaml_atomic
+from ...envs.sim.config import to_dict
+from ..interrupts import Interrupted, signal_name, stop_requested, stop_signals
+from ..rollout import WorkerPool
+from ..runs import RunFolder
+from .config import ExperimentConfig, Scenarios
+from .loop import Output, console, train_run
+from .report import multi_report
+from .runconfig import read_run_config, start_run
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+#: Seconds a training worker gets to save its checkpoint once told to stop.
+STOP_GRACE = 60.0
+
+#: One seed to train: (seed, its run folder, resume it?).
+SeedTask = tuple[int, str, bool]
+
+
+@dataclass(frozen=True)
+class _SeedContext:
+    exp: ExperimentConfig
+    hp: dict[str, Any]
+    scen: Scenarios
+    command: str
+
+
+def _seed_context(exp: ExperimentConfig, hp: dict[str, Any], scen: Scenarios,
+                  command: str) -> _SeedContext:
+    return _SeedContext(exp, hp, scen, command)
+
+
+def _train_seed(ctx: _SeedContext, task: SeedTask, out: Output | None = None) -> int:
+    """Train one seed in its folder (a worker's task, or the main process's
+    with ``jobs: 1``); its exit status."""
+    seed, path, resume = task
+    run = RunFolder(Path(path))
+    out = out or Output(console(), False, f"[seed {seed}] ", report_stop=False)
+    # In a worker: SIGTERM (from the pool, or the kernel when the main process
+    # dies) stops at the next step with a checkpoint; SIGINT stays ignored.
+    with stop_signals("flag", (signal.SIGTERM,)):
+        if resume:
+            run.add_command(ctx.command)
+            return train_run(run, read_run_config(run), out, resume=True)
+        cfg = start_run(run, dataclasses.replace(ctx.exp, seeds=(seed,)), seed, ctx.hp,
+                        ctx.scen, ctx.command)
+        return train_run(run, cfg, out)
+
+
+def _seed_tasks(exp: ExperimentConfig, runs: dict[int, RunFolder], out: Path,
+                record: Any) -> list[SeedTask]:
+    """The seeds still to train: unfinished ones resume, the others start in
+    a new folder (or in their empty one, created before an interrupt)."""
+    tasks: list[SeedTask] = []
+    for seed in exp.seeds:
+        run = runs.get(seed)
+        if run is not None and (run / "state.json").is_file():
+            if run.read_state()["status"] != "finished":
+                tasks.append((seed, str(run), True))
+            continue
+        if run is None or not run.path.is_dir() or any(run.path.iterdir()):
+            run = RunFolder.create(out, exp.name, exp.algo, str(seed))
+            record(seed, run)
+        tasks.append((seed, str(run), False))
+    return tasks
+
+
+def _where(run: RunFolder) -> str:
+    """How far a stopped seed got, from its state."""
+    if not (run / "state.json").is_file():
+        return "not started"
+    state = run.read_state()
+    if state["status"] == "trained":
+        return "trained, before its final evaluation"
+    return f"at step {state.get('num_timesteps', 0)}/{state.get('total_timesteps', '?')}"
+
+
+def run_multi(exp: ExperimentConfig, hp: Mapping[str, Any], scen: Scenarios, out: Path,
+              command: str, con: Console, live: bool, multi: RunFolder | None = None) -> int:
+    """Train every seed, then write the aggregate report.  With ``multi``
+    (``--resume`` of a multi-seed folder): resume every unfinished seed,
+    start the missing ones, and rewrite the aggregate report.  Returns the
+    exit status (0, 1 when a seed failed, 128 + signal when stopped)."""
+    t0 = time.perf_counter()
+    runs: dict[int, RunFolder] = {}
+    if multi is None:
+        multi = RunFolder.create(out, exp.name, exp.algo, "multi")
+        # Resolved once, so every seed trains with the very same hyperparameters.
+        exp_data = to_dict(exp)
+        exp_data["hyperparams"] = {exp.algo: dict(hp)}
+        write_yaml_atomic(multi / "experiment.yaml", exp_data)
+        write_text_atomic(multi / "command.txt", command)
+    else:
+        with contextlib.suppress(OSError, ValueError):
+            runs = {int(k): RunFolder(Path(v)) for k, v in
+                    json.loads((multi / "runs.json").read_text()).items()}
+        multi.add_command(command)
+
+    def record(seed: int, run: RunFolder) -> None:
+        runs[seed] = run
+        multi.write_json("runs.json", {str(s): str(r) for s, r in sorted(runs.items())})
+
+    codes: dict[int, int] = {}
+    signum = 0
+    ctx = _SeedContext(exp, dict(hp), scen, command)
+    tasks = _seed_tasks(exp, runs, out, record)
+    jobs = min(exp.jobs, len(tasks))
+    if jobs <= 1:
+        # In this process: a signal stops the current seed at its next step.
+        with stop_signals("flag"):
+            for task in tasks:
+                if stop_requested():
+                    break
+                seed = task[0]
+                codes[seed] = _train_seed(ctx, task, Output(con, live, f"[seed {seed}] ",
+                                                            report_stop=False))
+            signum = stop_requested()
+    else:
+        # Here a signal interrupts the wait; the pool then stops every worker.
+        with stop_signals("raise"):
+            try:
+                with WorkerPool(jobs, _seed_context, (exp, dict(hp), scen, command),
+                                _train_seed, grace=STOP_GRACE) as pool:
+                    for task, code in zip(tasks, pool.map(tasks), strict=True):
+                        codes[task[0]] = code
+            except Interrupted as exc:
+                signum = exc.signum
+    # Wall time over every invocation (a resumed experiment adds its own).
+    wall = time.perf_counter() - t0
+    with contextlib.suppress(OSError, ValueError, TypeError):
+        wall += float(json.loads((multi / "multi_state.json").read_text())["wall_seconds"])
+    write_text_atomic(multi / "multi_state.json",
+                      json.dumps({"wall_seconds": wall, "seeds": list(exp.seeds)}) + "\n")
+    stopped = signum or next((c - 128 for c in codes.values() if c >= 128), 0)
+    report = multi_report(multi, {s: r.path for s, r in runs.items()}, exp,
+                          None if stopped else con, wall)
+    write_text_atomic(multi / "report.md", report)
+    if stopped:
+        unfinished = [s for s in exp.seeds if s in runs and (
+            not (runs[s] / "state.json").is_file()
+            or runs[s].read_state()["status"] != "finished")]
+        where = ", ".join(f"seed {s} {_where(runs[s])}" for s in unfinished)
+        one = (f" (one seed alone: --resume {shlex.quote(str(runs[unfinished[0]]))})"
+               if unfinished else "")
+        con.print(f"{signal_name(stopped)} stopped {len(unfinished)} seed(s) ({where}); kept "
+                  f"the checkpoint of each in its run folder and the aggregate report so far; "
+                  f"resume with: python scripts/train.py --resume {shlex.quote(str(multi))}"
+                  f"{one}", highlight=False, markup=False, soft_wrap=True)
+        return 128 + stopped
+    con.print(f"aggregate report: {multi / 'report.md'} (wall time {wall:.0f} s)",
+              highlight=False, markup=False)
+    return 0 if all(c == 0 for c in codes.values()) else 1

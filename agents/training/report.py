@@ -1,0 +1,319 @@
+"""What a training run reports: its ``report.md``, tables and plots, and the
+aggregate of a multi-seed experiment."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ...envs.configio import write_text_atomic
+from ...envs.pagetable_env import COST_TERMS, EnvConfig
+from ..report import md_table, png, pyplot
+from ..results import EpisodeResult, PolicySummary
+from ..runs import RunFolder
+from ..stats import paired_difference_ci, pooled_difference, stratified_bootstrap, summarize
+from .config import BASELINES, ExperimentConfig
+from .runconfig import RunConfig
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+def _fmt(x: float | None, digits: int = 2) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _ci(mean: float, lo: float, hi: float, digits: int = 2) -> str:
+    return f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def print_tables(console: Console, summaries: Sequence[PolicySummary],
+                 paired: Mapping[tuple[str, str], tuple[float, float, float]],
+                 title: str) -> None:
+    """The rich table of the final comparison, and the paired differences."""
+    from rich.table import Table
+
+    t = Table(title=title, title_justify="left")
+    for col in ("policy", "mean cost", "95% CI", "IQM", "score", "P(< none)"):
+        t.add_column(col, justify="left" if col == "policy" else "right")
+    for s in summaries:
+        t.add_row(s.policy, f"{s.mean_cost:.2f}", f"[{s.ci_low:.2f}, {s.ci_high:.2f}]",
+                  f"{s.iqm_cost:.2f}", _fmt(s.normalized), _fmt(s.prob_improvement))
+    console.print(t)
+    if paired:
+        p = Table(title="paired difference: heuristic cost - learned cost (> 0: learned better)",
+                  title_justify="left")
+        for col in ("learned", "vs", "mean", "95% CI", "better?"):
+            p.add_column(col, justify="left" if col in ("learned", "vs") else "right")
+        for (pol, other), (m, lo, hi) in paired.items():
+            verdict = "yes" if lo > 0 else ("no (worse)" if hi < 0 else "not sure")
+            p.add_row(pol, other, f"{m:.2f}", f"[{lo:.2f}, {hi:.2f}]", verdict)
+        console.print(p)
+
+
+
+
+def summary_rows(summaries: Sequence[PolicySummary]) -> list[list[str]]:
+    """The rows of :data:`SUMMARY_HEADER`."""
+    return [[s.policy, f"{s.mean_cost:.2f}", f"[{s.ci_low:.2f}, {s.ci_high:.2f}]",
+             f"{s.iqm_cost:.2f}", _fmt(s.normalized), _fmt(s.prob_improvement)]
+            for s in summaries]
+
+
+SUMMARY_HEADER = ("policy", "mean cost", "95% CI", "IQM", "score", "P(< none)")
+
+
+def run_report(run: RunFolder, cfg: RunConfig, summaries: Sequence[PolicySummary],
+               paired: Mapping[tuple[str, str], tuple[float, float, float]],
+               results: Sequence[EpisodeResult], state: Mapping[str, Any]) -> str:
+    """``report.md`` of one run."""
+    exp = cfg.experiment
+    w = exp.env.reward
+    names = list(dict.fromkeys(r.policy for r in results))
+    scen_names = list(dict.fromkeys(r.scenario for r in results))
+    lines = [f"# {run.name}", "",
+             f"{exp.algo} on `{exp.env_id}`, seed {cfg.seed}, {state.get('num_timesteps')} "
+             f"steps in {float(state.get('train_seconds', 0.0)):.0f} s of training "
+             f"({float(state.get('fps', 0.0)):.0f} steps/s, {exp.n_envs} envs, {exp.vec_env}); "
+             f"final evaluation {float(state.get('eval_seconds', 0.0)):.0f} s.",
+             f"Trained on: {', '.join(s.name for s in cfg.scenarios.train)}.",
+             f"Held out: {', '.join(s.name for s in cfg.scenarios.eval)}, "
+             f"{exp.eval.final_episodes} seeded episodes each (seeds from {exp.eval.seed}), "
+             "the same episodes for every policy.", "",
+             "Cost = minus the episode reward (lower is better); CI: 95 % stratified "
+             "bootstrap over episodes; score = (policy - none) / (oracle - none) "
+             "(1 = as good as the privileged oracle bound, 0 = no better than never "
+             "reclaiming on an old kernel); P(< none): probability of a lower cost than "
+             "`none` on the same episode. "
+             f"`{exp.algo}` is the final model, `{exp.algo}_best` the best one on the "
+             "training-time validation episodes ("
+             + ("training scenarios with their own seeds: the held-out scenarios play no part "
+                "in choosing it" if exp.eval.select_on == "train" else
+                "other seeds of the held-out scenarios") + ").", "",
+             "## Results", "", md_table(SUMMARY_HEADER, summary_rows(summaries)), "",
+             "## Learned vs each baseline (paired by episode)", "",
+             "Mean of (baseline cost - learned cost) on the same episodes, 95 % CI; "
+             "above zero: the learned policy is better.", ""]
+    rows = []
+    for (pol, other), (m, lo, hi) in paired.items():
+        verdict = "better" if lo > 0 else ("worse" if hi < 0 else "inconclusive")
+        rows.append([pol, other, f"{m:.2f}", f"[{lo:.2f}, {hi:.2f}]", verdict])
+    lines += [md_table(("learned", "baseline", "mean diff", "95% CI", "verdict"), rows), "",
+              "## Mean cost per scenario", ""]
+    rows = []
+    for n in names:
+        rows.append([n] + [f"{np.mean([r.cost for r in results if r.policy == n and r.scenario == s]):.2f}"  # noqa: E501
+                           for s in scen_names])
+    lines += [md_table(["policy", *scen_names], rows), "",
+              "## Weighted cost terms (mean per episode)", "",
+              "weight x term: " + ", ".join(f"{k} x {getattr(w, k):g}" for k in COST_TERMS), ""]
+    rows = [[s.policy] + [f"{getattr(w, k) * s.terms[k]:.2f}" for k in COST_TERMS]
+            for s in summaries]
+    lines += [md_table(["policy", *COST_TERMS], rows), "",
+              "Raw terms (units: see RewardWeights):", ""]
+    rows = [[s.policy] + [f"{s.terms[k]:.1f}" for k in COST_TERMS] for s in summaries]
+    lines += [md_table(["policy", *COST_TERMS], rows), "",
+              "## Plots", "",
+              *(["![learning curve](learning_curve.png)", ""]
+                if (run / "learning_curve.png").is_file() else []),
+              "![cost terms](cost_terms.png)", "",
+              "## Reproduce", "", "```", _read_text(run / "command.txt").strip(), "```", ""]
+    return "\n".join(lines)
+
+
+def _read_text(p: Path) -> str:
+    try:
+        return p.read_text()
+    except OSError:
+        return ""
+
+
+def _savefig(fig: Any, path: Path) -> None:
+    write_text_atomic(path, png(fig, dpi=110, tight=True))
+
+
+def plot_learning_curve(run: RunFolder, curve_base: Sequence[EpisodeResult], algo: str,
+                        title: str) -> None:
+    """Validation cost during training (``eval.select_on``), with each
+    baseline's level on the same episodes."""
+    path = run / "evaluations.npz"
+    if not path.is_file():
+        return
+    plt = pyplot()
+
+    with np.load(path) as d:
+        ts = np.asarray(d["timesteps"])
+        costs = -np.asarray(d["results"])
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    mean, std = costs.mean(axis=1), costs.std(axis=1)
+    ax.plot(ts, mean, marker="o", color="black", label=f"{algo} (mean over episodes)")
+    ax.fill_between(ts, np.maximum(mean - std, 1e-3), mean + std, color="black", alpha=0.12)
+    names = list(dict.fromkeys(r.policy for r in curve_base))
+    colors = plt.get_cmap("tab10")
+    for i, n in enumerate(names):
+        level = float(np.mean([r.cost for r in curve_base if r.policy == n]))
+        ax.axhline(level, ls="--" if n != "oracle" else ":", color=colors(i), label=f"{n}")
+    ax.set_xlabel("training steps")
+    ax.set_ylabel("validation episode cost")
+    levels = [r.cost for r in curve_base] + list(costs.ravel())
+    if min(levels) > 0 and max(levels) / min(levels) > 10:
+        ax.set_yscale("log")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.grid(alpha=0.3)
+    _savefig(fig, run / "learning_curve.png")
+
+
+def plot_cost_terms(path: Path, summaries: Sequence[PolicySummary], env_config: EnvConfig
+                    ) -> None:
+    """Stacked weighted cost terms per policy (what the reward counts)."""
+    plt = pyplot()
+
+    w = env_config.reward
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    x = np.arange(len(summaries))
+    bottom = np.zeros(len(summaries))
+    for k in COST_TERMS:
+        vals = np.array([getattr(w, k) * s.terms[k] for s in summaries])
+        ax.bar(x, vals, bottom=bottom, label=k)
+        bottom += vals
+    ax.set_xticks(x, [s.policy for s in summaries], rotation=20, fontsize=8)
+    ax.set_ylabel("mean weighted cost per episode")
+    ax.set_title("cost terms per policy (held-out episodes)", fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    _savefig(fig, path)
+
+
+
+def _load_results(run: Path) -> list[EpisodeResult]:
+    rows = json.loads((run / "eval_results.json").read_text())
+    return [EpisodeResult(**r) for r in rows]
+
+
+
+def multi_report(multi: RunFolder, runs: Mapping[int, Path], exp: ExperimentConfig,
+                 console: Console | None, wall: float) -> str:
+    """Per-seed and pooled results of a multi-seed experiment (also printed
+    on ``console``, if given)."""
+    per_seed: dict[int, list[EpisodeResult]] = {}
+    for seed, run in runs.items():
+        if (run / "eval_results.json").is_file():
+            per_seed[seed] = _load_results(run)
+    algo = exp.algo
+    names = list(exp.eval.baselines) + (["oracle"] if exp.eval.oracle else [])
+    nb = exp.eval.n_boot
+    lines = [f"# {multi.name}", "",
+             f"{algo} on `{exp.env_id}`, seeds {', '.join(map(str, exp.seeds))}, "
+             f"{exp.timesteps} steps each; wall time {wall:.0f} s for all seeds "
+             "(training + final evaluation).", "",
+             "Runs: " + ", ".join(f"[seed {s}]({r.name}/report.md)" for s, r in runs.items()), ""]
+    if not per_seed:
+        return "\n".join([*lines, "No seed finished.", ""])
+    from rich.table import Table
+
+    learned = [algo, f"{algo}_best"]
+    header = ["seed", "policy", "mean cost [95% CI]", "score"] + [f"vs {h}" for h in BASELINES
+                                                                 if h in names]
+    rows: list[list[str]] = []
+    verdicts: dict[str, list[bool]] = {p: [] for p in learned}
+    for seed, results in per_seed.items():
+        sums = {s.policy: s for s in summarize(results, n_boot=nb)}
+        for pol in learned:
+            if pol not in sums:
+                continue
+            s = sums[pol]
+            row = [str(seed), pol, _ci(s.mean_cost, s.ci_low, s.ci_high), _fmt(s.normalized)]
+            ok = True
+            for h in BASELINES:
+                if h in names:
+                    m, lo, hi = paired_difference_ci(results, pol, h, n_boot=nb)
+                    row.append(_ci(m, lo, hi))
+                    ok = ok and lo > 0
+            verdicts[pol].append(ok)
+            rows.append(row)
+    first = next(iter(per_seed.values()))
+    base_sums = {s.policy: s for s in summarize(first, n_boot=nb)}
+    lines += ["## Per seed", "",
+              "Paired differences: baseline cost - learned cost on the same episodes "
+              "(> 0: learned better), mean [95% CI].", "", md_table(header, rows), ""]
+    prow: list[list[str]] = []
+    for pol in learned:
+        pooled = [r for res in per_seed.values() for r in res if r.policy == pol]
+        if not pooled:
+            continue
+        groups: dict[str, list[float]] = {}
+        for r in pooled:
+            groups.setdefault(r.scenario, []).append(r.cost)
+        m, lo, hi = stratified_bootstrap(list(groups.values()), n_boot=nb)
+        none = base_sums.get("none")
+        orac = base_sums.get("oracle")
+        score = ((none.mean_cost - m) / (none.mean_cost - orac.mean_cost)
+                 if none and orac and none.mean_cost != orac.mean_cost else None)
+        row = ["pooled", pol, _ci(m, lo, hi), _fmt(score)]
+        for h in BASELINES:
+            if h in names:
+                row.append(_ci(*pooled_difference(list(per_seed.values()), pol, h, nb)))
+        prow.append(row)
+    brow = [["-", n, _ci(s.mean_cost, s.ci_low, s.ci_high), _fmt(s.normalized)]
+            + [""] * (len(header) - 4) for n, s in base_sums.items() if n in names]
+    lines += ["## Pooled over seeds", "",
+              "Every seed's episodes together (the baselines are the same for every seed).",
+              "", md_table(header, prow + brow), ""]
+    verdict_lines = [f"`{pol}` beats every baseline heuristic (95 % CI of the paired "
+                     f"difference above zero) on {sum(v)} of {len(v)} seeds."
+                     for pol, v in verdicts.items() if v]
+    lines += [f"- {v}" for v in verdict_lines] + [""]
+    if console is not None:
+        t = Table(title=f"{multi.name}: per seed and pooled", title_justify="left")
+        for col in header:
+            t.add_column(col)
+        for cells in rows + prow + brow:
+            # One decimal on screen (the report keeps two): the table must fit a terminal.
+            t.add_row(*[_one_decimal(c) if "[" in c else c for c in cells])
+        console.print(t)
+        for v in verdict_lines:
+            console.print(v.replace("`", ""), markup=False, highlight=False)
+    plot_multi_curves(multi / "learning_curves.png", runs, algo)
+    lines += ["![learning curves](learning_curves.png)", ""]
+    return "\n".join(lines)
+
+
+def _one_decimal(cell: str) -> str:
+    return re.sub(r"-?\d+\.\d+", lambda m: f"{float(m.group()):.1f}", cell)
+
+
+def plot_multi_curves(path: Path, runs: Mapping[int, Path], algo: str) -> None:
+    """All seeds' validation curves on one plot."""
+    plt = pyplot()
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    lows: list[float] = []
+    highs: list[float] = []
+    for seed, run in runs.items():
+        f = run / "evaluations.npz"
+        if not f.is_file():
+            continue
+        with np.load(f) as d:
+            cost = -np.asarray(d["results"]).mean(axis=1)
+            ax.plot(d["timesteps"], cost, marker=".", label=f"{algo} seed {seed}")
+            lows.append(float(cost.min()))
+            highs.append(float(cost.max()))
+    if not lows:
+        plt.close(fig)
+        return
+    ax.set_xlabel("training steps")
+    ax.set_ylabel("validation episode cost (training-time evaluations)")
+    # A log axis only pays off over an order of magnitude.
+    if min(lows) > 0 and max(highs) / min(lows) > 10:
+        ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    _savefig(fig, path)
+

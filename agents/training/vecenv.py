@@ -1,0 +1,100 @@
+"""The training envs: a VecEnv of the page-table env, wrapped for each algorithm.
+
+DQN needs one ``Discrete`` action (:class:`FlattenMultiDiscrete`);
+MaskablePPO gets an action mask (:func:`action_mask`); observations and
+rewards are normalised by VecNormalize when the experiment says so.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import gymnasium as gym
+import numpy as np
+
+from ...envs.pagetable_env import EnvConfig, PageTableReclaimEnv
+from ...envs.sim.simulator import ScenarioConfig
+from ..loading import load_vecnormalize, unflatten_action
+from .config import ExperimentConfig
+
+if TYPE_CHECKING:
+    from stable_baselines3.common.vec_env import VecEnv
+
+
+class FlattenMultiDiscrete(gym.ActionWrapper[np.ndarray, np.int64, np.ndarray]):
+    """``MultiDiscrete(nvec)`` as one ``Discrete(prod(nvec))`` (DQN needs it);
+    action ``k`` is ``np.unravel_index(k, nvec)``."""
+
+    def __init__(self, env: gym.Env[np.ndarray, np.ndarray]) -> None:
+        super().__init__(env)
+        space = env.action_space
+        assert isinstance(space, gym.spaces.MultiDiscrete)
+        self.nvec = np.asarray(space.nvec, dtype=np.int64)
+        self.action_space = gym.spaces.Discrete(int(np.prod(self.nvec)))
+
+    def action(self, action: np.int64) -> np.ndarray:
+        return unflatten_action(action, self.nvec)
+
+
+def action_mask(env: gym.Env[Any, Any]) -> np.ndarray:
+    """MaskablePPO: targeting "the most suspicious process" (and capping it)
+    is a no-op while no process holds 1 MiB of page tables, so mask it then.
+    Budget and class are always valid."""
+    inner = env.unwrapped
+    assert isinstance(inner, PageTableReclaimEnv)
+    nvec = inner.action_space.nvec
+    has_suspect = inner.sim is not None and inner.most_suspicious() is not None
+    masks = []
+    for dim, n in enumerate(nvec):
+        m = np.ones(int(n), dtype=bool)
+        if dim >= 2 and not has_suspect:
+            m[1:] = False
+        masks.append(m)
+    return np.concatenate(masks)
+
+
+def _make_env_fn(scenarios: list[ScenarioConfig], env_config: EnvConfig, algo: str,
+                 parent_pid: int) -> Callable[[], gym.Env[Any, Any]]:
+    def _init() -> gym.Env[Any, Any]:
+        if os.getpid() != parent_pid:
+            # A SubprocVecEnv worker: the parent handles Ctrl-C and stops it cleanly.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        from stable_baselines3.common.monitor import Monitor
+
+        env: gym.Env[Any, Any] = Monitor(PageTableReclaimEnv(scenarios, env_config))
+        if algo == "dqn":
+            env = FlattenMultiDiscrete(env)
+        elif algo == "maskable_ppo":
+            from sb3_contrib.common.wrappers import ActionMasker
+
+            env = ActionMasker(env, action_mask)
+        return env
+
+    return _init
+
+
+def make_vec_env(exp: ExperimentConfig, scenarios: list[ScenarioConfig], seed: int,
+                 gamma: float, stats: Path | None = None) -> VecEnv:
+    """The training VecEnv (DummyVecEnv by default: on 2 cores worker processes
+    cost more than they save), wrapped in VecNormalize when configured;
+    ``stats`` restores saved normalisation statistics."""
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecNormalize
+
+    fns = [_make_env_fn(scenarios, exp.env, exp.algo, os.getpid()) for _ in range(exp.n_envs)]
+    venv: VecEnv = (SubprocVecEnv(fns) if exp.vec_env == "subproc"
+                    else DummyVecEnv(fns))
+    venv.seed(seed)
+    norm = exp.normalize
+    if stats is not None:
+        vn = load_vecnormalize(stats, venv)
+        vn.training = True
+        return vn
+    if norm.obs or norm.reward:
+        return VecNormalize(venv, norm_obs=norm.obs, norm_reward=norm.reward,
+                            clip_obs=norm.clip_obs, clip_reward=norm.clip_reward, gamma=gamma)
+    return venv
+

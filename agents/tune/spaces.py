@@ -1,0 +1,256 @@
+"""Search spaces: the parameters Optuna samples, and the defaults as trial 0.
+
+Heuristics (``soft_hard``, ``periodic_scan``) sample their thresholds so that
+every trial is valid; agents sample rl-zoo style hyperparameters whose
+choices include the shipped algo YAML, so the defaults can run as trial 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ...envs.pagetable_env import DEFAULT_BUDGETS, EnvConfig
+from ..heuristics import PeriodicParams, SoftHardParams
+from ..loading import ALGOS
+
+if TYPE_CHECKING:
+    import optuna
+
+#: Heuristics with parameters to tune.
+HEURISTIC_TARGETS = ("soft_hard", "periodic_scan")
+#: Agents whose hyperparameters can be tuned (the algorithms training takes).
+AGENT_TARGETS = ALGOS
+
+
+def _budget_max(env_config: EnvConfig) -> int:
+    """Largest budget index both the env's action space and the heuristics accept."""
+    return min(len(env_config.budgets), len(DEFAULT_BUDGETS)) - 1
+
+
+def suggest_soft_hard(trial: optuna.Trial, env_config: EnvConfig) -> dict[str, Any]:
+    """Sample :class:`SoftHardParams` (as a mapping) for one trial.
+
+    The soft limit is sampled as a share of the hard one (``soft_ratio``), so
+    ``soft_pt_frac <= hard_pt_frac`` holds for every trial and no trial is
+    wasted on an invalid combination.  ``use_hard_limit`` is searched only
+    when the env offers the hard-limit action.
+    """
+    n = _budget_max(env_config)
+    hard = trial.suggest_float("hard_pt_frac", 0.005, 0.5, log=True)
+    ratio = trial.suggest_float("soft_ratio", 0.0, 1.0)
+    params: dict[str, Any] = {
+        # Rounded so that a thresholds file shows 0.04, not 0.04000000000000001.
+        "soft_pt_frac": min(hard, round(ratio * hard, 6)),
+        "hard_pt_frac": hard,
+        "proc_ratio": trial.suggest_float("proc_ratio", 0.05, 0.99),
+        "proc_pt_frac": trial.suggest_float("proc_pt_frac", 1e-4, 0.2, log=True),
+        "psi_trigger": trial.suggest_float("psi_trigger", 0.0, 1.0),
+        "free_trigger": trial.suggest_float("free_trigger", -0.25, 0.5),
+        "soft_budget": trial.suggest_int("soft_budget", 0, n),
+        "hard_budget": trial.suggest_int("hard_budget", 0, n),
+        "soft_depth": trial.suggest_int("soft_depth", 0, 2),
+        "hard_depth": trial.suggest_int("hard_depth", 0, 2),
+    }
+    if env_config.hard_limit_action:
+        params["use_hard_limit"] = trial.suggest_categorical("use_hard_limit", [False, True])
+    return params
+
+
+def default_soft_hard(env_config: EnvConfig) -> dict[str, Any]:
+    """The search-space parameters of the default :class:`SoftHardParams`."""
+    d = SoftHardParams()
+    n = _budget_max(env_config)
+    out: dict[str, Any] = {
+        "hard_pt_frac": d.hard_pt_frac, "soft_ratio": round(d.soft_pt_frac / d.hard_pt_frac, 9),
+        "proc_ratio": d.proc_ratio, "proc_pt_frac": d.proc_pt_frac,
+        "psi_trigger": d.psi_trigger, "free_trigger": d.free_trigger,
+        "soft_budget": min(d.soft_budget, n), "hard_budget": min(d.hard_budget, n),
+        "soft_depth": d.soft_depth, "hard_depth": d.hard_depth,
+    }
+    if env_config.hard_limit_action:
+        out["use_hard_limit"] = d.use_hard_limit
+    return out
+
+
+def suggest_periodic(trial: optuna.Trial, env_config: EnvConfig) -> dict[str, Any]:
+    """Sample :class:`PeriodicParams` (as a mapping) for one trial."""
+    return {"every_ticks": trial.suggest_int("every_ticks", 1, 2000, log=True),
+            "budget": trial.suggest_int("budget", 0, _budget_max(env_config)),
+            "depth": trial.suggest_int("depth", 0, 2)}
+
+
+def default_periodic(env_config: EnvConfig) -> dict[str, Any]:
+    """The search-space parameters of the default :class:`PeriodicParams`."""
+    d = PeriodicParams()
+    return {"every_ticks": d.every_ticks, "budget": min(d.budget, _budget_max(env_config)),
+            "depth": d.depth}
+
+
+#: Heuristic -> (sampler of its parameters, its defaults in search-space terms).
+HEURISTIC_SPACES: dict[str, tuple[Callable[[Any, EnvConfig], dict[str, Any]],
+                                  Callable[[EnvConfig], dict[str, Any]]]] = {
+    "soft_hard": (suggest_soft_hard, default_soft_hard),
+    "periodic_scan": (suggest_periodic, default_periodic),
+}
+
+#: Network presets for policy_kwargs.net_arch.
+NET_ARCHS: dict[str, list[int]] = {"tiny": [32, 32], "small": [64, 64], "medium": [128, 128]}
+GAMMAS = [0.9, 0.95, 0.98, 0.99, 0.995]
+GAE_LAMBDAS = [0.8, 0.9, 0.92, 0.95, 0.98, 1.0]
+MAX_GRAD_NORMS = [0.3, 0.5, 1.0, 2.0, 5.0]
+
+
+def suggest_agent(trial: optuna.Trial, algo: str) -> dict[str, Any]:
+    """Sample an agent's search-space parameters (rl-zoo style).
+
+    The choices include the shipped ``configs/algos/<algo>.yaml`` values, so
+    the defaults can run as trial 0.  :func:`agent_hyperparams` turns the
+    result into constructor hyperparameters.
+    """
+    p: dict[str, Any] = {
+        "learning_rate": trial.suggest_float("learning_rate", 1e-5, 3e-3, log=True),
+        "lr_schedule": trial.suggest_categorical("lr_schedule", ["constant", "linear"]),
+        "gamma": trial.suggest_categorical("gamma", GAMMAS),
+        "net_arch": trial.suggest_categorical("net_arch", list(NET_ARCHS)),
+    }
+    if algo in ("ppo", "maskable_ppo", "a2c"):
+        p["gae_lambda"] = trial.suggest_categorical("gae_lambda", GAE_LAMBDAS)
+        p["ent_coef"] = trial.suggest_float("ent_coef", 1e-6, 0.1, log=True)
+        p["vf_coef"] = trial.suggest_float("vf_coef", 0.2, 1.0)
+        p["max_grad_norm"] = trial.suggest_categorical("max_grad_norm", MAX_GRAD_NORMS)
+        p["activation_fn"] = trial.suggest_categorical("activation_fn", ["tanh", "relu"])
+    if algo in ("ppo", "maskable_ppo"):
+        p["n_steps"] = trial.suggest_categorical("n_steps", [16, 32, 64, 128, 256, 512])
+        p["batch_size"] = trial.suggest_categorical("batch_size", [32, 64, 128, 256, 512])
+        p["n_epochs"] = trial.suggest_categorical("n_epochs", [1, 5, 10, 20])
+        p["clip_range"] = trial.suggest_categorical("clip_range", [0.1, 0.2, 0.3, 0.4])
+    elif algo == "a2c":
+        p["n_steps"] = trial.suggest_categorical("n_steps", [5, 8, 16, 32, 64, 128])
+        p["normalize_advantage"] = trial.suggest_categorical("normalize_advantage",
+                                                             [False, True])
+    elif algo == "dqn":
+        p["batch_size"] = trial.suggest_categorical("batch_size", [32, 64, 128, 256])
+        p["buffer_size"] = trial.suggest_categorical("buffer_size", [10_000, 50_000, 100_000])
+        p["learning_starts"] = trial.suggest_categorical("learning_starts", [0, 1000, 5000])
+        p["train_freq"] = trial.suggest_categorical("train_freq", [1, 4, 8, 16])
+        p["gradient_steps"] = trial.suggest_categorical("gradient_steps", [1, 2, 4])
+        p["target_update_interval"] = trial.suggest_categorical("target_update_interval",
+                                                                [100, 1000, 5000])
+        p["exploration_fraction"] = trial.suggest_float("exploration_fraction", 0.05, 0.5)
+        p["exploration_final_eps"] = trial.suggest_float("exploration_final_eps", 0.0, 0.2)
+    return p
+
+
+#: Search-space parameters that are categorical, with their choices (for
+#: mapping the algo YAML's defaults into the space).
+_AGENT_CHOICES: dict[str, list[Any]] = {
+    "gamma": GAMMAS, "gae_lambda": GAE_LAMBDAS, "max_grad_norm": MAX_GRAD_NORMS,
+    "activation_fn": ["tanh", "relu"], "clip_range": [0.1, 0.2, 0.3, 0.4],
+    "n_epochs": [1, 5, 10, 20], "normalize_advantage": [False, True],
+    "buffer_size": [10_000, 50_000, 100_000], "learning_starts": [0, 1000, 5000],
+    "train_freq": [1, 4, 8, 16], "gradient_steps": [1, 2, 4],
+    "target_update_interval": [100, 1000, 5000],
+}
+_AGENT_RANGES: dict[str, tuple[float, float]] = {
+    "learning_rate": (1e-5, 3e-3), "ent_coef": (1e-6, 0.1), "vf_coef": (0.2, 1.0),
+    "exploration_fraction": (0.05, 0.5), "exploration_final_eps": (0.0, 0.2),
+}
+
+
+def agent_hyperparams(algo: str, params: Mapping[str, Any], base: Mapping[str, Any],
+                      n_envs: int) -> dict[str, Any]:
+    """Constructor hyperparameters (algo YAML form: ``lin_<x>`` schedules,
+    activation names) of search-space ``params`` on top of ``base``.
+
+    A PPO mini-batch larger than a rollout (``n_steps x n_envs``) is cut to
+    the rollout: SB3 would run it as one smaller batch anyway.
+    """
+    hp = dict(base)
+    for key, value in params.items():
+        if key in ("lr_schedule", "net_arch", "activation_fn"):
+            continue
+        hp[key] = value
+    lr = float(params["learning_rate"])
+    hp["learning_rate"] = f"lin_{lr:.6g}" if params.get("lr_schedule") == "linear" else lr
+    pk = dict(hp.get("policy_kwargs") or {})
+    pk["net_arch"] = list(NET_ARCHS[str(params["net_arch"])])
+    if "activation_fn" in params:
+        pk["activation_fn"] = params["activation_fn"]
+    hp["policy_kwargs"] = pk
+    if algo in ("ppo", "maskable_ppo") and "n_steps" in hp and "batch_size" in hp:
+        hp["batch_size"] = min(int(hp["batch_size"]), int(hp["n_steps"]) * n_envs)
+    return hp
+
+
+def default_agent(algo: str, hp: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The search-space parameters of the algo YAML's hyperparameters ``hp``,
+    or None when one of them lies outside the space (then no default trial)."""
+    out: dict[str, Any] = {}
+    lr = hp.get("learning_rate", 3e-4)
+    if isinstance(lr, str):
+        if not lr.startswith("lin_"):
+            return None
+        out["learning_rate"], out["lr_schedule"] = float(lr[4:]), "linear"
+    else:
+        out["learning_rate"], out["lr_schedule"] = float(lr), "constant"
+    pk = hp.get("policy_kwargs") or {}
+    arch = list(pk.get("net_arch", [64, 64]))
+    names = [k for k, v in NET_ARCHS.items() if v == arch]
+    if not names:
+        return None
+    out["net_arch"] = names[0]
+    sample_keys = _space_keys(algo)
+    for key in sample_keys:
+        if key in out:
+            continue
+        if key == "activation_fn":
+            value: Any = pk.get("activation_fn", "tanh")
+        elif key in hp:
+            value = hp[key]
+        else:
+            return None
+        if key in _AGENT_CHOICES and value not in _AGENT_CHOICES[key]:
+            return None
+        if key in _AGENT_RANGES:
+            lo, hi = _AGENT_RANGES[key]
+            if not lo <= float(value) <= hi:
+                return None
+        out[key] = value
+    lo, hi = _AGENT_RANGES["learning_rate"]
+    if not lo <= out["learning_rate"] <= hi:
+        return None
+    for key, choices in (("n_steps", _n_steps_choices(algo)),
+                         ("batch_size", _batch_choices(algo))):
+        if key in out and out[key] not in choices:
+            return None
+    return out
+
+
+def _n_steps_choices(algo: str) -> list[int]:
+    return [5, 8, 16, 32, 64, 128] if algo == "a2c" else [16, 32, 64, 128, 256, 512]
+
+
+def _batch_choices(algo: str) -> list[int]:
+    return [32, 64, 128, 256] if algo == "dqn" else [32, 64, 128, 256, 512]
+
+
+def _space_keys(algo: str) -> list[str]:
+    """The search-space parameter names of ``algo`` (a dry run of the sampler)."""
+    keys: list[str] = []
+
+    class _Recorder:
+        def suggest_float(self, name: str, *a: Any, **k: Any) -> float:
+            keys.append(name)
+            return 1e-4
+
+        def suggest_int(self, name: str, *a: Any, **k: Any) -> int:
+            keys.append(name)
+            return 1
+
+        def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+            keys.append(name)
+            return choices[0]
+
+    suggest_agent(_Recorder(), algo)  # type: ignore[arg-type]
+    return keys

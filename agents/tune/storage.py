@@ -1,0 +1,203 @@
+"""Where studies live: Optuna storage, samplers and pruners.
+
+``--storage`` (default ``sqlite:///<out>/study.db``) is any SQLAlchemy URL
+Optuna's :class:`~optuna.storages.RDBStorage` takes
+(``postgresql://user:pass@host/db`` lets workers on several machines share a
+study).  SQLite is opened with a 30 s lock timeout, and its schema and study
+are created under a file lock, so that several worker processes on one
+machine can share one file.  Heartbeats (every 10 s, 60 s grace) let a later
+worker spot a trial whose process died: it is marked FAIL and its parameters
+are enqueued again once.  Re-running the same command resumes the study;
+settings that change the objective must match the study's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import time
+import warnings
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ...envs.sim.config import ConfigError
+from .objectives import Objective
+
+if TYPE_CHECKING:
+    import optuna
+
+#: RDBStorage heartbeat: a RUNNING trial silent for GRACE seconds is stale.
+HEARTBEAT_SECONDS = 10
+GRACE_SECONDS = 60
+SQLITE_TIMEOUT = 30
+#: Keys of the objective recorded in a study; a resumed study must match them.
+OBJECTIVE_ATTR = "ptreclaim_objective"
+
+
+def redact(url: str) -> str:
+    """``url`` without its password (for files and messages)."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not an SQLAlchemy URL: say nothing of what it held
+        return url.split("@")[-1] if "@" in url else url
+
+
+def _sqlite_file(url: str) -> Path | None:
+    if not url.startswith("sqlite:///"):
+        return None
+    rest = url[len("sqlite:///"):].split("?")[0]
+    return Path(rest) if rest and rest != ":memory:" else None
+
+
+@contextlib.contextmanager
+def _setup_lock(url: str) -> Iterator[None]:
+    """Serialise schema and study creation of a local SQLite file: two
+    workers starting at once would otherwise both create the tables."""
+    db = _sqlite_file(url)
+    if db is None:
+        yield
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with (db.parent / f".{db.name}.lock").open("a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+def make_storage(url: str) -> optuna.storages.BaseStorage:
+    """Optuna's RDBStorage for ``url``, with heartbeats (a dead worker's
+    trial becomes FAIL and is enqueued again once) and, for SQLite, a lock
+    timeout so that concurrent workers wait instead of failing."""
+    import inspect
+
+    import optuna
+
+    retry_cls = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) \
+        or optuna.storages.RetryFailedTrialCallback
+    engine: dict[str, Any] = ({"connect_args": {"timeout": SQLITE_TIMEOUT}}
+                              if url.startswith("sqlite") else {"pool_pre_ping": True})
+    names = inspect.signature(optuna.storages.RDBStorage.__init__).parameters
+    cb_key = ("heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in names
+              else "failed_trial_callback")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # heartbeats are "experimental" in some versions
+        kwargs: dict[str, Any] = {cb_key: retry_cls(max_retry=1)}
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine,
+                                          heartbeat_interval=HEARTBEAT_SECONDS,
+                                          grace_period=GRACE_SECONDS, **kwargs)
+
+
+def make_sampler(kind: str, seed: int) -> optuna.samplers.BaseSampler:
+    """TPE (default), CMA-ES (numeric parameters; categorical ones fall back
+    to a seeded TPE) or random search, all seeded."""
+    import optuna
+
+    if kind == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    try:
+        import cmaes  # noqa: F401
+    except ImportError:
+        raise ConfigError("--sampler cmaes needs the 'cmaes' package (pip install cmaes); "
+                          "or use --sampler tpe") from None
+    return optuna.samplers.CmaEsSampler(
+        seed=seed, independent_sampler=optuna.samplers.TPESampler(seed=seed),
+        warn_independent_sampling=False)
+
+
+def make_pruner(kind: str, eval_freq: int, total: int) -> optuna.pruners.BasePruner:
+    """Median (prunes from a third of the budget on, after 3 trials),
+    Hyperband (resources in steps) or none."""
+    import optuna
+
+    if kind == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=total // 3)
+    if kind == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=eval_freq, max_resource=total,
+                                              reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (at most 200 characters)."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def open_study(url: str, name: str, objective: Objective, default: Mapping[str, Any] | None
+               ) -> optuna.Study:
+    """Create or load (resume) the study; check that a loaded one tunes the
+    same objective; enqueue the default parameters as the first trial of a
+    new study (and again when an interrupt stopped that trial).  Storage
+    problems become one-line :class:`ConfigError`."""
+
+    shown = redact(url)
+    try:
+        with _setup_lock(url):
+            study = _create_study(url, name)
+            stored = study.user_attrs.get(OBJECTIVE_ATTR)
+            mine = objective.to_data()
+            if stored is None:
+                study.set_user_attr(OBJECTIVE_ATTR, mine)
+            elif stored != mine:
+                diff = next(k for k in mine if stored.get(k) != mine[k])
+                raise ConfigError(
+                    f"study {name!r} in {shown} tunes another objective ({diff}: stored "
+                    f"{_short(stored.get(diff))}, now {_short(mine[diff])}); rerun with the "
+                    "study's settings or choose another --study-name")
+            if default is not None and _default_missing(study):
+                study.enqueue_trial(dict(default), user_attrs={"default": True})
+    except ConfigError:
+        raise
+    except (ImportError, ModuleNotFoundError) as exc:
+        raise ConfigError(f"--storage {shown}: its database driver is not installed "
+                          f"({first_line(exc)}); install it (e.g. psycopg2 for "
+                          "postgresql://) or use sqlite:///path/study.db") from None
+    except Exception as exc:  # SQLAlchemy/optuna raise many kinds for a bad URL
+        raise ConfigError(f"--storage {shown}: cannot open the study ({type(exc).__name__}: "
+                          f"{first_line(exc)}); check the URL, e.g. "
+                          "sqlite:///runs/tune/study.db or postgresql://user@host/db") from None
+    return study
+
+
+def _default_missing(study: optuna.Study) -> bool:
+    """No trial yet, or every trial of the defaults was stopped by an
+    interrupt (a failure of the defaults themselves is not retried)."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    defaults = [t for t in trials if t.user_attrs.get("default")]
+    return not trials or (bool(defaults) and all(
+        t.state == TrialState.FAIL and t.user_attrs.get("interrupted") for t in defaults))
+
+
+def _create_study(url: str, name: str, attempts: int = 4) -> optuna.Study:
+    """Create or load the study, retrying a few times on the database errors
+    a concurrent creator causes (another process creating the same tables,
+    a locked SQLite file), which the file lock cannot rule out for processes
+    that do not take it (a user's ``optuna.load_study``, a dashboard)."""
+    import optuna
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    for attempt in range(attempts):
+        try:
+            return optuna.create_study(storage=make_storage(url), study_name=name,
+                                       direction="minimize", load_if_exists=True)
+        except (IntegrityError, OperationalError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+

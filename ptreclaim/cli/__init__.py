@@ -1,0 +1,1 @@
+"""The command lines: every argument parser and ``main`` (``scripts/*.py`` call these)."""

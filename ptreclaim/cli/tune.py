@@ -1,0 +1,352 @@
+"""``scripts/tune.py``: tune a heuristic's thresholds or an agent's hyperparameters.
+
+Two targets, one command line::
+
+    python scripts/tune.py heuristic soft_hard --n-trials 60 --jobs 2
+    python scripts/tune.py heuristic periodic_scan
+    python scripts/tune.py agent ppo --timesteps 8192 --pruner median
+
+Heuristics are scored on the training suite (``--suite``, default ``train``;
+never the held-out ``test`` suite), ``--seeds`` seeds x ``--episodes``
+episodes per scenario, the same episodes for every trial, trial 0 being the
+defaults (:mod:`ptreclaim.agents.tune.objectives`).  Agents train
+``--train-seeds`` models of ``--timesteps`` steps per trial, reported to the
+pruner every ``--eval-freq`` steps.  Studies are resumable and shareable
+(:mod:`ptreclaim.agents.tune.storage`): re-running the same command adds
+``--n-trials`` more; settings that change the objective must match the
+study's, else exit status 2.  Outputs: :mod:`ptreclaim.agents.tune.outputs`.
+
+SIGINT or SIGTERM marks the running trial FAIL (never RUNNING), stops the
+workers and exits with 130 or 143 after one line; the study keeps every
+complete trial and resumes with the next one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime as _dt
+import json
+import os
+import shlex
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..agents import interrupts
+from ..agents.evaluate import load_env_file
+from ..agents.runs import versions
+from ..agents.training.config import load_experiment
+from ..agents.training.hyperparams import load_hyperparams
+from ..agents.tune.objectives import (
+    EPISODE_SEED,
+    AgentObjective,
+    AgentSetup,
+    EpisodeRunner,
+    HeuristicObjective,
+    Objective,
+    scenarios_digest,
+)
+from ..agents.tune.outputs import (
+    Progress,
+    RunInfo,
+    best_trial,
+    complete_trials,
+    default_trial,
+    paired_text,
+    pm_text,
+    write_outputs,
+)
+from ..agents.tune.spaces import AGENT_TARGETS, HEURISTIC_SPACES, HEURISTIC_TARGETS, default_agent
+from ..agents.tune.storage import make_pruner, make_sampler, open_study, redact
+from ..envs.configio import resolve_suite, write_text_atomic
+from ..envs.pagetable_env import EnvConfig
+from ..envs.sim.config import ConfigError, did_you_mean, to_dict
+from ..envs.sim.simulator import ScenarioConfig
+from .common import OneLineParser, check_out_dir, display_path, run_cli
+
+if TYPE_CHECKING:
+    import optuna
+
+PROG = "tune.py"
+SAMPLERS = ("tpe", "cmaes", "random")
+PRUNERS = ("median", "hyperband", "none")
+DEFAULT_SEEDS = 3
+DEFAULT_TRIALS = 30
+DEFAULT_TIMESTEPS = 8192
+#: Flags that only make sense for agents (their defaults are None to tell).
+AGENT_FLAGS = ("config", "timesteps", "n_envs", "eval_freq", "train_seeds", "pruner")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser of ``scripts/tune.py``."""
+    p = OneLineParser(prog=PROG, description=(
+        "Tune a heuristic's thresholds or an agent's hyperparameters with Optuna on the "
+        "training suite, noise-aware (every trial scored over several seeds), in a resumable "
+        "study that several workers may share. Writes trials.csv, the best parameters, "
+        "history.png, importances.png and report.md to --out."))
+    p.add_argument("mode", choices=("heuristic", "agent"),
+                   help="what to tune: a heuristic's parameters or an agent's hyperparameters")
+    p.add_argument("target", help=f"heuristic: {', '.join(HEURISTIC_TARGETS)}; agent: "
+                                  f"{', '.join(AGENT_TARGETS)}")
+    p.add_argument("--n-trials", type=int, default=None, metavar="N",
+                   help=f"trials to run in this invocation (default {DEFAULT_TRIALS}, or "
+                        "unlimited with --timeout); a resumed study adds them")
+    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help="stop starting new trials after this many seconds")
+    p.add_argument("--seeds", type=int, default=DEFAULT_SEEDS, metavar="N",
+                   help=f"episode seeds per scenario and trial (default {DEFAULT_SEEDS}; "
+                        "at least 3 unless --allow-few-seeds)")
+    p.add_argument("--allow-few-seeds", action="store_true",
+                   help="allow --seeds 1 or 2 (the objective is then one noisy run)")
+    p.add_argument("--suite", default="train", metavar="SUITE",
+                   help="scenarios to tune on: a suite or scenario name or YAML (default "
+                        "'train'; never tune on the held-out 'test')")
+    p.add_argument("--episodes", type=int, default=1, metavar="N",
+                   help="episodes per scenario and seed (default 1)")
+    p.add_argument("--episode-seed", type=int, default=EPISODE_SEED, metavar="BASE",
+                   help=f"seed s runs episode_seed(BASE + s, scenario, episode) (default "
+                        f"{EPISODE_SEED})")
+    p.add_argument("--env-config", default=None, metavar="FILE",
+                   help="env settings YAML (EnvConfig keys, or an 'env:' section); default: "
+                        "EnvConfig defaults (heuristic) or the experiment's env (agent)")
+    p.add_argument("--storage", default=None, metavar="URL",
+                   help="Optuna storage URL (default sqlite:///<out>/study.db); e.g. "
+                        "postgresql://user:pass@host/db for workers on several machines")
+    p.add_argument("--study-name", default=None, metavar="NAME",
+                   help="study name (default: the target); workers with the same storage and "
+                        "name share trials")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="output folder (default runs/tune/<target>)")
+    p.add_argument("--sampler", default="tpe", choices=SAMPLERS,
+                   help="tpe (default), cmaes (numeric parameters; categorical ones by TPE) "
+                        "or random")
+    p.add_argument("--seed", type=int, default=0,
+                   help="sampler seed (default 0); give each concurrent worker its own")
+    p.add_argument("--jobs", type=int, default=1, metavar="J",
+                   help="heuristic: parallel processes for a trial's episodes (default 1; "
+                        "results do not depend on it)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    g = p.add_argument_group("agent tuning")
+    g.add_argument("--config", default=None, metavar="FILE",
+                   help="experiment YAML (default configs/experiments/default.yaml): env, "
+                        "n_envs, normalisation, base hyperparameters")
+    g.add_argument("--timesteps", type=int, default=None, metavar="N",
+                   help=f"training steps per trial and training seed (default "
+                        f"{DEFAULT_TIMESTEPS})")
+    g.add_argument("--n-envs", type=int, default=None, metavar="N",
+                   help="parallel envs per training (default: the experiment's)")
+    g.add_argument("--eval-freq", type=int, default=None, metavar="N",
+                   help="steps between validation evaluations reported to the pruner "
+                        "(default timesteps/4)")
+    g.add_argument("--train-seeds", type=int, default=None, metavar="N",
+                   help="models trained per trial, seeds 0..N-1 (default 1)")
+    g.add_argument("--pruner", default=None, choices=PRUNERS,
+                   help="median (default), hyperband or none")
+    return p
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    known = HEURISTIC_TARGETS if args.mode == "heuristic" else AGENT_TARGETS
+    if args.target not in known:
+        other = AGENT_TARGETS if args.mode == "heuristic" else HEURISTIC_TARGETS
+        hint = (f"; {args.target!r} is {'an agent' if args.mode == 'heuristic' else 'a heuristic'}"
+                f", use '{'agent' if args.mode == 'heuristic' else 'heuristic'} {args.target}'"
+                if args.target in other else did_you_mean(args.target, known))
+        raise ConfigError(f"unknown {args.mode} {args.target!r}{hint}; known: "
+                          f"{', '.join(known)}")
+    if args.n_trials is not None and not 1 <= args.n_trials <= 1_000_000:
+        raise ConfigError(f"--n-trials: {args.n_trials} is out of range; allowed [1, 1000000]")
+    if args.timeout is not None and not args.timeout > 0:
+        raise ConfigError(f"--timeout: {args.timeout} must be > 0 seconds")
+    lo = 1 if args.allow_few_seeds else 3
+    if not lo <= args.seeds <= 10_000:
+        extra = "" if args.allow_few_seeds else (
+            " (fewer than 3 seeds make single-run noise look like progress; pass "
+            "--allow-few-seeds to insist)")
+        raise ConfigError(f"--seeds: {args.seeds} is out of range; allowed [{lo}, 10000]{extra}")
+    if not 1 <= args.episodes <= 10_000:
+        raise ConfigError(f"--episodes: {args.episodes} is out of range; allowed [1, 10000]")
+    if not 0 <= args.episode_seed <= 2**31:
+        raise ConfigError(f"--episode-seed: {args.episode_seed} is out of range; allowed "
+                          "[0, 2147483648]")
+    if not 0 <= args.seed <= 2**31:
+        raise ConfigError(f"--seed: {args.seed} is out of range; allowed [0, 2147483648]")
+    if not 1 <= args.jobs <= 1024:
+        raise ConfigError(f"--jobs: {args.jobs} is out of range; allowed [1, 1024]")
+    if args.study_name is not None and not args.study_name.strip():
+        raise ConfigError("--study-name: empty; give a name")
+    if args.mode == "heuristic":
+        given = [f for f in AGENT_FLAGS if getattr(args, f) is not None]
+        if given:
+            raise ConfigError(f"--{given[0].replace('_', '-')} applies to agent tuning only; "
+                              "drop it (or tune 'agent <algo>')")
+    else:
+        if args.jobs != 1:
+            raise ConfigError("--jobs applies to heuristic tuning; for agents start more "
+                              "workers on the same --storage and --study-name instead")
+        for name, lo_, hi_ in (("timesteps", 1, 10**9), ("n_envs", 1, 1024),
+                               ("eval_freq", 1, 10**9), ("train_seeds", 1, 100)):
+            v = getattr(args, name)
+            if v is not None and not lo_ <= v <= hi_:
+                raise ConfigError(f"--{name.replace('_', '-')}: {v} is out of range; "
+                                  f"allowed [{lo_}, {hi_}]")
+
+
+
+def _agent_setup(args: argparse.Namespace, scenarios: list[ScenarioConfig], suite: str,
+                 env_override: EnvConfig | None) -> tuple[AgentSetup, dict[str, Any] | None]:
+    timesteps = args.timesteps or DEFAULT_TIMESTEPS
+    sets = [("--algo", f"algo={args.target}"), ("--timesteps", f"timesteps={timesteps}")]
+    if args.n_envs is not None:
+        sets.append(("--n-envs", f"n_envs={args.n_envs}"))
+    exp, _ = load_experiment(Path(args.config) if args.config else None, sets)
+    if env_override is not None:
+        exp = dataclasses.replace(exp, env=env_override)
+    base = load_hyperparams(exp)
+    eval_freq = args.eval_freq or max(1, timesteps // 4)
+    if eval_freq > timesteps:
+        raise ConfigError(f"--eval-freq: {eval_freq} exceeds --timesteps {timesteps}; the "
+                          "pruner would get no report before the end")
+    train_seeds = tuple(range(args.train_seeds or 1))
+    pruner = args.pruner or "median"
+    objective = Objective(
+        "agent", args.target, suite, tuple(s.name for s in scenarios),
+        scenarios_digest(scenarios), args.seeds, args.episodes, args.episode_seed,
+        to_dict(exp.env),
+        {"timesteps": timesteps, "eval_freq": eval_freq, "train_seeds": list(train_seeds),
+         "n_envs": exp.n_envs, "normalize": to_dict(exp.normalize), "pruner": pruner,
+         "base_hyperparams": json.loads(json.dumps(base, default=str))})
+    setup = AgentSetup(args.target, exp, base, scenarios, objective, timesteps, eval_freq,
+                       train_seeds)
+    return setup, default_agent(args.target, base)
+
+
+
+def _main(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    import optuna
+
+    _check_args(args)
+    target = args.target
+    out = Path(args.out) if args.out else Path("runs") / "tune" / target
+    check_out_dir(out, (), force=True, writable=True)
+    scenarios, files = resolve_suite(args.suite)
+    if not scenarios:
+        raise ConfigError(f"--suite {args.suite}: lists no scenarios")
+    names = [s.name for s in scenarios]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--suite {args.suite}: two scenarios share a name")
+    env_override = load_env_file(args.env_config) if args.env_config else None
+    url = args.storage or f"sqlite:///{out / 'study.db'}"
+    study_name = args.study_name or target
+    agent = args.mode == "agent"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if agent:
+        import torch
+
+        # One intra-op thread: small MLPs run faster so on a shared 2-core machine.
+        torch.set_num_threads(1)
+        setup, default = _agent_setup(args, scenarios, args.suite, env_override)
+        objective = setup.objective
+        func: Callable[[optuna.Trial], float] = AgentObjective(setup)
+        runner: EpisodeRunner | None = None
+    else:
+        env_config = env_override or EnvConfig()
+        objective = Objective("heuristic", target, args.suite, tuple(names),
+                              scenarios_digest(scenarios), args.seeds, args.episodes,
+                              args.episode_seed, to_dict(env_config))
+        default = HEURISTIC_SPACES[target][1](env_config)
+        runner = EpisodeRunner(scenarios, env_config, objective, args.jobs)
+        func = HeuristicObjective(target, runner)
+    study = open_study(url, study_name, objective, default)
+    existing = len(study.get_trials(deepcopy=False))
+    # A resumed (or joined) study gets a sampler seed of its own: the same seed
+    # would propose the first run's random start-up points again.
+    seed = args.seed if existing == 0 else int(
+        np.random.SeedSequence([args.seed, existing]).generate_state(1)[0])
+    study.sampler = make_sampler(args.sampler, seed)
+    if agent:
+        study.pruner = make_pruner(str(objective.agent["pruner"]), setup.eval_freq,
+                                   setup.timesteps * len(setup.train_seeds))
+    cmd = shlex.join(["python", "scripts/tune.py", *argv])
+    with contextlib.suppress(OSError):
+        old = (out / "command.txt").read_text() if (out / "command.txt").exists() else ""
+        stamp = _dt.datetime.now().isoformat(timespec="seconds")
+        write_text_atomic(out / "command.txt", f"{old}# {stamp} cwd: {os.getcwd()}\n{cmd}\n")
+    info = RunInfo(args.mode, target, study_name, redact(url), args.sampler, args.seed, out,
+                   cmd, objective, [display_path(f) for f in files], _versions(agent),
+                   args.jobs)
+    n_trials = args.n_trials if args.n_trials is not None else (
+        None if args.timeout is not None else DEFAULT_TRIALS)
+    t0 = time.perf_counter()
+    try:
+        with Progress(n_trials, args.quiet, f"{study_name}") as progress:
+
+            def after_trial(st: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+                write_outputs(st, info)
+                progress.trial(st, trial)
+                if interrupts.stop_requested():
+                    st.stop()  # a signal arrived outside a trial: stop before the next
+
+            try:
+                # An agent trial whose hyperparameters blow up (NaN logits: ValueError from
+                # torch) is recorded as FAIL and the study goes on; in a heuristic trial
+                # any exception is a bug and stops the study.
+                catch = (ValueError, RuntimeError, AssertionError) if agent else ()
+                # Signals wait for the trial (the objectives let them through) or
+                # for the end of Optuna's bookkeeping, never cut into its storage.
+                with interrupts.deferred():
+                    study.optimize(func, n_trials=n_trials, timeout=args.timeout,
+                                   callbacks=[after_trial], catch=catch)
+                interrupts.check()
+            finally:
+                if runner is not None:
+                    runner.close()
+    except interrupts.Interrupted as exc:
+        raise exc.explain(
+            what=exc.what if "trial" in exc.what else "the study between two trials",
+            kept=f"{len(complete_trials(study))} complete trials in {redact(url)} and the "
+                 f"outputs in {out}/ as of the last one",
+            resume="the same command (the study continues with the next trial)") from None
+    wall = time.perf_counter() - t0
+    info.finished = (wall, progress.done)
+    written = write_outputs(study, info)
+    if not args.quiet:
+        _summary(study, info, wall, written)
+    return 0
+
+
+def _versions(agent: bool) -> dict[str, Any]:
+    """Versions of what shapes the result."""
+    return versions("optuna", "numpy", "gymnasium",
+                    *(("torch", "stable_baselines3") if agent else ()))
+
+
+def _summary(study: optuna.Study, info: RunInfo, wall: float, files: Sequence[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=None if sys.stdout.isatty() else 120)
+    best, d = best_trial(study), default_trial(study)
+    t = Table(title=f"{info.study_name}: default vs tuned ({info.objective.suite}, "
+                    f"{info.objective.seeds} seeds)", title_justify="left")
+    for col in ("", "trial", "mean cost ± SE"):
+        t.add_column(col)
+    t.add_row("default", str(d.number) if d else "-", pm_text(d))
+    t.add_row("tuned (best)", str(best.number) if best else "-", pm_text(best))
+    if best is not None and d is not None:
+        t.add_row("default - tuned (paired)", "", paired_text(d, best))
+    console.print(t)
+    console.print(f"{len(study.get_trials(deepcopy=False))} trials in the study; this run "
+                  f"{wall:.0f} s; wrote {info.out}/: {', '.join(files)}",
+                  highlight=False, markup=False)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status (2: bad input, 130/143: interrupted)."""
+    return run_cli(PROG, build_parser(), _main, argv)
