@@ -13,8 +13,8 @@ evaluation at the next episode; the run stays resumable either way.
 from __future__ import annotations
 
 import contextlib
-import gc
 import dataclasses
+import gc
 import json
 import shlex
 import sys
