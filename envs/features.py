@@ -23,11 +23,24 @@ fail_share      ticks with a failed unmovable allocation  intervals with direct 
                                                           ``/proc/vmstat``) in as much wall time
 since_pass      ticks since the last pass                 time since the last *advised* pass,
                                                           in simulator ticks
+hold_price      pressure price of holding a reclaimable   the same formula on the unmovable
+                table (:func:`hold_price`)                zones' free pages and watermarks
+topN_growth     the process's new PTE tables per tick     ``VmPTE`` growth between samples
+                (averaged over ~1 s)
+topN_refault    its tables re-faulted after reclaim per   0: an advisor that never reclaims
+                tick (averaged)
+topN_limited    1 when a page-table hard limit is set     0: the advisor sets no limit
+CLS_seen        candidates of class CLS the last pass     0: no scanner runs on the host
+                scanned (log-scaled)
+CLS_idle1/4     share of them idle >= 1 / >= 4 scan       0: as above
+                rounds (PMD young bit found clear)
+CLS_refault     tables of class CLS re-faulted per tick   0: an advisor that never reclaims
+                after reclaim freed them (averaged)
 ==============  ========================================  ========================================
 
-Which process a ``target = 1`` action reclaims from is part of the same
-contract (the env acts on it, the advisor names it): :func:`most_suspicious`.
-Pure Python and numpy: no gymnasium, so the advisor stays light.
+Which process a ``target = N`` action reclaims from is part of the same contract (the
+env acts on it, the advisor names it): the N-th of :func:`top_consumers`.  Pure Python
+and numpy: no gymnasium, so the advisor stays light.
 """
 
 from __future__ import annotations
@@ -43,24 +56,34 @@ from .sim.pagetable import PAGE
 
 #: Names of the observation features, in order (heuristics and distillation
 #: address them by name).
+#: Reclaimable classes the scanner reports on, in order.
+SCAN_CLASSES: tuple[str, ...] = ("empty", "zero", "file")
+#: Page-table consumers observed individually (``top1`` .. ``top3``).
+TOP_K = 3
+
 OBS_NAMES: tuple[str, ...] = (
     "free_vs_wmark",  # (free - min) / (high - min) / 4, clipped to [-1, 1]
     "free_frac",  # normal-zone free pages / zone pages
     "psi_some_avg10", "psi_some_avg60", "psi_full_avg10", "psi_full_avg60",
     "pt_frac",  # page-table pages / normal-zone pages
-    "top1_pt_frac", "top1_pt_ratio",  # page tables / zone; page tables / (RSS + page tables)
-    "top2_pt_frac", "top2_pt_ratio",
-    "top3_pt_frac", "top3_pt_ratio",
+    "hold_price",  # pressure price of holding a reclaimable table, 0..1 (hold_price())
+    # Per top-k consumer: page tables / zone; page tables / (RSS + page tables);
+    # log1p(new tables per tick) / 5; log1p(10 x re-faulted tables per tick) / 5; 0/1.
+    *(f"top{i + 1}_{f}" for i in range(TOP_K)
+      for f in ("pt_frac", "pt_ratio", "growth", "refault", "limited")),
     "refault_rate",  # log1p(tables re-faulted since the last pass) / 10
     "last_yield",  # freed / scanned in the last pass
     "fail_share",  # share of the last 100 ticks with an allocation failure
     "since_pass",  # log1p(ticks since the last pass) / 10
+    # What the last pass's scanner saw, per class: log1p(candidates scanned) / 10, and
+    # the shares of them idle for >= 1 and >= 4 scan rounds.
+    *(f"{c}_{f}" for c in SCAN_CLASSES for f in ("seen", "idle1", "idle4")),
+    # Per class: log1p(10 x tables re-faulted per tick after reclaim freed them) / 5.
+    *(f"{c}_refault" for c in SCAN_CLASSES),
 )
 #: The privileged per-class table shares appended with ``candidate_counts``
 #: (ablations only: finding them costs a scan).
 CANDIDATE_NAMES: tuple[str, ...] = ("empty_share", "zero_share", "file_share")
-#: Page-table consumers observed individually (``top1`` .. ``top3``).
-TOP_K = 3
 #: ``fail_share`` is the share of this many recent ticks with an allocation failure.
 FAIL_WINDOW_TICKS = 100
 #: A process is a reclaim target (``target = 1``) only with at least this much
@@ -83,6 +106,11 @@ class Consumer(Protocol):
     def rss_bytes(self) -> int:
         """Resident bytes (``VmRSS``)."""
 
+
+#: Optional per-consumer signals (a sampled host process may lack them: 0 then):
+#: ``growth_rate`` (new PTE tables per tick), ``refault_rate`` (tables re-faulted per
+#: tick after reclaim), ``pt_hard_limit_bytes`` (None when no limit is set).
+OPTIONAL_CONSUMER_FIELDS = ("growth_rate", "refault_rate", "pt_hard_limit_bytes")
 
 C = TypeVar("C", bound=Consumer)
 
@@ -112,6 +140,11 @@ class Signals:
     fail_share: float
     ticks_since_pass: float
     candidates: tuple[float, float, float] | None = None
+    #: The last pass's scan, per class (empty, zero, file): candidates seen, of them idle
+    #: >= 1 and >= 4 scan rounds.  None: no pass yet (or no scanner).
+    scan: tuple[Sequence[int], Sequence[int], Sequence[int]] | None = None
+    #: Tables re-faulted per tick after reclaim freed them, by class (averaged).
+    refault_by_class: Sequence[float] = (0.0, 0.0, 0.0)
 
 
 def clip(x: float) -> float:
@@ -125,15 +158,34 @@ def pt_ratio(pt_bytes: float, rss_bytes: float) -> float:
     return pt_bytes / (rss_bytes + pt_bytes or 1)
 
 
+def hold_price(free_pages: float, wmark_min: float, wmark_high: float) -> float:
+    """What holding reclaimable page tables costs now, from 0 to 1.
+
+    Nothing at or above the high watermark, where kswapd sleeps and every allocation is
+    served at once (``mm/vmscan.c``: kswapd reclaims a node until it is balanced at its
+    high watermark); rising linearly to 1 at the min watermark, below which unmovable
+    allocations enter direct reclaim and fail (``mm/page_alloc.c``: ``__zone_watermark_ok``
+    against ``WMARK_MIN``); 1 below it.  The seed: "there is no need to reclaim if we're
+    not under memory pressure"."""
+    span = max(wmark_high - wmark_min, 1)
+    return max(0.0, min(1.0, (wmark_high - free_pages) / span))
+
+
+def _log_rate(x: float) -> float:
+    """A per-tick rate on the observation's scale: log1p(x) / 5, clipped."""
+    return clip(math.log1p(max(x, 0.0)) / 5.0)
+
+
 def top_consumers(procs: Iterable[C], k: int = TOP_K) -> list[C]:
     """The ``k`` largest page-table holders (ties: lower pid first)."""
     return sorted(procs, key=lambda p: (-p.pt_bytes, p.pid))[:k]
 
 
 def most_suspicious(procs: Iterable[C]) -> C | None:
-    """The target of ``target = 1``: the largest page-table-to-RSS ratio among
-    processes holding at least :data:`SUSPECT_MIN_BYTES` of page tables (what
-    ``/proc/PID/status`` shows); None when no process qualifies."""
+    """The largest page-table-to-RSS ratio among processes holding at least
+    :data:`SUSPECT_MIN_BYTES` of page tables (what ``/proc/PID/status`` shows); None
+    when no process qualifies.  The advisor names it; the heuristics pick their target
+    among the top consumers by the same ratio."""
     cands = [p for p in procs if p.pt_bytes >= SUSPECT_MIN_BYTES]
     if not cands:
         return None
@@ -149,19 +201,31 @@ def observation(s: Signals) -> np.ndarray:
         clip(s.free_pages / zone),
         s.psi_some_avg10, s.psi_some_avg60, s.psi_full_avg10, s.psi_full_avg60,
         clip(s.pt_pages / zone),
+        hold_price(s.free_pages, s.wmark_min, s.wmark_high),
     ]
     for i in range(TOP_K):
         if i < len(s.top):
             p = s.top[i]
-            obs += [clip(p.pt_bytes / PAGE / zone), pt_ratio(p.pt_bytes, p.rss_bytes)]
+            limit = getattr(p, "pt_hard_limit_bytes", None)
+            obs += [clip(p.pt_bytes / PAGE / zone), pt_ratio(p.pt_bytes, p.rss_bytes),
+                    _log_rate(getattr(p, "growth_rate", 0.0)),
+                    _log_rate(10.0 * getattr(p, "refault_rate", 0.0)),
+                    0.0 if limit is None else 1.0]
         else:
-            obs += [0.0, 0.0]
+            obs += [0.0, 0.0, 0.0, 0.0, 0.0]
     obs += [
         clip(math.log1p(s.refault_tables) / 10.0),
         s.last_yield,
         s.fail_share,
         clip(math.log1p(s.ticks_since_pass) / 10.0),
     ]
+    for c in range(len(SCAN_CLASSES)):
+        if s.scan is None or not s.scan[0][c]:
+            obs += [0.0, 0.0, 0.0]
+        else:
+            seen = s.scan[0][c]
+            obs += [clip(math.log1p(seen) / 10.0), s.scan[1][c] / seen, s.scan[2][c] / seen]
+    obs += [_log_rate(10.0 * r) for r in s.refault_by_class]
     if s.candidates is not None:
         obs += list(s.candidates)
     return np.asarray(obs, dtype=np.float32)

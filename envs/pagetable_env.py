@@ -23,17 +23,26 @@ DEFAULT_BUDGETS = (0, 64, 512, 4096, 1 << 30)
 #: Decisions per episode (``EnvConfig.max_steps`` defaults to it).
 DEFAULT_MAX_STEPS = 120
 
-COST_TERMS = ("pt_waste", "alloc_failures", "reclaim_cpu", "app_stall", "harm")
+COST_TERMS = ("pt_hold", "alloc_failures", "reclaim_cpu", "app_stall", "harm")
 MIB = 1 << 20
+#: Idle ages (scan rounds with the PMD young bit found clear) a pass may require of a
+#: table before freeing it: the ``min_idle`` action component.
+DEFAULT_IDLE_LEVELS = (0, 1, 2, 4)
 
 
-def cost_terms(recs: Sequence[TickRecord], ticks_per_step: int) -> dict[str, float]:
+def cost_terms(recs: Sequence[TickRecord], ticks_per_step: int, wmark_min: float,
+               wmark_high: float) -> dict[str, float]:
     """The named cost terms of the ticks ``recs`` (raw units, see
-    :class:`RewardWeights`): ``pt_waste`` is averaged over ``ticks_per_step``
-    ticks, the others are summed.  The env charges each step with it; a
-    ``simulate.py`` run is priced with it too, so the two agree."""
+    :class:`RewardWeights`): ``pt_hold`` is the reclaimable page-table MiB held, priced
+    tick by tick by :func:`~ptreclaim.envs.features.hold_price` and averaged over
+    ``ticks_per_step`` ticks; the others are summed.  The env charges each step with
+    it; a ``simulate.py`` run is priced with it too, so the two agree."""
+    hold = 0.0
+    for r in recs:
+        price = features.hold_price(r.normal_free_pages, wmark_min, wmark_high)
+        hold += r.reclaimable_tables * PAGE / MIB * price
     return {
-        "pt_waste": sum(r.reclaimable_tables for r in recs) * PAGE / MIB / ticks_per_step,
+        "pt_hold": hold / ticks_per_step,
         "alloc_failures": float(sum(r.failure for r in recs)),
         "reclaim_cpu": sum(r.reclaim_cpu_us for r in recs) / 1000.0,
         "app_stall": sum(r.stall_us for r in recs) / 1000.0,
@@ -43,19 +52,30 @@ def cost_terms(recs: Sequence[TickRecord], ticks_per_step: int) -> dict[str, flo
 
 @dataclass(frozen=True)
 class RewardWeights:
-    """Weights of the named cost terms (reward = minus their weighted sum).
+    """Weights of the named cost terms (reward = minus their weighted sum), all in one
+    unit: 0.02 per millisecond of work lost (so a step's reward is in units of 50 ms).
 
-    Units per decision step: ``pt_waste`` in MiB of reclaimable page tables
-    held (averaged over the step), ``alloc_failures`` in ticks with a failed
-    unmovable allocation, ``reclaim_cpu`` and ``app_stall`` in ms, ``harm`` in
-    sane processes killed or throttled.
+    * ``app_stall`` (ms the processes' own faults and allocations were blocked) and
+      ``reclaim_cpu`` (ms of CPU the reclaimer took from the machine): 0.02 each, one
+      lost millisecond each.
+    * ``alloc_failures`` (ticks in which an unmovable allocation missed the min
+      watermark): 1.0 = 50 ms.  The allocating tasks' stalls are charged in
+      ``app_stall`` already; this is the risk the tick adds on top, since
+      ``machine.oom_failures`` such ticks end in an OOM kill.
+    * ``harm`` (sane processes killed or throttled): 200 = 10 s of lost work, the
+      policy price of an OOM kill (``costs.CostModel.oom_kill_harm_us``).
+    * ``pt_hold`` (reclaimable page-table MiB held, priced by the zone's pressure):
+      0.02 = 1 ms per MiB per second held at the min watermark, nothing at or above
+      high.  Policy, not a measurement: the memory held is memory the unmovable zone
+      lacks only when it is short, and then it costs the others the direct-reclaim
+      work of finding it elsewhere; a MiB of tables is 256 pages of that work.
     """
 
-    pt_waste: float = 0.02
+    pt_hold: float = 0.02
     alloc_failures: float = 1.0
-    reclaim_cpu: float = 0.05
+    reclaim_cpu: float = 0.02
     app_stall: float = 0.02
-    harm: float = 50.0
+    harm: float = 200.0
 
     def __post_init__(self) -> None:
         for name in COST_TERMS:
@@ -69,7 +89,10 @@ class EnvConfig:
     decision_ticks: int = 10
     max_steps: int = DEFAULT_MAX_STEPS
     budgets: tuple[int, ...] = DEFAULT_BUDGETS
-    hard_limit_action: bool = False
+    #: The ``min_idle`` choices (scan rounds a table must have been idle to be freed).
+    idle_levels: tuple[int, ...] = DEFAULT_IDLE_LEVELS
+    #: The action's last component: cap the target's page tables at their current size.
+    hard_limit_action: bool = True
     candidate_counts: bool = False  # privileged per-class counts (ablations only)
     reward: RewardWeights = field(default_factory=RewardWeights)
     #: Simulator implementation: ``fast`` (the compiled core), ``exact`` (the Python
@@ -85,6 +108,11 @@ class EnvConfig:
         check_range("env.max_steps", self.max_steps, 1, 10**7)
         if not self.budgets or self.budgets[0] != 0 or list(self.budgets) != sorted(self.budgets):
             raise ConfigError("env.budgets must be ascending and start with 0 (no reclaim)")
+        if (not self.idle_levels or self.idle_levels[0] != 0
+                or list(self.idle_levels) != sorted(set(self.idle_levels))
+                or self.idle_levels[-1] > 1000):
+            raise ConfigError("env.idle_levels must be distinct, ascending, start with 0 "
+                              "(no idle requirement) and stay <= 1000 scan rounds")
 
 
 class PageTableReclaimEnv(gym.Env[np.ndarray, np.ndarray]):
@@ -99,31 +127,41 @@ class PageTableReclaimEnv(gym.Env[np.ndarray, np.ndarray]):
     model follows Linux 6.18's rules (checked against the live kernel).
 
     ## Action space
-    ``MultiDiscrete([len(budgets), 3, 2])`` (plus ``[2]`` with
-    ``hard_limit_action``): scan budget index (0 = no pass; default budgets
-    0, 64, 512, 4096, all tables), class depth (0: empty; 1: + zero-page-only;
-    2: + reconstructable from the page cache), target (0: global, largest waste
-    first; 1: the most suspicious process, the largest page-table-to-RSS
-    ratio), and optionally (1) set that process's page-table hard limit to its
-    current size.
+    ``MultiDiscrete([len(budgets), 3, len(idle_levels), 1 + TOP_K, 2])`` (without the
+    last component when ``hard_limit_action`` is false):
+
+    * scan budget index (0 = no pass; default budgets 0, 64, 512, 4096, all tables);
+    * class depth (0: empty; 1: + zero-page-only; 2: + reconstructable from the page
+      cache);
+    * ``min_idle`` index: free only tables idle for at least that many scan rounds
+      (default 0, 1, 2, 4); the scanner test-and-clears each scanned table's PMD young
+      bit, so a table touched since the last scan is never idle;
+    * target: 0 global (processes over their soft limit first, then largest waste), or
+      1..3 the N-th largest page-table holder (as the observation lists them);
+    * hard limit: 1 caps the target's page tables at their size after the pass (a
+      process that then grows past it is throttled; no-op for the global target).
 
     ## Observation space
-    ``Box(-1, 1, (17,), float32)`` (more with ``candidate_counts``), all
-    signals a kernel can compute cheaply: normal-zone free memory relative to
-    its watermarks and to the zone; PSI some/full avg10/avg60; page-table
-    bytes relative to the zone; for the top 3 page-table consumers their
-    page-table share of the zone and page-table-to-(RSS+page-table) ratio;
-    the re-fault rate since the last pass; the yield of the last pass; the
-    share of recent ticks with allocation failures; time since the last pass.
-    ``candidate_counts`` appends the exact per-class table counts (empty,
-    zero, file) relative to all tables: finding them costs a scan, so they
-    are off by default.
+    ``Box(-1, 1, (39,), float32)`` (three more with ``candidate_counts``), every
+    signal a kernel can compute cheaply (:mod:`ptreclaim.envs.features`,
+    :data:`OBS_NAMES`): normal-zone free memory relative to its watermarks and to
+    the zone, and the pressure price of holding tables; PSI some/full avg10/avg60;
+    page-table bytes relative to the zone; for the top 3 page-table consumers their
+    page-table share, page-table-to-(RSS+page-table) ratio, growth and re-fault rates
+    and whether a hard limit is set; the re-fault rate since the last pass, the yield
+    of the last pass, the share of recent ticks with allocation failures, time since
+    the last pass; what the last pass's scanner saw per class (candidates, and the
+    shares idle >= 1 and >= 4 rounds); re-fault rates by the class the tables had.
+    ``candidate_counts`` appends the exact per-class table counts (empty, zero, file)
+    relative to all tables: finding them costs a scan, so they are off by default.
 
     ## Rewards
-    Minus the weighted sum of the cost terms in ``info["cost_terms"]``:
-    ``pt_waste`` (reclaimable page-table MiB held), ``alloc_failures``,
-    ``reclaim_cpu``, ``app_stall`` (lock and re-fault stalls) and ``harm``
-    (sane processes killed or throttled).  Weights: :class:`RewardWeights`.
+    Minus the weighted sum of the cost terms in ``info["cost_terms"]``: ``pt_hold``
+    (reclaimable page-table MiB held, priced by the zone's pressure: nothing at or above
+    the high watermark), ``alloc_failures``, ``reclaim_cpu`` (scan, young-bit clears,
+    frees, locks, TLB flushes), ``app_stall`` (lock and re-fault stalls, allocation
+    stalls) and ``harm`` (sane processes killed or throttled).  Weights:
+    :class:`RewardWeights`, all in milliseconds of lost work.
 
     ## Starting state
     A scenario is drawn from the env's scenarios (``options={"scenario": i}``
@@ -138,6 +176,11 @@ class PageTableReclaimEnv(gym.Env[np.ndarray, np.ndarray]):
 
     ## Version history
     * v0: initial version.
+    * v1: table recency (young bits, ``min_idle``), top-k targets and a hard limit on
+      the target, per-process and per-class rates and the scanner's view in the
+      observation, pressure-priced holding (``pt_waste`` became ``pt_hold``), weights
+      in one unit; the trace replay no longer writes the unwritten tail of a purged
+      range (December 2026).
     """
 
     metadata = {"render_modes": []}  # noqa: RUF012 (gymnasium reads a class attribute)
@@ -151,7 +194,8 @@ class PageTableReclaimEnv(gym.Env[np.ndarray, np.ndarray]):
             raise ConfigError("the env needs at least one scenario")
         self.scenarios = list(scenarios)
         self.config = config or EnvConfig()
-        nvec = [len(self.config.budgets), len(DEPTHS), 2]
+        nvec = [len(self.config.budgets), len(DEPTHS), len(self.config.idle_levels),
+                1 + features.TOP_K]
         if self.config.hard_limit_action:
             nvec.append(2)
         self.action_space: spaces.MultiDiscrete = spaces.MultiDiscrete(nvec)
@@ -269,19 +313,32 @@ class PageTableReclaimEnv(gym.Env[np.ndarray, np.ndarray]):
             self._last_pass = sim._pass(self._core.last_pass())
             return self._last_pass
         a = np.asarray(action).astype(np.int64).ravel()
-        budget = self.config.budgets[int(a[0])]
+        c = self.config
+        budget = c.budgets[int(a[0])]
         classes = DEPTHS[int(a[1])]
-        target = self.most_suspicious() if int(a[2]) == 1 else None
+        min_idle = c.idle_levels[int(a[2])]
+        target = self.target(int(a[3]))
         result = None
-        if budget > 0 and (a[2] == 0 or target is not None):
-            result = self._last_pass = sim.reclaim(target, classes, budget)
+        if budget > 0 and (a[3] == 0 or target is not None):
+            result = self._last_pass = sim.reclaim(target, classes, budget, min_idle)
             self._ticks_since_pass = 0
             self._refaults_since_pass = 0
-        if self.config.hard_limit_action and len(a) > 3 and int(a[3]) == 1:
-            suspect = self.most_suspicious()
-            if suspect is not None:
-                sim.set_hard_limit(suspect, suspect.pt_bytes)
+        if c.hard_limit_action and int(a[4]) == 1 and target is not None:
+            sim.set_hard_limit(target, target.pt_bytes)
         return result
+
+    def target(self, choice: int) -> Process | None:
+        """The process of the action's target component: None for 0 (global) or when
+        fewer than ``choice`` processes hold page tables; else the ``choice``-th largest
+        holder (:func:`~ptreclaim.envs.features.top_consumers`)."""
+        assert self.sim is not None
+        if choice <= 0:
+            return None
+        if self._core is not None:
+            i = self._core.target(choice)
+            return None if i is None else self.sim.procs[i]
+        top = features.top_consumers(self.sim.alive)
+        return top[choice - 1] if choice <= len(top) else None
 
     def attach(self, sim: Simulation) -> None:
         """Drive an existing simulation (``simulate.py`` runs policies this way):
@@ -300,6 +357,7 @@ class PageTableReclaimEnv(gym.Env[np.ndarray, np.ndarray]):
             c = self.config
             self._core = EnvStep({"decision_ticks": c.decision_ticks, "max_steps": c.max_steps,
                                   "budgets": list(c.budgets),
+                                  "idle_levels": list(c.idle_levels),
                                   "hard_limit_action": c.hard_limit_action,
                                   "candidate_counts": c.candidate_counts,
                                   "weights": self._weights})
@@ -314,16 +372,10 @@ class PageTableReclaimEnv(gym.Env[np.ndarray, np.ndarray]):
             return obs
         return self._observe(recs)
 
-    def most_suspicious(self) -> Process | None:
-        """The target of ``target = 1`` (:func:`~ptreclaim.envs.features.most_suspicious`)."""
-        assert self.sim is not None
-        if self._core is not None:
-            i = self._core.most_suspicious()
-            return None if i is None else self.sim.procs[i]
-        return features.most_suspicious(self.sim.alive)
-
     def _cost_terms(self, recs: list[TickRecord]) -> dict[str, float]:
-        return cost_terms(recs, max(len(recs), 1))
+        assert self.sim is not None
+        wm = self.sim.machine.wmark
+        return cost_terms(recs, max(len(recs), 1), wm.min, wm.high)
 
     def _observe(self, recs: list[TickRecord]) -> np.ndarray:
         """Update what the observation tracks over time, then build it
@@ -353,7 +405,9 @@ class PageTableReclaimEnv(gym.Env[np.ndarray, np.ndarray]):
             refault_tables=self._refaults_since_pass,
             last_yield=(last.freed / last.scanned) if last and last.scanned else 0.0,
             fail_share=sum(self._fail_window) / max(len(self._fail_window), 1),
-            ticks_since_pass=self._ticks_since_pass, candidates=candidates))
+            ticks_since_pass=self._ticks_since_pass, candidates=candidates,
+            scan=None if last is None else (last.seen, last.idle1, last.idle4),
+            refault_by_class=sim.refault_class_rate))
 
     def _info(self, recs: list[TickRecord], terms: dict[str, float],
               scenario: str) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Gymnasium registration of the ptreclaim env ids.
 
-``ptreclaim/PageTableReclaim-v0`` draws each episode from the training suite
-(``configs/suites/train.yaml``); ``ptreclaim/PageTableReclaim-<Name>-v0`` runs
+``ptreclaim/PageTableReclaim-v1`` draws each episode from the training suite
+(``configs/suites/train.yaml``); ``ptreclaim/PageTableReclaim-<Name>-v1`` runs
 the one shipped scenario ``configs/scenarios/<name>.yaml``.  Ids are registered
 when ``ptreclaim`` is imported (``gymnasium.make`` needs nothing else, and
 rl-zoo3 finds them with ``--gym-packages ptreclaim``); configs are read only
@@ -18,16 +18,16 @@ from ..configs import CONFIG_DIR
 if TYPE_CHECKING:
     from .pagetable_env import PageTableReclaimEnv
 
-DEFAULT_ID = "ptreclaim/PageTableReclaim-v0"
+DEFAULT_ID = "ptreclaim/PageTableReclaim-v1"
 #: A string, so that gymnasium imports it lazily and env specs pickle.
 ENTRY_POINT = "ptreclaim.envs.registration:make_env"
 
 
 def scenario_id(stem: str) -> str:
     """Env id of a shipped scenario file stem (``hypervisor_hog`` ->
-    ``ptreclaim/PageTableReclaim-HypervisorHog-v0``)."""
+    ``ptreclaim/PageTableReclaim-HypervisorHog-v1``)."""
     camel = "".join(part.capitalize() for part in stem.split("_"))
-    return f"ptreclaim/PageTableReclaim-{camel}-v0"
+    return f"ptreclaim/PageTableReclaim-{camel}-v1"
 
 
 def make_env(suite: str | None = None, scenario: str | None = None,

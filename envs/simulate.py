@@ -144,12 +144,13 @@ def _exit_reason(sim: Simulation, p: Process) -> str:
 
 
 
-def episode_cost_terms(hist: Sequence[TickRecord]) -> dict[str, float]:
+def episode_cost_terms(hist: Sequence[TickRecord], wmark_min: float,
+                       wmark_high: float) -> dict[str, float]:
     """The env's named cost terms summed over a run, with default decision
     ticks and reward weights (so a simulate.py run and an evaluated episode of
     the same length price alike), plus their weighted sum."""
     cfg = EnvConfig()
-    terms = cost_terms(hist, cfg.decision_ticks)
+    terms = cost_terms(hist, cfg.decision_ticks, wmark_min, wmark_high)
     terms["weighted_cost"] = sum(getattr(cfg.reward, k) * terms[k] for k in COST_TERMS)
     return terms
 
@@ -209,7 +210,7 @@ def summarize(res: RunResult) -> dict[str, Any]:
         "normal_zone_bytes": m.normal_pages * PAGE,
         "normal_free_min_bytes": min(free, default=0) * PAGE,
         "ticks_below_low_wmark": sum(x < wm.low for x in free),
-        "cost_terms": episode_cost_terms(hist),
+        "cost_terms": episode_cost_terms(hist, wm.min, wm.high),
         "watermark_bytes": {"min": wm.min * PAGE, "low": wm.low * PAGE, "high": wm.high * PAGE},
         "run_seconds_simulated": len(hist) * tick_s,
     }

@@ -1,7 +1,7 @@
 """ptreclaim: RL-tuned page-table reclaim policies, exported as plain thresholds.
 
 Importing the package makes the Gymnasium env ids available
-(``ptreclaim/PageTableReclaim-v0`` and one per shipped scenario) without
+(``ptreclaim/PageTableReclaim-v1`` and one per shipped scenario) without
 importing gymnasium itself: the pure simulator (``ptreclaim.envs.sim``) must
 stay usable, and cheap to import, without it.  If gymnasium is already
 imported the ids are registered now; otherwise they are registered the moment

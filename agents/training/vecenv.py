@@ -41,18 +41,17 @@ class FlattenMultiDiscrete(gym.ActionWrapper[np.ndarray, np.int64, np.ndarray]):
 
 
 def action_mask(env: gym.Env[Any, Any]) -> np.ndarray:
-    """MaskablePPO: targeting "the most suspicious process" (and capping it)
-    is a no-op while no process holds 1 MiB of page tables, so mask it then.
-    Budget and class are always valid."""
+    """MaskablePPO: a target beyond the processes that hold page tables is a no-op,
+    so mask it.  Budget, class, idle age and the hard-limit bit are always valid."""
     inner = env.unwrapped
     assert isinstance(inner, PageTableReclaimEnv)
     nvec = inner.action_space.nvec
-    has_suspect = inner.sim is not None and inner.most_suspicious() is not None
     masks = []
     for dim, n in enumerate(nvec):
         m = np.ones(int(n), dtype=bool)
-        if dim >= 2 and not has_suspect:
-            m[1:] = False
+        if dim == 3 and inner.sim is not None:
+            for choice in range(1, int(n)):
+                m[choice] = inner.target(choice) is not None
         masks.append(m)
     return np.concatenate(masks)
 

@@ -231,15 +231,27 @@ class Vma:
 
 
 class PteTable:
-    """A PTE table: 512 one-byte entries, and the huge-PMD state of its slot."""
+    """A PTE table: 512 one-byte entries, the huge-PMD state of its slot, and the
+    accessed ("young") bit of the PMD entry that points to it.
 
-    __slots__ = ("cls", "entries", "huge", "rss")
+    x86 sets the accessed bit of a non-leaf PMD entry whenever the hardware walks
+    through it (``CONFIG_ARCH_HAS_NONLEAF_PMD_YOUNG``; MGLRU's page-table walk reads it
+    to skip cold PTE tables, ``mm/vmscan.c`` ``walk_pmd_range``).  A table is young when
+    it is created (``pmd_populate`` installs the entry with ``_PAGE_ACCESSED``) and
+    whenever an access reaches its 2 MiB; a reclaim scanner test-and-clears the bit
+    (:meth:`AddressSpace.scan_young`) and keeps ``age``, the scan rounds the table has
+    been idle.  Neither changes any rule the kernel comparison sees.
+    """
+
+    __slots__ = ("age", "cls", "entries", "huge", "rss", "young")
 
     def __init__(self) -> None:
         self.entries = bytearray(ENTRIES)
         self.huge = HUGE_NONE
         self.cls = TableClass.EMPTY
         self.rss = 0  # resident pages mapped here (anon + page cache; not the zeropage)
+        self.young = True
+        self.age = 0  # scan rounds since a scanner last found it young
 
     def resident(self) -> int:
         """Pages this table maps that count in RSS."""
@@ -280,6 +292,10 @@ class Stats:
     faults: int = 0
     refault_tables: int = 0  # tables re-allocated after an out-of-line reclaim freed them
     refault_entries: int = 0  # zero/file entries that reclaim zapped and a refault restores
+    # refault_tables by the class the table had when reclaim freed it.
+    refault_empty: int = 0
+    refault_zero: int = 0
+    refault_file: int = 0
 
 
 @dataclass
@@ -315,8 +331,9 @@ class AddressSpace:
         self.rss_pages = sum(t.rss for t in self.pte.values())
         # Slots PMD-mapping a PMD-sized folio of the shmem page cache (R24).
         self.file_thp: set[int] = set()
-        # Slots freed by an out-of-line reclaimer -> zero/file entries it zapped.
-        self.reclaimed: dict[int, int] = {}
+        # Slots freed by an out-of-line reclaimer -> (zero/file entries it zapped, the
+        # table's class then): a refault restores them and is counted by class.
+        self.reclaimed: dict[int, tuple[int, TableClass]] = {}
         # Bumped whenever a PTE table appears or disappears (reclaim scan caches).
         self.table_version = 0
         # VMAs currently registered with userfaultfd (a fast path for reclaim).
@@ -460,10 +477,17 @@ class AddressSpace:
             self._class_sets[TableClass.EMPTY].add(slot)
             self.stats.pte_allocated += 1
             self.table_version += 1
-            zapped = self.reclaimed.pop(slot, None)
-            if zapped is not None:
+            freed = self.reclaimed.pop(slot, None)
+            if freed is not None:
+                zapped, cls = freed
                 self.stats.refault_tables += 1
                 self.stats.refault_entries += zapped
+                if cls == TableClass.EMPTY:
+                    self.stats.refault_empty += 1
+                elif cls == TableClass.ZERO:
+                    self.stats.refault_zero += 1
+                else:
+                    self.stats.refault_file += 1
         return t
 
     def _reclass(self, slot: int, t: PteTable) -> None:
@@ -776,6 +800,8 @@ class AddressSpace:
                 last = addr + (n - 1) * stride
                 idx = None
             t = self.pte.get(slot)
+            if t is not None:
+                t.young = True  # the walk sets the PMD entry's accessed bit
             if t is None and self._thp_allowed(v) and base >= v.start and base + PTE_SPAN <= v.end:
                 t = self._ensure_pte(slot)
                 t.huge = HUGE_ANON if write else HUGE_ZERO
@@ -1657,9 +1683,22 @@ class AddressSpace:
                 or self.slot_is_uffd(slot)):
             return -1
         zapped = ENTRIES if t.huge else ENTRIES - t.entries.count(E_NONE)
+        cls = t.cls
         self._free_pte(slot)
-        self.reclaimed[slot] = zapped
+        self.reclaimed[slot] = (zapped, cls)
         return zapped
+
+    def scan_young(self, slot: int) -> int:
+        """A scanner's test-and-clear of the young bit of the table at ``slot``
+        (``pmdp_test_and_clear_young``); returns the table's idle age in scan rounds
+        after this scan: 0 when it was young, one more than before otherwise."""
+        t = self.pte[slot]
+        if t.young:
+            t.young = False
+            t.age = 0
+        else:
+            t.age += 1
+        return t.age
 
     def register_uffd(self, start: int, end: int, ctx: object | None) -> str | None:
         """UFFDIO_REGISTER (``ctx``) or UNREGISTER (None) of [start, end): the

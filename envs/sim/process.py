@@ -9,6 +9,8 @@ from typing import Any
 from .pagetable import PAGE, AddressSpace, TableClass
 
 TABLE_BYTES = PAGE
+#: Per-tick decay of the averaged rates: 0.9 per 100 ms tick, a time constant of ~1 s.
+RATE_DECAY = 0.9
 
 
 @dataclass(eq=False)
@@ -35,6 +37,14 @@ class Process:
     #: Counters at the end of the previous tick, to turn totals into rates.
     last_refault_tables: int = 0
     last_refault_entries: int = 0
+    last_pte_allocated: int = 0
+    last_refault_class: list[int] = field(default_factory=lambda: [0, 0, 0])
+    #: Per-tick rates, exponentially averaged over about one second (``RATE_DECAY``):
+    #: tables re-faulted after an out-of-line reclaim freed them, and PTE tables
+    #: allocated (the process's page-table growth).  A kernel keeps such counters per
+    #: mm cheaply (``mm->pgtables_bytes`` moves on every allocation).
+    refault_rate: float = 0.0
+    growth_rate: float = 0.0
     #: Per-tick history of page-table bytes (for plots and observations).
     history: list[int] = field(default_factory=list)
 

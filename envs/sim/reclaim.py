@@ -2,8 +2,11 @@
 
 A pass scans up to ``budget`` PTE tables of its target process(es) from a
 per-process cursor (khugepaged-style: it resumes where the last pass
-stopped and wraps around), and frees each scanned table whose class is
-allowed: ``EMPTY``; ``ZERO`` (its zeropage entries are zapped and re-fault as
+stopped and wraps around).  For each table it test-and-clears the young bit
+of the PMD entry pointing to it (x86 sets that bit on non-leaf entries; MGLRU
+reads it to skip cold PTE tables), which gives the table's idle age in scan
+rounds, and frees it when it has been idle for at least ``min_idle`` rounds
+and its class is allowed: ``EMPTY``; ``ZERO`` (its zeropage entries are zapped and re-fault as
 minor faults); ``FILE`` (page-cache entries, re-faulted from the page cache;
 the file's rmap lock is taken).  It never frees a pinned table (anon pages,
 swap entries, markers) nor one under a userfaultfd-registered VMA.
@@ -77,6 +80,12 @@ class PassResult:
     cpu_us: float = 0.0
     stall_us: float = 0.0
     targets: list[int] = field(default_factory=list)  # pids scanned
+    #: What the scanner saw of the candidates (empty, zero, file tables not under a
+    #: userfaultfd VMA), per class: how many, and how many had been idle at least 1
+    #: and at least 4 scan rounds (their young bit found clear that many times running).
+    seen: list[int] = field(default_factory=lambda: [0, 0, 0])
+    idle1: list[int] = field(default_factory=lambda: [0, 0, 0])
+    idle4: list[int] = field(default_factory=lambda: [0, 0, 0])
 
 
 def _scan_order(p: Process) -> np.ndarray:
@@ -92,7 +101,7 @@ def _scan_order(p: Process) -> np.ndarray:
 
 
 def _reclaim_process(sim: Simulation, p: Process, classes: frozenset[TableClass],
-                     budget: int, result: PassResult) -> int:
+                     budget: int, result: PassResult, min_idle: int) -> int:
     """Scan up to ``budget`` tables of ``p`` from its cursor; return the number scanned."""
     slots = _scan_order(p)
     n = min(budget, len(slots))
@@ -100,7 +109,7 @@ def _reclaim_process(sim: Simulation, p: Process, classes: frozenset[TableClass]
         return 0
     i0 = int(np.searchsorted(slots, p.cursor))
     order = np.roll(slots, -i0)[:n].tolist()
-    _free_scanned(sim, p, order, classes, result)
+    _free_scanned(sim, p, order, classes, result, min_idle)
     p.cursor = int(order[-1]) + 1
     return n
 
@@ -110,21 +119,33 @@ def reclaim_slots(sim: Simulation, p: Process, slots: list[int],
     """Free exactly ``slots`` of ``p`` when their class allows (no search)."""
     result = PassResult()
     if slots and p.alive:
-        _free_scanned(sim, p, slots, classes - {TableClass.PINNED}, result)
+        _free_scanned(sim, p, slots, classes - {TableClass.PINNED}, result, 0, scan=False)
     return result
 
 
 def _free_scanned(sim: Simulation, p: Process, order: list[int],
-                  classes: frozenset[TableClass], result: PassResult) -> None:
-    """Examine ``order`` (slots of ``p``), free the allowed ones, charge costs."""
+                  classes: frozenset[TableClass], result: PassResult, min_idle: int,
+                  scan: bool = True) -> None:
+    """Examine ``order`` (slots of ``p``): test-and-clear each table's young bit (with
+    ``scan``; the oracle's exact frees go straight to their tables), free the allowed
+    ones idle for at least ``min_idle`` scan rounds, charge costs."""
     n = len(order)
-    freed = freed_file = zapped = 0
+    freed = freed_file = zapped = cleared = 0
     mm = p.mm
     for slot in order:
         t = mm.pte.get(slot)
         if t is None:
             continue
         cls = t.cls
+        if scan:
+            age = mm.scan_young(slot)
+            cleared += 1
+            if cls != TableClass.PINNED and not mm.slot_is_uffd(slot):
+                result.seen[cls] += 1
+                result.idle1[cls] += age >= 1
+                result.idle4[cls] += age >= 4
+            if age < min_idle:
+                continue
         z = mm.reclaim_table(slot, classes)
         if z >= 0:
             freed += 1
@@ -137,8 +158,8 @@ def _free_scanned(sim: Simulation, p: Process, order: list[int],
     # Freeing a table flushes the whole 2 MiB it mapped (a full flush past the
     # single-page ceiling), batched per process by the mmu_gather.
     flushed = freed * PTRS_PER_PTE
-    cpu = costs.reclaim_pass_cpu_us(n, freed, freed_file, flushed, remote, lock)
-    stall = costs.reclaim_pass_stall_us(n, freed, freed_file, flushed, remote, lock)
+    cpu = costs.reclaim_pass_cpu_us(n, freed, freed_file, flushed, remote, lock, cleared)
+    stall = costs.reclaim_pass_stall_us(n, freed, freed_file, flushed, remote, lock, cleared)
     p.stall_us += stall
     result.scanned += n
     result.freed += freed
@@ -149,9 +170,10 @@ def _free_scanned(sim: Simulation, p: Process, order: list[int],
 
 
 def reclaim_pass(sim: Simulation, target: Process | None, classes: frozenset[TableClass],
-                 budget: int) -> PassResult:
+                 budget: int, min_idle: int = 0) -> PassResult:
     """One reclaim pass over ``target`` (or, with None, over every process,
-    largest waste first) scanning at most ``budget`` tables in all."""
+    largest waste first) scanning at most ``budget`` tables in all, freeing only
+    tables idle for at least ``min_idle`` scan rounds."""
     result = PassResult()
     if budget <= 0 or not classes:
         return result
@@ -168,5 +190,5 @@ def reclaim_pass(sim: Simulation, target: Process | None, classes: frozenset[Tab
             break
         if target is None and p.reclaimable_tables == 0:
             break
-        remaining -= _reclaim_process(sim, p, classes, remaining, result)
+        remaining -= _reclaim_process(sim, p, classes, remaining, result, min_idle)
     return result

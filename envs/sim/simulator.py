@@ -20,7 +20,7 @@ from .config import ConfigError, check_range, did_you_mean
 from .costs import CostModel
 from .machine import Machine, MachineConfig
 from .pagetable import AddressSpace, TableClass
-from .process import TABLE_BYTES, Process
+from .process import RATE_DECAY, TABLE_BYTES, Process
 from .reclaim import PassResult, ReclaimConfig, reclaim_pass, reclaim_slots
 from .workloads import WORKLOADS
 from .workloads.base import Workload
@@ -110,6 +110,9 @@ class Simulation:
         self._next_pid = 100
         self._pending_reclaim: list[PassResult] = []
         self._harm = 0
+        #: Tables re-faulted per tick after reclaim freed them, by the class they had
+        #: (empty, zero, file), averaged like the processes' rates (``RATE_DECAY``).
+        self.refault_class_rate = [0.0, 0.0, 0.0]
         #: With ``record_touches()``: process name -> slot -> ticks it was accessed.
         self.touch_trace: dict[str, dict[int, list[int]]] | None = None
         self._workloads: list[tuple[WorkloadSpec, Workload]] = []
@@ -172,6 +175,7 @@ class Simulation:
             self._record_touches(t)
         # Refaults of tables that reclaim took away stall the faulting process.
         refault_tables = refault_entries = 0
+        class_refaults = [0, 0, 0]
         for p in alive:
             s = p.mm.stats
             dt = s.refault_tables - p.last_refault_tables
@@ -182,6 +186,17 @@ class Simulation:
                 refault_tables += dt
                 refault_entries += de
             p.last_refault_tables, p.last_refault_entries = s.refault_tables, s.refault_entries
+            p.refault_rate = p.refault_rate * RATE_DECAY + dt * (1.0 - RATE_DECAY)
+            da = s.pte_allocated - p.last_pte_allocated
+            p.last_pte_allocated = s.pte_allocated
+            p.growth_rate = p.growth_rate * RATE_DECAY + da * (1.0 - RATE_DECAY)
+            by_class = (s.refault_empty, s.refault_zero, s.refault_file)
+            for c in range(3):
+                class_refaults[c] += by_class[c] - p.last_refault_class[c]
+                p.last_refault_class[c] = by_class[c]
+        for c in range(3):
+            self.refault_class_rate[c] = (self.refault_class_rate[c] * RATE_DECAY
+                                          + class_refaults[c] * (1.0 - RATE_DECAY))
         pt_pages = sum(p.mm.tables for p in alive)
         user_pages = sum(p.mm.rss_pages for p in alive)
         deficit = m.account(pt_pages, user_pages)
@@ -248,10 +263,10 @@ class Simulation:
     # -- reclaim --------------------------------------------------------------
 
     def reclaim(self, target: Process | None, classes: frozenset[TableClass],
-                budget: int) -> PassResult:
+                budget: int, min_idle: int = 0) -> PassResult:
         """Run one reclaim pass now (see :func:`reclaim.reclaim_pass`); its
         costs are charged to the next tick's record."""
-        result = reclaim_pass(self, target, classes, budget)
+        result = reclaim_pass(self, target, classes, budget, min_idle)
         self._pending_reclaim.append(result)
         return result
 
