@@ -37,11 +37,14 @@ cdef extern from "pagetable.hpp" namespace "ptfast":
         uint8_t e[512]
         uint8_t huge
         uint8_t cls
+        uint8_t young
         int rss
+        int age
 
     cdef cppclass Stats:
         i64 pte_allocated, pte_freed, upper_allocated, upper_freed, pte_reclaimed_on_zap
         i64 faults, refault_tables, refault_entries
+        i64 refault_empty, refault_zero, refault_file
 
     cdef cppclass SlotMap[T]:
         size_t size()
@@ -89,6 +92,7 @@ cdef extern from "pagetable.hpp" namespace "ptfast":
         unique_ptr[AddressSpace] fork()
         void exit()
         i64 reclaim_table(i64 slot, unsigned allowed_mask)
+        i64 scan_young(i64 slot)
         string check_invariants()
 
     const char* err_name(int err)
@@ -266,7 +270,9 @@ cdef class FastAddressSpace:
         return {"pte_allocated": s.pte_allocated, "pte_freed": s.pte_freed,
                 "upper_allocated": s.upper_allocated, "upper_freed": s.upper_freed,
                 "pte_reclaimed_on_zap": s.pte_reclaimed_on_zap, "faults": s.faults,
-                "refault_tables": s.refault_tables, "refault_entries": s.refault_entries}
+                "refault_tables": s.refault_tables, "refault_entries": s.refault_entries,
+                "refault_empty": s.refault_empty, "refault_zero": s.refault_zero,
+                "refault_file": s.refault_file}
 
     def state(self) -> dict:
         """The whole model state in canonical form (see ``fast.canonical_state``)."""
@@ -278,7 +284,7 @@ cdef class FastAddressSpace:
         m.pte.slots_in(-(1 << 62), 1 << 62, slots)
         for slot in slots:
             t = m.pte.find(slot)
-            tables.append((slot, bytes(t.e[:512]), t.huge, t.cls, t.rss))
+            tables.append((slot, bytes(t.e[:512]), t.huge, t.cls, t.rss, bool(t.young), t.age))
         return {
             "vmas": [(v.start, v.end, v.flags, v.pgoff,
                       None if v.file.get() == NULL else <size_t>v.file.get(),
@@ -299,7 +305,7 @@ cdef class FastAddressSpace:
         cdef vector[i64] slots
         cdef AddressSpace* m = self.mm()
         m.reclaimed.slots_in(-(1 << 62), 1 << 62, slots)
-        return [(s, m.reclaimed.find(s)[0]) for s in slots]
+        return [(s, m.reclaimed.find(s)[0] >> 2, m.reclaimed.find(s)[0] & 3) for s in slots]
 
     # -- system calls
     def mmap(self, i64 addr, i64 length, *, str kind="anon", bint shared=False, i64 prot=3,
@@ -358,6 +364,9 @@ cdef class FastAddressSpace:
     def reclaim_table(self, i64 slot, allowed) -> int:
         return self.mm().reclaim_table(slot, _class_mask(allowed))
 
+    def scan_young(self, i64 slot) -> int:
+        return self.mm().scan_young(slot)
+
 
 # =========================================================================== simulation
 
@@ -380,8 +389,8 @@ cdef extern from "sim.hpp" namespace "ptfast":
     cdef cppclass Costs:
         double minor_fault_us, table_alloc_us, scan_table_us, free_table_us, invlpg_us
         i64 tlb_single_page_flush_ceiling
-        double full_flush_us, ipi_us, rmap_lock_us, mmap_write_lock_us, pmd_lock_us
-        double uffd_refault_us, alloc_failure_stall_us, oom_kill_harm_us
+        double full_flush_us, ipi_us, rmap_lock_us, young_clear_us, mmap_write_lock_us
+        double pmd_lock_us, uffd_refault_us, alloc_failure_stall_us, oom_kill_harm_us
 
     cdef cppclass MachineConfig:
         i64 normal_pages, movable_pages, cpus
@@ -409,7 +418,7 @@ cdef extern from "sim.hpp" namespace "ptfast":
         unique_ptr[AddressSpace] mm
         cbool sane, alive, has_soft, has_hard
         i64 cpus, throttled_until, soft_limit, hard_limit, cursor
-        double stall_us
+        double stall_us, refault_rate, growth_rate
         vector[i64] history
         i64 pt_bytes()
         i64 rss_bytes()
@@ -422,6 +431,9 @@ cdef extern from "sim.hpp" namespace "ptfast":
         i64 freed_by_class[4]
         double cpu_us, stall_us
         vector[i64] targets
+        i64 seen[3]
+        i64 idle1[3]
+        i64 idle4[3]
 
     cdef cppclass TickRecord:
         i64 tick, normal_free_pages, movable_free_pages, tenant_pages, pt_pages
@@ -460,10 +472,11 @@ cdef extern from "sim.hpp" namespace "ptfast":
         i64 tick_no
         vector[TickRecord] history
         vector[pair[i64, string]] events
+        double refault_class_rate[3]
         cbool recording
         Process* spawn(const string& name, const string& family, cbool sane, i64 cpus)
         const TickRecord& step()
-        PassResult reclaim(Process* target, unsigned classes, i64 budget)
+        PassResult reclaim(Process* target, unsigned classes, i64 budget, i64 min_idle)
         PassResult reclaim_exact(Process* p, const vector[i64]& slots, unsigned classes)
         void record_touches()
         vector[cmap[i64, vector[i64]]] touch_trace
@@ -474,6 +487,7 @@ cdef extern from "sim.hpp" namespace "ptfast":
     cdef cppclass EnvConfig:
         i64 decision_ticks, max_steps
         vector[i64] budgets
+        vector[i64] idle_levels
         cbool hard_limit_action, candidate_counts
         double w[5]
 
@@ -489,7 +503,7 @@ cdef extern from "sim.hpp" namespace "ptfast":
         void reset_ticks()
         double step(const i64* action, i64 n_action, float* obs, double* terms, cbool* truncated)
         void observe(float* obs)
-        Process* most_suspicious()
+        Process* target(i64 choice)
         cbool apply_action(const i64* a, i64 n)
         int n_obs()
 
@@ -634,6 +648,7 @@ cdef class SimCore:
         c.full_flush_us = costs["full_flush_us"]
         c.ipi_us = costs["ipi_us"]
         c.rmap_lock_us = costs["rmap_lock_us"]
+        c.young_clear_us = costs["young_clear_us"]
         c.mmap_write_lock_us = costs["mmap_write_lock_us"]
         c.pmd_lock_us = costs["pmd_lock_us"]
         c.uffd_refault_us = costs["uffd_refault_us"]
@@ -743,6 +758,16 @@ cdef class SimCore:
     def proc_stall(self, i64 i) -> float:
         return self.s().procs[i].get().stall_us
 
+    def proc_rates(self, i64 i) -> tuple:
+        """(growth_rate, refault_rate) of process ``i`` (``process.Process``)."""
+        cdef Process* p = self.s().procs[i].get()
+        return (p.growth_rate, p.refault_rate)
+
+    @property
+    def refault_class_rate(self) -> list:
+        cdef Simulation* s = self.s()
+        return [s.refault_class_rate[0], s.refault_class_rate[1], s.refault_class_rate[2]]
+
     def proc_state(self, i64 i) -> dict:
         """The process's address space in canonical form (``check.canonical_state``)."""
         cdef FastAddressSpace view = FastAddressSpace(_empty=True)
@@ -755,11 +780,11 @@ cdef class SimCore:
             view.own.release()
 
     # -- reclaim
-    def reclaim(self, object target, unsigned classes, i64 budget) -> tuple:
+    def reclaim(self, object target, unsigned classes, i64 budget, i64 min_idle=0) -> tuple:
         cdef Process* t = NULL
         if target is not None:
             t = self.s().procs[<i64>target].get()
-        cdef PassResult r = self.s().reclaim(t, classes, budget)
+        cdef PassResult r = self.s().reclaim(t, classes, budget, min_idle)
         return _pass_tuple(r)
 
     def reclaim_exact(self, i64 proc, list slots, unsigned classes) -> tuple:
@@ -826,7 +851,8 @@ cdef class SimCore:
 cdef tuple _pass_tuple(PassResult& r):
     return (r.scanned, r.freed, [r.freed_by_class[0], r.freed_by_class[1],
             r.freed_by_class[2], r.freed_by_class[3]], r.zapped_entries, r.cpu_us,
-            r.stall_us, list(r.targets))
+            r.stall_us, list(r.targets), [r.seen[0], r.seen[1], r.seen[2]],
+            [r.idle1[0], r.idle1[1], r.idle1[2]], [r.idle4[0], r.idle4[1], r.idle4[2]])
 
 
 cdef class EnvStep:
@@ -841,6 +867,7 @@ cdef class EnvStep:
         self.core.cfg.decision_ticks = cfg["decision_ticks"]
         self.core.cfg.max_steps = cfg["max_steps"]
         self.core.cfg.budgets = cfg["budgets"]
+        self.core.cfg.idle_levels = cfg["idle_levels"]
         self.core.cfg.hard_limit_action = cfg["hard_limit_action"]
         self.core.cfg.candidate_counts = cfg["candidate_counts"]
         for k, w in enumerate(cfg["weights"]):
@@ -894,8 +921,10 @@ cdef class EnvStep:
     def n_obs(self) -> int:
         return self.core.n_obs()
 
-    def most_suspicious(self):
-        cdef Process* p = self.core.most_suspicious()
+    def target(self, i64 choice):
+        """The process index of the action's target component (``PageTableReclaimEnv
+        .target``), or None."""
+        cdef Process* p = self.core.target(choice)
         return None if p == NULL else self.simcore.s().index_of(p)
 
 

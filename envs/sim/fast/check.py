@@ -41,14 +41,14 @@ def canonical_state(mm: AddressSpace | FastAddressSpace) -> dict[str, Any]:
                       None if v.file is None else id(v.file),
                       None if v.anon_vma is None else id(v.anon_vma),
                       None if v.uffd is None else id(v.uffd)) for v in mm.vmas],
-            "pte": [(slot, bytes(t.entries), t.huge, int(t.cls), t.rss)
+            "pte": [(slot, bytes(t.entries), t.huge, int(t.cls), t.rss, t.young, t.age)
                     for slot, t in sorted(mm.pte.items())],
             "pmd": sorted(mm.pmd),
             "pud": sorted(mm.pud),
             "stats": dataclasses.asdict(mm.stats),
             "class_counts": mm.class_counts(),
             "rss_pages": mm.rss_pages,
-            "reclaimed": sorted(mm.reclaimed.items()),
+            "reclaimed": sorted((s, z, int(c)) for s, (z, c) in mm.reclaimed.items()),
             "table_version": mm.table_version,
             "class_version": mm.class_version,
             "uffd_vmas": mm.uffd_vmas,
@@ -126,8 +126,9 @@ def compare_simulations(scenario: Any, seed: int, ticks: int | None = None, *,
             who = int(actions.integers(-1, len(ref.procs))) if ref.procs else -1
             rt = ref.procs[who] if who >= 0 and ref.procs[who].alive else None
             ft = fast.procs[who] if rt is not None else None
-            a = ref.reclaim(rt, DEPTHS[depth], budget)
-            b = fast.reclaim(ft, DEPTHS[depth], budget)
+            min_idle = int(actions.choice([0, 1, 2, 4]))
+            a = ref.reclaim(rt, DEPTHS[depth], budget, min_idle)
+            b = fast.reclaim(ft, DEPTHS[depth], budget, min_idle)
             if a != b:
                 return f"tick {t}: reclaim pass {b} != reference {a}"
         ra, rb = ref.step(), fast.step()

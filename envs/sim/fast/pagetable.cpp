@@ -426,8 +426,15 @@ PteTable& AddressSpace::ensure_pte(i64 slot) {
   stats.pte_allocated++;
   table_version++;
   if (const i64* r = reclaimed.find(slot)) {
+    const i64 zapped = *r >> 2, cls = *r & 3;
     stats.refault_tables++;
-    stats.refault_entries += *r;
+    stats.refault_entries += zapped;
+    if (cls == C_EMPTY)
+      stats.refault_empty++;
+    else if (cls == C_ZERO)
+      stats.refault_zero++;
+    else
+      stats.refault_file++;
     reclaimed.erase(slot);
   }
   return t;
@@ -744,6 +751,7 @@ int AddressSpace::fault_range(Vma* v, i64 start, i64 end, i64 stride, bool write
       last = addr + (n - 1) * stride;
     }
     PteTable* t = pte.find(slot);
+    if (t) t->young = 1;  // the walk sets the PMD entry's accessed bit
     if (!t && thp_allowed(v) && base >= v->start && base + PTE_SPAN <= v->end) {
       t = &ensure_pte(slot);
       t->huge = write ? HUGE_ANON : HUGE_ZERO;
@@ -1414,9 +1422,21 @@ i64 AddressSpace::reclaim_table(i64 slot, unsigned allowed_mask) {
   PteTable& t = *found;
   if (t.cls == C_PINNED || !(allowed_mask & (1u << t.cls)) || slot_is_uffd(slot)) return -1;
   i64 zapped = t.huge ? ENTRIES : ENTRIES - t.count(E_NONE);
+  const i64 cls = t.cls;
   free_pte(slot);
-  reclaimed.emplace(slot).first = zapped;
+  reclaimed.emplace(slot).first = zapped * 4 + cls;
   return zapped;
+}
+
+i64 AddressSpace::scan_young(i64 slot) {
+  PteTable& t = pte.at(slot);
+  if (t.young) {
+    t.young = 0;
+    t.age = 0;
+  } else {
+    t.age++;
+  }
+  return t.age;
 }
 
 void AddressSpace::install_vma(i64 start, i64 end, i64 flags, i64 pgoff, FileRef file,

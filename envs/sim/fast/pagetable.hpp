@@ -91,7 +91,9 @@ struct PteTable {
   uint8_t e[ENTRIES];
   uint8_t huge = HUGE_NONE;
   uint8_t cls = C_EMPTY;
+  uint8_t young = 1;  // the PMD entry's accessed bit (pagetable.PteTable.young)
   int32_t rss = 0;
+  int32_t age = 0;    // scan rounds idle (pagetable.PteTable.age)
   // Entries per kind: none, anon, zero, file, and the rest (swap entries and markers).
   uint16_t n[5] = {ENTRIES, 0, 0, 0, 0};
   PteTable() { std::fill(e, e + ENTRIES, uint8_t{0}); }
@@ -123,6 +125,8 @@ inline void reset_value<PteTable>(PteTable& t) {
   std::memset(t.e, 0, ENTRIES);
   t.huge = HUGE_NONE;
   t.cls = C_EMPTY;
+  t.young = 1;
+  t.age = 0;
   t.rss = 0;
   t.n[0] = ENTRIES;
   t.n[1] = t.n[2] = t.n[3] = t.n[4] = 0;
@@ -130,7 +134,8 @@ inline void reset_value<PteTable>(PteTable& t) {
 
 struct Stats {
   i64 pte_allocated = 0, pte_freed = 0, upper_allocated = 0, upper_freed = 0,
-      pte_reclaimed_on_zap = 0, faults = 0, refault_tables = 0, refault_entries = 0;
+      pte_reclaimed_on_zap = 0, faults = 0, refault_tables = 0, refault_entries = 0,
+      refault_empty = 0, refault_zero = 0, refault_file = 0;
 };
 
 // The flag change of one madvise advice (pagetable._FLAG_ADVICE).
@@ -152,7 +157,7 @@ class AddressSpace {
   Stats stats;
   i64 cls_count[4] = {0, 0, 0, 0};
   i64 rss_pages = 0;
-  // Slots freed by an out-of-line reclaimer -> zero/file entries it zapped.
+  // Slots freed by an out-of-line reclaimer -> zapped entries * 4 + the table's class.
   SlotMap<i64> reclaimed;
   i64 table_version = 0;
   i64 uffd_vmas = 0;
@@ -197,6 +202,8 @@ class AddressSpace {
   std::unique_ptr<AddressSpace> fork();
   void exit();
   i64 reclaim_table(i64 slot, unsigned allowed_mask);
+  // pagetable.AddressSpace.scan_young: test-and-clear the young bit; the age after it.
+  i64 scan_young(i64 slot);
 
   // ---- file operations (pagetable.AddressSpace.punch / truncate)
   static void punch(BackingFile& file, i64 foff, i64 length);

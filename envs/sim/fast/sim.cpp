@@ -7,6 +7,8 @@
 
 namespace ptfast {
 
+constexpr double RATE_DECAY = 0.9;  // process.RATE_DECAY
+
 void (*g_py_choice)(void* gen, const i64* cand, i64 n, i64 k, i64* out) = nullptr;
 void (*g_py_permutation)(void* gen, i64 n, i64* out) = nullptr;
 
@@ -164,6 +166,7 @@ const TickRecord& Simulation::step() {
   std::vector<Process*> live = alive();
   if (recording) record_touch_log(t);
   i64 refault_tables = 0, refault_entries = 0;
+  i64 class_refaults[3] = {0, 0, 0};
   for (Process* p : live) {
     const Stats& s = p->mm->stats;
     i64 dt = s.refault_tables - p->last_refault_tables;
@@ -175,7 +178,19 @@ const TickRecord& Simulation::step() {
     }
     p->last_refault_tables = s.refault_tables;
     p->last_refault_entries = s.refault_entries;
+    p->refault_rate = p->refault_rate * RATE_DECAY + (double)dt * (1.0 - RATE_DECAY);
+    i64 da = s.pte_allocated - p->last_pte_allocated;
+    p->last_pte_allocated = s.pte_allocated;
+    p->growth_rate = p->growth_rate * RATE_DECAY + (double)da * (1.0 - RATE_DECAY);
+    const i64 by_class[3] = {s.refault_empty, s.refault_zero, s.refault_file};
+    for (int c = 0; c < 3; c++) {
+      class_refaults[c] += by_class[c] - p->last_refault_class[c];
+      p->last_refault_class[c] = by_class[c];
+    }
   }
+  for (int c = 0; c < 3; c++)
+    refault_class_rate[c] =
+        refault_class_rate[c] * RATE_DECAY + (double)class_refaults[c] * (1.0 - RATE_DECAY);
   i64 pt_pages = 0, user_pages = 0;
   for (Process* p : live) {
     pt_pages += p->mm->tables();
@@ -302,14 +317,24 @@ constexpr unsigned PINNED_BIT = 1u << C_PINNED;
 }
 
 void Simulation::free_scanned(Process* p, const std::vector<i64>& order, unsigned classes,
-                              PassResult& result) {
+                              PassResult& result, i64 min_idle, bool scan) {
   i64 n = (i64)order.size();
-  i64 freed = 0, freed_file = 0, zapped = 0;
+  i64 freed = 0, freed_file = 0, zapped = 0, cleared = 0;
   AddressSpace& mm = *p->mm;
   for (i64 slot : order) {
     const PteTable* t = mm.pte.find(slot);
     if (!t) continue;
     uint8_t cls = t->cls;
+    if (scan) {
+      i64 age = mm.scan_young(slot);
+      cleared++;
+      if (cls != C_PINNED && !mm.slot_is_uffd(slot)) {
+        result.seen[cls]++;
+        result.idle1[cls] += age >= 1;
+        result.idle4[cls] += age >= 4;
+      }
+      if (age < min_idle) continue;
+    }
     i64 z = mm.reclaim_table(slot, classes);
     if (z >= 0) {
       freed++;
@@ -321,8 +346,9 @@ void Simulation::free_scanned(Process* p, const std::vector<i64>& order, unsigne
   const bool mw = cfg.mmap_write_lock;
   i64 remote = std::min(p->cpus, machine.cfg.cpus) - 1;
   i64 flushed = freed * ENTRIES;
-  double cpu = costs.reclaim_pass_cpu_us(n, freed, freed_file, flushed, remote, mw);
-  double stall = costs.reclaim_pass_stall_us(n, freed, freed_file, flushed, remote, mw);
+  double cpu = costs.reclaim_pass_cpu_us(n, freed, freed_file, flushed, remote, mw, cleared);
+  double stall =
+      costs.reclaim_pass_stall_us(n, freed, freed_file, flushed, remote, mw, cleared);
   p->stall_us += stall;
   result.scanned += n;
   result.freed += freed;
@@ -332,7 +358,8 @@ void Simulation::free_scanned(Process* p, const std::vector<i64>& order, unsigne
   result.targets.push_back(p->pid);
 }
 
-i64 Simulation::reclaim_process(Process* p, unsigned classes, i64 budget, PassResult& result) {
+i64 Simulation::reclaim_process(Process* p, unsigned classes, i64 budget, PassResult& result,
+                                i64 min_idle) {
   AddressSpace& mm = *p->mm;
   if (p->scan_version != mm.table_version) {
     p->scan_slots.clear();
@@ -347,12 +374,12 @@ i64 Simulation::reclaim_process(Process* p, unsigned classes, i64 budget, PassRe
   std::vector<i64> order((size_t)n);
   i64 size = (i64)slots.size();
   for (i64 k = 0; k < n; k++) order[(size_t)k] = slots[(size_t)((i0 + k) % size)];
-  free_scanned(p, order, classes, result);
+  free_scanned(p, order, classes, result, min_idle, true);
   p->cursor = order.back() + 1;
   return n;
 }
 
-PassResult Simulation::reclaim(Process* target, unsigned classes, i64 budget) {
+PassResult Simulation::reclaim(Process* target, unsigned classes, i64 budget, i64 min_idle) {
   PassResult result;
   if (budget > 0 && classes) {
     classes &= ~PINNED_BIT;
@@ -373,7 +400,7 @@ PassResult Simulation::reclaim(Process* target, unsigned classes, i64 budget) {
     for (Process* p : order) {
       if (remaining <= 0) break;
       if (!target && p->reclaimable_tables() == 0) break;
-      remaining -= reclaim_process(p, classes, remaining, result);
+      remaining -= reclaim_process(p, classes, remaining, result, min_idle);
     }
   }
   pending.push_back(result);
@@ -383,7 +410,7 @@ PassResult Simulation::reclaim(Process* target, unsigned classes, i64 budget) {
 PassResult Simulation::reclaim_exact(Process* p, const std::vector<i64>& slots,
                                      unsigned classes) {
   PassResult result;
-  if (!slots.empty() && p->alive) free_scanned(p, slots, classes & ~PINNED_BIT, result);
+  if (!slots.empty() && p->alive) free_scanned(p, slots, classes & ~PINNED_BIT, result, 0, false);
   pending.push_back(result);
   return result;
 }
@@ -420,6 +447,10 @@ std::unique_ptr<Simulation> Simulation::clone(const std::vector<Rng>& workload_r
     q->stall_us = p->stall_us;
     q->last_refault_tables = p->last_refault_tables;
     q->last_refault_entries = p->last_refault_entries;
+    q->last_pte_allocated = p->last_pte_allocated;
+    std::copy(p->last_refault_class, p->last_refault_class + 3, q->last_refault_class);
+    q->refault_rate = p->refault_rate;
+    q->growth_rate = p->growth_rate;
     q->history = p->history;
     by_index.push_back(q.get());
     c->procs.push_back(std::move(q));
@@ -438,6 +469,7 @@ std::unique_ptr<Simulation> Simulation::clone(const std::vector<Rng>& workload_r
   c->next_pid = next_pid;
   c->pending = pending;
   c->harm = harm;
+  std::copy(refault_class_rate, refault_class_rate + 3, c->refault_class_rate);
   c->recording = recording;
   c->touch_trace = touch_trace;
   return c;
@@ -447,6 +479,13 @@ std::unique_ptr<Simulation> Simulation::clone(const std::vector<Rng>& workload_r
 
 namespace {
 inline double clip(double x) { return std::max(-1.0, std::min(1.0, x)); }
+// features.hold_price
+inline double hold_price(double free, double wmin, double whigh) {
+  double span = std::max(whigh - wmin, 1.0);
+  return std::max(0.0, std::min(1.0, (whigh - free) / span));
+}
+// features._log_rate
+inline double log_rate(double x) { return clip(std::log1p(std::max(x, 0.0)) / 5.0); }
 const unsigned DEPTHS[3] = {1u << C_EMPTY, (1u << C_EMPTY) | (1u << C_ZERO),
                             (1u << C_EMPTY) | (1u << C_ZERO) | (1u << C_FILE)};
 }  // namespace
@@ -480,39 +519,39 @@ void EnvCore::collect_info() {
   info_reclaimable_last = rec_hi > rec_lo ? sim->history[(size_t)(rec_hi - 1)].reclaimable_tables : 0;
 }
 
-Process* EnvCore::most_suspicious() const {
-  Process* best = nullptr;
-  double best_ratio = 0;
-  for (const auto& up : sim->procs) {
-    Process* p = up.get();
-    if (!p->alive || p->pt_bytes() < (1 << 20)) continue;
-    double ratio = (double)p->pt_bytes() / (double)(p->rss_bytes() + p->pt_bytes());
-    if (!best || ratio > best_ratio || (ratio == best_ratio && p->pid < best->pid)) {
-      best = p;
-      best_ratio = ratio;
-    }
-  }
-  return best;
+std::vector<Process*> EnvCore::top_consumers() const {
+  std::vector<Process*> top = sim->alive();
+  std::stable_sort(top.begin(), top.end(), [](const Process* a, const Process* b) {
+    i64 ta = a->pt_bytes(), tb = b->pt_bytes();
+    if (ta != tb) return ta > tb;
+    return a->pid < b->pid;
+  });
+  if (top.size() > (size_t)TOP_K) top.resize(TOP_K);
+  return top;
+}
+
+Process* EnvCore::target(i64 choice) const {
+  if (choice <= 0) return nullptr;
+  std::vector<Process*> top = top_consumers();
+  return choice <= (i64)top.size() ? top[(size_t)(choice - 1)] : nullptr;
 }
 
 bool EnvCore::apply_action(const i64* a, i64 n) {
   i64 budget = cfg.budgets[(size_t)a[0]];
   unsigned classes = DEPTHS[a[1]];
-  Process* target = a[2] == 1 ? most_suspicious() : nullptr;
+  i64 min_idle = cfg.idle_levels[(size_t)a[2]];
+  Process* t = target(a[3]);
   bool passed = false;
-  if (budget > 0 && (a[2] == 0 || target)) {
-    last = sim->reclaim(target, classes, budget);
+  if (budget > 0 && (a[3] == 0 || t)) {
+    last = sim->reclaim(t, classes, budget, min_idle);
     has_last = true;
     ticks_since_pass = 0;
     refaults_since_pass = 0;
     passed = true;
   }
-  if (cfg.hard_limit_action && n > 3 && a[3] == 1) {
-    Process* suspect = most_suspicious();
-    if (suspect) {
-      suspect->has_hard = true;
-      suspect->hard_limit = suspect->pt_bytes();
-    }
+  if (cfg.hard_limit_action && n > 4 && a[4] == 1 && t) {
+    t->has_hard = true;
+    t->hard_limit = t->pt_bytes();
   }
   return passed;
 }
@@ -528,18 +567,20 @@ double EnvCore::step(const i64* action, i64 n_action, float* obs, double* terms,
   rec_hi = (i64)sim->history.size();
   steps++;
   i64 n = rec_hi - rec_lo;
-  i64 waste = 0, fails = 0, harm = 0;
-  double cpu = 0.0, stall = 0.0;
+  i64 fails = 0, harm = 0;
+  double hold = 0.0, cpu = 0.0, stall = 0.0;
   collect_info();
+  const MachineConfig& mc = sim->machine.cfg;
   for (i64 i = rec_lo; i < rec_hi; i++) {
     const TickRecord& r = sim->history[(size_t)i];
-    waste += r.reclaimable_tables;
+    double price = hold_price((double)r.normal_free_pages, (double)mc.wmin, (double)mc.whigh);
+    hold += (double)(r.reclaimable_tables * 4096) / (double)(1 << 20) * price;
     fails += r.failure;
     cpu += r.reclaim_cpu_us;
     stall += r.stall_us;
     harm += r.harm_events;
   }
-  terms[0] = (double)(waste * 4096) / (double)(1 << 20) / (double)std::max<i64>(n, 1);
+  terms[0] = hold / (double)std::max<i64>(n, 1);
   terms[1] = (double)fails;
   terms[2] = cpu / 1000.0;
   terms[3] = stall / 1000.0;
@@ -565,12 +606,7 @@ void EnvCore::observe(float* obs) {
   i64 pt_pages = 0;
   std::vector<Process*> live = s.alive();
   for (Process* p : live) pt_pages += p->mm->tables();
-  std::vector<Process*> top = live;
-  std::stable_sort(top.begin(), top.end(), [](const Process* a, const Process* b) {
-    i64 ta = a->mm->tables(), tb = b->mm->tables();
-    if (ta != tb) return ta > tb;
-    return a->pid < b->pid;
-  });
+  std::vector<Process*> top = top_consumers();
   int k = 0;
   obs[k++] = (float)clip((double)(m.normal_free - m.cfg.wmin) /
                          (double)std::max<i64>(m.cfg.whigh - m.cfg.wmin, 1) / 4.0);
@@ -580,16 +616,19 @@ void EnvCore::observe(float* obs) {
   obs[k++] = (float)m.psi.full_avg10;
   obs[k++] = (float)m.psi.full_avg60;
   obs[k++] = (float)clip((double)pt_pages / zone);
+  obs[k++] = (float)hold_price((double)m.normal_free, (double)m.cfg.wmin, (double)m.cfg.whigh);
   for (int i = 0; i < TOP_K; i++) {
     if (i < (int)top.size()) {
       Process* p = top[(size_t)i];
       i64 denom = p->rss_bytes() + p->pt_bytes();
       if (denom == 0) denom = 1;
-      obs[k++] = (float)clip((double)p->mm->tables() / zone);
+      obs[k++] = (float)clip((double)p->pt_bytes() / (double)PAGE / zone);
       obs[k++] = (float)((double)p->pt_bytes() / (double)denom);
+      obs[k++] = (float)log_rate(p->growth_rate);
+      obs[k++] = (float)log_rate(10.0 * p->refault_rate);
+      obs[k++] = p->has_hard ? 1.0f : 0.0f;
     } else {
-      obs[k++] = 0.0f;
-      obs[k++] = 0.0f;
+      for (int j = 0; j < 5; j++) obs[k++] = 0.0f;
     }
   }
   obs[k++] = (float)clip(std::log1p((double)refaults_since_pass) / 10.0);
@@ -599,6 +638,19 @@ void EnvCore::observe(float* obs) {
   for (int f : fail_window) fails += f;
   obs[k++] = (float)((double)fails / (double)std::max<size_t>(fail_window.size(), 1));
   obs[k++] = (float)clip(std::log1p((double)ticks_since_pass) / 10.0);
+  for (int c = 0; c < 3; c++) {
+    if (!has_last || !last.seen[c]) {
+      obs[k++] = 0.0f;
+      obs[k++] = 0.0f;
+      obs[k++] = 0.0f;
+    } else {
+      double seen = (double)last.seen[c];
+      obs[k++] = (float)clip(std::log1p(seen) / 10.0);
+      obs[k++] = (float)((double)last.idle1[c] / seen);
+      obs[k++] = (float)((double)last.idle4[c] / seen);
+    }
+  }
+  for (int c = 0; c < 3; c++) obs[k++] = (float)log_rate(10.0 * s.refault_class_rate[c]);
   if (cfg.candidate_counts) {
     double total = (double)std::max<i64>(pt_pages, 1);
     for (int cls = C_EMPTY; cls <= C_FILE; cls++) {

@@ -73,8 +73,8 @@ struct Rng {
 struct Costs {
   double minor_fault_us, table_alloc_us, scan_table_us, free_table_us, invlpg_us;
   i64 tlb_single_page_flush_ceiling;
-  double full_flush_us, ipi_us, rmap_lock_us, mmap_write_lock_us, pmd_lock_us,
-      uffd_refault_us, alloc_failure_stall_us, oom_kill_harm_us;
+  double full_flush_us, ipi_us, rmap_lock_us, young_clear_us, mmap_write_lock_us,
+      pmd_lock_us, uffd_refault_us, alloc_failure_stall_us, oom_kill_harm_us;
 
   double tlb_flush_us(i64 pages, i64 remote_cpus) const {
     if (pages == 0) return 0.0;
@@ -83,9 +83,10 @@ struct Costs {
     return local + (double)remote_cpus * ipi_us;
   }
   double reclaim_pass_cpu_us(i64 scanned, i64 freed, i64 freed_file, i64 flushed, i64 remote,
-                             bool mmap_write) const {
+                             bool mmap_write, i64 young_cleared) const {
     double cost = (double)scanned * scan_table_us + (double)freed * free_table_us +
-                  (double)freed_file * rmap_lock_us + tlb_flush_us(flushed, remote);
+                  (double)freed_file * rmap_lock_us + tlb_flush_us(flushed, remote) +
+                  (double)young_cleared * young_clear_us;
     if (mmap_write) {
       if (scanned) cost += mmap_write_lock_us;
     } else {
@@ -94,8 +95,10 @@ struct Costs {
     return cost;
   }
   double reclaim_pass_stall_us(i64 scanned, i64 freed, i64 freed_file, i64 flushed,
-                               i64 remote, bool mmap_write) const {
-    if (mmap_write) return reclaim_pass_cpu_us(scanned, freed, freed_file, flushed, remote, true);
+                               i64 remote, bool mmap_write, i64 young_cleared) const {
+    if (mmap_write)
+      return reclaim_pass_cpu_us(scanned, freed, freed_file, flushed, remote, true,
+                                 young_cleared);
     return (double)freed * (pmd_lock_us + scan_table_us + free_table_us);
   }
   double refault_us(i64 tables, i64 entries, bool uffd) const {
@@ -157,6 +160,9 @@ struct Process {
   std::vector<i64> scan_slots;
   double stall_us = 0;
   i64 last_refault_tables = 0, last_refault_entries = 0;
+  i64 last_pte_allocated = 0;
+  i64 last_refault_class[3] = {0, 0, 0};
+  double refault_rate = 0, growth_rate = 0;  // process.Process's averaged rates
   std::vector<i64> history;
 
   i64 pt_bytes() const { return mm->tables() * PAGE; }
@@ -175,6 +181,7 @@ struct PassResult {
   i64 freed_by_class[4] = {0, 0, 0, 0};
   double cpu_us = 0, stall_us = 0;
   std::vector<i64> targets;
+  i64 seen[3] = {0, 0, 0}, idle1[3] = {0, 0, 0}, idle4[3] = {0, 0, 0};
 };
 
 struct TickRecord {
@@ -266,6 +273,7 @@ class Simulation {
   i64 next_pid = 100;
   std::vector<PassResult> pending;
   i64 harm = 0;
+  double refault_class_rate[3] = {0, 0, 0};
   bool recording = false;
   // process index -> slot -> ticks it was touched (simulator.touch_trace)
   std::vector<std::map<i64, std::vector<i64>>> touch_trace;
@@ -275,7 +283,7 @@ class Simulation {
   std::vector<Process*> alive() const;
   i64 index_of(const Process* p) const;
   const TickRecord& step();
-  PassResult reclaim(Process* target, unsigned classes, i64 budget);
+  PassResult reclaim(Process* target, unsigned classes, i64 budget, i64 min_idle = 0);
   PassResult reclaim_exact(Process* p, const std::vector<i64>& slots, unsigned classes);
   void record_touches();
   i64 pt_bytes() const;
@@ -285,26 +293,28 @@ class Simulation {
  private:
   i64 enforce_hard_limits(i64 t);
   void record_touch_log(i64 t);
-  i64 reclaim_process(Process* p, unsigned classes, i64 budget, PassResult& result);
+  i64 reclaim_process(Process* p, unsigned classes, i64 budget, PassResult& result,
+                      i64 min_idle);
   void free_scanned(Process* p, const std::vector<i64>& order, unsigned classes,
-                    PassResult& result);
+                    PassResult& result, i64 min_idle, bool scan);
 };
 
 // -------------------------------------------------------------- the env's step
 
-// pagetable_env.EnvConfig and the observation/reward of PageTableReclaimEnv.
+// pagetable_env.EnvConfig and the observation/reward of PageTableReclaimEnv (v1).
 struct EnvConfig {
   i64 decision_ticks = 10;
   i64 max_steps = 120;
   std::vector<i64> budgets;
-  bool hard_limit_action = false;
+  std::vector<i64> idle_levels;
+  bool hard_limit_action = true;
   bool candidate_counts = false;
-  double w[5] = {0, 0, 0, 0, 0};  // pt_waste, alloc_failures, reclaim_cpu, app_stall, harm
+  double w[5] = {0, 0, 0, 0, 0};  // pt_hold, alloc_failures, reclaim_cpu, app_stall, harm
 };
 
 constexpr int N_TERMS = 5;
 constexpr int TOP_K = 3;
-constexpr int N_OBS = 17;
+constexpr int N_OBS = 39;  // features.OBS_NAMES
 
 class EnvCore {
  public:
@@ -326,7 +336,9 @@ class EnvCore {
   // One decision: apply the action, run the ticks; fills obs and terms, returns reward.
   double step(const i64* action, i64 n_action, float* obs, double* terms, bool* truncated);
   void observe(float* obs);
-  Process* most_suspicious() const;
+  // features.top_consumers: the largest page-table holders, largest first (ties: pid).
+  std::vector<Process*> top_consumers() const;
+  Process* target(i64 choice) const;
   bool apply_action(const i64* a, i64 n);
   int n_obs() const { return N_OBS + (cfg.candidate_counts ? 3 : 0); }
 };

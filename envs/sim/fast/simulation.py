@@ -28,7 +28,7 @@ _TICK_FIELDS = tuple(f.name for f in dataclasses.fields(TickRecord))
 
 #: False while the compiled core lags the reference (env v1's recency, rates and costs
 #: are being ported): ``auto`` then runs the exact reference.
-CORE_CURRENT = False
+CORE_CURRENT = True
 
 
 def supports(scenario: ScenarioConfig) -> str | None:
@@ -233,6 +233,14 @@ class FastProcess:
     def stall_us(self) -> float:
         return float(self._sim.core.proc_stall(self.index))
 
+    @property
+    def growth_rate(self) -> float:
+        return float(self._sim.core.proc_rates(self.index)[0])
+
+    @property
+    def refault_rate(self) -> float:
+        return float(self._sim.core.proc_rates(self.index)[1])
+
     def class_count(self, cls: TableClass) -> int:
         return self.mm.class_count(cls)
 
@@ -411,16 +419,21 @@ class FastSimulation:
     # -- reclaim --------------------------------------------------------------
 
     def _pass(self, raw: tuple[Any, ...]) -> PassResult:
-        scanned, freed, by_class, zapped, cpu, stall, targets = raw
+        scanned, freed, by_class, zapped, cpu, stall, targets, seen, idle1, idle4 = raw
         return PassResult(scanned=scanned, freed=freed,
                           freed_by_class={TableClass(c): n for c, n in enumerate(by_class) if n},
-                          zapped_entries=zapped, cpu_us=cpu, stall_us=stall, targets=targets)
+                          zapped_entries=zapped, cpu_us=cpu, stall_us=stall, targets=targets,
+                          seen=seen, idle1=idle1, idle4=idle4)
 
     def reclaim(self, target: FastProcess | None, classes: frozenset[TableClass],
-                budget: int) -> PassResult:
+                budget: int, min_idle: int = 0) -> PassResult:
         """One reclaim pass now (see :func:`..reclaim.reclaim_pass`)."""
         idx = None if target is None else target.index
-        return self._pass(self.core.reclaim(idx, _class_mask(classes), budget))
+        return self._pass(self.core.reclaim(idx, _class_mask(classes), budget, min_idle))
+
+    @property
+    def refault_class_rate(self) -> list[float]:
+        return self.core.refault_class_rate  # type: ignore[no-any-return]
 
     def reclaim_exact(self, p: FastProcess, slots: list[int],
                       classes: frozenset[TableClass]) -> PassResult:
