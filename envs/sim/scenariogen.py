@@ -42,6 +42,7 @@ What is drawn
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -278,8 +279,10 @@ class GeneratorSpec:
             if len(set(group)) > self.max_workloads:
                 raise ConfigError(f"generate.require[{i}]: more families than "
                                   f"generate.max_workloads ({self.max_workloads})")
-        if not self.require and len(_allowed(self.families, [], self.exclude)) < 2:
-            raise ConfigError("generate.exclude leaves fewer than two families to mix")
+        for group in self.require or ((),):
+            if not _mixable(self.families, group, self.exclude):
+                raise ConfigError("generate.exclude leaves fewer than two families to mix"
+                                  + (f" with {list(group)}" if group else ""))
 
 
 def _check_family(family: str, where: str) -> None:
@@ -291,6 +294,16 @@ def _check_family(family: str, where: str) -> None:
 def _holds_excluded(families: Sequence[str], exclude: Sequence[Sequence[str]]) -> bool:
     have = set(families)
     return any(set(group) <= have for group in exclude)
+
+
+def _mixable(families: Sequence[str], group: Sequence[str],
+             exclude: Sequence[Sequence[str]]) -> bool:
+    """Whether ``group`` (perhaps empty) can grow into a mix of two families."""
+    if len(set(group)) >= 2:
+        return True
+    if group:
+        return any(f not in group for f in _allowed(families, group, exclude))
+    return any(_mixable(families, [f], exclude) for f in _allowed(families, [], exclude))
 
 
 def _allowed(families: Sequence[str], chosen: Sequence[str],
@@ -431,7 +444,9 @@ def generate(spec: GeneratorSpec) -> list[ScenarioConfig]:
 def spec_from_data(data: Any, where: str) -> GeneratorSpec:
     """A :class:`GeneratorSpec` from a parsed ``generate:`` mapping (did-you-mean on
     unknown keys, one-line range errors)."""
-    if isinstance(data, Mapping):
+    known = {f.name for f in dataclasses.fields(GeneratorSpec)}
+    # Unknown keys first (build's did-you-mean): "cuont" is a typo, not a missing count.
+    if isinstance(data, Mapping) and set(data) <= known:
         for key in ("seed", "count"):
             if key not in data:
                 raise ConfigError(f"{where}: {key!r} is missing; give a seed and a count "
