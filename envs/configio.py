@@ -23,6 +23,7 @@ import yaml
 
 from ..configs import CONFIG_DIR
 from .sim.config import ConfigError, build, did_you_mean
+from .sim.scenariogen import scenario_data, spec_from_data
 from .sim.simulator import ScenarioConfig
 from .sim.workloads import WORKLOADS
 
@@ -39,7 +40,7 @@ __all__ = [
 ]
 
 #: Keys of a suite file.
-SUITE_KEYS = ("name", "description", "scenarios")
+SUITE_KEYS = ("name", "description", "scenarios", "generate")
 
 
 def read_config_text(path: str | os.PathLike[str], expected: str) -> str:
@@ -151,6 +152,8 @@ def suite_paths(path: str | os.PathLike[str]) -> list[Path]:
             raise ConfigError(f"{p.name}: unknown key {key!r}{did_you_mean(str(key), SUITE_KEYS)}"
                               f"; allowed: {', '.join(SUITE_KEYS)}")
     entries = data.get("scenarios")
+    if entries is None and "generate" in data:
+        return []  # only generated scenarios (load_suite)
     if not isinstance(entries, list) or not entries:
         raise ConfigError(f"{p.name}.scenarios: expected a non-empty list of scenario files")
     out = []
@@ -164,8 +167,22 @@ def suite_paths(path: str | os.PathLike[str]) -> list[Path]:
 
 
 def load_suite(path: str | os.PathLike[str]) -> list[ScenarioConfig]:
-    """Load a suite (``scenarios: [relative paths]``) into its scenarios, in order."""
-    return [load_scenario(s) for s in suite_paths(path)]
+    """Load a suite into its scenarios, in order: the files of ``scenarios:``
+    (relative paths), then those a ``generate:`` mapping names
+    (:class:`~ptreclaim.envs.sim.scenariogen.GeneratorSpec`: ``seed``, ``count``,
+    ``families``, ``exclude``, ``require``), validated like scenario files."""
+    scenarios = [load_scenario(s) for s in suite_paths(path)]
+    name = Path(path).name
+    generate = load_yaml(path).get("generate")
+    if generate is not None:
+        spec = spec_from_data(generate, f"{name}.generate")
+        scenarios += [scenario_from_data(scenario_data(spec, i), f"{name}.generate[{i}]")
+                      for i in range(spec.count)]
+    names = [s.name for s in scenarios]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{name}: two scenarios share a name; change generate.prefix "
+                          "or a scenario's name")
+    return scenarios
 
 
 def shipped_names(kind: str) -> list[str]:

@@ -416,7 +416,7 @@ def test_flattened_discrete_actions_are_decoded_in_c_order() -> None:
 def test_suite_by_name_or_path(tmp_path: Path, suite: Path) -> None:
     scenarios, files = resolve_suite("test")
     assert [f.name for f in files] == [f"{s.name}.yaml" for s in scenarios]
-    assert len(scenarios) == 4 and all(s.name.startswith("heldout_") for s in scenarios)
+    assert len(scenarios) == 6 and all(s.name.startswith("heldout_") for s in scenarios)
     one, _ = resolve_suite(str(tmp_path / "tiny_a.yaml"))
     assert [s.name for s in one] == ["tiny_a"]
     assert [s.name for s in resolve_suite(str(suite))[0]] == ["tiny_a", "tiny_b"]

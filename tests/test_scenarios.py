@@ -103,6 +103,13 @@ FAMILY_CASES: dict[str, tuple[str, dict[str, Any]]] = {
                                        "region_mib": 512, "boot_mib": 64,
                                        "initial_plugged_mib": 256, "min_plugged_mib": 32,
                                        "max_plugged_mib": 512, "resize_period_ticks": 10}),
+    # Two cold/hot cycles in 110 ticks; the probe reads in the cold phases.
+    "phased-file": ("phased", {"backing": "file", "region_gib": 1, "tables": 128,
+                               "load_tables_per_tick": 32, "cold_ticks": 30, "hot_ticks": 10,
+                               "hot_tables_per_tick": 24, "cold_tables_per_tick": 3}),
+    "phased-zero": ("phased", {"backing": "zero", "region_gib": 1, "tables": 128,
+                               "load_tables_per_tick": 32, "cold_ticks": 30, "hot_ticks": 10,
+                               "hot_tables_per_tick": 24, "pages_per_slot": 8}),
 }
 _ALLOC = {"heap_mib": 64, "fill_ticks": 10, "churn_ticks": 30, "free_ticks": 15,
           "idle_ticks": 10, "churn_fraction": 0.05, "tables_per_tick": 65536, "decay_ticks": 5,
@@ -170,7 +177,9 @@ def test_suites_split_the_scenarios() -> None:
     assert set(train) | set(test) == {p.resolve() for p in SCENARIOS}
     train_sc = load_suite(SUITE_DIR / "train.yaml")
     test_sc = load_suite(SUITE_DIR / "test.yaml")
-    assert [s.name for s in train_sc] == [p.stem for p in train]
+    # The listed files first, then the generated scenarios (tests/test_scenariogen.py).
+    assert [s.name for s in train_sc[:len(train)]] == [p.stem for p in train]
+    assert all(s.name.startswith("gen") for s in train_sc[len(train):])
     for held in test_sc:
         for seen in train_sc:
             # Not just another seed: another machine and another workload list.

@@ -34,7 +34,28 @@ PAGE_KIB = 4
 class TenantConfig:
     """Other tenants' unmovable demand (slab, network buffers, kernel stacks):
     a mean-reverting random walk around ``base_fraction`` of the normal zone,
-    with occasional bursts."""
+    with occasional bursts, optionally a daily cycle and bursts that build up.
+
+    Non-stationary demand (both off by default, so older scenarios keep their draws):
+
+    * **Diurnal demand**: the mean the walk reverts to follows
+      ``base_fraction + diurnal_amplitude * sin(2 pi (tick / diurnal_period_ticks +
+      diurnal_phase))``.  Unmovable kernel memory tracks load: socket buffers and the
+      dentry/inode and skbuff slabs grow with connections and requests, and a
+      datacenter's load follows the day (Google's Borg traces show a daily cycle of
+      usage: Verma et al., "Large-scale cluster management at Google with Borg",
+      EuroSys 2015, and Tirmazi et al., "Borg: the Next Generation", EuroSys 2020;
+      Linux ``net/ipv4/tcp_mem``: TCP buffer memory is unmovable and grows with
+      traffic).  An episode lasts one or two simulated minutes, so a scenario's
+      "day" is compressed to ``diurnal_period_ticks``: what the policy must learn is
+      that pressure moves with a cycle and comes back, not the cycle's real length.
+    * **Bursts that build up**: with ``burst_ramp_ticks > 0`` a burst's extra demand
+      grows linearly over that many ticks instead of arriving at once (then holds
+      until the burst ends), as a backlog, a growing connection count or a slab
+      that fills under a leak does (e.g. the dentry cache under a negative-lookup
+      storm, or an ``skbuff`` backlog behind a slow consumer): pressure that a
+      policy can see coming and act on early.
+    """
 
     base_fraction: float = 0.82
     volatility: float = 0.004  # std of the per-tick change, as a fraction of the zone
@@ -42,6 +63,15 @@ class TenantConfig:
     burst_prob: float = 0.004  # chance per tick that a burst starts
     burst_fraction: float = 0.06  # extra demand during a burst, fraction of the zone
     burst_ticks: int = 40
+    #: Ticks over which a burst's extra demand ramps up linearly (0: at once).
+    burst_ramp_ticks: int = 0
+    #: Half the peak-to-trough swing of the daily cycle, as a fraction of the zone
+    #: (0: no cycle).
+    diurnal_amplitude: float = 0.0
+    #: Length of one (compressed) day in ticks.
+    diurnal_period_ticks: int = 600
+    #: Where in its cycle tick 0 falls, as a fraction of the period (0.25: at the peak).
+    diurnal_phase: float = 0.0
 
     def __post_init__(self) -> None:
         check_range("tenants.base_fraction", self.base_fraction, 0.0, 0.99)
@@ -50,6 +80,22 @@ class TenantConfig:
         check_range("tenants.burst_prob", self.burst_prob, 0.0, 1.0)
         check_range("tenants.burst_fraction", self.burst_fraction, 0.0, 0.99)
         check_range("tenants.burst_ticks", self.burst_ticks, 1, 1_000_000)
+        check_range("tenants.burst_ramp_ticks", self.burst_ramp_ticks, 0, 1_000_000)
+        check_range("tenants.diurnal_amplitude", self.diurnal_amplitude, 0.0, 0.5)
+        check_range("tenants.diurnal_period_ticks", self.diurnal_period_ticks, 2, 10**7)
+        check_range("tenants.diurnal_phase", self.diurnal_phase, 0.0, 1.0)
+        if self.diurnal_amplitude > self.base_fraction:
+            raise ConfigError(f"tenants.diurnal_amplitude ({self.diurnal_amplitude:g}) must "
+                              f"not exceed tenants.base_fraction ({self.base_fraction:g}): "
+                              "the daily trough would ask for negative memory")
+
+    def mean_fraction(self, tick: int) -> float:
+        """The share of the zone the tenants' demand reverts to at ``tick``
+        (``base_fraction`` plus the daily cycle; bursts come on top)."""
+        if self.diurnal_amplitude == 0.0:
+            return self.base_fraction
+        angle = 2.0 * math.pi * (tick / self.diurnal_period_ticks + self.diurnal_phase)
+        return self.base_fraction + self.diurnal_amplitude * math.sin(angle)
 
 
 @dataclass(frozen=True)
@@ -142,8 +188,9 @@ class Machine:
         self.wmark = watermarks(self.normal_pages, config.watermark_scale_factor,
                                 config.min_free_kbytes)
         t = config.tenants
-        self.tenant_pages = float(t.base_fraction * self.normal_pages)
+        self.tenant_pages = float(t.mean_fraction(0) * self.normal_pages)
         self._burst_left = 0
+        self._tick = 0  # ticks of tenant demand so far (the daily cycle's clock)
         self.psi = Psi()
         self.normal_free = self.normal_pages
         self.movable_free = self.movable_pages
@@ -157,10 +204,14 @@ class Machine:
         """Advance the tenants' unmovable demand by one tick."""
         t = self.config.tenants
         z = self.normal_pages
-        base = t.base_fraction * z
+        base = t.mean_fraction(self._tick) * z
+        self._tick += 1
         if self._burst_left > 0:
+            # Ticks of this burst so far, this one included: 1 .. burst_ticks.
+            into = t.burst_ticks - self._burst_left + 1
             self._burst_left -= 1
-            base += t.burst_fraction * z
+            ramp = 1.0 if into >= t.burst_ramp_ticks else into / t.burst_ramp_ticks
+            base += ramp * t.burst_fraction * z
         elif self.rng.random() < t.burst_prob:
             self._burst_left = t.burst_ticks
         noise = self.rng.normal(0.0, t.volatility * z)

@@ -398,6 +398,8 @@ cdef extern from "sim.hpp" namespace "ptfast":
         i64 wmin, wlow, whigh
         double base_fraction, volatility, reversion, burst_prob, burst_fraction
         i64 burst_ticks, oom_failures, oom_window_ticks
+        i64 burst_ramp_ticks, diurnal_period_ticks
+        double diurnal_amplitude, diurnal_phase
         cbool hard_limit_kill
         i64 throttle_ticks
 
@@ -627,6 +629,10 @@ cdef class SimCore:
         m.burst_prob = machine["burst_prob"]
         m.burst_fraction = machine["burst_fraction"]
         m.burst_ticks = machine["burst_ticks"]
+        m.burst_ramp_ticks = machine["burst_ramp_ticks"]
+        m.diurnal_amplitude = machine["diurnal_amplitude"]
+        m.diurnal_period_ticks = machine["diurnal_period_ticks"]
+        m.diurnal_phase = machine["diurnal_phase"]
         m.oom_failures = machine["oom_failures"]
         m.oom_window_ticks = machine["oom_window_ticks"]
         m.hard_limit_kill = machine["hard_limit_kill"]

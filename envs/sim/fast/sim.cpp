@@ -23,12 +23,24 @@ void Psi::update(double some, double full, double tick_s) {
   full_avg60 = full_avg60 * e60 + full * (1 - e60);
 }
 
+double Machine::mean_fraction(i64 tick) const {
+  if (cfg.diurnal_amplitude == 0.0) return cfg.base_fraction;
+  double angle = 2.0 * M_PI * ((double)tick / (double)cfg.diurnal_period_ticks +
+                               cfg.diurnal_phase);
+  return cfg.base_fraction + cfg.diurnal_amplitude * std::sin(angle);
+}
+
 void Machine::step_tenants() {
   const double z = (double)cfg.normal_pages;
-  double base = cfg.base_fraction * z;
+  double base = mean_fraction(tenant_tick) * z;
+  tenant_tick++;
   if (burst_left > 0) {
+    i64 into = cfg.burst_ticks - burst_left + 1;
     burst_left -= 1;
-    base += cfg.burst_fraction * z;
+    double ramp = into >= cfg.burst_ramp_ticks
+                      ? 1.0
+                      : (double)into / (double)cfg.burst_ramp_ticks;
+    base += ramp * cfg.burst_fraction * z;
   } else if (rng->random() < cfg.burst_prob) {
     burst_left = cfg.burst_ticks;
   }

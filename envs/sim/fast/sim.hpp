@@ -116,6 +116,11 @@ struct MachineConfig {
   i64 wmin, wlow, whigh;
   double base_fraction, volatility, reversion, burst_prob, burst_fraction;
   i64 burst_ticks;
+  // TenantConfig's non-stationary demand: bursts that ramp up, the daily cycle.
+  i64 burst_ramp_ticks;
+  double diurnal_amplitude;
+  i64 diurnal_period_ticks;
+  double diurnal_phase;
   i64 oom_failures, oom_window_ticks;
   bool hard_limit_kill;
   i64 throttle_ticks;
@@ -132,11 +137,13 @@ struct Machine {
   Rng* rng = nullptr;
   double tenant_pages = 0;
   i64 burst_left = 0;
+  i64 tenant_tick = 0;  // Machine._tick: the daily cycle's clock
   Psi psi;
   i64 normal_free = 0, movable_free = 0;
   std::deque<i64> fail_ticks;
 
   double tick_s() const { return cfg.tick_ms / 1000.0; }
+  double mean_fraction(i64 tick) const;  // TenantConfig.mean_fraction
   void step_tenants();
   i64 account(i64 pt_pages, i64 user_pages);
   bool record_failure_tick(i64 tick);
