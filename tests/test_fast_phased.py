@@ -3,12 +3,6 @@ tenants' daily cycle and ramped bursts (``Machine::step_tenants``) against the P
 reference: every tick record, every event and every process's whole address space must
 be identical.
 
-The compiled core does not follow env v1 yet (``simulation.CORE_CURRENT`` is False and its
-reclaim pass has no young bits), so these tests switch it on for themselves and run
-without reclaim passes (``reclaim_every=0``), comparing only the mechanisms ported here;
-the per-class re-fault counters v1 added to the reference's ``Stats`` (always 0 without
-reclaim) are left out of the state comparison until the core has them.
-
 The synthetic scenarios take every branch of ``workloads/phased.py``: both backings, the
 load, cold and hot phases, cold phases with and without spread and with and without a
 background probe (wrapping at the end of the set), hot windows that wrap inside
@@ -20,7 +14,6 @@ kernels and both reclaim locks.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -32,28 +25,10 @@ from ptreclaim.envs.sim.machine import MachineConfig, TenantConfig
 from ptreclaim.envs.sim.reclaim import ReclaimConfig
 from ptreclaim.envs.sim.simulator import ScenarioConfig, Simulation, WorkloadSpec
 
-#: Stats counters env v1 added to the reference and the core does not have yet.
-V1_STATS = frozenset({"refault_empty", "refault_zero", "refault_file"})
-
-
-@pytest.fixture(autouse=True)
-def compiled_core(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Run the compiled core although it lags env v1 (see the module docstring)."""
-    monkeypatch.setattr(fast_simulation, "CORE_CURRENT", True)
-    reference_state = check.canonical_state
-
-    def without_v1(mm: Any) -> dict[str, Any]:
-        state = reference_state(mm)
-        state["stats"] = {k: v for k, v in state["stats"].items() if k not in V1_STATS}
-        return state
-
-    monkeypatch.setattr(check, "canonical_state", without_v1)
-    yield
-
 
 def compare(scenario: ScenarioConfig, seed: int) -> str:
-    """Both backends side by side without reclaim passes: "" or the first difference."""
-    return check.compare_simulations(scenario, seed, reclaim_every=0, state_every=1)
+    """Both backends side by side, with seeded reclaim passes: "" or the first difference."""
+    return check.compare_simulations(scenario, seed, state_every=1)
 
 
 #: A roomy machine whose tenants follow a fast daily cycle and have ramped bursts.
