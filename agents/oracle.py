@@ -12,7 +12,10 @@ page-table size.  At each decision (tick ``now``) it then:
    future tick it can see: the recorded free pages, shifted by what separates the
    present from the recorded future now (``free_now - free_recorded(now)``: the
    tables it freed so far, the kills it avoided), so that
-   ``P(a, b) = sum over ticks a..b-1 of hold_price(free(t) + shift)``;
+   ``P(a, b) = sum over ticks a..b-1 of hold_price(free(t) + shift)``; from the
+   recorded future's first failed unmovable allocation on, the price is 1 (there the
+   recording, which failed allocations the present may serve, stops describing
+   the present: it is read pessimistically);
 2. **frees, in every process, exactly the tables worth freeing** (empty,
    zero-page-only or reconstructable; never pinned, never under userfaultfd):
    those whose holding until their next use ``u`` costs more than freeing them now
@@ -93,6 +96,7 @@ class _Future:
 
     touches: dict[str, dict[int, list[int]]]  # process name -> slot -> ticks it is accessed
     free: np.ndarray  # normal-zone free pages at the end of each tick
+    failed: np.ndarray  # ticks with a failed unmovable allocation
     #: pid -> (tick of the process's first recorded pt size, its pt bytes per tick)
     pt: dict[int, tuple[int, list[int]]]
     ticks: int
@@ -132,14 +136,16 @@ class OracleBound(Policy):
         # spawned: a process alive now was born len(history) ticks ago.
         born = {p.pid: first - len(p.history) for p in future.procs if p.alive}
         free = np.full(future.scenario.ticks, float(sim.machine.normal_free))
+        failed = np.zeros(future.scenario.ticks, dtype=bool)
         while future.tick_no < future.scenario.ticks:
             rec = future.step()
             free[rec.tick] = rec.normal_free_pages
+            failed[rec.tick] = rec.failure
             for p in future.procs:
                 born.setdefault(p.pid, rec.tick)
         assert future.touch_trace is not None
         pt = {p.pid: (born[p.pid], p.history) for p in future.procs if p.pid in born}
-        self._future = _Future(future.touch_trace, free, pt, future.scenario.ticks)
+        self._future = _Future(future.touch_trace, free, failed, pt, future.scenario.ticks)
         self._sim_id = id(sim)
         self._owner = sim  # keeps the id from being reused while cached
         return self._future
@@ -174,6 +180,11 @@ class OracleBound(Policy):
         free = fut.free[now:] + shift
         price = np.fromiter((hold_price(f, wm.min, wm.high) for f in free), np.float64,
                             len(free))
+        # From the recorded future's first failed allocation on, its allocations and
+        # stalls no longer follow this one: holding is priced at its maximum there.
+        failing = np.flatnonzero(fut.failed[now:])
+        if len(failing):
+            price[failing[0]:] = 1.0
         cum = np.concatenate([[0.0], np.cumsum(price)])  # cum[k]: ticks now..now+k-1
         per_tick = w.pt_hold * (PAGE / _MIB) / step
         pressure = (sim.machine.normal_free < wm.low
@@ -209,9 +220,12 @@ class OracleBound(Policy):
                     if hold > evict0 + refault:
                         chosen.append(slot)
                         gain += hold - evict0 - refault
+            # Judged on its size before the pass, capped at its size after (as the env's
+            # hard flag caps the target after its pass).
+            cap = self._worth_capping(p, fut, now, marginal)
             if chosen and gain > fixed:
                 sim.reclaim_exact(p, sorted(chosen), _FULL)
-            if self._worth_capping(p, fut, now, marginal):
+            if cap:
                 sim.set_hard_limit(p, p.pt_bytes)
         return np.zeros(len(env.action_space.nvec), dtype=np.int64)
 

@@ -7,7 +7,7 @@ flags), so every action is scored, none is sampled.  Many actions behave alike
 (a pass with budget 0 has no class or idle requirement; the hard-limit flag of
 the global target does nothing; a target without a pass or a limit acts on
 nobody: :func:`~ptreclaim.agents.distill.canonical`), so each behaviour is run
-once and its score shared by the actions that have it (343 of 480 by default).
+once and its score shared by the actions that have it (340 of 480 by default).
 
 Every action runs on the same episodes (common random numbers), exactly those of
 ``tune.py heuristic`` with the same ``--episode-seed``: each scenario x ``seeds``
