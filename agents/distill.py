@@ -31,7 +31,8 @@ each level's (budget, depth, idle) are counted for every value, then the best
 least as deep, requiring at most the soft level's idle age).  The search is over
 the thresholds and knobs only: coordinate descent over candidate values taken
 from the data's quantiles (rounded to 3 significant digits so the rule reads
-well), from two starts (the default rule and "always reclaim").  The loss is the
+well), from three starts (the default rule, "always reclaim", and the limits with
+every other trigger off), then refined between each threshold's coarse neighbours.  The loss is the
 Hamming distance between the actions after canonicalisation (:func:`canonical`:
 the parts of an action that do nothing do not count).
 
@@ -327,41 +328,82 @@ def _candidates(values: np.ndarray, name: str, q: int) -> list[float]:
     return sorted(out)
 
 
+def _finer(values: np.ndarray, coarse: list[float], current: float, most: int = 16
+           ) -> list[float]:
+    """Candidates around ``current`` (up to its second coarse neighbours): each distinct
+    data value there (at most ``most``, evenly spread) rounded down and up to 4 significant
+    digits, so that a rule ``x > threshold`` can put the value on either side.  A split
+    the teacher makes between two close data values may fall between two quantiles."""
+    # Two neighbours each way: a coarse value is a rounded data value, which may sit on
+    # the wrong side of the very value the split needs.
+    below = sorted(c for c in coarse if c < current)[-2:]
+    above = sorted(c for c in coarse if c > current)[:2]
+    lo = below[0] if below else -math.inf
+    hi = above[-1] if above else math.inf
+    inside = np.unique(values[(values > lo) & (values < hi)])
+    if len(inside) > most:
+        inside = inside[np.linspace(0, len(inside) - 1, most).round().astype(int)]
+    out: set[float] = set()
+    for v in inside.tolist():
+        if v == 0.0:
+            out.add(0.0)
+            continue
+        step = 10.0 ** (math.floor(math.log10(abs(v))) - 3)
+        out.update((float(f"{math.floor(v / step) * step:.4g}"),
+                    float(f"{math.ceil(v / step) * step:.4g}")))
+    return sorted(out)
+
+
+def _descend(fitter: _Fitter, th: dict[str, Any], cands: dict[str, list[Any]], sweeps: int
+             ) -> tuple[int, dict[str, Any], dict[str, int]]:
+    """Coordinate descent from ``th`` over ``cands``: the loss, the setting, the levels."""
+    loss, ints = fitter.solve(th)
+    for _ in range(sweeps):
+        improved = False
+        for name, values in cands.items():
+            for v in values:
+                if v == th[name]:
+                    continue
+                if name == "soft_pt_frac" and v > th["hard_pt_frac"]:
+                    continue
+                if name == "hard_pt_frac" and v < th["soft_pt_frac"]:
+                    continue
+                trial = {**th, name: v}
+                tl, ti = fitter.solve(trial)
+                if tl < loss:
+                    loss, ints, th, improved = tl, ti, trial, True
+        if not improved:
+            break
+    return loss, th, ints
+
+
 def fit_rule(data: Dataset, budgets: int, quantiles: int = 40, sweeps: int = 8,
              base: SoftHardParams | None = None) -> tuple[SoftHardParams, float]:
     """The :class:`SoftHardParams` that agree best with the teacher on
     ``data`` (see the module docstring), and that agreement (share of action
-    components that match)."""
+    components that match).  A second descent refines each threshold between its
+    coarse neighbours."""
     if not len(data):
         raise ConfigError("no states to fit the rule to")
     fitter = _Fitter(data, budgets)
-    cands: dict[str, list[Any]] = {
-        name: _candidates(np.concatenate([fitter.f[c] for c in cols]), name, quantiles)
-        for name, cols in THRESHOLDS.items()}
+    pooled = {name: np.concatenate([fitter.f[c] for c in cols])
+              for name, cols in THRESHOLDS.items()}
+    cands: dict[str, list[Any]] = {name: _candidates(v, name, quantiles)
+                                   for name, v in pooled.items()}
     cands.update({k: list(v) for k, v in CHOICES.items()})
     default = base or SoftHardParams()
     first = {n: getattr(default, n) for n in cands}
-    starts = [first, {**first, "soft_pt_frac": 0.0, "free_trigger": -1.0}]
+    # The default rule, "always reclaim", and the limits alone (every other trigger off):
+    # a trigger that only hurts the fit may hide the move of another one.
+    starts = [first, {**first, "soft_pt_frac": 0.0, "free_trigger": -1.0},
+              {**first, **{k: _NEVER[k] for k in ("soft_price", "free_trigger", "psi_trigger",
+                                                   "refault_trigger")}}]
     best_loss, best_th, best_ints = math.inf, starts[0], {}
     for start in starts:
-        th = dict(start)
-        loss, ints = fitter.solve(th)
-        for _ in range(sweeps):
-            improved = False
-            for name, values in cands.items():
-                for v in values:
-                    if v == th[name]:
-                        continue
-                    if name == "soft_pt_frac" and v > th["hard_pt_frac"]:
-                        continue
-                    if name == "hard_pt_frac" and v < th["soft_pt_frac"]:
-                        continue
-                    trial = {**th, name: v}
-                    tl, ti = fitter.solve(trial)
-                    if tl < loss:
-                        loss, ints, th, improved = tl, ti, trial, True
-            if not improved:
-                break
+        loss, th, ints = _descend(fitter, dict(start), cands, sweeps)
+        if loss:
+            fine = {name: _finer(pooled[name], cands[name], th[name]) for name in THRESHOLDS}
+            loss, th, ints = _descend(fitter, th, fine, min(sweeps, 2))
         if loss < best_loss:
             best_loss, best_th, best_ints = loss, th, ints
     fields: dict[str, Any] = {**best_th, **best_ints}
