@@ -134,7 +134,7 @@ def test_soft_hard_params_are_validated() -> None:
         SoftHardParams(soft_depth=1, hard_depth=0)
     with pytest.raises(ConfigError, match=r"hard_idle \(3\) must be at most soft_idle \(2"):
         SoftHardParams(hard_idle=3)
-    with pytest.raises(ConfigError, match="target_by.*'ratio'"):
+    with pytest.raises(ConfigError, match=r"target_by.*'ratio'"):
         SoftHard.from_mapping({"target_by": "biggest"})
     with pytest.raises(ConfigError, match="did you mean 'soft_pt_frac'"):
         SoftHard.from_mapping({"soft_pt_fraq": 0.1})
