@@ -183,6 +183,8 @@ class LivePolicy:
     policy: Any
     budgets: tuple[int, ...]
     idle_levels: tuple[int, ...] = EnvConfig().idle_levels
+    #: A recurrent model's state, carried from one interval to the next (None: start).
+    state: Any = None
 
     @property
     def explains(self) -> bool:
@@ -287,7 +289,9 @@ def advise(live: LivePolicy, obs: np.ndarray, procs: Sequence[ProcSample],
     if live.explains:
         action, reason = live.policy.decide(obs)
     else:
-        action, _ = live.policy.predict(obs, deterministic=True)
+        start = np.asarray([live.state is None])
+        action, live.state = live.policy.predict(obs, state=live.state, episode_start=start,
+                                                 deterministic=True)
         reason = (_learned_reason(live.policy, obs) if live.spec.kind == "model" else
                   _doc_reason(live.policy))
         if live.spec.kind != "model" and not reason.startswith(f"{live.spec.name}:"):

@@ -69,6 +69,7 @@ from .heuristics import (
     TreeRule,
     canonical,
 )
+from .rollout import fit_action
 
 _IDX = {name: i for i, name in enumerate(OBS_NAMES)}
 _NC = len(ACTION_COMPONENTS)
@@ -186,32 +187,41 @@ def collect(driver: Any, teacher: Any, scenarios: Sequence[ScenarioConfig],
     """Run ``driver`` for ``episodes`` episodes on every scenario, and label
     every observation it meets with the teacher's action.
 
+    Both are asked step by step, in the episode's order, with their own recurrent
+    state (``predict(obs, state, episode_start)``): a teacher with memory (an LSTM
+    policy) labels each state with what it would do there after the episode so far.
     Returns the labelled states, the driver's own (canonical) actions and its
     mean episode cost (minus the return) on these episodes.
     """
     obs_rows: list[np.ndarray] = []
     own: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
     costs: list[float] = []
     for i, scen in enumerate(scenarios):
         env = PageTableReclaimEnv([scen], env_config)
         for k in range(episodes):
             obs, _ = env.reset(seed=seed + 1000 * i + k)
             ret = 0.0
+            dstate = tstate = None
+            start = np.ones((1,), dtype=bool)
             while True:
-                action, _ = driver.predict(obs, deterministic=True)
+                action, dstate = driver.predict(obs, state=dstate, episode_start=start,
+                                                deterministic=True)
+                label, tstate = teacher.predict(obs, state=tstate, episode_start=start,
+                                                deterministic=True)
+                start = np.zeros((1,), dtype=bool)
                 obs_rows.append(np.asarray(obs, dtype=np.float32))
                 own.append(np.asarray(action, dtype=np.int64).ravel())
-                obs, reward, terminated, truncated, _ = env.step(action)
+                labels.append(np.asarray(label, dtype=np.int64).ravel())
+                obs, reward, terminated, truncated, _ = env.step(fit_action(action, env))
                 ret += float(reward)
                 if terminated or truncated:
                     break
             costs.append(-ret)
             if tick is not None:
                 tick()
-    x = np.stack(obs_rows)
-    labels, _ = teacher.predict(x, deterministic=True)
-    labels = np.asarray(labels, dtype=np.int64).reshape(len(x), -1)
-    return Dataset(x, labels), canonical(np.stack(own)), float(np.mean(costs))
+    return (Dataset(np.stack(obs_rows), np.stack(labels)), canonical(np.stack(own)),
+            float(np.mean(costs)))
 
 
 # ------------------------------------------------------------------ fitting

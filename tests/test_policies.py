@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
+from ptreclaim.agents.distill import collect
 from ptreclaim.agents.evaluate import episode_seed, run_episode
 from ptreclaim.agents.heuristics import (
     HEURISTICS,
@@ -214,3 +217,23 @@ def test_global_reclaim_takes_from_processes_over_their_soft_limit_first() -> No
     res = sim.reclaim(None, DEPTHS[2], small.mm.tables)
     assert res.targets[0] == small.pid
     assert small.reclaimable_tables < before
+
+
+class _Counter:
+    """A policy with memory: its budget index is the number of decisions so far
+    in the episode (capped), so it acts right only if its state is carried."""
+
+    def predict(self, obs: np.ndarray, state: Any = None, episode_start: Any = None,
+                deterministic: bool = True) -> tuple[np.ndarray, Any]:
+        n = 0 if state is None or bool(np.asarray(episode_start).ravel()[0]) else int(state)
+        return np.array([min(n, 4), 0, 0, 0, 0]), n + 1
+
+
+def test_a_recurrent_policy_gets_its_state_back_in_episodes_and_distillation() -> None:
+    timeline: list[dict[str, Any]] = []
+    run_episode(_Counter(), HOG, episode_seed(0, 0, 0), EnvConfig(max_steps=8), "counter",
+                timeline=timeline)
+    assert [r["action"][0] for r in timeline[1:]] == [0, 1, 2, 3, 4, 4, 4, 4]
+    data, own, _ = collect(_Counter(), _Counter(), [HOG], EnvConfig(max_steps=6), 2, 0)
+    assert data.actions[:, 0].tolist() == [0, 1, 2, 3, 4, 4] * 2
+    assert own[:, 0].tolist() == [0, 1, 2, 3, 4, 4] * 2

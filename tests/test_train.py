@@ -56,6 +56,7 @@ env: {decision_ticks: 5, max_steps: 12}
 hyperparams:
   ppo: {n_steps: 32, batch_size: 32, n_epochs: 2}
   maskable_ppo: {n_steps: 32, batch_size: 32, n_epochs: 2}
+  recurrent_ppo: {n_steps: 32, batch_size: 32, n_epochs: 2}
   a2c: {n_steps: 8}
   dqn: {learning_starts: 32, buffer_size: 1000}
 """

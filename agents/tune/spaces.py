@@ -147,6 +147,8 @@ HEURISTIC_SPACES: dict[str, tuple[Callable[[Any, EnvConfig], dict[str, Any]],
     "periodic_scan": (suggest_periodic, default_periodic),
 }
 
+#: Algorithms with PPO's hyperparameters (rollout length, mini-batches, epochs, clipping).
+_PPO_LIKE = ("ppo", "maskable_ppo", "recurrent_ppo")
 #: Network presets for policy_kwargs.net_arch.
 NET_ARCHS: dict[str, list[int]] = {"tiny": [32, 32], "small": [64, 64], "medium": [128, 128]}
 GAMMAS = [0.9, 0.95, 0.98, 0.99, 0.995]
@@ -167,13 +169,13 @@ def suggest_agent(trial: optuna.Trial, algo: str) -> dict[str, Any]:
         "gamma": trial.suggest_categorical("gamma", GAMMAS),
         "net_arch": trial.suggest_categorical("net_arch", list(NET_ARCHS)),
     }
-    if algo in ("ppo", "maskable_ppo", "a2c"):
+    if algo in ("ppo", "maskable_ppo", "recurrent_ppo", "a2c"):
         p["gae_lambda"] = trial.suggest_categorical("gae_lambda", GAE_LAMBDAS)
         p["ent_coef"] = trial.suggest_float("ent_coef", 1e-6, 0.1, log=True)
         p["vf_coef"] = trial.suggest_float("vf_coef", 0.2, 1.0)
         p["max_grad_norm"] = trial.suggest_categorical("max_grad_norm", MAX_GRAD_NORMS)
         p["activation_fn"] = trial.suggest_categorical("activation_fn", ["tanh", "relu"])
-    if algo in ("ppo", "maskable_ppo"):
+    if algo in _PPO_LIKE:
         p["n_steps"] = trial.suggest_categorical("n_steps", [16, 32, 64, 128, 256, 512])
         p["batch_size"] = trial.suggest_categorical("batch_size", [32, 64, 128, 256, 512])
         p["n_epochs"] = trial.suggest_categorical("n_epochs", [1, 5, 10, 20])
@@ -231,7 +233,7 @@ def agent_hyperparams(algo: str, params: Mapping[str, Any], base: Mapping[str, A
     if "activation_fn" in params:
         pk["activation_fn"] = params["activation_fn"]
     hp["policy_kwargs"] = pk
-    if algo in ("ppo", "maskable_ppo") and "n_steps" in hp and "batch_size" in hp:
+    if algo in _PPO_LIKE and "n_steps" in hp and "batch_size" in hp:
         hp["batch_size"] = min(int(hp["batch_size"]), int(hp["n_steps"]) * n_envs)
     return hp
 

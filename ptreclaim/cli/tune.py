@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..agents import interrupts
-from ..agents.evaluate import load_env_file
+from ..agents.evaluate import load_env_file, suite_scenarios
 from ..agents.runs import versions
 from ..agents.training.config import load_experiment
 from ..agents.training.hyperparams import load_hyperparams
@@ -71,7 +71,7 @@ from ..agents.tune.outputs import (
 )
 from ..agents.tune.spaces import AGENT_TARGETS, HEURISTIC_SPACES, HEURISTIC_TARGETS, default_agent
 from ..agents.tune.storage import make_pruner, make_sampler, open_study, redact
-from ..envs.configio import resolve_suite, write_text_atomic
+from ..envs.configio import write_text_atomic
 from ..envs.pagetable_env import EnvConfig
 from ..envs.sim.config import ConfigError, did_you_mean, to_dict
 from ..envs.sim.simulator import ScenarioConfig
@@ -277,7 +277,7 @@ def _main(args: argparse.Namespace, argv: Sequence[str]) -> int:
     target = args.target
     out = Path(args.out) if args.out else Path("runs") / "tune" / target
     check_out_dir(out, (), force=True, writable=True)
-    scenarios, files = _suite(args.suite)
+    scenarios, files = suite_scenarios(args.suite)
     names = [s.name for s in scenarios]
     env_override = load_env_file(args.env_config) if args.env_config else None
     url = args.storage or f"sqlite:///{out / 'study.db'}"
@@ -359,23 +359,12 @@ def _main(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0
 
 
-def _suite(arg: str) -> tuple[list[ScenarioConfig], list[Path]]:
-    """The scenarios of ``--suite`` (checked: some, with distinct names) and their files."""
-    scenarios, files = resolve_suite(arg)
-    if not scenarios:
-        raise ConfigError(f"--suite {arg}: lists no scenarios")
-    names = [s.name for s in scenarios]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"--suite {arg}: two scenarios share a name")
-    return scenarios, files
-
-
 def _constant(args: argparse.Namespace, argv: Sequence[str]) -> int:
     """``tune.py constant``: score every action, write the best as ``best_constant``."""
     out = Path(args.out) if args.out else Path("runs") / "tune" / "constant"
     # A re-run replaces the enumeration's files on purpose: it is the same computation.
     check_out_dir(out, (), force=True, writable=True)
-    scenarios, files = _suite(args.suite)
+    scenarios, files = suite_scenarios(args.suite)
     env_config = load_env_file(args.env_config) if args.env_config else EnvConfig()
     groups = constant.action_classes(constant.action_space(env_config))
     n_actions = sum(len(v) for v in groups.values())
