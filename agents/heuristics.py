@@ -226,9 +226,11 @@ class SoftHardParams(TargetParams):
     * ``hard_pt_frac`` 0.10: at 10 % page tables crowd out other tenants'
       unmovable allocations; reclaim every class at full budget.
     * ``soft_price`` 0.5: holding a table costs in proportion to ``hold_price``
-      (0 at the high watermark, 1 at min); halfway down, kswapd has been awake for
-      a while and the tables held start to cost what a pass costs.  1.0 turns the
-      trigger off (``hold_price`` never exceeds 1).
+      (0 at the high watermark, where kswapd sleeps; 1 at min, where unmovable
+      allocations fail); halfway down, holding costs half its most and the min
+      watermark is one fast allocation burst away, so a cheap soft pass is insurance
+      (a policy choice, which tuning revisits).  1.0 turns the trigger off
+      (``hold_price`` never exceeds 1).
     * ``free_trigger`` 0.0: below the min watermark (``free_vs_wmark`` < 0),
       unmovable allocations fail: act as over the hard limit.
     * ``psi_trigger`` 0.10: PSI some avg10 above 10 % means tasks already
@@ -305,7 +307,8 @@ class SoftHard(Policy):
     ``soft_depth`` at ``soft_budget``, idle >= ``soft_idle``; PSI over its trigger
     deepens the class.  Either level raises its idle requirement when the classes it
     frees re-fault.  The target is a suspect among the top consumers (or global), capped
-    with a hard limit when it is table-only and still growing (:class:`TargetParams`).
+    with a hard limit (when the rule is on) if it is table-only, still growing and
+    re-faulting what reclaim took from it (:class:`TargetParams`).
     """
 
     name = "soft_hard"
