@@ -11,12 +11,20 @@ process with its PID and command line) and why.  It never acts.  The command
 line is ``scripts/monitor.py`` (:mod:`ptreclaim.cli.monitor`).
 
 Features a host cannot show to an advisor that never reclaims are set to
-their neutral value and named once: ``refault_rate`` and ``last_yield``
-(there is no pass to measure).  ``since_pass`` counts the time since the
-policy last *advised* a pass (or since start), in simulator ticks, as if the
-advice had been followed; ``fail_share`` is the share of the last 10 s (the
-env's 100 ticks) of intervals in which the unmovable zones entered direct
-reclaim, the host's nearest equivalent of a failed unmovable allocation.
+their neutral value and named once (:data:`NEVER_LIVE`): ``refault_rate``,
+``last_yield`` and the per-process and per-class re-fault rates (there is no pass
+to measure), and what the scanner saw (``CLS_seen``, ``CLS_idle1``, ``CLS_idle4``:
+no scanner test-and-clears the PMD young bits here).  ``topN_growth`` is the
+growth of the process's ``VmPTE`` between samples, in tables per simulator tick,
+averaged like the env's (``process.RATE_DECAY`` per tick; a shrink counts as no
+growth); on the first sample there is no earlier one, and it is named missing
+once.  ``topN_limited`` is 0: the advisor sets no limit.  ``since_pass`` counts
+the time since the policy last *advised* a pass (or since start), in simulator
+ticks, as if the advice had been followed; ``fail_share`` is the share of the
+last 10 s (the env's 100 ticks) of intervals in which the unmovable zones entered
+direct reclaim, the host's nearest equivalent of a failed unmovable allocation.
+The target of an action is the N-th of :func:`~ptreclaim.envs.features.top_consumers`,
+as in the env.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from ..envs import features
-from ..envs.features import FAIL_WINDOW_TICKS, OBS_NAMES, Signals
+from ..envs.features import FAIL_WINDOW_TICKS, OBS_NAMES, SCAN_CLASSES, TOP_K, Signals
 from ..envs.host.sample import (
     PAGE_KIB,
     HostSample,
@@ -48,7 +56,9 @@ from ..envs.host.sample import (
 from ..envs.pagetable_env import EnvConfig
 from ..envs.sim.config import ConfigError, build
 from ..envs.sim.machine import MachineConfig
+from ..envs.sim.process import RATE_DECAY
 from ..envs.sim.simulator import ScenarioConfig
+from .heuristics import DEPTH_TEXT
 from .loading import PolicySpec, build_policy, parse_policy
 
 #: Seconds per simulator tick (``machine.tick_ms`` default): the time unit of
@@ -57,10 +67,37 @@ TICK_S = MachineConfig().tick_ms / 1000.0
 #: The env's failure window, here as the same span of wall time.
 FAIL_WINDOW_S = FAIL_WINDOW_TICKS * TICK_S
 #: Class depths of the action, as an operator reads them (reclaim.DEPTHS).
-DEPTH_NAMES = ("empty", "empty+zero", "empty+zero+file")
-#: Features no host can show to an advisor that never reclaims: neutral value.
-NEVER_LIVE = ("refault_rate", "last_yield")
+DEPTH_NAMES = DEPTH_TEXT
+#: Features no host can show to an advisor that never reclaims (no pass to measure, no
+#: scanner clearing young bits): neutral value.
+NEVER_LIVE = ("refault_rate", "last_yield",
+              *(f"top{i}_refault" for i in range(1, TOP_K + 1)),
+              *(f"{c}_{f}" for c in SCAN_CLASSES for f in ("seen", "idle1", "idle4")),
+              *(f"{c}_refault" for c in SCAN_CLASSES))
+GROWTH_NAMES = tuple(f"top{i}_growth" for i in range(1, TOP_K + 1))
 PSI_NAMES = ("psi_some_avg10", "psi_some_avg60", "psi_full_avg10", "psi_full_avg60")
+_PAGE_KIB_TABLE = 4  # one PTE table is one 4 KiB page of VmPTE
+
+
+@dataclass(frozen=True)
+class LiveConsumer:
+    """A sampled process as the observation sees it, with its page-table growth
+    (:class:`~ptreclaim.envs.features.Consumer` and its optional ``growth_rate``)."""
+
+    sample: ProcSample
+    growth_rate: float  # new PTE tables per simulator tick, averaged
+
+    @property
+    def pid(self) -> int:
+        return self.sample.pid
+
+    @property
+    def pt_bytes(self) -> int:
+        return self.sample.pt_bytes
+
+    @property
+    def rss_bytes(self) -> int:
+        return self.sample.rss_bytes
 
 
 class LiveState:
@@ -71,6 +108,31 @@ class LiveState:
         self.window: deque[int] = deque(maxlen=max(1, round(FAIL_WINDOW_S / interval_s)))
         self.last_allocstall: int | None = None
         self.last_advised = now
+        #: pid -> (VmPTE KiB, time) of the previous sample, and the averaged growth.
+        self.last_pte: dict[int, tuple[int, float]] = {}
+        self.growth: dict[int, float] = {}
+        self.sampled = False
+
+    def consumers(self, procs: Sequence[ProcSample], now: float) -> list[LiveConsumer]:
+        """``procs`` with their page-table growth since the previous sample, in tables
+        per simulator tick, averaged as the env averages it (``RATE_DECAY`` per tick);
+        a process seen for the first time has grown by nothing yet."""
+        out = []
+        growth: dict[int, float] = {}
+        pte: dict[int, tuple[int, float]] = {}
+        for p in procs:
+            rate = 0.0
+            prev = self.last_pte.get(p.pid)
+            if prev is not None and now > prev[1]:
+                ticks = (now - prev[1]) / TICK_S
+                new = max(0, p.pte_kib - prev[0]) / _PAGE_KIB_TABLE / ticks
+                keep = RATE_DECAY ** ticks
+                rate = self.growth.get(p.pid, 0.0) * keep + new * (1.0 - keep)
+            growth[p.pid] = rate
+            pte[p.pid] = (p.pte_kib, now)
+            out.append(LiveConsumer(p, rate))
+        self.growth, self.last_pte = growth, pte
+        return out
 
     def fail_share(self, allocstall: int | None) -> float:
         """Share of the recent intervals in which the unmovable zones entered
@@ -94,15 +156,18 @@ def observe(host: HostSample, procs: Sequence[ProcSample], state: LiveState,
     pt_pages = (host.pt_kib if host.pt_kib is not None else sum(p.pte_kib for p in procs)) \
         / PAGE_KIB
     psi = host.psi or {}
+    first = not state.sampled
+    state.sampled = True
     obs = features.observation(Signals(
         zone_pages=max(z.pages, 1), free_pages=z.free, wmark_min=z.min, wmark_high=z.high,
         psi_some_avg10=psi.get("some_avg10", 0.0), psi_some_avg60=psi.get("some_avg60", 0.0),
         psi_full_avg10=psi.get("full_avg10", 0.0), psi_full_avg60=psi.get("full_avg60", 0.0),
-        pt_pages=pt_pages, top=features.top_consumers(procs),
-        refault_tables=0.0, last_yield=0.0,  # NEVER_LIVE: no pass to measure
+        pt_pages=pt_pages, top=features.top_consumers(state.consumers(procs, now)),
+        # NEVER_LIVE: no pass to measure, no scanner (scan=None, no class re-faults).
+        refault_tables=0.0, last_yield=0.0,
         fail_share=state.fail_share(host.allocstall),
         ticks_since_pass=state.ticks_since(now)))
-    missing = list(NEVER_LIVE)
+    missing = list(NEVER_LIVE) + (list(GROWTH_NAMES) if first else [])
     missing += [n for n in PSI_NAMES if n.removeprefix("psi_") not in psi]
     if host.allocstall is None:
         missing.append("fail_share")
@@ -117,6 +182,9 @@ class LivePolicy:
     spec: PolicySpec
     policy: Any
     budgets: tuple[int, ...]
+    idle_levels: tuple[int, ...] = EnvConfig().idle_levels
+    #: A recurrent model's state, carried from one interval to the next (None: start).
+    state: Any = None
 
     @property
     def explains(self) -> bool:
@@ -138,7 +206,7 @@ def load_policy(arg: str, *, best: bool = False, trust_model: bool = False,
                           "table counts), which a live host cannot provide cheaply; use a "
                           "policy trained without them")
     policy = build_policy(spec, env, ScenarioConfig())
-    return LivePolicy(spec, policy, tuple(env.budgets))
+    return LivePolicy(spec, policy, tuple(env.budgets), tuple(env.idle_levels))
 
 
 def default_policy_arg(notes: Notes) -> str:
@@ -165,13 +233,15 @@ class Advice:
     cmdline: str
     hard_limit: bool
     reason: str
+    min_idle: int = 0  # scan rounds a table must have been idle
 
     def as_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"action": list(self.action),
                              "reclaim": self.target != "none",
                              "budget_tables": "all" if self.budget_tables >= 1 << 30
                              else self.budget_tables,
-                             "depth": self.depth, "target": self.target}
+                             "depth": self.depth, "min_idle_rounds": self.min_idle,
+                             "target": self.target}
         if self.pid is not None:
             d.update(pid=self.pid, comm=self.comm, cmdline=self.cmdline)
         d["hard_limit"] = self.hard_limit
@@ -180,13 +250,15 @@ class Advice:
 
     def summary(self) -> str:
         """One line: what and from whom."""
+        cap = f"; cap PID {self.pid}'s page tables at their size" if self.hard_limit else ""
         if self.target == "none":
-            return "no reclaim"
+            return "no reclaim" + cap
         budget = "all" if self.budget_tables >= 1 << 30 else str(self.budget_tables)
         who = ("globally (largest waste first)" if self.target == "global" else
                f"from PID {self.pid} ({self.comm})")
-        cap = f"; cap PID {self.pid}'s page tables at their size" if self.hard_limit else ""
-        return f"reclaim up to {budget} PTE tables of class {self.depth} {who}{cap}"
+        idle = (f" idle >= {self.min_idle} scan round{'s' if self.min_idle != 1 else ''}"
+                if self.min_idle else "")
+        return f"reclaim up to {budget} PTE tables of class {self.depth}{idle} {who}{cap}"
 
 
 def _doc_reason(policy: Any) -> str:
@@ -212,37 +284,37 @@ def _learned_reason(policy: Any, obs: np.ndarray, k: int = 3) -> str:
 def advise(live: LivePolicy, obs: np.ndarray, procs: Sequence[ProcSample],
            root: Path) -> Advice:
     """Run the policy on ``obs`` and decode its action as the env would apply
-    it (``PageTableReclaimEnv.apply_action``)."""
-    suspect = features.most_suspicious(procs)
+    it (``PageTableReclaimEnv.apply_action``): the target ``N`` is the N-th largest
+    page-table holder (:func:`~ptreclaim.envs.features.top_consumers`)."""
     if live.explains:
         action, reason = live.policy.decide(obs)
-        top = features.top_consumers(procs, 1)
-        if suspect is not None and top and top[0].pid != suspect.pid and int(
-                np.asarray(action).ravel()[2]) == 1:
-            # The rule judges the largest holder; the env's target is the largest ratio.
-            reason += (f"; the target is PID {suspect.pid}, the largest tables/(RSS+tables) "
-                       f"({suspect.ratio:.2f}) among holders of >= 1 MiB")
     else:
-        action, _ = live.policy.predict(obs, deterministic=True)
+        start = np.asarray([live.state is None])
+        action, live.state = live.policy.predict(obs, state=live.state, episode_start=start,
+                                                 deterministic=True)
         reason = (_learned_reason(live.policy, obs) if live.spec.kind == "model" else
                   _doc_reason(live.policy))
         if live.spec.kind != "model" and not reason.startswith(f"{live.spec.name}:"):
             reason = f"{live.spec.name}: {reason}"
     a = tuple(int(x) for x in np.asarray(action, dtype=np.int64).ravel())
-    budget = live.budgets[a[0]]
-    depth = DEPTH_NAMES[a[1]]
-    hard = len(a) > 3 and a[3] == 1 and suspect is not None
+    # A model trained without the hard-limit component acts with four.
+    budget, depth, idle, choice, cap = (*a, 0, 0, 0, 0)[:5]
+    top = features.top_consumers(procs)
+    chosen = top[choice - 1] if 0 < choice <= len(top) else None
+    hard = cap == 1 and chosen is not None
     target = "none"
-    if budget > 0:
-        target = "global" if a[2] == 0 else "process"
-        if a[2] == 1 and suspect is None:
+    tables = live.budgets[budget]
+    if tables > 0:
+        target = "global" if choice == 0 else "process"
+        if choice > 0 and chosen is None:
             # The env runs no pass when its target does not exist.
             target = "none"
-            reason += "; but no process holds >= 1 MiB of page tables, so no pass"
-    who = suspect if (target == "process" or hard) else None
-    return Advice(a, budget if target != "none" else 0, depth, target,
+            reason += (f"; but fewer than {choice} processes hold page tables, so no pass")
+    who = chosen if (target == "process" or hard) else None
+    return Advice(a, tables if target != "none" else 0, DEPTH_NAMES[depth], target,
                   who.pid if who else None, read_comm(root, who.pid) if who else "",
-                  read_cmdline(root, who.pid) if who else "", hard, reason)
+                  read_cmdline(root, who.pid) if who else "", hard, reason,
+                  live.idle_levels[idle] if idle < len(live.idle_levels) else idle)
 
 
 # ------------------------------------------------------------------ one interval

@@ -9,7 +9,7 @@ fits those thresholds to a learned policy's decisions:
    observation it meets together with the teacher's (deterministic) action
    there: DAgger's answer to the student visiting states the teacher never
    showed it;
-2. *fit*: choose the rule's thresholds that agree best with the teacher on
+2. *fit*: choose the rule's parameters that agree best with the teacher on
    all states gathered so far (below);
 3. repeat (every round runs the same training episodes); finally keep the
    student with the lowest cost on those episodes, the goal being cost
@@ -17,31 +17,38 @@ fits those thresholds to a learned policy's decisions:
    and still skip the passes that matter), with its on-policy agreement (on
    the states it visits itself) as the tie-breaker and as a report.
 
-Fitting.  The rule splits states into three regions, *hard* (page tables
+Fitting.  The v1 rule splits states into three regions, *hard* (page tables
 over the hard limit or free memory under the trigger), *soft* (over the soft
-limit, or a suspect process over the per-process limits) and *quiet* (no
-pass), and acts with one budget/class per region (the soft class one deeper
-when PSI is over its trigger) on the suspect or globally.  Given the six
-continuous thresholds the best budgets and classes are the teacher's most
-common choices in each region, so the search is over the thresholds only:
-coordinate descent over candidate values taken from the data's quantiles
-(rounded to 3 significant digits so the rule reads well), from two starts
-(the default rule and "always reclaim").  The loss is the Hamming distance
-between the actions after canonicalisation: an action with budget 0 does
-nothing, whatever its class and target, so it counts as ``[0, 0, 0]``.
+limit, the hold price over its trigger, or a suspect) and *quiet* (no pass),
+and acts with one budget / class depth / idle requirement per level (the soft
+class one deeper when PSI is over its trigger, the idle requirement one higher
+when the classes freed re-fault), on a target chosen among the top consumers,
+with a hard-limit flag (:class:`~.heuristics.SoftHardParams`).  Given the
+continuous thresholds and the categorical knobs (``target_by``, ``suspect_soft``,
+``use_hard_limit``), the best level actions are found exactly: the mismatches of
+each level's (budget, depth, idle) are counted for every value, then the best
+*monotone* pair of levels is taken (the hard level scans at least as much, at
+least as deep, requiring at most the soft level's idle age).  The search is over
+the thresholds and knobs only: coordinate descent over candidate values taken
+from the data's quantiles (rounded to 3 significant digits so the rule reads
+well), from three starts (the default rule, "always reclaim", and the limits with
+every other trigger off), then refined between each threshold's coarse neighbours.  The loss is the
+Hamming distance between the actions after canonicalisation (:func:`canonical`:
+the parts of an action that do nothing do not count).
 
 With a tree depth, the student is instead a depth-limited decision tree over
-the named observation features (scikit-learn's CART on the same DAgger data),
-rendered as if/else rules: more freedom than the soft/hard shape, still
-readable and cheap to evaluate in a kernel or a daemon.
+the named observation features (scikit-learn's CART on the same DAgger data)
+with five-component leaves, rendered as if/else rules: more freedom than the
+soft/hard shape, still readable and cheap to evaluate in a kernel or a daemon.
 
 Everything is deterministic for a given seed; the data are small (thousands
-of states), so a fit takes well under a second.
+of states), so a fit takes seconds.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -49,24 +56,45 @@ from typing import Any
 
 import numpy as np
 
+from ..envs.features import TOP_K
 from ..envs.pagetable_env import OBS_NAMES, EnvConfig, PageTableReclaimEnv
 from ..envs.sim.config import ConfigError, check_range
 from ..envs.sim.simulator import ScenarioConfig
-from .heuristics import Policy, SoftHard, SoftHardParams, TreeRule
+from .heuristics import (
+    ACTION_COMPONENTS,
+    ACTION_HIGHS,
+    Policy,
+    SoftHard,
+    SoftHardParams,
+    TreeRule,
+    canonical,
+)
+from .rollout import fit_action
 
 _IDX = {name: i for i, name in enumerate(OBS_NAMES)}
-#: The continuous thresholds searched, in coordinate-descent order.
-THRESHOLDS = ("hard_pt_frac", "soft_pt_frac", "proc_ratio", "proc_pt_frac", "psi_trigger",
-              "free_trigger")
-#: Feature each threshold compares with (``free_trigger`` fires below it).
-_FEATURE = {"hard_pt_frac": "pt_frac", "soft_pt_frac": "pt_frac",
-            "proc_ratio": "top1_pt_ratio", "proc_pt_frac": "top1_pt_frac",
-            "psi_trigger": "psi_some_avg10", "free_trigger": "free_vs_wmark"}
-#: Values that switch a trigger off (the feature never passes them).
-_NEVER = {"hard_pt_frac": 1.0, "soft_pt_frac": 1.0, "proc_ratio": 1.0, "proc_pt_frac": 1.0,
-          "psi_trigger": 1.0, "free_trigger": -1.0}
-_ALWAYS = {"hard_pt_frac": 0.0, "soft_pt_frac": 0.0, "proc_ratio": 0.0, "proc_pt_frac": 0.0,
-           "psi_trigger": 0.0, "free_trigger": 1.0}
+_NC = len(ACTION_COMPONENTS)
+#: The continuous thresholds searched, in coordinate-descent order, each with the
+#: features its candidate values are drawn from.
+THRESHOLDS: dict[str, tuple[str, ...]] = {
+    "hard_pt_frac": ("pt_frac",), "soft_pt_frac": ("pt_frac",),
+    "soft_price": ("hold_price",), "free_trigger": ("free_vs_wmark",),
+    "psi_trigger": ("psi_some_avg10",),
+    "refault_trigger": ("empty_refault", "zero_refault", "file_refault"),
+    "proc_ratio": tuple(f"top{i}_pt_ratio" for i in range(1, TOP_K + 1)),
+    "proc_pt_frac": tuple(f"top{i}_pt_frac" for i in range(1, TOP_K + 1)),
+    "limit_ratio": tuple(f"top{i}_pt_ratio" for i in range(1, TOP_K + 1)),
+    "limit_growth": tuple(f"top{i}_growth" for i in range(1, TOP_K + 1)),
+    "limit_refault": tuple(f"top{i}_refault" for i in range(1, TOP_K + 1)),
+}
+#: The categorical knobs searched, with their values.
+CHOICES: dict[str, tuple[Any, ...]] = {"target_by": ("ratio", "growth", "size"),
+                                       "suspect_soft": (True, False),
+                                       "use_hard_limit": (False, True)}
+#: Values that switch a trigger off (the feature never passes them) or on (always).
+_NEVER = {**dict.fromkeys(THRESHOLDS, 1.0), "free_trigger": -1.0}
+_ALWAYS = {**dict.fromkeys(THRESHOLDS, 0.0), "free_trigger": 1.0}
+#: The level actions the fit chooses (not searched: solved exactly per setting).
+LEVEL_INTS = tuple(f"{lv}_{c}" for lv in ("soft", "hard") for c in ("budget", "depth", "idle"))
 
 
 @dataclass(frozen=True)
@@ -153,104 +181,149 @@ class DistillResult:
                               for r in self.rounds]}
 
 
-def canonical(actions: np.ndarray) -> np.ndarray:
-    """Actions with budget 0 (no pass) written as ``[0, 0, 0]`` (class, target
-    and hard-limit flag of a pass that does not happen do not matter)."""
-    a = np.array(actions, dtype=np.int64, copy=True).reshape(len(actions), -1)[:, :3]
-    a[a[:, 0] == 0] = 0
-    return a
-
-
 def collect(driver: Any, teacher: Any, scenarios: Sequence[ScenarioConfig],
             env_config: EnvConfig, episodes: int, seed: int,
             tick: Callable[[], None] | None = None) -> tuple[Dataset, np.ndarray, float]:
     """Run ``driver`` for ``episodes`` episodes on every scenario, and label
     every observation it meets with the teacher's action.
 
+    Both are asked step by step, in the episode's order, with their own recurrent
+    state (``predict(obs, state, episode_start)``): a teacher with memory (an LSTM
+    policy) labels each state with what it would do there after the episode so far.
     Returns the labelled states, the driver's own (canonical) actions and its
     mean episode cost (minus the return) on these episodes.
     """
     obs_rows: list[np.ndarray] = []
     own: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
     costs: list[float] = []
     for i, scen in enumerate(scenarios):
         env = PageTableReclaimEnv([scen], env_config)
         for k in range(episodes):
             obs, _ = env.reset(seed=seed + 1000 * i + k)
             ret = 0.0
+            dstate = tstate = None
+            start = np.ones((1,), dtype=bool)
             while True:
-                action, _ = driver.predict(obs, deterministic=True)
+                action, dstate = driver.predict(obs, state=dstate, episode_start=start,
+                                                deterministic=True)
+                label, tstate = teacher.predict(obs, state=tstate, episode_start=start,
+                                                deterministic=True)
+                start = np.zeros((1,), dtype=bool)
                 obs_rows.append(np.asarray(obs, dtype=np.float32))
                 own.append(np.asarray(action, dtype=np.int64).ravel())
-                obs, reward, terminated, truncated, _ = env.step(action)
+                labels.append(np.asarray(label, dtype=np.int64).ravel())
+                obs, reward, terminated, truncated, _ = env.step(fit_action(action, env))
                 ret += float(reward)
                 if terminated or truncated:
                     break
             costs.append(-ret)
             if tick is not None:
                 tick()
-    x = np.stack(obs_rows)
-    labels, _ = teacher.predict(x, deterministic=True)
-    labels = np.asarray(labels, dtype=np.int64).reshape(len(x), -1)
-    return Dataset(x, labels), canonical(np.stack(own)), float(np.mean(costs))
+    return (Dataset(np.stack(obs_rows), np.stack(labels)), canonical(np.stack(own)),
+            float(np.mean(costs)))
 
 
 # ------------------------------------------------------------------ fitting
 
 
 class _Fitter:
-    """The loss of a threshold setting on one dataset, with the region
-    actions chosen optimally (the teacher's modes)."""
+    """The loss of a rule setting on one dataset, with the level actions chosen
+    optimally under the monotone constraint; vectorised :class:`SoftHard`."""
 
     def __init__(self, data: Dataset, budgets: int) -> None:
-        y = canonical(data.actions)
-        self.b, self.d, self.t = y[:, 0], y[:, 1], y[:, 2]
-        self.nb = budgets
-        x = data.obs
-        self.f = {name: x[:, _IDX[name]].astype(np.float64) for name in set(_FEATURE.values())}
-
-    def masks(self, th: dict[str, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray,
-                                                   np.ndarray]:
+        self.y = canonical(data.actions)
+        self.nb = min(budgets, ACTION_HIGHS[0] + 1)
+        x = data.obs.astype(np.float64)
+        self.f = {name: x[:, i] for name, i in _IDX.items()}
         f = self.f
-        suspect = (f["top1_pt_ratio"] > th["proc_ratio"]) & (f["top1_pt_frac"] > th["proc_pt_frac"])
-        hard = (f["pt_frac"] > th["hard_pt_frac"]) | (f["free_vs_wmark"] < th["free_trigger"])
-        soft = ~hard & ((f["pt_frac"] > th["soft_pt_frac"]) | suspect)
-        bump = f["psi_some_avg10"] > th["psi_trigger"]
-        return suspect, hard, soft, bump
+        # Re-fault signal of the worst class a pass of each depth may free.
+        r0 = f["empty_refault"]
+        r1 = np.maximum(r0, f["zero_refault"])
+        self.worst_refault = np.stack([r0, r1, np.maximum(r1, f["file_refault"])])
 
-    def solve(self, th: dict[str, float]) -> tuple[int, dict[str, int]]:
-        """The least mismatch count over budgets/classes, and those choices."""
-        suspect, hard, soft, bump = self.masks(th)
-        quiet = ~hard & ~soft
-        s = suspect.astype(np.int64)
-        # Quiet states: the rule does nothing.
-        loss = int(np.count_nonzero(self.b[quiet]) + np.count_nonzero(self.d[quiet])
-                   + np.count_nonzero(self.t[quiet]))
-        best_h = self._region(hard, s, None)
-        best_s = self._region(soft, s, bump)
-        return loss + best_h[0] + best_s[0], {
-            "hard_budget": best_h[1], "hard_depth": best_h[2],
-            "soft_budget": best_s[1], "soft_depth": best_s[2]}
+    def predict_parts(self, th: dict[str, Any]) -> tuple[np.ndarray, ...]:
+        """Per state: the target, the hard flag, the hard and soft region masks and the
+        PSI bump, as :class:`SoftHard` decides them."""
+        f = self.f
+        n = len(self.y)
+        ratio = np.stack([f[f"top{i}_pt_ratio"] for i in range(1, TOP_K + 1)])
+        frac = np.stack([f[f"top{i}_pt_frac"] for i in range(1, TOP_K + 1)])
+        key = {"ratio": ratio, "growth": np.stack(
+            [f[f"top{i}_growth"] for i in range(1, TOP_K + 1)]), "size": frac}[th["target_by"]]
+        suspect = (frac > th["proc_pt_frac"]) & (ratio > th["proc_ratio"])
+        # The first of the largest (heuristics.choose_target: ties go to the lower rank).
+        best = np.argmax(np.where(suspect, key, -np.inf), axis=0)
+        target = np.where(suspect.any(axis=0), best + 1, 0)
+        hard = np.zeros(n, np.int64)
+        if th["use_hard_limit"]:
+            rows = np.arange(n)
+            i = np.maximum(target - 1, 0)
+            grow = np.stack([f[f"top{k}_growth"] for k in range(1, TOP_K + 1)])[i, rows]
+            refault = np.stack([f[f"top{k}_refault"] for k in range(1, TOP_K + 1)])[i, rows]
+            limited = np.stack([f[f"top{k}_limited"] for k in range(1, TOP_K + 1)])[i, rows]
+            hard = ((target > 0) & (limited <= 0.5) & (ratio[i, rows] > th["limit_ratio"])
+                    & (grow > th["limit_growth"]) & (refault > th["limit_refault"])
+                    ).astype(np.int64)
+        hard_m = (f["pt_frac"] > th["hard_pt_frac"]) | (f["free_vs_wmark"] < th["free_trigger"])
+        soft_m = ~hard_m & ((f["pt_frac"] > th["soft_pt_frac"])
+                            | (f["hold_price"] > th["soft_price"])
+                            | ((target > 0) & bool(th["suspect_soft"])))
+        bump = (f["psi_some_avg10"] > th["psi_trigger"]).astype(np.int64)
+        return target, hard, hard_m, soft_m, bump
 
-    def _region(self, m: np.ndarray, s: np.ndarray, bump: np.ndarray | None
-                ) -> tuple[int, int, int]:
-        b, d, t, sm = self.b[m], self.d[m], self.t[m], s[m]
-        n = len(b)
-        if n == 0:
-            return 0, 0, 0
-        bcount = np.bincount(b, minlength=self.nb)
-        idle = int(np.count_nonzero(d) + np.count_nonzero(t))  # mismatches of [0, 0, 0]
-        best = (n - int(bcount[0]) + idle, 0, 0)
-        tmiss = int(np.count_nonzero(t != sm))
-        bmp = None if bump is None else bump[m].astype(np.int64)
-        for depth in range(3):
-            pred = np.full(n, depth) if bmp is None else np.minimum(2, depth + bmp)
-            dmiss = int(np.count_nonzero(d != pred))
-            for budget in range(1, self.nb):
-                loss = n - int(bcount[budget]) + dmiss + tmiss
-                if loss < best[0]:
-                    best = (loss, budget, depth)
-        return best
+    def _level(self, m: np.ndarray, target: np.ndarray, hard: np.ndarray,
+               bump: np.ndarray | None, trigger: float) -> np.ndarray:
+        """Mismatches of the region ``m`` for every (budget, depth, idle, cap) of its
+        level: ``cap`` is the hard level's depth, which bounds the PSI bump."""
+        y = self.y[m]
+        t, h = target[m], hard[m]
+        bm = np.zeros(ACTION_HIGHS[0] + 1, np.int64)
+        bm[:] = len(y) - np.bincount(y[:, 0], minlength=ACTION_HIGHS[0] + 1)[:ACTION_HIGHS[0] + 1]
+        # A pass: target and flag as decided; no pass: the target only with the flag.
+        th_pass = int(np.count_nonzero(y[:, 3] != t) + np.count_nonzero(y[:, 4] != h))
+        th_none = int(np.count_nonzero(y[:, 3] != np.where(h > 0, t, 0))
+                      + np.count_nonzero(y[:, 4] != h))
+        z = int(np.count_nonzero(y[:, 1]) + np.count_nonzero(y[:, 2]))
+        nd, ni = ACTION_HIGHS[1] + 1, ACTION_HIGHS[2] + 1
+        out = np.zeros((ACTION_HIGHS[0] + 1, nd, ni, nd), np.int64)
+        worst = self.worst_refault[:, m]
+        b = None if bump is None else bump[m]
+        for cap in range(nd) if b is not None else (0,):
+            for d in range(nd):
+                depth = np.full(len(y), d) if b is None else np.minimum(
+                    max(cap, d), d + b)
+                dmis = int(np.count_nonzero(y[:, 1] != depth))
+                over = np.take_along_axis(worst, depth[None, :], axis=0)[0] > trigger
+                for i in range(ni):
+                    idle = np.where(over & (i < ni - 1), i + 1, i)
+                    out[1:, d, i, cap] = dmis + int(np.count_nonzero(y[:, 2] != idle)) + th_pass
+        out[1:] += bm[1:, None, None, None]
+        out[0] = bm[0] + z + th_none
+        return out
+
+    def solve(self, th: dict[str, Any]) -> tuple[int, dict[str, int]]:
+        """The least mismatch count over the level actions, and those actions."""
+        target, hard, hard_m, soft_m, bump = self.predict_parts(th)
+        quiet = ~hard_m & ~soft_m
+        y = self.y[quiet]
+        loss = int(np.count_nonzero(y[:, :3]) + np.count_nonzero(
+            y[:, 3] != np.where(hard[quiet] > 0, target[quiet], 0))
+            + np.count_nonzero(y[:, 4] != hard[quiet]))
+        trig = float(th["refault_trigger"])
+        lh = self._level(hard_m, target, hard, None, trig)[:, :, :, 0]
+        ls = self._level(soft_m, target, hard, bump, trig)
+        nb, nd, ni = self.nb, ACTION_HIGHS[1] + 1, ACTION_HIGHS[2] + 1
+        best: tuple[int, tuple[int, ...]] = (2**62, ())
+        # Every monotone pair: hard budget/depth >= soft's, hard idle <= soft's.
+        for hb, hd, hi in itertools.product(range(nb), range(nd), range(ni)):
+            sub = ls[:hb + 1, :hd + 1, hi:, hd]
+            k = int(np.argmin(sub))
+            total = int(lh[hb, hd, hi]) + int(sub.flat[k])
+            if total < best[0]:
+                sb, sd, si = np.unravel_index(k, sub.shape)
+                best = (total, (int(sb), int(sd), int(si) + hi, hb, hd, hi))
+        return loss + best[0], dict(zip(LEVEL_INTS, best[1], strict=True))
 
 
 def _candidates(values: np.ndarray, name: str, q: int) -> list[float]:
@@ -265,56 +338,102 @@ def _candidates(values: np.ndarray, name: str, q: int) -> list[float]:
     return sorted(out)
 
 
+def _finer(values: np.ndarray, coarse: list[float], current: float, most: int = 16
+           ) -> list[float]:
+    """Candidates around ``current`` (up to its second coarse neighbours): each distinct
+    data value there (at most ``most``, evenly spread) rounded down and up to 4 significant
+    digits, so that a rule ``x > threshold`` can put the value on either side.  A split
+    the teacher makes between two close data values may fall between two quantiles."""
+    # Two neighbours each way: a coarse value is a rounded data value, which may sit on
+    # the wrong side of the very value the split needs.
+    below = sorted(c for c in coarse if c < current)[-2:]
+    above = sorted(c for c in coarse if c > current)[:2]
+    lo = below[0] if below else -math.inf
+    hi = above[-1] if above else math.inf
+    inside = np.unique(values[(values > lo) & (values < hi)])
+    if len(inside) > most:
+        inside = inside[np.linspace(0, len(inside) - 1, most).round().astype(int)]
+    out: set[float] = set()
+    for v in inside.tolist():
+        if v == 0.0:
+            out.add(0.0)
+            continue
+        step = 10.0 ** (math.floor(math.log10(abs(v))) - 3)
+        out.update((float(f"{math.floor(v / step) * step:.4g}"),
+                    float(f"{math.ceil(v / step) * step:.4g}")))
+    return sorted(out)
+
+
+def _descend(fitter: _Fitter, th: dict[str, Any], cands: dict[str, list[Any]], sweeps: int
+             ) -> tuple[int, dict[str, Any], dict[str, int]]:
+    """Coordinate descent from ``th`` over ``cands``: the loss, the setting, the levels."""
+    loss, ints = fitter.solve(th)
+    for _ in range(sweeps):
+        improved = False
+        for name, values in cands.items():
+            for v in values:
+                if v == th[name]:
+                    continue
+                if name == "soft_pt_frac" and v > th["hard_pt_frac"]:
+                    continue
+                if name == "hard_pt_frac" and v < th["soft_pt_frac"]:
+                    continue
+                trial = {**th, name: v}
+                tl, ti = fitter.solve(trial)
+                if tl < loss:
+                    loss, ints, th, improved = tl, ti, trial, True
+        if not improved:
+            break
+    return loss, th, ints
+
+
 def fit_rule(data: Dataset, budgets: int, quantiles: int = 40, sweeps: int = 8,
              base: SoftHardParams | None = None) -> tuple[SoftHardParams, float]:
     """The :class:`SoftHardParams` that agree best with the teacher on
     ``data`` (see the module docstring), and that agreement (share of action
-    components that match)."""
+    components that match).  A second descent refines each threshold between its
+    coarse neighbours."""
     if not len(data):
         raise ConfigError("no states to fit the rule to")
     fitter = _Fitter(data, budgets)
-    cands = {name: _candidates(fitter.f[_FEATURE[name]], name, quantiles) for name in THRESHOLDS}
+    pooled = {name: np.concatenate([fitter.f[c] for c in cols])
+              for name, cols in THRESHOLDS.items()}
+    cands: dict[str, list[Any]] = {name: _candidates(v, name, quantiles)
+                                   for name, v in pooled.items()}
+    cands.update({k: list(v) for k, v in CHOICES.items()})
     default = base or SoftHardParams()
-    starts = [{n: float(getattr(default, n)) for n in THRESHOLDS},
-              {**{n: float(getattr(default, n)) for n in THRESHOLDS},
-               "soft_pt_frac": 0.0, "free_trigger": -1.0}]
+    first = {n: getattr(default, n) for n in cands}
+    # The default rule, "always reclaim", and the limits alone (every other trigger off):
+    # a trigger that only hurts the fit may hide the move of another one.
+    starts = [first, {**first, "soft_pt_frac": 0.0, "free_trigger": -1.0},
+              {**first, **{k: _NEVER[k] for k in ("soft_price", "free_trigger", "psi_trigger",
+                                                   "refault_trigger")}}]
     best_loss, best_th, best_ints = math.inf, starts[0], {}
     for start in starts:
-        th = dict(start)
-        loss, ints = fitter.solve(th)
-        for _ in range(sweeps):
-            improved = False
-            for name in THRESHOLDS:
-                for v in cands[name]:
-                    if v == th[name]:
-                        continue
-                    if name == "soft_pt_frac" and v > th["hard_pt_frac"]:
-                        continue
-                    if name == "hard_pt_frac" and v < th["soft_pt_frac"]:
-                        continue
-                    trial = {**th, name: v}
-                    tl, ti = fitter.solve(trial)
-                    if tl < loss:
-                        loss, ints, th, improved = tl, ti, trial, True
-            if not improved:
-                break
+        loss, th, ints = _descend(fitter, dict(start), cands, sweeps)
+        if loss:
+            fine = {name: _finer(pooled[name], cands[name], th[name]) for name in THRESHOLDS}
+            loss, th, ints = _descend(fitter, th, fine, min(sweeps, 2))
         if loss < best_loss:
             best_loss, best_th, best_ints = loss, th, ints
-    fields: dict[str, Any] = {**best_th, **best_ints, "use_hard_limit": False}
+    fields: dict[str, Any] = {**best_th, **best_ints}
     params = dataclasses.replace(default, **fields)
-    return params, 1.0 - best_loss / (3 * len(data))
+    return params, 1.0 - best_loss / (_NC * len(data))
 
 
 def agreement(pred: np.ndarray, teacher: np.ndarray) -> tuple[float, tuple[float, ...]]:
     """Share of matching action components (canonical), overall and per component."""
     p, t = canonical(pred), canonical(teacher)
-    per = tuple(float(np.mean(p[:, j] == t[:, j])) for j in range(3))
+    per = tuple(float(np.mean(p[:, j] == t[:, j])) for j in range(_NC))
     return float(np.mean(per)), per
+
+
+_DIMS = tuple(h + 1 for h in ACTION_HIGHS)
 
 
 def _encode(actions: np.ndarray) -> np.ndarray:
     a = canonical(actions)
-    return a[:, 0] * 6 + a[:, 1] * 2 + a[:, 2]
+    return np.ravel_multi_index(tuple(a.T), _DIMS)
 
 
 def fit_tree(data: Dataset, depth: int, seed: int = 0) -> tuple[TreeRule, float]:
@@ -334,7 +453,7 @@ def fit_tree(data: Dataset, depth: int, seed: int = 0) -> tuple[TreeRule, float]
     def node(i: int) -> dict[str, Any]:
         if t.children_left[i] == t.children_right[i]:  # a leaf
             code = int(clf.classes_[int(np.argmax(t.value[i][0]))])
-            return {"action": [code // 6, (code // 2) % 3, code % 2]}
+            return {"action": [int(v) for v in np.unravel_index(code, _DIMS)]}
         left, right = node(int(t.children_left[i])), node(int(t.children_right[i]))
         if left == right:
             return left
@@ -355,9 +474,6 @@ def distill(teacher: Any, scenarios: Sequence[ScenarioConfig], env_config: EnvCo
     (the training scenarios) into a :class:`SoftHard` rule or, with
     ``tree_depth`` > 0, a :class:`TreeRule` of that depth."""
     cfg = config or DistillConfig()
-    if env_config.hard_limit_action:
-        raise ConfigError("distillation fits the default action space; the run was trained "
-                          "with env.hard_limit_action: true, which the rule cannot express yet")
     budgets = len(env_config.budgets)
     kind = "tree" if tree_depth > 0 else "soft_hard"
 
@@ -367,7 +483,7 @@ def distill(teacher: Any, scenarios: Sequence[ScenarioConfig], env_config: EnvCo
         params, agree = fit_rule(data, budgets, cfg.quantiles, cfg.sweeps)
         return SoftHard(params), agree
 
-    data = Dataset(np.zeros((0, len(OBS_NAMES)), np.float32), np.zeros((0, 3), np.int64))
+    data = Dataset(np.zeros((0, len(OBS_NAMES)), np.float32), np.zeros((0, _NC), np.int64))
     rounds: list[Round] = []
     driver: Any = teacher
     driver_name = "teacher"

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..envs.configio import dump_yaml, load_yaml, write_text_atomic
+from ..envs.configio import dump_yaml, load_yaml, resolve_suite, write_text_atomic
 from ..envs.pagetable_env import EnvConfig
 from ..envs.sim.config import ConfigError, build, did_you_mean, to_dict
 from ..envs.sim.simulator import ScenarioConfig
@@ -109,6 +109,19 @@ def evaluate_specs(specs: Sequence[PolicySpec], scenarios: Sequence[ScenarioConf
 
 
 # ------------------------------------------------------------ what to evaluate
+
+def suite_scenarios(suite: str) -> tuple[list[ScenarioConfig], list[Path]]:
+    """The scenarios of a suite argument (a suite or scenario name or YAML) and their
+    files, checked: at least one, and distinct names (names label the results)."""
+    scenarios, files = resolve_suite(suite)
+    if not scenarios:
+        raise ConfigError(f"--suite {suite}: the suite lists no scenarios")
+    names = [s.name for s in scenarios]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--suite {suite}: two scenarios share a name; names label the "
+                          "results")
+    return scenarios, files
+
 
 def load_env_file(path: str | os.PathLike[str]) -> EnvConfig:
     """Env settings from a YAML file: a mapping of :class:`EnvConfig` fields,

@@ -6,10 +6,10 @@ A thresholds file (``thresholds.yaml`` and the same record as
 
 .. code-block:: yaml
 
-    schema_version: 1
+    schema_version: 2
     name: distilled_default_ppo_0
     description: ...
-    rule: {kind: soft_hard, soft_pt_frac: 0.0, hard_pt_frac: 0.1, ...}
+    rule: {kind: soft_hard, soft_pt_frac: 0.0, hard_pt_frac: 0.1, soft_idle: 2, ...}
     provenance: {tool: export_thresholds, run: ..., model_sha256: ..., ...}
     score: {suite: test, mean_cost: ..., ci_low: ..., ci_high: ...}
     evaluation: {policies: {...}, gain_share: ...}
@@ -37,7 +37,12 @@ from .heuristics import RULES, Policy, make_rule
 
 #: The version of the record this code writes and reads.  Bump it when a key
 #: changes meaning; readers refuse other versions rather than guess.
-THRESHOLDS_SCHEMA_VERSION = 1
+#: 1: env v0 rules (three-component actions, 17 features); 2: env v1 (five-component
+#: actions: budget, depth, min_idle, target among the top consumers, hard limit).
+THRESHOLDS_SCHEMA_VERSION = 2
+#: What each older version was made for, for the one-line refusal.
+_OLD_VERSIONS = {1: "a rule for env v0 (three-component actions over 17 features), which "
+                    "cannot act in env v1"}
 #: Top-level keys a thresholds file may hold.
 THRESHOLDS_KEYS = ("schema_version", "name", "description", "provenance", "rule", "score",
                    "scores", "evaluation")
@@ -129,9 +134,12 @@ def record_from_data(data: Any, where: str) -> ThresholdsRecord:
                               f"allowed: {', '.join(THRESHOLDS_KEYS)}")
     version = data.get("schema_version", THRESHOLDS_SCHEMA_VERSION)
     if version != THRESHOLDS_SCHEMA_VERSION:
-        raise ConfigError(f"{where}.schema_version: {version!r} is not supported; this "
-                          f"ptreclaim reads schema_version {THRESHOLDS_SCHEMA_VERSION} (re-export "
-                          "the policy with this version's export_thresholds.py)")
+        what = _OLD_VERSIONS.get(version, "not supported") if isinstance(version, int) \
+            else "not supported"
+        raise ConfigError(f"{where}.schema_version: {version!r} is {what}; this ptreclaim "
+                          f"reads schema_version {THRESHOLDS_SCHEMA_VERSION} (re-export the "
+                          "policy with this version's export_thresholds.py, or re-tune it "
+                          "with tune.py)")
     rule = data.get("rule")
     if not isinstance(rule, Mapping):
         raise ConfigError(f"{where}.rule: missing or not a mapping; expected "

@@ -1,11 +1,12 @@
 """Fixed reclaim policies behind SB3's ``predict`` interface.
 
 Every policy maps an observation of :class:`~ptreclaim.envs.pagetable_env.
-PageTableReclaimEnv` to an action ``[budget index, class depth, target]`` (plus
-an optional hard-limit flag) and exposes ``predict(obs, state=None,
-episode_start=None, deterministic=True) -> (action, state)`` like a
-stable-baselines3 model, so one evaluator serves learned and fixed policies.
-They read the simulator only through the observation.
+PageTableReclaimEnv` (v1) to an action ``[budget index, class depth, min_idle index,
+target, hard limit]`` and exposes ``predict(obs, state=None, episode_start=None,
+deterministic=True) -> (action, state)`` like a stable-baselines3 model, so one
+evaluator serves learned and fixed policies.  They read the simulator only through
+the observation, and may use every signal the agent sees (a win that comes from
+withholding a signal from the rules does not count).
 
 ``kernel_pt_reclaim`` says which kernel the policy stands for: ``none`` is the
 kernel before 6.14 (no on-zap reclaim; evaluation runs it with the
@@ -16,14 +17,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from ..envs.pagetable_env import DEFAULT_BUDGETS, OBS_NAMES
+from ..envs.features import TOP_K
+from ..envs.pagetable_env import DEFAULT_BUDGETS, DEFAULT_IDLE_LEVELS, OBS_NAMES
 from ..envs.sim.config import ConfigError, build, check_range
+from ..envs.sim.reclaim import DEPTHS
 
 _IDX = {name: i for i, name in enumerate(OBS_NAMES)}
+#: The action's components, in order (``PageTableReclaimEnv`` v1).
+ACTION_COMPONENTS = ("budget", "depth", "idle", "target", "hard")
+#: Highest value of each component in the default action space.
+ACTION_HIGHS = (len(DEFAULT_BUDGETS) - 1, len(DEPTHS) - 1, len(DEFAULT_IDLE_LEVELS) - 1,
+                TOP_K, 1)
+#: The scanner's classes, from the least to the most aggressive depth.
+_CLASS_FEATURES = ("empty", "zero", "file")
 
 
 class Policy:
@@ -47,9 +57,39 @@ class Policy:
         return np.stack([self.act(o) for o in obs]), state
 
 
-def _action(budget_idx: int, depth: int, target: int, hard: int | None = None) -> np.ndarray:
-    a = [budget_idx, depth, target] + ([] if hard is None else [hard])
-    return np.asarray(a, dtype=np.int64)
+def _action(budget: int = 0, depth: int = 0, idle: int = 0, target: int = 0,
+            hard: int = 0) -> np.ndarray:
+    return np.asarray([budget, depth, idle, target, hard], dtype=np.int64)
+
+
+def check_action(action: Any, where: str) -> list[int]:
+    """``action`` as five ints inside the default action space, or one clear
+    :class:`ConfigError` naming ``where`` (a v0 three-component action included)."""
+    bad = (not isinstance(action, (list, tuple)) or len(action) != len(ACTION_HIGHS)
+           or not all(isinstance(v, int) and not isinstance(v, bool) for v in action))
+    if bad or not all(0 <= v <= hi for v, hi in zip(action, ACTION_HIGHS, strict=True)):
+        old = (" (a v0 action [budget, depth, target]; env v1 actions have five components)"
+               if isinstance(action, (list, tuple)) and len(action) in (3, 4) else "")
+        raise ConfigError(f"{where}: {action!r} is not [budget 0-{ACTION_HIGHS[0]}, depth "
+                          f"0-{ACTION_HIGHS[1]}, idle 0-{ACTION_HIGHS[2]}, target "
+                          f"0-{ACTION_HIGHS[3]}, hard 0-1]{old}")
+    return [int(v) for v in action]
+
+
+def canonical(actions: np.ndarray) -> np.ndarray:
+    """Five-component actions with the parts that do nothing zeroed: a pass with budget
+    0 has no class and no idle requirement; a hard-limit flag with the global target is
+    a no-op, and a target without a pass or a limit acts on nobody.  Four-component
+    actions (an env without the hard-limit action) get a 0 flag."""
+    n = len(ACTION_COMPONENTS)
+    a = np.array(actions, dtype=np.int64, copy=True).reshape(len(actions), -1)[:, :n]
+    if a.shape[1] < n:
+        a = np.concatenate([a, np.zeros((len(a), n - a.shape[1]), np.int64)], axis=1)
+    nopass = a[:, 0] == 0
+    a[nopass, 1:3] = 0
+    a[a[:, 3] == 0, 4] = 0
+    a[nopass & (a[:, 4] == 0), 3] = 0
+    return a
 
 
 class NoReclaim(Policy):
@@ -59,7 +99,7 @@ class NoReclaim(Policy):
     kernel_pt_reclaim = False
 
     def act(self, obs: np.ndarray) -> np.ndarray:
-        return _action(0, 0, 0)
+        return _action()
 
 
 class OnZap(Policy):
@@ -68,70 +108,207 @@ class OnZap(Policy):
     name = "on_zap"
 
     def act(self, obs: np.ndarray) -> np.ndarray:
-        return _action(0, 0, 0)
+        return _action()
+
+
+# ------------------------------------------------------------------ whose tables
+
+TargetBy = Literal["ratio", "growth", "size"]
 
 
 @dataclass(frozen=True)
-class SoftHardParams:
-    """Thresholds of :class:`SoftHard` (fractions are of the normal zone).
+class TargetParams:
+    """Whose tables: the knobs :class:`SoftHard` and :class:`PeriodicScan` share.
+
+    A *suspect* is one of the top-k page-table consumers of the observation with
+    ``topN_pt_frac > proc_pt_frac`` and ``topN_pt_ratio > proc_ratio``; the target is
+    the suspect with the largest ``target_by`` signal (none: global).
+
+    Defaults and why:
+
+    * ``proc_ratio`` 0.5: a process whose page tables exceed its resident memory
+      (page tables / (RSS + page tables) > 0.5) maps almost nothing with its tables:
+      the signature of a table hog or of a dumped balloon.
+    * ``proc_pt_frac`` 0.01: ignore small processes (1 % of the zone): a pass over
+      them frees too little to pay for itself.
+    * ``target_by`` ``ratio``: among suspects, the most table-heavy one (the seed's
+      "page tables much larger than the memory they map"); ``growth`` picks the
+      fastest-growing one (a hog still allocating), ``size`` the largest.
+    * ``limit_ratio`` 0.9, ``limit_growth`` 0.2, ``limit_refault`` 0.2: the hard-limit
+      rule caps the target's page tables at their size (the action's hard flag) when
+      they are over 90 % of its memory, still grow by more than ~1.7 tables per tick
+      (``topN_growth`` = log1p(tables per tick) / 5; 0.2 is e - 1) and re-fault what
+      reclaim took from it at more than ~0.17 tables per tick (``topN_refault`` =
+      log1p(10 x rate) / 5): a process that re-touches whatever is reclaimed (the
+      ``retouch`` hog) is fed by reclaim, and only a limit stops it.  A hog that does
+      not come back for its tables is cheaper to reclaim from than to cap, and a sane
+      process rarely looks like this (a dumped balloon shrinks, a kdump's tables map
+      the pages it reads).  A process already limited is never capped again.
+    * ``use_hard_limit`` false: the rule is off by default because on the env as it is
+      a cap costs more than it saves: a throttled process stalls a whole tick every
+      ``machine.throttle_ticks`` ticks, charged as ``app_stall`` even for a hog
+      (default rule 22.09 vs 15.80 without it, mean episode cost on the training suite,
+      2 episodes per scenario, seed base 5000; the retouching hog of ``mixed_cloud``
+      85.7 vs 41.7).  Where the machine kills instead of throttling, a cap is free for
+      an insane process; tuning decides.
+    """
+
+    proc_ratio: float = 0.5
+    proc_pt_frac: float = 0.01
+    target_by: TargetBy = "ratio"
+    use_hard_limit: bool = False
+    limit_ratio: float = 0.9
+    limit_growth: float = 0.2
+    limit_refault: float = 0.2
+
+    def __post_init__(self) -> None:
+        check_range("proc_ratio", self.proc_ratio, 0.0, 1.0)
+        check_range("proc_pt_frac", self.proc_pt_frac, 0.0, 1.0)
+        check_range("limit_ratio", self.limit_ratio, 0.0, 1.0)
+        check_range("limit_growth", self.limit_growth, 0.0, 1.0)
+        check_range("limit_refault", self.limit_refault, 0.0, 1.0)
+        if self.target_by not in ("ratio", "growth", "size"):
+            raise ConfigError(f"target_by: {self.target_by!r} is not one of 'ratio', "
+                              "'growth', 'size'")
+
+
+def _top(obs: np.ndarray, i: int, feature: str) -> float:
+    return float(obs[_IDX[f"top{i}_{feature}"]])
+
+
+def choose_target(obs: np.ndarray, p: TargetParams) -> tuple[int, str]:
+    """The target component (0 global, N the N-th top consumer) and why, in words."""
+    suspects = [i for i in range(1, TOP_K + 1)
+                if _top(obs, i, "pt_frac") > p.proc_pt_frac and _top(obs, i, "pt_ratio")
+                > p.proc_ratio]
+    if not suspects:
+        return 0, ""
+    feature = {"ratio": "pt_ratio", "growth": "growth", "size": "pt_frac"}[p.target_by]
+    best = max(suspects, key=lambda i: (_top(obs, i, feature), -i))
+    return best, (f"top-{best} consumer is a suspect (tables/(RSS+tables) "
+                  f"{_top(obs, best, 'pt_ratio'):.2f} > {p.proc_ratio:g}, "
+                  f"{_top(obs, best, 'pt_frac'):.4f} > {p.proc_pt_frac:g} of the zone"
+                  + (f"; largest {feature} of {len(suspects)} suspects" if len(suspects) > 1
+                     else "") + ")")
+
+
+def limit_target(obs: np.ndarray, target: int, p: TargetParams) -> tuple[int, str]:
+    """The hard-limit flag for ``target`` (0/1) and why, in words."""
+    if not p.use_hard_limit or target == 0 or _top(obs, target, "limited") > 0.5:
+        return 0, ""
+    ratio, growth = _top(obs, target, "pt_ratio"), _top(obs, target, "growth")
+    refault = _top(obs, target, "refault")
+    if ratio > p.limit_ratio and growth > p.limit_growth and refault > p.limit_refault:
+        return 1, (f"; cap top-{target}'s page tables: tables/(RSS+tables) {ratio:.2f} > "
+                   f"{p.limit_ratio:g}, growing ({growth:.2f} > {p.limit_growth:g}) and "
+                   f"re-faulting what reclaim took ({refault:.2f} > {p.limit_refault:g})")
+    return 0, ""
+
+
+# ------------------------------------------------------------------ soft/hard limits
+
+#: Budget, depth and idle fields of each level, and the direction "more aggressive" runs.
+LEVEL_FIELDS = (("budget", +1), ("depth", +1), ("idle", -1))
+
+
+@dataclass(frozen=True)
+class SoftHardParams(TargetParams):
+    """Thresholds of :class:`SoftHard` (fractions are of the normal zone; budgets,
+    depths and idle requirements are indices into the env's budgets (0, 64, 512,
+    4096, all), class depths (empty; +zero; +file) and idle levels (0, 1, 2, 4 scan
+    rounds)).  Inherits the target and hard-limit knobs of :class:`TargetParams`.
 
     Defaults and why:
 
     * ``soft_pt_frac`` 0.04: page tables above 4 % of the unmovable zone are
       already several times a typical host's (a few MiB per GiB of RSS), so
-      empty tables are worth a cheap scan.
+      cold empty tables are worth a cheap scan.
     * ``hard_pt_frac`` 0.10: at 10 % page tables crowd out other tenants'
       unmovable allocations; reclaim every class at full budget.
-    * ``proc_ratio`` 0.5: a process whose page tables exceed its resident
-      memory (page tables / (RSS + page tables) > 0.5) maps almost nothing
-      with its tables: the signature of a table hog or of a dumped balloon.
-    * ``proc_pt_frac`` 0.01: ignore small processes (1 % of the zone).
+    * ``soft_price`` 0.5: holding a table costs in proportion to ``hold_price``
+      (0 at the high watermark, where kswapd sleeps; 1 at min, where unmovable
+      allocations fail); halfway down, holding costs half its most and the min
+      watermark is one fast allocation burst away, so a cheap soft pass is insurance
+      (a policy choice, which tuning revisits).  1.0 turns the trigger off
+      (``hold_price`` never exceeds 1).
+    * ``free_trigger`` 0.0: below the min watermark (``free_vs_wmark`` < 0),
+      unmovable allocations fail: act as over the hard limit.
     * ``psi_trigger`` 0.10: PSI some avg10 above 10 % means tasks already
-      stall on memory; escalate one class deeper.
-    * ``free_trigger`` 0.0: below the min watermark (``free_vs_wmark`` < 0)
-      act as over the hard limit.
-    * budgets are indices into the env's budgets (default 0, 64, 512, 4096,
-      all): soft = 512 tables per decision, hard = all.
+      stall on memory; escalate the soft level one class deeper (never deeper
+      than the hard level).
+    * ``refault_trigger`` 0.3: when tables of a class the level frees come back
+      faster than ~0.35 per tick (``CLS_refault`` = log1p(10 x rate) / 5), the pass
+      frees tables still in use; require one more idle level.
+    * ``suspect_soft`` true: a suspect alone (:class:`TargetParams`) starts the
+      soft level on it, before it costs the zone anything (a hog grows without end).
+    * soft level: ``soft_budget`` 2 (512 tables per decision), ``soft_depth`` 0
+      (empty tables only: free to rebuild), ``soft_idle`` 2 (idle >= 2 scan rounds:
+      with time to choose, free only cold tables, whose re-fault is unlikely);
+    * hard level: ``hard_budget`` 4 (all), ``hard_depth`` 2 (every class),
+      ``hard_idle`` 0 (anything: failures cost more than re-faults).
+
+    The levels are monotone (checked): the hard level scans at least as many tables
+    as the soft one, at least as deep, requiring at most its idle age.
     """
 
     soft_pt_frac: float = 0.04
     hard_pt_frac: float = 0.10
-    proc_ratio: float = 0.5
-    proc_pt_frac: float = 0.01
-    psi_trigger: float = 0.10
+    soft_price: float = 0.5
     free_trigger: float = 0.0
+    psi_trigger: float = 0.10
+    refault_trigger: float = 0.3
+    suspect_soft: bool = True
     soft_budget: int = 2
     hard_budget: int = 4
     soft_depth: int = 0
     hard_depth: int = 2
-    use_hard_limit: bool = False
+    soft_idle: int = 2
+    hard_idle: int = 0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_range("soft_pt_frac", self.soft_pt_frac, 0.0, 1.0)
         check_range("hard_pt_frac", self.hard_pt_frac, 0.0, 1.0)
         if self.soft_pt_frac > self.hard_pt_frac:
             raise ConfigError(f"soft_pt_frac ({self.soft_pt_frac}) must not exceed "
                               f"hard_pt_frac ({self.hard_pt_frac})")
-        check_range("proc_ratio", self.proc_ratio, 0.0, 1.0)
-        check_range("proc_pt_frac", self.proc_pt_frac, 0.0, 1.0)
+        check_range("soft_price", self.soft_price, 0.0, 1.0)
         check_range("psi_trigger", self.psi_trigger, 0.0, 1.0)
         check_range("free_trigger", self.free_trigger, -1.0, 1.0)
-        n = len(DEFAULT_BUDGETS) - 1
-        check_range("soft_budget", self.soft_budget, 0, n)
-        check_range("hard_budget", self.hard_budget, 0, n)
-        check_range("soft_depth", self.soft_depth, 0, 2)
-        check_range("hard_depth", self.hard_depth, 0, 2)
+        check_range("refault_trigger", self.refault_trigger, 0.0, 1.0)
+        for name, hi in (("budget", ACTION_HIGHS[0]), ("depth", ACTION_HIGHS[1]),
+                         ("idle", ACTION_HIGHS[2])):
+            check_range(f"soft_{name}", getattr(self, f"soft_{name}"), 0, hi)
+            check_range(f"hard_{name}", getattr(self, f"hard_{name}"), 0, hi)
+        for name, sign in LEVEL_FIELDS:
+            soft, hard = getattr(self, f"soft_{name}"), getattr(self, f"hard_{name}")
+            if (hard - soft) * sign < 0:
+                rel = "at least" if sign > 0 else "at most"
+                raise ConfigError(f"hard_{name} ({hard}) must be {rel} soft_{name} ({soft}): "
+                                  "the hard level is never milder than the soft one")
+
+
+def _idle_for(obs: np.ndarray, idle: int, depth: int, trigger: float) -> tuple[int, str]:
+    """``idle`` raised one level when a class the pass may free re-faults over ``trigger``."""
+    worst = max(range(depth + 1), key=lambda c: float(obs[_IDX[f"{_CLASS_FEATURES[c]}_refault"]]))
+    rate = float(obs[_IDX[f"{_CLASS_FEATURES[worst]}_refault"]])
+    if rate > trigger and idle < ACTION_HIGHS[2]:
+        return idle + 1, (f"; {_CLASS_FEATURES[worst]} tables re-fault ({rate:.2f} > "
+                          f"{trigger:g}): one more idle round")
+    return idle, ""
 
 
 class SoftHard(Policy):
-    """``soft_hard``: the seed's soft/hard limits on page-table memory.
+    """``soft_hard``: the seed's soft/hard limits on page-table memory, under pressure.
 
-    Over the hard limit (or below the min watermark): reclaim ``hard_depth``
-    classes at ``hard_budget`` (globally, or from the suspect when one stands
-    out), optionally capping the suspect with a hard limit.  Over the soft
-    limit: reclaim ``soft_depth`` classes at ``soft_budget`` — from a suspicious
-    process first when one exceeds the per-process limits, else globally.
-    PSI above its trigger deepens the class by one.
+    Hard level (page tables over the hard limit, or free memory under the trigger):
+    reclaim ``hard_depth`` classes at ``hard_budget``, idle >= ``hard_idle``.  Soft
+    level (over the soft limit, ``hold_price`` over ``soft_price``, or a suspect):
+    ``soft_depth`` at ``soft_budget``, idle >= ``soft_idle``; PSI over its trigger
+    deepens the class.  Either level raises its idle requirement when the classes it
+    frees re-fault.  The target is a suspect among the top consumers (or global), capped
+    with a hard limit (when the rule is on) if it is table-only, still growing and
+    re-faulting what reclaim took from it (:class:`TargetParams`).
     """
 
     name = "soft_hard"
@@ -151,53 +328,74 @@ class SoftHard(Policy):
         in words an operator reads (the live advisor prints it)."""
         p = self.params
         pt = float(obs[_IDX["pt_frac"]])
-        ratio = float(obs[_IDX["top1_pt_ratio"]])
-        top = float(obs[_IDX["top1_pt_frac"]])
-        suspect = ratio > p.proc_ratio and top > p.proc_pt_frac
-        psi = float(obs[_IDX["psi_some_avg10"]])
-        bump = int(psi > p.psi_trigger)
+        price = float(obs[_IDX["hold_price"]])
         free = float(obs[_IDX["free_vs_wmark"]])
-        hard = None if not p.use_hard_limit else 0
-        who = (f"; top process over the per-process limit (tables/(RSS+tables) {ratio:.2f} > "
-               f"{p.proc_ratio:g} and {top:.4f} > {p.proc_pt_frac:g} of the zone)"
-               if suspect else "")
+        psi = float(obs[_IDX["psi_some_avg10"]])
+        target, who = choose_target(obs, p)
+        hard, cap = limit_target(obs, target, p)
+        who = f"; {who}" if who else ""
         if pt > p.hard_pt_frac or free < p.free_trigger:
-            if p.use_hard_limit and suspect:
-                hard = 1
             why = (f"page tables {pt:.4f} of the zone > hard limit {p.hard_pt_frac:g}"
                    if pt > p.hard_pt_frac else
                    f"free vs watermark {free:.3f} < trigger {p.free_trigger:g}")
-            return _action(p.hard_budget, p.hard_depth, int(suspect), hard), why + who
-        if pt > p.soft_pt_frac or suspect:
-            depth = min(2, p.soft_depth + bump)
-            why = (f"page tables {pt:.4f} of the zone > soft limit {p.soft_pt_frac:g}"
-                   if pt > p.soft_pt_frac else "under the soft limit")
-            if bump:
+            idle, more = _idle_for(obs, p.hard_idle, p.hard_depth, p.refault_trigger)
+            return (_action(p.hard_budget, p.hard_depth, idle, target, hard),
+                    why + more + who + cap)
+        soft_why = [f"page tables {pt:.4f} of the zone > soft limit {p.soft_pt_frac:g}"
+                    if pt > p.soft_pt_frac else "",
+                    f"hold price {price:.2f} > {p.soft_price:g}" if price > p.soft_price else "",
+                    "a suspect" if p.suspect_soft and target and not (
+                        pt > p.soft_pt_frac or price > p.soft_price) else ""]
+        if any(soft_why):
+            why = " and ".join(w for w in soft_why if w)
+            depth = p.soft_depth
+            if psi > p.psi_trigger and depth < p.hard_depth:
+                depth += 1
                 why += f"; PSI some avg10 {psi:.3f} > {p.psi_trigger:g} deepens the class"
-            return _action(p.soft_budget, depth, int(suspect), hard), why + who
-        return (_action(0, 0, 0, hard),
-                f"page tables {pt:.4f} of the zone <= soft limit {p.soft_pt_frac:g} and no "
-                "process over the per-process limit")
+            idle, more = _idle_for(obs, p.soft_idle, depth, p.refault_trigger)
+            return _action(p.soft_budget, depth, idle, target, hard), why + more + who + cap
+        quiet = (f"page tables {pt:.4f} of the zone <= soft limit {p.soft_pt_frac:g}, hold "
+                 f"price {price:.2f} <= {p.soft_price:g}"
+                 + ("" if target and not p.suspect_soft else " and no suspect"))
+        return _action(0, 0, 0, target if hard else 0, hard), quiet + cap
 
+
+# ------------------------------------------------------------------ periodic scan
 
 @dataclass(frozen=True)
-class PeriodicParams:
+class PeriodicParams(TargetParams):
     """``periodic_scan``: every ``every_ticks`` ticks, scan ``budget`` (an index
-    into the env's budgets) of class depth ``depth``, globally."""
+    into the env's budgets) of class depth ``depth``, freeing tables idle for at least
+    idle level ``idle``, from the target of :class:`TargetParams` (or globally), when
+    the pressure price of holding is at least ``min_price``.
+
+    Defaults and why: ``every_ticks`` 100 (10 s, khugepaged's default
+    ``scan_sleep_millisecs``), ``budget`` 2 (512 tables, khugepaged's
+    ``pages_to_scan`` is 4096 pages = 8 PMD spans... of the same order), ``depth`` 1
+    (empty and zero-page tables: no page cache to re-read), ``idle`` 1 (untouched since
+    the last scan: a scanner that comes back every 10 s sees a table's recency for
+    free), ``min_price`` 0.0 (scan whatever the pressure, like khugepaged; tuning may
+    gate it on pressure)."""
 
     every_ticks: int = 100
     budget: int = 2
     depth: int = 1
+    idle: int = 1
+    min_price: float = 0.0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_range("every_ticks", self.every_ticks, 1, 10**7)
-        check_range("budget", self.budget, 0, len(DEFAULT_BUDGETS) - 1)
-        check_range("depth", self.depth, 0, 2)
+        check_range("budget", self.budget, 0, ACTION_HIGHS[0])
+        check_range("depth", self.depth, 0, ACTION_HIGHS[1])
+        check_range("idle", self.idle, 0, ACTION_HIGHS[2])
+        check_range("min_price", self.min_price, 0.0, 1.0)
 
 
 class PeriodicScan(Policy):
     """``periodic_scan``: khugepaged-like, a fixed budget at a fixed period,
-    regardless of pressure (the period is read back from ``since_pass``)."""
+    when the hold price reaches ``min_price`` (the period is read back from
+    ``since_pass``)."""
 
     name = "periodic_scan"
 
@@ -209,26 +407,101 @@ class PeriodicScan(Policy):
         return cls(build(PeriodicParams, data, where))
 
     def act(self, obs: np.ndarray) -> np.ndarray:
+        return self.decide(obs)[0]
+
+    def decide(self, obs: np.ndarray) -> tuple[np.ndarray, str]:
+        """The action and the reason for it, in words."""
+        p = self.params
         ticks = math.expm1(float(obs[_IDX["since_pass"]]) * 10.0)
-        if ticks + 0.5 >= self.params.every_ticks:
-            return _action(self.params.budget, self.params.depth, 0)
-        return _action(0, 0, 0)
+        price = float(obs[_IDX["hold_price"]])
+        target, who = choose_target(obs, p)
+        hard, cap = limit_target(obs, target, p)
+        who = f"; {who}" if who else ""
+        if ticks + 0.5 < p.every_ticks:
+            return (_action(0, 0, 0, target if hard else 0, hard),
+                    f"{ticks:.0f} ticks since the last pass < period {p.every_ticks}" + cap)
+        if price < p.min_price:
+            return (_action(0, 0, 0, target if hard else 0, hard),
+                    f"period due, but hold price {price:.2f} < {p.min_price:g}" + cap)
+        return (_action(p.budget, p.depth, p.idle, target, hard),
+                f"period of {p.every_ticks} ticks due" + who + cap)
 
 
-#: Readable names of the action components' values (the env's default budgets).
-_DEPTH_TEXT = ("empty", "empty+zero", "empty+zero+file")
-_TARGET_TEXT = ("globally", "from the top suspect")
+# ------------------------------------------------------------------ one fixed action
+
+@dataclass(frozen=True)
+class ConstantParams:
+    """``constant``: the same action at every decision.  ``best_constant`` is the one
+    ``scripts/tune.py constant`` finds by enumerating the action space on the training
+    suite.  The defaults are "no pass", i.e. the 6.14 kernel as it is."""
+
+    budget: int = 0
+    depth: int = 0
+    idle: int = 0
+    target: int = 0
+    hard: int = 0
+
+    def __post_init__(self) -> None:
+        for name, hi in zip(ACTION_COMPONENTS, ACTION_HIGHS, strict=True):
+            check_range(name, getattr(self, name), 0, hi)
+
+    @property
+    def action(self) -> list[int]:
+        """The action, component by component."""
+        return [self.budget, self.depth, self.idle, self.target, self.hard]
+
+    @classmethod
+    def of(cls, action: Any) -> ConstantParams:
+        """The parameters of a five-component action."""
+        return cls(*check_action(list(np.asarray(action).ravel().tolist()), "action"))
+
+
+class Constant(Policy):
+    """``constant``: one fixed action, whatever the observation."""
+
+    name = "constant"
+
+    def __init__(self, params: ConstantParams | None = None) -> None:
+        self.params = params or ConstantParams()
+        self._action = np.asarray(self.params.action, dtype=np.int64)
+
+    @classmethod
+    def from_mapping(cls, data: Any, where: str = "constant") -> Constant:
+        return cls(build(ConstantParams, data, where))
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        return self._action.copy()
+
+    def decide(self, obs: np.ndarray) -> tuple[np.ndarray, str]:
+        """The action and the reason: it never changes."""
+        return self.act(obs), "a constant action, whatever the signals"
+
+
+#: Class depths as an operator reads them (``reclaim.DEPTHS``).
+DEPTH_TEXT = ("empty", "empty+zero", "empty+zero+file")
 _MAX_TREE_DEPTH = 12
 
 
-def action_text(action: Any) -> str:
-    """An action in words, e.g. ``scan 512 tables, empty+zero, globally``."""
+def target_text(target: int) -> str:
+    """The target component in words."""
+    return "globally" if target == 0 else f"from the top-{target} page-table consumer"
+
+
+def action_text(action: Any, budgets: tuple[int, ...] = DEFAULT_BUDGETS,
+                idle_levels: tuple[int, ...] = DEFAULT_IDLE_LEVELS) -> str:
+    """A v1 action in words, e.g. ``scan 512 tables, empty+zero, idle >= 2 rounds,
+    from the top-1 page-table consumer; cap its page tables``."""
     a = [int(x) for x in np.asarray(action).ravel()]
+    a += [0] * (len(ACTION_COMPONENTS) - len(a))
+    cap = f"cap the top-{a[3]} consumer's page tables" if a[4] and a[3] else ""
     if a[0] == 0:
-        return "no pass"
-    budget = DEFAULT_BUDGETS[a[0]] if a[0] < len(DEFAULT_BUDGETS) else a[0]
+        return "no pass" + (f"; {cap}" if cap else "")
+    budget = budgets[a[0]] if a[0] < len(budgets) else a[0]
     n = "all" if budget >= (1 << 30) else str(budget)
-    return f"scan {n} tables, {_DEPTH_TEXT[a[1]]}, {_TARGET_TEXT[a[2]]}"
+    idle = idle_levels[a[2]] if a[2] < len(idle_levels) else a[2]
+    cold = f", idle >= {idle} round{'s' if idle != 1 else ''}" if idle else ""
+    return (f"scan {n} tables, {DEPTH_TEXT[a[1]]}{cold}, {target_text(a[3])}"
+            + (f"; {cap}" if cap else ""))
 
 
 class TreeRule(Policy):
@@ -238,13 +511,13 @@ class TreeRule(Policy):
     .. code-block:: yaml
 
         tree:
-          feature: pt_frac
-          above: 0.0123
-          then: {action: [3, 2, 0]}
-          else: {action: [0, 0, 0]}
+          feature: hold_price
+          above: 0.4
+          then: {action: [3, 2, 1, 0, 0]}
+          else: {action: [0, 0, 0, 0, 0]}
 
-    A node compares ``obs[feature] > above``; a leaf holds the action
-    ``[budget index, class depth, target]``.
+    A node compares ``obs[feature] > above``; a leaf holds a v1 action ``[budget
+    index, class depth, min_idle index, target, hard limit]``.
     """
 
     name = "tree"
@@ -268,18 +541,11 @@ class TreeRule(Policy):
             raise ConfigError(f"{where}: the tree is deeper than {_MAX_TREE_DEPTH} levels")
         if not isinstance(node, dict):
             raise ConfigError(f"{where}: expected a node {{feature, above, then, else}} or a "
-                              f"leaf {{action: [budget, depth, target]}}, got {node!r}")
+                              f"leaf {{action: [budget, depth, idle, target, hard]}}, got {node!r}")
         if "action" in node:
             if set(node) != {"action"}:
                 raise ConfigError(f"{where}: a leaf holds only 'action', got {sorted(node)}")
-            act = node["action"]
-            highs = (len(DEFAULT_BUDGETS) - 1, 2, 1)
-            if (not isinstance(act, list) or len(act) != 3
-                    or not all(isinstance(v, int) and not isinstance(v, bool) for v in act)
-                    or not all(0 <= v <= hi for v, hi in zip(act, highs, strict=True))):
-                raise ConfigError(f"{where}.action: {act!r} is not [budget 0-{highs[0]}, "
-                                  "depth 0-2, target 0-1]")
-            return {"action": list(act)}
+            return {"action": check_action(node["action"], f"{where}.action")}
         want = {"feature", "above", "then", "else"}
         if set(node) != want:
             extra = sorted(set(node) - want)
@@ -346,7 +612,10 @@ def make_heuristic(name: str, params: Any = None, where: str | None = None) -> P
     if name not in HEURISTICS:
         raise ConfigError(f"unknown heuristic {name!r}{did_you_mean(name, HEURISTICS)}; "
                           f"known: {', '.join(HEURISTICS)}")
-    cls = HEURISTICS[name]
+    return _from_params(HEURISTICS[name], name, params, where)
+
+
+def _from_params(cls: type[Policy], name: str, params: Any, where: str | None) -> Policy:
     if not params:
         return cls()
     from_mapping = getattr(cls, "from_mapping", None)
@@ -364,11 +633,17 @@ def make_heuristic(name: str, params: Any = None, where: str | None = None) -> P
 
 
 #: Rule kinds a thresholds file may carry (``rule: {kind: ..., ...}``).
-RULES: dict[str, type[Policy]] = {"soft_hard": SoftHard, "tree": TreeRule}
+RULES: dict[str, type[Policy]] = {"soft_hard": SoftHard, "periodic_scan": PeriodicScan,
+                                  "constant": Constant, "tree": TreeRule}
 
 
 def make_rule(kind: str, params: Any, where: str | None = None) -> Policy:
     """The policy of a thresholds file's rule (``kind`` and its parameters)."""
+    from ..envs.sim.config import did_you_mean
+
     if kind == "tree":
         return TreeRule.from_mapping(dict(params or {}), where or "tree")
-    return make_heuristic(kind, params, where)
+    if kind not in RULES:
+        raise ConfigError(f"{where or 'rule'}.kind: {kind!r} is not a known rule"
+                          f"{did_you_mean(str(kind), RULES)}; known: {', '.join(RULES)}")
+    return _from_params(RULES[kind], kind, params, where)

@@ -57,10 +57,11 @@ class Policy(Protocol):
 # ------------------------------------------------------------ algorithms
 
 #: The SB3 algorithms ptreclaim trains, evaluates and tunes.
-ALGOS: tuple[str, ...] = ("ppo", "a2c", "dqn", "maskable_ppo")
+ALGOS: tuple[str, ...] = ("ppo", "a2c", "dqn", "maskable_ppo", "recurrent_ppo")
 #: Other spellings a run's config.yaml may use -> the name in :data:`ALGOS`.
 ALGO_ALIASES = {"maskableppo": "maskable_ppo", "ppo_mask": "maskable_ppo",
-                "mppo": "maskable_ppo"}
+                "mppo": "maskable_ppo", "recurrentppo": "recurrent_ppo",
+                "ppo_lstm": "recurrent_ppo", "lstm_ppo": "recurrent_ppo"}
 
 
 def canonical_algo(name: str, where: str) -> str:
@@ -89,6 +90,9 @@ def algo_class(algo: str) -> type[BaseAlgorithm]:
     if algo == "maskable_ppo":
         from sb3_contrib import MaskablePPO
         return MaskablePPO
+    if algo == "recurrent_ppo":
+        from sb3_contrib import RecurrentPPO
+        return RecurrentPPO
     raise ConfigError(f"unknown algorithm {algo!r}{did_you_mean(algo, ALGOS)}; "
                       f"known: {', '.join(ALGOS)}")
 
@@ -404,6 +408,8 @@ def _algo_from_zip(path: Path) -> str:
         if isinstance(data.get("policy_class"), Mapping) else ""
     if "sb3_contrib" in module and "maskable" in module:
         return "maskable_ppo"
+    if "sb3_contrib" in module and "recurrent" in module:
+        return "recurrent_ppo"
     if ".dqn" in module or "exploration_initial_eps" in data:
         return "dqn"
     if "n_epochs" in data:

@@ -5,18 +5,46 @@ What it is a bound on
 The oracle sees the episode's future: at reset it copies the simulation
 (same state, same random streams) and runs the copy to the end without any
 out-of-line reclaim, recording at which ticks every process touches every
-2 MiB slot.  At each decision it then frees, in every process, exactly the
-tables (empty, zero-page-only or reconstructable; never pinned, never under
-userfaultfd) for which holding them until their next use costs more than
-freeing them now and re-faulting them then:
+2 MiB slot, the normal zone's free pages at every tick and every process's
+page-table size.  At each decision (tick ``now``) it then:
 
-    hold  = w_pt_waste * (4 KiB in MiB) * ticks_until_next_use / decision_ticks
-    evict = w_reclaim_cpu * free_cpu_ms + w_app_stall * (free_stall_ms + refault_ms)
+1. **prices holding** with the env's own price (``features.hold_price``) at every
+   future tick it can see: the recorded free pages, shifted by what separates the
+   present from the recorded future now (``free_now - free_recorded(now)``: the
+   tables it freed so far, the kills it avoided), so that
+   ``P(a, b) = sum over ticks a..b-1 of hold_price(free(t) + shift)``; from the
+   recorded future's first failed unmovable allocation on, the price is 1 (there the
+   recording, which failed allocations the present may serve, stops describing
+   the present: it is read pessimistically);
+2. **frees, in every process, exactly the tables worth freeing** (empty,
+   zero-page-only or reconstructable; never pinned, never under userfaultfd):
+   those whose holding until their next use ``u`` costs more than freeing them now
+   and re-faulting them then::
 
-and, when the normal zone is below its low watermark (allocation failures
-are imminent and cost far more than any re-fault), every candidate that is
-not used again within the next decision step.  It goes straight to those
-tables: it pays for examining only what it frees, never for searching.
+       hold  = w_pt_hold * (4 KiB in MiB) * P(now, u) / decision_ticks
+       evict = w_reclaim_cpu * cpu_ms + w_app_stall * (stall_ms + refault_ms)
+
+   where ``cpu`` and ``stall`` are one more table's share of a pass
+   (``costs.CostModel.reclaim_pass_cpu_us`` / ``..._stall_us`` under the scenario's
+   lock, with the process's remote CPUs) and ``refault`` is
+   ``costs.CostModel.refault_us`` for the entries the table maps (nothing when it is
+   never used again).  A process's pass runs only when the tables' summed gain pays
+   for its fixed price (the lock, the TLB flush and its IPIs);
+3. **frees everything that is not used within the next decision step when
+   failures are imminent**: free memory under the low watermark now, or under the
+   min watermark within the next step of the shifted future (a failed unmovable
+   allocation stalls every process and leads to the OOM killer, which no re-fault
+   costs);
+4. **caps processes that are not sane** (privileged: it reads ``sane``), once, at
+   their size after the pass, when the recorded future shows them growing past it
+   and the cap costs less than serving the growth: under ``hard_limit_action: kill``
+   the process dies at its first table over the cap (no harm: it is not sane), which
+   always pays; under ``throttle`` the cap costs ``tick_ms`` of stall every
+   ``throttle_ticks`` ticks from its first excess to the end, against freeing every
+   table it would add.
+
+It goes straight to those tables: it pays for examining only what it frees, never
+for searching, and clears no young bit.
 
 Assumptions, so that the bound is read correctly
 ------------------------------------------------
@@ -25,13 +53,19 @@ Assumptions, so that the bound is read correctly
   and the tick (all shipped families except the ``retouch`` hog, which reacts
   to losing its tables, and except where OOM kills or hard-limit throttling
   change who runs).  Where it does not hold the oracle is merely very good.
+  When the recorded future has lost a process that is still alive (the OOM killer
+  took it there; reclaim saved it here), the future is recorded again from the
+  present, so its free memory and touches describe the processes that do run.
+* The price of holding is the recorded future's, shifted by today's difference:
+  tables freed later by the oracle itself, and re-faults, are not foreseen, so it
+  may free a little early; freeing one table does not lower the price it uses for
+  the next (greedy per table).
 * Costs are the simulator's own cost model, so the bound is on this
   simulator's reward, not on a real kernel.
-* It is greedy per decision (no lookahead over the zone's pressure beyond the
-  low-watermark rule), so it is a strong reference for the normalised score
-  ``(policy - none) / (oracle - none)``, not a proof of optimality; a learned
-  policy may beat it on some episodes, which the reports show as scores
-  above 1.
+* It is greedy per decision (no plan over the whole episode), so it is a strong
+  reference for the normalised score ``(policy - none) / (oracle - none)``, not a
+  proof of optimality; a learned policy may beat it on some episodes, which the
+  reports show as scores above 1.
 """
 
 from __future__ import annotations
@@ -39,17 +73,33 @@ from __future__ import annotations
 import bisect
 import copy
 import math
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
+from ..envs.features import SUSPECT_MIN_BYTES, hold_price
 from ..envs.pagetable_env import PageTableReclaimEnv
-from ..envs.sim.pagetable import ENTRIES, TableClass
+from ..envs.sim.pagetable import ENTRIES, PAGE, TableClass
+from ..envs.sim.process import Process
 from ..envs.sim.reclaim import DEPTHS
 from .heuristics import Policy
 
 _FULL = DEPTHS[2]
 _CANDIDATES = (TableClass.EMPTY, TableClass.ZERO, TableClass.FILE)
+_MIB = 1 << 20
+
+
+@dataclass
+class _Future:
+    """What the oracle recorded of the episode without out-of-line reclaim."""
+
+    touches: dict[str, dict[int, list[int]]]  # process name -> slot -> ticks it is accessed
+    free: np.ndarray  # normal-zone free pages at the end of each tick
+    failed: np.ndarray  # ticks with a failed unmovable allocation
+    #: pid -> (tick of the process's first recorded pt size, its pt bytes per tick)
+    pt: dict[int, tuple[int, list[int]]]
+    ticks: int
 
 
 class OracleBound(Policy):
@@ -60,7 +110,7 @@ class OracleBound(Policy):
 
     def __init__(self) -> None:
         self.env: PageTableReclaimEnv | None = None
-        self._trace: dict[str, dict[int, list[int]]] = {}
+        self._future: _Future | None = None
         self._sim_id = -1
         self._owner: object | None = None
 
@@ -68,59 +118,155 @@ class OracleBound(Policy):
         """Attach to the (unwrapped) env whose simulation it may read."""
         self.env = env.unwrapped if hasattr(env, "unwrapped") else env
         # A new simulation may reuse a freed one's id(): never trust an old future.
-        self._trace = {}
+        self._future = None
         self._sim_id = -1
 
-    def _ensure_future(self) -> None:
+    def _ensure_future(self) -> _Future:
         env = self.env
         assert env is not None and env.sim is not None
-        if id(env.sim) == self._sim_id and self._owner is env.sim:
-            return
-        future = copy.deepcopy(env.sim)
+        sim = env.sim
+        fut = self._future
+        if id(sim) == self._sim_id and self._owner is sim and fut is not None \
+                and not self._diverged(fut, sim):
+            return fut
+        future = copy.deepcopy(sim)
         future.record_touches()
+        first = future.tick_no
+        # A process's history has one entry per tick it is alive, from the tick it was
+        # spawned: a process alive now was born len(history) ticks ago.
+        born = {p.pid: first - len(p.history) for p in future.procs if p.alive}
+        free = np.full(future.scenario.ticks, float(sim.machine.normal_free))
+        failed = np.zeros(future.scenario.ticks, dtype=bool)
         while future.tick_no < future.scenario.ticks:
-            future.step()
+            rec = future.step()
+            free[rec.tick] = rec.normal_free_pages
+            failed[rec.tick] = rec.failure
+            for p in future.procs:
+                born.setdefault(p.pid, rec.tick)
         assert future.touch_trace is not None
-        self._trace = future.touch_trace
-        self._sim_id = id(env.sim)
-        self._owner = env.sim  # keeps the id from being reused while cached
+        pt = {p.pid: (born[p.pid], p.history) for p in future.procs if p.pid in born}
+        self._future = _Future(future.touch_trace, free, failed, pt, future.scenario.ticks)
+        self._sim_id = id(sim)
+        self._owner = sim  # keeps the id from being reused while cached
+        return self._future
+
+    @staticmethod
+    def _diverged(fut: _Future, sim: Any) -> bool:
+        """Whether a process alive now had died by now in the recorded future (the OOM
+        killer took it there, the oracle's reclaim saved it here): that future's free
+        memory and touches no longer describe this one, so it is recorded again from
+        now."""
+        now = sim.tick_no
+        for p in sim.alive:
+            born, sizes = fut.pt.get(p.pid, (now, []))
+            if born < now and born + len(sizes) < now:
+                return True
+        return False
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         env = self.env
         if env is None or env.sim is None:
             raise RuntimeError("the oracle is privileged: call bind(env) before predict()")
-        self._ensure_future()
+        fut = self._ensure_future()
         sim = env.sim
         cfg = env.config
         w = cfg.reward
         costs = sim.costs
+        wm = sim.machine.wmark
         now = sim.tick_no
         step = cfg.decision_ticks
-        pressure = sim.machine.normal_free < sim.machine.wmark.low
-        # Per-table price of freeing now (CPU and the process's stall), in ms.
-        free_cpu = (costs.scan_table_us + costs.free_table_us) / 1000.0
+        # The recorded future, shifted to today's free memory, priced tick by tick.
+        shift = sim.machine.normal_free - fut.free[now - 1] if now > 0 else 0.0
+        free = fut.free[now:] + shift
+        price = np.fromiter((hold_price(f, wm.min, wm.high) for f in free), np.float64,
+                            len(free))
+        # From the recorded future's first failed allocation on, its allocations and
+        # stalls no longer follow this one: holding is priced at its maximum there.
+        failing = np.flatnonzero(fut.failed[now:])
+        if len(failing):
+            price[failing[0]:] = 1.0
+        cum = np.concatenate([[0.0], np.cumsum(price)])  # cum[k]: ticks now..now+k-1
+        per_tick = w.pt_hold * (PAGE / _MIB) / step
+        pressure = (sim.machine.normal_free < wm.low
+                    or bool((free[:step] < wm.min).any()))
+        lock = sim.scenario.reclaim.lock
         for p in sim.alive:
-            trace = self._trace.get(p.name, {})
+            remote = min(p.cpus, sim.machine.config.cpus) - 1
+            fixed, marginal, file_extra = _pass_prices(costs, lock, remote, w)
+            trace = fut.touches.get(p.name, {})
             chosen: list[int] = []
+            gain = 0.0
             for cls in _CANDIDATES:
+                evict0 = marginal + (file_extra if cls == TableClass.FILE else 0.0)
                 for slot in p.mm.tables_in_class(cls):
                     if p.mm.slot_is_uffd(slot):
                         continue
                     ticks = trace.get(slot, ())
                     k = bisect.bisect_left(ticks, now)
-                    nxt = ticks[k] if k < len(ticks) else math.inf
-                    until = nxt - now
+                    until = ticks[k] - now if k < len(ticks) else math.inf
                     if pressure and until > step:
                         chosen.append(slot)
+                        gain = math.inf
                         continue
-                    t = p.mm.pte[slot]
-                    zapped = ENTRIES - t.entries.count(0) if not t.huge else ENTRIES
-                    refault = (0.0 if math.isinf(until)
-                               else costs.refault_us(1, zapped, uffd=False) / 1000.0)
-                    hold = w.pt_waste * (4096 / (1 << 20)) * min(until, 1e9) / step
-                    evict = w.reclaim_cpu * free_cpu + w.app_stall * (free_cpu + refault)
-                    if hold > evict:
+                    held = cum[-1] if math.isinf(until) else cum[min(int(until), len(cum) - 1)]
+                    hold = per_tick * held
+                    if hold <= evict0:
+                        continue
+                    refault = 0.0
+                    if not math.isinf(until):
+                        t = p.mm.pte[slot]
+                        zapped = ENTRIES - t.entries.count(0) if not t.huge else ENTRIES
+                        refault = w.app_stall * costs.refault_us(1, zapped, uffd=False) / 1000.0
+                    if hold > evict0 + refault:
                         chosen.append(slot)
-            if chosen:
+                        gain += hold - evict0 - refault
+            # Judged on its size before the pass, capped at its size after (as the env's
+            # hard flag caps the target after its pass).
+            cap = self._worth_capping(p, fut, now, marginal)
+            if chosen and gain > fixed:
                 sim.reclaim_exact(p, sorted(chosen), _FULL)
+            if cap:
+                sim.set_hard_limit(p, p.pt_bytes)
         return np.zeros(len(env.action_space.nvec), dtype=np.int64)
+
+    def _worth_capping(self, p: Process, fut: _Future, now: int, marginal: float) -> bool:
+        """Whether to cap the insane process ``p`` at its present size (see the module
+        docstring, point 4)."""
+        if p.sane or not p.alive or p.pt_hard_limit_bytes is not None \
+                or p.pt_bytes < SUSPECT_MIN_BYTES or p.pid not in fut.pt:
+            return False
+        born, sizes = fut.pt[p.pid]
+        i = now - 1 - born
+        if not 0 <= i < len(sizes) - 1:
+            return False
+        later = np.asarray(sizes[i + 1:], dtype=np.int64) - sizes[i]
+        grows = np.flatnonzero(later > 0)
+        if not len(grows):
+            return False
+        env = self.env
+        assert env is not None and env.sim is not None
+        machine = env.sim.machine.config
+        if machine.hard_limit_action == "kill":
+            return True
+        first = now + int(grows[0])
+        periods = math.ceil((fut.ticks - first) / machine.throttle_ticks)
+        throttle = periods * machine.tick_ms * env.config.reward.app_stall
+        serve = int(later.max()) // PAGE * marginal
+        return throttle < serve
+
+
+def _pass_prices(costs: Any, lock: str, remote: int, w: Any) -> tuple[float, float, float]:
+    """A pass's weighted prices in reward units: its fixed part (lock, TLB flush and
+    IPIs), one more freed table's part, and the extra of a file table (rmap lock);
+    from the cost model's own pass prices (``CostModel.reclaim_pass_cpu_us`` and
+    ``..._stall_us``), so that they follow every constant and the lock mode."""
+
+    def price(n: int, files: int) -> float:
+        flushed = n * ENTRIES
+        cpu = costs.reclaim_pass_cpu_us(n, n, files, flushed, remote, lock)
+        stall = costs.reclaim_pass_stall_us(n, n, files, flushed, remote, lock)
+        return (w.reclaim_cpu * cpu + w.app_stall * stall) / 1000.0
+
+    one, two = price(1, 0), price(2, 0)
+    marginal = two - one
+    return one - marginal, marginal, price(1, 1) - one

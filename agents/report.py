@@ -33,7 +33,7 @@ PAGE = 4096
 
 #: What each cost term measures (for tables and the report).
 TERM_TEXT = {
-    "pt_waste": "reclaimable page tables held",
+    "pt_hold": "reclaimable page tables held, priced by the zone's pressure (MiB x hold price)",
     "alloc_failures": "ticks with a failed unmovable allocation",
     "reclaim_cpu": "reclaim CPU (scan, locks, TLB flush)",
     "app_stall": "application stall (locks, re-faults, failures)",

@@ -69,6 +69,16 @@ def _fresh(policy: Any) -> Any:
     return clone
 
 
+def fit_action(action: Any, env: PageTableReclaimEnv) -> np.ndarray:
+    """``action`` for ``env``'s action space: the fixed policies always emit the five
+    components of the default space, an env without the hard-limit action
+    (``EnvConfig.hard_limit_action`` false) takes the first four (the flag is dropped:
+    that env cannot set a limit)."""
+    a = np.asarray(action)
+    n = len(env.action_space.nvec)
+    return a[..., :n] if a.shape[-1:] and a.shape[-1] > n else a
+
+
 def _timeline_record(step: int, info: dict[str, Any], recs: Sequence[Any], action: Any,
                      reward: float) -> dict[str, Any]:
     """One step of an episode's timeline (``recs``: the step's tick records)."""
@@ -117,6 +127,7 @@ def run_episode(policy: Any, scenario: ScenarioConfig, seed: int, env_config: En
         timeline.append(_timeline_record(0, info, [], None, 0.0))
     while True:
         action, state = policy.predict(obs, state=state, episode_start=start, deterministic=True)
+        action = fit_action(action, env)
         start = np.zeros((1,), dtype=bool)
         obs, r, terminated, truncated, info = env.step(action)
         reward += r
@@ -181,7 +192,7 @@ def policy_driver(policy: Any, scenario: ScenarioConfig, env_config: EnvConfig |
         recs = sim.history[seen[0]:]
         seen[0] = len(sim.history)
         action, _ = policy.predict(env.observe(recs), deterministic=True)
-        env.apply_action(action)
+        env.apply_action(fit_action(action, env))
 
     return act, scenario
 

@@ -96,7 +96,7 @@ def test_same_seed_same_rollout_and_global_rng_does_not_matter() -> None:
 
 
 def test_reward_is_minus_the_weighted_sum_of_cost_terms() -> None:
-    w = RewardWeights(pt_waste=0.5, alloc_failures=2.0, reclaim_cpu=0.3, app_stall=0.1,
+    w = RewardWeights(pt_hold=0.5, alloc_failures=2.0, reclaim_cpu=0.3, app_stall=0.1,
                       harm=7.0)
     env = small_env(reward=w)
     env.reset(seed=3)
@@ -111,18 +111,18 @@ def test_reward_is_minus_the_weighted_sum_of_cost_terms() -> None:
         seen_nonzero |= {k for k, v in terms.items() if v}
         if trunc:
             break
-    assert {"pt_waste", "reclaim_cpu"} <= seen_nonzero
+    assert {"pt_hold", "reclaim_cpu"} <= seen_nonzero
 
 
 def test_env_pickles_and_resumes_identically() -> None:
     env = small_env()
     env.reset(seed=5)
     for _ in range(3):
-        env.step(np.array([2, 1, 0]))
+        env.step(np.array([2, 1, 0, 0, 0]))
     clone = pickle.loads(pickle.dumps(env))
     for _ in range(3):
-        o1, r1, *_ = env.step(np.array([3, 2, 1]))
-        o2, r2, *_ = clone.step(np.array([3, 2, 1]))
+        o1, r1, *_ = env.step(np.array([3, 2, 1, 1, 1]))
+        o2, r2, *_ = clone.step(np.array([3, 2, 1, 1, 1]))
         assert np.array_equal(o1, o2) and r1 == r2
 
 
@@ -133,6 +133,6 @@ def test_works_in_sb3_vec_envs(vec: type) -> None:
     obs = venv.reset()
     assert obs.shape == (2, len(OBS_NAMES))
     for _ in range(5):
-        obs, rewards, _dones, _infos = venv.step(np.array([[1, 0, 0], [4, 2, 1]]))
+        obs, rewards, _dones, _infos = venv.step(np.array([[1, 0, 0, 0, 0], [4, 2, 3, 1, 1]]))
         assert rewards.shape == (2,)
     venv.close()

@@ -204,7 +204,7 @@ def test_every_output_file_is_written_and_parses(tmp_path: Path, suite: Path,
 def test_thresholds_file_runs_its_soft_hard_rule(tmp_path: Path, suite: Path) -> None:
     rule = {"kind": "soft_hard", "soft_pt_frac": 0.03, "hard_pt_frac": 0.08}
     yml = tmp_path / "thresholds.yaml"
-    yml.write_text(yaml.safe_dump({"schema_version": 1, "provenance": {"seed": 0},
+    yml.write_text(yaml.safe_dump({"schema_version": 2, "provenance": {"seed": 0},
                                    "rule": rule}))
     js = tmp_path / "thresholds.json"
     js.write_text(json.dumps({"rule": rule}))
@@ -306,7 +306,7 @@ def _bad_inputs(tmp: Path, suite: Path) -> dict[str, tuple[list[str], str]]:
     corrupt.mkdir(parents=True)
     (corrupt / "model.zip").write_bytes(b"PK\x03\x04 not really a zip")
     _bare_model(tmp / "runs" / "obs__ppo__0__1" / "model.zip", candidate_counts=True)
-    _bare_model(tmp / "runs" / "act__ppo__0__1" / "model.zip", hard_limit_action=True)
+    _bare_model(tmp / "runs" / "act__ppo__0__1" / "model.zip", hard_limit_action=False)
     _bare_model(tmp / "elsewhere" / "x" / "model.zip")
     existing = tmp / "existing"
     existing.mkdir()
@@ -324,7 +324,7 @@ def _bad_inputs(tmp: Path, suite: Path) -> dict[str, tuple[list[str], str]]:
         "thresholds syntax": ([str(tmp / "bad_syntax.json"), *s], "not valid JSON"),
         "thresholds top key": ([str(tmp / "bad_top.yaml"), *s], "did you mean 'rule'"),
         "corrupt zip": (["runs/corrupt__ppo__0__1", *s], "cannot load"),
-        "observation space": (["runs/obs__ppo__0__1", *s], "observations of shape (20,)"),
+        "observation space": (["runs/obs__ppo__0__1", *s], "observations of shape (42,)"),
         "action space": (["runs/act__ppo__0__1", *s], "trained for actions"),
         "untrusted model": ([str(tmp / "elsewhere" / "x" / "model.zip"), *s], "--trust-model"),
         "no best model": (["--best", str(corrupt), *s], "no best_model.zip"),

@@ -28,6 +28,8 @@ import numpy as np
 import pytest
 
 from ptreclaim.agents import advisor
+from ptreclaim.agents.heuristics import make_rule
+from ptreclaim.agents.loading import parse_policy
 from ptreclaim.envs import features
 from ptreclaim.envs.features import OBS_NAMES
 from ptreclaim.envs.host import sample as hostsample
@@ -144,15 +146,18 @@ def test_names_the_hog_not_the_sane_process(children: tuple[Child, Child]) -> No
     assert MARK in a["cmdline"] and " -c " in a["cmdline"]  # the command line, as ps shows it
     assert "\n" not in a["cmdline"]
     assert a["budget_tables"] == 512 and a["depth"] == "empty"  # soft_budget 2, soft_depth 0
-    assert a["action"] == [2, 0, 1]
-    assert a["reason"].startswith("under the soft limit; top process over the per-process limit")
-    assert "> 0.5 and" in a["reason"] and "> 0.0005 of the zone" in a["reason"]
+    assert a["min_idle_rounds"] == 2  # soft_idle 2
+    assert a["action"] == [2, 0, 2, 1, 0]  # the hog is the top-1 consumer
+    assert a["reason"].startswith("a suspect; top-1 consumer is a suspect")
+    assert "> 0.5, " in a["reason"] and "> 0.0005 of the zone" in a["reason"]
     rows = {r["pid"]: r for r in rec["top"]}
     assert rows[hog.pid]["ratio"] > 0.5 and rows[sane.pid]["ratio"] < 0.05
     assert rec["top"][0]["pid"] == hog.pid  # the largest page-table holder
     assert rec["obs"]["top1_pt_ratio"] == pytest.approx(rows[hog.pid]["ratio"], abs=1e-4)
     assert list(rec["obs"]) == list(OBS_NAMES)
-    assert rec["unavailable"][:2] == ["refault_rate", "last_yield"]
+    assert {"refault_rate", "last_yield"} <= set(rec["unavailable"])
+    # One sample: no earlier VmPTE to measure growth against.
+    assert {"top1_growth", "empty_seen", "empty_refault"} <= set(rec["unavailable"])
 
 
 def test_without_the_hog_nobody_is_named(children: tuple[Child, Child]) -> None:
@@ -167,7 +172,7 @@ def test_without_the_hog_nobody_is_named(children: tuple[Child, Child]) -> None:
     obs[OBS_NAMES.index("top1_pt_ratio")] = procs[0].ratio
     advice = advisor.advise(live, obs, procs, Path("/proc"))
     assert advice.target == "none" and advice.pid is None
-    assert "no process over the per-process limit" in advice.reason
+    assert "and no suspect" in advice.reason
 
 
 def test_json_thresholds_scan_and_count(children: tuple[Child, Child], tmp_path: Path) -> None:
@@ -206,9 +211,9 @@ def test_distilled_tree_rule_gives_its_path(children: tuple[Child, Child],
 
     hog, _ = children
     tree = tmp_path / "tree.yaml"
-    tree.write_text(yaml.safe_dump({"schema_version": 1, "rule": {"kind": "tree", "tree": {
+    tree.write_text(yaml.safe_dump({"schema_version": 2, "rule": {"kind": "tree", "tree": {
         "feature": "top1_pt_ratio", "above": 0.5,
-        "then": {"action": [3, 1, 1]}, "else": {"action": [0, 0, 0]}}}}))
+        "then": {"action": [3, 1, 0, 1, 0]}, "else": {"action": [0, 0, 0, 0, 0]}}}}))
     a = _one(["--policy", str(tree)])["advice"]
     assert a["pid"] == hog.pid and a["budget_tables"] == 4096 and a["depth"] == "empty+zero"
     assert a["reason"].startswith("top1_pt_ratio 0.8") and a["reason"].endswith("> 0.5")
@@ -219,8 +224,9 @@ def test_table_output(children: tuple[Child, Child]) -> None:
     res = _run(["--policy", str(THRESHOLDS), "--once", "--top", "3"])
     assert res.returncode == 0, res.stderr
     assert f"from PID {hog.pid}" in res.stdout
-    assert "top page-table consumers" in res.stdout and "why: under the soft limit" in res.stdout
-    assert "not available live (neutral value): refault_rate, last_yield" in res.stderr
+    assert "top page-table consumers" in res.stdout and "why: a suspect" in res.stdout
+    assert "not available live (neutral value): top1_growth, " in res.stderr
+    assert "refault_rate, last_yield, empty_seen" in res.stderr
 
 
 def test_other_heuristic_gives_its_own_reason() -> None:
@@ -460,8 +466,11 @@ def test_fake_proc_degraded(tmp_path: Path) -> None:
     assert r["host"]["free_pages"] == 3840 + 100000 - 2048
     assert r["host"]["wmark_min_low_high"] == [1022, 1277, 1532]
     assert r["host"]["psi"] is None
-    assert r["unavailable"] == ["psi_some_avg10", "psi_some_avg60", "psi_full_avg10",
-                                "psi_full_avg60", "refault_rate", "last_yield"]
+    assert r["unavailable"] == [n for n in OBS_NAMES if n in (
+        *advisor.PSI_NAMES, *advisor.NEVER_LIVE, *advisor.GROWTH_NAMES)]
+    # From the second sample on, the growth is measured.
+    assert recs[1]["unavailable"] == [n for n in OBS_NAMES if n in (
+        *advisor.PSI_NAMES, *advisor.NEVER_LIVE)]
     assert r["obs"]["pt_frac"] == pytest.approx(10240 / 4 / (3840 + 258304 - 4096), rel=1e-5)
     notes = " ".join(r["notes"])
     assert "pressure/memory: no PSI" in notes
@@ -572,7 +581,7 @@ def test_observation_matches_the_env() -> None:
     env = PageTableReclaimEnv([load_scenario(CONFIG_DIR / "scenarios" / "mixed_cloud.yaml")])
     env.reset(seed=3)
     for _ in range(5):
-        env.step(np.array([0, 0, 0]))
+        env.step(np.array([0, 0, 0, 0, 0]))
     sim = env.sim
     assert sim is not None
     m = sim.machine
@@ -586,15 +595,18 @@ def test_observation_matches_the_env() -> None:
     procs = [hostsample.ProcSample(p.pid, p.pt_bytes // 1024, p.rss_bytes // 1024, None)
              for p in sim.alive]
     got, missing = advisor.observe(host, procs, advisor.LiveState(5.0, 0.0), 0.0)
-    assert missing == ["refault_rate", "last_yield", "fail_share"]
-    same = [i for i, n in enumerate(OBS_NAMES)
-            if n not in ("refault_rate", "last_yield", "fail_share", "since_pass")]
+    assert missing == [n for n in OBS_NAMES if n in (
+        *advisor.NEVER_LIVE, *advisor.GROWTH_NAMES, "fail_share")]
+    same = [i for i, n in enumerate(OBS_NAMES) if n not in missing and n != "since_pass"]
     assert want[same] == pytest.approx(got[same], abs=1e-6)
     assert np.count_nonzero(got[same]) >= 8  # a state with signal in it
-    # The env's suspect and the advisor's are the same process.
-    suspect = env.most_suspicious()
-    mine = features.most_suspicious(procs)
-    assert (suspect.pid if suspect else None) == (mine.pid if mine else None)
+    # The env's target N and the advisor's are the same process.
+    for n in range(1, features.TOP_K + 1):
+        theirs = env.target(n)
+        mine = advisor.advise(advisor.LivePolicy(
+            parse_policy("heuristic:none"), make_rule("constant", {
+                "budget": 1, "target": n}), (0, 64)), got, procs, Path("/nonexistent"))
+        assert (theirs.pid if theirs else None) == mine.pid
 
 
 def test_scan_never_write_protects(children: tuple[Child, Child],
@@ -651,7 +663,7 @@ def test_learned_policy_from_a_run_folder(tmp_path: Path) -> None:
     advice = advisor.advise(live, obs, procs, Path("/proc"))
     assert advice.reason.startswith("learned policy; signals furthest from its training data: "
                                     "pt_frac 0.9 (z ")
-    assert len(advice.action) == 3 and advice.depth in advisor.DEPTH_NAMES
+    assert len(advice.action) == 5 and advice.depth in advisor.DEPTH_NAMES
     if advice.target == "process":
         assert advice.pid == os.getpid()
     # Outside runs/ a model needs --trust-model (it holds pickles).
@@ -665,20 +677,34 @@ def _obs_for(procs: list[hostsample.ProcSample], zone_pages: int) -> np.ndarray:
     return advisor.observe(host, procs, advisor.LiveState(5.0, 0.0), 0.0)[0]
 
 
-def test_advice_targets_the_env_suspect() -> None:
-    """The rule judges the largest holder; the pass goes where the env would
-    send it (the largest ratio among holders of >= 1 MiB), and says so."""
+def test_advice_targets_the_nth_top_consumer() -> None:
+    """The target N of an action is the N-th largest page-table holder, as in the env;
+    without one, the env runs no pass, and the advice says why."""
     live = advisor.load_policy(str(THRESHOLDS))
     big = hostsample.ProcSample(10, 20000, 10000, None)  # ratio 0.67, the largest holder
-    worse = hostsample.ProcSample(20, 2000, 100, None)  # ratio 0.95
-    tiny = hostsample.ProcSample(30, 1000, 1, None)  # ratio 0.999 but under 1 MiB
-    advice = advisor.advise(live, _obs_for([big, worse, tiny], 1 << 20), [big, worse, tiny],
+    worse = hostsample.ProcSample(20, 2000, 100, None)  # ratio 0.95: the suspect by ratio
+    tiny = hostsample.ProcSample(30, 1000, 1, None)  # ratio 0.999 but too small
+    advice = advisor.advise(live, _obs_for([big, worse, tiny], 1 << 19), [big, worse, tiny],
                             Path("/nonexistent"))
-    assert advice.target == "process" and advice.pid == 20
-    assert "the target is PID 20" in advice.reason
+    assert advice.target == "process" and advice.pid == 20 and advice.action[3] == 2
+    assert "top-2 consumer is a suspect" in advice.reason
     assert advice.comm == "?" and advice.cmdline == ""  # gone: no crash
-    # Nobody holds >= 1 MiB: the env runs no pass, and the advice says why.
-    obs = _obs_for([big], 1 << 20)
-    advice = advisor.advise(live, obs, [tiny], Path("/proc"))
+    two = advisor.LivePolicy(live.spec, make_rule("constant", {"budget": 2, "target": 2}),
+                             live.budgets)
+    advice = advisor.advise(two, _obs_for([big], 1 << 20), [big], Path("/proc"))
     assert advice.target == "none" and advice.budget_tables == 0 and advice.pid is None
     assert advice.reason.endswith("so no pass")
+
+
+def test_growth_of_a_consumer_between_samples() -> None:
+    """``topN_growth``: VmPTE growth between samples, in tables per tick, averaged."""
+    state = advisor.LiveState(1.0, 0.0)
+    first = state.consumers([hostsample.ProcSample(10, 4000, 0, None)], 0.0)
+    assert first[0].growth_rate == 0.0
+    # 400 KiB more in 1 s (10 ticks): 100 tables, 10 per tick, averaged over ~1 s.
+    later = state.consumers([hostsample.ProcSample(10, 4400, 0, None)], 1.0)
+    keep = advisor.RATE_DECAY ** 10
+    assert later[0].growth_rate == pytest.approx(10.0 * (1 - keep))
+    # A shrink is no growth; the average decays.
+    again = state.consumers([hostsample.ProcSample(10, 100, 0, None)], 2.0)
+    assert again[0].growth_rate == pytest.approx(10.0 * (1 - keep) * keep)

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
+from ptreclaim.agents.distill import collect
 from ptreclaim.agents.evaluate import episode_seed, run_episode
 from ptreclaim.agents.heuristics import (
     HEURISTICS,
+    ConstantParams,
     NoReclaim,
     OnZap,
+    PeriodicParams,
     PeriodicScan,
     SoftHard,
     SoftHardParams,
+    action_text,
+    canonical,
+    check_action,
     make_heuristic,
+    make_rule,
 )
 from ptreclaim.agents.oracle import OracleBound
 from ptreclaim.envs.pagetable_env import OBS_NAMES, EnvConfig
@@ -43,9 +52,9 @@ def test_every_heuristic_predicts_like_sb3() -> None:
     for name in HEURISTICS:
         p = make_heuristic(name)
         a, state = p.predict(obs())
-        assert a.shape == (3,) and state is None
+        assert a.shape == (5,) and state is None
         batch, _ = p.predict(np.stack([obs(), obs(pt_frac=0.5)]))
-        assert batch.shape == (2, 3)
+        assert batch.shape == (2, 5)
 
 
 def test_none_runs_on_a_pre_614_kernel_and_on_zap_does_not() -> None:
@@ -55,20 +64,65 @@ def test_none_runs_on_a_pre_614_kernel_and_on_zap_does_not() -> None:
     assert not OnZap().act(obs(pt_frac=1.0)).any()
 
 
-def test_soft_hard_thresholds() -> None:
+def test_soft_hard_levels_and_triggers() -> None:
     p = SoftHard()
-    assert p.act(obs(pt_frac=0.01)).tolist() == [0, 0, 0]
-    # Over the soft limit: empty tables at the soft budget, globally.
-    assert p.act(obs(pt_frac=0.05)).tolist() == [2, 0, 0]
-    # A suspect (tables >> RSS) is targeted even below the soft limit.
-    assert p.act(obs(pt_frac=0.02, top1_pt_ratio=0.9, top1_pt_frac=0.02)).tolist() == [2, 0, 1]
-    # PSI deepens the class.
-    assert p.act(obs(pt_frac=0.05, psi_some_avg10=0.5)).tolist() == [2, 1, 0]
-    # Over the hard limit, or below the min watermark: everything, full budget.
-    assert p.act(obs(pt_frac=0.2)).tolist() == [4, 2, 0]
-    assert p.act(obs(pt_frac=0.0, free_vs_wmark=-0.1)).tolist() == [4, 2, 0]
-    hl = SoftHard(SoftHardParams(use_hard_limit=True))
-    assert hl.act(obs(pt_frac=0.2, top1_pt_ratio=0.9, top1_pt_frac=0.05)).tolist() == [4, 2, 1, 1]
+    assert p.act(obs(pt_frac=0.01)).tolist() == [0, 0, 0, 0, 0]
+    # Over the soft limit: cold (idle >= 2 rounds) empty tables at the soft budget.
+    assert p.act(obs(pt_frac=0.05)).tolist() == [2, 0, 2, 0, 0]
+    # Pressure alone (the price of holding over its trigger) starts the soft level.
+    assert p.act(obs(hold_price=0.6)).tolist() == [2, 0, 2, 0, 0]
+    assert p.act(obs(hold_price=0.4)).tolist() == [0, 0, 0, 0, 0]
+    # A suspect (tables >> RSS) is targeted even below the soft limit...
+    assert p.act(obs(pt_frac=0.02, top1_pt_ratio=0.9, top1_pt_frac=0.02)).tolist() == [
+        2, 0, 2, 1, 0]
+    # ... unless a suspect alone may not start a pass.
+    quiet = SoftHard(SoftHardParams(suspect_soft=False))
+    assert quiet.act(obs(pt_frac=0.02, top1_pt_ratio=0.9, top1_pt_frac=0.02)).tolist() == [
+        0, 0, 0, 0, 0]
+    # PSI deepens the soft class.
+    assert p.act(obs(pt_frac=0.05, psi_some_avg10=0.5)).tolist() == [2, 1, 2, 0, 0]
+    # Over the hard limit, or below the min watermark: everything, full budget, any age.
+    assert p.act(obs(pt_frac=0.2)).tolist() == [4, 2, 0, 0, 0]
+    assert p.act(obs(pt_frac=0.0, free_vs_wmark=-0.1)).tolist() == [4, 2, 0, 0, 0]
+
+
+def test_refaults_of_a_freed_class_raise_the_idle_requirement() -> None:
+    p = SoftHard()
+    assert p.act(obs(pt_frac=0.05, empty_refault=0.5)).tolist() == [2, 0, 3, 0, 0]
+    # Zero-page tables re-fault, but the soft level frees only empty ones...
+    assert p.act(obs(pt_frac=0.05, zero_refault=0.5)).tolist() == [2, 0, 2, 0, 0]
+    # ... until PSI deepens it to zero-page tables too.
+    assert p.act(obs(pt_frac=0.05, zero_refault=0.5, psi_some_avg10=0.5)).tolist() == [
+        2, 1, 3, 0, 0]
+    action, why = p.decide(obs(pt_frac=0.2, file_refault=0.9))
+    assert action.tolist() == [4, 2, 1, 0, 0] and "file tables re-fault" in why
+
+
+def test_target_is_chosen_among_the_top_consumers() -> None:
+    two = {"top1_pt_frac": 0.05, "top1_pt_ratio": 0.6, "top1_growth": 0.1,
+           "top2_pt_frac": 0.03, "top2_pt_ratio": 0.95, "top2_growth": 0.0,
+           "top3_pt_frac": 0.02, "top3_pt_ratio": 0.7, "top3_growth": 0.4}
+    by = {t: SoftHard(SoftHardParams(target_by=t)).act(obs(pt_frac=0.05, **two))[3]
+          for t in ("ratio", "size", "growth")}
+    assert by == {"ratio": 2, "size": 1, "growth": 3}
+    # Too small to be a suspect: global.
+    assert SoftHard().act(obs(pt_frac=0.05, top1_pt_ratio=0.9, top1_pt_frac=0.005))[3] == 0
+
+
+def test_hard_limit_caps_a_growing_table_only_consumer_that_re_faults() -> None:
+    p = SoftHard(SoftHardParams(use_hard_limit=True))
+    hog = {"top1_pt_frac": 0.05, "top1_pt_ratio": 0.98, "top1_growth": 0.5,
+           "top1_refault": 0.5}
+    action, why = p.decide(obs(pt_frac=0.05, **hog))
+    assert action.tolist() == [2, 0, 2, 1, 1] and "cap top-1" in why
+    # No cap once limited, nor for a hog that does not come back for its tables.
+    assert p.act(obs(pt_frac=0.05, **{**hog, "top1_limited": 1.0}))[4] == 0
+    assert p.act(obs(pt_frac=0.05, **{**hog, "top1_refault": 0.0}))[4] == 0
+    # The cap needs no pass: quiet, with a suspect that may not start one.
+    calm = SoftHard(SoftHardParams(use_hard_limit=True, suspect_soft=False))
+    assert calm.act(obs(pt_frac=0.01, **hog)).tolist() == [0, 0, 0, 1, 1]
+    # Off by default.
+    assert SoftHard().act(obs(pt_frac=0.05, **hog))[4] == 0
 
 
 def test_soft_hard_params_are_validated() -> None:
@@ -76,6 +130,15 @@ def test_soft_hard_params_are_validated() -> None:
         SoftHardParams(soft_pt_frac=0.5, hard_pt_frac=0.1)
     with pytest.raises(ConfigError, match="hard_depth"):
         SoftHardParams(hard_depth=3)
+    # The levels are monotone: the hard one is never milder than the soft one.
+    with pytest.raises(ConfigError, match=r"hard_budget \(2\) must be at least soft_budget \(3"):
+        SoftHardParams(soft_budget=3, hard_budget=2)
+    with pytest.raises(ConfigError, match=r"hard_depth \(0\) must be at least soft_depth \(1"):
+        SoftHardParams(soft_depth=1, hard_depth=0)
+    with pytest.raises(ConfigError, match=r"hard_idle \(3\) must be at most soft_idle \(2"):
+        SoftHardParams(hard_idle=3)
+    with pytest.raises(ConfigError, match=r"target_by.*'ratio'"):
+        SoftHard.from_mapping({"target_by": "biggest"})
     with pytest.raises(ConfigError, match="did you mean 'soft_pt_frac'"):
         SoftHard.from_mapping({"soft_pt_fraq": 0.1})
     with pytest.raises(ConfigError, match=r"unknown heuristic 'soft_hrad'.*soft_hard"):
@@ -83,14 +146,40 @@ def test_soft_hard_params_are_validated() -> None:
     assert make_heuristic("soft_hard", {"soft_budget": 3}).params.soft_budget == 3  # type: ignore[attr-defined]
 
 
-def test_periodic_scan_fires_on_its_period() -> None:
+def test_periodic_scan_fires_on_its_period_and_pressure() -> None:
     p = PeriodicScan()
     since = lambda ticks: float(np.log1p(ticks) / 10.0)  # noqa: E731
-    assert p.act(obs(since_pass=since(50))).tolist() == [0, 0, 0]
-    assert p.act(obs(since_pass=since(100))).tolist() == [2, 1, 0]
+    assert p.act(obs(since_pass=since(50))).tolist() == [0, 0, 0, 0, 0]
+    assert p.act(obs(since_pass=since(100))).tolist() == [2, 1, 1, 0, 0]
+    gated = PeriodicScan(PeriodicParams(min_price=0.5))
+    assert gated.act(obs(since_pass=since(100), hold_price=0.2)).tolist() == [0, 0, 0, 0, 0]
+    assert gated.act(obs(since_pass=since(100), hold_price=0.7)).tolist() == [2, 1, 1, 0, 0]
+    suspect = obs(since_pass=since(100), top2_pt_ratio=0.9, top2_pt_frac=0.05)
+    assert p.act(suspect).tolist() == [2, 1, 1, 2, 0]
 
 
-def test_oracle_needs_binding_and_beats_the_kernel() -> None:
+def test_constant_action_and_its_text() -> None:
+    c = make_rule("constant", {"budget": 3, "depth": 2, "idle": 1, "target": 2, "hard": 1})
+    assert c.act(obs()).tolist() == [3, 2, 1, 2, 1]
+    assert ConstantParams.of([3, 2, 1, 2, 1]).action == [3, 2, 1, 2, 1]
+    assert action_text([3, 2, 1, 2, 1]) == ("scan 4096 tables, empty+zero+file, idle >= 1 "
+                                            "round, from the top-2 page-table consumer; cap "
+                                            "the top-2 consumer's page tables")
+    assert action_text([0, 2, 3, 1, 0]) == "no pass"
+    with pytest.raises(ConfigError, match="v0 action"):
+        check_action([3, 2, 0], "t.yaml.rule.tree.action")
+    with pytest.raises(ConfigError, match="target"):
+        make_rule("constant", {"target": 4}, "c.yaml.rule")
+
+
+def test_canonical_actions_zero_what_does_nothing() -> None:
+    got = canonical(np.array([[0, 2, 3, 1, 0], [0, 2, 3, 1, 1], [3, 1, 2, 0, 1]]))
+    assert got.tolist() == [[0, 0, 0, 0, 0], [0, 0, 0, 1, 1], [3, 1, 2, 0, 0]]
+    # Four components (an env without the hard-limit action): the flag is 0.
+    assert canonical(np.array([[3, 1, 2, 2]])).tolist() == [[3, 1, 2, 2, 0]]
+
+
+def test_oracle_needs_binding_and_beats_the_kernel_and_the_rules() -> None:
     with pytest.raises(RuntimeError, match="bind"):
         OracleBound().predict(obs())
     seed = episode_seed(0, 0, 0)
@@ -98,7 +187,7 @@ def test_oracle_needs_binding_and_beats_the_kernel() -> None:
     oracle = run_episode(OracleBound(), HOG, seed, CFG, "oracle")
     soft = run_episode(SoftHard(), HOG, seed, CFG, "soft_hard")
     assert oracle.cost < soft.cost < none.cost
-    assert oracle.cost_terms["pt_waste"] < soft.cost_terms["pt_waste"]
+    assert oracle.cost_terms["alloc_failures"] == 0 < none.cost_terms["alloc_failures"]
 
 
 def test_oracle_is_deterministic() -> None:
@@ -128,3 +217,23 @@ def test_global_reclaim_takes_from_processes_over_their_soft_limit_first() -> No
     res = sim.reclaim(None, DEPTHS[2], small.mm.tables)
     assert res.targets[0] == small.pid
     assert small.reclaimable_tables < before
+
+
+class _Counter:
+    """A policy with memory: its budget index is the number of decisions so far
+    in the episode (capped), so it acts right only if its state is carried."""
+
+    def predict(self, obs: np.ndarray, state: Any = None, episode_start: Any = None,
+                deterministic: bool = True) -> tuple[np.ndarray, Any]:
+        n = 0 if state is None or bool(np.asarray(episode_start).ravel()[0]) else int(state)
+        return np.array([min(n, 4), 0, 0, 0, 0]), n + 1
+
+
+def test_a_recurrent_policy_gets_its_state_back_in_episodes_and_distillation() -> None:
+    timeline: list[dict[str, Any]] = []
+    run_episode(_Counter(), HOG, episode_seed(0, 0, 0), EnvConfig(max_steps=8), "counter",
+                timeline=timeline)
+    assert [r["action"][0] for r in timeline[1:]] == [0, 1, 2, 3, 4, 4, 4, 4]
+    data, own, _ = collect(_Counter(), _Counter(), [HOG], EnvConfig(max_steps=6), 2, 0)
+    assert data.actions[:, 0].tolist() == [0, 1, 2, 3, 4, 4] * 2
+    assert own[:, 0].tolist() == [0, 1, 2, 3, 4, 4] * 2

@@ -26,7 +26,7 @@ import pytest
 from ptreclaim.agents import loading
 from ptreclaim.agents.training import callbacks, config, hyperparams, runconfig
 from ptreclaim.envs.configio import load_scenario
-from ptreclaim.envs.pagetable_env import EnvConfig, PageTableReclaimEnv
+from ptreclaim.envs.pagetable_env import OBS_NAMES, EnvConfig, PageTableReclaimEnv
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train.py"
 
@@ -56,6 +56,7 @@ env: {decision_ticks: 5, max_steps: 12}
 hyperparams:
   ppo: {n_steps: 32, batch_size: 32, n_epochs: 2}
   maskable_ppo: {n_steps: 32, batch_size: 32, n_epochs: 2}
+  recurrent_ppo: {n_steps: 32, batch_size: 32, n_epochs: 2}
   a2c: {n_steps: 8}
   dqn: {learning_starts: 32, buffer_size: 1000}
 """
@@ -167,7 +168,7 @@ def test_smoke_run_per_algorithm(runs: dict[str, Any], algo: str) -> None:
 
 
 def test_save_load_round_trip_gives_identical_actions(runs: dict[str, Any]) -> None:
-    obs = np.random.default_rng(0).uniform(-1, 1, (64, 17)).astype(np.float32)
+    obs = np.random.default_rng(0).uniform(-1, 1, (64, len(OBS_NAMES))).astype(np.float32)
     for algo in ("ppo", "dqn"):
         run_dir = only_run(runs["dir"] / algo)
         final = runconfig.load_trained_policy(run_dir)
@@ -178,7 +179,7 @@ def test_save_load_round_trip_gives_identical_actions(runs: dict[str, Any]) -> N
         ckpt = loading.as_policy(model, stats, ENV_CONFIG, "ckpt")
         a, _ = final.predict(obs)
         b, _ = ckpt.predict(obs)
-        assert a.shape == (64, 3)
+        assert a.shape == (64, 5)
         np.testing.assert_array_equal(a, b)
         # Single observations act like rows of the batch.
         np.testing.assert_array_equal(final.predict(obs[5])[0], a[5])
@@ -408,9 +409,9 @@ def test_default_experiment_and_algo_configs_load() -> None:
 
 
 def test_flattened_actions_cover_the_multidiscrete_space() -> None:
-    nvec = np.array([5, 3, 2])
-    flat = loading.unflatten_action(np.arange(30), nvec)
-    assert flat.shape == (30, 3)
-    assert len({tuple(r) for r in flat}) == 30
+    nvec = np.array([5, 3, 4, 4, 2])
+    flat = loading.unflatten_action(np.arange(480), nvec)
+    assert flat.shape == (480, 5)
+    assert len({tuple(r) for r in flat}) == 480
     assert (flat < nvec).all()
     assert list(loading.unflatten_action(np.int64(7), nvec)) == list(flat[7])

@@ -21,13 +21,13 @@ import optuna
 import pytest
 import yaml
 
-from ptreclaim.agents.evaluate import evaluate_specs
+from ptreclaim.agents.evaluate import evaluate_specs, load_env_file
 from ptreclaim.agents.export import load_thresholds
 from ptreclaim.agents.heuristics import SoftHardParams, make_heuristic
 from ptreclaim.agents.loading import parse_policy
 from ptreclaim.agents.training.config import load_experiment
 from ptreclaim.agents.training.hyperparams import load_hyperparams, validate_hyperparams
-from ptreclaim.agents.tune import spaces, storage
+from ptreclaim.agents.tune import constant, spaces, storage
 from ptreclaim.cli import tune
 from ptreclaim.envs.configio import load_scenario
 from ptreclaim.envs.pagetable_env import EnvConfig
@@ -101,8 +101,9 @@ def test_trial_0_is_the_default_and_every_trial_reports_its_noise(study_dir: Pat
     study = load(study_dir)
     first = min(study.trials, key=lambda t: t.number)
     assert first.user_attrs["default"] is True
+    # Every knob but the hard-limit rule's thresholds, sampled only when the rule is on.
     assert first.user_attrs["params"] == {k: v for k, v in to_dict(SoftHardParams()).items()
-                                          if k != "use_hard_limit"}
+                                          if not k.startswith("limit_")}
     for t in study.trials:
         assert len(t.user_attrs["seed_costs"]) == 3
         assert t.value == pytest.approx(float(np.mean(t.user_attrs["seed_costs"])))
@@ -261,6 +262,39 @@ def test_every_sampled_soft_hard_is_valid(hard_limit: bool) -> None:
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     study.optimize(objective, n_trials=200)
     assert ("use_hard_limit" in seen) == hard_limit
+    assert ("limit_refault" in seen) == hard_limit
+    assert {"soft_idle", "hard_idle", "target_by", "soft_price", "refault_trigger"} <= seen
+
+
+def test_sampled_levels_are_monotone_and_cover_the_space() -> None:
+    """The hard level never scans fewer tables, less deep, or requires more idle age
+    than the soft one; and every level value is reachable."""
+    env = EnvConfig()
+    levels: set[tuple[int, ...]] = set()
+
+    def objective(trial: optuna.Trial) -> float:
+        p = spaces.suggest_soft_hard(trial, env)
+        assert p["hard_budget"] >= p["soft_budget"] and p["hard_depth"] >= p["soft_depth"]
+        assert p["hard_idle"] <= p["soft_idle"]
+        levels.add((p["soft_budget"], p["soft_depth"], p["soft_idle"]))
+        return 0.0
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    study.optimize(objective, n_trials=400)
+    assert {b for b, _, _ in levels} == set(range(5)) and {i for *_, i in levels} == set(range(4))
+
+
+def test_every_sampled_periodic_scan_is_valid() -> None:
+    env = EnvConfig()
+
+    def objective(trial: optuna.Trial) -> float:
+        make_heuristic("periodic_scan", spaces.suggest_periodic(trial, env))
+        return 0.0
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).optimize(
+        objective, n_trials=100)
 
 
 def test_default_trial_reproduces_the_defaults() -> None:
@@ -357,6 +391,10 @@ def test_cmaes_sampler(files: dict[str, Path], tmp_path: Path,
     (["heuristic", "soft_hard", "--sampler", "grid"], "invalid choice"),
     (["tweak", "soft_hard"], "invalid choice"),
     (["heuristic", "soft_hard", "--n-trials", "x"], "invalid int value"),
+    (["heuristic"], "heuristic needs a target"),
+    (["constant", "soft_hard"], "constant takes no target"),
+    (["constant", "--n-trials", "5"], "--n-trials does not apply to constant"),
+    (["constant", "--seeds", "2"], "--allow-few-seeds"),
 ])
 def test_each_bad_input_is_one_line_and_exit_status_2(
         argv: list[str], needle: str, tmp_path: Path,
@@ -387,3 +425,56 @@ def test_script_reports_bad_input_without_traceback(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0
     assert "did you mean 'soft_hard'" in proc.stderr
+
+
+# ------------------------------------------------------------ best_constant
+
+CONSTANT_ENV = """\
+max_steps: 20
+budgets: [0, 512, 4096]
+idle_levels: [0, 2]
+hard_limit_action: false
+"""
+
+
+def test_constant_enumerates_every_action_and_writes_the_best(
+        files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A tiny action space (3 budgets x 3 depths x 2 idle levels x 4 targets = 72 actions,
+    49 behaviours) on the tiny scenario: the best is the lowest of actions.csv, and its
+    file reproduces its cost through evaluate.py's machinery."""
+    import csv
+
+    (tmp_path / "env.yaml").write_text(CONSTANT_ENV)
+    out = tmp_path / "constant"
+    assert tune.main(["constant", "--suite", str(files["scenario"]), "--env-config",
+                      str(tmp_path / "env.yaml"), "--out", str(out), "--jobs", "2"]) == 0
+    assert "best_constant: " in capsys.readouterr().out
+    for name in constant.OUTPUT_FILES:
+        assert (out / name).is_file(), name
+    rows = list(csv.DictReader((out / "actions.csv").open()))
+    assert len(rows) == 72 and len({r["behaviour"] for r in rows}) == 49
+    # Actions alike share one score: budget 0 does the same whatever else it says.
+    assert len({r["mean_cost"] for r in rows if r["budget"] == "0"}) == 1
+    best = min(rows, key=lambda r: (float(r["mean_cost"]), int(r["rank"])))
+    data = yaml.safe_load((out / "best.yaml").read_text())
+    assert data["name"] == "best_constant" and data["rule"]["kind"] == "constant"
+    want = [int(best[k]) for k in ("budget", "depth", "idle", "target")]
+    assert [data["rule"][k] for k in ("budget", "depth", "idle", "target")] == want
+    assert data["score"]["value"] == pytest.approx(float(best["mean_cost"]), rel=1e-12)
+    assert data["provenance"]["actions"] == 72 and data["provenance"]["seeds"] == 3
+    assert data["score"]["value"] <= data["score"]["no_pass_value"]
+    spec = parse_policy(f"best_constant={out / 'best.yaml'}")
+    env = load_env_file(tmp_path / "env.yaml")
+    scen = [load_scenario(files["scenario"])]
+    costs = [r.cost for s in range(3)
+             for r in evaluate_specs([spec], scen, 1, tune.EPISODE_SEED + s, env)[0]]
+    assert float(np.mean(costs)) == pytest.approx(data["score"]["value"], rel=1e-12)
+    assert "episodes/s" in (out / "report.md").read_text()
+
+
+def test_action_classes_group_what_behaves_alike() -> None:
+    groups = constant.action_classes((5, 3, 4, 4, 2))
+    assert sum(len(v) for v in groups.values()) == 480
+    # No pass: one behaviour per (target, cap) that caps someone, plus doing nothing.
+    assert len(groups) == 4 * 3 * 4 * (1 + 3 * 2) + (1 + 3)
+    assert len(groups[(0, 0, 0, 0, 0)]) == 3 * 4 * (1 + 3 + 1)

@@ -4,7 +4,7 @@ the report, rewritten atomically after every trial; and the progress line.
 ``--out`` (default ``runs/tune/<target>``) holds ``trials.csv``,
 ``history.png``, ``importances.png`` (PED-ANOVA, from 2 complete trials
 on), ``report.md``, ``command.txt`` and the best parameters: ``best.yaml`` +
-``best.json`` (a thresholds file, for ``soft_hard``), ``best_params.yaml``
+``best.json`` (a thresholds file, for ``soft_hard`` and ``periodic_scan``), ``best_params.yaml``
 (``heuristic:NAME:best_params.yaml``), or ``best_hyperparams.yaml`` (an algo
 YAML: ``--set algo_config=...`` in ``train.py``).
 """
@@ -25,8 +25,9 @@ import numpy as np
 
 from ... import __version__
 from ...envs.configio import dump_yaml, write_text_atomic, write_yaml_atomic
-from ...envs.sim.config import build, to_dict
-from ..heuristics import SoftHardParams, make_heuristic
+from ...envs.sim.config import to_dict
+from ..export import THRESHOLDS_SCHEMA_VERSION, rule_params
+from ..heuristics import RULES, make_heuristic
 from ..report import md_table, png, progress_display, pyplot
 from .objectives import Objective
 from .storage import first_line
@@ -190,21 +191,22 @@ class RunInfo:
 
 
 def thresholds_record(study: optuna.Study, info: RunInfo) -> dict[str, Any] | None:
-    """The best soft_hard parameters as a thresholds file's plain data."""
+    """The best parameters of a heuristic a thresholds file can carry (``soft_hard``,
+    ``periodic_scan``) as a thresholds file's plain data."""
     best = best_trial(study)
-    if best is None or info.target != "soft_hard":
+    if best is None or info.mode != "heuristic" or info.target not in RULES:
         return None
     d = default_trial(study)
-    params = to_dict(build(SoftHardParams, best.user_attrs["params"], "best trial"))
+    params = rule_params(make_heuristic(info.target, best.user_attrs["params"], "best trial"))
     obj = info.objective
     return {
-        "schema_version": 1,
-        "name": "tuned_soft_hard",
-        "description": (f"soft_hard thresholds tuned with Optuna ({info.sampler}) on suite "
+        "schema_version": THRESHOLDS_SCHEMA_VERSION,
+        "name": f"tuned_{info.target}",
+        "description": (f"{info.target} parameters tuned with Optuna ({info.sampler}) on suite "
                         f"{obj.suite!r}: mean episode cost over {len(obj.scenarios)} scenarios "
                         f"x {obj.seeds} seeds x {obj.episodes} episode(s); best of "
                         f"{len(complete_trials(study))} complete trials"),
-        "rule": {"kind": "soft_hard", **params},
+        "rule": {"kind": info.target, **params},
         "provenance": {
             "tool": "tune", "study_name": info.study_name, "storage": info.storage,
             "n_trials": len(complete_trials(study)), "best_trial": best.number,
@@ -296,7 +298,7 @@ def report_md(study: optuna.Study, info: RunInfo, imp: Mapping[str, float] | str
               "The best of many trials scored on the same episodes is optimistic (the "
               "winner's curse): judge it on held-out episodes, e.g. "
               + (f"`python scripts/evaluate.py {info.out}/best.yaml --jobs 2`."
-                 if info.target == "soft_hard" else
+                 if info.mode == "heuristic" and info.target in RULES else
                  f"`python scripts/evaluate.py heuristic:{info.target}:"
                  f"{info.out}/best_params.yaml`." if info.mode == "heuristic" else
                  f"`python scripts/train.py --algo {info.target} --set "

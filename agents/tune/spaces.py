@@ -1,8 +1,12 @@
 """Search spaces: the parameters Optuna samples, and the defaults as trial 0.
 
-Heuristics (``soft_hard``, ``periodic_scan``) sample their thresholds so that
-every trial is valid; agents sample rl-zoo style hyperparameters whose
-choices include the shipped algo YAML, so the defaults can run as trial 0.
+Heuristics (``soft_hard``, ``periodic_scan``) sample every knob of env v1 (pressure
+triggers, per-level budget, class depth and idle requirement, the target among the
+top consumers, the hard-limit rule) so that every trial is valid: the soft limit as a
+share of the hard one, and the soft level as a step down from the hard one (at most
+its budget and depth, at least its idle requirement), so the levels are monotone by
+construction.  Agents sample rl-zoo style hyperparameters whose choices include the
+shipped algo YAML, so the defaults can run as trial 0.
 """
 
 from __future__ import annotations
@@ -10,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ...envs.pagetable_env import DEFAULT_BUDGETS, EnvConfig
-from ..heuristics import PeriodicParams, SoftHardParams
+from ...envs.pagetable_env import EnvConfig
+from ..heuristics import ACTION_HIGHS, PeriodicParams, SoftHardParams, TargetParams
 from ..loading import ALGOS
 
 if TYPE_CHECKING:
@@ -21,70 +25,119 @@ if TYPE_CHECKING:
 HEURISTIC_TARGETS = ("soft_hard", "periodic_scan")
 #: Agents whose hyperparameters can be tuned (the algorithms training takes).
 AGENT_TARGETS = ALGOS
+TARGET_BY = ["ratio", "growth", "size"]
 
 
 def _budget_max(env_config: EnvConfig) -> int:
     """Largest budget index both the env's action space and the heuristics accept."""
-    return min(len(env_config.budgets), len(DEFAULT_BUDGETS)) - 1
+    return min(len(env_config.budgets) - 1, ACTION_HIGHS[0])
+
+
+def _idle_max(env_config: EnvConfig) -> int:
+    """Largest idle-level index both the env and the heuristics accept."""
+    return min(len(env_config.idle_levels) - 1, ACTION_HIGHS[2])
+
+
+def _suggest_target(trial: optuna.Trial, env_config: EnvConfig) -> dict[str, Any]:
+    """The :class:`TargetParams` knobs: who is a suspect, which one is the target, and
+    (only when the env offers the hard-limit action) the hard-limit rule, whose
+    thresholds are sampled only when it is on."""
+    p: dict[str, Any] = {
+        "proc_ratio": trial.suggest_float("proc_ratio", 0.05, 0.99),
+        "proc_pt_frac": trial.suggest_float("proc_pt_frac", 1e-4, 0.2, log=True),
+        "target_by": trial.suggest_categorical("target_by", TARGET_BY),
+    }
+    if env_config.hard_limit_action:
+        p["use_hard_limit"] = trial.suggest_categorical("use_hard_limit", [False, True])
+        if p["use_hard_limit"]:
+            p["limit_ratio"] = trial.suggest_float("limit_ratio", 0.5, 0.999)
+            p["limit_growth"] = trial.suggest_float("limit_growth", 0.0, 1.0)
+            p["limit_refault"] = trial.suggest_float("limit_refault", 0.0, 1.0)
+    return p
+
+
+def _default_target(d: TargetParams, env_config: EnvConfig) -> dict[str, Any]:
+    """The search-space parameters of ``d``'s target knobs."""
+    out: dict[str, Any] = {"proc_ratio": d.proc_ratio, "proc_pt_frac": d.proc_pt_frac,
+                           "target_by": d.target_by}
+    if env_config.hard_limit_action:
+        out["use_hard_limit"] = d.use_hard_limit
+        if d.use_hard_limit:
+            out.update(limit_ratio=d.limit_ratio, limit_growth=d.limit_growth,
+                       limit_refault=d.limit_refault)
+    return out
 
 
 def suggest_soft_hard(trial: optuna.Trial, env_config: EnvConfig) -> dict[str, Any]:
     """Sample :class:`SoftHardParams` (as a mapping) for one trial.
 
     The soft limit is sampled as a share of the hard one (``soft_ratio``), so
-    ``soft_pt_frac <= hard_pt_frac`` holds for every trial and no trial is
-    wasted on an invalid combination.  ``use_hard_limit`` is searched only
-    when the env offers the hard-limit action.
+    ``soft_pt_frac <= hard_pt_frac`` holds for every trial; the hard level's budget,
+    depth and idle requirement are sampled, and the soft level's as steps down from
+    them (``soft_budget_drop``, ``soft_depth_drop``, ``soft_idle_extra``), so the hard
+    level is never milder than the soft one and no trial is wasted on an invalid
+    combination.
     """
-    n = _budget_max(env_config)
+    n, ni = _budget_max(env_config), _idle_max(env_config)
     hard = trial.suggest_float("hard_pt_frac", 0.005, 0.5, log=True)
     ratio = trial.suggest_float("soft_ratio", 0.0, 1.0)
+    hard_budget = trial.suggest_int("hard_budget", 0, n)
+    hard_depth = trial.suggest_int("hard_depth", 0, ACTION_HIGHS[1])
+    hard_idle = trial.suggest_int("hard_idle", 0, ni)
     params: dict[str, Any] = {
         # Rounded so that a thresholds file shows 0.04, not 0.04000000000000001.
         "soft_pt_frac": min(hard, round(ratio * hard, 6)),
         "hard_pt_frac": hard,
-        "proc_ratio": trial.suggest_float("proc_ratio", 0.05, 0.99),
-        "proc_pt_frac": trial.suggest_float("proc_pt_frac", 1e-4, 0.2, log=True),
-        "psi_trigger": trial.suggest_float("psi_trigger", 0.0, 1.0),
+        "soft_price": trial.suggest_float("soft_price", 0.0, 1.0),
         "free_trigger": trial.suggest_float("free_trigger", -0.25, 0.5),
-        "soft_budget": trial.suggest_int("soft_budget", 0, n),
-        "hard_budget": trial.suggest_int("hard_budget", 0, n),
-        "soft_depth": trial.suggest_int("soft_depth", 0, 2),
-        "hard_depth": trial.suggest_int("hard_depth", 0, 2),
+        "psi_trigger": trial.suggest_float("psi_trigger", 0.0, 1.0),
+        "refault_trigger": trial.suggest_float("refault_trigger", 0.0, 1.0),
+        "suspect_soft": trial.suggest_categorical("suspect_soft", [True, False]),
+        "soft_budget": max(0, hard_budget - trial.suggest_int("soft_budget_drop", 0, n)),
+        "hard_budget": hard_budget,
+        "soft_depth": max(0, hard_depth - trial.suggest_int("soft_depth_drop", 0,
+                                                            ACTION_HIGHS[1])),
+        "hard_depth": hard_depth,
+        "soft_idle": min(ni, hard_idle + trial.suggest_int("soft_idle_extra", 0, ni)),
+        "hard_idle": hard_idle,
     }
-    if env_config.hard_limit_action:
-        params["use_hard_limit"] = trial.suggest_categorical("use_hard_limit", [False, True])
+    params.update(_suggest_target(trial, env_config))
     return params
 
 
 def default_soft_hard(env_config: EnvConfig) -> dict[str, Any]:
     """The search-space parameters of the default :class:`SoftHardParams`."""
     d = SoftHardParams()
-    n = _budget_max(env_config)
-    out: dict[str, Any] = {
+    n, ni = _budget_max(env_config), _idle_max(env_config)
+    hb, sb = min(d.hard_budget, n), min(d.soft_budget, n)
+    hi, si = min(d.hard_idle, ni), min(d.soft_idle, ni)
+    return {
         "hard_pt_frac": d.hard_pt_frac, "soft_ratio": round(d.soft_pt_frac / d.hard_pt_frac, 9),
-        "proc_ratio": d.proc_ratio, "proc_pt_frac": d.proc_pt_frac,
-        "psi_trigger": d.psi_trigger, "free_trigger": d.free_trigger,
-        "soft_budget": min(d.soft_budget, n), "hard_budget": min(d.hard_budget, n),
-        "soft_depth": d.soft_depth, "hard_depth": d.hard_depth,
+        "hard_budget": hb, "hard_depth": d.hard_depth, "hard_idle": hi,
+        "soft_price": d.soft_price, "free_trigger": d.free_trigger,
+        "psi_trigger": d.psi_trigger, "refault_trigger": d.refault_trigger,
+        "suspect_soft": d.suspect_soft, "soft_budget_drop": hb - sb,
+        "soft_depth_drop": d.hard_depth - d.soft_depth, "soft_idle_extra": si - hi,
+        **_default_target(d, env_config),
     }
-    if env_config.hard_limit_action:
-        out["use_hard_limit"] = d.use_hard_limit
-    return out
 
 
 def suggest_periodic(trial: optuna.Trial, env_config: EnvConfig) -> dict[str, Any]:
     """Sample :class:`PeriodicParams` (as a mapping) for one trial."""
     return {"every_ticks": trial.suggest_int("every_ticks", 1, 2000, log=True),
             "budget": trial.suggest_int("budget", 0, _budget_max(env_config)),
-            "depth": trial.suggest_int("depth", 0, 2)}
+            "depth": trial.suggest_int("depth", 0, ACTION_HIGHS[1]),
+            "idle": trial.suggest_int("idle", 0, _idle_max(env_config)),
+            "min_price": trial.suggest_float("min_price", 0.0, 1.0),
+            **_suggest_target(trial, env_config)}
 
 
 def default_periodic(env_config: EnvConfig) -> dict[str, Any]:
     """The search-space parameters of the default :class:`PeriodicParams`."""
     d = PeriodicParams()
     return {"every_ticks": d.every_ticks, "budget": min(d.budget, _budget_max(env_config)),
-            "depth": d.depth}
+            "depth": d.depth, "idle": min(d.idle, _idle_max(env_config)),
+            "min_price": d.min_price, **_default_target(d, env_config)}
 
 
 #: Heuristic -> (sampler of its parameters, its defaults in search-space terms).
@@ -94,6 +147,8 @@ HEURISTIC_SPACES: dict[str, tuple[Callable[[Any, EnvConfig], dict[str, Any]],
     "periodic_scan": (suggest_periodic, default_periodic),
 }
 
+#: Algorithms with PPO's hyperparameters (rollout length, mini-batches, epochs, clipping).
+_PPO_LIKE = ("ppo", "maskable_ppo", "recurrent_ppo")
 #: Network presets for policy_kwargs.net_arch.
 NET_ARCHS: dict[str, list[int]] = {"tiny": [32, 32], "small": [64, 64], "medium": [128, 128]}
 GAMMAS = [0.9, 0.95, 0.98, 0.99, 0.995]
@@ -114,13 +169,13 @@ def suggest_agent(trial: optuna.Trial, algo: str) -> dict[str, Any]:
         "gamma": trial.suggest_categorical("gamma", GAMMAS),
         "net_arch": trial.suggest_categorical("net_arch", list(NET_ARCHS)),
     }
-    if algo in ("ppo", "maskable_ppo", "a2c"):
+    if algo in ("ppo", "maskable_ppo", "recurrent_ppo", "a2c"):
         p["gae_lambda"] = trial.suggest_categorical("gae_lambda", GAE_LAMBDAS)
         p["ent_coef"] = trial.suggest_float("ent_coef", 1e-6, 0.1, log=True)
         p["vf_coef"] = trial.suggest_float("vf_coef", 0.2, 1.0)
         p["max_grad_norm"] = trial.suggest_categorical("max_grad_norm", MAX_GRAD_NORMS)
         p["activation_fn"] = trial.suggest_categorical("activation_fn", ["tanh", "relu"])
-    if algo in ("ppo", "maskable_ppo"):
+    if algo in _PPO_LIKE:
         p["n_steps"] = trial.suggest_categorical("n_steps", [16, 32, 64, 128, 256, 512])
         p["batch_size"] = trial.suggest_categorical("batch_size", [32, 64, 128, 256, 512])
         p["n_epochs"] = trial.suggest_categorical("n_epochs", [1, 5, 10, 20])
@@ -178,7 +233,7 @@ def agent_hyperparams(algo: str, params: Mapping[str, Any], base: Mapping[str, A
     if "activation_fn" in params:
         pk["activation_fn"] = params["activation_fn"]
     hp["policy_kwargs"] = pk
-    if algo in ("ppo", "maskable_ppo") and "n_steps" in hp and "batch_size" in hp:
+    if algo in _PPO_LIKE and "n_steps" in hp and "batch_size" in hp:
         hp["batch_size"] = min(int(hp["batch_size"]), int(hp["n_steps"]) * n_envs)
     return hp
 

@@ -24,10 +24,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..agents.evaluate import OUTPUT_FILES, env_config_for, policy_specs, run_evaluation
+from ..agents.evaluate import (
+    OUTPUT_FILES,
+    env_config_for,
+    policy_specs,
+    run_evaluation,
+    suite_scenarios,
+)
 from ..agents.heuristics import HEURISTICS
 from ..agents.runs import stamp, unique_path
-from ..envs.configio import resolve_suite
 from ..envs.sim.config import ConfigError, did_you_mean
 from .common import (
     OneLineParser,
@@ -107,12 +112,8 @@ def _main(args: argparse.Namespace, argv: Sequence[str]) -> int:
     suite = args.suite or DEFAULT_SUITE
     specs = policy_specs(args.policies, best=args.best, trust_model=args.trust_model,
                          baseline=args.baseline, oracle=args.oracle)
-    scenarios, suite_files = resolve_suite(suite)
-    if not scenarios:
-        raise ConfigError(f"{suite}: the suite lists no scenarios")
+    scenarios, suite_files = suite_scenarios(suite)
     names = [s.name for s in scenarios]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"{suite}: two scenarios share a name; names label the results")
     tl_index = 0
     if args.timeline_scenario is not None:
         if args.timeline_scenario not in names:

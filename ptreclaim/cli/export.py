@@ -6,13 +6,17 @@ Distils the run's learned policy into a soft/hard-limit rule
 written file (read back, like an operator would) next to the learned policy,
 the tuned heuristic (if any), the default heuristics and the oracle bound on
 the run's held-out scenarios, and records the scores and the share of the
-learned gain the rule keeps: ``(none - export) / (none - learned)``.
+learned gain the rule keeps: ``(none - export) / (none - learned)``, and, with a
+tuned heuristic, the share of the learned gain over it: ``(tuned - export) /
+(tuned - learned)``.  ``best_constant`` (``tune.py constant``) joins the comparison
+when its file exists.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -30,7 +34,7 @@ from ..agents.export import (
     sha256_file,
     write_thresholds,
 )
-from ..agents.heuristics import TreeRule
+from ..agents.heuristics import ACTION_COMPONENTS, TreeRule
 from ..agents.loading import PolicySpec, build_policy, heuristic_spec, oracle_spec, parse_policy
 from ..agents.stats import gain_share, gain_share_ci, paired_difference_ci
 from ..agents.training.runconfig import read_run_config
@@ -40,8 +44,12 @@ from ..envs.sim.pagetable import MODEL_RULES_VERSION
 from .common import OneLineParser, check_out_dir, command_text, progress_bar, run_cli
 
 PROG = "export_thresholds.py"
+#: The label of the tuned heuristic in the evaluation.
+TUNED = "tuned_soft_hard"
 #: Where ``scripts/tune.py heuristic soft_hard`` leaves its best rule by default.
 DEFAULT_TUNED = Path("runs/tune/soft_hard/best.yaml")
+#: Where ``scripts/tune.py constant`` leaves the best constant action by default.
+DEFAULT_CONSTANT = Path("runs/tune/constant/best.yaml")
 
 
 
@@ -65,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "eval.final_episodes)")
     p.add_argument("--tuned", help="a tuned thresholds file to compare with (default: "
                                    f"{DEFAULT_TUNED} if it exists)")
+    p.add_argument("--constant", help="the best_constant thresholds file to compare with "
+                                      f"(default: {DEFAULT_CONSTANT} if it exists)")
     p.add_argument("--no-eval", action="store_true",
                    help="write the rule without evaluating it (no scores in the file)")
     p.add_argument("--no-oracle", action="store_true", help="leave the oracle bound out")
@@ -114,6 +124,30 @@ def _summary_entry(s: Any) -> dict[str, Any]:
     return entry
 
 
+def _components(agreement: Sequence[float]) -> str:
+    """Per-component agreement, named: ``budget 0.950, depth 0.900, ...``."""
+    return ", ".join(f"{n} {a:.3f}" for n, a in zip(ACTION_COMPONENTS, agreement, strict=True))
+
+
+def _over_tuned(results: Sequence[Any], by: dict[str, Any], label: str, learned: str
+                ) -> dict[str, Any]:
+    """The share of the learned gain *over the tuned heuristic* the export keeps,
+    ``(tuned - export) / (tuned - learned)``, with its 95 % CI (none without a tuned
+    file; None when the learned policy does not beat it)."""
+    if TUNED not in by:
+        return {}
+    share = gain_share(by[TUNED].mean_cost, by[label].mean_cost, by[learned].mean_cost)
+    lo, hi = gain_share_ci(results, label, learned, base=TUNED)
+    return {"gain_share_over_tuned": None if share is None else round(share, 4),
+            "gain_share_over_tuned_ci": _rounded(lo, hi)}
+
+
+def _rounded(*values: float) -> list[float | None]:
+    """``values`` to 4 decimals, NaN (no bootstrap sample had a gain) as None: the
+    YAML and JSON files must read back alike."""
+    return [None if math.isnan(v) else round(v, 4) for v in values]
+
+
 def _main(args: argparse.Namespace, argv: Sequence[str]) -> int:
     _check_args(args)
     written: list[Path] = []
@@ -139,6 +173,10 @@ def _export(args: argparse.Namespace, argv: Sequence[str], written: list[Path]) 
     tuned_path = Path(args.tuned) if args.tuned else (DEFAULT_TUNED if DEFAULT_TUNED.is_file()
                                                       else None)
     tuned: ThresholdsRecord | None = read_thresholds(tuned_path) if tuned_path else None
+    constant_path = Path(args.constant) if args.constant else (
+        DEFAULT_CONSTANT if DEFAULT_CONSTANT.is_file() else None)
+    if constant_path is not None:
+        read_thresholds(constant_path)  # a bad file stops the export before the work
     train, held_out = cfg.scenarios.train, cfg.scenarios.eval
     if not held_out:
         raise ConfigError(f"{run}: the run records no held-out scenarios to score the export on")
@@ -172,8 +210,8 @@ def _export(args: argparse.Namespace, argv: Sequence[str], written: list[Path]) 
         say(f"{label}: distilled in {time.perf_counter() - t0:.1f} s; kept round "
             f"{result.chosen_round}: {result.cost:.2f} per training episode (the learned "
             f"policy: {result.teacher_cost:.2f}); it agrees with the learned policy on "
-            f"{result.agreement:.3f} of action components on the states it visits (budget, "
-            f"class, target: {', '.join(f'{a:.3f}' for a in result.component_agreement)})")
+            f"{result.agreement:.3f} of action components on the states it visits "
+            f"({_components(result.component_agreement)})")
         shape = (f"a depth-{depth} decision tree" if depth else "soft/hard page-table limits")
         record = ThresholdsRecord(
             result.student.name, rule_params(result.student),
@@ -194,7 +232,9 @@ def _export(args: argparse.Namespace, argv: Sequence[str], written: list[Path]) 
     specs: list[PolicySpec] = [heuristic_spec("none"), learned_spec]
     specs += [parse_policy(f"{label}={stem}.yaml") for label, stem, _ in exports]
     if tuned is not None and tuned_path is not None:
-        specs.append(parse_policy(f"tuned_soft_hard={tuned_path}"))
+        specs.append(parse_policy(f"{TUNED}={tuned_path}"))
+    if constant_path is not None:
+        specs.append(parse_policy(f"best_constant={constant_path}"))
     specs += [heuristic_spec("on_zap"), heuristic_spec("soft_hard")]
     if not args.no_oracle:
         specs.append(oracle_spec())
@@ -220,7 +260,8 @@ def _export(args: argparse.Namespace, argv: Sequence[str], written: list[Path]) 
             "seed": exp.eval.seed, "env": to_dict(exp.env), "label": label,
             "policies": {lab: _summary_entry(s) for lab, s in by.items()},
             "gain_share": None if share is None else round(share, 4),
-            "gain_share_ci": [round(lo, 4), round(hi, 4)],
+            "gain_share_ci": _rounded(lo, hi),
+            **_over_tuned(results, by, label, learned),
             "export_minus_learned_cost": [round(d, 4) for d in diff],
             "report": str((out / "export_eval" / "report.md").resolve()),
         }
@@ -230,8 +271,13 @@ def _export(args: argparse.Namespace, argv: Sequence[str], written: list[Path]) 
         paths = write_thresholds(stem, record)
         if not args.quiet:
             kept = "n/a (the learned policy gained nothing)" if share is None else f"{share:.1%}"
+            over = evaluation.get("gain_share_over_tuned")
+            tuned_text = "" if TUNED not in by else (
+                "; over the tuned heuristic: n/a (the learned policy does not beat it)"
+                if over is None else f"; {over:.1%} of its gain over the tuned heuristic")
             print(f"{label}: keeps {kept} of the learned gain over no reclaim (95 % CI "
-                  f"{lo:.1%} .. {hi:.1%}); wrote {', '.join(str(p) for p in paths)}")
+                  f"{lo:.1%} .. {hi:.1%}){tuned_text}; wrote "
+                  f"{', '.join(str(p) for p in paths)}")
     write_text_atomic(out / "export_command.txt", command)
     if not args.quiet:
         print(f"evaluation report: {out / 'export_eval' / 'report.md'}")
