@@ -102,8 +102,8 @@ DESIGNS: dict[str, Design] = {d.name: d for d in (
            "proposed for next-20211108, not merged",
            "Qi Zheng, [PATCH v3 00/15] Free user PTE page table pages, "
            "20211110105428.32458-1-zhengqi.arch@bytedance.com", 41, 1186, 340, False,
-           "every page-table walker takes a reference (pte_try_get/pte_put): 41 files across "
-           "mm/, fs/proc, fs/userfaultfd, kernel/events"),
+           "every page-table walker takes a reference (pte_try_get/pte_put), across mm/, "
+           "fs/proc, fs/userfaultfd and kernel/events; new mm/pte_ref.c"),
     Design("madvise", "MADV_RECLAIM_PGTABLES (application-triggered)",
            "proposed, no patch posted",
            "D. Hildenbrand, LSF/MM/BPF 2022 topic 'page table reclaim' (the seed), and in "
@@ -120,13 +120,14 @@ DESIGNS: dict[str, Design] = {d.name: d for d in (
            "per-table counts of mapped and zero entries (mm/pte_ref.c, 234 lines) and a "
            "reclaim path that takes mmap_lock for write"),
     Design("scan_pmd_lock", "async scanner, PMD/PTE locks only",
-           "RFC, not merged (based on next-20240612)",
+           "RFC (June 2024), not merged",
            "Qi Zheng, [RFC PATCH 0/3] asynchronously scan and free empty user PTE pages, "
            "cover.1718267194.git.zhengqi.arch@bytedance.com (patch 3/3; 100 ms, 256 MiB a "
            "scan); locking as khugepaged's retract_page_tables since 1d65b771bc08 (6.5)",
            8, 220, 2, False,
-           "new mm/freept.c (180 lines): a task_work scan under mmap_lock for read, the PMD and "
-           "PTE locks around each free, tables freed by RCU (pte_free_defer)"),
+           "patch 3/3 alone (1/3 and 2/3 prepare helpers): new mm/freept.c (180 lines), a "
+           "task_work scan under mmap_lock for read, the PMD and PTE locks around each free, "
+           "tables freed by RCU (pte_free_defer)"),
     Design("scan_mmap_write_young", "async scanner, mmap_lock for write, PMD young bits",
            "RFC + MGLRU's young-bit walk",
            "the scan_mmap_write series plus MGLRU's walk_pmd_range (mm/vmscan.c) and "
