@@ -92,12 +92,16 @@ class OpResult:
     ``failed`` is ``None`` or ``"OP: ERRNAME"`` (``"madvise: EINVAL"``,
     ``"touch: SIGSEGV"``).  ``maps`` holds, for a ``maps`` op, one entry
     ``"ID START_KIB END_KIB PERMS"`` per VMA inside a script slot, with
-    addresses relative to that ID's slot.
+    addresses relative to that ID's slot.  ``zap`` holds, with ``zap=True`` and
+    for a ``madvise`` or ``munmap`` op, one entry ``"ID SLOT_KIB USED"`` per
+    2 MiB slot the op's range overlaps: the pages left with a non-none entry
+    (``PAGEMAP_SCAN``: present, swapped or a guard marker).
     """
 
     delta_kib: int
     failed: str | None = None
     maps: tuple[str, ...] = ()
+    zap: tuple[str, ...] = ()
 
 
 def _one_line(text: str, limit: int = 400) -> str:
@@ -184,15 +188,20 @@ def build_oracle(source: Path | None = None) -> Path:
 
 
 def parse_output(stdout: str) -> list[OpResult]:
-    """Parse the program's stdout: ``#maps`` lines, then ``DELTA<TAB>STATUS`` per op.
+    """Parse the program's stdout: ``#maps`` and ``#zap`` lines, then
+    ``DELTA<TAB>STATUS`` per op.
 
-    Raises :class:`OracleError` for a line that fits neither shape.
+    Raises :class:`OracleError` for a line that fits none of these shapes.
     """
     results: list[OpResult] = []
     pending: list[str] = []
+    zaps: list[str] = []
     for line in stdout.splitlines():
         if line.startswith("#maps "):
             pending.append(line[len("#maps "):])
+            continue
+        if line.startswith("#zap "):
+            zaps.append(line[len("#zap "):])
             continue
         delta_text, tab, status = line.partition("\t")
         try:
@@ -209,10 +218,11 @@ def parse_output(stdout: str) -> list[OpResult]:
             failed = f"{op_name}: {err}"
         else:
             raise OracleError(f"unknown status in oracle output line {line!r}")
-        results.append(OpResult(delta, failed, tuple(pending)))
+        results.append(OpResult(delta, failed, tuple(pending), tuple(zaps)))
         pending = []
-    if pending:
-        raise OracleError("oracle output ends with #maps lines that belong to no op")
+        zaps = []
+    if pending or zaps:
+        raise OracleError("oracle output ends with #maps or #zap lines that belong to no op")
     return results
 
 
@@ -223,8 +233,13 @@ def run_normalized(
     thp: bool = False,
     timeout: float = 60,
     file_dir: str | os.PathLike[str] | None = None,
+    zap: bool = False,
 ) -> list[OpResult]:
     """Run the oracle program on already-normalized text; no kernel check.
+
+    With ``zap`` the program also reports, after each ``madvise`` and ``munmap``,
+    the pages left with a non-none entry in each 2 MiB slot of the op's range
+    (:attr:`OpResult.zap`).
 
     This is the step :func:`run_script` and :func:`kernel_status` share.  It
     raises :class:`OracleUnavailable` when the program says the machine cannot
@@ -235,6 +250,8 @@ def run_normalized(
     cmd = [str(exe)]
     if thp:
         cmd.append("-t")
+    if zap:
+        cmd.append("-z")
     if file_dir is not None:
         cmd += ["-d", os.fspath(file_dir)]
     try:
@@ -321,12 +338,14 @@ def run_script(
     *,
     timeout: float = 60,
     file_dir: str | os.PathLike[str] | None = None,
+    zap: bool = False,
 ) -> list[OpResult]:
     """Replay ``script`` on the running kernel; one :class:`OpResult` per op.
 
     THP is left enabled when the script's header says ``-t``.  ``file_dir``
     overrides the ext4 directory for ``file`` backings (default:
-    ``$PTORACLE_DIR``, else ``/tmp`` or ``/var/tmp``).  Raises
+    ``$PTORACLE_DIR``, else ``/tmp`` or ``/var/tmp``); ``zap`` asks for the
+    per-slot entry counts after each ``madvise`` and ``munmap``.  Raises
     :class:`OracleUnavailable` when the kernel cannot serve and
     :class:`OracleError` when the program misbehaves.
     """
@@ -334,7 +353,7 @@ def run_script(
     if not ok:
         raise OracleUnavailable(why)
     return run_normalized(script.normalized(), len(script.ops), thp=script.thp,
-                          timeout=timeout, file_dir=file_dir)
+                          timeout=timeout, file_dir=file_dir, zap=zap)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,6 +14,13 @@
  * Options: -t          leave THP enabled (default: PR_SET_THP_DISABLE first)
  *          -d DIR      directory for the `file` backing files (must be ext4;
  *                      default $PTORACLE_DIR, else /tmp or /var/tmp)
+ *          -z          after every madvise and munmap op, print for each 2 MiB
+ *                      slot its range overlaps "#zap ID SLOT_KIB USED": the
+ *                      pages of that slot holding a non-none entry (present,
+ *                      zero page included, swapped, or a guard marker), as the
+ *                      PAGEMAP_SCAN ioctl (Linux 6.7+) reports them.  The
+ *                      refcount design of envs/sim/mechanisms.py frees exactly
+ *                      the tables whose slot is left with USED 0.
  *
  * Exit status: 0 after replaying every op (failed ops included), 2 for
  * malformed input or usage, 3 when this machine cannot serve as the oracle
@@ -43,6 +50,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/personality.h>
 #include <sys/prctl.h>
@@ -208,6 +216,24 @@ static const struct name_val errnames[] = {
 	{NULL, 0},
 };
 
+/* PAGEMAP_SCAN (include/uapi/linux/fs.h, Linux 6.7+; 6.14+ for PAGE_IS_GUARD),
+ * spelled out because libc headers may predate it. */
+struct pz_region {
+	uint64_t start, end, categories;
+};
+
+struct pz_scan_arg {
+	uint64_t size, flags, start, end, walk_end, vec, vec_len, max_pages;
+	uint64_t category_inverted, category_mask, category_anyof_mask, return_mask;
+};
+
+#define PZ_PAGEMAP_SCAN _IOWR('f', 16, struct pz_scan_arg)
+#define PZ_IS_PRESENT (1ULL << 3)
+#define PZ_IS_SWAPPED (1ULL << 4)
+#define PZ_IS_GUARD (1ULL << 8)
+#define PZ_VEC 512 /* regions per call: a 2 MiB slot has at most 256 runs */
+#define SLOT_2M (2ULL * 1024 * 1024)
+
 /* ---- state set up before the baseline ----------------------------------- */
 
 static struct op *ops;
@@ -220,6 +246,10 @@ static const char *file_dir;
 static int pipe_rd = -1, pipe_wr = -1;
 static long base_kib;           /* parent's VmPTE before the first op */
 static long ref_child_kib;      /* reference child's VmPTE */
+static int zap_report;          /* -z: print #zap lines after madvise/munmap */
+static int pagemap_fd = -1;     /* /proc/self/pagemap, for -z */
+static uint64_t zap_mask;       /* categories that mean "not none" */
+static struct pz_region zap_vec[PZ_VEC];
 
 /* ---- static buffers used after the baseline ----------------------------- */
 
@@ -1028,6 +1058,75 @@ struct maps_ctx {
 	size_t count;
 };
 
+/* Pages of [start, end) with a non-none entry, or -errno. */
+static long used_pages(uint64_t start, uint64_t end)
+{
+	struct pz_scan_arg arg;
+	long pages = 0;
+	int n, i;
+
+	while (start < end) {
+		memset(&arg, 0, sizeof arg);
+		arg.size = sizeof arg;
+		arg.start = start;
+		arg.end = end;
+		arg.vec = (uint64_t)(uintptr_t)zap_vec;
+		arg.vec_len = PZ_VEC;
+		arg.category_anyof_mask = zap_mask;
+		arg.return_mask = zap_mask;
+		n = ioctl(pagemap_fd, PZ_PAGEMAP_SCAN, &arg);
+		if (n < 0)
+			return -errno;
+		for (i = 0; i < n; i++)
+			pages += (long)((zap_vec[i].end - zap_vec[i].start) / PAGE_SZ);
+		if (arg.walk_end <= start)
+			break;
+		start = arg.walk_end;
+	}
+	return pages;
+}
+
+/* Open the pagemap and find the categories this kernel knows (before the baseline). */
+static void setup_zap_report(void)
+{
+	pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	if (pagemap_fd < 0)
+		die(3, "-z: cannot open /proc/self/pagemap: ", strerror(errno));
+	zap_mask = PZ_IS_PRESENT | PZ_IS_SWAPPED | PZ_IS_GUARD;
+	if (used_pages(SLOT_BASE, SLOT_BASE + SLOT_2M) == -EINVAL) {
+		zap_mask &= ~PZ_IS_GUARD; /* before 6.14 markers have no category */
+		if (used_pages(SLOT_BASE, SLOT_BASE + SLOT_2M) < 0)
+			die(3, "-z: the PAGEMAP_SCAN ioctl fails (Linux 6.7+ needed): ",
+			    strerror(errno));
+	}
+}
+
+/* -z: one "#zap ID SLOT_KIB USED" line per 2 MiB slot that [off, off+len) of ID overlaps. */
+static void print_zap(const struct op *op)
+{
+	uint64_t lo, hi, s;
+	long used;
+	size_t pos;
+
+	if (!zap_report || (op->code != OP_MADVISE && op->code != OP_MUNMAP) || !op->len)
+		return;
+	lo = op->off / SLOT_2M * SLOT_2M;
+	hi = (op->off + op->len + SLOT_2M - 1) / SLOT_2M * SLOT_2M;
+	for (s = lo; s < hi && s < SLOT_SIZE; s += SLOT_2M) {
+		used = used_pages(slot(op->id) + s, slot(op->id) + s + SLOT_2M);
+		if (used < 0)
+			_exit(1);
+		pos = put_str(out_buf, 0, "#zap ");
+		pos = put_long(out_buf, pos, op->id);
+		pos = put_str(out_buf, pos, " ");
+		pos = put_long(out_buf, pos, (long)(s / KIB));
+		pos = put_str(out_buf, pos, " ");
+		pos = put_long(out_buf, pos, used);
+		pos = put_str(out_buf, pos, "\n");
+		write_all(out_buf, pos);
+	}
+}
+
 static void print_maps_cb(uint64_t start, uint64_t end, const char *perms,
 			  const char *name, void *vctx)
 {
@@ -1177,7 +1276,7 @@ static void fixed_layout(char **argv)
 
 static void usage(const char *problem)
 {
-	fprintf(stderr, "ptoracle: %s; usage: ptoracle [-t] [-d DIR] < normalized-script\n",
+	fprintf(stderr, "ptoracle: %s; usage: ptoracle [-t] [-z] [-d DIR] < normalized-script\n",
 		problem);
 	exit(2);
 }
@@ -1194,10 +1293,13 @@ int main(int argc, char **argv)
 
 	fixed_layout(argv); /* before getopt, which permutes argv */
 	opterr = 0; /* report bad options ourselves, in one line */
-	while ((opt = getopt(argc, argv, "td:h")) != -1) {
+	while ((opt = getopt(argc, argv, "tzd:h")) != -1) {
 		switch (opt) {
 		case 't':
 			thp = 1;
+			break;
+		case 'z':
+			zap_report = 1;
 			break;
 		case 'd':
 			opt_dir = optarg;
@@ -1261,6 +1363,8 @@ int main(int argc, char **argv)
 		die(4, msg, NULL);
 	}
 
+	if (zap_report)
+		setup_zap_report();
 	warm_up(need_fork);
 	grow_stack();
 	/* Twice: the first pass may itself fault in pages (e.g. of maps_buf). */
@@ -1288,6 +1392,7 @@ int main(int argc, char **argv)
 		int r = run_op(op, &child_kib);
 		size_t pos = 0;
 
+		print_zap(op);
 		if (op->code == OP_FORK && r == 0) {
 			delta = child_kib - ref_child_kib;
 		} else {

@@ -97,6 +97,11 @@ _MERGE_IGNORED = VM_MAYBE_GUARD
 HUGE_NONE, HUGE_ANON, HUGE_ZERO = 0, 1, 2
 
 
+#: ``AddressSpace.zap_listener``: (the address space, the zapped PTE slots, whether a
+#: MADV_DONTNEED zapped them).
+ZapListener = Callable[["AddressSpace", list[int], bool], None]
+
+
 class TableClass(IntEnum):
     """Reclaim class of a PTE table (see the module docstring)."""
 
@@ -344,6 +349,11 @@ class AddressSpace:
         # When a set, every PTE slot an access or populate reaches is added
         # (the offline oracle records the future this way).
         self.touch_log: set[int] | None = None
+        # Alternative kernel designs (envs/sim/mechanisms.py) hook here: when set, it is
+        # called after a zap with the PTE slots whose entries it cleared (some may be gone)
+        # and whether the zap was a MADV_DONTNEED.  None (the kernel as measured) costs
+        # one test per zap and changes nothing.
+        self.zap_listener: ZapListener | None = None
 
     __hash__ = object.__hash__  # identity: address spaces live in BackingFile.mappers
 
@@ -535,7 +545,8 @@ class AddressSpace:
 
     def _update_entries(self, start: int, end: int, table: bytes) -> None:
         """Translate the entries of every existing table in [start, end)."""
-        for slot in list(self._pte_slots_in(start, end)):
+        slots = list(self._pte_slots_in(start, end))
+        for slot in slots:
             t = self.pte[slot]
             base = slot << PTE_SHIFT
             a = max(start, base)
@@ -547,6 +558,8 @@ class AddressSpace:
             i, j = (a - base) >> PAGE_SHIFT, (b - base + PAGE - 1) >> PAGE_SHIFT
             t.entries[i:j] = t.entries[i:j].translate(table)
             self._reclass(slot, t)
+        if self.zap_listener is not None:
+            self.zap_listener(self, slots, False)
 
     def _split_huge(self, slot: int, t: PteTable) -> None:
         """Split a PMD-mapped THP: its deposit becomes an ordinary PTE table (R21)."""
@@ -578,7 +591,8 @@ class AddressSpace:
         self._unmap_file_thp(start, end)
         self._split_huge_partial(start, end)
         table = _ZAP_ALL if drop_markers else _ZAP
-        for slot in list(self._pte_slots_in(start, end)):
+        slots = list(self._pte_slots_in(start, end))
+        for slot in slots:
             t = self.pte[slot]
             base = slot << PTE_SHIFT
             a, b = max(start, base), min(end, base + PTE_SPAN)
@@ -594,6 +608,8 @@ class AddressSpace:
                 self.stats.pte_reclaimed_on_zap += 1
                 continue
             self._reclass(slot, t)
+        if self.zap_listener is not None:
+            self.zap_listener(self, slots, reclaim)
 
     def _free_pgtables(self, start: int, end: int) -> None:
         """free_pgtables() after [start, end) was unmapped (R14, R15).
@@ -1619,6 +1635,7 @@ class AddressSpace:
         allocates every table the parent has that intersects the VMA (R18)."""
         child = AddressSpace(pt_reclaim=self.pt_reclaim, thp_disabled=self.thp_disabled,
                              thp_sysfs=self.thp_sysfs)
+        child.zap_listener = self.zap_listener
         for v in self.vmas:
             if v.flags & VM_DONTCOPY:
                 continue
@@ -1719,6 +1736,10 @@ class AddressSpace:
     def table_slots(self) -> list[int]:
         """All PTE-table slot indices, ascending."""
         return sorted(self.pte)
+
+    def table_slots_in(self, start: int, end: int) -> list[int]:
+        """The PTE-table slot indices that intersect [start, end), ascending."""
+        return list(self._pte_slots_in(start, end))
 
 
 def _vma_start(v: Vma) -> int:

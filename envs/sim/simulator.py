@@ -19,6 +19,7 @@ import numpy as np
 from .config import ConfigError, check_range, did_you_mean
 from .costs import CostModel
 from .machine import Machine, MachineConfig
+from .mechanisms import Mechanism, MechanismConfig
 from .pagetable import AddressSpace, TableClass
 from .process import RATE_DECAY, TABLE_BYTES, Process
 from .reclaim import PassResult, ReclaimConfig, reclaim_pass, reclaim_slots
@@ -64,10 +65,13 @@ class ScenarioConfig:
     jitter: float = 0.2  # seeded relative randomisation of workload parameters
     costs: CostModel = field(default_factory=CostModel)
     reclaim: ReclaimConfig = field(default_factory=ReclaimConfig)
+    #: The kernel design (envs/sim/mechanisms.py); none chosen: the model as measured.
+    mechanism: MechanismConfig = field(default_factory=MechanismConfig)
 
     def __post_init__(self) -> None:
         check_range("ticks", self.ticks, 1, 10**7)
         check_range("jitter", self.jitter, 0.0, 0.9)
+        self.mechanism.check(self.pt_reclaim)
 
 
 @dataclass
@@ -115,6 +119,7 @@ class Simulation:
         self.refault_class_rate = [0.0, 0.0, 0.0]
         #: With ``record_touches()``: process name -> slot -> ticks it was accessed.
         self.touch_trace: dict[str, dict[int, list[int]]] | None = None
+        self.mechanism = Mechanism(self, scenario.mechanism)
         self._workloads: list[tuple[WorkloadSpec, Workload]] = []
         for i, spec in enumerate(scenario.workloads):
             cls = WORKLOADS[spec.family]
@@ -134,6 +139,7 @@ class Simulation:
         p = Process(self._next_pid, name, family, mm, sane=sane, cpus=cpus)
         self._next_pid += 1
         self.procs.append(p)
+        self.mechanism.attach(p)
         return p
 
     def exit_process(self, p: Process, reason: str) -> None:
@@ -170,6 +176,7 @@ class Simulation:
                 w.stop()
             if t >= spec.start_tick and (not spec.stop_tick or t < spec.stop_tick):
                 w.step(t)
+        self._pending_reclaim.extend(self.mechanism.tick())
         alive = self.alive
         if self.touch_trace is not None:
             self._record_touches(t)

@@ -35,6 +35,9 @@ def supports(scenario: ScenarioConfig) -> str | None:
     """None when the compiled core can run ``scenario``, else why not (one line)."""
     if not CORE_CURRENT:
         return "the compiled core does not follow env v1 yet"
+    if scenario.mechanism.active:
+        return (f"mechanism.design {scenario.mechanism.design!r} has no compiled port "
+                "(envs/sim/mechanisms.py runs on the exact backend)")
     for spec in scenario.workloads:
         if not has_family(spec.family):
             return f"workload family {spec.family!r} has no compiled port yet"

@@ -439,6 +439,7 @@ class _Jemalloc(_SlotEngine):
                 self.mm.madvise(a + lo * PAGE, (hi - lo) * PAGE, "DONTNEED")
                 b.calls -= 1
                 self.purge_calls += 1
+            self.w.reclaim_pgtables(self.mm, a + lo * PAGE, (hi - lo) * PAGE)
             res[s] = lo
 
 
@@ -623,6 +624,7 @@ class _Glibc(_SlotEngine):
             self.mm.munmap(a + keep * PAGE, (h.size - keep) * PAGE)  # sbrk(-n)
         else:
             self.mm.madvise(a + keep * PAGE, (h.size - keep) * PAGE, "DONTNEED")
+            self.w.reclaim_pgtables(self.mm, a + keep * PAGE, (h.size - keep) * PAGE)
         b.calls -= 1
         self._clip(h, keep)
         h.size = keep
@@ -659,6 +661,7 @@ class _Glibc(_SlotEngine):
                 if b.calls <= 0:
                     return
                 self.mm.madvise(self.addr(s) + first * PAGE, (end - first) * PAGE, "DONTNEED")
+                self.w.reclaim_pgtables(self.mm, self.addr(s) + first * PAGE, (end - first) * PAGE)
                 b.calls -= 1
                 self.trim_calls += 1
                 res[s] = min(int(res[s]), first)
@@ -828,6 +831,7 @@ class _Jvm(_Engine):
                 self.mm.mmap(a, n, prot=0, noreserve=True, fixed=True)
             else:
                 self.mm.madvise(a, n, "DONTNEED")
+                self.w.reclaim_pgtables(self.mm, a, n)
                 self.mm.mprotect(a, n, 0)
             b.calls -= cost
             self.committed[r0:r1] = False

@@ -247,6 +247,7 @@ class Balloon(Workload):
         chunk_bytes = c.report_kib * KiB
         for ch in chosen.tolist():
             mm.madvise(BASE + ch * chunk_bytes, chunk_bytes, "DONTNEED")
+            self.reclaim_pgtables(mm, BASE + ch * chunk_bytes, chunk_bytes)
             chunks[ch] = REPORTED
         self.target -= len(chosen)
         if self.target <= 0 or len(chosen) < k:
@@ -261,6 +262,7 @@ class Balloon(Workload):
         self.state[chosen] = BALLOONED
         for a, b in index_runs(chosen):
             discard_small(mm, BASE + a * self.unit, BASE + b * self.unit)
+            self.reclaim_pgtables(mm, BASE + a * self.unit, (b - a) * self.unit)
         self.target -= len(chosen)
         if self.target <= 0 or len(chosen) < k:
             self.phase = "hold"

@@ -12,6 +12,8 @@ from ..config import ConfigError, build
 
 if TYPE_CHECKING:
     from ..machine import Machine
+    from ..mechanisms import Mechanism
+    from ..pagetable import AddressSpace
     from ..process import Process
 
 
@@ -21,6 +23,7 @@ class Simulation(Protocol):
 
     tick_no: int
     machine: Machine
+    mechanism: Mechanism
 
     def spawn(self, name: str, family: str, *, sane: bool = True, cpus: int = 1) -> Process: ...
 
@@ -80,6 +83,12 @@ class Workload:
 
     def runnable(self, tick: int) -> list[Process]:
         return [p for p in self.procs if p.runnable(tick)]
+
+    def reclaim_pgtables(self, mm: AddressSpace, start: int, length: int) -> None:
+        """``madvise(start, length, MADV_RECLAIM_PGTABLES)`` at a purge point: the proposed
+        advice of the ``madvise`` kernel design (:mod:`..mechanisms`); under any other
+        design the application does not issue it and nothing happens."""
+        self.sim.mechanism.advise(mm, start, length)
 
     @classmethod
     def make_config(cls, params: dict[str, Any], where: str, jitter: float,
