@@ -19,11 +19,11 @@ import pytest
 
 from ptreclaim.envs.configio import load_scenario
 from ptreclaim.envs.kernel import scriptgen
-from ptreclaim.envs.sim.fast._fast import FastAddressSpace
+from ptreclaim.envs.sim.fast._fast import FastAddressSpace, FastBackingFile
 from ptreclaim.envs.sim.fast.check import _fast_proc_state, canonical_state, replay_both
 from ptreclaim.envs.sim.fast.simulation import FastSimulation
 from ptreclaim.envs.sim.opscript import parse_file, parse_text
-from ptreclaim.envs.sim.pagetable import AddressSpace, TableClass
+from ptreclaim.envs.sim.pagetable import AddressSpace, BackingFile, TableClass
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNEL = sorted((ROOT / "tests" / "data" / "kernel").glob("*.script"))
@@ -111,3 +111,22 @@ def test_clone_copies_file_state() -> None:
     for _ in range(40):
         assert twin.step() == sim.step()
         assert states(twin) == states(sim)
+
+
+def test_file_thp_views_match() -> None:
+    """FastAddressSpace.file_thp and FastBackingFile.cache/huge read what the reference
+    holds (R24): a collapsed chunk mapped by a PMD, and a partly cached one."""
+    base = 1 << 40
+    views = []
+    models: list[tuple[Any, Any]] = [
+        (AddressSpace(thp_disabled=False), BackingFile("shmem", 64 << 20)),
+        (FastAddressSpace(thp_disabled=False), FastBackingFile("shmem", 64 << 20))]
+    for mm, f in models:
+        assert mm.mmap(base, 8 << 20, kind="shmem", shared=True, file=f) is None
+        assert mm.touch(base + (2 << 20) + 4096, 3 * 4096, False, 8192) is None
+        assert mm.madvise(base, 2 << 20, "COLLAPSE") == "EINVAL"  # chunk 0: nothing cached
+        assert mm.madvise(base + (2 << 20), 2 << 20, "COLLAPSE") is None
+        views.append((sorted(mm.file_thp), {c: bytes(p) for c, p in f.cache.items()},
+                      sorted(f.huge)))
+    assert views[0] == views[1]
+    assert views[0][0] == [(base >> 21) + 1] and views[0][2] == [1]

@@ -278,6 +278,11 @@ cdef class FastAddressSpace:
     def n_pte(self) -> int:
         return self.mm().pte.size()
 
+    @property
+    def file_thp(self) -> set:
+        """Slots PMD-mapping a file THP (a copy of ``AddressSpace.file_thp``, R24)."""
+        return set(_slot_set(self.mm().file_thp))
+
     def class_counts(self) -> tuple:
         cdef AddressSpace* m = self.mm()
         return (m.cls_count[0], m.cls_count[1], m.cls_count[2], m.cls_count[3])
