@@ -33,7 +33,6 @@ EXEMPT = {"envs/sim/pagetable.py"}
 OVERSIZE = {
     "envs/sim/workloads/allocator.py": 908,  # jemalloc/glibc models: one file per allocator
     "envs/sim/workloads/trace.py": 954,  # trace replay: reader and replayer apart
-    "envs/kernel/scriptgen.py": 2270,  # op-script families: one module per family
 }
 #: envs -> ptreclaim.cli: the capture tool still holds its own parser (its
 #: main moves to ptreclaim/cli/capture_trace.py once the change editing it lands).
