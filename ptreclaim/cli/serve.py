@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-upload-mib", type=float, default=64.0,
                    help="size of an uploaded trace, MiB (YAML files: 256 KiB) (default 64)")
     p.add_argument("--access-log", action="store_true", help="log every request")
+    p.add_argument("--openapi", type=Path, metavar="FILE",
+                   help="write the API's OpenAPI schema to FILE and exit (docs/openapi.json)")
     return p
 
 
@@ -124,6 +126,14 @@ def _main(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from ..service.worker import service_dir
 
     _check(args)
+    if args.openapi is not None:
+        from ..envs.configio import write_text_atomic
+        from ..service.app import openapi_text
+
+        # The schema needs no database: an in-memory one stands in.
+        write_text_atomic(args.openapi, openapi_text(create_app(Store("sqlite://"), "", Limits())))
+        print(f"serve.py: wrote {args.openapi}")
+        return 0
     root = Path(args.root).resolve()
     sdir = service_dir(root)
     url = check_db_url(args.db or f"sqlite:///{sdir / 'service.db'}")

@@ -170,6 +170,14 @@ def _finished_trials(url: str, study: str) -> int | None:
                                       states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
 
+def _tune_timeout(job: dict[str, Any]) -> float:
+    """Seconds in which tuning may start trials: up to the job's deadline (the
+    worker stops it there) less a tenth of its budget, at least 2 s, for the
+    trial still running then to end in time."""
+    left = float(job["deadline"]) - time.time()
+    return max(1.0, left - max(2.0, 0.1 * float(job["wall_left"])))
+
+
 def run_tune(spec: TuneJob, job: dict[str, Any], url: str, rep: Reporter) -> int:
     from ..cli import tune
 
@@ -182,10 +190,7 @@ def run_tune(spec: TuneJob, job: dict[str, Any], url: str, rep: Reporter) -> int
     argv = ["heuristic", spec.target, "--n-trials", str(left), "--seeds", str(spec.seeds),
             "--episodes", str(spec.episodes), "--suite", suite_arg(spec.input),
             "--storage", url, "--study-name", study, "--out", ".", "--sampler", spec.sampler,
-            "--seed", str(spec.seed), "-q",
-            # Stop starting trials with a tenth of the wall time left: the running one
-            # ends before the worker's hard stop.
-            "--timeout", f"{max(1.0, 0.9 * float(job['wall_left'])):.0f}"]
+            "--seed", str(spec.seed), "-q", "--timeout", f"{_tune_timeout(job):.1f}"]
     if spec.allow_few_seeds:
         argv.append("--allow-few-seeds")
 

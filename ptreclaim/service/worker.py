@@ -194,7 +194,8 @@ class Worker:
         write_text_atomic(folder / JOB_FILE, json.dumps({
             "id": job.id, "kind": job.kind, "spec": job.spec, "attempt": claim.attempt,
             "worker": self.cfg.name, "worker_pid": os.getpid(),
-            "wall_left": max(1.0, wall - spent), "references": refs}, indent=1) + "\n")
+            "wall_left": max(1.0, wall - spent), "deadline": time.time() + max(1.0, wall - spent),
+            "references": refs}, indent=1) + "\n")
         return folder
 
     def _child_env(self) -> dict[str, str]:
@@ -295,6 +296,10 @@ class Worker:
                                                     "the next worker resumes it", log_tail=tail)
         elif reason == "cancel":
             self.store.finish(claim, "cancelled", phase="cancelled", log_tail=tail)
+        elif reason == "wall" and claim.job.kind == "tune" and (folder / "best.yaml").is_file():
+            # Tuning's result is its best trial so far: a spent budget ends it normally.
+            self.store.finish(claim, "succeeded", log_tail=tail,
+                              phase=f"stopped by the wall-time budget of {wall:g} s")
         elif reason == "wall":
             self.store.finish(claim, "failed", log_tail=tail, phase="stopped",
                               error=f"the wall-time budget of {wall:g} s is spent; what the "
