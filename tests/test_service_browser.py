@@ -17,7 +17,12 @@ import pytest
 
 # tests/ is on sys.path (pytest's rootdir-relative import); importing the fixture
 # registers it here.
-from test_service import TINY_TUNE, Service, service, wait_for, wait_state  # noqa: F401
+from test_service import (
+    TINY_TUNE,
+    Service,
+    service,  # noqa: F401 (the fixture)
+    wait_state,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +55,7 @@ def browser() -> Iterator[Any]:
         driver.quit()
 
 
-def test_job_list_job_page_and_submit_form(service: Service, browser: Any) -> None:
+def test_job_list_job_page_and_submit_form(service: Service, browser: Any) -> None:  # noqa: F811
     from selenium.webdriver.common.by import By
 
     service.start_worker("w1")

@@ -16,12 +16,19 @@ import pytest
 
 # tests/ is on sys.path (pytest's rootdir-relative import); importing the fixture
 # registers it here.
-from test_service import DEADLINE, TINY_TUNE, Service, service, wait_for, wait_state  # noqa: F401
+from test_service import (
+    DEADLINE,
+    TINY_TUNE,
+    Service,
+    service,  # noqa: F401 (the fixture)
+    wait_for,
+    wait_state,
+)
 
 pytestmark = pytest.mark.slow
 
 
-def test_sigkill_a_tuning_worker_and_the_next_one_resumes(service: Service) -> None:
+def test_sigkill_a_tuning_worker_and_the_next_one_resumes(service: Service) -> None:  # noqa: F811
     import optuna
 
     with service.client() as c:
@@ -45,7 +52,7 @@ def test_sigkill_a_tuning_worker_and_the_next_one_resumes(service: Service) -> N
 
 
 def test_sigkill_a_training_worker_and_the_next_one_continues_from_the_checkpoint(
-        service: Service) -> None:
+        service: Service) -> None:  # noqa: F811
     spec = {"kind": "train", "timesteps": 1536, "input": {"source": "shipped",
                                                           "name": "redis_jemalloc"},
             "eval_suite": "redis_jemalloc",

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from ..envs.sim.config import ConfigError
 from .common import OneLineParser, run_cli
-from .worker import DB_HELP, add_worker_flags, check_db_url
+from .worker import add_worker_flags, check_db_url, open_store
 
 PROG = "serve.py"
 #: Seconds the workers get to hand their jobs back on shutdown (training saves a checkpoint).
@@ -142,13 +142,7 @@ def _main(args: argparse.Namespace, argv: Sequence[str]) -> int:
         token = load_or_create_token(sdir / TOKEN_FILE)
     except BadRequest as exc:
         raise ConfigError(exc.message) from None
-    try:
-        store = Store(url)
-        store.ping()
-    except Exception as exc:
-        raise ConfigError(f"--db {redacted(url)}: cannot open the job store "
-                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); {DB_HELP}"
-                          ) from None
+    store = open_store(url)
     limits = Limits(max_trials=args.max_trials, max_timesteps=args.max_timesteps,
                     max_wall_seconds=args.max_wall_seconds, max_episodes=args.max_episodes,
                     max_trace_bytes=int(args.max_upload_mib * 1024 * 1024))

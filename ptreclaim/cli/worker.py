@@ -20,9 +20,13 @@ import os
 import signal
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..envs.sim.config import ConfigError
 from .common import OneLineParser, run_cli
+
+if TYPE_CHECKING:
+    from ..service.store import Store
 
 PROG = "worker.py"
 DB_ENV = "PTRECLAIM_SERVICE_DB"
@@ -58,6 +62,20 @@ def check_db_url(url: str) -> str:
     return url
 
 
+def open_store(url: str) -> Store:
+    """The job store at ``url``, reachable now; else one line (exit status 2)."""
+    from ..service.store import Store, redacted
+
+    try:
+        store = Store(url)
+        store.ping()
+    except Exception as exc:  # drivers raise many kinds for a bad URL or a down server
+        raise ConfigError(f"--db {redacted(url)}: cannot open the job store "
+                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); {DB_HELP}"
+                          ) from None
+    return store
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser of ``scripts/worker.py``."""
     p = OneLineParser(prog=PROG, description=(
@@ -73,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _main(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from ..agents.interrupts import die_with_parent
-    from ..service.store import Store, redacted
+    from ..service.store import redacted
     from ..service.worker import Worker, WorkerConfig, service_dir
 
     if args.parent_pid is not None:
@@ -85,13 +103,7 @@ def _main(args: argparse.Namespace, argv: Sequence[str]) -> int:
     root = Path(args.root).resolve()
     url = check_db_url(args.db or os.environ.get(DB_ENV)
                        or f"sqlite:///{service_dir(root) / 'service.db'}")
-    try:
-        store = Store(url)
-        store.ping()
-    except Exception as exc:
-        raise ConfigError(f"--db {redacted(url)}: cannot open the job store "
-                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); {DB_HELP}"
-                          ) from None
+    store = open_store(url)
     cfg = WorkerConfig(url=url, root=root, lease_seconds=args.lease_seconds,
                        heartbeat_seconds=min(2.0, args.lease_seconds / 4))
     if args.name:
