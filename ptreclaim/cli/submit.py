@@ -212,9 +212,11 @@ def follow(client: Any, job_id: str, quiet: bool = False, poll: float = 1.0
         while True:
             if update is not None:
                 update(int(1000 * job["progress"]))
-            elif not quiet and _line(job) != shown:
-                shown = _line(job)
-                print(shown, file=sys.stderr, flush=True)
+            elif not quiet and (key := f"{job['state']} {job['progress']:.3f} {job['phase']}"
+                                ) != shown:
+                # A line per change of state, progress or phase (not of the ETA alone).
+                shown = key
+                print(_line(job), file=sys.stderr, flush=True)
             if job["state"] in FINAL:
                 return dict(job)
             time.sleep(poll)

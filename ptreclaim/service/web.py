@@ -19,6 +19,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 
+from .handlers import check_token, read_upload, submit_checked
 from .specs import BadRequest, parse_spec
 from .store import FINAL_STATES, STATES
 
@@ -92,7 +93,6 @@ def add_pages(app: FastAPI) -> None:
     from ..agents.heuristics import HEURISTICS
     from ..agents.tune.spaces import HEURISTIC_TARGETS
     from ..envs.configio import shipped_names
-    from .app import check_token, read_upload, submit_checked
 
     templates = Jinja2Templates(directory=str(TEMPLATES))
     templates.env.filters["when"] = _when
@@ -148,7 +148,7 @@ def add_pages(app: FastAPI) -> None:
         try:
             values = {k: v for k, v in form.items() if isinstance(v, str) and k != "token"}
             token = form.get("token")
-            check_token(f"Bearer {token if isinstance(token, str) else ''}", app)
+            check_token(f"Bearer {token if isinstance(token, str) else ''}", app.state.token)
             uploads = {}
             for name, field in FILE_FIELDS.items():
                 upload = form.get(name)
@@ -167,7 +167,7 @@ def add_pages(app: FastAPI) -> None:
         form = await request.form(max_files=0, max_fields=4)
         token = form.get("token")
         try:
-            check_token(f"Bearer {token if isinstance(token, str) else ''}", app)
+            check_token(f"Bearer {token if isinstance(token, str) else ''}", app.state.token)
         except BadRequest as exc:
             return page(request, "error.html", exc.status, message=exc.message)
         if store.get(job_id) is None:
