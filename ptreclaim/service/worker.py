@@ -226,7 +226,14 @@ class Worker:
         """Run one claimed job to its end (or until this worker loses it)."""
         job = claim.job
         self.synced = {}
-        folder = self._prepare(claim)
+        try:
+            folder = self._prepare(claim)
+        except (OSError, SQLAlchemyError) as exc:
+            error = (f"worker {self.cfg.name} could not lay out the job folder "
+                     f"({type(exc).__name__}: {exc}); check its disk and store")
+            self._guarded(lambda: self.store.finish(claim, "failed", phase="failed",
+                                                    error=error[:500]))
+            return
         cfg = self.cfg
         with (folder / LOG_FILE).open("ab") as log:
             child = subprocess.Popen(
