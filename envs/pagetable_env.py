@@ -157,7 +157,9 @@ class PageTableReclaimEnv(gym.Env[np.ndarray, np.ndarray]):
         self.action_space: spaces.MultiDiscrete = spaces.MultiDiscrete(nvec)
         n_obs = len(OBS_NAMES) + (len(CANDIDATE_NAMES) if self.config.candidate_counts else 0)
         self.observation_space = spaces.Box(-1.0, 1.0, (n_obs,), np.float32)
-        self.sim: Simulation | Any = None
+        self._obs_shape: tuple[int, ...] = (n_obs,)
+        # A Simulation, or the compiled core's FastSimulation (same API).
+        self.sim: Any = None
         # The compiled env step (``backend`` fast) when ``sim`` runs on the compiled core.
         self._core: Any = None
         self._nvec = np.asarray(nvec, dtype=np.int64)
@@ -185,7 +187,7 @@ class PageTableReclaimEnv(gym.Env[np.ndarray, np.ndarray]):
         self.attach(self._make_sim(scenario, rng))
         # Let the workloads start before the first decision.
         if self._core is not None:
-            obs = np.empty(self.observation_space.shape, dtype=np.float32)
+            obs = np.empty(self._obs_shape, dtype=np.float32)
             self._core.reset_ticks(obs)
             return obs, self._fast_info({})
         assert self.sim is not None
@@ -211,7 +213,7 @@ class PageTableReclaimEnv(gym.Env[np.ndarray, np.ndarray]):
         if sim is None:
             raise RuntimeError("call reset() before step()")
         if self._core is not None:
-            obs = np.empty(self.observation_space.shape, dtype=np.float32)
+            obs = np.empty(self._obs_shape, dtype=np.float32)
             reward, truncated = self._core.step(self._checked_action(action), obs)
             terms = dict(zip(COST_TERMS, self._core.terms.tolist(), strict=True))
             return obs, reward, False, truncated, self._fast_info(terms)
@@ -308,7 +310,7 @@ class PageTableReclaimEnv(gym.Env[np.ndarray, np.ndarray]):
     def observe(self, recs: list[TickRecord]) -> np.ndarray:
         """The observation after the ticks ``recs`` (public for drivers)."""
         if self._core is not None:
-            obs = np.empty(self.observation_space.shape, dtype=np.float32)
+            obs = np.empty(self._obs_shape, dtype=np.float32)
             lo = recs[0].tick if recs else self.sim.tick_no
             self._core.observe_range(lo, lo + len(recs), obs)
             return obs

@@ -111,7 +111,7 @@ def replay_both(script: Script, *, pt_reclaim: bool = True) -> tuple[int, str]:
         problem = _diff(canonical_state(ref.mm), canonical_state(fast.mm))
         if problem:
             return n, f"op {n + 1} ({op.name}): {problem}"
-        fast.mm.check_invariants()  # type: ignore[attr-defined]
+        fast.mm.check_invariants()
     return len(script.ops), ""
 
 
