@@ -313,7 +313,16 @@ class Worker:
                                     "job saved is in its artifacts (submit a new job with a "
                                     "larger wall_seconds to go on)")
         elif code == 0:
-            self.store.finish(claim, "succeeded", progress=1.0, phase="finished",
+            # A job that ended early by its own choice (tuning that stopped starting
+            # trials before the wall-time budget) keeps the share and phase it reported.
+            last: Mapping[str, Any] = {}
+            with contextlib.suppress(OSError, ValueError):
+                last = json.loads((folder / PROGRESS_FILE).read_text())
+            fraction = last.get("fraction")
+            early = (isinstance(fraction, float | int) and fraction < 1
+                     and "wall-time budget" in str(last.get("phase")))
+            self.store.finish(claim, "succeeded", progress=float(fraction or 0) if early else 1.0,
+                              phase=str(last.get("phase")) if early else "finished",
                               log_tail=tail)
         else:
             error = ""
