@@ -44,7 +44,7 @@ from ..envs.configio import write_text_atomic
 from ..envs.features import OBS_NAMES
 from ..envs.host.sample import PAGE_KIB, Notes, os_reason
 from ..envs.sim.config import ConfigError
-from .common import OneLineParser, add_model_flags, run_cli
+from .common import OneLineParser, add_model_flags, check_writable, run_cli
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -261,6 +261,8 @@ def _check_args(args: argparse.Namespace) -> None:
             raise ConfigError(f"--plot {plot}: the plot is a PNG; name it *.png")
         if not plot.resolve().parent.is_dir():
             raise ConfigError(f"--plot {plot}: no folder {plot.parent}; create it first")
+        # Now, not after a session of hours: the plot is written at its end.
+        check_writable(plot, "--plot")
 
 
 def _ticks(interval: float, count: int) -> Iterator[int]:
