@@ -216,9 +216,9 @@ def _pickled(path: str | os.PathLike[str], what: str, trusted: bool = False) -> 
             return p.read_bytes()
         return verify_bytes(p)
     except TrustError as exc:
-        raise TrustError(f"{exc}; {what} files hold pickles, which run code when loaded, so "
-                         "ptreclaim loads only what it wrote on this machine: pass "
-                         "--trust-model if you trust where it came from") from None
+        raise TrustError(f"{exc}; {what} files hold pickles (code that runs when loaded), "
+                         "and ptreclaim loads only those it wrote on this machine; pass "
+                         "--trust-model if you trust their source") from None
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read the {what} ({exc.strerror or exc})") from None
 

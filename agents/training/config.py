@@ -24,7 +24,15 @@ from ...configs import CONFIG_DIR
 from ...envs.configio import LIMITS, load_yaml, parse_yaml, resolve_suite
 from ...envs.pagetable_env import EnvConfig
 from ...envs.registration import DEFAULT_ID
-from ...envs.sim.config import ConfigError, build, check_range, did_you_mean, quote, to_dict
+from ...envs.sim.config import (
+    ConfigError,
+    build,
+    check_range,
+    clip,
+    did_you_mean,
+    quote,
+    to_dict,
+)
 from ...envs.sim.simulator import ScenarioConfig
 from ..heuristics import HEURISTICS
 from ..loading import ALGOS
@@ -249,11 +257,12 @@ def load_experiment(path: Path | None, sets: Sequence[tuple[str, str]] = ()
     exp = build(ExperimentConfig, data, p.name)
     for label, item in sets:
         if "=" not in item:
-            raise TrainError(f"{label} {item!r}: expected key=value (e.g. env.decision_ticks=20)")
+            raise TrainError(f"{label} {quote(item)}: expected key=value (e.g. "
+                             "env.decision_ticks=20)")
         key, raw = item.split("=", 1)
         key = key.strip()
         # `--set k=v` names the item; a flag (`--algo x`) arrives with its own label.
-        where = f"{label} {item}" if label == "--set" else label
+        where = f"{label} {clip(item)}" if label == "--set" else label
         try:
             value = _parse_value(raw)
         except TrainError as exc:

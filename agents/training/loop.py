@@ -31,7 +31,6 @@ from ...envs.sim.config import quote
 from ..interrupts import signal_name, stop_requested
 from ..loading import (
     algo_class,
-    first_line,
     load_model,
     load_replay_buffer,
     load_vecnormalize,
@@ -236,7 +235,7 @@ def _train(run: RunFolder, cfg: RunConfig, out: Output, resume: bool,
         try:
             check_finite(model)
         except TrainingDiverged as nan:
-            diverged = f"{nan}; then {type(exc).__name__}: {first_line(exc)}"
+            diverged = f"{nan}, then torch raised {type(exc).__name__}"
         else:
             raise
     finally:

@@ -157,7 +157,23 @@ def _checked_cma_class() -> type[optuna.samplers.CmaEsSampler]:
                                             f"trial {trial.number}'s CMA-ES state")
             return None
 
+        def check(self, study: optuna.Study) -> None:
+            """Restore the state a resumed study starts from now, before any
+            trial: a foreign one is then one line, not a failed trial."""
+            from optuna.trial import TrialState
+
+            self._restore_optimizer(study.get_trials(
+                deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
     return CheckedCmaEsSampler
+
+
+def check_sampler(sampler: optuna.samplers.BaseSampler, study: optuna.Study) -> None:
+    """Check what ``sampler`` will restore from ``study`` (the CMA-ES state;
+    other samplers restore nothing): :class:`ConfigError` before any trial."""
+    check = getattr(sampler, "check", None)
+    if check is not None:
+        check(study)
 
 
 

@@ -50,6 +50,12 @@ class _ShortRepr(reprlib.Repr):
 _SHORT = _ShortRepr()
 
 
+def clip(text: str) -> str:
+    """``text`` cut to about :data:`QUOTE_CHARS` characters (a command-line
+    argument named in an error message)."""
+    return text if len(text) <= QUOTE_CHARS else text[:QUOTE_CHARS - 3] + "..."
+
+
 def quote(value: object) -> str:
     """``repr(value)``, cut to about :data:`QUOTE_CHARS` characters: what an
     error message shows of an offending value."""
@@ -61,7 +67,8 @@ def check_range(where: str, value: float, lo: float | None = None, hi: float | N
                 *, lo_open: bool = False) -> None:
     """Raise :class:`ConfigError` unless ``lo <= value <= hi`` (``lo < value``
     with ``lo_open``); ``None`` bounds are unbounded."""
-    ok = isinstance(value, (int, float)) and not math.isnan(value)
+    # No float() of the value: an integer of 400 digits does not convert.
+    ok = isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value))
     if ok and lo is not None:
         ok = value > lo if lo_open else value >= lo
     if ok and hi is not None:

@@ -63,7 +63,13 @@ from ..agents.tune.outputs import (
     write_outputs,
 )
 from ..agents.tune.spaces import AGENT_TARGETS, HEURISTIC_SPACES, HEURISTIC_TARGETS, default_agent
-from ..agents.tune.storage import make_pruner, make_sampler, open_study, redact
+from ..agents.tune.storage import (
+    check_sampler,
+    make_pruner,
+    make_sampler,
+    open_study,
+    redact,
+)
 from ..envs.configio import resolve_suite, write_text_atomic
 from ..envs.pagetable_env import EnvConfig
 from ..envs.sim.config import ConfigError, check_range, did_you_mean, to_dict
@@ -280,6 +286,7 @@ def _main(args: argparse.Namespace, argv: Sequence[str]) -> int:
     seed = args.seed if existing == 0 else int(
         np.random.SeedSequence([args.seed, existing]).generate_state(1)[0])
     study.sampler = make_sampler(args.sampler, seed)
+    check_sampler(study.sampler, study)
     if agent:
         study.pruner = make_pruner(str(objective.agent["pruner"]), setup.eval_freq,
                                    setup.timesteps * len(setup.train_seeds))
