@@ -28,13 +28,13 @@ from ptreclaim.agents.loading import (
 from ptreclaim.agents.oracle import OracleBound
 from ptreclaim.agents.results import EpisodeResult
 from ptreclaim.agents.rollout import run_policies as evaluate
-from ptreclaim.agents.trust import pickled_files, sign_artifacts
 from ptreclaim.agents.stats import (
     iqm,
     probability_of_improvement,
     stratified_bootstrap,
     summarize,
 )
+from ptreclaim.agents.trust import pickled_files, sign_artifacts
 from ptreclaim.cli.evaluate import main
 from ptreclaim.envs.configio import load_scenario, load_suite, resolve_suite
 from ptreclaim.envs.pagetable_env import COST_TERMS, EnvConfig, PageTableReclaimEnv

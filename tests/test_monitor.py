@@ -658,7 +658,7 @@ def test_learned_policy_from_a_run_folder(tmp_path: Path) -> None:
         assert advice.pid == os.getpid()
     # A model this machine did not sign needs --trust-model (it holds pickles).
     (run / MANIFEST).unlink()
-    with pytest.raises(ConfigError, match="not trusted.*--trust-model"):
+    with pytest.raises(ConfigError, match=r"not trusted.*--trust-model"):
         advisor.load_policy(str(run))
 
 

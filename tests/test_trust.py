@@ -29,6 +29,10 @@ from typing import Any
 
 import pytest
 
+# tests/ is on sys.path (pytest's rootdir-relative import); importing the fixture
+# registers it here.
+from test_service import Service, service, wait_state  # noqa: F401 (the fixture)
+
 from ptreclaim.agents import loading, trust
 from ptreclaim.agents.runs import RunFolder
 from ptreclaim.agents.training.config import load_experiment, resolve_scenarios
@@ -164,7 +168,7 @@ def test_the_crafted_files_do_run_code_when_the_gate_is_open(tiny: Path, tmp_pat
 def test_trust_model_is_the_explicit_way_around(tiny: Path, tmp_path: Path) -> None:
     marker = tmp_path / "ran"
     run = crafted_run(tiny, marker, "open__ppo__0__20260101-000000")
-    code, _, err = cli("evaluate.py", [str(run), "--trust-model", "--suite",
+    _, _, err = cli("evaluate.py", [str(run), "--trust-model", "--suite",
                                        str(tiny / "tiny.yaml"), "--episodes", "1", "--no-oracle",
                                        "--out", str(tmp_path / "ev")], tiny)
     assert marker.exists(), err
@@ -215,7 +219,7 @@ def test_replaced_files_of_a_signed_run_are_refused(tiny: Path, tmp_path: Path) 
     """A genuine run of this machine whose checkpoint, statistics or replay
     buffer was swapped for a crafted one after it was signed."""
     marker = tmp_path / "ran"
-    code, out, err = cli("train.py", ["--config", "exp.yaml", "--out", str(tmp_path / "runs"),
+    code, _, err = cli("train.py", ["--config", "exp.yaml", "--out", str(tmp_path / "runs"),
                                       "--set", "checkpoint_freq=64", "--no-progress"], tiny)
     assert code == 0, err
     (good,) = (tmp_path / "runs").glob("tiny__*")
@@ -309,7 +313,7 @@ def test_signatures_survive_a_move_and_nothing_else(tmp_path: Path,
     (run / "other.pkl").write_bytes(b"x")
     with pytest.raises(trust.TrustError, match="does not list it"):
         trust.verify_bytes(run / "other.pkl")
-    with pytest.raises(trust.TrustError, match="other.pkl"):
+    with pytest.raises(trust.TrustError, match=r"other\.pkl"):
         loading.verify_run(run)
     # Another key (another machine): nothing it did not sign verifies.
     monkeypatch.setenv(trust.KEY_ENV, str(tmp_path / "k2" / "trust.key"))
@@ -355,3 +359,42 @@ def test_trust_run_adopts_a_folder_the_user_vouches_for(tiny: Path, tmp_path: Pa
         loading.verify_run(folder)
     assert loading.trust_run(folder) == [folder / "model.zip"]
     loading.verify_run(folder)
+
+
+# ------------------------------------------------------------ the service
+
+def test_the_service_loads_a_train_job_s_model_only_as_its_worker_signed_it(
+        service: Service, tmp_path: Path) -> None:  # noqa: F811
+    """An evaluate job that names a train job loads the model its worker
+    signed (the manifest travels with the run through the job store); the
+    same job's model swapped in the store for a crafted one fails, in one
+    line, and never runs."""
+
+    from ptreclaim.service.store import blobs
+
+    marker = tmp_path / "ran"
+    train = {"kind": "train", "timesteps": 64, "input": {"source": "shipped",
+                                                         "name": "redis_jemalloc"},
+             "eval_suite": "redis_jemalloc",
+             "overrides": ["n_envs=2", "eval.freq=0", "eval.final_episodes=1",
+                           "env.max_steps=10", "eval.baselines=[none]", "eval.oracle=false",
+                           "hyperparams.ppo.n_steps=32", "hyperparams.ppo.batch_size=32"]}
+    evaluate = {"kind": "evaluate", "episodes": 1, "oracle": False,
+                "input": {"source": "shipped", "name": "redis_jemalloc"}}
+    with service.client() as c:
+        job = c.submit(train)
+        service.start_worker("w")
+        assert wait_state(c, job["id"])["state"] == "succeeded"
+        names = {a["name"] for a in c.artifacts(job["id"])}
+        assert any(n.endswith("/trust.json") for n in names), names
+        good = wait_state(c, c.submit({**evaluate, "policies": [f"job:{job['id']}"]})["id"])
+        assert good["state"] == "succeeded", good
+        # Whoever can write the store swaps the model for a crafted one.
+        model = next(n for n in names if n.endswith("/model.zip"))
+        crafted = crafted_zip(tmp_path / "crafted.zip", marker).read_bytes()
+        with service.store.engine.begin() as conn:
+            conn.execute(blobs.update().where(blobs.c.job_id == job["id"],
+                                              blobs.c.name == model).values(data=crafted))
+        bad = wait_state(c, c.submit({**evaluate, "policies": [f"job:{job['id']}"]})["id"])
+    assert bad["state"] == "failed" and "changed after it was written" in (bad["error"] or ""), bad
+    assert not marker.exists()
