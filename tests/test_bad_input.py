@@ -29,6 +29,9 @@ from typing import Any
 import pytest
 import yaml
 
+# tests/ is on sys.path (pytest's rootdir-relative import).
+from test_train import TINY_EXPERIMENT, TINY_SCENARIO
+
 from ptreclaim.agents import loading
 from ptreclaim.agents.runs import claim_folder
 from ptreclaim.agents.training.callbacks import STOP_AT_ENV
@@ -39,27 +42,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
 TRACE = ROOT / "data" / "traces" / "churn_jemalloc.npz"
 
-SCENARIO = """\
-name: tiny
-ticks: 60
-machine: {ram_mib: 1024, movable_fraction: 0.8, cpus: 4}
-workloads:
-  - family: hog
-    params: {variant: zeropage, size_gib: 16, tables_per_tick: 16}
-"""
-EXPERIMENT = """\
-name: tiny
-train_suite: tiny.yaml
-eval_suite: tiny.yaml
-seeds: [0]
-timesteps: 256
-n_envs: 2
-checkpoint_freq: 64
-eval: {freq: 128, episodes: 1, final_episodes: 2, n_boot: 200}
-env: {decision_ticks: 5, max_steps: 12}
-hyperparams:
-  ppo: {n_steps: 32, batch_size: 32, n_epochs: 2}
-"""
+SCENARIO = TINY_SCENARIO
+#: A checkpoint every 64 steps: the run stopped at 128 has one to resume from.
+EXPERIMENT = TINY_EXPERIMENT.replace("checkpoint_freq: 0", "checkpoint_freq: 64")
 
 
 def _laughs(levels: int = 9) -> str:
@@ -426,6 +411,7 @@ def test_a_damaged_multi_seed_experiment_is_one_line(work: Path, tmp_path: Path)
 
 # ------------------------------------------------------------ a run that diverges
 
+@pytest.mark.slow
 def test_a_diverging_run_is_marked_failed_and_keeps_its_last_good_checkpoint(
         work: Path, tmp_path: Path) -> None:
     code, out, err = run_tool("train.py", ["--config", "exp.yaml", "--out", str(tmp_path),

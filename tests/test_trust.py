@@ -32,6 +32,7 @@ import pytest
 # tests/ is on sys.path (pytest's rootdir-relative import); importing the fixture
 # registers it here.
 from test_service import Service, service, wait_state  # noqa: F401 (the fixture)
+from test_train import TINY_EXPERIMENT, TINY_SCENARIO
 
 from ptreclaim.agents import loading, trust
 from ptreclaim.agents.runs import RunFolder
@@ -43,29 +44,6 @@ from ptreclaim.envs.sim.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
-
-TINY_SCENARIO = """\
-name: tiny
-ticks: 60
-machine: {ram_mib: 1024, movable_fraction: 0.8, cpus: 4}
-workloads:
-  - family: hog
-    params: {variant: zeropage, size_gib: 16, tables_per_tick: 16}
-"""
-TINY_EXPERIMENT = """\
-name: tiny
-train_suite: tiny.yaml
-eval_suite: tiny.yaml
-seeds: [0]
-timesteps: 256
-n_envs: 2
-checkpoint_freq: 0
-eval: {freq: 128, episodes: 1, final_episodes: 2, n_boot: 200}
-env: {decision_ticks: 5, max_steps: 12}
-hyperparams:
-  ppo: {n_steps: 32, batch_size: 32, n_epochs: 2}
-"""
-
 
 class _Payload:
     """Unpickles into ``open(path, "w")``: the marker appears iff it ran."""
@@ -215,6 +193,7 @@ def test_a_bare_crafted_zip_and_stats_are_refused(tiny: Path, tmp_path: Path) ->
     assert_refused(res, marker, "no trust.json next to it")
 
 
+@pytest.mark.slow
 def test_replaced_files_of_a_signed_run_are_refused(tiny: Path, tmp_path: Path) -> None:
     """A genuine run of this machine whose checkpoint, statistics or replay
     buffer was swapped for a crafted one after it was signed."""
@@ -258,6 +237,7 @@ def test_a_crafted_multi_seed_experiment_is_refused(tiny: Path, tmp_path: Path) 
                    "was not signed with this machine's key")
 
 
+@pytest.mark.slow
 def test_a_crafted_cma_es_state_in_a_study_is_refused(tiny: Path, tmp_path: Path) -> None:
     """Optuna pickles CMA-ES's state into each trial and unpickles it on
     resume; tune.py restores it through a restricted unpickler."""
@@ -363,6 +343,7 @@ def test_trust_run_adopts_a_folder_the_user_vouches_for(tiny: Path, tmp_path: Pa
 
 # ------------------------------------------------------------ the service
 
+@pytest.mark.slow
 def test_the_service_loads_a_train_job_s_model_only_as_its_worker_signed_it(
         service: Service, tmp_path: Path) -> None:  # noqa: F811
     """An evaluate job that names a train job loads the model its worker
