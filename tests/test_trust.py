@@ -224,6 +224,24 @@ def test_replaced_files_of_a_signed_run_are_refused(tiny: Path, tmp_path: Path) 
                                                "--episodes", "1", "--out",
                                                str(tmp_path / "ev")], tiny),
                            marker, "changed after it was written")
+    # The same run from another machine (its key signed it): refused, then
+    # adopted with --trust-model (one line says so), after which it resumes.
+    other = tmp_path / "from_elsewhere"
+    shutil.copytree(good, other)
+    (other / trust.MANIFEST).unlink()
+    forged_manifest(other, tmp_path / "other_machine" / "trust.key")
+    assert_refused(cli("train.py", ["--resume", str(other)], tiny), marker,
+                   "was not signed with this machine's key")
+    code, out, err = cli("train.py", ["--resume", str(other), "--trust-model", "--no-progress"],
+                         tiny)
+    assert code == 0, (out, err)
+    assert err.count("note: --trust-model: ") == 1 and "now signed as this machine's" in err
+    loading.verify_run(other)
+    # A finished run is refused before --trust-model signs anything.
+    before = (other / trust.MANIFEST).read_bytes()
+    code, _, err = cli("train.py", ["--resume", str(other), "--trust-model"], tiny)
+    assert code == 2 and "this run is finished" in err and "note:" not in err
+    assert (other / trust.MANIFEST).read_bytes() == before
 
 
 def test_a_crafted_multi_seed_experiment_is_refused(tiny: Path, tmp_path: Path) -> None:

@@ -114,8 +114,7 @@ def train_run(run: RunFolder, cfg: RunConfig, out: Output, resume: bool = False)
         torch.set_num_threads(exp.torch_threads)
         state = run.read_state()
         if state["status"] == "failed":
-            raise TrainError(f"{run}: this run failed ({quote(state.get('error'))}); start a "
-                             "new one with other hyperparameters")
+            check_resumable(run, state)
         total = exp.timesteps
         done = int(state.get("num_timesteps") or 0)
         if state["status"] in ("running", "interrupted") and done < total:
@@ -136,17 +135,23 @@ def _resume_files(run: RunFolder, state: dict[str, Any]) -> tuple[Path, Path, Pa
             run / "checkpoints" / f"replay_buffer_{n}_steps.pkl")
 
 
+def check_resumable(run: RunFolder, state: dict[str, Any]) -> None:
+    """Refuse a run that has nothing left to do (finished) or must not go on
+    (failed): :class:`TrainError`."""
+    if state["status"] == "finished":
+        raise TrainError(f"{run}: this run is finished (see its report.md); start a new one")
+    if state["status"] == "failed":
+        raise TrainError(f"{run}: this run failed ({quote(state.get('error'))}); start a new "
+                         "one with other hyperparameters")
+
+
 def check_resume(run: RunFolder, cfg: RunConfig, state: dict[str, Any]) -> None:
     """Everything ``--resume`` will load, checked before any work starts:
     one line (:class:`TrainError`) for each way a run folder can be damaged
     or untrusted (see :func:`ptreclaim.agents.loading._pickled`)."""
     exp = cfg.experiment
     status = state["status"]
-    if status == "finished":
-        raise TrainError(f"{run}: this run is finished (see its report.md); start a new one")
-    if status == "failed":
-        raise TrainError(f"{run}: this run failed ({quote(state.get('error'))}); start a new "
-                         "one with other hyperparameters")
+    check_resumable(run, state)
     if state.get("seed") is not None and state["seed"] != cfg.seed:
         raise TrainError(f"{run / 'state.json'}: seed {state['seed']} differs from config.yaml's "
                          f"{cfg.seed}; the run folder is damaged")

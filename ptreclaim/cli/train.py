@@ -36,7 +36,7 @@ from ..agents.training.config import (
     resolve_scenarios,
 )
 from ..agents.training.hyperparams import load_hyperparams, materialize
-from ..agents.training.loop import Output, check_resume, console, train_run
+from ..agents.training.loop import Output, check_resumable, check_resume, console, train_run
 from ..agents.training.multi import read_runs, run_multi
 from ..agents.training.runconfig import read_run_config, start_run, train_command
 from ..envs.sim.config import ConfigError, quote
@@ -129,21 +129,21 @@ def _resume(args: argparse.Namespace, command: str, con: Any, live: bool) -> int
     # Held until the run ends (train_run and run_multi claim it again, reentrantly).
     with run.claim():
         if run.is_multi:
-            runs = read_runs(run)
-            if args.trust_model:
-                for seed_run in runs.values():
-                    if seed_run.path.is_dir():
-                        trust_run(seed_run.path)
             exp, _ = load_experiment(run / "experiment.yaml")
-            for seed_run in runs.values():
+            for seed_run in read_runs(run).values():
                 if (seed_run / "state.json").is_file():
                     state = seed_run.read_state()
                     if state["status"] not in ("finished", "failed"):
-                        check_resume(seed_run, read_run_config(seed_run), state)
+                        cfg = read_run_config(seed_run)
+                        if args.trust_model:
+                            trust_run(seed_run.path)
+                        check_resume(seed_run, cfg, state)
             return run_multi(exp, load_hyperparams(exp), resolve_scenarios(exp), run.parent,
                              command, con, live, multi=run)
         cfg = read_run_config(run)
         state = run.read_state()
+        # Refused before --trust-model signs anything: nothing is written then.
+        check_resumable(run, state)
         if args.trust_model:
             trust_run(run.path)
         check_resume(run, cfg, state)
