@@ -202,7 +202,8 @@ def run_tune(spec: TuneJob, job: dict[str, Any], url: str, rep: Reporter) -> int
         code = call_cli(tune, argv)
     if code == 0:
         n = _finished_trials(url, study) or 0
-        rep.set(1.0, f"{n} of {spec.trials} trials" + (
+        # A budget-stopped study reports the share of trials it ran, not 1.
+        rep.set(min(1.0, n / spec.trials), f"{n} of {spec.trials} trials" + (
             "" if n >= spec.trials else " (stopped by the wall-time budget)"))
     return code
 
