@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
@@ -72,8 +73,15 @@ class EnvConfig:
     hard_limit_action: bool = False
     candidate_counts: bool = False  # privileged per-class counts (ablations only)
     reward: RewardWeights = field(default_factory=RewardWeights)
+    #: Simulator implementation: ``fast`` (the compiled core), ``exact`` (the Python
+    #: reference), or ``auto`` (``fast`` when it has every workload family the scenario
+    #: uses).  Both give identical trajectories (tests/test_fast_env.py).
+    backend: Literal["auto", "fast", "exact"] = "auto"
 
     def __post_init__(self) -> None:
+        if self.backend not in ("auto", "fast", "exact"):
+            raise ConfigError(f"env.backend: {self.backend!r} is not one of 'auto', 'fast', "
+                              "'exact'")
         check_range("env.decision_ticks", self.decision_ticks, 1, 10_000)
         check_range("env.max_steps", self.max_steps, 1, 10**7)
         if not self.budgets or self.budgets[0] != 0 or list(self.budgets) != sorted(self.budgets):
@@ -150,18 +158,57 @@ class PageTableReclaimEnv(gym.Env[np.ndarray, np.ndarray]):
         self.action_space: spaces.MultiDiscrete = spaces.MultiDiscrete(nvec)
         n_obs = len(OBS_NAMES) + (len(CANDIDATE_NAMES) if self.config.candidate_counts else 0)
         self.observation_space = spaces.Box(-1.0, 1.0, (n_obs,), np.float32)
-        self.sim: Simulation | None = None
+        self._obs_shape: tuple[int, ...] = (n_obs,)
+        # A Simulation, or the compiled core's FastSimulation (same API).
+        self.sim: Any = None
+        # The compiled env step (``backend`` fast) when ``sim`` runs on the compiled core.
+        self._core: Any = None
+        self._nvec = np.asarray(nvec, dtype=np.int64)
+        self._weights = [getattr(self.config.reward, k) for k in COST_TERMS]
         self._steps = 0
         self._last_pass: PassResult | None = None
         self._ticks_since_pass = 0
         self._refaults_since_pass = 0
         self._fail_window: list[int] = []
+        self._journal: list[tuple[str, Any]] | None = None
+
+    # -- pickling -------------------------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The reference simulation pickles as it is; the compiled core does not
+        serialise its state, so an env on it pickles its episode's journal (the
+        generator state its reset drew from, then every action) and the copy
+        replays it: the same seed and actions make the same state, bit for bit
+        (``tests/test_env.py::test_env_pickles_and_resumes_identically``)."""
+        state = self.__dict__.copy()
+        if self._core is not None:
+            if self._journal is None:
+                raise TypeError("this env drives a compiled-core simulation attached from "
+                                "outside (attach()); it cannot be pickled -- reset() it first "
+                                "or use env backend 'exact'")
+            state.update(sim=None, _core=None, _last_pass=None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        journal = self._journal
+        if self.sim is not None or not journal:
+            return
+        (_, (rng_state, options)), *calls = journal
+        self.np_random.bit_generator.state = rng_state
+        # reset(seed=None) leaves np_random as it is and draws from it as before.
+        self.reset(options=options)
+        for what, action in calls:
+            (self.step if what == "step" else self.apply_action)(np.asarray(action, np.int64))
 
     # -- gymnasium API --------------------------------------------------------
 
     def reset(self, *, seed: int | None = None,
               options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
+        # What rebuilds this episode on the compiled core when the env is pickled.
+        journal: list[tuple[str, Any]] = [
+            ("reset", (copy.deepcopy(self.np_random.bit_generator.state), options))]
         options = options or {}
         if "scenario" in options:
             idx = int(options["scenario"])
@@ -171,20 +218,43 @@ class PageTableReclaimEnv(gym.Env[np.ndarray, np.ndarray]):
             idx = int(self.np_random.integers(len(self.scenarios)))
         scenario = self.scenarios[idx]
         rng = np.random.default_rng(int(self.np_random.integers(0, 2**63)))
-        self.sim = Simulation(scenario, rng)
-        self._steps = 0
-        self._last_pass = None
-        self._ticks_since_pass = 0
-        self._refaults_since_pass = 0
-        self._fail_window = []
+        self.attach(self._make_sim(scenario, rng))
+        self._journal = journal
         # Let the workloads start before the first decision.
+        if self._core is not None:
+            obs = np.empty(self._obs_shape, dtype=np.float32)
+            self._core.reset_ticks(obs)
+            return obs, self._fast_info({})
+        assert self.sim is not None
         recs = [self.sim.step() for _ in range(self.config.decision_ticks)]
         return self._observe(recs), self._info(recs, {}, scenario.name)
+
+    def _make_sim(self, scenario: ScenarioConfig, rng: np.random.Generator) -> Any:
+        """A simulation of ``scenario`` on the configured backend."""
+        backend = self.config.backend
+        if backend != "exact":
+            from .sim.fast.simulation import FastSimulation, supports
+
+            reason = supports(scenario)
+            if reason is None:
+                return FastSimulation(scenario, rng)
+            if backend == "fast":
+                raise ConfigError(f"env.backend is 'fast' but scenario {scenario.name!r} "
+                                  f"cannot run on it: {reason}; use backend 'auto' or 'exact'")
+        return Simulation(scenario, rng)
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         sim = self.sim
         if sim is None:
             raise RuntimeError("call reset() before step()")
+        if self._core is not None:
+            obs = np.empty(self._obs_shape, dtype=np.float32)
+            a = self._checked_action(action)
+            if self._journal is not None:
+                self._journal.append(("step", a.tolist()))
+            reward, truncated = self._core.step(a, obs)
+            terms = dict(zip(COST_TERMS, self._core.terms.tolist(), strict=True))
+            return obs, reward, False, truncated, self._fast_info(terms)
         self.apply_action(action)
         recs = []
         for _ in range(self.config.decision_ticks):
@@ -201,10 +271,46 @@ class PageTableReclaimEnv(gym.Env[np.ndarray, np.ndarray]):
 
     # -- helpers --------------------------------------------------------------
 
+    def _checked_action(self, action: np.ndarray) -> np.ndarray:
+        """``action`` as a contiguous int64 vector inside the action space."""
+        a = np.ascontiguousarray(np.asarray(action).astype(np.int64).ravel())
+        if a.shape != self._nvec.shape or (a < 0).any() or (a >= self._nvec).any():
+            raise ValueError(f"action {np.asarray(action).tolist()} is outside "
+                             f"MultiDiscrete({self._nvec.tolist()})")
+        return a
+
+    def _fast_info(self, terms: dict[str, float]) -> dict[str, Any]:
+        """The info dict of :meth:`_info`, from the compiled step's aggregates."""
+        sim = self.sim
+        failures, freed, reclaimable, ooms = self._core.info()
+        normal_free, _, _, psi_some10, *_ = sim.core.machine_state()
+        wm = sim.machine.wmark
+        return {
+            "scenario": sim.scenario.name,
+            "tick": sim.tick_no,
+            "cost_terms": terms,
+            "pt_bytes": sim.pt_bytes(),
+            "normal_free_pages": normal_free,
+            "watermarks": (wm.min, wm.low, wm.high),
+            "psi_some_avg10": psi_some10,
+            "failures": failures,
+            "oom_kills": [sim.procs[i].name for i in ooms],
+            "reclaim_freed": freed,
+            "reclaimable_tables": reclaimable,
+        }
+
     def apply_action(self, action: np.ndarray) -> PassResult | None:
         """Carry out one action on the simulation now (no ticks pass)."""
         sim = self.sim
         assert sim is not None
+        if self._core is not None:
+            a = self._checked_action(action)
+            if self._journal is not None:
+                self._journal.append(("apply", a.tolist()))
+            if not self._core.apply_action(a):
+                return None
+            self._last_pass = sim._pass(self._core.last_pass())
+            return self._last_pass
         a = np.asarray(action).astype(np.int64).ravel()
         budget = self.config.budgets[int(a[0])]
         classes = DEPTHS[int(a[1])]
@@ -224,19 +330,42 @@ class PageTableReclaimEnv(gym.Env[np.ndarray, np.ndarray]):
         """Drive an existing simulation (``simulate.py`` runs policies this way):
         observations and actions then act on ``sim``."""
         self.sim = sim
+        # A simulation attached from outside cannot be rebuilt by replaying the
+        # env's own calls (reset() starts a new journal after this).
+        self._journal = None
         self._steps = 0
         self._last_pass = None
         self._ticks_since_pass = 0
         self._refaults_since_pass = 0
         self._fail_window = []
+        self._core = None
+        core = getattr(sim, "core", None)
+        if core is not None:
+            from .sim.fast._fast import EnvStep
+
+            c = self.config
+            self._core = EnvStep({"decision_ticks": c.decision_ticks, "max_steps": c.max_steps,
+                                  "budgets": list(c.budgets),
+                                  "hard_limit_action": c.hard_limit_action,
+                                  "candidate_counts": c.candidate_counts,
+                                  "weights": self._weights})
+            self._core.attach(core)
 
     def observe(self, recs: list[TickRecord]) -> np.ndarray:
         """The observation after the ticks ``recs`` (public for drivers)."""
+        if self._core is not None:
+            obs = np.empty(self._obs_shape, dtype=np.float32)
+            lo = recs[0].tick if recs else self.sim.tick_no
+            self._core.observe_range(lo, lo + len(recs), obs)
+            return obs
         return self._observe(recs)
 
     def most_suspicious(self) -> Process | None:
         """The target of ``target = 1`` (:func:`~ptreclaim.envs.features.most_suspicious`)."""
         assert self.sim is not None
+        if self._core is not None:
+            i = self._core.most_suspicious()
+            return None if i is None else self.sim.procs[i]
         return features.most_suspicious(self.sim.alive)
 
     def _cost_terms(self, recs: list[TickRecord]) -> dict[str, float]:

@@ -122,7 +122,10 @@ class ExperimentConfig:
     seeds: tuple[int, ...] = (0,)
     timesteps: int = 100_000
     n_envs: int = 8
-    vec_env: Literal["dummy", "subproc"] = "dummy"
+    #: ``batched`` steps every env in one compiled call (FastVecEnv; same data as
+    #: ``dummy``, see agents/training/fastvec.py) where the algorithm needs no action
+    #: wrapper and the compiled core runs every scenario, else falls back to ``dummy``.
+    vec_env: Literal["batched", "dummy", "subproc"] = "batched"
     jobs: int = 1
     torch_threads: int = 1
     checkpoint_freq: int = 0  # steps between checkpoints; 0: only at the end and on Ctrl-C

@@ -77,16 +77,33 @@ def _make_env_fn(scenarios: list[ScenarioConfig], env_config: EnvConfig, algo: s
     return _init
 
 
+def batched_ok(algo: str, scenarios: list[ScenarioConfig], env_config: EnvConfig) -> bool:
+    """Whether the batched vector env can serve: the algorithm acts in the env's own
+    action space (DQN and MaskablePPO need wrappers) and the compiled core runs every
+    scenario."""
+    from ...envs.sim.fast.simulation import supports
+
+    return (algo not in ("dqn", "maskable_ppo") and env_config.backend != "exact"
+            and all(supports(s) is None for s in scenarios))
+
+
 def make_vec_env(exp: ExperimentConfig, scenarios: list[ScenarioConfig], seed: int,
                  gamma: float, stats: Path | None = None) -> VecEnv:
-    """The training VecEnv (DummyVecEnv by default: on 2 cores worker processes
-    cost more than they save), wrapped in VecNormalize when configured;
+    """The training VecEnv (the batched compiled one by default, DummyVecEnv where it
+    cannot serve: on 2 cores worker processes cost more than they save), wrapped in
+    VecNormalize when configured;
     ``stats`` restores saved normalisation statistics."""
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecNormalize
 
-    fns = [_make_env_fn(scenarios, exp.env, exp.algo, os.getpid()) for _ in range(exp.n_envs)]
-    venv: VecEnv = (SubprocVecEnv(fns) if exp.vec_env == "subproc"
-                    else DummyVecEnv(fns))
+    venv: VecEnv
+    if exp.vec_env == "batched" and batched_ok(exp.algo, scenarios, exp.env):
+        from .fastvec import FastVecEnv
+
+        venv = FastVecEnv([PageTableReclaimEnv(scenarios, exp.env) for _ in range(exp.n_envs)])
+    else:
+        fns = [_make_env_fn(scenarios, exp.env, exp.algo, os.getpid())
+               for _ in range(exp.n_envs)]
+        venv = SubprocVecEnv(fns) if exp.vec_env == "subproc" else DummyVecEnv(fns)
     venv.seed(seed)
     norm = exp.normalize
     if stats is not None:

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import reprlib
 import types
 import typing
 from collections.abc import Mapping
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import Any, Literal, TypeVar, Union, cast, get_args, get_origin
 
 T = TypeVar("T")
 
@@ -92,6 +93,13 @@ def did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+@functools.cache
+def _type_hints(cls: Any) -> dict[str, Any]:
+    """``typing.get_type_hints(cls)``, evaluated once per class: every env reset builds
+    workload configs, and evaluating string annotations compiles them each time."""
+    return typing.get_type_hints(cls)
+
+
 def build(cls: type[T], data: Any, where: str = "config") -> T:
     """Build the frozen dataclass ``cls`` from a mapping, recursively.
 
@@ -104,7 +112,7 @@ def build(cls: type[T], data: Any, where: str = "config") -> T:
         raise ConfigError(f"{where}: expected a mapping of keys to values, "
                           f"got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cast(Any, cls))
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         if not isinstance(key, str) or key not in fields:

@@ -1,0 +1,166 @@
+"""Differential checks of the compiled core against the Python reference.
+
+The reference model (:class:`~ptreclaim.envs.sim.pagetable.AddressSpace`) is what the live
+kernel checks; the compiled one (:class:`FastAddressSpace`) must leave exactly the same state
+after every op.  :func:`canonical_state` turns either into the same plain structure (object
+identities -- files, anon_vmas, userfaultfd contexts -- become numbers in order of first
+appearance), and :func:`replay_both` replays an op script on both, comparing that state and
+the op's outcome after every op.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from ..opscript import Script
+from ..pagetable import AddressSpace
+from ..replay import BACKING_SIZE, OpOutcome, ScriptMachine
+from ._fast import FastAddressSpace, FastBackingFile
+
+
+def _canonical_ids(vmas: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Replace the identity columns (file, anon_vma, uffd) by first-appearance numbers."""
+    seen: list[dict[Any, int]] = [{}, {}, {}]
+    out = []
+    for v in vmas:
+        ids = []
+        for k, key in enumerate(v[4:7]):
+            ids.append(None if key is None else seen[k].setdefault(key, len(seen[k])))
+        out.append((*v[:4], *ids))
+    return out
+
+
+def _files_in_order(mm: AddressSpace) -> list[tuple[Any, ...]]:
+    """The page-cache state of the VMAs' files (R24), in order of first appearance -- the
+    order in which :func:`_canonical_ids` numbers them: (kind, size, cache, huge chunks)."""
+    seen: set[int] = set()
+    out = []
+    for v in mm.vmas:
+        f = v.file
+        if f is None or id(f) in seen:
+            continue
+        seen.add(id(f))
+        out.append((f.kind, f.size, sorted((c, bytes(p)) for c, p in f.cache.items()),
+                    sorted(f.huge)))
+    return out
+
+
+def canonical_state(mm: AddressSpace | FastAddressSpace) -> dict[str, Any]:
+    """The whole state of either model as plain data (equal iff the states are equal):
+    besides the address space's own, the page cache of every file its VMAs map."""
+    if isinstance(mm, FastAddressSpace):
+        state = mm.state()
+    else:
+        state = {
+            "vmas": [(v.start, v.end, v.flags, v.pgoff,
+                      None if v.file is None else id(v.file),
+                      None if v.anon_vma is None else id(v.anon_vma),
+                      None if v.uffd is None else id(v.uffd)) for v in mm.vmas],
+            "pte": [(slot, bytes(t.entries), t.huge, int(t.cls), t.rss)
+                    for slot, t in sorted(mm.pte.items())],
+            "pmd": sorted(mm.pmd),
+            "pud": sorted(mm.pud),
+            "stats": dataclasses.asdict(mm.stats),
+            "class_counts": mm.class_counts(),
+            "rss_pages": mm.rss_pages,
+            "reclaimed": sorted(mm.reclaimed.items()),
+            "table_version": mm.table_version,
+            "class_version": mm.class_version,
+            "uffd_vmas": mm.uffd_vmas,
+            "file_thp": sorted(mm.file_thp),
+            "files": _files_in_order(mm),
+        }
+    state["vmas"] = _canonical_ids(state["vmas"])
+    return state
+
+
+class FastScriptMachine(ScriptMachine):
+    """:class:`~ptreclaim.envs.sim.replay.ScriptMachine` on the compiled model."""
+
+    def __init__(self, *, thp: bool = False, pt_reclaim: bool = True) -> None:
+        self.mm = FastAddressSpace(pt_reclaim=pt_reclaim, thp_disabled=not thp)  # type: ignore[assignment]
+        self.files: dict[tuple[int, str], Any] = {}
+        self.last_file: dict[int, Any] = {}
+        self.baseline = self.mm.vm_pte_kib
+
+    def _backing(self, ident: int, kind: str) -> Any:
+        key = (ident, kind)
+        f = self.files.get(key)
+        if f is None:
+            f = self.files[key] = FastBackingFile(kind, BACKING_SIZE)
+        return f
+
+
+def _diff(a: dict[str, Any], b: dict[str, Any]) -> str:
+    for key in a:
+        if a[key] != b[key]:
+            return f"{key} differs"
+    return ""
+
+
+def replay_both(script: Script, *, pt_reclaim: bool = True) -> tuple[int, str]:
+    """Replay ``script`` on both models; (ops compared, "" or the first difference)."""
+    ref = ScriptMachine(thp=script.thp, pt_reclaim=pt_reclaim)
+    fast = FastScriptMachine(thp=script.thp, pt_reclaim=pt_reclaim)
+    for n, op in enumerate(script.ops):
+        want: OpOutcome = ref.apply(op)
+        got: OpOutcome = fast.apply(op)
+        if want != got:
+            return n, f"op {n + 1} ({op.name}): outcome {got} != reference {want}"
+        problem = _diff(canonical_state(ref.mm), canonical_state(fast.mm))
+        if problem:
+            return n, f"op {n + 1} ({op.name}): {problem}"
+        fast.mm.check_invariants()
+    return len(script.ops), ""
+
+
+def _fast_proc_state(fast: Any, index: int) -> dict[str, Any]:
+    state = fast.core.proc_state(index)
+    state["vmas"] = _canonical_ids(state["vmas"])
+    return state
+
+
+def compare_simulations(scenario: Any, seed: int, ticks: int | None = None, *,
+                        reclaim_every: int = 7, state_every: int = 1) -> str:
+    """Run ``scenario`` on the reference and on the compiled core side by side, with the
+    same seeded random reclaim passes between ticks; "" when every tick record, every pass
+    result, every event and (every ``state_every`` ticks) every process's whole address
+    space are identical, else the first difference."""
+    import numpy as np
+
+    from ..reclaim import DEPTHS
+    from ..simulator import Simulation
+    from .simulation import FastSimulation
+
+    ref = Simulation(scenario, np.random.default_rng(seed))
+    fast = FastSimulation(scenario, np.random.default_rng(seed))
+    actions = np.random.default_rng(seed + 99)
+    n = scenario.ticks if ticks is None else ticks
+    for t in range(n):
+        if reclaim_every and t % reclaim_every == 0:
+            depth = int(actions.integers(3))
+            budget = int(actions.choice([64, 512, 4096, 1 << 30]))
+            who = int(actions.integers(-1, len(ref.procs))) if ref.procs else -1
+            rt = ref.procs[who] if who >= 0 and ref.procs[who].alive else None
+            ft = fast.procs[who] if rt is not None else None
+            a = ref.reclaim(rt, DEPTHS[depth], budget)
+            b = fast.reclaim(ft, DEPTHS[depth], budget)
+            if a != b:
+                return f"tick {t}: reclaim pass {b} != reference {a}"
+        ra, rb = ref.step(), fast.step()
+        if ra != rb:
+            for f in dataclasses.fields(ra):
+                if getattr(ra, f.name) != getattr(rb, f.name):
+                    return (f"tick {t}: {f.name} = {getattr(rb, f.name)!r}, reference "
+                            f"{getattr(ra, f.name)!r}")
+        if state_every and t % state_every == 0:
+            if len(ref.procs) != len(fast.procs):
+                return f"tick {t}: {len(fast.procs)} processes, reference {len(ref.procs)}"
+            for i, p in enumerate(ref.procs):
+                problem = _diff(canonical_state(p.mm), _fast_proc_state(fast, i))
+                if problem:
+                    return f"tick {t}: process {p.name}: {problem}"
+    if ref.events != fast.events:
+        return "events differ"
+    return ""

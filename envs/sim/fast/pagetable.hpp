@@ -1,0 +1,297 @@
+// The compiled page-table model: a line-by-line port of envs/sim/pagetable.py.
+//
+// The Python AddressSpace is the reference (it is what scripts/kernel_check.py compares with
+// the live kernel).  This port keeps its data model and its order of operations exactly, so
+// that every op leaves the same VMAs, tables, entries, classes, RSS and counters; the
+// differential tests (tests/test_fast_model.py) replay the kernel corpus and generated op
+// scripts on both and compare the whole state after every op.  Each function names the
+// Python method it ports; comments on *why* a rule holds live in the Python source.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "ptemap.hpp"
+
+namespace ptfast {
+
+using i64 = int64_t;
+
+constexpr int PAGE_SHIFT = 12;
+constexpr i64 PAGE = i64{1} << PAGE_SHIFT;
+constexpr int PTE_SHIFT = 21;
+constexpr int PMD_SHIFT = 30;
+constexpr int PUD_SHIFT = 39;
+constexpr i64 PTE_SPAN = i64{1} << PTE_SHIFT;
+constexpr i64 PMD_SPAN = i64{1} << PMD_SHIFT;
+constexpr i64 PUD_SPAN = i64{1} << PUD_SHIFT;
+constexpr int ENTRIES = 512;
+constexpr i64 TASK_SIZE = i64{1} << 47;
+constexpr i64 FAULT_AROUND = i64{64} << 10;  // pagetable.FAULT_AROUND
+
+enum Entry : uint8_t { E_NONE, E_ANON, E_ZERO, E_FILE, E_SWAP, E_GUARD, E_UFFD_WP };
+
+constexpr i64 VM_READ = 0x1, VM_WRITE = 0x2, VM_EXEC = 0x4, VM_SHARED = 0x8,
+              VM_ACCOUNT = 0x10, VM_NORESERVE = 0x20, VM_LOCKED = 0x40, VM_DONTCOPY = 0x80,
+              VM_WIPEONFORK = 0x100, VM_HUGEPAGE = 0x200, VM_NOHUGEPAGE = 0x400,
+              VM_SEQ_READ = 0x800, VM_RAND_READ = 0x1000, VM_MAYBE_GUARD = 0x2000,
+              VM_UFFD_MISSING = 0x4000, VM_UFFD_WP = 0x8000;
+constexpr i64 VM_PROT = VM_READ | VM_WRITE | VM_EXEC;
+constexpr i64 MERGE_IGNORED = VM_MAYBE_GUARD;
+
+enum Huge : uint8_t { HUGE_NONE, HUGE_ANON, HUGE_ZERO };
+enum Cls : uint8_t { C_EMPTY, C_ZERO, C_FILE, C_PINNED };
+
+// Errors as the Python model names them; 0 is success.
+enum Err : int {
+  OK = 0, ERR_EINVAL, ERR_ENOMEM, ERR_EEXIST, ERR_EFAULT, ERR_EACCES, ERR_SIGSEGV, ERR_SIGBUS,
+  ERR_EBADF
+};
+const char* err_name(int err);
+
+// madvise advices, in opscript.ADVICES order.
+enum Advice : int {
+  A_DONTNEED, A_DONTNEED_LOCKED, A_FREE, A_PAGEOUT, A_COLD, A_WILLNEED, A_REMOVE, A_COLLAPSE,
+  A_HUGEPAGE, A_NOHUGEPAGE, A_POPULATE_READ, A_POPULATE_WRITE, A_DONTFORK, A_DOFORK,
+  A_WIPEONFORK, A_KEEPONFORK, A_GUARD_INSTALL, A_GUARD_REMOVE, A_NORMAL, A_RANDOM,
+  A_SEQUENTIAL, A_COUNT
+};
+
+class AddressSpace;
+
+// The cached pages of one 2 MiB chunk of a shmem file: one bit per page (pagetable.py keeps
+// one byte per page, 1 = cached).
+struct PageBits {
+  uint64_t w[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  bool any() const { return (w[0] | w[1] | w[2] | w[3] | w[4] | w[5] | w[6] | w[7]) != 0; }
+  bool all() const {
+    return (w[0] & w[1] & w[2] & w[3] & w[4] & w[5] & w[6] & w[7]) == ~uint64_t{0};
+  }
+  bool test(int k) const { return (w[k >> 6] >> (k & 63)) & 1; }
+  // Bits [a, b) set to `on`.
+  void assign(int a, int b, bool on);
+};
+
+struct BackingFile;
+using FileRef = std::shared_ptr<BackingFile>;
+
+// pagetable.BackingFile: a file or shmem object that mappings share.  A shmem file follows its
+// page cache per 2 MiB chunk (R24): `cache` (chunks that hold a cached page) and `huge`
+// (chunks held by one PMD-sized folio); both stay empty for regular files.
+struct BackingFile {
+  int kind = 0;  // 0: "file" (ext4-like), 1: "shmem"
+  i64 size = 0;
+  bool anon = false;
+  std::set<AddressSpace*> mappers;
+  SlotMap<PageBits> cache;
+  SlotSet huge;
+
+  // A copy of everything but the mappers (clones for the offline oracle re-add their own).
+  FileRef copy() const;
+  // BackingFile.cache_pages / collapse / huge_split_by / drop_pages.
+  void cache_pages(i64 first, i64 step, i64 count);
+  void collapse(i64 chunk);
+  std::vector<i64> huge_split_by(i64 start, i64 end) const;
+  void drop_pages(i64 start, i64 end);
+};
+
+// pagetable.Vma.  Identity matters (the Python code compares VMAs with `is`), so VMAs live
+// on the heap and the address space keeps pointers.
+struct Vma {
+  i64 start, end, flags, pgoff;
+  FileRef file;
+  i64 anon_vma = 0;  // identity of an AnonVma; 0 is None
+  i64 uffd = 0;      // identity of a userfaultfd context; 0 is None
+  bool anonymous() const { return !file; }
+  i64 file_offset(i64 addr) const { return (pgoff << PAGE_SHIFT) + (addr - start); }
+};
+
+// pagetable.PteTable, with the class and RSS the Python model keeps per table, and the
+// number of entries of each kind (kept as entries change, so the class is known without
+// recounting 512 entries after every change).
+struct PteTable {
+  uint8_t e[ENTRIES];
+  uint8_t huge = HUGE_NONE;
+  uint8_t cls = C_EMPTY;
+  int32_t rss = 0;
+  // Entries per kind: none, anon, zero, file, and the rest (swap entries and markers).
+  uint16_t n[5] = {ENTRIES, 0, 0, 0, 0};
+  PteTable() { std::fill(e, e + ENTRIES, uint8_t{0}); }
+
+  static int bucket(uint8_t v) { return v < 4 ? v : 4; }
+  int count(uint8_t v) const;
+  int resident() const;
+  void census(uint8_t& cls_out, int32_t& rss_out) const;
+  void recount();
+  void set(i64 k, uint8_t v) {
+    n[bucket(e[k])]--;
+    e[k] = v;
+    n[bucket(v)]++;
+  }
+  // e[k] = v for k in range(i, j, step).
+  void set_range(i64 i, i64 j, i64 step, uint8_t v);
+  // e[k] = tab[e[k]] for k in range(i, j, step).
+  void xlate_range(i64 i, i64 j, i64 step, const uint8_t* tab);
+  // e[k] = to where e[k] == from, for k in range(i, j, step): the translations that change
+  // one kind only (read faults, dropping page cache or guard markers).
+  void replace_range(i64 i, i64 j, i64 step, uint8_t from, uint8_t to);
+  void fill(uint8_t v);
+  // e[i:j] = src.e[i:j]
+  void copy_range(const PteTable& src, i64 i, i64 j);
+};
+
+template <>
+inline void reset_value<PteTable>(PteTable& t) {
+  std::memset(t.e, 0, ENTRIES);
+  t.huge = HUGE_NONE;
+  t.cls = C_EMPTY;
+  t.rss = 0;
+  t.n[0] = ENTRIES;
+  t.n[1] = t.n[2] = t.n[3] = t.n[4] = 0;
+}
+
+struct Stats {
+  i64 pte_allocated = 0, pte_freed = 0, upper_allocated = 0, upper_freed = 0,
+      pte_reclaimed_on_zap = 0, faults = 0, refault_tables = 0, refault_entries = 0;
+};
+
+// The flag change of one madvise advice (pagetable._FLAG_ADVICE).
+struct FlagChange {
+  i64 set = 0, clear = 0;
+  bool forbid_file_or_shared = false;  // WIPEONFORK
+};
+
+i64 next_anon_vma_id();
+
+class AddressSpace {
+ public:
+  bool pt_reclaim = true;
+  bool thp_disabled = true;
+  int thp_sysfs = 1;  // 0 never, 1 madvise, 2 always
+  std::vector<Vma*> vmas;
+  SlotMap<PteTable> pte;
+  IndexSet pmd, pud;
+  Stats stats;
+  i64 cls_count[4] = {0, 0, 0, 0};
+  i64 rss_pages = 0;
+  // Slots freed by an out-of-line reclaimer -> zero/file entries it zapped.
+  SlotMap<i64> reclaimed;
+  i64 table_version = 0;
+  i64 uffd_vmas = 0;
+  i64 class_version = 0;
+  i64 huge_tables = 0;  // tables that are a PMD-mapped THP's deposit (THP paths skip when 0)
+  // Slots PMD-mapping a PMD-sized folio of the shmem page cache (R24); the file THP paths
+  // skip when it is empty.
+  SlotSet file_thp;
+  i64 uffd_cache[4] = {-1, -1, -1, 0};
+  bool logging = false;
+  std::set<i64> touch_log;
+
+  AddressSpace() = default;
+  AddressSpace(const AddressSpace&) = delete;
+  AddressSpace& operator=(const AddressSpace&) = delete;
+  ~AddressSpace();
+  // A deep copy for the offline oracle's look into the future (copy.deepcopy of the Python
+  // object graph): files are copied through `files` so that shared files stay shared.
+  std::unique_ptr<AddressSpace> clone(std::map<const BackingFile*, FileRef>& files) const;
+
+  // ---- queries
+  i64 tables() const { return (i64)pte.size() + (i64)pmd.size() + (i64)pud.size(); }
+  i64 vm_pte_kib() const { return 4 * tables(); }
+  Vma* find_vma(i64 addr) const;
+  std::vector<Vma*> vmas_overlapping(i64 start, i64 end) const;
+  bool any_vma_overlapping(i64 start, i64 end) const;
+  bool slot_is_uffd(i64 slot) const;
+  i64 uffd_unreclaimable();
+
+  // ---- syscalls (0 on success, else an Err)
+  int mmap(i64 addr, i64 length, int kind, bool shared, i64 prot, FileRef file, i64 foff,
+           bool noreserve, bool fixed, bool populate);
+  int munmap(i64 start, i64 length);
+  int mprotect(i64 start, i64 length, i64 prot);
+  int mlock(i64 start, i64 length) { return lock(start, length, true); }
+  int munlock(i64 start, i64 length) { return lock(start, length, false); }
+  int madvise(i64 start, i64 length, int advice);
+  int touch(i64 start, i64 length, bool write, i64 stride = PAGE);
+  int mremap(i64 addr, i64 old_len, i64 new_len, bool has_new_addr, i64 new_addr,
+             bool dontunmap);
+  int register_uffd(i64 start, i64 end, i64 ctx);
+  // Append a VMA exactly as given, without merging (the trace replay's "install": the
+  // kernel's own VMAs of a captured process, appended in address order).
+  void install_vma(i64 start, i64 end, i64 flags, i64 pgoff, FileRef file, bool new_anon_vma);
+  std::unique_ptr<AddressSpace> fork();
+  void exit();
+  i64 reclaim_table(i64 slot, unsigned allowed_mask);
+
+  // ---- file operations (pagetable.AddressSpace.punch / truncate)
+  static void punch(BackingFile& file, i64 foff, i64 length);
+  static void truncate(BackingFile& file, i64 size);
+
+  // Invariant check (pagetable.AddressSpace.check_invariants); returns "" or a message.
+  std::string check_invariants() const;
+
+ private:
+  std::vector<Vma*> dead_;  // VMAs removed by the current call, freed at its end
+
+  void collect();
+  void retire(Vma* v) { dead_.push_back(v); }
+  i64 first_ending_after(i64 addr) const;
+  void ensure_upper(i64 addr);
+  PteTable& ensure_pte(i64 slot);
+  void reclass(i64 slot, PteTable& t);
+  void free_pte(i64 slot);
+  PteTable free_pte_quiet(i64 slot);
+  void adopt_pte(i64 slot, const PteTable& t);
+  void pte_slots_in(i64 start, i64 end, std::vector<i64>& out) const;
+  void update_entries(i64 start, i64 end, const uint8_t* table);
+  void split_huge(i64 slot, PteTable& t);
+  void split_huge_partial(i64 start, i64 end);
+  void unmap_file_thp(i64 start, i64 end);
+  void zap(i64 start, i64 end, bool reclaim, bool drop_markers = false);
+  void free_pgtables(i64 start, i64 end);
+  i64 insert(Vma* v);
+  void anon_vma_prepare(Vma* v);
+  i64 index_of(const Vma* v) const;
+  void split(i64 i, i64 addr);
+  i64 isolate(i64 i, i64 start, i64 end);
+  static bool can_merge(const Vma* a, const Vma* b);
+  bool merge_at(i64 i);
+  i64 merge_around(i64 i);
+  void carve(i64 start, i64 end, i64& i_out, i64& j_out);
+  int modify(i64 start, i64 end, const FlagChange& change);
+  bool thp_allowed(const Vma* v) const;
+  static bool file_folio_fits(const Vma* v, i64 base);
+  void map_file_thp(i64 slot);
+  int fault_range(Vma* v, i64 start, i64 end, i64 stride, bool write, i64 first,
+                  i64& next);
+  i64 past_eof_file_thp(const Vma* v, i64 addr, i64 end, i64 stride, bool write, i64 eof);
+  int populate(i64 start, i64 end, int mode);
+  void unmap(i64 start, i64 end);
+  int change_contiguous(i64 start, i64 end, int kind, i64 prot);
+  int lock(i64 start, i64 length, bool on);
+  int walk(i64 start, i64 end, int advice);
+  int visit(Vma* v, i64 a, i64 b, int advice);
+  int guard_install(Vma* v, i64 a, i64 b);
+  void cold_file_thp(Vma* v, i64 a, i64 b, bool pageout);
+  static void unmap_folio(BackingFile& file, i64 chunk);
+  int collapse(Vma* v, i64 lo, i64 hi);
+  int collapse_file(Vma* v, i64 slot);
+  void retract_page_tables(const BackingFile& file, i64 chunk);
+  static void drop_file_range(BackingFile& file, i64 start, i64 end, i64 unmap_start,
+                              bool even_cows);
+  void zap_file_range(BackingFile& file, i64 fstart, i64 fend, bool even_cows);
+  int mremap_in_place(i64 addr, i64 old_len, i64 new_len);
+  int remap_move(i64 start, i64 length, i64 new_addr, bool dontunmap);
+  int mremap_to(i64 addr, i64 old_len, i64 new_len, i64 new_addr, bool dontunmap);
+  void move_page_tables(Vma* old, Vma* nw, i64 old_addr, i64 new_addr, i64 length);
+  void move_file_thp(i64 oslot, i64 new_addr, i64 extent);
+  void move_pmd_table(i64 old_addr, i64 new_addr);
+};
+
+}  // namespace ptfast

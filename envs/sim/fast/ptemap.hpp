@@ -1,0 +1,359 @@
+// The PTE tables of one address space, stored the way the hardware finds them.
+//
+// A slot (address >> 21) splits into a PMD index (slot >> 9) and an entry within that PMD
+// table (slot & 511), exactly as a page walk does.  Each PMD index with tables has a node
+// holding 512 table indices and a 512-bit presence map; tables themselves live in one pool
+// (a deque: references stay valid as it grows) with a free list.  Lookups cost a node
+// lookup (cached for the last PMD touched) and an array index; walking a range visits only
+// the PMD nodes in it and the set bits of their maps, in ascending slot order -- what the
+// Python model's sorted-dict walks give, with memory locality.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <vector>
+
+namespace ptfast {
+
+// Return a recycled pool element to its default state (PteTable resets in place).
+template <class T>
+inline void reset_value(T& v) {
+  v = T();
+}
+
+template <class Table>
+class SlotMap {
+ public:
+  using i64 = int64_t;
+
+  SlotMap() = default;
+  SlotMap(const SlotMap& o) { *this = o; }
+  SlotMap& operator=(const SlotMap& o) {
+    if (this == &o) return *this;
+    clear();
+    o.for_each([&](i64 slot, const Table& t) { emplace(slot).first = t; });
+    return *this;
+  }
+
+  size_t size() const { return n_; }
+  bool empty() const { return n_ == 0; }
+  size_t count(i64 slot) const { return find(slot) != nullptr; }
+
+  Table* find(i64 slot) const {
+    Node* node = node_of(slot >> 9);
+    if (!node) return nullptr;
+    int32_t idx = node->idx[slot & 511];
+    return idx < 0 ? nullptr : &pool_[(size_t)idx];
+  }
+
+  Table& at(i64 slot) const { return *find(slot); }
+
+  // The table at `slot`, created (default-constructed) if absent; second: created.
+  std::pair<Table&, bool> emplace(i64 slot) {
+    i64 pi = slot >> 9;
+    Node* node = node_of(pi);
+    if (!node) {
+      auto owned = std::make_unique<Node>();
+      node = owned.get();
+      nodes_.emplace(pi, std::move(owned));
+      cache_key_ = pi;
+      cache_ = node;
+    }
+    int e = (int)(slot & 511);
+    if (node->idx[e] >= 0) return {pool_[(size_t)node->idx[e]], false};
+    int32_t idx;
+    if (!free_.empty()) {
+      idx = free_.back();
+      free_.pop_back();
+      reset_value(pool_[(size_t)idx]);
+    } else {
+      idx = (int32_t)pool_.size();
+      pool_.emplace_back();
+    }
+    node->idx[e] = idx;
+    node->bits[e >> 6] |= uint64_t{1} << (e & 63);
+    node->count++;
+    n_++;
+    return {pool_[(size_t)idx], true};
+  }
+
+  void erase(i64 slot) {
+    i64 pi = slot >> 9;
+    Node* node = node_of(pi);
+    if (!node) return;
+    int e = (int)(slot & 511);
+    int32_t idx = node->idx[e];
+    if (idx < 0) return;
+    free_.push_back(idx);
+    node->idx[e] = -1;
+    node->bits[e >> 6] &= ~(uint64_t{1} << (e & 63));
+    n_--;
+    if (--node->count == 0) {
+      nodes_.erase(pi);
+      cache_key_ = INT64_MIN;
+      cache_ = nullptr;
+    }
+  }
+
+  void clear() {
+    nodes_.clear();
+    pool_.clear();
+    free_.clear();
+    n_ = 0;
+    cache_key_ = INT64_MIN;
+    cache_ = nullptr;
+  }
+
+  // Ascending slots in [lo, hi].
+  void slots_in(i64 lo, i64 hi, std::vector<i64>& out) const {
+    if (hi < lo) return;
+    const i64 plo = lo >> 9, phi = hi >> 9;
+    for (auto it = nodes_.lower_bound(plo); it != nodes_.end() && it->first <= phi; ++it) {
+      const i64 base = it->first << 9;
+      const Node& node = *it->second;
+      const int e_lo = it->first == plo ? (int)(lo & 511) : 0;
+      const int e_hi = it->first == phi ? (int)(hi & 511) : 511;
+      for (int w = e_lo >> 6; w <= (e_hi >> 6); w++) {
+        uint64_t bits = node.bits[w];
+        if (w == (e_lo >> 6)) bits &= ~uint64_t{0} << (e_lo & 63);
+        if (w == (e_hi >> 6) && (e_hi & 63) != 63) bits &= (uint64_t{1} << ((e_hi & 63) + 1)) - 1;
+        while (bits) {
+          int b = __builtin_ctzll(bits);
+          bits &= bits - 1;
+          out.push_back(base + (w << 6) + b);
+        }
+      }
+    }
+  }
+
+  // f(slot, table) for every table, ascending.
+  template <class F>
+  void for_each(F f) const {
+    for (const auto& kv : nodes_) {
+      i64 base = kv.first << 9;
+      const Node& node = *kv.second;
+      for (int w = 0; w < 8; w++) {
+        uint64_t bits = node.bits[w];
+        while (bits) {
+          int b = __builtin_ctzll(bits);
+          bits &= bits - 1;
+          int e = (w << 6) + b;
+          f(base + e, static_cast<const Table&>(pool_[(size_t)node.idx[e]]));
+        }
+      }
+    }
+  }
+
+ private:
+  struct Node {
+    int32_t idx[512];
+    uint64_t bits[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int count = 0;
+    Node() {
+      for (int i = 0; i < 512; i++) idx[i] = -1;
+    }
+  };
+
+  Node* node_of(i64 pi) const {
+    if (pi == cache_key_) return cache_;
+    auto it = nodes_.find(pi);
+    if (it == nodes_.end()) return nullptr;
+    cache_key_ = pi;
+    cache_ = it->second.get();
+    return cache_;
+  }
+
+  std::map<i64, std::unique_ptr<Node>> nodes_;
+  mutable std::deque<Table> pool_;
+  std::vector<int32_t> free_;
+  size_t n_ = 0;
+  mutable i64 cache_key_ = INT64_MIN;
+  mutable Node* cache_ = nullptr;
+};
+
+}  // namespace ptfast
+
+namespace ptfast {
+
+// A sparse set of slots (or of any 64-bit indices) in the two-level layout of SlotMap, without
+// the tables: a node per 512 indices holding a 512-bit presence map.  For sets that are
+// usually empty or small (a file's huge chunks, an address space's file THP PMDs): empty() is
+// one compare, membership a node lookup (cached for the last node) and a bit test, and
+// walking a range visits only its nodes' set bits, ascending.
+class SlotSet {
+ public:
+  using i64 = int64_t;
+
+  SlotSet() = default;
+  SlotSet(const SlotSet& o) : nodes_(o.nodes_), n_(o.n_) {}
+  SlotSet& operator=(const SlotSet& o) {
+    nodes_ = o.nodes_;
+    n_ = o.n_;
+    drop_cache();
+    return *this;
+  }
+
+  size_t size() const { return n_; }
+  bool empty() const { return n_ == 0; }
+  bool count(i64 i) const {
+    if (n_ == 0) return false;
+    const Node* node = node_of(i >> 9);
+    return node && ((node->bits[(i & 511) >> 6] >> (i & 63)) & 1);
+  }
+  // True when i was not in the set.
+  bool insert(i64 i) {
+    Node* node = node_of(i >> 9);
+    if (!node) {
+      node = &nodes_[i >> 9];
+      cache_key_ = i >> 9;
+      cache_ = node;
+    }
+    uint64_t& w = node->bits[(i & 511) >> 6];
+    const uint64_t m = uint64_t{1} << (i & 63);
+    if (w & m) return false;
+    w |= m;
+    node->count++;
+    n_++;
+    return true;
+  }
+  // True when i was in the set.
+  bool erase(i64 i) {
+    if (n_ == 0) return false;
+    Node* node = node_of(i >> 9);
+    if (!node) return false;
+    uint64_t& w = node->bits[(i & 511) >> 6];
+    const uint64_t m = uint64_t{1} << (i & 63);
+    if (!(w & m)) return false;
+    w &= ~m;
+    n_--;
+    if (--node->count == 0) {
+      nodes_.erase(i >> 9);
+      drop_cache();
+    }
+    return true;
+  }
+  void clear() {
+    nodes_.clear();
+    n_ = 0;
+    drop_cache();
+  }
+  // Ascending members in [lo, hi], appended to out.
+  void slots_in(i64 lo, i64 hi, std::vector<i64>& out) const {
+    if (hi < lo || n_ == 0) return;
+    const i64 plo = lo >> 9, phi = hi >> 9;
+    for (auto it = nodes_.lower_bound(plo); it != nodes_.end() && it->first <= phi; ++it) {
+      const i64 base = it->first << 9;
+      const int e_lo = it->first == plo ? (int)(lo & 511) : 0;
+      const int e_hi = it->first == phi ? (int)(hi & 511) : 511;
+      for (int w = e_lo >> 6; w <= (e_hi >> 6); w++) {
+        uint64_t bits = it->second.bits[w];
+        if (w == (e_lo >> 6)) bits &= ~uint64_t{0} << (e_lo & 63);
+        if (w == (e_hi >> 6) && (e_hi & 63) != 63) bits &= (uint64_t{1} << ((e_hi & 63) + 1)) - 1;
+        while (bits) {
+          out.push_back(base + (w << 6) + __builtin_ctzll(bits));
+          bits &= bits - 1;
+        }
+      }
+    }
+  }
+  std::vector<i64> indices_in(i64 lo, i64 hi) const {
+    std::vector<i64> out;
+    slots_in(lo, hi, out);
+    return out;
+  }
+  // f(index) for every member, ascending.
+  template <class F>
+  void for_each(F f) const {
+    for (const auto& kv : nodes_)
+      for (int w = 0; w < 8; w++)
+        for (uint64_t bits = kv.second.bits[w]; bits; bits &= bits - 1)
+          f((kv.first << 9) + (w << 6) + __builtin_ctzll(bits));
+  }
+
+ private:
+  struct Node {
+    uint64_t bits[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int count = 0;
+  };
+
+  Node* node_of(i64 pi) const {
+    if (pi == cache_key_) return cache_;
+    auto it = nodes_.find(pi);
+    if (it == nodes_.end()) return nullptr;
+    cache_key_ = pi;
+    cache_ = const_cast<Node*>(&it->second);
+    return cache_;
+  }
+  void drop_cache() {
+    cache_key_ = INT64_MIN;
+    cache_ = nullptr;
+  }
+
+  std::map<i64, Node> nodes_;
+  size_t n_ = 0;
+  mutable i64 cache_key_ = INT64_MIN;
+  mutable Node* cache_ = nullptr;
+};
+
+// A set of non-negative indices (PMD and PUD table indices) as a bitmap: membership in
+// O(1), ascending walks over a range in word steps.
+class IndexSet {
+ public:
+  using i64 = int64_t;
+
+  size_t size() const { return n_; }
+  size_t count(i64 i) const {
+    size_t w = (size_t)(i >> 6);
+    return w < bits_.size() && ((bits_[w] >> (i & 63)) & 1);
+  }
+  // True when i was not in the set.
+  bool insert(i64 i) {
+    size_t w = (size_t)(i >> 6);
+    if (w >= bits_.size()) bits_.resize(w + 1, 0);
+    uint64_t m = uint64_t{1} << (i & 63);
+    if (bits_[w] & m) return false;
+    bits_[w] |= m;
+    n_++;
+    return true;
+  }
+  void erase(i64 i) {
+    size_t w = (size_t)(i >> 6);
+    if (w >= bits_.size()) return;
+    uint64_t m = uint64_t{1} << (i & 63);
+    if (bits_[w] & m) {
+      bits_[w] &= ~m;
+      n_--;
+    }
+  }
+  void clear() {
+    bits_.clear();
+    n_ = 0;
+  }
+  // Ascending members in [lo, hi].
+  std::vector<i64> indices_in(i64 lo, i64 hi) const {
+    std::vector<i64> out;
+    if (lo < 0) lo = 0;
+    if (hi < lo || bits_.empty()) return out;
+    i64 last_word = std::min<i64>(hi >> 6, (i64)bits_.size() - 1);
+    for (i64 w = lo >> 6; w <= last_word; w++) {
+      uint64_t b = bits_[(size_t)w];
+      if (w == (lo >> 6)) b &= ~uint64_t{0} << (lo & 63);
+      if (w == (hi >> 6) && (hi & 63) != 63) b &= (uint64_t{1} << ((hi & 63) + 1)) - 1;
+      while (b) {
+        out.push_back((w << 6) + __builtin_ctzll(b));
+        b &= b - 1;
+      }
+    }
+    return out;
+  }
+  std::vector<i64> all() const { return indices_in(0, (i64)bits_.size() * 64 - 1); }
+
+ private:
+  std::vector<uint64_t> bits_;
+  size_t n_ = 0;
+};
+
+}  // namespace ptfast

@@ -1,0 +1,619 @@
+// Port of the machine, the tick, reclaim and the env's decision step (see sim.hpp).
+#include "sim.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+
+namespace ptfast {
+
+void (*g_py_choice)(void* gen, const i64* cand, i64 n, i64 k, i64* out) = nullptr;
+void (*g_py_permutation)(void* gen, i64 n, i64* out) = nullptr;
+
+// ------------------------------------------------------------------ machine
+
+void Psi::update(double some, double full, double tick_s) {
+  double e10 = std::exp(-tick_s / 10.0);
+  double e60 = std::exp(-tick_s / 60.0);
+  some_avg10 = some_avg10 * e10 + some * (1 - e10);
+  some_avg60 = some_avg60 * e60 + some * (1 - e60);
+  full_avg10 = full_avg10 * e10 + full * (1 - e10);
+  full_avg60 = full_avg60 * e60 + full * (1 - e60);
+}
+
+void Machine::step_tenants() {
+  const double z = (double)cfg.normal_pages;
+  double base = cfg.base_fraction * z;
+  if (burst_left > 0) {
+    burst_left -= 1;
+    base += cfg.burst_fraction * z;
+  } else if (rng->random() < cfg.burst_prob) {
+    burst_left = cfg.burst_ticks;
+  }
+  double noise = rng->normal(0.0, cfg.volatility * z);
+  tenant_pages += cfg.reversion * (base - tenant_pages) + noise;
+  tenant_pages = std::min(std::max(tenant_pages, 0.0), z);
+}
+
+i64 Machine::account(i64 pt_pages, i64 user_pages) {
+  i64 spill = std::max<i64>(0, user_pages - cfg.movable_pages);
+  movable_free = std::max<i64>(0, cfg.movable_pages - user_pages);
+  i64 used = (i64)tenant_pages + pt_pages + spill;
+  normal_free = cfg.normal_pages - used;
+  return std::max<i64>(0, cfg.wmin - normal_free);
+}
+
+bool Machine::record_failure_tick(i64 tick) {
+  fail_ticks.push_back(tick);
+  i64 horizon = tick - cfg.oom_window_ticks;
+  while (!fail_ticks.empty() && fail_ticks.front() <= horizon) fail_ticks.pop_front();
+  if ((i64)fail_ticks.size() >= cfg.oom_failures) {
+    fail_ticks.clear();
+    return true;
+  }
+  return false;
+}
+
+// ---------------------------------------------------------------- workloads
+
+double Params::get(const std::string& k) const {
+  auto it = num.find(k);
+  if (it == num.end()) throw std::runtime_error("workload config has no numeric field " + k);
+  return it->second;
+}
+
+const std::string& Params::gets(const std::string& k) const {
+  auto it = str.find(k);
+  if (it == str.end()) throw std::runtime_error("workload config has no text field " + k);
+  return it->second;
+}
+
+std::map<std::string, WorkloadFactory>& workload_registry() {
+  static std::map<std::string, WorkloadFactory> reg;
+  return reg;
+}
+
+void Workload::stop() {
+  for (Process* p : procs)
+    if (p->alive) sim->exit_process(p, "workload ended");
+}
+
+Process* Workload::spawn(const std::string& suffix, i64 cpus) {
+  Process* p = sim->spawn(name + suffix, family, sane, cpus);
+  procs.push_back(p);
+  return p;
+}
+
+FileRef copy_file(std::map<const BackingFile*, FileRef>& files, const FileRef& f) {
+  if (!f) return f;
+  auto it = files.find(f.get());
+  if (it != files.end()) return it->second;
+  FileRef c = f->copy();  // with its page cache (R24), without its mappers
+  files.emplace(f.get(), c);
+  return c;
+}
+
+void Workload::remap(const std::vector<Process*>& by_index, const Simulation& old) {
+  for (Process*& p : procs) p = by_index[(size_t)old.index_of(p)];
+  if (proc) proc = by_index[(size_t)old.index_of(proc)];
+}
+
+// --------------------------------------------------------------- simulation
+
+Process* Simulation::spawn(const std::string& name, const std::string& family, bool sane,
+                           i64 cpus) {
+  auto p = std::make_unique<Process>();
+  p->mm = std::make_unique<AddressSpace>();
+  p->mm->pt_reclaim = cfg.pt_reclaim;
+  p->pid = next_pid++;
+  p->name = name;
+  p->family = family;
+  p->sane = sane;
+  p->cpus = cpus;
+  procs.push_back(std::move(p));
+  return procs.back().get();
+}
+
+void Simulation::exit_process(Process* p, const std::string& reason) {
+  p->mm->exit();
+  p->alive = false;
+  events.emplace_back(tick_no,
+                      p->name + " (pid " + std::to_string(p->pid) + ") exits: " + reason);
+}
+
+std::vector<Process*> Simulation::alive() const {
+  std::vector<Process*> out;
+  for (const auto& p : procs)
+    if (p->alive) out.push_back(p.get());
+  return out;
+}
+
+i64 Simulation::index_of(const Process* p) const {
+  for (size_t i = 0; i < procs.size(); i++)
+    if (procs[i].get() == p) return (i64)i;
+  return -1;
+}
+
+i64 Simulation::pt_bytes() const {
+  i64 n = 0;
+  for (const auto& p : procs)
+    if (p->alive) n += p->pt_bytes();
+  return n;
+}
+
+const TickRecord& Simulation::step() {
+  const i64 t = tick_no;
+  Machine& m = machine;
+  m.step_tenants();
+  for (auto& p : procs) p->stall_us = 0.0;
+  for (auto& w : workloads) {
+    if (t == w->start_tick) {
+      w->start();
+      if (recording)
+        for (Process* p : w->procs) {
+          p->mm->logging = true;
+          p->mm->touch_log.clear();
+        }
+    }
+    if (w->stop_tick && t == w->stop_tick) w->stop();
+    if (t >= w->start_tick && (!w->stop_tick || t < w->stop_tick)) w->step(t);
+  }
+  std::vector<Process*> live = alive();
+  if (recording) record_touch_log(t);
+  i64 refault_tables = 0, refault_entries = 0;
+  for (Process* p : live) {
+    const Stats& s = p->mm->stats;
+    i64 dt = s.refault_tables - p->last_refault_tables;
+    i64 de = s.refault_entries - p->last_refault_entries;
+    if (dt || de) {
+      p->stall_us += costs.refault_us(dt, de, false);
+      refault_tables += dt;
+      refault_entries += de;
+    }
+    p->last_refault_tables = s.refault_tables;
+    p->last_refault_entries = s.refault_entries;
+  }
+  i64 pt_pages = 0, user_pages = 0;
+  for (Process* p : live) {
+    pt_pages += p->mm->tables();
+    user_pages += p->mm->rss_pages;
+  }
+  i64 deficit = m.account(pt_pages, user_pages);
+  i64 oom_victim = -1;
+  i64 h = 0;
+  if (deficit > 0) {
+    for (Process* p : live) p->stall_us += costs.alloc_failure_stall_us;
+    if (m.record_failure_tick(t) && !live.empty()) {
+      Process* victim = live[0];
+      for (Process* q : live) {
+        i64 bq = q->badness(), bv = victim->badness();
+        if (bq > bv || (bq == bv && q->pid < victim->pid)) victim = q;
+      }
+      oom_victim = index_of(victim);
+      h += victim->sane ? 1 : 0;
+      exit_process(victim, "OOM killer (largest RSS + page tables)");
+      live = alive();
+      pt_pages = user_pages = 0;
+      for (Process* p : live) {
+        pt_pages += p->mm->tables();
+        user_pages += p->mm->rss_pages;
+      }
+      m.account(pt_pages, user_pages);
+    }
+  }
+  h += enforce_hard_limits(t);
+  const double tick_us = m.cfg.tick_ms * 1000.0;
+  double stall_sum = 0.0, smax = 0.0, smin = 0.0;
+  bool first = true;
+  for (const auto& p : procs) {
+    if (!p->alive) continue;
+    double s = std::min(p->stall_us, tick_us);
+    stall_sum += s;
+    if (first) {
+      smax = smin = s;
+      first = false;
+    } else {
+      if (s > smax) smax = s;
+      if (s < smin) smin = s;
+    }
+  }
+  m.psi.update(smax / tick_us, smin / tick_us, m.tick_s());
+  for (auto& p : procs)
+    if (p->alive) p->history.push_back(p->pt_bytes());
+  TickRecord rec{};
+  rec.tick = t;
+  rec.normal_free_pages = m.normal_free;
+  rec.movable_free_pages = m.movable_free;
+  rec.tenant_pages = (i64)m.tenant_pages;
+  rec.pt_pages = pt_pages;
+  i64 reclaimable = 0;
+  for (const auto& p : procs)
+    if (p->alive) reclaimable += p->reclaimable_tables();
+  rec.reclaimable_tables = reclaimable;
+  rec.user_pages = user_pages;
+  rec.deficit_pages = deficit;
+  rec.failure = deficit > 0;
+  rec.oom_kill = oom_victim;
+  rec.psi_some_avg10 = m.psi.some_avg10;
+  rec.psi_full_avg10 = m.psi.full_avg10;
+  rec.stall_us = stall_sum;
+  rec.refault_tables = refault_tables;
+  rec.refault_entries = refault_entries;
+  rec.harm_events = h + harm;
+  double cpu = 0.0;
+  i64 freed = 0, scanned = 0;
+  for (const PassResult& r : pending) {
+    cpu += r.cpu_us;
+    freed += r.freed;
+    scanned += r.scanned;
+  }
+  rec.reclaim_cpu_us = cpu;
+  rec.reclaim_freed = freed;
+  rec.reclaim_scanned = scanned;
+  pending.clear();
+  harm = 0;
+  history.push_back(rec);
+  tick_no++;
+  return history.back();
+}
+
+i64 Simulation::enforce_hard_limits(i64 t) {
+  i64 h = 0;
+  for (Process* p : alive()) {
+    if (!p->has_hard || p->pt_bytes() <= p->hard_limit) continue;
+    h += p->sane ? 1 : 0;
+    if (machine.cfg.hard_limit_kill) {
+      exit_process(p, "over its page-table hard limit");
+    } else if (p->throttled_until <= t) {
+      p->throttled_until = t + machine.cfg.throttle_ticks;
+      p->stall_us += machine.cfg.tick_ms * 1000.0;
+      events.emplace_back(t, p->name + " throttled: over its page-table hard limit");
+    }
+  }
+  return h;
+}
+
+void Simulation::record_touches() {
+  recording = true;
+  touch_trace.assign(procs.size(), {});
+  for (auto& p : procs) {
+    p->mm->logging = true;
+    p->mm->touch_log.clear();
+  }
+}
+
+void Simulation::record_touch_log(i64 t) {
+  if (touch_trace.size() < procs.size()) touch_trace.resize(procs.size());
+  for (size_t i = 0; i < procs.size(); i++) {
+    auto& log = procs[i]->mm->touch_log;
+    if (log.empty()) continue;
+    for (i64 slot : log) touch_trace[i][slot].push_back(t);
+    log.clear();
+  }
+}
+
+// ------------------------------------------------------------------ reclaim
+
+namespace {
+constexpr unsigned PINNED_BIT = 1u << C_PINNED;
+}
+
+void Simulation::free_scanned(Process* p, const std::vector<i64>& order, unsigned classes,
+                              PassResult& result) {
+  i64 n = (i64)order.size();
+  i64 freed = 0, freed_file = 0, zapped = 0;
+  AddressSpace& mm = *p->mm;
+  for (i64 slot : order) {
+    const PteTable* t = mm.pte.find(slot);
+    if (!t) continue;
+    uint8_t cls = t->cls;
+    i64 z = mm.reclaim_table(slot, classes);
+    if (z >= 0) {
+      freed++;
+      zapped += z;
+      freed_file += cls == C_FILE;
+      result.freed_by_class[cls]++;
+    }
+  }
+  const bool mw = cfg.mmap_write_lock;
+  i64 remote = std::min(p->cpus, machine.cfg.cpus) - 1;
+  i64 flushed = freed * ENTRIES;
+  double cpu = costs.reclaim_pass_cpu_us(n, freed, freed_file, flushed, remote, mw);
+  double stall = costs.reclaim_pass_stall_us(n, freed, freed_file, flushed, remote, mw);
+  p->stall_us += stall;
+  result.scanned += n;
+  result.freed += freed;
+  result.zapped_entries += zapped;
+  result.cpu_us += cpu;
+  result.stall_us += stall;
+  result.targets.push_back(p->pid);
+}
+
+i64 Simulation::reclaim_process(Process* p, unsigned classes, i64 budget, PassResult& result) {
+  AddressSpace& mm = *p->mm;
+  if (p->scan_version != mm.table_version) {
+    p->scan_slots.clear();
+    p->scan_slots.reserve(mm.pte.size());
+    mm.pte.for_each([&](i64 slot, const PteTable&) { p->scan_slots.push_back(slot); });
+    p->scan_version = mm.table_version;
+  }
+  const std::vector<i64>& slots = p->scan_slots;
+  i64 n = std::min<i64>(budget, (i64)slots.size());
+  if (n == 0) return 0;
+  i64 i0 = std::lower_bound(slots.begin(), slots.end(), p->cursor) - slots.begin();
+  std::vector<i64> order((size_t)n);
+  i64 size = (i64)slots.size();
+  for (i64 k = 0; k < n; k++) order[(size_t)k] = slots[(size_t)((i0 + k) % size)];
+  free_scanned(p, order, classes, result);
+  p->cursor = order.back() + 1;
+  return n;
+}
+
+PassResult Simulation::reclaim(Process* target, unsigned classes, i64 budget) {
+  PassResult result;
+  if (budget > 0 && classes) {
+    classes &= ~PINNED_BIT;
+    std::vector<Process*> order;
+    if (target) {
+      if (target->alive) order.push_back(target);
+    } else {
+      order = alive();
+      std::stable_sort(order.begin(), order.end(), [](const Process* a, const Process* b) {
+        bool sa = !a->over_soft_limit(), sb = !b->over_soft_limit();
+        if (sa != sb) return sa < sb;
+        i64 ra = a->reclaimable_tables(), rb = b->reclaimable_tables();
+        if (ra != rb) return ra > rb;
+        return a->pid < b->pid;
+      });
+    }
+    i64 remaining = budget;
+    for (Process* p : order) {
+      if (remaining <= 0) break;
+      if (!target && p->reclaimable_tables() == 0) break;
+      remaining -= reclaim_process(p, classes, remaining, result);
+    }
+  }
+  pending.push_back(result);
+  return result;
+}
+
+PassResult Simulation::reclaim_exact(Process* p, const std::vector<i64>& slots,
+                                     unsigned classes) {
+  PassResult result;
+  if (!slots.empty() && p->alive) free_scanned(p, slots, classes & ~PINNED_BIT, result);
+  pending.push_back(result);
+  return result;
+}
+
+// -------------------------------------------------------------------- clone
+
+std::unique_ptr<Simulation> Simulation::clone(const std::vector<Rng>& workload_rngs,
+                                              const Rng& sim_rng) const {
+  auto c = std::make_unique<Simulation>();
+  c->cfg = cfg;
+  c->costs = costs;
+  c->machine = machine;
+  c->rng = sim_rng;
+  c->machine.rng = &c->rng;
+  std::map<const BackingFile*, FileRef> files;
+  std::vector<Process*> by_index;
+  for (const auto& p : procs) {
+    auto q = std::make_unique<Process>();
+    q->pid = p->pid;
+    q->name = p->name;
+    q->family = p->family;
+    q->mm = p->mm->clone(files);
+    q->sane = p->sane;
+    q->cpus = p->cpus;
+    q->alive = p->alive;
+    q->throttled_until = p->throttled_until;
+    q->has_soft = p->has_soft;
+    q->has_hard = p->has_hard;
+    q->soft_limit = p->soft_limit;
+    q->hard_limit = p->hard_limit;
+    q->cursor = p->cursor;
+    q->scan_version = p->scan_version;
+    q->scan_slots = p->scan_slots;
+    q->stall_us = p->stall_us;
+    q->last_refault_tables = p->last_refault_tables;
+    q->last_refault_entries = p->last_refault_entries;
+    q->history = p->history;
+    by_index.push_back(q.get());
+    c->procs.push_back(std::move(q));
+  }
+  for (size_t i = 0; i < workloads.size(); i++) {
+    auto w = workloads[i]->clone();
+    w->sim = c.get();
+    w->rng = workload_rngs[i];
+    w->remap(by_index, *this);
+    w->remap_files(files);
+    c->workloads.push_back(std::move(w));
+  }
+  c->tick_no = tick_no;
+  c->history = history;
+  c->events = events;
+  c->next_pid = next_pid;
+  c->pending = pending;
+  c->harm = harm;
+  c->recording = recording;
+  c->touch_trace = touch_trace;
+  return c;
+}
+
+// ----------------------------------------------------------------- env step
+
+namespace {
+inline double clip(double x) { return std::max(-1.0, std::min(1.0, x)); }
+const unsigned DEPTHS[3] = {1u << C_EMPTY, (1u << C_EMPTY) | (1u << C_ZERO),
+                            (1u << C_EMPTY) | (1u << C_ZERO) | (1u << C_FILE)};
+}  // namespace
+
+void EnvCore::attach(Simulation* s) {
+  sim = s;
+  steps = 0;
+  has_last = false;
+  ticks_since_pass = 0;
+  refaults_since_pass = 0;
+  fail_window.clear();
+  rec_lo = rec_hi = (i64)s->history.size();
+}
+
+void EnvCore::reset_ticks() {
+  rec_lo = (i64)sim->history.size();
+  for (i64 k = 0; k < cfg.decision_ticks; k++) sim->step();
+  rec_hi = (i64)sim->history.size();
+  collect_info();
+}
+
+void EnvCore::collect_info() {
+  info_failures = info_freed = 0;
+  info_oom.clear();
+  for (i64 i = rec_lo; i < rec_hi; i++) {
+    const TickRecord& r = sim->history[(size_t)i];
+    info_failures += r.failure;
+    info_freed += r.reclaim_freed;
+    if (r.oom_kill >= 0) info_oom.push_back(r.oom_kill);
+  }
+  info_reclaimable_last = rec_hi > rec_lo ? sim->history[(size_t)(rec_hi - 1)].reclaimable_tables : 0;
+}
+
+Process* EnvCore::most_suspicious() const {
+  Process* best = nullptr;
+  double best_ratio = 0;
+  for (const auto& up : sim->procs) {
+    Process* p = up.get();
+    if (!p->alive || p->pt_bytes() < (1 << 20)) continue;
+    double ratio = (double)p->pt_bytes() / (double)(p->rss_bytes() + p->pt_bytes());
+    if (!best || ratio > best_ratio || (ratio == best_ratio && p->pid < best->pid)) {
+      best = p;
+      best_ratio = ratio;
+    }
+  }
+  return best;
+}
+
+bool EnvCore::apply_action(const i64* a, i64 n) {
+  i64 budget = cfg.budgets[(size_t)a[0]];
+  unsigned classes = DEPTHS[a[1]];
+  Process* target = a[2] == 1 ? most_suspicious() : nullptr;
+  bool passed = false;
+  if (budget > 0 && (a[2] == 0 || target)) {
+    last = sim->reclaim(target, classes, budget);
+    has_last = true;
+    ticks_since_pass = 0;
+    refaults_since_pass = 0;
+    passed = true;
+  }
+  if (cfg.hard_limit_action && n > 3 && a[3] == 1) {
+    Process* suspect = most_suspicious();
+    if (suspect) {
+      suspect->has_hard = true;
+      suspect->hard_limit = suspect->pt_bytes();
+    }
+  }
+  return passed;
+}
+
+double EnvCore::step(const i64* action, i64 n_action, float* obs, double* terms,
+                     bool* truncated) {
+  apply_action(action, n_action);
+  rec_lo = (i64)sim->history.size();
+  for (i64 k = 0; k < cfg.decision_ticks; k++) {
+    if (sim->tick_no >= sim->cfg.ticks) break;
+    sim->step();
+  }
+  rec_hi = (i64)sim->history.size();
+  steps++;
+  i64 n = rec_hi - rec_lo;
+  i64 waste = 0, fails = 0, harm = 0;
+  double cpu = 0.0, stall = 0.0;
+  collect_info();
+  for (i64 i = rec_lo; i < rec_hi; i++) {
+    const TickRecord& r = sim->history[(size_t)i];
+    waste += r.reclaimable_tables;
+    fails += r.failure;
+    cpu += r.reclaim_cpu_us;
+    stall += r.stall_us;
+    harm += r.harm_events;
+  }
+  terms[0] = (double)(waste * 4096) / (double)(1 << 20) / (double)std::max<i64>(n, 1);
+  terms[1] = (double)fails;
+  terms[2] = cpu / 1000.0;
+  terms[3] = stall / 1000.0;
+  terms[4] = (double)harm;
+  double acc = 0.0;
+  for (int k = 0; k < N_TERMS; k++) acc += cfg.w[k] * terms[k];
+  *truncated = steps >= cfg.max_steps || sim->tick_no >= sim->cfg.ticks;
+  observe(obs);
+  return -acc;
+}
+
+void EnvCore::observe(float* obs) {
+  Simulation& s = *sim;
+  const Machine& m = s.machine;
+  const double zone = (double)m.cfg.normal_pages;
+  for (i64 i = rec_lo; i < rec_hi; i++) {
+    const TickRecord& r = s.history[(size_t)i];
+    fail_window.push_back((int)r.failure);
+    refaults_since_pass += r.refault_tables;
+  }
+  while (fail_window.size() > 100) fail_window.pop_front();
+  ticks_since_pass += rec_hi - rec_lo;
+  i64 pt_pages = 0;
+  std::vector<Process*> live = s.alive();
+  for (Process* p : live) pt_pages += p->mm->tables();
+  std::vector<Process*> top = live;
+  std::stable_sort(top.begin(), top.end(), [](const Process* a, const Process* b) {
+    i64 ta = a->mm->tables(), tb = b->mm->tables();
+    if (ta != tb) return ta > tb;
+    return a->pid < b->pid;
+  });
+  int k = 0;
+  obs[k++] = (float)clip((double)(m.normal_free - m.cfg.wmin) /
+                         (double)std::max<i64>(m.cfg.whigh - m.cfg.wmin, 1) / 4.0);
+  obs[k++] = (float)clip((double)m.normal_free / zone);
+  obs[k++] = (float)m.psi.some_avg10;
+  obs[k++] = (float)m.psi.some_avg60;
+  obs[k++] = (float)m.psi.full_avg10;
+  obs[k++] = (float)m.psi.full_avg60;
+  obs[k++] = (float)clip((double)pt_pages / zone);
+  for (int i = 0; i < TOP_K; i++) {
+    if (i < (int)top.size()) {
+      Process* p = top[(size_t)i];
+      i64 denom = p->rss_bytes() + p->pt_bytes();
+      if (denom == 0) denom = 1;
+      obs[k++] = (float)clip((double)p->mm->tables() / zone);
+      obs[k++] = (float)((double)p->pt_bytes() / (double)denom);
+    } else {
+      obs[k++] = 0.0f;
+      obs[k++] = 0.0f;
+    }
+  }
+  obs[k++] = (float)clip(std::log1p((double)refaults_since_pass) / 10.0);
+  obs[k++] = (has_last && last.scanned) ? (float)((double)last.freed / (double)last.scanned)
+                                        : 0.0f;
+  i64 fails = 0;
+  for (int f : fail_window) fails += f;
+  obs[k++] = (float)((double)fails / (double)std::max<size_t>(fail_window.size(), 1));
+  obs[k++] = (float)clip(std::log1p((double)ticks_since_pass) / 10.0);
+  if (cfg.candidate_counts) {
+    double total = (double)std::max<i64>(pt_pages, 1);
+    for (int cls = C_EMPTY; cls <= C_FILE; cls++) {
+      i64 c = 0;
+      for (Process* p : live) c += p->mm->cls_count[cls];
+      obs[k++] = (float)((double)c / total);
+    }
+  }
+}
+
+}  // namespace ptfast
+
+namespace ptfast {
+std::unique_ptr<Workload> make_workload(const std::string& family, const Params& p) {
+  auto it = workload_registry().find(family);
+  if (it == workload_registry().end())
+    throw std::runtime_error("the compiled core has no workload family " + family);
+  return it->second(p);
+}
+bool has_workload(const std::string& family) { return workload_registry().count(family) > 0; }
+}  // namespace ptfast

@@ -1,0 +1,334 @@
+// The compiled simulation: machine, processes, workloads, reclaim, costs and the env's
+// decision step.  A port of envs/sim/{machine,process,costs,reclaim,simulator}.py,
+// envs/sim/workloads/*.py and the observation/reward of envs/pagetable_env.py: the Python
+// modules are the reference and say *why*; these files say *how fast*.
+//
+// Random numbers: every component draws from the numpy Generator the Python reference
+// would use, through numpy's own C distribution functions (libnpyrandom), in the same order,
+// so a seed gives the same trajectory bit for bit.  Draws that are rare and intricate
+// (Generator.choice without replacement, Generator.permutation) call back into the
+// Generator object itself (hooks set by the Cython module).
+#pragma once
+
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "pagetable.hpp"
+
+extern "C" {
+#include "numpy/random/distributions.h"
+}
+
+namespace ptfast {
+
+// ---------------------------------------------------------------- random numbers
+
+// Python callbacks for rare draws (set by _fast.pyx): choice(cand, k, replace=False) writes
+// k values to out; permutation(n) writes n values.
+extern void (*g_py_choice)(void* gen, const i64* cand, i64 n, i64 k, i64* out);
+extern void (*g_py_permutation)(void* gen, i64 n, i64* out);
+
+struct Rng {
+  bitgen_t* bg = nullptr;  // borrowed from a numpy Generator's bit generator
+  void* gen = nullptr;     // the Generator (PyObject*), kept alive by the Python wrapper
+  binomial_t binom{};
+
+  double random() { return random_standard_uniform(bg); }
+  // Generator.integers(lo, hi) (int64, hi exclusive).
+  i64 integers(i64 lo, i64 hi) {
+    uint64_t out;
+    random_bounded_uint64_fill(bg, (uint64_t)lo, (uint64_t)(hi - 1 - lo), 1, false, &out);
+    return (i64)out;
+  }
+  // Generator.integers(lo, hi, size=n).
+  void integers(i64 lo, i64 hi, i64 n, i64* out) {
+    random_bounded_uint64_fill(bg, (uint64_t)lo, (uint64_t)(hi - 1 - lo), n, false,
+                               (uint64_t*)out);
+  }
+  i64 poisson(double lam) { return random_poisson(bg, lam); }
+  double normal(double loc, double scale) { return random_normal(bg, loc, scale); }
+  i64 binomial(i64 n, double p) { return random_binomial(bg, p, n, &binom); }
+  i64 geometric(double p) { return random_geometric(bg, p); }
+  std::vector<i64> choice_noreplace(const std::vector<i64>& cand, i64 k) {
+    std::vector<i64> out((size_t)k);
+    g_py_choice(gen, cand.data(), (i64)cand.size(), k, out.data());
+    return out;
+  }
+  std::vector<i64> permutation(i64 n) {
+    std::vector<i64> out((size_t)n);
+    g_py_permutation(gen, n, out.data());
+    return out;
+  }
+};
+
+// ------------------------------------------------------------------------- costs
+
+// costs.CostModel (values from the Python config; the sources are documented there).
+struct Costs {
+  double minor_fault_us, table_alloc_us, scan_table_us, free_table_us, invlpg_us;
+  i64 tlb_single_page_flush_ceiling;
+  double full_flush_us, ipi_us, rmap_lock_us, mmap_write_lock_us, pmd_lock_us,
+      uffd_refault_us, alloc_failure_stall_us, oom_kill_harm_us;
+
+  double tlb_flush_us(i64 pages, i64 remote_cpus) const {
+    if (pages == 0) return 0.0;
+    double local = pages > tlb_single_page_flush_ceiling ? full_flush_us
+                                                         : (double)pages * invlpg_us;
+    return local + (double)remote_cpus * ipi_us;
+  }
+  double reclaim_pass_cpu_us(i64 scanned, i64 freed, i64 freed_file, i64 flushed, i64 remote,
+                             bool mmap_write) const {
+    double cost = (double)scanned * scan_table_us + (double)freed * free_table_us +
+                  (double)freed_file * rmap_lock_us + tlb_flush_us(flushed, remote);
+    if (mmap_write) {
+      if (scanned) cost += mmap_write_lock_us;
+    } else {
+      cost += (double)freed * (pmd_lock_us + scan_table_us);
+    }
+    return cost;
+  }
+  double reclaim_pass_stall_us(i64 scanned, i64 freed, i64 freed_file, i64 flushed,
+                               i64 remote, bool mmap_write) const {
+    if (mmap_write) return reclaim_pass_cpu_us(scanned, freed, freed_file, flushed, remote, true);
+    return (double)freed * (pmd_lock_us + scan_table_us + free_table_us);
+  }
+  double refault_us(i64 tables, i64 entries, bool uffd) const {
+    double per_entry = uffd ? uffd_refault_us : minor_fault_us;
+    return (double)tables * table_alloc_us + (double)entries * per_entry;
+  }
+};
+
+// ----------------------------------------------------------------------- machine
+
+struct MachineConfig {
+  i64 normal_pages, movable_pages;
+  i64 cpus;
+  double tick_ms;
+  i64 wmin, wlow, whigh;
+  double base_fraction, volatility, reversion, burst_prob, burst_fraction;
+  i64 burst_ticks;
+  i64 oom_failures, oom_window_ticks;
+  bool hard_limit_kill;
+  i64 throttle_ticks;
+};
+
+struct Psi {
+  double some_avg10 = 0, some_avg60 = 0, full_avg10 = 0, full_avg60 = 0;
+  void update(double some, double full, double tick_s);
+};
+
+// machine.Machine.
+struct Machine {
+  MachineConfig cfg{};
+  Rng* rng = nullptr;
+  double tenant_pages = 0;
+  i64 burst_left = 0;
+  Psi psi;
+  i64 normal_free = 0, movable_free = 0;
+  std::deque<i64> fail_ticks;
+
+  double tick_s() const { return cfg.tick_ms / 1000.0; }
+  void step_tenants();
+  i64 account(i64 pt_pages, i64 user_pages);
+  bool record_failure_tick(i64 tick);
+};
+
+// --------------------------------------------------------------------- processes
+
+// process.Process.
+struct Process {
+  i64 pid = 0;
+  std::string name, family;
+  std::unique_ptr<AddressSpace> mm;
+  bool sane = true;
+  i64 cpus = 1;
+  bool alive = true;
+  i64 throttled_until = -1;
+  bool has_soft = false, has_hard = false;
+  i64 soft_limit = 0, hard_limit = 0;
+  i64 cursor = 0;
+  i64 scan_version = -1;
+  std::vector<i64> scan_slots;
+  double stall_us = 0;
+  i64 last_refault_tables = 0, last_refault_entries = 0;
+  std::vector<i64> history;
+
+  i64 pt_bytes() const { return mm->tables() * PAGE; }
+  i64 rss_bytes() const { return mm->rss_pages * PAGE; }
+  i64 reclaimable_tables() const {
+    return mm->cls_count[C_EMPTY] + mm->cls_count[C_ZERO] + mm->cls_count[C_FILE] -
+           mm->uffd_unreclaimable();
+  }
+  bool over_soft_limit() const { return has_soft && pt_bytes() > soft_limit; }
+  bool runnable(i64 tick) const { return alive && tick >= throttled_until; }
+  i64 badness() const { return mm->rss_pages + mm->tables(); }
+};
+
+struct PassResult {
+  i64 scanned = 0, freed = 0, zapped_entries = 0;
+  i64 freed_by_class[4] = {0, 0, 0, 0};
+  double cpu_us = 0, stall_us = 0;
+  std::vector<i64> targets;
+};
+
+struct TickRecord {
+  i64 tick, normal_free_pages, movable_free_pages, tenant_pages, pt_pages, reclaimable_tables,
+      user_pages, deficit_pages;
+  bool failure;
+  i64 oom_kill;  // index into Simulation::procs, or -1
+  double psi_some_avg10, psi_full_avg10, stall_us;
+  i64 refault_tables, refault_entries, harm_events;
+  double reclaim_cpu_us;
+  i64 reclaim_freed, reclaim_scanned;
+};
+
+// ---------------------------------------------------------------------- workloads
+
+// A workload's (jittered) config as the Python dataclass holds it.
+struct Params {
+  std::unordered_map<std::string, double> num;
+  std::unordered_map<std::string, std::string> str;
+  double get(const std::string& k) const;
+  i64 geti(const std::string& k) const { return (i64)get(k); }
+  const std::string& gets(const std::string& k) const;
+};
+
+class Simulation;
+
+// workloads.base.Workload.
+class Workload {
+ public:
+  Simulation* sim = nullptr;
+  Rng rng;
+  std::string name, family;
+  bool sane = true;
+  std::vector<Process*> procs;
+  // The process a single-process workload drives (its latest one); re-pointed by remap.
+  Process* proc = nullptr;
+  i64 start_tick = 0, stop_tick = 0;
+
+  virtual ~Workload() = default;
+  virtual void start() = 0;
+  virtual void step(i64 tick) = 0;
+  virtual void stop();
+  // A copy for the oracle's future (pointers re-targeted by the caller's maps).
+  virtual std::unique_ptr<Workload> clone() const = 0;
+  // Re-point process pointers after a clone (old index -> new process).
+  void remap(const std::vector<Process*>& by_index, const Simulation& old);
+  // Re-point backing files the workload holds after a clone: `files` maps each original
+  // file to its copy (copy_file adds a copy for one no address space maps any more).
+  virtual void remap_files(std::map<const BackingFile*, FileRef>& files) { (void)files; }
+
+ protected:
+  Process* spawn(const std::string& suffix = "", i64 cpus = 1);
+};
+
+// The clone of `f` in a Simulation::clone's file map (created on first use).
+FileRef copy_file(std::map<const BackingFile*, FileRef>& files, const FileRef& f);
+
+using WorkloadFactory = std::function<std::unique_ptr<Workload>(const Params&)>;
+// Registered factories by family name (each workload file registers its own).
+std::map<std::string, WorkloadFactory>& workload_registry();
+std::unique_ptr<Workload> make_workload(const std::string& family, const Params& p);
+bool has_workload(const std::string& family);
+struct RegisterWorkload {
+  RegisterWorkload(const std::string& family, WorkloadFactory f) {
+    workload_registry()[family] = std::move(f);
+  }
+};
+
+// ---------------------------------------------------------------------- simulation
+
+struct SimConfig {
+  i64 ticks = 600;
+  bool pt_reclaim = true;
+  bool mmap_write_lock = true;  // ReclaimConfig.lock
+};
+
+// simulator.Simulation.
+class Simulation {
+ public:
+  SimConfig cfg;
+  Costs costs{};
+  Machine machine;
+  Rng rng;  // the scenario's generator (the machine draws from it)
+  std::vector<std::unique_ptr<Process>> procs;
+  std::vector<std::unique_ptr<Workload>> workloads;
+  i64 tick_no = 0;
+  std::vector<TickRecord> history;
+  std::vector<std::pair<i64, std::string>> events;
+  i64 next_pid = 100;
+  std::vector<PassResult> pending;
+  i64 harm = 0;
+  bool recording = false;
+  // process index -> slot -> ticks it was touched (simulator.touch_trace)
+  std::vector<std::map<i64, std::vector<i64>>> touch_trace;
+
+  Process* spawn(const std::string& name, const std::string& family, bool sane, i64 cpus);
+  void exit_process(Process* p, const std::string& reason);
+  std::vector<Process*> alive() const;
+  i64 index_of(const Process* p) const;
+  const TickRecord& step();
+  PassResult reclaim(Process* target, unsigned classes, i64 budget);
+  PassResult reclaim_exact(Process* p, const std::vector<i64>& slots, unsigned classes);
+  void record_touches();
+  i64 pt_bytes() const;
+  std::unique_ptr<Simulation> clone(const std::vector<Rng>& workload_rngs,
+                                    const Rng& sim_rng) const;
+
+ private:
+  i64 enforce_hard_limits(i64 t);
+  void record_touch_log(i64 t);
+  i64 reclaim_process(Process* p, unsigned classes, i64 budget, PassResult& result);
+  void free_scanned(Process* p, const std::vector<i64>& order, unsigned classes,
+                    PassResult& result);
+};
+
+// -------------------------------------------------------------- the env's step
+
+// pagetable_env.EnvConfig and the observation/reward of PageTableReclaimEnv.
+struct EnvConfig {
+  i64 decision_ticks = 10;
+  i64 max_steps = 120;
+  std::vector<i64> budgets;
+  bool hard_limit_action = false;
+  bool candidate_counts = false;
+  double w[5] = {0, 0, 0, 0, 0};  // pt_waste, alloc_failures, reclaim_cpu, app_stall, harm
+};
+
+constexpr int N_TERMS = 5;
+constexpr int TOP_K = 3;
+constexpr int N_OBS = 17;
+
+class EnvCore {
+ public:
+  EnvConfig cfg;
+  Simulation* sim = nullptr;
+  i64 steps = 0;
+  bool has_last = false;
+  PassResult last;
+  i64 ticks_since_pass = 0, refaults_since_pass = 0;
+  std::deque<int> fail_window;
+  i64 rec_lo = 0, rec_hi = 0;  // history indices of the ticks of the last step
+  // Aggregates of the last step's ticks for the env's info dict.
+  i64 info_failures = 0, info_freed = 0, info_reclaimable_last = 0;
+  std::vector<i64> info_oom;  // process indices killed by the OOM killer
+
+  void attach(Simulation* s);
+  void reset_ticks();  // the decision_ticks after reset
+  void collect_info();
+  // One decision: apply the action, run the ticks; fills obs and terms, returns reward.
+  double step(const i64* action, i64 n_action, float* obs, double* terms, bool* truncated);
+  void observe(float* obs);
+  Process* most_suspicious() const;
+  bool apply_action(const i64* a, i64 n);
+  int n_obs() const { return N_OBS + (cfg.candidate_counts ? 3 : 0); }
+};
+
+}  // namespace ptfast

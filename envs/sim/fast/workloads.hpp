@@ -1,0 +1,71 @@
+// Helpers shared by the compiled workloads (ports of helpers in envs/sim/workloads/).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <unordered_set>
+#include <vector>
+
+#include "sim.hpp"
+
+namespace ptfast {
+
+// workloads.base.BASE: every process maps its memory from here.
+constexpr i64 BASE = i64{16} << 40;
+constexpr i64 KiB = i64{1} << 10;
+constexpr i64 MiB = i64{1} << 20;
+constexpr i64 GiB = i64{1} << 30;
+constexpr int RW = (int)(VM_READ | VM_WRITE);
+
+// Python's round() on a float: half to even (the default rounding mode).
+inline i64 py_round(double x) { return (i64)std::nearbyint(x); }
+
+// Python's -(-a // b) for b > 0: ceiling division of a non-negative or negative a.
+inline i64 ceil_div(i64 a, i64 b) {
+  i64 q = a / b, r = a % b;
+  if (r != 0 && ((r > 0) == (b > 0))) q++;
+  return q;
+}
+
+// Python's a // b (floor division).
+inline i64 floor_div(i64 a, i64 b) {
+  i64 q = a / b, r = a % b;
+  if (r != 0 && ((r < 0) != (b < 0))) q--;
+  return q;
+}
+
+// `hits[np.sort(np.unique(hits, return_index=True)[1])][:k]`: the first k distinct values
+// in order of first appearance.
+inline std::vector<i64> first_distinct(const std::vector<i64>& hits, i64 k) {
+  std::vector<i64> out;
+  if (hits.size() <= 256) {  // small: a linear search beats hashing
+    for (i64 h : hits) {
+      if ((i64)out.size() >= k) break;
+      if (std::find(out.begin(), out.end(), h) == out.end()) out.push_back(h);
+    }
+    return out;
+  }
+  std::unordered_set<i64> seen;
+  for (i64 h : hits) {
+    if ((i64)out.size() >= k) break;
+    if (seen.insert(h).second) out.push_back(h);
+  }
+  return out;
+}
+
+// workloads.balloon.pick: up to k distinct random indices where ok is true, sorted.
+std::vector<i64> pick_sorted(Rng& rng, const std::vector<uint8_t>& ok, i64 k);
+
+// workloads.balloon.index_runs: runs [first, last + 1) of consecutive sorted values.
+std::vector<std::pair<i64, i64>> index_runs(const std::vector<i64>& idx);
+
+// workloads.balloon.discard_small: DONTNEED of [start, end) as 4 KiB discards do it.
+i64 discard_small(AddressSpace& mm, i64 start, i64 end);
+
+// mmap of private anonymous memory with the Python defaults (prot rw).
+inline int mmap_anon(AddressSpace& mm, i64 addr, i64 length, i64 prot = RW,
+                     bool noreserve = false, bool fixed = false) {
+  return mm.mmap(addr, length, 0, false, prot, nullptr, 0, noreserve, fixed, false);
+}
+
+}  // namespace ptfast
