@@ -317,9 +317,10 @@ def run_evaluate(spec: EvaluateJob, job: dict[str, Any], url: str, rep: Reporter
     from ..envs.configio import resolve_suite
 
     policies = [policy_arg(p, job["references"]) for p in spec.policies]
-    # trust_model: a referenced train job's model came from this service's own
-    # worker through the job store; that store is the trust (see docs/service.md).
-    specs = policy_specs(policies, best=False, trust_model=True, baseline=spec.baseline,
+    # A referenced train job's model is loaded only if its run folder's signed
+    # manifest verifies with this worker's key (docs/trust.md): workers share
+    # one key (PTRECLAIM_TRUST_KEY_FILE), so a row of the store alone is no trust.
+    specs = policy_specs(policies, best=False, trust_model=False, baseline=spec.baseline,
                          oracle=spec.oracle)
     suite = suite_arg(spec.input)
     scenarios, files = resolve_suite(suite)
