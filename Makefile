@@ -39,7 +39,12 @@ setup: $(STAMP)
 $(PYTHON):
 	$(SYS_PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml ptreclaim/__init__.py | $(PYTHON)
+# The compiled simulator core (envs/sim/fast/) is built by the same install: its
+# sources are prerequisites, so an edited .cpp/.hpp/.pyx is rebuilt by the next make.
+FAST_SOURCES := setup.py $(wildcard envs/sim/fast/*.cpp envs/sim/fast/*.hpp envs/sim/fast/*.pyx)
+FAST_SOURCES := $(filter-out envs/sim/fast/_fast.cpp,$(FAST_SOURCES))
+
+$(STAMP): pyproject.toml ptreclaim/__init__.py $(FAST_SOURCES) | $(PYTHON)
 	$(PYTHON) -m pip install '$(TORCH_SPEC)'
 	$(PYTHON) -m pip install -e '.[dev]'
 	@touch $@

@@ -193,12 +193,11 @@ class LivePolicy:
         return callable(getattr(self.policy, "decide", None))
 
 
-def load_policy(arg: str, *, best: bool = False, trust_model: bool = False,
-                runs_root: str = "runs") -> LivePolicy:
+def load_policy(arg: str, *, best: bool = False, trust_model: bool = False) -> LivePolicy:
     """Parse and build ``arg`` like ``evaluate.py`` does; a model gets the env
     config of its run (its budgets, and a throwaway env to check its spaces)
     and its VecNormalize statistics (:func:`~ptreclaim.agents.loading.load_model_policy`)."""
-    spec = parse_policy(arg, best=best, trust_model=trust_model, runs_root=runs_root)
+    spec = parse_policy(arg, best=best, trust_model=trust_model)
     env = (build(EnvConfig, spec.env, f"{spec.label}: config.yaml.env")
            if spec.env is not None else EnvConfig())
     if env.candidate_counts:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..envs.configio import dump_yaml, load_yaml, read_config_text, write_text_atomic
+from ..envs.configio import dump_yaml, load_json, load_yaml, write_text_atomic
 from ..envs.sim.config import ConfigError, did_you_mean, to_dict
 from .heuristics import RULES, Policy, make_rule
 
@@ -108,17 +108,11 @@ def rule_params(policy: Policy) -> dict[str, Any]:
 
 def read_thresholds(path: str | os.PathLike[str]) -> ThresholdsRecord:
     """Read and check a thresholds file (``.yaml``/``.yml`` with
-    ``yaml.safe_load``, ``.json`` with ``json``)."""
+    a safe YAML loader, ``.json`` with ``json``, both within the input limits
+    of :mod:`ptreclaim.envs.configio`)."""
     p = Path(path)
-    if p.suffix.lower() == ".json":
-        text = read_config_text(p, "a thresholds .json file")
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{p}: not valid JSON at line {exc.lineno}, column {exc.colno}: "
-                              f"{exc.msg}") from None
-    else:
-        data = load_yaml(p)
+    data = load_json(p, "a thresholds .json file") if p.suffix.lower() == ".json" \
+        else load_yaml(p)
     return record_from_data(data, p.name)
 
 

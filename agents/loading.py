@@ -7,8 +7,12 @@ one evaluator, one advisor and one simulator driver serve them all.
 This module is the only one that loads pickled data: SB3 model zips (their
 ``data`` holds cloudpickled objects), VecNormalize statistics and replay
 buffers all go through :func:`_pickled`, which can run code from the file
-and is therefore the one place to check where a file came from.  Command-line
-policies outside ``runs/`` need ``--trust-model`` (:func:`parse_policy`).
+and is therefore the one trust gate: a file is loaded only when this machine's
+ptreclaim wrote it (:mod:`ptreclaim.agents.trust`: a signed manifest of
+SHA-256 digests in its folder) or when the user said ``--trust-model``.
+Writers of pickled files go through :func:`write_pickled`, which signs them.
+The API for other callers (the HTTP service): :func:`verify_run`,
+:func:`sign_artifacts`, :func:`trust_run` and :class:`TrustError`.
 
 It also holds the one algorithm registry (:data:`ALGOS`, :func:`algo_class`)
 and the one parser of command-line policy specs (:func:`parse_policy`,
@@ -18,10 +22,12 @@ and the one parser of command-line policy specs (:func:`parse_policy`,
 
 from __future__ import annotations
 
-import json
+import io
 import math
 import os
+import pickle
 import re
+import sys
 import warnings
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
@@ -31,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from ..envs.configio import load_yaml
+from ..envs.configio import LIMITS, load_yaml, parse_json, write_text_atomic
 from ..envs.pagetable_env import EnvConfig, PageTableReclaimEnv
 from ..envs.sim.config import ConfigError, build, did_you_mean
 from ..envs.sim.simulator import ScenarioConfig
@@ -39,6 +45,7 @@ from .export import read_thresholds
 from .heuristics import HEURISTICS, make_heuristic, make_rule
 from .oracle import OracleBound
 from .runs import model_label, parse_name, stats_for
+from .trust import TrustError, pickled_files, sign_artifacts, verify_bytes, verify_folder
 
 if TYPE_CHECKING:
     from stable_baselines3.common.base_class import BaseAlgorithm
@@ -177,86 +184,175 @@ _EVAL_OBJECTS = {"learning_rate": 0.0, "lr_schedule": lambda _: 0.0,
                  "clip_range": lambda _: 0.0, "exploration_schedule": lambda _: 0.0}
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (at most 200 characters), or
+    its type's name: what a one-line error shows of a library's exception."""
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
-def _pickled(path: str | os.PathLike[str], what: str) -> Path:
-    """Every load of pickled data passes here first (model zips, VecNormalize
-    statistics, replay buffers): such a file can run code when loaded, so this
-    is where a check of its origin belongs.  Refuses a path that is not a file."""
+def trust_note(what: str) -> None:
+    """The one line on stderr that says ``--trust-model`` let ``what`` in
+    unchecked (once per process and ``what``)."""
+    if what in _NOTED:
+        return
+    _NOTED.add(what)
+    tool = Path(sys.argv[0]).name or "ptreclaim"
+    print(f"{tool}: note: --trust-model: {what} loaded without checking where it came from",
+          file=sys.stderr)
+
+
+_NOTED: set[str] = set()
+
+
+def _pickled(path: str | os.PathLike[str], what: str, trusted: bool = False) -> bytes:
+    """The trust gate: every load of pickled data passes here first (model
+    zips, VecNormalize statistics, replay buffers), and the caller unpickles
+    the bytes returned, never the file again.  Without ``trusted`` (the
+    user's ``--trust-model``) the bytes must be what this machine's ptreclaim
+    wrote (:func:`ptreclaim.agents.trust.verify_bytes`); :class:`TrustError`
+    otherwise, one line naming the reason and the way out."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{p}: no such {what} file")
-    return p
+    try:
+        if trusted:
+            return p.read_bytes()
+        return verify_bytes(p)
+    except TrustError as exc:
+        raise TrustError(f"{exc}; {what} files hold pickles (code that runs when loaded), "
+                         "and ptreclaim loads only those it wrote on this machine; pass "
+                         "--trust-model if you trust their source") from None
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read the {what} ({exc.strerror or exc})") from None
+
+
+def write_pickled(root: str | os.PathLike[str], path: str | os.PathLike[str],
+                  data: bytes) -> None:
+    """Write pickled ``data`` to ``path`` (atomically) and sign it in
+    ``root``'s manifest, so that :func:`_pickled` loads it later."""
+    write_text_atomic(path, data)
+    sign_artifacts(root, [path])
+
+
+def verify_run(path: str | os.PathLike[str]) -> None:
+    """Check that every pickled file of a run folder (models, statistics,
+    checkpoints) was written by this machine's ptreclaim; :class:`TrustError`
+    (one line) naming the first that was not.  For callers that hand a folder
+    on (the HTTP service) before anything in it is loaded."""
+    try:
+        verify_folder(path)
+    except TrustError as exc:
+        raise TrustError(f"{exc}; a run folder is trusted only when this machine's ptreclaim "
+                         "wrote it (scripts/train.py --resume DIR --trust-model adopts one "
+                         "you trust)") from None
+
+
+def verify_pickled(path: str | os.PathLike[str], what: str) -> None:
+    """Check that one pickled file may be loaded (see :func:`_pickled`)
+    without loading it; :class:`TrustError` or :class:`ConfigError`."""
+    _pickled(path, what)
+
+
+def trust_run(path: str | os.PathLike[str]) -> list[Path]:
+    """Adopt a run folder the user trusts (``--trust-model``): sign every
+    pickled file in it as if this machine had written it, after one line on
+    stderr.  Returns the files signed."""
+    files = pickled_files(path)
+    if files:
+        trust_note(f"the {len(files)} pickled files of {path} (now signed as this machine's)")
+        sign_artifacts(path, files)
+    return files
+
+
+def loads_restricted(data: bytes, allowed: frozenset[tuple[str, str]], what: str) -> Any:
+    """Unpickle ``data`` that may come from anywhere (a shared Optuna
+    storage) but may only build the classes in ``allowed`` (module, name):
+    any other global, a function to call included, is refused before it is
+    looked up (the "restricting globals" recipe of the pickle docs)."""
+
+    class _Restricted(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            if (module, name) not in allowed:
+                raise TrustError(f"{what}: refers to {module}.{name}, which it may not hold; "
+                                 "it was not written by Optuna (remove the study or its trial)")
+            return super().find_class(module, name)
+
+    try:
+        return _Restricted(io.BytesIO(data)).load()
+    except TrustError:
+        raise
+    except Exception as exc:  # a damaged pickle raises anything
+        raise ConfigError(f"{what}: cannot be read ({type(exc).__name__}); remove the study "
+                          "or its damaged trial") from None
 
 
 def _load_sb3(path: str | os.PathLike[str], algo: str,
-              custom_objects: Mapping[str, Any] | None = None) -> BaseAlgorithm:
-    p = _pickled(path, "model")
-    if not zipfile.is_zipfile(p):
+              custom_objects: Mapping[str, Any] | None = None, trusted: bool = False
+              ) -> BaseAlgorithm:
+    data = _pickled(path, "model", trusted)
+    p = Path(path)
+    if not zipfile.is_zipfile(io.BytesIO(data)):
         raise ConfigError(f"{p}: cannot load as a {algo} model (not a zip archive); pass a "
                           "model.zip saved by training")
     cls = algo_class(algo)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return cls.load(str(p), device="cpu",
+            return cls.load(io.BytesIO(data), device="cpu",
                             custom_objects=dict(custom_objects) if custom_objects else None)
     except Exception as exc:  # SB3 raises many kinds for foreign or damaged archives
         raise ConfigError(f"{p}: cannot load as a {algo} model ({type(exc).__name__}: "
-                          f"{_first_line(exc)}); is it a complete model.zip saved by "
+                          f"{first_line(exc)}); is it a complete model.zip saved by "
                           "training?") from None
 
 
-def load_vecnormalize(path: str | os.PathLike[str], venv: VecEnv | None = None
-                      ) -> VecNormalize:
+def load_vecnormalize(path: str | os.PathLike[str], venv: VecEnv | None = None,
+                      trusted: bool = False) -> VecNormalize:
     """VecNormalize statistics saved by a run, attached to ``venv`` if given
     (without one only ``normalize_obs`` works).  Flags are as saved: callers
-    set ``training`` and ``norm_reward``."""
-    import pickle
-
+    set ``training`` and ``norm_reward``.  ``trusted``: the user's
+    ``--trust-model`` (see :func:`_pickled`)."""
     from stable_baselines3.common.vec_env import VecNormalize
 
-    p = _pickled(path, "VecNormalize statistics")
+    data = _pickled(path, "VecNormalize statistics", trusted)
     try:
-        with warnings.catch_warnings(), p.open("rb") as f:
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            vn = pickle.load(f)
+            vn = pickle.loads(data)
             if not isinstance(vn, VecNormalize):
                 raise TypeError(f"holds a {type(vn).__name__}")
             if venv is not None:
                 vn.set_venv(venv)
     except Exception as exc:  # pickle raises anything for a damaged file
-        raise ConfigError(f"{p}: cannot load the VecNormalize statistics "
-                          f"({type(exc).__name__}: {_first_line(exc)}); they must come "
+        raise ConfigError(f"{path}: cannot load the VecNormalize statistics "
+                          f"({type(exc).__name__}: {first_line(exc)}); they must come "
                           "from the same run and env as the model") from None
     return vn
 
 
-def load_replay_buffer(model: Any, path: str | os.PathLike[str]) -> None:
+def load_replay_buffer(model: Any, path: str | os.PathLike[str], trusted: bool = False) -> None:
     """Restore an off-policy model's replay buffer from a checkpoint."""
-    p = _pickled(path, "replay buffer")
+    data = _pickled(path, "replay buffer", trusted)
     try:
-        model.load_replay_buffer(str(p))
+        model.load_replay_buffer(io.BytesIO(data))
     except Exception as exc:
-        raise ConfigError(f"{p}: cannot load the replay buffer ({type(exc).__name__}: "
-                          f"{_first_line(exc)}); resume from another checkpoint") from None
+        raise ConfigError(f"{path}: cannot load the replay buffer ({type(exc).__name__}: "
+                          f"{first_line(exc)}); resume from another checkpoint") from None
 
 
 def _space_text(space: Any) -> str:
     return str(space).replace("\n", " ")
 
 
-def load_model(path: str | os.PathLike[str], algo: str, env_config: EnvConfig
-               ) -> BaseAlgorithm:
+def load_model(path: str | os.PathLike[str], algo: str, env_config: EnvConfig,
+               trusted: bool = False) -> BaseAlgorithm:
     """Load an SB3 model to go on training it: it must have exactly the
     spaces of this env config (:class:`ConfigError`, one line, for a missing,
-    corrupt or foreign file)."""
+    corrupt, untrusted or foreign file)."""
     from gymnasium import spaces
 
-    model = _load_sb3(path, algo)
+    model = _load_sb3(path, algo, trusted=trusted)
     env = PageTableReclaimEnv(ScenarioConfig(), env_config)
     obs: Any = env.observation_space
     act: Any = env.action_space
@@ -291,7 +387,7 @@ def load_model_policy(spec: PolicySpec, env_config: EnvConfig,
     one intra-op thread first (see :func:`_single_thread_torch`)."""
     _single_thread_torch()
     env = PageTableReclaimEnv([scenario], env_config)
-    model = _load_sb3(spec.path, spec.name, _EVAL_OBJECTS)
+    model = _load_sb3(spec.path, spec.name, _EVAL_OBJECTS, spec.trusted)
     obs_shape = getattr(model.observation_space, "shape", None)
     if obs_shape != env.observation_space.shape:
         raise ConfigError(f"{spec.path}: trained for observations of shape {obs_shape}, but "
@@ -302,7 +398,7 @@ def load_model_policy(spec: PolicySpec, env_config: EnvConfig,
     if spec.vecnormalize:
         from stable_baselines3.common.vec_env import DummyVecEnv
 
-        vn = load_vecnormalize(spec.vecnormalize, DummyVecEnv([lambda: env]))
+        vn = load_vecnormalize(spec.vecnormalize, DummyVecEnv([lambda: env]), spec.trusted)
         vn.training = False
         vn.norm_reward = False
 
@@ -326,7 +422,9 @@ class PolicySpec:
     ``name`` the heuristic or the SB3 algorithm; ``params`` the heuristic's
     parameters; ``path`` the file it came from; ``vecnormalize`` the model's
     observation statistics (or ``""``); ``env`` the env config the model
-    was trained with (from its run's ``config.yaml``), if known.
+    was trained with (from its run's ``config.yaml``), if known; ``trusted``
+    that the user vouched for its pickled files (``--trust-model``): they are
+    loaded without the signature check (:func:`_pickled`).
     """
 
     label: str
@@ -337,6 +435,7 @@ class PolicySpec:
     vecnormalize: str = ""
     env: Mapping[str, Any] | None = None
     source: str = ""
+    trusted: bool = False
 
     def describe(self) -> dict[str, Any]:
         """Plain data for config.yaml and the report."""
@@ -362,20 +461,15 @@ def oracle_spec() -> PolicySpec:
     return PolicySpec("oracle", "oracle", "oracle", source="--oracle")
 
 
-def _inside(path: Path, root: Path) -> bool:
-    try:
-        path.resolve().relative_to(root.resolve())
-    except ValueError:
-        return False
-    return True
-
-
-def _check_trust(path: Path, trust_model: bool, runs_root: Path) -> None:
-    if trust_model or _inside(path, runs_root):
+def _check_trust(model: Path, stats: Path | None, trust_model: bool) -> None:
+    """Checked when the policy is named, before any work: the load itself
+    (maybe in a worker process) checks again, on the bytes it unpickles."""
+    if trust_model:
+        trust_note(f"{model}" + (f" and {stats}" if stats is not None else ""))
         return
-    raise ConfigError(f"{path}: outside {runs_root}/, and SB3 model zips and VecNormalize "
-                      "files carry pickled Python objects that run code when loaded; pass "
-                      "--trust-model if you trust where it came from")
+    _pickled(model, "model")
+    if stats is not None:
+        _pickled(stats, "VecNormalize statistics")
 
 
 def _algo_from_run_config(data: Any) -> str | None:
@@ -399,10 +493,12 @@ def _algo_from_zip(path: Path) -> str:
     (reads no pickle)."""
     try:
         with zipfile.ZipFile(path) as zf:
-            data = json.loads(zf.read("data"))
+            if zf.getinfo("data").file_size > LIMITS.file_bytes:
+                raise ValueError("its data entry is too large")
+            data = parse_json(zf.read("data").decode("utf-8"), f"{path}: data")
     except (zipfile.BadZipFile, KeyError, OSError, ValueError) as exc:
         raise ConfigError(f"{path}: not an SB3 model zip ({type(exc).__name__}: "
-                          f"{_first_line(exc)}); pass the model.zip a training run saved"
+                          f"{first_line(exc)}); pass the model.zip a training run saved"
                           ) from None
     module = str(data.get("policy_class", {}).get("__module__", "")) \
         if isinstance(data.get("policy_class"), Mapping) else ""
@@ -452,14 +548,12 @@ def _run_config(folder: Path) -> tuple[str | None, Mapping[str, Any] | None]:
 
 
 def _model_spec(label: str | None, model: Path, stats: Path | None, folder: Path,
-                source: str, trust_model: bool, runs_root: Path) -> PolicySpec:
-    _check_trust(model, trust_model, runs_root)
+                source: str, trust_model: bool) -> PolicySpec:
+    _check_trust(model, stats, trust_model)
     algo, env = _run_config(folder)
     algo = canonical_algo(algo, str(folder / "config.yaml")) if algo else _algo_from_zip(model)
-    if stats is not None:
-        _check_trust(stats, trust_model, runs_root)
     return PolicySpec(label or model_label(folder, model), "model", algo, None, str(model),
-                      str(stats) if stats is not None else "", env, source)
+                      str(stats) if stats is not None else "", env, source, trust_model)
 
 
 class _Where(dict[str, Any]):
@@ -486,17 +580,16 @@ def _split_label(arg: str) -> tuple[str | None, str]:
     return None, arg
 
 
-def parse_policy(arg: str, *, best: bool = False, trust_model: bool = False,
-                 runs_root: str | os.PathLike[str] = "runs") -> PolicySpec:
+def parse_policy(arg: str, *, best: bool = False, trust_model: bool = False) -> PolicySpec:
     """Turn one command-line policy into a checked :class:`PolicySpec`.
 
     ``[LABEL=]SPEC`` with SPEC one of: a run folder (its ``model.zip``, or
     ``best_model.zip`` with ``best``, and the matching VecNormalize stats);
     a ``*.zip`` model; a thresholds ``*.yaml``/``*.yml``/``*.json``;
-    ``heuristic:NAME`` or ``heuristic:NAME:params.yaml``.  Models outside
-    ``runs_root`` need ``trust_model``.  Raises :class:`ConfigError`.
+    ``heuristic:NAME`` or ``heuristic:NAME:params.yaml``.  A model (and its
+    statistics) must be trusted (:func:`_pickled`) unless ``trust_model``,
+    which notes it on stderr.  Raises :class:`ConfigError`.
     """
-    root = Path(runs_root)
     label, spec = _split_label(arg)
     if spec.startswith("heuristic:"):
         name, _, params_path = spec[len("heuristic:"):].partition(":")
@@ -529,10 +622,10 @@ def parse_policy(arg: str, *, best: bool = False, trust_model: bool = False,
             hint = ("drop --best (the run saved no best model)" if best else
                     "is the training still running? (or pass --best for best_model.zip)")
             raise ConfigError(f"{p}: no {model.name} in this run folder; {hint}")
-        return _model_spec(label, model, stats_for(model), p, arg, trust_model, root)
+        return _model_spec(label, model, stats_for(model), p, arg, trust_model)
     suffix = p.suffix.lower()
     if suffix == ".zip":
-        return _model_spec(label, p, stats_for(p), p.parent, arg, trust_model, root)
+        return _model_spec(label, p, stats_for(p), p.parent, arg, trust_model)
     if suffix in (".yaml", ".yml", ".json"):
         record = read_thresholds(p)
         return PolicySpec(label or f"thresholds[{p.stem}]", "thresholds",

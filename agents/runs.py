@@ -18,18 +18,21 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import fcntl
 import importlib
 import json
+import os
 import platform
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from types import TracebackType
 from typing import Any
 
 from .. import __version__
-from ..envs.configio import load_yaml, write_text_atomic
-from ..envs.sim.config import ConfigError
+from ..envs.configio import load_json, load_yaml, write_text_atomic
+from ..envs.sim.config import ConfigError, quote
 
 #: The files that make a folder a run folder.
 RUN_FILES = ("config.yaml", "state.json")
@@ -38,6 +41,74 @@ MODEL_FILES = {"final": ("model.zip", "vecnormalize.pkl"),
                "best": ("best_model.zip", "best_vecnormalize.pkl")}
 #: Separator of the name parts ``<experiment>__<algo>__<seed>__<time>``.
 SEP = "__"
+#: What ``state.json`` may say of a run: being trained, stopped by a signal,
+#: trained (final evaluation pending), done, or failed (training diverged).
+STATUSES = ("running", "interrupted", "trained", "finished", "failed")
+#: Files that only a training run (one seed, or a multi-seed experiment) has.
+TRAINING_MARKERS = ("state.json", "runs.json", "multi_state.json")
+
+
+def is_training_folder(path: Path) -> bool:
+    """Whether ``path`` holds a training run's own files: other commands never
+    write into it, not even with ``--force``."""
+    return path.is_dir() and any((path / name).is_file() for name in TRAINING_MARKERS)
+
+
+class FolderClaim:
+    """An exclusive claim on a folder for this process: an ``flock`` on the
+    folder itself, so that it ends with the process however it ends, and no
+    lock file is left behind.  Worker processes forked while it is held share
+    it.  Claims are reentrant within a process (:func:`claim_folder`)."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self.fd = fd
+        self.depth = 1
+
+    def release(self) -> None:
+        """Give the claim up (the last of nested claims does)."""
+        self.depth -= 1
+        if self.depth == 0:
+            _CLAIMS.pop((os.getpid(), str(self.path)), None)
+            with contextlib.suppress(OSError):
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+
+    def __enter__(self) -> FolderClaim:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.release()
+
+
+_CLAIMS: dict[tuple[int, str], FolderClaim] = {}
+
+
+def claim_folder(path: Path, busy: str) -> FolderClaim:
+    """Claim the existing folder ``path`` for this process, or raise
+    :class:`ConfigError` ``"<path>: <busy>"`` when another process holds it.
+    Atomic: of two processes claiming at once, exactly one gets it."""
+    key = (os.getpid(), os.path.realpath(path))
+    held = _CLAIMS.get(key)
+    if held is not None:
+        held.depth += 1
+        return held
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot open the folder ({exc.strerror or exc})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # Removed and made anew while we waited: the lock would guard nothing.
+        if os.fstat(fd).st_ino != os.stat(path).st_ino:
+            raise BlockingIOError
+    except OSError:
+        os.close(fd)
+        raise ConfigError(f"{path}: {busy}") from None
+    claim = FolderClaim(Path(key[1]), fd)
+    _CLAIMS[key] = claim
+    return claim
 
 
 def stamp() -> str:
@@ -146,16 +217,27 @@ class RunFolder:
                               "pass a folder that scripts/train.py created")
         return load_yaml(self / "config.yaml")
 
+    def claim(self) -> FolderClaim:
+        """Claim this run folder for the process that trains it (see
+        :func:`claim_folder`); :class:`ConfigError` when another one does."""
+        return claim_folder(self.path, "another process is training this run (or resuming "
+                                       "it); wait for it to end")
+
     def read_state(self) -> dict[str, Any]:
-        """``state.json``: status (running, interrupted, trained, finished),
-        steps done, the last checkpoint, timings."""
+        """``state.json``, checked: status (:data:`STATUSES`), steps done and in
+        total, the last checkpoint (a file inside the folder), timings;
+        :class:`ConfigError` naming the damage (one line) otherwise."""
+        path = self / "state.json"
         try:
-            data = json.loads((self / "state.json").read_text())
-        except (OSError, ValueError):
-            raise ConfigError(f"{self / 'state.json'}: unreadable; not a run folder") from None
-        if not isinstance(data, dict) or "status" not in data:
-            raise ConfigError(f"{self / 'state.json'}: not a run state")
-        return data
+            data = load_json(path, "a run's state.json")
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} (state.json of a run folder; is it damaged?)") from None
+        return check_state(data, str(path))
+
+    def checkpoint(self, state: Mapping[str, Any]) -> Path | None:
+        """The checkpoint ``state`` names, as a path inside this folder."""
+        ck = state.get("checkpoint")
+        return None if ck is None else self.path / ck
 
     def write_state(self, **fields: Any) -> dict[str, Any]:
         """Update ``state.json`` with ``fields`` (atomically); returns the new state."""
@@ -176,6 +258,35 @@ class RunFolder:
     def write_json(self, name: str, data: Mapping[str, Any] | list[Any]) -> None:
         """Write ``data`` as indented JSON to ``name`` in this folder (atomically)."""
         write_text_atomic(self / name, json.dumps(data, indent=2) + "\n")
+
+
+def _count_field(state: Mapping[str, Any], key: str, where: str) -> None:
+    value = state.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                              or value < 0):
+        raise ConfigError(f"{where}: {key} is {quote(value)}, expected a count >= 0; the "
+                          "state is damaged")
+
+
+def check_state(data: Any, where: str) -> dict[str, Any]:
+    """``data`` if it is a run state ``train.py`` can act on, else
+    :class:`ConfigError` naming the damaged field (one line)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: not a run state (a JSON object with a status); is this a "
+                          "run folder?")
+    status = data.get("status")
+    if status not in STATUSES:
+        raise ConfigError(f"{where}: status {quote(status)} is not one of {', '.join(STATUSES)}"
+                          "; the state is damaged")
+    for key in ("num_timesteps", "total_timesteps", "seed"):
+        _count_field(data, key, where)
+    ck = data.get("checkpoint")
+    if ck is not None:
+        parts = PurePosixPath(ck).parts if isinstance(ck, str) else ("..",)
+        if not parts or ".." in parts or PurePosixPath(ck).is_absolute():
+            raise ConfigError(f"{where}: checkpoint {quote(ck)} is not a file inside the run "
+                              "folder; the state is damaged")
+    return data
 
 
 def stats_for(model: Path) -> Path | None:

@@ -28,27 +28,27 @@ import os
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import argparse  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from typing import Any  # noqa: E402
+import argparse
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
 
-import gymnasium as gym  # noqa: E402
-import numpy as np  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
+import gymnasium as gym
+import numpy as np
+from rich.console import Console
+from rich.table import Table
 
-import ptreclaim  # noqa: E402,F401  (registers the env ids)
-from ptreclaim.configs import CONFIG_DIR  # noqa: E402
-from ptreclaim.envs.configio import load_scenario, load_suite  # noqa: E402
-from ptreclaim.envs.pagetable_env import EnvConfig, PageTableReclaimEnv  # noqa: E402
-from ptreclaim.envs.sim.machine import MachineConfig  # noqa: E402
-from ptreclaim.envs.sim.pagetable import TASK_SIZE  # noqa: E402
-from ptreclaim.envs.sim.simulator import ScenarioConfig, WorkloadSpec  # noqa: E402
-from ptreclaim.envs.sim.workloads.base import BASE  # noqa: E402
+import ptreclaim  # noqa: F401  (registers the env ids)
+from ptreclaim.configs import CONFIG_DIR
+from ptreclaim.envs.configio import load_scenario, load_suite
+from ptreclaim.envs.pagetable_env import EnvConfig, PageTableReclaimEnv
+from ptreclaim.envs.sim.machine import MachineConfig
+from ptreclaim.envs.sim.pagetable import TASK_SIZE
+from ptreclaim.envs.sim.simulator import ScenarioConfig, WorkloadSpec
+from ptreclaim.envs.sim.workloads.base import BASE
 
 #: Decisions of the hog comparison: 40 decisions of 10 ticks stay below the 512 tables a
 #: 1 GiB mapping holds, so both sizes do the same work.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -201,7 +202,9 @@ class PageTableReclaimEnv(gym.Env[np.ndarray, np.ndarray]):
         self.action_space: spaces.MultiDiscrete = spaces.MultiDiscrete(nvec)
         n_obs = len(OBS_NAMES) + (len(CANDIDATE_NAMES) if self.config.candidate_counts else 0)
         self.observation_space = spaces.Box(-1.0, 1.0, (n_obs,), np.float32)
-        self.sim: Simulation | Any = None
+        self._obs_shape: tuple[int, ...] = (n_obs,)
+        # A Simulation, or the compiled core's FastSimulation (same API).
+        self.sim: Any = None
         # The compiled env step (``backend`` fast) when ``sim`` runs on the compiled core.
         self._core: Any = None
         self._nvec = np.asarray(nvec, dtype=np.int64)
@@ -211,12 +214,45 @@ class PageTableReclaimEnv(gym.Env[np.ndarray, np.ndarray]):
         self._ticks_since_pass = 0
         self._refaults_since_pass = 0
         self._fail_window: list[int] = []
+        self._journal: list[tuple[str, Any]] | None = None
+
+    # -- pickling -------------------------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The reference simulation pickles as it is; the compiled core does not
+        serialise its state, so an env on it pickles its episode's journal (the
+        generator state its reset drew from, then every action) and the copy
+        replays it: the same seed and actions make the same state, bit for bit
+        (``tests/test_env.py::test_env_pickles_and_resumes_identically``)."""
+        state = self.__dict__.copy()
+        if self._core is not None:
+            if self._journal is None:
+                raise TypeError("this env drives a compiled-core simulation attached from "
+                                "outside (attach()); it cannot be pickled -- reset() it first "
+                                "or use env backend 'exact'")
+            state.update(sim=None, _core=None, _last_pass=None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        journal = self._journal
+        if self.sim is not None or not journal:
+            return
+        (_, (rng_state, options)), *calls = journal
+        self.np_random.bit_generator.state = rng_state
+        # reset(seed=None) leaves np_random as it is and draws from it as before.
+        self.reset(options=options)
+        for what, action in calls:
+            (self.step if what == "step" else self.apply_action)(np.asarray(action, np.int64))
 
     # -- gymnasium API --------------------------------------------------------
 
     def reset(self, *, seed: int | None = None,
               options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
+        # What rebuilds this episode on the compiled core when the env is pickled.
+        journal: list[tuple[str, Any]] = [
+            ("reset", (copy.deepcopy(self.np_random.bit_generator.state), options))]
         options = options or {}
         if "scenario" in options:
             idx = int(options["scenario"])
@@ -227,9 +263,10 @@ class PageTableReclaimEnv(gym.Env[np.ndarray, np.ndarray]):
         scenario = self.scenarios[idx]
         rng = np.random.default_rng(int(self.np_random.integers(0, 2**63)))
         self.attach(self._make_sim(scenario, rng))
+        self._journal = journal
         # Let the workloads start before the first decision.
         if self._core is not None:
-            obs = np.empty(self.observation_space.shape, dtype=np.float32)
+            obs = np.empty(self._obs_shape, dtype=np.float32)
             self._core.reset_ticks(obs)
             return obs, self._fast_info({})
         assert self.sim is not None
@@ -255,8 +292,11 @@ class PageTableReclaimEnv(gym.Env[np.ndarray, np.ndarray]):
         if sim is None:
             raise RuntimeError("call reset() before step()")
         if self._core is not None:
-            obs = np.empty(self.observation_space.shape, dtype=np.float32)
-            reward, truncated = self._core.step(self._checked_action(action), obs)
+            obs = np.empty(self._obs_shape, dtype=np.float32)
+            a = self._checked_action(action)
+            if self._journal is not None:
+                self._journal.append(("step", a.tolist()))
+            reward, truncated = self._core.step(a, obs)
             terms = dict(zip(COST_TERMS, self._core.terms.tolist(), strict=True))
             return obs, reward, False, truncated, self._fast_info(terms)
         self.apply_action(action)
@@ -308,7 +348,10 @@ class PageTableReclaimEnv(gym.Env[np.ndarray, np.ndarray]):
         sim = self.sim
         assert sim is not None
         if self._core is not None:
-            if not self._core.apply_action(self._checked_action(action)):
+            a = self._checked_action(action)
+            if self._journal is not None:
+                self._journal.append(("apply", a.tolist()))
+            if not self._core.apply_action(a):
                 return None
             self._last_pass = sim._pass(self._core.last_pass())
             return self._last_pass
@@ -344,6 +387,9 @@ class PageTableReclaimEnv(gym.Env[np.ndarray, np.ndarray]):
         """Drive an existing simulation (``simulate.py`` runs policies this way):
         observations and actions then act on ``sim``."""
         self.sim = sim
+        # A simulation attached from outside cannot be rebuilt by replaying the
+        # env's own calls (reset() starts a new journal after this).
+        self._journal = None
         self._steps = 0
         self._last_pass = None
         self._ticks_since_pass = 0
@@ -366,7 +412,7 @@ class PageTableReclaimEnv(gym.Env[np.ndarray, np.ndarray]):
     def observe(self, recs: list[TickRecord]) -> np.ndarray:
         """The observation after the ticks ``recs`` (public for drivers)."""
         if self._core is not None:
-            obs = np.empty(self.observation_space.shape, dtype=np.float32)
+            obs = np.empty(self._obs_shape, dtype=np.float32)
             lo = recs[0].tick if recs else self.sim.tick_no
             self._core.observe_range(lo, lo + len(recs), obs)
             return obs

@@ -34,6 +34,7 @@ from ptreclaim.agents.stats import (
     stratified_bootstrap,
     summarize,
 )
+from ptreclaim.agents.trust import pickled_files, sign_artifacts
 from ptreclaim.cli.evaluate import main
 from ptreclaim.envs.configio import load_scenario, load_suite, resolve_suite
 from ptreclaim.envs.pagetable_env import COST_TERMS, EnvConfig, PageTableReclaimEnv
@@ -240,6 +241,8 @@ def _train_run(root: Path, name: str = "exp__ppo__0__20250101-000000", steps: in
     for prefix in ("", "best_"):
         model.save(run / f"{prefix}model.zip")
         venv.save(str(run / f"{prefix}vecnormalize.pkl"))
+    # Written here as train.py writes them, so signed as this machine's (docs/trust.md).
+    sign_artifacts(run, pickled_files(run))
     env = {"max_steps": 8, **env_kw}
     # The layout scripts/train.py writes (experiment.algo, experiment.env).
     (run / "config.yaml").write_text(yaml.safe_dump(
@@ -277,8 +280,9 @@ def test_trained_run_folder_is_evaluated_with_its_normalisation(
 
 # ----------------------------------------------------------------- bad input
 
-def _bare_model(path: Path, algo: str = "ppo", **env_kw: Any) -> Path:
-    """An untrained model saved at ``path`` (no run config next to it)."""
+def _bare_model(path: Path, algo: str = "ppo", sign: bool = True, **env_kw: Any) -> Path:
+    """An untrained model saved at ``path`` (no run config next to it),
+    signed as this machine's unless not ``sign``."""
     from sb3_contrib import MaskablePPO
     from stable_baselines3 import A2C, PPO
 
@@ -291,6 +295,8 @@ def _bare_model(path: Path, algo: str = "ppo", **env_kw: Any) -> Path:
                               EnvConfig(**env_kw))
     path.parent.mkdir(parents=True, exist_ok=True)
     cls("MlpPolicy", env, n_steps=64, device="cpu", policy_kwargs={"net_arch": [8]}).save(path)
+    if sign:
+        sign_artifacts(path.parent, [path])
     return path
 
 
@@ -305,9 +311,10 @@ def _bad_inputs(tmp: Path, suite: Path) -> dict[str, tuple[list[str], str]]:
     corrupt = tmp / "runs" / "corrupt__ppo__0__1"
     corrupt.mkdir(parents=True)
     (corrupt / "model.zip").write_bytes(b"PK\x03\x04 not really a zip")
+    sign_artifacts(corrupt, [corrupt / "model.zip"])  # trusted, but damaged
     _bare_model(tmp / "runs" / "obs__ppo__0__1" / "model.zip", candidate_counts=True)
     _bare_model(tmp / "runs" / "act__ppo__0__1" / "model.zip", hard_limit_action=False)
-    _bare_model(tmp / "elsewhere" / "x" / "model.zip")
+    _bare_model(tmp / "elsewhere" / "x" / "model.zip", sign=False)
     existing = tmp / "existing"
     existing.mkdir()
     (existing / "report.md").write_text("keep me\n")
@@ -326,7 +333,8 @@ def _bad_inputs(tmp: Path, suite: Path) -> dict[str, tuple[list[str], str]]:
         "corrupt zip": (["runs/corrupt__ppo__0__1", *s], "cannot load"),
         "observation space": (["runs/obs__ppo__0__1", *s], "observations of shape (42,)"),
         "action space": (["runs/act__ppo__0__1", *s], "trained for actions"),
-        "untrusted model": ([str(tmp / "elsewhere" / "x" / "model.zip"), *s], "--trust-model"),
+        "untrusted model": ([str(tmp / "elsewhere" / "x" / "model.zip"), *s],
+                            "not trusted: no trust.json next to it"),
         "no best model": (["--best", str(corrupt), *s], "no best_model.zip"),
         "existing output": ([*s, "--out", str(existing)], "--force"),
         "bad episodes": (["--episodes", "0", "--suite", str(suite)], "--episodes"),
@@ -355,13 +363,13 @@ def test_each_bad_input_is_one_line_and_exit_status_2(
     assert (tmp_path / "existing" / "report.md").read_text() == "keep me\n"
 
 
-def test_trust_model_allows_a_model_outside_runs(tmp_path: Path, suite: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_trust_model_allows_an_unsigned_model(tmp_path: Path, suite: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    model = _bare_model(tmp_path / "elsewhere" / "y" / "model.zip", "a2c")
+    model = _bare_model(tmp_path / "elsewhere" / "y" / "model.zip", "a2c", sign=False)
     spec = parse_policy(str(model), trust_model=True)
     assert spec.kind == "model" and spec.name == "a2c" and not spec.vecnormalize
-    masked = _bare_model(tmp_path / "elsewhere" / "z" / "model.zip", "maskable_ppo")
+    masked = _bare_model(tmp_path / "elsewhere" / "z" / "model.zip", "maskable_ppo", sign=False)
     assert parse_policy(str(masked), trust_model=True).name == "maskable_ppo"
     results, timelines = evaluate_specs([heuristic_spec("none"), spec, oracle_spec()],
                                         load_suite(suite)[:1], 1, 0, EnvConfig())
@@ -375,7 +383,7 @@ def test_script_reports_bad_input_without_traceback(tmp_path: Path) -> None:
                            "heuristic:nope", "--out", str(tmp_path / "o")],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 2
-    assert proc.stderr.startswith("evaluate.py: heuristic:nope: unknown heuristic")
+    assert proc.stderr.startswith("evaluate.py: error: heuristic:nope: unknown heuristic")
     assert len(proc.stderr.strip().splitlines()) == 1
 
 

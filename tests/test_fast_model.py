@@ -4,22 +4,29 @@ Every op script of the kernel corpus and 500 generated ones (every family, a THP
 both the 6.14+ on-zap reclaim and older kernels) replays on both models; after every op
 the outcome (VmPTE delta, failure, maps) and the whole state -- VMAs with their flags,
 files, anon_vmas and userfaultfd contexts, every table's entries, huge state, class and
-RSS, the PMD/PUD tables, the counters and the reclaim bookkeeping -- must be identical.
+RSS, the PMD/PUD tables, the file THP PMDs and every mapped file's shmem page cache and
+huge chunks (R24), the counters and the reclaim bookkeeping -- must be identical.
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
+from ptreclaim.envs.configio import load_scenario
 from ptreclaim.envs.kernel import scriptgen
-from ptreclaim.envs.sim.fast._fast import FastAddressSpace
-from ptreclaim.envs.sim.fast.check import canonical_state, replay_both
+from ptreclaim.envs.sim.fast._fast import FastAddressSpace, FastBackingFile
+from ptreclaim.envs.sim.fast.check import _fast_proc_state, canonical_state, replay_both
+from ptreclaim.envs.sim.fast.simulation import FastSimulation
 from ptreclaim.envs.sim.opscript import parse_file, parse_text
-from ptreclaim.envs.sim.pagetable import AddressSpace, TableClass
+from ptreclaim.envs.sim.pagetable import AddressSpace, BackingFile, TableClass
 
-KERNEL = sorted((Path(__file__).parent / "data" / "kernel").glob("*.script"))
+ROOT = Path(__file__).resolve().parents[1]
+KERNEL = sorted((ROOT / "tests" / "data" / "kernel").glob("*.script"))
 
 
 @pytest.mark.parametrize("path", KERNEL, ids=[p.stem for p in KERNEL])
@@ -68,3 +75,58 @@ def test_reclaim_table_and_errors_match() -> None:
     assert canonical_state(ref) == canonical_state(fast)
     assert ref.munmap(3, 4096) == fast.munmap(3, 4096) == "EINVAL"
     assert ref.madvise(0, 4096, "DONTNEED") == fast.madvise(0, 4096, "DONTNEED") == "ENOMEM"
+
+
+def test_clone_copies_file_state() -> None:
+    """The offline oracle's copy (SimCore.clone: AddressSpace::clone and copy_file) keeps
+    every file's shmem page cache (R24), files shared by several processes stay shared,
+    and the copy runs the same future."""
+    scenario = load_scenario(ROOT / "configs" / "scenarios" / "virtio_mem_shmem.yaml")
+    sim = FastSimulation(scenario, np.random.default_rng(3))
+    for _ in range(160):  # the shared_file readers start at tick 150
+        sim.step()
+    twin = copy.deepcopy(sim)
+
+    def states(s: FastSimulation) -> list[dict[str, Any]]:
+        return [_fast_proc_state(s, i) for i in range(len(s.procs))]
+
+    def file_keys(s: FastSimulation) -> list[tuple[int, Any]]:
+        """(process, file identity) of every VMA."""
+        return [(i, v[4]) for i in range(len(s.procs)) for v in s.core.proc_state(i)["vmas"]]
+
+    before = states(sim)
+    assert any(f[2] for st in before for f in st["files"]), "no cached shmem page to copy"
+    assert states(twin) == before
+    # One copy per file: the copy's file of each VMA, across all processes, is a function
+    # of the original's (and the copies are distinct from the originals).
+    keys, twin_keys = file_keys(sim), file_keys(twin)
+    pairs = {(a[1], b[1]) for a, b in zip(keys, twin_keys, strict=True) if a[1] is not None}
+    assert len({a for a, _ in pairs}) == len(pairs) == len({b for _, b in pairs}) > 1
+    assert {a for a, _ in pairs}.isdisjoint({b for _, b in pairs})
+    procs_of: dict[Any, set[int]] = {}
+    for i, key in keys:
+        procs_of.setdefault(key, set()).add(i)
+    assert any(len(p) > 1 for k, p in procs_of.items() if k is not None), \
+        "no file is mapped by two processes: sharing is not tested"
+    for _ in range(40):
+        assert twin.step() == sim.step()
+        assert states(twin) == states(sim)
+
+
+def test_file_thp_views_match() -> None:
+    """FastAddressSpace.file_thp and FastBackingFile.cache/huge read what the reference
+    holds (R24): a collapsed chunk mapped by a PMD, and a partly cached one."""
+    base = 1 << 40
+    views = []
+    models: list[tuple[Any, Any]] = [
+        (AddressSpace(thp_disabled=False), BackingFile("shmem", 64 << 20)),
+        (FastAddressSpace(thp_disabled=False), FastBackingFile("shmem", 64 << 20))]
+    for mm, f in models:
+        assert mm.mmap(base, 8 << 20, kind="shmem", shared=True, file=f) is None
+        assert mm.touch(base + (2 << 20) + 4096, 3 * 4096, False, 8192) is None
+        assert mm.madvise(base, 2 << 20, "COLLAPSE") == "EINVAL"  # chunk 0: nothing cached
+        assert mm.madvise(base + (2 << 20), 2 << 20, "COLLAPSE") is None
+        views.append((sorted(mm.file_thp), {c: bytes(p) for c, p in f.cache.items()},
+                      sorted(f.huge)))
+    assert views[0] == views[1]
+    assert views[0][0] == [(base >> 21) + 1] and views[0][2] == [1]

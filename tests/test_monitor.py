@@ -30,6 +30,7 @@ import pytest
 from ptreclaim.agents import advisor
 from ptreclaim.agents.heuristics import make_rule
 from ptreclaim.agents.loading import parse_policy
+from ptreclaim.agents.trust import MANIFEST, sign_artifacts
 from ptreclaim.envs import features
 from ptreclaim.envs.features import OBS_NAMES
 from ptreclaim.envs.host import sample as hostsample
@@ -655,7 +656,8 @@ def test_learned_policy_from_a_run_folder(tmp_path: Path) -> None:
     PPO("MlpPolicy", venv, n_steps=8, batch_size=8, seed=0, device="cpu").save(
         run / "model.zip")
     venv.save(str(run / "vecnormalize.pkl"))
-    live = advisor.load_policy(str(run), runs_root=str(runs))
+    sign_artifacts(run, [run / "model.zip", run / "vecnormalize.pkl"])  # as train.py does
+    live = advisor.load_policy(str(run))
     assert live.spec.kind == "model" and live.spec.vecnormalize
     obs = np.full(len(OBS_NAMES), 0.1, dtype=np.float32)
     obs[OBS_NAMES.index("pt_frac")] = 0.9
@@ -666,9 +668,10 @@ def test_learned_policy_from_a_run_folder(tmp_path: Path) -> None:
     assert len(advice.action) == 5 and advice.depth in advisor.DEPTH_NAMES
     if advice.target == "process":
         assert advice.pid == os.getpid()
-    # Outside runs/ a model needs --trust-model (it holds pickles).
-    with pytest.raises(ConfigError, match="--trust-model"):
-        advisor.load_policy(str(run), runs_root=str(tmp_path / "elsewhere"))
+    # A model this machine did not sign needs --trust-model (it holds pickles).
+    (run / MANIFEST).unlink()
+    with pytest.raises(ConfigError, match=r"not trusted.*--trust-model"):
+        advisor.load_policy(str(run))
 
 
 def _obs_for(procs: list[hostsample.ProcSample], zone_pages: int) -> np.ndarray:

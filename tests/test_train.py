@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from ptreclaim.agents import loading
+from ptreclaim.agents.runs import RunFolder
 from ptreclaim.agents.training import callbacks, config, hyperparams, runconfig
 from ptreclaim.envs.configio import load_scenario
 from ptreclaim.envs.pagetable_env import OBS_NAMES, EnvConfig, PageTableReclaimEnv
@@ -187,7 +188,7 @@ def test_save_load_round_trip_gives_identical_actions(runs: dict[str, Any]) -> N
     run_dir = only_run(runs["dir"] / "ppo")
     model = loading.load_model(run_dir / "model.zip", "ppo", ENV_CONFIG)
     path = runs["dir"] / "roundtrip.zip"
-    callbacks.save_model(model, path)
+    callbacks.save_model(model, RunFolder(runs["dir"]), path)
     again = loading.load_model(path, "ppo", ENV_CONFIG)
     np.testing.assert_array_equal(model.predict(obs, deterministic=True)[0],
                                   again.predict(obs, deterministic=True)[0])
@@ -333,7 +334,7 @@ def test_bad_input_is_one_error_line_and_status_2(tiny: Path, bad_results: dict[
     assert rc == 2, (out, err)
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
-    assert lines[0].startswith("error: ") and expected in lines[0], lines[0]
+    assert lines[0].startswith("train.py: error: ") and expected in lines[0], lines[0]
     assert "Traceback" not in err
     # Nothing was created for a run that never started.
     assert not (tiny / "bad_out").exists() or not any((tiny / "bad_out").iterdir())
@@ -341,7 +342,8 @@ def test_bad_input_is_one_error_line_and_status_2(tiny: Path, bad_results: dict[
 
 def test_model_from_another_env_is_refused(runs: dict[str, Any], tmp_path: Path) -> None:
     """A checkpoint swapped for a model of another env (other observation
-    space) or another algorithm: one error line, nothing overwritten."""
+    space, signed as this machine's) or for a file this run did not write
+    (another run's model): one error line, nothing overwritten."""
     copies = runs["dir"] / "stopped_copy"
     if not copies.exists():
         pytest.skip("needs the stopped run of test_resume_continues_the_step_count")
@@ -353,7 +355,8 @@ def test_model_from_another_env_is_refused(runs: dict[str, Any], tmp_path: Path)
     scen = load_scenario(runs["dir"] / "tiny.yaml")
     other = PPO("MlpPolicy", PageTableReclaimEnv([scen], EnvConfig(candidate_counts=True)),
                 n_steps=16, batch_size=16, seed=0, device="cpu")
-    for name, make in (("other_env", lambda p: callbacks.save_model(other, p)),
+    for name, make in (("other_env", lambda p: callbacks.save_model(other, RunFolder(p.parents[1]),
+                                                                   p)),
                        ("other_algo", lambda p: shutil.copy(
                            only_run(runs["dir"] / "dqn") / "model.zip", p))):
         run_dir = tmp_path / name
@@ -364,8 +367,9 @@ def test_model_from_another_env_is_refused(runs: dict[str, Any], tmp_path: Path)
         rc, _, err = run(["--resume", str(run_dir)])
         assert rc == 2, err
         lines = err.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: "), err
-        assert ("from another env" in err) if name == "other_env" else ("cannot load" in err)
+        assert len(lines) == 1 and lines[0].startswith("train.py: error: "), err
+        assert ("from another env" in err) if name == "other_env" else (
+            "changed after it was written" in err)
         assert sorted(p.name for p in run_dir.rglob("*")) == before
 
 

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from ... import __version__
-from ...envs.configio import write_text_atomic
+from ...envs.configio import load_json, write_text_atomic
 from ...envs.pagetable_env import EnvConfig, PageTableReclaimEnv
-from ...envs.sim.config import to_dict
+from ...envs.sim.config import ConfigError, to_dict
 from ...envs.sim.simulator import ScenarioConfig
 from ..heuristics import make_heuristic
 from ..results import EpisodeResult
@@ -109,7 +109,7 @@ def baseline_results(names: Sequence[str], scenarios: Sequence[ScenarioConfig], 
 def _cached(path: Path) -> list[EpisodeResult]:
     """Results stored by :func:`baseline_results`, or [] when absent/unreadable."""
     try:
-        return [EpisodeResult(**r) for r in json.loads(path.read_text())]
-    except (OSError, ValueError, TypeError):
+        return [EpisodeResult(**r) for r in load_json(path)]
+    except (ConfigError, OSError, ValueError, TypeError):
         return []
 

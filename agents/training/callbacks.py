@@ -3,7 +3,10 @@ best-model saving, checkpoints, stop requests, cost-term logging, progress.
 
 Everything is written atomically into the run folder
 (:class:`~ptreclaim.agents.runs.RunFolder`), so a run stopped at any moment
-resumes from its last checkpoint.
+resumes from its last checkpoint; every pickled file is signed as it is
+written (:func:`~ptreclaim.agents.loading.write_pickled`), so that later
+loads trust it.  A model whose weights turned NaN or inf is never saved
+(:class:`TrainingDiverged`): the last checkpoint stays the last good one.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import numpy as np
 from ...envs.configio import write_text_atomic
 from ...envs.pagetable_env import COST_TERMS
 from ..interrupts import request_stop, stop_requested
-from ..loading import as_policy
+from ..loading import as_policy, write_pickled
 from ..rollout import run_policies
 from ..runs import RunFolder
 from .config import ExperimentConfig, Scenarios
@@ -37,37 +40,54 @@ if TYPE_CHECKING:
 STOP_AT_ENV = "PTRECLAIM_TRAIN_STOP_AT"
 
 
-def save_model(model: BaseAlgorithm, path: Path) -> None:
-    """Save an SB3 model to ``path`` atomically."""
+class TrainingDiverged(Exception):
+    """The model's weights hold NaN or inf (a learning rate too high, an
+    exploding loss): training stops, and nothing of this model is saved."""
+
+
+def check_finite(model: BaseAlgorithm) -> None:
+    """Raise :class:`TrainingDiverged` when a weight of ``model`` is NaN or inf."""
+    import torch
+
+    for name, param in model.policy.named_parameters():
+        if not bool(torch.isfinite(param).all()):
+            raise TrainingDiverged(f"the weights went NaN or inf ({name})")
+
+
+def save_model(model: BaseAlgorithm, run: RunFolder, path: Path) -> None:
+    """Save an SB3 model to ``path`` in ``run`` atomically, signed; never a
+    diverged one (:class:`TrainingDiverged`)."""
+    check_finite(model)
     buf = io.BytesIO()
     model.save(buf)
-    write_text_atomic(path, buf.getvalue())
+    write_pickled(run.path, path, buf.getvalue())
 
 
-def save_stats(venv: VecEnv, path: Path) -> None:
-    """Save ``venv``'s VecNormalize statistics to ``path`` (nothing when it
-    does not normalise)."""
+def save_stats(venv: VecEnv, run: RunFolder, path: Path) -> None:
+    """Save ``venv``'s VecNormalize statistics to ``path`` in ``run``, signed
+    (nothing when it does not normalise)."""
     from stable_baselines3.common.vec_env import VecNormalize
 
     if isinstance(venv, VecNormalize):
         # VecNormalize pickles without its envs (see its __getstate__).
-        write_text_atomic(path, pickle.dumps(venv))
+        write_pickled(run.path, path, pickle.dumps(venv))
 
 
 def save_checkpoint(model: BaseAlgorithm, run: RunFolder, n: int, total: int) -> Path:
     """``checkpoints/model_<n>_steps.zip`` with its VecNormalize statistics
-    (and the replay buffer for off-policy algorithms); records it in state.json."""
+    (and the replay buffer for off-policy algorithms), signed; records it in
+    state.json last, so that the state never names a partial checkpoint."""
     ck = run / "checkpoints"
     ck.mkdir(exist_ok=True)
     path = ck / f"model_{n}_steps.zip"
-    save_model(model, path)
+    save_model(model, run, path)
     venv = model.get_env()
     if venv is not None:
-        save_stats(venv, ck / f"vecnormalize_{n}_steps.pkl")
+        save_stats(venv, run, ck / f"vecnormalize_{n}_steps.pkl")
     if hasattr(model, "replay_buffer") and getattr(model, "replay_buffer", None) is not None:
         buf = io.BytesIO()
         model.save_replay_buffer(buf)  # type: ignore[attr-defined]
-        write_text_atomic(ck / f"replay_buffer_{n}_steps.pkl", buf.getvalue())
+        write_pickled(run.path, ck / f"replay_buffer_{n}_steps.pkl", buf.getvalue())
     run.write_state(num_timesteps=n, total_timesteps=total,
                     checkpoint=str(path.relative_to(run.path)))
     return path
@@ -137,6 +157,8 @@ def make_callback(run: RunFolder, exp: ExperimentConfig, scen: Scenarios, total:
             return not stop_requested()
 
         def _on_rollout_end(self) -> None:
+            # Before the next rollout turns NaN weights into a torch error far from the cause.
+            check_finite(self.model)
             if self.term_n:
                 for k in COST_TERMS:
                     self.logger.record(f"cost_terms/{k}", self.term_sums[k] / self.term_n)
@@ -187,9 +209,9 @@ def make_callback(run: RunFolder, exp: ExperimentConfig, scen: Scenarios, total:
             self.logger.record("eval/mean_reward", mean)
             if mean > self.best:
                 self.best = mean
-                save_model(self.model, run / "best_model.zip")
+                save_model(self.model, run, run / "best_model.zip")
                 if vn is not None:
-                    save_stats(vn, run / "best_vecnormalize.pkl")
+                    save_stats(vn, run, run / "best_vecnormalize.pkl")
                 run.write_state(best_timesteps=n, best_mean_cost=-mean)
             if progress is None and not stop_requested():
                 # Once stopping, the run's only line is the one saying so.

@@ -19,13 +19,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import gymnasium as gym
-import yaml
 
 from ...configs import CONFIG_DIR
-from ...envs.configio import load_yaml, resolve_suite
+from ...envs.configio import LIMITS, load_yaml, parse_yaml, resolve_suite
 from ...envs.pagetable_env import EnvConfig
 from ...envs.registration import DEFAULT_ID
-from ...envs.sim.config import ConfigError, build, check_range, did_you_mean, to_dict
+from ...envs.sim.config import (
+    ConfigError,
+    build,
+    check_range,
+    clip,
+    did_you_mean,
+    quote,
+    to_dict,
+)
 from ...envs.sim.simulator import ScenarioConfig
 from ..heuristics import HEURISTICS
 from ..loading import ALGOS
@@ -166,19 +173,27 @@ def default_experiment_path() -> Path:
 
 
 def coerce_number(value: Any) -> Any:
-    """YAML 1.1 reads ``1e-3`` as a string; take numeric strings as numbers."""
+    """YAML 1.1 reads ``1e-3`` as a string; take numeric strings as numbers.
+    An integer of more digits than the input limits allow is a
+    :class:`ConfigError` (never an ``OverflowError``)."""
     if isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", value):
-        f = float(value)
-        return int(f) if re.fullmatch(r"[-+]?\d+", value) else f
+        if re.fullmatch(r"[-+]?\d+", value):
+            digits = len(value.lstrip("+-"))
+            if digits > LIMITS.int_digits:
+                raise ConfigError(f"{quote(value)}: an integer of {digits} digits (at most "
+                                  f"{LIMITS.int_digits}); give a smaller number")
+            return int(value)
+        return float(value)
     return value
 
 
 def _parse_value(raw: str) -> Any:
-    """A typed ``--set`` value: YAML scalars and flow lists/maps, never eval."""
+    """A typed ``--set`` value: YAML scalars and flow lists/maps, never eval,
+    within the input limits of every YAML reader."""
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        raise TrainError(f"cannot parse {raw!r} as a YAML value") from None
+        value = parse_yaml(raw, "the value") if raw.strip() else ""
+    except ConfigError as exc:
+        raise TrainError(str(exc)) from None
     return coerce_number(value)
 
 
@@ -245,11 +260,12 @@ def load_experiment(path: Path | None, sets: Sequence[tuple[str, str]] = ()
     exp = build(ExperimentConfig, data, p.name)
     for label, item in sets:
         if "=" not in item:
-            raise TrainError(f"{label} {item!r}: expected key=value (e.g. env.decision_ticks=20)")
+            raise TrainError(f"{label} {quote(item)}: expected key=value (e.g. "
+                             "env.decision_ticks=20)")
         key, raw = item.split("=", 1)
         key = key.strip()
         # `--set k=v` names the item; a flag (`--algo x`) arrives with its own label.
-        where = f"{label} {item}" if label == "--set" else label
+        where = f"{label} {clip(item)}" if label == "--set" else label
         try:
             value = _parse_value(raw)
         except TrainError as exc:

@@ -85,7 +85,7 @@ class FastVecEnv(VecEnv):
         self._ep_return += self._rewards
         self._ep_len += 1
         dones = self._trunc.astype(bool)
-        for i in np.flatnonzero(dones):
+        for i in map(int, np.flatnonzero(dones)):
             env = self.envs[i]
             ep_r = float(self._ep_return[i])
             infos[i] = {

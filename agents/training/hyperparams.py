@@ -10,6 +10,7 @@ did-you-mean hint, keys the pipeline sets itself are refused, and
 from __future__ import annotations
 
 import inspect
+import math
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 
 from ...configs import CONFIG_DIR
 from ...envs.configio import load_yaml
-from ...envs.sim.config import ConfigError, did_you_mean
+from ...envs.sim.config import ConfigError, did_you_mean, quote
 from ..loading import algo_class
 from .config import ExperimentConfig, coerce_number
 
@@ -58,10 +59,26 @@ def load_hyperparams(exp: ExperimentConfig) -> dict[str, Any]:
     return hp
 
 
+def _check_finite(value: Any, where: str) -> None:
+    """No inf or nan anywhere in a hyperparameter (lists and mappings too):
+    training would only turn them into NaN weights much later."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}: {quote(value)} is not a finite number; give a finite "
+                          "value")
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            _check_finite(v, f"{where}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_finite(v, f"{where}[{i}]")
+
+
 def validate_hyperparams(algo: str, hp: Mapping[str, Any], where: str) -> None:
-    """Reject unknown keys (with a hint), pipeline-owned keys and bad schedules."""
+    """Reject unknown keys (with a hint), pipeline-owned keys, values that
+    are not finite and bad schedules."""
     allowed = _algo_params(algo)
     for key, value in hp.items():
+        _check_finite(value, f"{where}.{key}")
         if key in PIPELINE_KEYS:
             raise ConfigError(f"{where}.{key}: set by the pipeline, not a hyperparameter "
                               "(seeds: --seed; logs: the run folder)")
@@ -70,24 +87,32 @@ def validate_hyperparams(algo: str, hp: Mapping[str, Any], where: str) -> None:
                               f"{did_you_mean(key, allowed)}")
         if isinstance(value, str) and key != "policy":
             if key not in SCHEDULE_KEYS:
-                raise ConfigError(f"{where}.{key}: expected a number, got {value!r}")
+                raise ConfigError(f"{where}.{key}: expected a number, got {quote(value)}")
             _schedule(value, f"{where}.{key}")
         if key == "policy_kwargs":
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{where}.policy_kwargs: expected a mapping")
             act = value.get("activation_fn")
             if act is not None and act not in ACTIVATIONS:
-                raise ConfigError(f"{where}.policy_kwargs.activation_fn: {act!r} is not one of "
-                                  f"{', '.join(ACTIVATIONS)}{did_you_mean(str(act), ACTIVATIONS)}")
+                raise ConfigError(f"{where}.policy_kwargs.activation_fn: {quote(act)} is not one "
+                                  f"of {', '.join(ACTIVATIONS)}"
+                                  f"{did_you_mean(str(act), ACTIVATIONS)}")
 
 
 def _schedule(value: str, where: str) -> Callable[[float], float]:
     """``lin_<x>``: x at the start, decaying linearly to 0 at the end."""
     m = re.fullmatch(r"lin_(.+)", value)
-    start = coerce_number(m.group(1)) if m else None
+    try:
+        start = coerce_number(m.group(1)) if m else None
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
     if not isinstance(start, (int, float)) or isinstance(start, bool):
-        raise ConfigError(f"{where}: {value!r} is not a number nor a schedule like 'lin_3e-4'")
+        raise ConfigError(f"{where}: {quote(value)} is not a number nor a schedule like "
+                          "'lin_3e-4'")
     x = float(start)
+    if not math.isfinite(x):
+        raise ConfigError(f"{where}: {quote(value)} does not start at a finite number; give "
+                          "one like 'lin_3e-4'")
 
     def linear(progress_remaining: float) -> float:
         return progress_remaining * x

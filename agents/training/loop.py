@@ -7,7 +7,11 @@ straight to the final evaluation, in which the final and best models meet
 every fixed heuristic and the oracle bound on the same seeded held-out
 episodes.  A stop request (:mod:`ptreclaim.agents.interrupts`, ``flag``
 mode) ends training at the next step with a checkpoint, or the final
-evaluation at the next episode; the run stays resumable either way.
+evaluation at the next episode; the run stays resumable either way.  A run
+whose weights turn NaN or inf stops at once, is marked ``failed`` with the
+reason in ``state.json``, and keeps its last good checkpoint.  The process
+that trains a run holds its folder (:meth:`RunFolder.claim`): a second one
+is refused.
 """
 
 from __future__ import annotations
@@ -20,16 +24,32 @@ import shlex
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ...envs.configio import write_text_atomic
+from ...envs.sim.config import quote
 from ..interrupts import signal_name, stop_requested
-from ..loading import algo_class, load_model, load_replay_buffer
+from ..loading import (
+    algo_class,
+    load_model,
+    load_replay_buffer,
+    load_vecnormalize,
+    verify_pickled,
+    write_pickled,
+)
 from ..report import progress_display
 from ..runs import RunFolder
 from ..stats import paired_difference_ci, summarize
 from .baselines import baseline_results, run_with_ticks
-from .callbacks import make_callback, save_checkpoint, save_model, save_stats
+from .callbacks import (
+    TrainingDiverged,
+    check_finite,
+    make_callback,
+    save_checkpoint,
+    save_model,
+    save_stats,
+)
 from .config import TrainError
 from .hyperparams import materialize
 from .report import plot_cost_terms, plot_learning_curve, print_tables, run_report
@@ -58,6 +78,11 @@ class Output:
         with contextlib.suppress(OSError, ValueError):
             self.console.file.flush()
 
+    def error(self, msg: str) -> None:
+        """One error line on stderr, as the command line prints bad input."""
+        tool = Path(sys.argv[0]).name or "train.py"
+        print(f"{tool}: error: {self.label}{msg}", file=sys.stderr, flush=True)
+
     def stopped(self, what: str, kept: str, run: RunFolder) -> int:
         """Report a stop request that ended ``what`` (one line); returns the
         exit status, 128 + the signal."""
@@ -81,19 +106,81 @@ class _FinalEvalStopped(Exception):
 
 
 def train_run(run: RunFolder, cfg: RunConfig, out: Output, resume: bool = False) -> int:
-    """Train (or continue) one seed in ``run``, then evaluate and report."""
+    """Train (or continue) one seed in ``run``, then evaluate and report;
+    the run folder is claimed for this process meanwhile."""
     import torch
 
+    with run.claim():
+        exp = cfg.experiment
+        torch.set_num_threads(exp.torch_threads)
+        state = run.read_state()
+        if state["status"] == "failed":
+            check_resumable(run, state)
+        total = exp.timesteps
+        done = int(state.get("num_timesteps") or 0)
+        if state["status"] in ("running", "interrupted") and done < total:
+            code = _train(run, cfg, out, resume, state)
+            if code:
+                return code
+        return _finish(run, cfg, out)
+
+
+def _resume_files(run: RunFolder, state: dict[str, Any]) -> tuple[Path, Path, Path] | None:
+    """(model, VecNormalize statistics, replay buffer) of the checkpoint a
+    resume continues from, or None when the run has none."""
+    ck = run.checkpoint(state)
+    if ck is None:
+        return None
+    n = int(state.get("num_timesteps") or 0)
+    return (ck, run / "checkpoints" / f"vecnormalize_{n}_steps.pkl",
+            run / "checkpoints" / f"replay_buffer_{n}_steps.pkl")
+
+
+def check_resumable(run: RunFolder, state: dict[str, Any]) -> None:
+    """Refuse a run that has nothing left to do (finished) or must not go on
+    (failed): :class:`TrainError`."""
+    if state["status"] == "finished":
+        raise TrainError(f"{run}: this run is finished (see its report.md); start a new one")
+    if state["status"] == "failed":
+        raise TrainError(f"{run}: this run failed ({quote(state.get('error'))}); start a new "
+                         "one with other hyperparameters")
+
+
+def check_resume(run: RunFolder, cfg: RunConfig, state: dict[str, Any]) -> None:
+    """Everything ``--resume`` will load, checked before any work starts:
+    one line (:class:`TrainError`) for each way a run folder can be damaged
+    or untrusted (see :func:`ptreclaim.agents.loading._pickled`)."""
     exp = cfg.experiment
-    torch.set_num_threads(exp.torch_threads)
-    state = run.read_state()
-    total = exp.timesteps
-    done = int(state.get("num_timesteps", 0))
-    if state["status"] in ("running", "interrupted") and done < total:
-        code = _train(run, cfg, out, resume, state)
-        if code:
-            return code
-    return _finish(run, cfg, out)
+    status = state["status"]
+    check_resumable(run, state)
+    if state.get("seed") is not None and state["seed"] != cfg.seed:
+        raise TrainError(f"{run / 'state.json'}: seed {state['seed']} differs from config.yaml's "
+                         f"{cfg.seed}; the run folder is damaged")
+    if status == "trained":
+        for which in ("final", "best"):
+            model, stats = run.model_files(which)
+            if which == "final" or model.is_file():
+                load_model(model, exp.algo, exp.env)
+                if stats.is_file():
+                    load_vecnormalize(stats)
+        return
+    files = _resume_files(run, state)
+    if files is None:
+        if state.get("num_timesteps"):
+            raise TrainError(f"{run}: no checkpoint to resume from (state.json names none)")
+        return
+    model, stats, buffer = files
+    if not model.is_file():
+        raise TrainError(f"{model}: the checkpoint state.json names is missing; resume from "
+                         "another run or start a new one")
+    load_model(model, exp.algo, exp.env)
+    if (exp.normalize.obs or exp.normalize.reward) and not stats.is_file():
+        raise TrainError(f"{stats}: missing; cannot resume without the checkpoint's "
+                         "normalisation statistics")
+    if stats.is_file():
+        load_vecnormalize(stats)
+    if buffer.is_file():
+        verify_pickled(buffer, "replay buffer")
 
 
 def _train(run: RunFolder, cfg: RunConfig, out: Output, resume: bool,
@@ -103,11 +190,11 @@ def _train(run: RunFolder, cfg: RunConfig, out: Output, resume: bool,
     policy, kwargs = materialize(exp.algo, hp)
     gamma = float(hp.get("gamma", 0.99))
     cls = algo_class(exp.algo)
-    ckpt = state.get("checkpoint") if resume else None
-    if ckpt:
-        ck_path = run / ckpt
-        n = int(state["num_timesteps"])
-        stats = run / "checkpoints" / f"vecnormalize_{n}_steps.pkl"
+    files = _resume_files(run, state) if resume else None
+    ckpt = files is not None
+    if files is not None:
+        ck_path, stats, rb = files
+        n = int(state.get("num_timesteps") or 0)
         if (exp.normalize.obs or exp.normalize.reward) and not stats.is_file():
             raise TrainError(f"{stats}: missing; cannot resume without the checkpoint's "
                              "normalisation statistics")
@@ -117,7 +204,6 @@ def _train(run: RunFolder, cfg: RunConfig, out: Output, resume: bool,
                             stats if stats.is_file() else None)
         model.set_env(venv)
         model.set_random_seed(seed + n)
-        rb = run / "checkpoints" / f"replay_buffer_{n}_steps.pkl"
         if rb.is_file() and hasattr(model, "load_replay_buffer"):
             load_replay_buffer(model, rb)
         out.echo(f"{out.label}resuming {run.name} at step {n}/{total}")
@@ -142,6 +228,7 @@ def _train(run: RunFolder, cfg: RunConfig, out: Output, resume: bool,
     if progress is None:
         out.echo(f"{out.label}training {exp.algo} seed {seed}: {remaining} steps "
                  f"({exp.n_envs} envs) -> {run}")
+    diverged = None
     # Everything built so far (torch, SB3, the model) lives for the whole run: freezing it
     # keeps the garbage collector from walking those ~200k objects again in every full
     # collection (measured: PPO with the batched env trains ~15-20 % faster).
@@ -151,11 +238,31 @@ def _train(run: RunFolder, cfg: RunConfig, out: Output, resume: bool,
         with progress if progress is not None else contextlib.nullcontext():
             model.learn(remaining, callback=cb, tb_log_name=exp.algo,
                         reset_num_timesteps=not ckpt, progress_bar=False)
+    except TrainingDiverged as exc:
+        diverged = str(exc)
+    except (ValueError, RuntimeError) as exc:
+        # NaN weights surface as a torch error in the next forward pass
+        # (a Categorical with NaN logits); anything else is a bug to see whole.
+        try:
+            check_finite(model)
+        except TrainingDiverged as nan:
+            diverged = f"{nan}, then torch raised {type(exc).__name__}"
+        else:
+            raise
     finally:
         gc.unfreeze()
         spent = time.perf_counter() - t0
         run.write_state(train_seconds=float(state.get("train_seconds", 0.0)) + spent)
     n = model.num_timesteps
+    if diverged is not None:
+        venv.close()
+        kept = run.read_state().get("checkpoint")
+        run.write_state(status="failed", error=f"diverged at step {n}: {diverged}")
+        out.error(f"{run.name}: training diverged at step {n}/{total}: {diverged}; marked the "
+                  f"run failed in its state.json, kept "
+                  f"{'the last good checkpoint ' + kept if kept else 'no checkpoint'}; lower "
+                  "the learning rate (or clip the gradients) and start a new run")
+        return 1
     if stop_requested():
         save_checkpoint(model, run, n, total)
         run.write_state(status="interrupted")
@@ -166,15 +273,15 @@ def _train(run: RunFolder, cfg: RunConfig, out: Output, resume: bool,
     # The curve ends at the final model, which may also be the best one.
     if exp.eval.freq and (not cb.evals["timesteps"] or cb.evals["timesteps"][-1] != n):
         cb.evaluate()
-    save_model(model, run / "model.zip")
-    save_stats(venv, run / "vecnormalize.pkl")
+    save_model(model, run, run / "model.zip")
+    save_stats(venv, run, run / "vecnormalize.pkl")
     save_checkpoint(model, run, n, total)
     if not (run / "best_model.zip").is_file():
         # No evaluation during training: the final model is the best we know.
-        write_text_atomic(run / "best_model.zip", (run / "model.zip").read_bytes())
+        write_pickled(run.path, run / "best_model.zip", (run / "model.zip").read_bytes())
         if (run / "vecnormalize.pkl").is_file():
-            write_text_atomic(run / "best_vecnormalize.pkl",
-                              (run / "vecnormalize.pkl").read_bytes())
+            write_pickled(run.path, run / "best_vecnormalize.pkl",
+                          (run / "vecnormalize.pkl").read_bytes())
     run.write_state(status="trained", num_timesteps=n, fps=cb.fps())
     venv.close()
     return 0

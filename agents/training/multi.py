@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ...envs.configio import write_text_atomic, write_yaml_atomic
-from ...envs.sim.config import to_dict
+from ...envs.configio import load_json, write_text_atomic, write_yaml_atomic
+from ...envs.sim.config import ConfigError, to_dict
 from ..interrupts import Interrupted, signal_name, stop_requested, stop_signals
 from ..rollout import WorkerPool
 from ..runs import RunFolder
@@ -86,7 +86,8 @@ def _seed_tasks(exp: ExperimentConfig, runs: dict[int, RunFolder], out: Path,
     for seed in exp.seeds:
         run = runs.get(seed)
         if run is not None and (run / "state.json").is_file():
-            if run.read_state()["status"] != "finished":
+            # A failed seed diverged: resuming it would only diverge again.
+            if run.read_state()["status"] not in ("finished", "failed"):
                 tasks.append((seed, str(run), True))
             continue
         if run is None or not run.path.is_dir() or any(run.path.iterdir()):
@@ -94,6 +95,21 @@ def _seed_tasks(exp: ExperimentConfig, runs: dict[int, RunFolder], out: Path,
             record(seed, run)
         tasks.append((seed, str(run), False))
     return tasks
+
+
+def read_runs(multi: RunFolder) -> dict[int, RunFolder]:
+    """``runs.json`` of a multi-seed folder (seed -> run folder), checked;
+    empty when the experiment was stopped before its first seed started."""
+    path = multi / "runs.json"
+    if not path.is_file():
+        return {}
+    data = load_json(path, "a multi-seed experiment's runs.json")
+    if not isinstance(data, dict) or not all(
+            isinstance(k, str) and k.isdigit() and isinstance(v, str) and v
+            for k, v in data.items()):
+        raise ConfigError(f"{path}: not a map of seeds to run folders; the experiment "
+                          "folder is damaged")
+    return {int(k): RunFolder(Path(v)) for k, v in data.items()}
 
 
 def _where(run: RunFolder) -> str:
@@ -116,15 +132,21 @@ def run_multi(exp: ExperimentConfig, hp: Mapping[str, Any], scen: Scenarios, out
     runs: dict[int, RunFolder] = {}
     if multi is None:
         multi = RunFolder.create(out, exp.name, exp.algo, "multi")
+    with multi.claim():
+        return _run_multi(exp, hp, scen, out, command, con, live, multi, runs, t0)
+
+
+def _run_multi(exp: ExperimentConfig, hp: Mapping[str, Any], scen: Scenarios, out: Path,
+               command: str, con: Console, live: bool, multi: RunFolder,
+               runs: dict[int, RunFolder], t0: float) -> int:
+    if not (multi / "experiment.yaml").is_file():
         # Resolved once, so every seed trains with the very same hyperparameters.
         exp_data = to_dict(exp)
         exp_data["hyperparams"] = {exp.algo: dict(hp)}
         write_yaml_atomic(multi / "experiment.yaml", exp_data)
         write_text_atomic(multi / "command.txt", command)
     else:
-        with contextlib.suppress(OSError, ValueError):
-            runs = {int(k): RunFolder(Path(v)) for k, v in
-                    json.loads((multi / "runs.json").read_text()).items()}
+        runs.update(read_runs(multi))
         multi.add_command(command)
 
     def record(seed: int, run: RunFolder) -> None:
@@ -158,8 +180,8 @@ def run_multi(exp: ExperimentConfig, hp: Mapping[str, Any], scen: Scenarios, out
                 signum = exc.signum
     # Wall time over every invocation (a resumed experiment adds its own).
     wall = time.perf_counter() - t0
-    with contextlib.suppress(OSError, ValueError, TypeError):
-        wall += float(json.loads((multi / "multi_state.json").read_text())["wall_seconds"])
+    with contextlib.suppress(ConfigError, OSError, KeyError, ValueError, TypeError):
+        wall += float(load_json(multi / "multi_state.json")["wall_seconds"])
     write_text_atomic(multi / "multi_state.json",
                       json.dumps({"wall_seconds": wall, "seeds": list(exp.seeds)}) + "\n")
     stopped = signum or next((c - 128 for c in codes.values() if c >= 128), 0)

@@ -3,7 +3,6 @@ aggregate of a multi-seed experiment."""
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -12,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ...envs.configio import write_text_atomic
+from ...envs.configio import load_json, write_text_atomic
 from ...envs.pagetable_env import COST_TERMS, EnvConfig
+from ...envs.sim.config import ConfigError
 from ..report import md_table, png, pyplot
 from ..results import EpisodeResult, PolicySummary
 from ..runs import RunFolder
@@ -193,8 +193,13 @@ def plot_cost_terms(path: Path, summaries: Sequence[PolicySummary], env_config: 
 
 
 def _load_results(run: Path) -> list[EpisodeResult]:
-    rows = json.loads((run / "eval_results.json").read_text())
-    return [EpisodeResult(**r) for r in rows]
+    path = run / "eval_results.json"
+    rows = load_json(path, "a run's eval_results.json")
+    try:
+        return [EpisodeResult(**r) for r in rows]
+    except TypeError:
+        raise ConfigError(f"{path}: not a list of episode results; the run folder is "
+                          "damaged") from None
 
 
 

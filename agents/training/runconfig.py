@@ -21,7 +21,7 @@ from typing import Any
 
 from ... import __version__
 from ...envs.configio import scenario_from_data, write_text_atomic, write_yaml_atomic
-from ...envs.sim.config import build, to_dict
+from ...envs.sim.config import ConfigError, build, quote, to_dict
 from ..loading import ObsNormalizedPolicy, as_policy, load_model, load_vecnormalize
 from ..runs import RunFolder, versions
 from .config import ExperimentConfig, Scenarios, TrainError
@@ -51,23 +51,48 @@ def run_config_data(exp: ExperimentConfig, seed: int, hp: Mapping[str, Any],
                           "eval": [to_dict(s) for s in scen.eval]}}
 
 
+#: The keys of a run's ``config.yaml`` (``ptreclaim``: the version that wrote it).
+RUN_CONFIG_KEYS = ("experiment", "seed", "hyperparams", "scenarios")
+
+
 def read_run_config(run: RunFolder | Path) -> RunConfig:
-    """Read a run folder's ``config.yaml`` (:class:`ConfigError` if it is not a run)."""
+    """Read a run folder's ``config.yaml``, checked as strictly as training
+    wrote it: :class:`ConfigError` (one line naming the file, the key and
+    what is wrong) if it is not a run, or a damaged one."""
     folder = run if isinstance(run, RunFolder) else RunFolder(Path(run))
     data = folder.config_data()
-    if not isinstance(data, Mapping) or not {"experiment", "seed", "hyperparams",
-                                             "scenarios"} <= set(data):
-        raise TrainError(f"{folder / 'config.yaml'}: not a run config "
-                         "(needs experiment, seed, hyperparams, scenarios)")
-    exp = build(ExperimentConfig, data["experiment"], "config.yaml.experiment")
-    sc = data["scenarios"]
-    scen = Scenarios([scenario_from_data(s, f"config.yaml.scenarios.train[{i}]")
-                      for i, s in enumerate(sc["train"])],
-                     [scenario_from_data(s, f"config.yaml.scenarios.eval[{i}]")
-                      for i, s in enumerate(sc["eval"])])
-    hp = dict(data["hyperparams"])
-    validate_hyperparams(exp.algo, hp, "config.yaml.hyperparams")
-    return RunConfig(exp, int(data["seed"]), hp, scen)
+    where = f"{folder / 'config.yaml'}"
+    if not isinstance(data, Mapping):
+        raise TrainError(f"{where}: not a run config (a mapping of "
+                         f"{', '.join(RUN_CONFIG_KEYS)}); is the file damaged?")
+    missing = [k for k in RUN_CONFIG_KEYS if k not in data]
+    if missing:
+        raise TrainError(f"{where}: not a run config: no {', '.join(missing)}; is the file "
+                         "damaged? (train.py writes every key)")
+    seed = data["seed"]
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise TrainError(f"{where}: seed {quote(seed)} is not a seed (an integer >= 0); is "
+                         "the file damaged?")
+    sc, hp = data["scenarios"], data["hyperparams"]
+    if not isinstance(sc, Mapping) or not all(isinstance(sc.get(k), list) and sc[k]
+                                              for k in ("train", "eval")):
+        raise TrainError(f"{where}: scenarios must map train and eval to non-empty lists of "
+                         "scenarios; is the file damaged?")
+    if not isinstance(hp, Mapping):
+        raise TrainError(f"{where}: hyperparams must be a mapping; is the file damaged?")
+    try:
+        exp = build(ExperimentConfig, data["experiment"], "config.yaml.experiment")
+        if exp.seeds != (seed,):
+            raise TrainError(f"config.yaml.experiment.seeds: {quote(list(exp.seeds))} is not "
+                             f"[{seed}], the run's seed; is the file damaged?")
+        scen = Scenarios([scenario_from_data(s, f"config.yaml.scenarios.train[{i}]")
+                          for i, s in enumerate(sc["train"])],
+                         [scenario_from_data(s, f"config.yaml.scenarios.eval[{i}]")
+                          for i, s in enumerate(sc["eval"])])
+        validate_hyperparams(exp.algo, dict(hp), "config.yaml.hyperparams")
+    except ConfigError as exc:
+        raise TrainError(f"{folder}: {exc}") from None
+    return RunConfig(exp, seed, dict(hp), scen)
 
 
 def train_command(argv: Sequence[str]) -> str:

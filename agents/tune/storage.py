@@ -9,6 +9,14 @@ machine can share one file.  Heartbeats (every 10 s, 60 s grace) let a later
 worker spot a trial whose process died: it is marked FAIL and its parameters
 are enqueued again once.  Re-running the same command resumes the study;
 settings that change the objective must match the study's.
+
+Nothing in a study is unpickled freely.  Optuna's RDB storage keeps trial
+parameters, values and attributes as JSON; the one pickle is CMA-ES's
+optimizer state, which Optuna stores in each trial's system attributes and
+``pickle.loads`` on resume.  A storage may be shared or copied from
+elsewhere, so :func:`make_sampler` gives a CMA-ES sampler that restores that
+state through :func:`~ptreclaim.agents.loading.loads_restricted`: it may
+build CMA-ES optimizers and numpy arrays, nothing else.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...envs.sim.config import ConfigError
+from ..loading import first_line, loads_restricted
 from .objectives import Objective
 
 if TYPE_CHECKING:
@@ -107,9 +116,65 @@ def make_sampler(kind: str, seed: int) -> optuna.samplers.BaseSampler:
     except ImportError:
         raise ConfigError("--sampler cmaes needs the 'cmaes' package (pip install cmaes); "
                           "or use --sampler tpe") from None
-    return optuna.samplers.CmaEsSampler(
+    if not hasattr(optuna.samplers.CmaEsSampler, "_restore_optimizer"):
+        # The method this guards moved: better no CMA-ES than an unchecked pickle.
+        raise ConfigError(f"--sampler cmaes: not supported with Optuna {optuna.__version__} "
+                          "(its CMA-ES state is a pickle ptreclaim cannot check there); use "
+                          "--sampler tpe")
+    return _checked_cma_class()(
         seed=seed, independent_sampler=optuna.samplers.TPESampler(seed=seed),
         warn_independent_sampling=False)
+
+
+#: What a CMA-ES optimizer state may be built from (cmaes' optimizers over numpy arrays).
+CMA_STATE_CLASSES = frozenset({
+    ("cmaes._cma", "CMA"), ("cmaes._sepcma", "SepCMA"), ("cmaes._cmawm", "CMAwM"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "scalar"), ("numpy.core.multiarray", "scalar"),
+})
+
+
+def _checked_cma_class() -> type[optuna.samplers.CmaEsSampler]:
+    """The sampler class (made here: optuna is imported only when tuning)."""
+    import optuna
+
+    class CheckedCmaEsSampler(optuna.samplers.CmaEsSampler):
+        """Optuna's CMA-ES sampler, restoring its pickled optimizer state
+        from a trial through a restricted unpickler."""
+
+        def _restore_optimizer(self, completed_trials: list[optuna.trial.FrozenTrial]) -> Any:
+            for trial in reversed(completed_trials):
+                attrs = {k: v for k, v in trial.system_attrs.items()
+                         if k.startswith(self._attr_key_optimizer)}
+                if attrs:
+                    try:
+                        data = bytes.fromhex(self._concat_optimizer_attrs(attrs))
+                    except (KeyError, TypeError, ValueError):
+                        raise ConfigError(f"trial {trial.number}: its CMA-ES state is "
+                                          "damaged; remove the trial or the study") from None
+                    return loads_restricted(data, CMA_STATE_CLASSES,
+                                            f"trial {trial.number}'s CMA-ES state")
+            return None
+
+        def check(self, study: optuna.Study) -> None:
+            """Restore the state a resumed study starts from now, before any
+            trial: a foreign one is then one line, not a failed trial."""
+            from optuna.trial import TrialState
+
+            self._restore_optimizer(study.get_trials(
+                deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+    return CheckedCmaEsSampler
+
+
+def check_sampler(sampler: optuna.samplers.BaseSampler, study: optuna.Study) -> None:
+    """Check what ``sampler`` will restore from ``study`` (the CMA-ES state;
+    other samplers restore nothing): :class:`ConfigError` before any trial."""
+    check = getattr(sampler, "check", None)
+    if check is not None:
+        check(study)
+
 
 
 def make_pruner(kind: str, eval_freq: int, total: int) -> optuna.pruners.BasePruner:
@@ -123,12 +188,6 @@ def make_pruner(kind: str, eval_freq: int, total: int) -> optuna.pruners.BasePru
         return optuna.pruners.HyperbandPruner(min_resource=eval_freq, max_resource=total,
                                               reduction_factor=3)
     return optuna.pruners.NopPruner()
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (at most 200 characters)."""
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def open_study(url: str, name: str, objective: Objective, default: Mapping[str, Any] | None

@@ -40,8 +40,8 @@ from typing import Any
 
 import numpy as np
 
-from ...cli.common import OneLineParser, run_cli
-from ..sim.config import ConfigError
+from ...cli.common import OneLineParser, check_writable, run_cli
+from ..sim.config import ConfigError, check_range
 from ..sim.trace import PERM_R, PERM_S, PERM_W, PERM_X, SYSCALLS, Trace, TraceWriter, read_trace
 from ..sim.workloads.trace import FidelityReport, replay
 from . import procfs
@@ -639,15 +639,15 @@ def _handle(args: argparse.Namespace, argv: list[str]) -> int:
         command = [w for w in args.command if w != "--"] if args.command else []
         if bool(command) == (args.pid is not None):
             raise ConfigError("record takes either --pid PID or -- COMMAND, not both or neither")
-        if not 0 < args.max_cpu_share <= 1:
-            raise ConfigError(f"--max-cpu-share {args.max_cpu_share}: expected (0, 1]")
-        if args.interval_ms <= 0:
-            raise ConfigError(f"--interval-ms {args.interval_ms}: expected > 0")
+        check_range("--max-cpu-share", args.max_cpu_share, 0.0, 1.0, lo_open=True)
+        check_range("--interval-ms", args.interval_ms, 0.0, 3_600_000.0, lo_open=True)
+        check_range("--duration", args.duration, 0.0, 365 * 86400.0)
+        if args.pid is not None:
+            check_range("--pid", args.pid, 1, 2**22)  # PID_MAX_LIMIT
         # Checked before the capture, so a long recording is never lost at the end.
-        if Path(args.output).exists() and not args.force:
-            raise ConfigError(f"{args.output} exists; pass --force to overwrite it")
         if not Path(args.output).resolve().parent.is_dir():
-            raise ConfigError(f"{args.output}: its folder does not exist")
+            raise ConfigError(f"-o {args.output}: its folder does not exist; create it first")
+        check_writable(args.output, "-o", force=args.force)
         if command and shutil.which(command[0]) is None and not Path(command[0]).is_file():
             raise ConfigError(f"{command[0]}: command not found")
         syscalls = args.syscalls if args.syscalls is not None else bool(shutil.which("strace"))
@@ -663,6 +663,8 @@ def _handle(args: argparse.Namespace, argv: list[str]) -> int:
         return 0
     if args.cmd == "check":
         png = Path(args.png) if args.png else Path(args.trace).with_suffix(".fidelity.png")
+        check_range("--rows", args.rows, 0, 1_000_000)
+        check_writable(png, "--png")
         report = check_trace(args.trace, png, rows=args.rows)
         return 0 if report.summary(GOAL_REL, GOAL_TABLES)["all_within_goal"] else 1
     if args.cmd == "info":

@@ -14,10 +14,11 @@ import dataclasses
 import difflib
 import functools
 import math
+import reprlib
 import types
 import typing
 from collections.abc import Mapping
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import Any, Literal, TypeVar, Union, cast, get_args, get_origin
 
 T = TypeVar("T")
 
@@ -26,11 +27,49 @@ class ConfigError(ValueError):
     """A bad configuration value; the message is one line naming key and fix."""
 
 
+#: At most this many characters of an offending value go into an error message.
+QUOTE_CHARS = 80
+
+
+class _ShortRepr(reprlib.Repr):
+    """``reprlib`` bounded by :data:`QUOTE_CHARS`: its cost does not grow with
+    the value (a YAML alias bomb, a megabyte string, a 5,000-digit integer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel, self.maxdict, self.maxlist, self.maxtuple = 3, 4, 6, 6
+        self.maxstring = self.maxother = QUOTE_CHARS - 10
+        self.maxlong = 40
+
+    def repr_int(self, x: int, level: int) -> str:
+        # repr() itself refuses integers of more than 4300 digits.
+        if x.bit_length() > 128:
+            return f"<an integer of about {int(x.bit_length() * math.log10(2)) + 1} digits>"
+        return super().repr_int(x, level)
+
+
+_SHORT = _ShortRepr()
+
+
+def clip(text: str) -> str:
+    """``text`` cut to about :data:`QUOTE_CHARS` characters (a command-line
+    argument named in an error message)."""
+    return text if len(text) <= QUOTE_CHARS else text[:QUOTE_CHARS - 3] + "..."
+
+
+def quote(value: object) -> str:
+    """``repr(value)``, cut to about :data:`QUOTE_CHARS` characters: what an
+    error message shows of an offending value."""
+    text = _SHORT.repr(value).replace("\n", " ")
+    return text if len(text) <= QUOTE_CHARS else text[:QUOTE_CHARS - 3] + "..."
+
+
 def check_range(where: str, value: float, lo: float | None = None, hi: float | None = None,
                 *, lo_open: bool = False) -> None:
     """Raise :class:`ConfigError` unless ``lo <= value <= hi`` (``lo < value``
     with ``lo_open``); ``None`` bounds are unbounded."""
-    ok = isinstance(value, (int, float)) and not math.isnan(value)
+    # No float() of the value: an integer of 400 digits does not convert.
+    ok = isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value))
     if ok and lo is not None:
         ok = value > lo if lo_open else value >= lo
     if ok and hi is not None:
@@ -39,7 +78,8 @@ def check_range(where: str, value: float, lo: float | None = None, hi: float | N
         lo_s = "-inf" if lo is None else _num(lo)
         hi_s = "inf" if hi is None else _num(hi)
         bracket = "(" if lo_open else "["
-        raise ConfigError(f"{where}: {value!r} is out of range; allowed {bracket}{lo_s}, {hi_s}]")
+        raise ConfigError(f"{where}: {quote(value)} is out of range; allowed "
+                          f"{bracket}{lo_s}, {hi_s}]")
 
 
 def _num(x: float) -> str:
@@ -53,8 +93,8 @@ def did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-@functools.lru_cache(maxsize=None)
-def _type_hints(cls: type) -> dict[str, Any]:
+@functools.cache
+def _type_hints(cls: Any) -> dict[str, Any]:
     """``typing.get_type_hints(cls)``, evaluated once per class: every env reset builds
     workload configs, and evaluating string annotations compiles them each time."""
     return typing.get_type_hints(cls)
@@ -72,11 +112,11 @@ def build(cls: type[T], data: Any, where: str = "config") -> T:
         raise ConfigError(f"{where}: expected a mapping of keys to values, "
                           f"got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
-    hints = _type_hints(cls)
+    hints = _type_hints(cast(Any, cls))
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         if not isinstance(key, str) or key not in fields:
-            raise ConfigError(f"{where}: unknown key {key!r}{did_you_mean(str(key), fields)}; "
+            raise ConfigError(f"{where}: unknown key {quote(key)}{did_you_mean(str(key), fields)}; "
                               f"allowed: {', '.join(fields)}")
         kwargs[key] = _convert(hints[key], value, f"{where}.{key}")
     try:
@@ -102,11 +142,12 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if len(errors) == 1 else
-                          f"{where}: {value!r} fits none of {tp}")
+                          f"{where}: {quote(value)} fits none of {tp}")
     if origin is Literal:
         choices = get_args(tp)
         if value not in choices:
-            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, choices))}"
+            raise ConfigError(f"{where}: {quote(value)} is not one of "
+                              f"{', '.join(map(repr, choices))}"
                               f"{did_you_mean(str(value), map(str, choices))}")
         return value
     if origin is tuple:
@@ -128,19 +169,27 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         return build(tp, value, where)
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+            raise ConfigError(f"{where}: expected true or false, got {quote(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            raise ConfigError(f"{where}: expected an integer, got {quote(value)}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
+            raise ConfigError(f"{where}: expected a number, got {quote(value)}")
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            # inf or nan pass some range checks and poison everything downstream.
+            raise ConfigError(f"{where}: {quote(value)} is not a finite number; give a "
+                              "finite value")
+        return number
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
+            raise ConfigError(f"{where}: expected a string, got {quote(value)}")
         return value
     if tp is Any:
         return value

@@ -33,12 +33,12 @@ from ..agents.evaluate import (
 )
 from ..agents.heuristics import HEURISTICS
 from ..agents.runs import stamp, unique_path
-from ..envs.sim.config import ConfigError, did_you_mean
+from ..envs.sim.config import ConfigError, check_range, did_you_mean
 from .common import (
     OneLineParser,
     add_model_flags,
     add_output_flags,
-    check_out_dir,
+    claim_out_dir,
     command_text,
     display_path,
     progress_bar,
@@ -91,15 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    if not 1 <= args.episodes <= 100_000:
-        raise ConfigError(f"--episodes: {args.episodes} is out of range; allowed [1, 100000]")
-    if args.seed < 0:
-        raise ConfigError(f"--seed: {args.seed} is out of range; use a seed >= 0")
-    if not 1 <= args.jobs <= 1024:
-        raise ConfigError(f"--jobs: {args.jobs} is out of range; allowed [1, 1024]")
-    if not 100 <= args.bootstrap <= 1_000_000:
-        raise ConfigError(f"--bootstrap: {args.bootstrap} is out of range; allowed "
-                          "[100, 1000000]")
+    check_range("--episodes", args.episodes, 1, 100_000)
+    check_range("--seed", args.seed, 0, 2**63 - 1)
+    check_range("--jobs", args.jobs, 1, 1024)
+    check_range("--bootstrap", args.bootstrap, 100, 1_000_000)
 
 
 
@@ -123,9 +118,10 @@ def _main(args: argparse.Namespace, argv: Sequence[str]) -> int:
         tl_index = names.index(args.timeline_scenario)
     env_config = env_config_for(args.env, specs)
     out = Path(args.out) if args.out else _default_out(suite)
-    check_out_dir(out, OUTPUT_FILES, args.force)
     total = len(specs) * len(scenarios) * args.episodes
-    with progress_bar("episodes", total, not args.quiet and sys.stderr.isatty()) as update:
+    show = not args.quiet and sys.stderr.isatty()
+    with claim_out_dir(out, OUTPUT_FILES, args.force), \
+            progress_bar("episodes", total, show) as update:
         run_evaluation(specs, scenarios, env_config, out, suite=str(suite),
                        suite_files=[display_path(p) for p in suite_files],
                        episodes=args.episodes, seed=args.seed, jobs=args.jobs,

@@ -39,9 +39,16 @@ from ..agents.loading import PolicySpec, build_policy, heuristic_spec, oracle_sp
 from ..agents.stats import gain_share, gain_share_ci, paired_difference_ci
 from ..agents.training.runconfig import read_run_config
 from ..envs.configio import write_text_atomic
-from ..envs.sim.config import ConfigError, to_dict
+from ..envs.sim.config import ConfigError, check_range, to_dict
 from ..envs.sim.pagetable import MODEL_RULES_VERSION
-from .common import OneLineParser, check_out_dir, command_text, progress_bar, run_cli
+from .common import (
+    OneLineParser,
+    add_model_flags,
+    claim_out_dir,
+    command_text,
+    progress_bar,
+    run_cli,
+)
 
 PROG = "export_thresholds.py"
 #: The label of the tuned heuristic in the evaluation.
@@ -63,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="a run folder written by scripts/train.py (one seed)")
     p.add_argument("--out", help="output folder (default: the run folder)")
     p.add_argument("--best", action="store_true", help="distil best_model.zip, not model.zip")
+    add_model_flags(p, best=False)
     p.add_argument("--iterations", type=int, default=DistillConfig.iterations,
                    help="DAgger rounds (default %(default)s)")
     p.add_argument("--episodes", type=int, default=DistillConfig.episodes,
@@ -94,11 +102,9 @@ def _check_args(args: argparse.Namespace) -> None:
               ("--jobs", args.jobs, 1, 1024), ("--seed", args.seed, 0, 2**31 - 1),
               ("--tree-depth", args.tree_depth, 0, 12))
     for flag, value, lo, hi in checks:
-        if not lo <= value <= hi:
-            raise ConfigError(f"{flag}: {value} is out of range; allowed [{lo}, {hi}]")
-    if args.eval_episodes is not None and not 1 <= args.eval_episodes <= 100_000:
-        raise ConfigError(f"--eval-episodes: {args.eval_episodes} is out of range; "
-                          "allowed [1, 100000]")
+        check_range(flag, value, lo, hi)
+    if args.eval_episodes is not None:
+        check_range("--eval-episodes", args.eval_episodes, 1, 100_000)
 
 
 def _with_progress(total: int, show: bool,
@@ -164,12 +170,19 @@ def _export(args: argparse.Namespace, argv: Sequence[str], written: list[Path]) 
     run = Path(args.run)
     cfg = read_run_config(run)
     exp = cfg.experiment
-    learned_spec = parse_policy(str(run), best=args.best, trust_model=True)
+    learned_spec = parse_policy(str(run), best=args.best, trust_model=args.trust_model)
     learned_spec = dataclasses.replace(learned_spec, label=exp.algo + ("_best" if args.best
                                                                       else ""))
     out = Path(args.out) if args.out else run
-    # A re-export replaces the run's thresholds files on purpose: nothing to protect.
-    check_out_dir(out, (), force=False)
+    # A re-export replaces the run's thresholds files on purpose: nothing to protect;
+    # export writes only files of its own into a training run's folder.
+    with claim_out_dir(out, (), force=True, training_ok=True):
+        return _export_into(args, argv, written, run, cfg, learned_spec, out)
+
+
+def _export_into(args: argparse.Namespace, argv: Sequence[str], written: list[Path], run: Path,
+                 cfg: Any, learned_spec: PolicySpec, out: Path) -> int:
+    exp = cfg.experiment
     tuned_path = Path(args.tuned) if args.tuned else (DEFAULT_TUNED if DEFAULT_TUNED.is_file()
                                                       else None)
     tuned: ThresholdsRecord | None = read_thresholds(tuned_path) if tuned_path else None

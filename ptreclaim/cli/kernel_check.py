@@ -105,7 +105,7 @@ def _families(text: str) -> tuple[str, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser of ``scripts/kernel_check.py``."""
-    p = OneLineParser(prog=PROG, error_prefix="kernel_check",
+    p = OneLineParser(prog=PROG,
                       description="Check the page-table model against the running Linux "
                                   "kernel.")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=OneLineParser)

@@ -43,8 +43,8 @@ from ..agents.report import png, pyplot
 from ..envs.configio import write_text_atomic
 from ..envs.features import OBS_NAMES
 from ..envs.host.sample import PAGE_KIB, Notes, os_reason
-from ..envs.sim.config import ConfigError
-from .common import OneLineParser, add_model_flags, run_cli
+from ..envs.sim.config import ConfigError, check_range
+from .common import OneLineParser, add_model_flags, check_writable, run_cli
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -243,15 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    if not 0.05 <= args.interval <= 86400:
-        raise ConfigError(f"--interval: {args.interval:g} is out of range; allowed "
-                          "[0.05, 86400] seconds")
-    if args.count < 0:
-        raise ConfigError(f"--count: {args.count} is negative; use 0 (run until Ctrl-C) or N")
-    if not 1 <= args.top <= 1000:
-        raise ConfigError(f"--top: {args.top} is out of range; allowed [1, 1000]")
-    if not 0 <= args.scan_top <= 256:
-        raise ConfigError(f"--scan-top: {args.scan_top} is out of range; allowed [0, 256]")
+    check_range("--interval", args.interval, 0.05, 86400.0)
+    check_range("--count", args.count, 0, 2**63 - 1)
+    check_range("--top", args.top, 1, 1000)
+    check_range("--scan-top", args.scan_top, 0, 256)
     root = Path(args.proc_root)
     if not root.is_dir():
         raise ConfigError(f"--proc-root {root}: not a folder; point it at a mounted procfs")
@@ -261,6 +256,8 @@ def _check_args(args: argparse.Namespace) -> None:
             raise ConfigError(f"--plot {plot}: the plot is a PNG; name it *.png")
         if not plot.resolve().parent.is_dir():
             raise ConfigError(f"--plot {plot}: no folder {plot.parent}; create it first")
+        # Now, not after a session of hours: the plot is written at its end.
+        check_writable(plot, "--plot")
 
 
 def _ticks(interval: float, count: int) -> Iterator[int]:

@@ -34,7 +34,7 @@ from ..agents.rollout import policy_driver
 from ..agents.runs import stamp, unique_path
 from ..envs.configio import dump_yaml, load_scenario, write_text_atomic
 from ..envs.pagetable_env import EnvConfig
-from ..envs.sim.config import ConfigError, did_you_mean, to_dict
+from ..envs.sim.config import ConfigError, check_range, did_you_mean, to_dict
 from ..envs.sim.simulator import ScenarioConfig
 from ..envs.simulate import (
     DIAGNOSTICS,
@@ -49,7 +49,7 @@ from .common import (
     OneLineParser,
     add_model_flags,
     add_output_flags,
-    check_out_dir,
+    claim_out_dir,
     command_text,
     progress_bar,
     run_cli,
@@ -143,23 +143,21 @@ def _main(args: argparse.Namespace, argv: Sequence[str]) -> int:
                           f"{did_you_mean(args.policy, known)}; "
                           f"choose one of: {', '.join(known)}, heuristic:NAME[:params.yaml], "
                           "a run folder, a model .zip or a thresholds file")
-    if args.ticks is not None and not 1 <= args.ticks <= MAX_TICKS:
-        raise ConfigError(f"--ticks: {args.ticks} is out of range; allowed [1, {MAX_TICKS}]")
-    if args.seed < 0:
-        raise ConfigError(f"--seed: {args.seed} is out of range; use a seed >= 0")
+    if args.ticks is not None:
+        check_range("--ticks", args.ticks, 1, MAX_TICKS)
+    check_range("--seed", args.seed, 0, 2**63 - 1)
     scenario = load_scenario(args.scenario)
     ticks = scenario.ticks if args.ticks is None else args.ticks
     out = Path(args.out) if args.out else _default_out(scenario, args.policy, args.seed)
-    check_out_dir(out, OUTPUT_FILES, args.force)
-    res = _progress_run(scenario, args, ticks)
-    summary = summarize(res)
-    text = render_summary(summary)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "config.yaml", dump_yaml(to_dict(scenario)))
-    write_text_atomic(out / "command.txt", command_text(PROG, argv))
-    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-    write_text_atomic(out / "summary.txt", text)
-    write_text_atomic(out / "timeline.png", plot_timeline(res))
+    with claim_out_dir(out, OUTPUT_FILES, args.force):
+        res = _progress_run(scenario, args, ticks)
+        summary = summarize(res)
+        text = render_summary(summary)
+        write_text_atomic(out / "config.yaml", dump_yaml(to_dict(scenario)))
+        write_text_atomic(out / "command.txt", command_text(PROG, argv))
+        write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        write_text_atomic(out / "summary.txt", text)
+        write_text_atomic(out / "timeline.png", plot_timeline(res))
     if not args.quiet:
         from rich.console import Console
 

@@ -70,10 +70,16 @@ from ..agents.tune.outputs import (
     write_outputs,
 )
 from ..agents.tune.spaces import AGENT_TARGETS, HEURISTIC_SPACES, HEURISTIC_TARGETS, default_agent
-from ..agents.tune.storage import make_pruner, make_sampler, open_study, redact
-from ..envs.configio import write_text_atomic
+from ..agents.tune.storage import (
+    check_sampler,
+    make_pruner,
+    make_sampler,
+    open_study,
+    redact,
+)
+from ..envs.configio import resolve_suite, write_text_atomic
 from ..envs.pagetable_env import EnvConfig
-from ..envs.sim.config import ConfigError, did_you_mean, to_dict
+from ..envs.sim.config import ConfigError, check_range, did_you_mean, to_dict
 from ..envs.sim.simulator import ScenarioConfig
 from .common import (
     OneLineParser,
@@ -95,6 +101,8 @@ DEFAULT_SEEDS = 3
 #: that made the baselines fair asks for at least 140; an agent trial is a training run.
 DEFAULT_TRIALS = {"heuristic": 140, "agent": 30}
 DEFAULT_TIMESTEPS = 8192
+#: The held-out suite, never tuned on (``evaluate.py``'s default).
+HELD_OUT_SUITE = "test"
 #: Flags that only make sense for agents (their defaults are None to tell).
 AGENT_FLAGS = ("config", "timesteps", "n_envs", "eval_freq", "train_seeds", "pruner")
 
@@ -196,10 +204,10 @@ def _check_args(args: argparse.Namespace) -> None:
                 if args.target in other else did_you_mean(args.target, known))
         raise ConfigError(f"unknown {args.mode} {args.target!r}{hint}; known: "
                           f"{', '.join(known)}")
-    if args.n_trials is not None and not 1 <= args.n_trials <= 1_000_000:
-        raise ConfigError(f"--n-trials: {args.n_trials} is out of range; allowed [1, 1000000]")
-    if args.timeout is not None and not args.timeout > 0:
-        raise ConfigError(f"--timeout: {args.timeout} must be > 0 seconds")
+    if args.n_trials is not None:
+        check_range("--n-trials", args.n_trials, 1, 1_000_000)
+    if args.timeout is not None:
+        check_range("--timeout", args.timeout, 0.0, 366 * 86400.0, lo_open=True)
     _check_common(args)
     if args.study_name is not None and not args.study_name.strip():
         raise ConfigError("--study-name: empty; give a name")
@@ -215,28 +223,33 @@ def _check_args(args: argparse.Namespace) -> None:
         for name, lo_, hi_ in (("timesteps", 1, 10**9), ("n_envs", 1, 1024),
                                ("eval_freq", 1, 10**9), ("train_seeds", 1, 100)):
             v = getattr(args, name)
-            if v is not None and not lo_ <= v <= hi_:
-                raise ConfigError(f"--{name.replace('_', '-')}: {v} is out of range; "
-                                  f"allowed [{lo_}, {hi_}]")
+            if v is not None:
+                check_range(f"--{name.replace('_', '-')}", v, lo_, hi_)
+
+
+def _check_not_held_out(suite: str, files: Sequence[Path]) -> None:
+    """Refuse to tune on a scenario of the held-out ``test`` suite: what is
+    tuned on it can no longer be judged on it."""
+    _, held_out = resolve_suite(HELD_OUT_SUITE)
+    leaked = sorted(f.stem for f in set(files) & set(held_out))
+    if leaked:
+        raise ConfigError(f"--suite {suite}: holds held-out scenarios of the '{HELD_OUT_SUITE}' "
+                          f"suite ({', '.join(leaked)}), which only the final evaluation may "
+                          "see; tune on 'train' or on a suite of scenarios of your own")
 
 
 def _check_common(args: argparse.Namespace) -> None:
     """The flags every mode shares: seeds, episodes, seeds of the sampler, jobs."""
     lo = 1 if args.allow_few_seeds else 3
-    if not lo <= args.seeds <= 10_000:
-        extra = "" if args.allow_few_seeds else (
-            " (fewer than 3 seeds make single-run noise look like progress; pass "
-            "--allow-few-seeds to insist)")
-        raise ConfigError(f"--seeds: {args.seeds} is out of range; allowed [{lo}, 10000]{extra}")
-    if not 1 <= args.episodes <= 10_000:
-        raise ConfigError(f"--episodes: {args.episodes} is out of range; allowed [1, 10000]")
-    if not 0 <= args.episode_seed <= 2**31:
-        raise ConfigError(f"--episode-seed: {args.episode_seed} is out of range; allowed "
-                          "[0, 2147483648]")
-    if not 0 <= args.seed <= 2**31:
-        raise ConfigError(f"--seed: {args.seed} is out of range; allowed [0, 2147483648]")
-    if not 1 <= args.jobs <= 1024:
-        raise ConfigError(f"--jobs: {args.jobs} is out of range; allowed [1, 1024]")
+    if args.seeds < lo and args.seeds >= 1:
+        raise ConfigError(f"--seeds: {args.seeds} is out of range; allowed [{lo}, 10000] (fewer "
+                          "than 3 seeds make single-run noise look like progress; pass "
+                          "--allow-few-seeds to insist)")
+    check_range("--seeds", args.seeds, 1, 10_000)
+    check_range("--episodes", args.episodes, 1, 10_000)
+    check_range("--episode-seed", args.episode_seed, 0, 2**31)
+    check_range("--seed", args.seed, 0, 2**31)
+    check_range("--jobs", args.jobs, 1, 1024)
 
 
 def _agent_setup(args: argparse.Namespace, scenarios: list[ScenarioConfig], suite: str,
@@ -276,8 +289,11 @@ def _main(args: argparse.Namespace, argv: Sequence[str]) -> int:
         return _constant(args, argv)
     target = args.target
     out = Path(args.out) if args.out else Path("runs") / "tune" / target
-    check_out_dir(out, (), force=True, writable=True)
+    # Nothing is created until the inputs are known good: the storage (or the
+    # first output) creates the folder.
+    check_out_dir(out, (), force=True)
     scenarios, files = suite_scenarios(args.suite)
+    _check_not_held_out(args.suite, files)
     names = [s.name for s in scenarios]
     env_override = load_env_file(args.env_config) if args.env_config else None
     url = args.storage or f"sqlite:///{out / 'study.db'}"
@@ -308,6 +324,7 @@ def _main(args: argparse.Namespace, argv: Sequence[str]) -> int:
     seed = args.seed if existing == 0 else int(
         np.random.SeedSequence([args.seed, existing]).generate_state(1)[0])
     study.sampler = make_sampler(args.sampler, seed)
+    check_sampler(study.sampler, study)
     if agent:
         study.pruner = make_pruner(str(objective.agent["pruner"]), setup.eval_freq,
                                    setup.timesteps * len(setup.train_seeds))
@@ -363,8 +380,9 @@ def _constant(args: argparse.Namespace, argv: Sequence[str]) -> int:
     """``tune.py constant``: score every action, write the best as ``best_constant``."""
     out = Path(args.out) if args.out else Path("runs") / "tune" / "constant"
     # A re-run replaces the enumeration's files on purpose: it is the same computation.
-    check_out_dir(out, (), force=True, writable=True)
+    check_out_dir(out, (), force=True)
     scenarios, files = suite_scenarios(args.suite)
+    _check_not_held_out(args.suite, files)
     env_config = load_env_file(args.env_config) if args.env_config else EnvConfig()
     groups = constant.action_classes(constant.action_space(env_config))
     n_actions = sum(len(v) for v in groups.values())

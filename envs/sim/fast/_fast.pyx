@@ -7,7 +7,7 @@ system-call API, so that op scripts replay on either (``replay.ScriptMachine(fas
 and the differential tests can compare the two models op by op.
 """
 
-from libc.stdint cimport int64_t, uint8_t
+from libc.stdint cimport int64_t, uint8_t, uint64_t
 from libc.string cimport memcpy
 from libcpp cimport bool as cbool
 from libcpp.memory cimport shared_ptr, unique_ptr, make_shared
@@ -21,10 +21,27 @@ from libcpp.utility cimport move
 ctypedef int64_t i64
 
 cdef extern from "pagetable.hpp" namespace "ptfast":
+    cdef cppclass SlotMap[T]:
+        size_t size()
+        size_t count(i64 slot)
+        T* find(i64 slot)
+        void slots_in(i64 lo, i64 hi, vector[i64]& out)
+
+    cdef cppclass SlotSet:
+        size_t size()
+        cbool empty()
+        cbool count(i64 i)
+        void slots_in(i64 lo, i64 hi, vector[i64]& out)
+
+    cdef cppclass PageBits:
+        uint64_t w[8]
+
     cdef cppclass BackingFile:
         int kind
         i64 size
         cbool anon
+        SlotMap[PageBits] cache
+        SlotSet huge
     ctypedef shared_ptr[BackingFile] FileRef
 
     cdef cppclass Vma:
@@ -46,12 +63,6 @@ cdef extern from "pagetable.hpp" namespace "ptfast":
         i64 faults, refault_tables, refault_entries
         i64 refault_empty, refault_zero, refault_file
 
-    cdef cppclass SlotMap[T]:
-        size_t size()
-        size_t count(i64 slot)
-        T* find(i64 slot)
-        void slots_in(i64 lo, i64 hi, vector[i64]& out)
-
     cdef cppclass IndexSet:
         size_t size()
         vector[i64] all()
@@ -70,6 +81,7 @@ cdef extern from "pagetable.hpp" namespace "ptfast":
         i64 table_version
         i64 uffd_vmas
         i64 class_version
+        SlotSet file_thp
         cbool logging
         cset[i64] touch_log
         i64 tables()
@@ -143,6 +155,40 @@ cdef class FastBackingFile:
     @property
     def anon(self) -> bool:
         return self.ref.get().anon
+
+    @property
+    def cache(self) -> dict:
+        """chunk -> one byte per page, 1 = cached (a copy of ``BackingFile.cache``)."""
+        return _file_cache(self.ref.get())
+
+    @property
+    def huge(self) -> set:
+        """Chunks held by one PMD-sized folio (a copy of ``BackingFile.huge``)."""
+        return set(_slot_set(self.ref.get().huge))
+
+
+cdef list _slot_set(const SlotSet& s):
+    cdef vector[i64] out
+    s.slots_in(-(1 << 62), 1 << 62, out)
+    return list(out)
+
+
+cdef dict _file_cache(BackingFile* f):
+    """The page cache of ``f`` as ``pagetable.BackingFile.cache`` holds it."""
+    cdef vector[i64] chunks
+    cdef PageBits* bits
+    cdef bytearray pages
+    cdef int k
+    cdef dict out = {}
+    f.cache.slots_in(-(1 << 62), 1 << 62, chunks)
+    for chunk in chunks:
+        bits = f.cache.find(chunk)
+        pages = bytearray(512)
+        for k in range(512):
+            if (bits.w[k >> 6] >> (k & 63)) & 1:
+                pages[k] = 1
+        out[chunk] = pages
+    return out
 
 
 cdef class FastVma:
@@ -236,6 +282,11 @@ cdef class FastAddressSpace:
     def n_pte(self) -> int:
         return self.mm().pte.size()
 
+    @property
+    def file_thp(self) -> set:
+        """Slots PMD-mapping a file THP (a copy of ``AddressSpace.file_thp``, R24)."""
+        return set(_slot_set(self.mm().file_thp))
+
     def class_counts(self) -> tuple:
         cdef AddressSpace* m = self.mm()
         return (m.cls_count[0], m.cls_count[1], m.cls_count[2], m.cls_count[3])
@@ -281,10 +332,22 @@ cdef class FastAddressSpace:
         cdef list tables = []
         cdef vector[i64] slots
         cdef PteTable* t
+        cdef list files = []
+        cdef set seen = set()
+        cdef BackingFile* f
         m.pte.slots_in(-(1 << 62), 1 << 62, slots)
         for slot in slots:
             t = m.pte.find(slot)
             tables.append((slot, bytes(t.e[:512]), t.huge, t.cls, t.rss, bool(t.young), t.age))
+        # The VMAs' files in order of first appearance (how canonical_state numbers them).
+        for v in m.vmas:
+            f = v.file.get()
+            if f == NULL or <size_t>f in seen:
+                continue
+            seen.add(<size_t>f)
+            files.append(("file" if f.kind == 0 else "shmem", f.size,
+                          sorted((c, bytes(p)) for c, p in _file_cache(f).items()),
+                          _slot_set(f.huge)))
         return {
             "vmas": [(v.start, v.end, v.flags, v.pgoff,
                       None if v.file.get() == NULL else <size_t>v.file.get(),
@@ -299,6 +362,8 @@ cdef class FastAddressSpace:
             "table_version": m.table_version,
             "class_version": m.class_version,
             "uffd_vmas": m.uffd_vmas,
+            "file_thp": _slot_set(m.file_thp),
+            "files": files,
         }
 
     cdef list _reclaimed(self):

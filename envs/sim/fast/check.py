@@ -31,8 +31,24 @@ def _canonical_ids(vmas: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     return out
 
 
+def _files_in_order(mm: AddressSpace) -> list[tuple[Any, ...]]:
+    """The page-cache state of the VMAs' files (R24), in order of first appearance -- the
+    order in which :func:`_canonical_ids` numbers them: (kind, size, cache, huge chunks)."""
+    seen: set[int] = set()
+    out = []
+    for v in mm.vmas:
+        f = v.file
+        if f is None or id(f) in seen:
+            continue
+        seen.add(id(f))
+        out.append((f.kind, f.size, sorted((c, bytes(p)) for c, p in f.cache.items()),
+                    sorted(f.huge)))
+    return out
+
+
 def canonical_state(mm: AddressSpace | FastAddressSpace) -> dict[str, Any]:
-    """The whole state of either model as plain data (equal iff the states are equal)."""
+    """The whole state of either model as plain data (equal iff the states are equal):
+    besides the address space's own, the page cache of every file its VMAs map."""
     if isinstance(mm, FastAddressSpace):
         state = mm.state()
     else:
@@ -52,6 +68,8 @@ def canonical_state(mm: AddressSpace | FastAddressSpace) -> dict[str, Any]:
             "table_version": mm.table_version,
             "class_version": mm.class_version,
             "uffd_vmas": mm.uffd_vmas,
+            "file_thp": sorted(mm.file_thp),
+            "files": _files_in_order(mm),
         }
     state["vmas"] = _canonical_ids(state["vmas"])
     return state
@@ -93,7 +111,7 @@ def replay_both(script: Script, *, pt_reclaim: bool = True) -> tuple[int, str]:
         problem = _diff(canonical_state(ref.mm), canonical_state(fast.mm))
         if problem:
             return n, f"op {n + 1} ({op.name}): {problem}"
-        fast.mm.check_invariants()  # type: ignore[attr-defined]
+        fast.mm.check_invariants()
     return len(script.ops), ""
 
 

@@ -254,6 +254,79 @@ void PteTable::census(uint8_t& cls_out, int32_t& rss_out) const {
   rss_out = n[E_FILE];
 }
 
+// ------------------------------------------------------------- BackingFile
+
+void PageBits::assign(int a, int b, bool on) {
+  for (int k = a; k < b;) {
+    const int wi = k >> 6, lo = k & 63;
+    const int hi = std::min(64, lo + (b - k));  // bits [lo, hi) of this word
+    const uint64_t m = (hi == 64 ? ~uint64_t{0} : (uint64_t{1} << hi) - 1) & (~uint64_t{0} << lo);
+    if (on)
+      w[wi] |= m;
+    else
+      w[wi] &= ~m;
+    k += hi - lo;
+  }
+}
+
+FileRef BackingFile::copy() const {
+  auto c = std::make_shared<BackingFile>();
+  c->kind = kind;
+  c->size = size;
+  c->anon = anon;
+  c->cache = cache;
+  c->huge = huge;
+  return c;
+}
+
+void BackingFile::cache_pages(i64 first, i64 step, i64 count) {
+  if (kind != 1) return;
+  while (count > 0) {
+    const i64 chunk = first / ENTRIES, off = first % ENTRIES;  // first >= 0: divmod
+    const i64 n = std::min(count, (ENTRIES - 1 - off) / step + 1);
+    PageBits& pages = cache.emplace(chunk).first;
+    if (step == 1)
+      pages.assign((int)off, (int)(off + n), true);
+    else
+      for (i64 k = off; k <= off + (n - 1) * step; k += step) pages.w[k >> 6] |= uint64_t{1} << (k & 63);
+    first += n * step;
+    count -= n;
+  }
+}
+
+void BackingFile::collapse(i64 chunk) {
+  PageBits& pages = cache.emplace(chunk).first;
+  std::fill(pages.w, pages.w + 8, ~uint64_t{0});
+  huge.insert(chunk);
+}
+
+std::vector<i64> BackingFile::huge_split_by(i64 start, i64 end) const {
+  std::vector<i64> out;
+  if (end <= start) return out;
+  for (i64 c : huge.indices_in(start >> PTE_SHIFT, (end - 1) >> PTE_SHIFT))
+    if (start > (c << PTE_SHIFT) || end < ((c + 1) << PTE_SHIFT)) out.push_back(c);
+  return out;
+}
+
+void BackingFile::drop_pages(i64 start, i64 end) {
+  if (end <= start) return;
+  const i64 lo = start >> PTE_SHIFT, hi = (end - 1) >> PTE_SHIFT;
+  for (i64 c : huge.indices_in(lo, hi)) huge.erase(c);
+  const i64 first = (start + PAGE - 1) / PAGE;  // -(-start // PAGE), start >= 0
+  const i64 last = end / PAGE;
+  std::vector<i64> chunks;
+  cache.slots_in(lo, hi, chunks);
+  for (i64 chunk : chunks) {
+    const i64 base = chunk * ENTRIES;
+    const i64 a = std::max(first, base) - base;
+    const i64 b = std::min(last, base + ENTRIES) - base;
+    if (a >= b) continue;
+    PageBits& pages = cache.at(chunk);
+    pages.assign((int)a, (int)b, false);
+    if (!pages.any()) cache.erase(chunk);
+  }
+}
+
 // ------------------------------------------------------------- AddressSpace
 
 AddressSpace::~AddressSpace() {
@@ -279,13 +352,7 @@ std::unique_ptr<AddressSpace> AddressSpace::clone(
     Vma* n = new Vma(*v);
     if (v->file) {
       auto it = files.find(v->file.get());
-      if (it == files.end()) {
-        auto f = std::make_shared<BackingFile>();
-        f->kind = v->file->kind;
-        f->size = v->file->size;
-        f->anon = v->file->anon;
-        it = files.emplace(v->file.get(), f).first;
-      }
+      if (it == files.end()) it = files.emplace(v->file.get(), v->file->copy()).first;
       n->file = it->second;
       n->file->mappers.insert(c.get());
     }  // (sim.cpp's copy_file makes the same copies for files only workloads hold)
@@ -302,6 +369,7 @@ std::unique_ptr<AddressSpace> AddressSpace::clone(
   c->uffd_vmas = uffd_vmas;
   c->class_version = class_version;
   c->huge_tables = huge_tables;
+  c->file_thp = file_thp;
   std::copy(uffd_cache, uffd_cache + 4, c->uffd_cache);
   c->logging = logging;
   c->touch_log = touch_log;
@@ -404,8 +472,39 @@ std::string AddressSpace::check_invariants() const {
   if (!problem.empty()) return problem;
   for (int k = 0; k < 4; k++)
     if (counts[k] != cls_count[k]) return "class counts out of date";
-  if (rss != rss_pages) return "rss_pages out of date";
+  if (rss + ENTRIES * (i64)file_thp.size() != rss_pages) return "rss_pages out of date";
   if (huge != huge_tables) return "huge_tables out of date";
+  file_thp.for_each([&](i64 slot) {
+    if (!problem.empty()) return;
+    const i64 base = slot << PTE_SHIFT;
+    const Vma* mapping = find_vma(base);
+    if (pte.count(slot))
+      problem = "a file THP PMD and a PTE table in one slot";
+    else if (!pmd.count(slot >> (PMD_SHIFT - PTE_SHIFT)))
+      problem = "file THP without PMD table";
+    else if (!mapping || !mapping->file)
+      problem = "file THP PMD without a file mapping";
+    else if (mapping->end < base + PTE_SPAN)
+      problem = "file THP PMD-mapped past its VMA";
+    else if (mapping->file_offset(base) % PTE_SPAN)
+      problem = "file THP PMD-mapped unaligned";
+    else if (!mapping->file->huge.count(mapping->file_offset(base) >> PTE_SHIFT))
+      problem = "folio not huge";
+  });
+  if (!problem.empty()) return problem;
+  std::set<const BackingFile*> files;
+  for (const Vma* v : vmas)
+    if (v->file) files.insert(v->file.get());
+  for (const BackingFile* f : files) {
+    f->huge.for_each([&](i64 chunk) {
+      const PageBits* pages = f->cache.find(chunk);
+      if (problem.empty() && (!pages || !pages->all())) problem = "a huge chunk not all cached";
+    });
+    f->cache.for_each([&](i64, const PageBits& pages) {
+      if (problem.empty() && !pages.any()) problem = "an empty chunk in the page cache";
+    });
+    if (!problem.empty()) return problem;
+  }
   for (i64 p : pmd.all())
     if (!pud.count(p >> (PUD_SHIFT - PMD_SHIFT))) return "PMD table without PUD";
   return "";
@@ -524,7 +623,16 @@ void AddressSpace::split_huge_partial(i64 start, i64 end) {
   }
 }
 
+void AddressSpace::unmap_file_thp(i64 start, i64 end) {
+  if (file_thp.empty() || end <= start) return;
+  for (i64 slot : file_thp.indices_in(start >> PTE_SHIFT, (end - 1) >> PTE_SHIFT)) {
+    file_thp.erase(slot);
+    rss_pages -= ENTRIES;
+  }
+}
+
 void AddressSpace::zap(i64 start, i64 end, bool reclaim, bool drop_markers) {
+  unmap_file_thp(start, end);
   split_huge_partial(start, end);
   const uint8_t* table = drop_markers ? ZAP_ALL.t : ZAP.t;
   std::vector<i64> slots;
@@ -610,9 +718,12 @@ void AddressSpace::anon_vma_prepare(Vma* v) {
 }
 
 void AddressSpace::split(i64 i, i64 addr) {
-  if (huge_tables && addr % PTE_SPAN) {
-    PteTable* t = pte.find(addr >> PTE_SHIFT);
-    if (t && t->huge) split_huge(addr >> PTE_SHIFT, *t);
+  if (addr % PTE_SPAN) {
+    if (huge_tables) {
+      PteTable* t = pte.find(addr >> PTE_SHIFT);
+      if (t && t->huge) split_huge(addr >> PTE_SHIFT, *t);
+    }
+    unmap_file_thp(addr, addr + PAGE);
   }
   Vma* v = vmas[i];
   Vma* upper = new Vma(*v);
@@ -704,6 +815,19 @@ bool AddressSpace::thp_allowed(const Vma* v) const {
   return thp_sysfs == 2 || (v->flags & VM_HUGEPAGE);
 }
 
+bool AddressSpace::file_folio_fits(const Vma* v, i64 base) {
+  if (!v->file || v->file->huge.empty() || base < v->start || base + PTE_SPAN > v->end)
+    return false;
+  const i64 foff = v->file_offset(base);
+  return foff % PTE_SPAN == 0 && v->file->huge.count(foff >> PTE_SHIFT);
+}
+
+void AddressSpace::map_file_thp(i64 slot) {
+  ensure_upper(slot << PTE_SHIFT);
+  file_thp.insert(slot);
+  rss_pages += ENTRIES;
+}
+
 int AddressSpace::fault_range(Vma* v, i64 start, i64 end, i64 stride, bool write, i64 first,
                               i64& next) {
   i64 addr = first;
@@ -712,8 +836,9 @@ int AddressSpace::fault_range(Vma* v, i64 start, i64 end, i64 stride, bool write
     return ERR_SIGSEGV;
   i64 limit = end;
   int eof_error = OK;
+  i64 eof = end;
   if (v->file) {
-    i64 eof = v->start + std::max<i64>(0, page_align(v->file->size) - (v->pgoff << PAGE_SHIFT));
+    eof = v->start + std::max<i64>(0, page_align(v->file->size) - (v->pgoff << PAGE_SHIFT));
     if (eof < limit) {
       limit = std::max(eof, start);
       eof_error = ERR_SIGBUS;
@@ -729,6 +854,9 @@ int AddressSpace::fault_range(Vma* v, i64 start, i64 end, i64 stride, bool write
     target = -1;
   }
   const bool page_stride = stride % PAGE == 0;
+  const bool cow = write && !(v->flags & VM_SHARED);
+  // shmem allocates the page of every successful fault in its cache.
+  BackingFile* cache = v->file && v->file->kind == 1 ? v->file.get() : nullptr;
   std::vector<i64> pages;
   while (addr < limit) {
     i64 slot = addr >> PTE_SHIFT;
@@ -771,8 +899,25 @@ int AddressSpace::fault_range(Vma* v, i64 start, i64 end, i64 stride, bool write
       addr = last + stride;
       continue;
     }
+    const bool fits = v->file && file_folio_fits(v, base);
+    if (!t && v->file) {
+      if (file_thp.count(slot)) {
+        if (!cow) {
+          addr = last + stride;
+          continue;
+        }
+        unmap_file_thp(base, base + PAGE);
+      } else if (fits && !cow && !thp_disabled && !(v->flags & VM_NOHUGEPAGE)) {
+        map_file_thp(slot);
+        stats.faults += 1;
+        addr = last + stride;
+        continue;
+      }
+    }
     t = &ensure_pte(slot);
     uint8_t* e = t->e;
+    const bool whole = fits && !cow && (!write || t->n[E_NONE] == ENTRIES);
+    const i64 fpage = v->pgoff + ((base - v->start) >> PAGE_SHIFT);
     if (page_stride) {
       // Markers are among the "other" entries: a table without any has none to find.
       i64 g = t->n[4] ? first_marker(e, i0, i1, istep) : -1;
@@ -784,6 +929,8 @@ int AddressSpace::fault_range(Vma* v, i64 start, i64 end, i64 stride, bool write
           else
             t->replace_range(i0, stop, istep, E_NONE, xlate->t[E_NONE]);
           if (target == E_ANON && !v->anon_vma) anon_vma_prepare(v);
+          if (cache) cache->cache_pages(fpage + i0, istep, g);
+          if (whole) t->replace_range(0, ENTRIES, 1, E_NONE, E_FILE);
         }
         reclass(slot, *t);
         next = base + (stop << PAGE_SHIFT);
@@ -794,21 +941,27 @@ int AddressSpace::fault_range(Vma* v, i64 start, i64 end, i64 stride, bool write
       else
         t->replace_range(i0, i1, istep, E_NONE, xlate->t[E_NONE]);
       if (target == E_ANON && !v->anon_vma) anon_vma_prepare(v);
+      if (cache) cache->cache_pages(fpage + i0, istep, (i1 - i0 + istep - 1) / istep);
     } else {
-      for (i64 p : pages) {
+      for (size_t k = 0; k < pages.size(); k++) {
+        const i64 p = pages[k];
         if (e[p] == E_GUARD || e[p] == E_UFFD_WP) {
+          if (whole && k) t->replace_range(0, ENTRIES, 1, E_NONE, E_FILE);
           reclass(slot, *t);
           next = base + (p << PAGE_SHIFT);
           return ERR_SIGSEGV;
         }
         t->set(p, xlate ? xlate->t[e[p]] : (uint8_t)target);
         if (target == E_ANON && !v->anon_vma) anon_vma_prepare(v);
+        if (cache) cache->cache_pages(fpage + p, 1, 1);
       }
     }
+    if (whole) t->replace_range(0, ENTRIES, 1, E_NONE, E_FILE);
     reclass(slot, *t);
     stats.faults += n;
     addr = last + stride;
   }
+  if (eof_error && addr < end) addr = past_eof_file_thp(v, addr, end, stride, write, eof);
   next = addr;
   if (eof_error && addr < end) {
     ensure_upper(addr);
@@ -816,6 +969,22 @@ int AddressSpace::fault_range(Vma* v, i64 start, i64 end, i64 stride, bool write
     return eof_error;
   }
   return OK;
+}
+
+i64 AddressSpace::past_eof_file_thp(const Vma* v, i64 addr, i64 end, i64 stride, bool write,
+                                    i64 eof) {
+  const i64 slot = addr >> PTE_SHIFT;
+  const i64 base = slot << PTE_SHIFT;
+  if (!file_thp.count(slot)) {
+    const i64 window = std::max(addr & ~(FAULT_AROUND - 1), v->start);
+    if (write || window >= eof || pte.count(slot) || thp_disabled ||
+        (v->flags & VM_NOHUGEPAGE) || !file_folio_fits(v, base))
+      return addr;
+    map_file_thp(slot);
+    stats.faults += 1;
+  }
+  const i64 nxt = std::min(end, base + PTE_SPAN);
+  return addr + (nxt - addr + stride - 1) / stride * stride;
 }
 
 int AddressSpace::touch(i64 start, i64 length, bool write, i64 stride) {
@@ -1065,9 +1234,12 @@ int AddressSpace::visit(Vma* v, i64 a, i64 b, int advice) {
     case A_PAGEOUT:
       if (v->flags & VM_LOCKED) return ERR_EINVAL;
       if (v->file && v->file->kind == 0) update_entries(a, b, DROP_FILE.t);
+      cold_file_thp(v, a, b, true);
       return OK;
     case A_COLD:
-      return (v->flags & VM_LOCKED) ? ERR_EINVAL : OK;
+      if (v->flags & VM_LOCKED) return ERR_EINVAL;
+      cold_file_thp(v, a, b, false);
+      return OK;
     case A_WILLNEED:
       return OK;
     case A_REMOVE:
@@ -1084,6 +1256,61 @@ int AddressSpace::visit(Vma* v, i64 a, i64 b, int advice) {
       return collapse(v, a, b);
   }
   return ERR_EINVAL;
+}
+
+// pagetable._cold_file_thp.
+void AddressSpace::cold_file_thp(Vma* v, i64 a, i64 b, bool pageout) {
+  if (!v->file || v->file->huge.empty()) return;
+  // Keep the file alive and its identity fixed while folios are unmapped everywhere.
+  FileRef f = v->file;
+  std::vector<i64> whole, split;
+  const i64 lo = a >> PTE_SHIFT, hi = (b - 1) >> PTE_SHIFT;
+  for (i64 slot : file_thp.indices_in(lo, hi)) {
+    const bool covered = a <= (slot << PTE_SHIFT) && ((slot + 1) << PTE_SHIFT) <= b;
+    (covered ? whole : split).push_back(v->file_offset(slot << PTE_SHIFT) >> PTE_SHIFT);
+  }
+  std::vector<i64> slots;
+  pte_slots_in(a, b, slots);
+  for (i64 slot : slots) {
+    const PteTable& t = pte.at(slot);
+    if (!t.n[E_FILE]) continue;  // no file entry: no folio hit
+    const i64 base = slot << PTE_SHIFT;
+    const i64 i = (std::max(a, base) - base) >> PAGE_SHIFT;
+    const i64 j = (std::min(b, base + PTE_SPAN) - base) >> PAGE_SHIFT;
+    const i64 first = v->pgoff + ((base - v->start) >> PAGE_SHIFT);
+    // The huge chunks of the file entries in [i, j): consecutive pages, so at most two.
+    i64 hit[2];
+    int nhit = 0;
+    for (i64 k = i; k < j; k++) {
+      if (t.e[k] != E_FILE) continue;
+      const i64 chunk = (first + k) / ENTRIES;  // first + k >= 0: floor division
+      if (f->huge.count(chunk)) hit[nhit++] = chunk;
+      k = (chunk + 1) * ENTRIES - first - 1;  // the rest of this chunk adds nothing
+    }
+    if (!nhit) continue;
+    std::vector<i64>& into =
+        (j - i == ENTRIES && file_folio_fits(v, base) && t.n[E_FILE] == ENTRIES) ? whole : split;
+    into.insert(into.end(), hit, hit + nhit);
+  }
+  std::sort(split.begin(), split.end());
+  split.erase(std::unique(split.begin(), split.end()), split.end());
+  for (i64 chunk : split) {
+    f->huge.erase(chunk);
+    unmap_folio(*f, chunk);
+  }
+  if (pageout) {
+    std::sort(whole.begin(), whole.end());
+    whole.erase(std::unique(whole.begin(), whole.end()), whole.end());
+    for (i64 chunk : whole)
+      if (!std::binary_search(split.begin(), split.end(), chunk)) unmap_folio(*f, chunk);
+  }
+}
+
+// pagetable._unmap_folio.
+void AddressSpace::unmap_folio(BackingFile& file, i64 chunk) {
+  const i64 start = chunk << PTE_SHIFT;
+  std::vector<AddressSpace*> mms(file.mappers.begin(), file.mappers.end());
+  for (AddressSpace* mm : mms) mm->zap_file_range(file, start, start + PTE_SPAN, false);
 }
 
 int AddressSpace::guard_install(Vma* v, i64 a, i64 b) {
@@ -1106,48 +1333,93 @@ int AddressSpace::guard_install(Vma* v, i64 a, i64 b) {
 int AddressSpace::collapse(Vma* v, i64 lo, i64 hi) {
   if (thp_disabled) return ERR_EINVAL;
   if ((v->file && v->file->kind == 0) || (v->flags & VM_NOHUGEPAGE)) return ERR_EINVAL;
+  if (((v->end - PTE_SPAN) & ~(PTE_SPAN - 1)) < v->start) return ERR_EINVAL;
   if (v->file && ((v->start >> PAGE_SHIFT) - v->pgoff) % ENTRIES) return ERR_EINVAL;
   int err = OK;
   for (i64 slot = (lo + PTE_SPAN - 1) >> PTE_SHIFT; slot < (hi >> PTE_SHIFT); slot++) {
-    PteTable* t = pte.find(slot);
-    if (v->anonymous()) {
-      if (t && t->huge) continue;
-      if (!t || !v->anon_vma || first_marker(t->e, 0, ENTRIES, 1) >= 0) {
-        err = ERR_EINVAL;
-        continue;
-      }
-      t->fill(E_NONE);
-      t->huge = HUGE_ANON;
-      huge_tables++;
-      reclass(slot, *t);
-    } else if (t && t->n[E_FILE]) {
-      free_pte(slot);
-    } else {
-      err = ERR_EINVAL;
+    if (!v->anonymous()) {
+      const int result = collapse_file(v, slot);
+      if (result == 2) return ERR_EINVAL;
+      if (result == 1) err = ERR_EINVAL;
+      continue;
     }
+    PteTable* t = pte.find(slot);
+    if (t && t->huge) continue;
+    if (!t || !v->anon_vma || first_marker(t->e, 0, ENTRIES, 1) >= 0) {
+      err = ERR_EINVAL;
+      continue;
+    }
+    t->fill(E_NONE);
+    t->huge = HUGE_ANON;
+    huge_tables++;
+    reclass(slot, *t);
   }
   return err;
 }
 
-void AddressSpace::punch(BackingFile& file, i64 foff, i64 length) {
-  std::vector<AddressSpace*> mms(file.mappers.begin(), file.mappers.end());
-  for (AddressSpace* mm : mms) {
-    mm->zap_file_range(file, foff, foff + length, false);
-    mm->collect();
+// pagetable._collapse_file: 0 "ok", 1 "skip", 2 "stop".
+int AddressSpace::collapse_file(Vma* v, i64 slot) {
+  FileRef f = v->file;
+  const i64 chunk = v->file_offset(slot << PTE_SHIFT) >> PTE_SHIFT;
+  if (!f->huge.count(chunk)) {
+    if (!f->cache.count(chunk)) return 2;
+    f->collapse(chunk);
+    unmap_folio(*f, chunk);
+    std::vector<AddressSpace*> mms(f->mappers.begin(), f->mappers.end());
+    for (AddressSpace* mm : mms) mm->retract_page_tables(*f, chunk);
   }
+  if (file_thp.count(slot)) return 0;
+  if (const PteTable* t = pte.find(slot)) {
+    // Step 1: every mapped PTE must map the folio; the first entry that does not decides.
+    if (t->n[E_ANON] || t->n[E_ZERO] || t->n[4]) {
+      for (int k = 0; k < ENTRIES; k++) {
+        const uint8_t e = t->e[k];
+        if (e == E_SWAP || e == E_GUARD || e == E_UFFD_WP) return 1;
+        if (e != E_NONE && e != E_FILE) return 2;
+      }
+    }
+    free_pte(slot);
+  }
+  map_file_thp(slot);
+  return 0;
+}
+
+// pagetable._retract_page_tables.
+void AddressSpace::retract_page_tables(const BackingFile& file, i64 chunk) {
+  const i64 page = chunk * ENTRIES;
+  for (const Vma* v : vmas) {
+    const i64 pages = (v->end - v->start) >> PAGE_SHIFT;
+    if (v->file.get() != &file || !(v->pgoff <= page && page < v->pgoff + pages)) continue;
+    const i64 addr = v->start + ((page - v->pgoff) << PAGE_SHIFT);
+    if (addr % PTE_SPAN || addr + PTE_SPAN > v->end || v->anon_vma ||
+        (v->flags & (VM_MAYBE_GUARD | VM_UFFD_WP)))
+      continue;
+    if (pte.count(addr >> PTE_SHIFT)) free_pte(addr >> PTE_SHIFT);
+  }
+}
+
+void AddressSpace::punch(BackingFile& file, i64 foff, i64 length) {
+  drop_file_range(file, foff, foff + length, foff, false);
 }
 
 void AddressSpace::truncate(BackingFile& file, i64 size) {
   i64 old = file.size;
   file.size = size;
-  if (size < old) {
-    i64 hole = page_align(size);
-    std::vector<AddressSpace*> mms(file.mappers.begin(), file.mappers.end());
-    for (AddressSpace* mm : mms) {
-      mm->zap_file_range(file, hole, std::max(old, hole) + TASK_SIZE, true);
-      mm->collect();
-    }
+  if (size < old)
+    drop_file_range(file, size, std::max(old, size) + TASK_SIZE, page_align(size), true);
+}
+
+// pagetable._drop_file_range.
+void AddressSpace::drop_file_range(BackingFile& file, i64 start, i64 end, i64 unmap_start,
+                                   bool even_cows) {
+  const std::vector<i64> split = file.huge_split_by(start, end);
+  std::vector<AddressSpace*> mms(file.mappers.begin(), file.mappers.end());
+  for (AddressSpace* mm : mms) {
+    mm->zap_file_range(file, unmap_start, end, even_cows);
+    mm->collect();
   }
+  for (i64 chunk : split) unmap_folio(file, chunk);
+  file.drop_pages(start, end);
 }
 
 void AddressSpace::zap_file_range(BackingFile& file, i64 fstart, i64 fend, bool even_cows) {
@@ -1160,10 +1432,12 @@ void AddressSpace::zap_file_range(BackingFile& file, i64 fstart, i64 fend, bool 
     if (a >= b) continue;
     i64 addr_a = v->start + (a - vstart);
     i64 addr_b = v->start + (b - vstart);
-    if (even_cows || (v->flags & VM_SHARED))
+    if (even_cows || (v->flags & VM_SHARED)) {
       zap(addr_a, addr_b, false);
-    else
+    } else {
+      unmap_file_thp(addr_a, addr_b);
       update_entries(addr_a, addr_b, DROP_FILE.t);
+    }
   }
 }
 
@@ -1271,7 +1545,7 @@ int AddressSpace::mremap_to(i64 addr, i64 old_len, i64 new_len, i64 new_addr, bo
   v = find_vma(addr);
   move_page_tables(v, nw, addr, new_addr, old_len);
   if (dontunmap) {
-    v->flags &= ~(VM_LOCKED | VM_ACCOUNT);
+    v->flags &= ~VM_LOCKED;  // R17: the source keeps VM_ACCOUNT
     if (addr == v->start && addr + old_len == v->end && nw != v) v->anon_vma = 0;
   } else {
     unmap(addr, addr + old_len);
@@ -1315,6 +1589,7 @@ void AddressSpace::move_page_tables(Vma* old, Vma* nw, i64 old_addr, i64 new_add
     i64 oslot = old_addr >> PTE_SHIFT;
     PteTable* ot = pte.find(oslot);
     if (!ot) {
+      if (file_thp.count(oslot)) move_file_thp(oslot, new_addr, extent);
       old_addr += extent;
       new_addr += extent;
       continue;
@@ -1344,6 +1619,16 @@ void AddressSpace::move_page_tables(Vma* old, Vma* nw, i64 old_addr, i64 new_add
   }
 }
 
+void AddressSpace::move_file_thp(i64 oslot, i64 new_addr, i64 extent) {
+  if (pmd.insert(new_addr >> PMD_SHIFT)) stats.upper_allocated++;
+  const i64 nslot = new_addr >> PTE_SHIFT;
+  file_thp.erase(oslot);
+  if (extent == PTE_SPAN && !pte.count(nslot) && !file_thp.count(nslot))
+    file_thp.insert(nslot);
+  else
+    rss_pages -= ENTRIES;
+}
+
 void AddressSpace::move_pmd_table(i64 old_addr, i64 new_addr) {
   pmd.erase(old_addr >> PMD_SHIFT);
   pmd.insert(new_addr >> PMD_SHIFT);
@@ -1353,6 +1638,12 @@ void AddressSpace::move_pmd_table(i64 old_addr, i64 new_addr) {
   for (i64 slot : slots) {
     PteTable t = free_pte_quiet(slot);
     adopt_pte(slot + shift, t);
+  }
+  if (!file_thp.empty()) {
+    const i64 lo = old_addr >> PTE_SHIFT;
+    const std::vector<i64> moved = file_thp.indices_in(lo, lo + ENTRIES - 1);
+    for (i64 slot : moved) file_thp.erase(slot);
+    for (i64 slot : moved) file_thp.insert(slot + shift);
   }
 }
 
@@ -1407,6 +1698,7 @@ void AddressSpace::exit() {
   pte.clear();
   pmd.clear();
   pud.clear();
+  file_thp.clear();
   std::fill(cls_count, cls_count + 4, i64{0});
   huge_tables = 0;
   rss_pages = 0;

@@ -33,6 +33,7 @@ constexpr i64 PMD_SPAN = i64{1} << PMD_SHIFT;
 constexpr i64 PUD_SPAN = i64{1} << PUD_SHIFT;
 constexpr int ENTRIES = 512;
 constexpr i64 TASK_SIZE = i64{1} << 47;
+constexpr i64 FAULT_AROUND = i64{64} << 10;  // pagetable.FAULT_AROUND
 
 enum Entry : uint8_t { E_NONE, E_ANON, E_ZERO, E_FILE, E_SWAP, E_GUARD, E_UFFD_WP };
 
@@ -64,14 +65,41 @@ enum Advice : int {
 
 class AddressSpace;
 
-// pagetable.BackingFile: a file or shmem object that mappings share.
+// The cached pages of one 2 MiB chunk of a shmem file: one bit per page (pagetable.py keeps
+// one byte per page, 1 = cached).
+struct PageBits {
+  uint64_t w[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  bool any() const { return (w[0] | w[1] | w[2] | w[3] | w[4] | w[5] | w[6] | w[7]) != 0; }
+  bool all() const {
+    return (w[0] & w[1] & w[2] & w[3] & w[4] & w[5] & w[6] & w[7]) == ~uint64_t{0};
+  }
+  bool test(int k) const { return (w[k >> 6] >> (k & 63)) & 1; }
+  // Bits [a, b) set to `on`.
+  void assign(int a, int b, bool on);
+};
+
+struct BackingFile;
+using FileRef = std::shared_ptr<BackingFile>;
+
+// pagetable.BackingFile: a file or shmem object that mappings share.  A shmem file follows its
+// page cache per 2 MiB chunk (R24): `cache` (chunks that hold a cached page) and `huge`
+// (chunks held by one PMD-sized folio); both stay empty for regular files.
 struct BackingFile {
   int kind = 0;  // 0: "file" (ext4-like), 1: "shmem"
   i64 size = 0;
   bool anon = false;
   std::set<AddressSpace*> mappers;
+  SlotMap<PageBits> cache;
+  SlotSet huge;
+
+  // A copy of everything but the mappers (clones for the offline oracle re-add their own).
+  FileRef copy() const;
+  // BackingFile.cache_pages / collapse / huge_split_by / drop_pages.
+  void cache_pages(i64 first, i64 step, i64 count);
+  void collapse(i64 chunk);
+  std::vector<i64> huge_split_by(i64 start, i64 end) const;
+  void drop_pages(i64 start, i64 end);
 };
-using FileRef = std::shared_ptr<BackingFile>;
 
 // pagetable.Vma.  Identity matters (the Python code compares VMAs with `is`), so VMAs live
 // on the heap and the address space keeps pointers.
@@ -163,6 +191,9 @@ class AddressSpace {
   i64 uffd_vmas = 0;
   i64 class_version = 0;
   i64 huge_tables = 0;  // tables that are a PMD-mapped THP's deposit (THP paths skip when 0)
+  // Slots PMD-mapping a PMD-sized folio of the shmem page cache (R24); the file THP paths
+  // skip when it is empty.
+  SlotSet file_thp;
   i64 uffd_cache[4] = {-1, -1, -1, 0};
   bool logging = false;
   std::set<i64> touch_log;
@@ -228,6 +259,7 @@ class AddressSpace {
   void update_entries(i64 start, i64 end, const uint8_t* table);
   void split_huge(i64 slot, PteTable& t);
   void split_huge_partial(i64 start, i64 end);
+  void unmap_file_thp(i64 start, i64 end);
   void zap(i64 start, i64 end, bool reclaim, bool drop_markers = false);
   void free_pgtables(i64 start, i64 end);
   i64 insert(Vma* v);
@@ -241,8 +273,11 @@ class AddressSpace {
   void carve(i64 start, i64 end, i64& i_out, i64& j_out);
   int modify(i64 start, i64 end, const FlagChange& change);
   bool thp_allowed(const Vma* v) const;
+  static bool file_folio_fits(const Vma* v, i64 base);
+  void map_file_thp(i64 slot);
   int fault_range(Vma* v, i64 start, i64 end, i64 stride, bool write, i64 first,
                   i64& next);
+  i64 past_eof_file_thp(const Vma* v, i64 addr, i64 end, i64 stride, bool write, i64 eof);
   int populate(i64 start, i64 end, int mode);
   void unmap(i64 start, i64 end);
   int change_contiguous(i64 start, i64 end, int kind, i64 prot);
@@ -250,12 +285,19 @@ class AddressSpace {
   int walk(i64 start, i64 end, int advice);
   int visit(Vma* v, i64 a, i64 b, int advice);
   int guard_install(Vma* v, i64 a, i64 b);
+  void cold_file_thp(Vma* v, i64 a, i64 b, bool pageout);
+  static void unmap_folio(BackingFile& file, i64 chunk);
   int collapse(Vma* v, i64 lo, i64 hi);
+  int collapse_file(Vma* v, i64 slot);
+  void retract_page_tables(const BackingFile& file, i64 chunk);
+  static void drop_file_range(BackingFile& file, i64 start, i64 end, i64 unmap_start,
+                              bool even_cows);
   void zap_file_range(BackingFile& file, i64 fstart, i64 fend, bool even_cows);
   int mremap_in_place(i64 addr, i64 old_len, i64 new_len);
   int remap_move(i64 start, i64 length, i64 new_addr, bool dontunmap);
   int mremap_to(i64 addr, i64 old_len, i64 new_len, i64 new_addr, bool dontunmap);
   void move_page_tables(Vma* old, Vma* nw, i64 old_addr, i64 new_addr, i64 length);
+  void move_file_thp(i64 oslot, i64 new_addr, i64 extent);
   void move_pmd_table(i64 old_addr, i64 new_addr);
 };
 

@@ -178,6 +178,126 @@ class SlotMap {
 
 namespace ptfast {
 
+// A sparse set of slots (or of any 64-bit indices) in the two-level layout of SlotMap, without
+// the tables: a node per 512 indices holding a 512-bit presence map.  For sets that are
+// usually empty or small (a file's huge chunks, an address space's file THP PMDs): empty() is
+// one compare, membership a node lookup (cached for the last node) and a bit test, and
+// walking a range visits only its nodes' set bits, ascending.
+class SlotSet {
+ public:
+  using i64 = int64_t;
+
+  SlotSet() = default;
+  SlotSet(const SlotSet& o) : nodes_(o.nodes_), n_(o.n_) {}
+  SlotSet& operator=(const SlotSet& o) {
+    nodes_ = o.nodes_;
+    n_ = o.n_;
+    drop_cache();
+    return *this;
+  }
+
+  size_t size() const { return n_; }
+  bool empty() const { return n_ == 0; }
+  bool count(i64 i) const {
+    if (n_ == 0) return false;
+    const Node* node = node_of(i >> 9);
+    return node && ((node->bits[(i & 511) >> 6] >> (i & 63)) & 1);
+  }
+  // True when i was not in the set.
+  bool insert(i64 i) {
+    Node* node = node_of(i >> 9);
+    if (!node) {
+      node = &nodes_[i >> 9];
+      cache_key_ = i >> 9;
+      cache_ = node;
+    }
+    uint64_t& w = node->bits[(i & 511) >> 6];
+    const uint64_t m = uint64_t{1} << (i & 63);
+    if (w & m) return false;
+    w |= m;
+    node->count++;
+    n_++;
+    return true;
+  }
+  // True when i was in the set.
+  bool erase(i64 i) {
+    if (n_ == 0) return false;
+    Node* node = node_of(i >> 9);
+    if (!node) return false;
+    uint64_t& w = node->bits[(i & 511) >> 6];
+    const uint64_t m = uint64_t{1} << (i & 63);
+    if (!(w & m)) return false;
+    w &= ~m;
+    n_--;
+    if (--node->count == 0) {
+      nodes_.erase(i >> 9);
+      drop_cache();
+    }
+    return true;
+  }
+  void clear() {
+    nodes_.clear();
+    n_ = 0;
+    drop_cache();
+  }
+  // Ascending members in [lo, hi], appended to out.
+  void slots_in(i64 lo, i64 hi, std::vector<i64>& out) const {
+    if (hi < lo || n_ == 0) return;
+    const i64 plo = lo >> 9, phi = hi >> 9;
+    for (auto it = nodes_.lower_bound(plo); it != nodes_.end() && it->first <= phi; ++it) {
+      const i64 base = it->first << 9;
+      const int e_lo = it->first == plo ? (int)(lo & 511) : 0;
+      const int e_hi = it->first == phi ? (int)(hi & 511) : 511;
+      for (int w = e_lo >> 6; w <= (e_hi >> 6); w++) {
+        uint64_t bits = it->second.bits[w];
+        if (w == (e_lo >> 6)) bits &= ~uint64_t{0} << (e_lo & 63);
+        if (w == (e_hi >> 6) && (e_hi & 63) != 63) bits &= (uint64_t{1} << ((e_hi & 63) + 1)) - 1;
+        while (bits) {
+          out.push_back(base + (w << 6) + __builtin_ctzll(bits));
+          bits &= bits - 1;
+        }
+      }
+    }
+  }
+  std::vector<i64> indices_in(i64 lo, i64 hi) const {
+    std::vector<i64> out;
+    slots_in(lo, hi, out);
+    return out;
+  }
+  // f(index) for every member, ascending.
+  template <class F>
+  void for_each(F f) const {
+    for (const auto& kv : nodes_)
+      for (int w = 0; w < 8; w++)
+        for (uint64_t bits = kv.second.bits[w]; bits; bits &= bits - 1)
+          f((kv.first << 9) + (w << 6) + __builtin_ctzll(bits));
+  }
+
+ private:
+  struct Node {
+    uint64_t bits[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int count = 0;
+  };
+
+  Node* node_of(i64 pi) const {
+    if (pi == cache_key_) return cache_;
+    auto it = nodes_.find(pi);
+    if (it == nodes_.end()) return nullptr;
+    cache_key_ = pi;
+    cache_ = const_cast<Node*>(&it->second);
+    return cache_;
+  }
+  void drop_cache() {
+    cache_key_ = INT64_MIN;
+    cache_ = nullptr;
+  }
+
+  std::map<i64, Node> nodes_;
+  size_t n_ = 0;
+  mutable i64 cache_key_ = INT64_MIN;
+  mutable Node* cache_ = nullptr;
+};
+
 // A set of non-negative indices (PMD and PUD table indices) as a bitmap: membership in
 // O(1), ascending walks over a range in word steps.
 class IndexSet {

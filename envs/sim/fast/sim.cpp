@@ -102,10 +102,7 @@ FileRef copy_file(std::map<const BackingFile*, FileRef>& files, const FileRef& f
   if (!f) return f;
   auto it = files.find(f.get());
   if (it != files.end()) return it->second;
-  auto c = std::make_shared<BackingFile>();
-  c->kind = f->kind;
-  c->size = f->size;
-  c->anon = f->anon;
+  FileRef c = f->copy();  // with its page cache (R24), without its mappers
   files.emplace(f.get(), c);
   return c;
 }

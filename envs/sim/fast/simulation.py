@@ -57,7 +57,7 @@ def _encode_program(trace_name: str) -> FastTraceProgram:
     trace = resolve_trace(trace_name)
     cached = trace.derived.get("fast_program")
     if cached is not None:
-        return cached  # type: ignore[no-any-return]
+        return cached
     program = compile_trace(trace)
     keys: dict[str, int] = {}
 
@@ -153,7 +153,7 @@ class _MmView:
         self.pte = _PteView(proc)
 
     def tables_in_class(self, cls: TableClass) -> set[int]:
-        return self._p._sim.core.tables_in_class(self._p.index, int(cls))  # type: ignore[no-any-return]
+        return self._p._sim.core.tables_in_class(self._p.index, int(cls))
 
     def slot_is_uffd(self, slot: int) -> bool:
         return bool(self._p._sim.core.slot_is_uffd(self._p.index, slot))
@@ -193,7 +193,7 @@ class FastProcess:
         self.mm = _MmView(self)
 
     def _numbers(self) -> tuple[int, ...]:
-        return self._sim.core.proc_numbers(self.index)  # type: ignore[no-any-return]
+        return self._sim.core.proc_numbers(self.index)
 
     @property
     def alive(self) -> bool:
@@ -217,11 +217,11 @@ class FastProcess:
 
     @property
     def pt_soft_limit_bytes(self) -> int | None:
-        return self._sim.core.proc_limits(self.index)[0]  # type: ignore[no-any-return]
+        return self._sim.core.proc_limits(self.index)[0]
 
     @property
     def pt_hard_limit_bytes(self) -> int | None:
-        return self._sim.core.proc_limits(self.index)[1]  # type: ignore[no-any-return]
+        return self._sim.core.proc_limits(self.index)[1]
 
     @property
     def over_soft_limit(self) -> bool:
@@ -230,7 +230,7 @@ class FastProcess:
 
     @property
     def history(self) -> list[int]:
-        return self._sim.core.proc_history(self.index)  # type: ignore[no-any-return]
+        return self._sim.core.proc_history(self.index)
 
     @property
     def stall_us(self) -> float:
@@ -307,7 +307,7 @@ class FastMachine:
         self._initial_tenants = ref.tenant_pages
 
     def _state(self) -> tuple[Any, ...]:
-        return self._sim.core.machine_state()  # type: ignore[no-any-return]
+        return self._sim.core.machine_state()
 
     @property
     def tick_s(self) -> float:
@@ -459,7 +459,6 @@ class FastSimulation:
         c._procs = []
         c._history = list(self._history)
         c._events = list(self._events)
-        c._touch_trace = None
         return c
 
     def record_touches(self) -> None:

@@ -1,0 +1,418 @@
+"""The service (issue 17) against a real uvicorn on loopback, with real workers.
+
+The API runs in-process on 127.0.0.1 (an ephemeral port) on a SQLite job
+store in a temporary folder; workers are real ``scripts/worker.py`` processes
+that run real (tiny) jobs.  ``tests/test_service_pg.py`` runs the store and a
+job on PostgreSQL, ``tests/test_service_browser.py`` the web pages in
+Chromium.  The helpers here are shared with them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ptreclaim.service.app import create_app, load_or_create_token, openapi_text
+from ptreclaim.service.client import Client, ServiceError
+from ptreclaim.service.specs import Limits
+from ptreclaim.service.store import Store
+from ptreclaim.service.worker import safe_name
+
+ROOT = Path(__file__).resolve().parents[1]
+TRACE = ROOT / "data" / "traces" / "redis_jemalloc.npz"
+#: A tuning job of a few seconds: one short scenario, one seed.
+TINY_TUNE: dict[str, Any] = {"kind": "tune", "target": "soft_hard", "trials": 2, "seeds": 1,
+                             "allow_few_seeds": True,
+                             "input": {"source": "shipped", "name": "redis_jemalloc"}}
+#: The longest a tiny job may take here before a test gives up on it.
+DEADLINE = 240.0
+
+
+class LiveServer:
+    """The app on a real uvicorn in a thread, on 127.0.0.1 and a free port."""
+
+    def __init__(self, store: Store, token: str, limits: Limits | None = None) -> None:
+        import uvicorn
+
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(512)
+        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(create_app(store, token, limits),
+                                                    log_level="warning", access_log=False))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]},
+                                       daemon=True)
+        self.thread.start()
+        wait_for(lambda: self.server.started, 30, "uvicorn to start")
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@dataclass
+class Service:
+    """A running service: its URL, token, store, root folder and workers."""
+
+    root: Path
+    url: str
+    db: str
+    token: str
+    store: Store
+    server: LiveServer
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def client(self, token: bool = True) -> Client:
+        return Client(self.server.url, self.token if token else None)
+
+    def start_worker(self, name: str, lease: float = 3.0) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "PTRECLAIM_SERVICE_DB": self.db}
+        log = (self.root / f"worker-{name}.log").open("ab")
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "scripts" / "worker.py"), "--root", str(self.root),
+             "--lease-seconds", str(lease), "--name", name], env=env, stdout=log,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.workers.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        for w in self.workers:
+            if w.poll() is None:
+                w.send_signal(signal.SIGTERM)
+        for w in self.workers:
+            try:
+                w.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                w.kill()
+                w.wait()
+        self.server.stop()
+        self.store.close()
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll ``check`` until it returns something true (liveness, not timing)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.2)
+    raise AssertionError(f"gave up waiting for {what} after {timeout:.0f} s")
+
+
+def wait_state(client: Client, job_id: str, states: tuple[str, ...] = ("succeeded", "failed",
+                                                                      "cancelled"),
+               timeout: float = DEADLINE) -> dict[str, Any]:
+    """The job once it is in one of ``states``."""
+    return dict(wait_for(lambda: (lambda j: j if j["state"] in states else None)(
+        client.job(job_id)), timeout, f"job {job_id} to reach {'/'.join(states)}"))
+
+
+def start_service(root: Path, db: str, limits: Limits | None = None) -> Service:
+    """The API on ``db`` with its token under ``root/runs/service``."""
+    store = Store(db)
+    token = load_or_create_token(root / "runs" / "service" / "token")
+    server = LiveServer(store, token, limits)
+    return Service(root, server.url, db, token, store, server)
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[Service]:
+    """The service on a SQLite store in ``tmp_path``, no worker yet."""
+    svc = start_service(tmp_path, f"sqlite:///{tmp_path / 'runs' / 'service' / 'service.db'}")
+    try:
+        yield svc
+    finally:
+        svc.stop()
+
+
+# ------------------------------------------------------------------- the API
+
+def test_health_and_openapi_match_the_committed_schema(service: Service) -> None:
+    with service.client() as c:
+        health = c.health()
+        assert health["status"] == "ok" and health["database"] == "sqlite"
+        assert set(health["jobs"]) == {"queued", "running", "succeeded", "failed", "cancelled"}
+        served = c.http.get("/openapi.json").json()
+    committed = json.loads((ROOT / "docs" / "openapi.json").read_text())
+    assert served == committed, ("docs/openapi.json is stale; regenerate it with: python "
+                                 "scripts/serve.py --openapi docs/openapi.json")
+    assert openapi_text(create_app(Store("sqlite://"), "")) == \
+        (ROOT / "docs" / "openapi.json").read_text()
+    for path in ("/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/cancel",
+                 "/v1/jobs/{job_id}/artifacts", "/v1/jobs/{job_id}/artifacts/{name}",
+                 "/healthz"):
+        assert path in served["paths"]
+
+
+def test_token_file_is_private_and_kept(tmp_path: Path) -> None:
+    path = tmp_path / "runs" / "service" / "token"
+    token = load_or_create_token(path)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert load_or_create_token(path) == token and len(token) >= 32
+    path.chmod(0o644)
+    with pytest.raises(Exception, match="chmod 600"):
+        load_or_create_token(path)
+
+
+def _post(c: Client, **kwargs: Any) -> tuple[int, dict[str, Any]]:
+    r = c.http.post("/v1/jobs", **kwargs)
+    return r.status_code, r.json()
+
+
+BAD_JSON = [
+    ({"kind": "tune", "trials": 10_000}, 422, "cap of 200"),
+    ({"kind": "tune", "trails": 3}, 422, "unknown field"),
+    ({"kind": "tunes"}, 422, "tune, train, evaluate, export"),
+    ({"kind": "tune", "target": "on_zap"}, 422, "not a tunable heuristic"),
+    ({"kind": "tune", "seeds": 1}, 422, "allow_few_seeds"),
+    ({"kind": "tune", "input": {"source": "shipped", "name": "../../etc/passwd"}}, 422,
+     "should match pattern"),
+    ({"kind": "tune", "input": {"source": "shipped", "name": "nope"}}, 422,
+     "not a shipped suite or scenario"),
+    ({"kind": "tune", "input": {"source": "trace"}}, 422, "none was sent"),
+    ({"kind": "tune", "wall_seconds": 1e9}, 422, "max-wall-seconds"),
+    ({"kind": "train", "timesteps": 10**8}, 422, "max-timesteps"),
+    ({"kind": "train", "timesteps": 100, "overrides": ["train_suite=/etc"]}, 422,
+     "set by the service"),
+    ({"kind": "train", "timesteps": 100, "overrides": ["n_envs=many"]}, 422, "n_envs"),
+    ({"kind": "train", "timesteps": 100, "experiment": "nope"}, 422, "shipped experiment"),
+    ({"kind": "evaluate", "policies": ["runs/some_run"]}, 422, "not taken by path"),
+    ({"kind": "evaluate", "policies": ["heuristic:nope"]}, 422, "unknown heuristic"),
+    ({"kind": "evaluate", "policies": ["job:0123456789abcdef"]}, 422, "no job"),
+    ({"kind": "export", "run_job": "x"}, 422, "not a job id"),
+]
+
+
+@pytest.mark.parametrize(("spec", "status", "words"), BAD_JSON)
+def test_bad_json_specs_get_one_line(service: Service, spec: dict[str, Any], status: int,
+                                     words: str) -> None:
+    with service.client() as c:
+        code, body = _post(c, json=spec)
+    assert code == status, body
+    assert set(body) == {"error"} and words in body["error"]
+    assert "\n" not in body["error"] and "Traceback" not in body["error"]
+
+
+def test_bad_uploads_and_requests(service: Service, tmp_path: Path) -> None:
+    yaml_bomb = "a: &a [x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}]\n" for i in range(8))
+    trace_ref = ("workloads:\n  - family: trace\n    params: {trace: /etc/secret.npz}\n")
+    cases: list[tuple[dict[str, Any], int, str]] = [
+        ({"data": {"spec": json.dumps({"kind": "tune", "input": {"source": "trace"}})},
+          "files": {"trace": ("t.npz", b"not a zip")}}, 422, "trace.npz"),
+        ({"data": {"spec": json.dumps({"kind": "tune", "input": {"source": "trace"}})},
+          "files": {"trace": ("model.zip", b"PK..")}}, 415, "pickles"),
+        ({"data": {"spec": json.dumps({"kind": "tune", "input": {"source": "scenario"}})},
+          "files": {"scenario": ("s.yaml", trace_ref.encode())}}, 422, "not a shipped trace"),
+        ({"data": {"spec": json.dumps({"kind": "tune", "input": {"source": "scenario"}})},
+          "files": {"scenario": ("s.yaml", b"workloads: [\n")}}, 422, "YAML"),
+        ({"data": {"spec": json.dumps({"kind": "tune", "input": {"source": "scenario"}})},
+          "files": {"scenario": ("s.yaml", yaml_bomb.encode() * 2000)}}, 413, "cap"),
+        ({"data": {"spec": json.dumps(TINY_TUNE)},
+          "files": {"scenario": ("s.yaml", b"x: 1\n")}}, 422, "not used by this job"),
+        ({"data": {"spec": json.dumps(TINY_TUNE)},
+          "files": {"weights": ("w.bin", b"x")}}, 422, "unknown upload field"),
+        ({"data": {"nospec": "1"}, "files": {"scenario": ("s.yaml", b"x")}}, 422,
+         "unknown form field"),
+        ({"content": b"{", "headers": {"content-type": "application/json"}}, 422,
+         "Invalid JSON"),
+        ({"content": b"x", "headers": {"content-type": "text/plain"}}, 415, "content type"),
+    ]
+    with service.client() as c:
+        for kwargs, status, words in cases:
+            code, body = _post(c, **kwargs)
+            assert code == status and words in body["error"], (kwargs, body)
+            assert "\n" not in body["error"]
+        assert c.http.get("/v1/jobs?state=nope").status_code == 422
+        r = c.http.get("/v1/jobs/0123456789abcdef")
+        assert r.status_code == 404 and "no job" in r.json()["error"]
+    with service.client(token=False) as c:
+        code, body = _post(c, json=TINY_TUNE)
+        assert code == 401 and "Bearer" in body["error"]
+        c.http.headers["Authorization"] = "Bearer wrong"
+        assert _post(c, json=TINY_TUNE)[0] == 401
+        assert c.http.post("/v1/jobs/0123456789abcdef/cancel").status_code == 401
+    assert service.store.counts()["queued"] == 0
+
+
+def test_artifact_names_cannot_escape() -> None:
+    for bad in ("../token", "a/../../b", "/etc/passwd", "a\\b", "", ".", "a//b", "x\x00y"):
+        assert not safe_name(bad), bad
+    for good in ("best.yaml", "runs/default__ppo__0__x/report.md", "export_eval/scores.png"):
+        assert safe_name(good)
+
+
+# ------------------------------------------------------------------- the jobs
+
+def test_tune_a_shipped_scenario_and_an_uploaded_trace(service: Service, tmp_path: Path
+                                                       ) -> None:
+    service.start_worker("w1")
+    with service.client() as c:
+        shipped = c.submit(TINY_TUNE)
+        traced = c.submit({**TINY_TUNE, "input": {"source": "trace", "copies": 2, "ticks": 200}},
+                          {"trace": TRACE})
+        assert shipped["state"] == "queued" and traced["spec"]["input"]["source"] == "trace"
+        for job in (shipped, traced):
+            done = wait_state(c, job["id"])
+            assert done["state"] == "succeeded", done
+            assert done["progress"] == 1.0 and done["attempts"] == 1
+            names = {a["name"] for a in c.artifacts(job["id"])}
+            assert {"best.yaml", "best.json", "trials.csv", "history.png", "report.md",
+                    "log.txt"} <= names
+            best = c.artifact(job["id"], "best.yaml").decode()
+            assert "kind: soft_hard" in best
+        assert "inputs/trace_scenario.yaml" in {a["name"] for a in c.artifacts(traced["id"])}
+        scen = c.artifact(traced["id"], "inputs/trace_scenario.yaml").decode()
+        assert "trace: inputs/trace.npz" in scen and scen.count("family: trace") == 2
+        r = c.http.get(f"/v1/jobs/{shipped['id']}/artifacts/..%2F..%2Ftoken")
+        assert r.status_code in (400, 404) and service.token not in r.text
+        assert c.http.get(f"/v1/jobs/{shipped['id']}/artifacts/history.png").headers[
+            "content-type"] == "image/png"
+        # The tuned thresholds of the job evaluate next to the heuristics.
+        ev = c.submit({"kind": "evaluate", "episodes": 1,
+                       "policies": ["heuristic:soft_hard", f"tuned=job:{shipped['id']}"],
+                       "input": {"source": "shipped", "name": "redis_jemalloc"}})
+        done = wait_state(c, ev["id"])
+        assert done["state"] == "succeeded", done
+        results = json.loads(c.artifact(ev["id"], "summary.json"))
+        assert "tuned" in json.dumps(results)
+
+
+def test_cancel_queued_and_running_jobs(service: Service) -> None:
+    with service.client() as c:
+        queued = c.submit(TINY_TUNE)
+        assert c.cancel(queued["id"])["state"] == "cancelled"
+        with pytest.raises(ServiceError, match="409"):
+            c.cancel(queued["id"])
+        long = c.submit({**TINY_TUNE, "trials": 200})
+        service.start_worker("w1")
+        wait_state(c, long["id"], ("running",))
+        wait_for(lambda: c.job(long["id"])["progress"] > 0, DEADLINE, "a trial")
+        assert c.cancel(long["id"])["cancel_requested"]
+        done = wait_state(c, long["id"])
+        assert done["state"] == "cancelled" and done["progress"] < 1
+        # What the job saved before it stopped is kept.
+        assert "trials.csv" in {a["name"] for a in c.artifacts(long["id"])}
+
+
+def test_wall_time_budget_stops_a_job(service: Service) -> None:
+    service.start_worker("w1")
+    with service.client() as c:
+        # 200 trials of 25 episodes each cannot finish in 20 s even on the compiled core.
+        job = c.submit({**TINY_TUNE, "trials": 200, "episodes": 25, "wall_seconds": 20})
+        done = wait_state(c, job["id"])
+    # Tuning stops starting trials near the budget and keeps what it has.
+    assert done["state"] == "succeeded", done
+    assert "wall-time budget" in done["phase"] and done["progress"] < 1
+
+
+def test_twenty_concurrent_clients_all_submit(service: Service) -> None:
+    def one(i: int) -> str:
+        with service.client() as c:
+            return str(c.submit({**TINY_TUNE, "label": f"client {i}"})["id"])
+
+    with ThreadPoolExecutor(20) as pool:
+        ids = list(pool.map(one, range(20)))
+    assert len(set(ids)) == 20
+    with service.client() as c:
+        listed = c.jobs("queued", limit=100)
+    assert {j["id"] for j in listed} == set(ids)
+
+
+def test_a_server_restart_loses_nothing(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'runs' / 'service' / 'service.db'}"
+    svc = start_service(tmp_path, db)
+    svc.start_worker("w1")
+    with svc.client() as c:
+        done = wait_state(c, c.submit(TINY_TUNE)["id"])
+        queued = c.submit({**TINY_TUNE, "label": "after"})
+    artifacts = svc.store.blob_infos(done["id"], "artifact")
+    svc.stop()
+    again = start_service(tmp_path, db)
+    try:
+        with again.client() as c:
+            assert c.job(done["id"])["state"] == "succeeded"
+            assert c.job(queued["id"])["state"] in ("queued", "running", "succeeded")
+            assert [a["name"] for a in c.artifacts(done["id"])] == [a.name for a in artifacts]
+            assert c.artifact(done["id"], "best.yaml")
+            assert again.token == svc.token
+    finally:
+        again.stop()
+
+
+def test_the_store_gives_a_job_to_one_worker_at_a_time(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    check_claims(store)
+
+
+def check_claims(store: Store) -> None:
+    """Claiming, leases and fencing on any store (SQLite here, PostgreSQL in
+    test_service_pg.py)."""
+    ids = {store.submit("tune", "", TINY_TUNE).id for _ in range(12)}
+    got: list[str] = []
+
+    def claimer(k: int) -> None:
+        while (claim := store.claim(f"w{k}", 60.0)) is not None:
+            got.append(claim.job.id)
+
+    threads = [threading.Thread(target=claimer, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(got) == sorted(ids)  # every job once, none twice
+    # A lease that ran out lets another worker take the job; the first one's
+    # writes are fenced off from then on.
+    job = store.submit("tune", "", TINY_TUNE)
+    first = store.claim("a", 0.01)
+    assert first is not None and first.job.id == job.id
+    time.sleep(0.05)
+    second = store.claim("b", 60.0)
+    assert second is not None and second.job.id == job.id and second.attempt == 2
+    assert store.heartbeat(first, 60.0, progress=0.5) is None
+    assert not store.finish(first, "succeeded")
+    assert not store.put_artifacts(first, {"x.txt": b"x"})
+    assert store.heartbeat(second, 60.0, progress=0.5) is False
+    store.cancel(job.id)
+    assert store.heartbeat(second, 60.0) is True
+    assert store.finish(second, "cancelled")
+    assert store.get(job.id).state == "cancelled"  # type: ignore[union-attr]
+
+
+# ----------------------------------------------------------- the client CLI
+
+def test_submit_cli_follows_and_downloads(service: Service, tmp_path: Path) -> None:
+    service.start_worker("w1")
+    env = {**os.environ, "PTRECLAIM_TOKEN": service.token}
+    out = tmp_path / "dl"
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "submit.py"), "--url", service.server.url,
+         "tune", "soft_hard", "--trials", "2", "--seeds", "1", "--allow-few-seeds",
+         "--suite", "redis_jemalloc", "--follow", "--download", str(out)],
+        capture_output=True, text=True, env=env, timeout=DEADLINE)
+    assert r.returncode == 0, r.stderr
+    assert "succeeded" in r.stdout and (out / "best.yaml").is_file()
+    bad = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "submit.py"), "--url", service.server.url,
+         "tune", "soft_hard", "--trials", "100000"],
+        capture_output=True, text=True, env=env, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "cap of 200" in bad.stderr
+    down = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "submit.py"), "--url", "http://127.0.0.1:9",
+         "list"], capture_output=True, text=True, env=env, timeout=60)
+    assert down.returncode == 2 and "cannot reach the service" in down.stderr
+    assert "Traceback" not in down.stderr
