@@ -166,7 +166,7 @@ def _main(args: argparse.Namespace, argv: Sequence[str]) -> int:
     out = (Path(args.out) if args.out
            else unique_path(Path("runs") / "whatif" / f"whatif__{args.seed}__{stamp()}", first=1))
     files = [*OUTPUT_FILES, *(f"{i.label}.png" for i in inputs)]
-    check_out_dir(out, files, args.force, writable=True)
+    check_out_dir(out, files, args.force)
     tasks: list[Task] = [(i.scenario, d, args.seed) for i in inputs for d in designs]
     show = not args.quiet and sys.stderr.isatty()
     with progress_bar(f"what-if: {len(tasks)} runs", len(tasks), show) as update:

@@ -440,7 +440,7 @@ class FastSimulation:
 
     @property
     def refault_class_rate(self) -> list[float]:
-        return self.core.refault_class_rate  # type: ignore[no-any-return]
+        return self.core.refault_class_rate
 
     def reclaim_exact(self, p: FastProcess, slots: list[int],
                       classes: frozenset[TableClass]) -> PassResult:

@@ -77,6 +77,8 @@ class _Host(Protocol):
     rng: np.random.Generator
     proc: Process
 
+    def reclaim_pgtables(self, mm: AddressSpace, start: int, length: int) -> None: ...
+
 
 class _Engine:
     """One allocator's mechanics; the workload decides how much to allocate
