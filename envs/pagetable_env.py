@@ -63,7 +63,8 @@ class RewardWeights:
       watermark): 1.0 = 50 ms.  The allocating tasks' stalls are charged in
       ``app_stall`` already; this is the risk the tick adds on top, since
       ``machine.oom_failures`` such ticks end in an OOM kill.
-    * ``harm`` (sane processes killed or throttled): 200 = 10 s of lost work, the
+    * ``harm`` (sane processes killed or throttled: one event per kill and per
+      throttle window of ``machine.throttle_ticks``): 200 = 10 s of lost work, the
       policy price of an OOM kill (``costs.CostModel.oom_kill_harm_us``).
     * ``pt_hold`` (reclaimable page-table MiB held, priced by the zone's pressure):
       0.02 = 1 ms per MiB per second held at the min watermark, nothing at or above

@@ -191,6 +191,12 @@ def test_hard_limits(action: Literal["throttle", "kill"]) -> None:
         # Every family ran into its limit (readers by name prefix).
         assert {n.split(".")[0].rstrip("0123456789") for n in hit} >= {
             "uffd", "shared_file", "virtio_mem"}
+        # Harm is one event per kill or throttle window of a sane process, not one per
+        # tick over the limit (the roomy machine has no OOM kills to add).
+        assert all(r.oom_kill is None for r in ref.history)
+        sane = {p.name for p in ref.procs if p.sane}
+        windows = sum(1 for _, msg in ref.events if reason in msg and msg.split(" ")[0] in sane)
+        assert windows > 0 and sum(r.harm_events for r in ref.history) == windows
 
 
 # -- the shipped scenarios --------------------------------------------------------------

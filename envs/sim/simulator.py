@@ -251,17 +251,24 @@ class Simulation:
 
     def _enforce_hard_limits(self, t: int) -> int:
         """A process over its page-table hard limit has its table allocations
-        fail: it is throttled (faults blocked) or killed, as configured."""
+        fail: it is throttled (faults blocked) or killed, as configured.
+
+        Harm to a sane process is one event per kill and one per throttle window
+        (``machine.throttle_ticks``), the unit ``RewardWeights.harm`` prices; the
+        ticks it spends blocked are charged as its stall (``app_stall``), not as
+        more harm events (counting every tick made a second of throttling cost
+        ten OOM kills)."""
         harm = 0
         cfg = self.machine.config
         for p in self.alive:
             limit = p.pt_hard_limit_bytes
             if limit is None or p.pt_bytes <= limit:
                 continue
-            harm += int(p.sane)
             if cfg.hard_limit_action == "kill":
+                harm += int(p.sane)
                 self.exit_process(p, "over its page-table hard limit")
             elif p.throttled_until <= t:
+                harm += int(p.sane)
                 p.throttled_until = t + cfg.throttle_ticks
                 p.stall_us += cfg.tick_ms * 1000.0
                 self.events.append((t, f"{p.name} throttled: over its page-table hard limit"))

@@ -288,10 +288,12 @@ i64 Simulation::enforce_hard_limits(i64 t) {
   i64 h = 0;
   for (Process* p : alive()) {
     if (!p->has_hard || p->pt_bytes() <= p->hard_limit) continue;
-    h += p->sane ? 1 : 0;
+    // One harm event per kill and per throttle window (simulator.py _enforce_hard_limits).
     if (machine.cfg.hard_limit_kill) {
+      h += p->sane ? 1 : 0;
       exit_process(p, "over its page-table hard limit");
     } else if (p->throttled_until <= t) {
+      h += p->sane ? 1 : 0;
       p->throttled_until = t + machine.cfg.throttle_ticks;
       p->stall_us += machine.cfg.tick_ms * 1000.0;
       events.emplace_back(t, p->name + " throttled: over its page-table hard limit");
