@@ -95,7 +95,8 @@ def _timeline_record(step: int, info: dict[str, Any], recs: Sequence[Any], actio
 
 def run_episode(policy: Any, scenario: ScenarioConfig, seed: int, env_config: EnvConfig,
                 name: str, scenario_index: int = 0, episode: int = 0,
-                timeline: list[dict[str, Any]] | None = None) -> EpisodeResult:
+                timeline: list[dict[str, Any]] | None = None,
+                observations: list[np.ndarray] | None = None) -> EpisodeResult:
     """Run one deterministic episode of ``policy`` on ``scenario``.
 
     A policy with ``kernel_pt_reclaim = False`` (``none``) runs on a kernel
@@ -104,7 +105,8 @@ def run_episode(policy: Any, scenario: ScenarioConfig, seed: int, env_config: En
     pre-6.14 machine for everyone).  A privileged policy (``oracle``) is bound
     to the env first.  With ``timeline``, per-step signals are appended to it
     (step 0 is the state after reset's warm-up ticks, which the episode's costs
-    do not include).
+    do not include).  With ``observations``, the observation of every decision
+    is appended to it (a copy), in step order.
     """
     pt_reclaim = scenario.pt_reclaim and bool(getattr(policy, "kernel_pt_reclaim", True))
     scen = scenario if pt_reclaim == scenario.pt_reclaim else dataclasses.replace(
@@ -126,6 +128,8 @@ def run_episode(policy: Any, scenario: ScenarioConfig, seed: int, env_config: En
         # Step 0: the state after reset's warm-up ticks (not charged to the episode).
         timeline.append(_timeline_record(0, info, [], None, 0.0))
     while True:
+        if observations is not None:
+            observations.append(np.array(obs, copy=True))
         action, state = policy.predict(obs, state=state, episode_start=start, deterministic=True)
         action = fit_action(action, env)
         start = np.zeros((1,), dtype=bool)
