@@ -244,3 +244,14 @@ def test_code_checker_finds_dead_docs_paths(tmp_path: Path) -> None:
 def test_slugs(heading: str, github: str, mkdocs: str) -> None:
     assert _github_slug(_heading_text(heading)) == github
     assert _mkdocs_slug(_heading_text(heading)) == mkdocs
+
+
+def test_readme_example_prints_what_the_readme_says(capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's example runs and prints the line the README quotes."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Example", 1)[1]
+    code = section.split("```python", 1)[1].split("```", 1)[0]
+    quoted = re.search(r"It prints `([^`]+)`", section)
+    assert quoted is not None
+    exec(compile(code, "README.md example", "exec"), {"__name__": "readme_example"})
+    assert capsys.readouterr().out.strip() == quoted.group(1)
