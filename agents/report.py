@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..envs.pagetable_env import COST_TERMS
+from .stats import paired_difference_ci
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -178,6 +179,23 @@ def markdown_report(overall: Sequence[PolicySummary],
         "",
         "![scores](scores.png)",
         "",
+    ]
+    paired = meta.get("paired", {})
+    if paired:
+        lines += [
+            f"## Paired against `{baseline}`",
+            "",
+            f"Mean of (`{baseline}`'s cost - the policy's cost) on the same episodes, with "
+            "its 95 % CI (resampling episodes within each scenario): above zero, the policy "
+            f"is better than `{baseline}`.",
+            "",
+            md_table(["policy", f"{baseline} - policy", "95% CI", "verdict"],
+                     [[name, _num(m), f"[{_num(lo)}, {_num(hi)}]",
+                       "better" if lo > 0 else "worse" if hi < 0 else "not distinguishable"]
+                      for name, (m, lo, hi) in paired.items()]),
+            "",
+        ]
+    lines += [
         "## Cost breakdown (weighted mean per episode, all scenarios)",
         "",
         md_table(["policy", *COST_TERMS, "total"], [terms_row(s) for s in overall]),
@@ -505,6 +523,13 @@ def render_all(results: Sequence[EpisodeResult], overall: Sequence[PolicySummary
     tl = meta.get("timeline", {})
     title = (f"{tl.get('scenario')}: episode {tl.get('episode')} (seed {tl.get('seed')}), "
              "every policy")
+    baseline = str(meta.get("baseline", "on_zap"))
+    labels = [s.policy for s in overall]
+    if baseline in labels:
+        n_boot = int(meta.get("bootstrap") or 2000)
+        meta = {**meta, "paired": {
+            name: paired_difference_ci(results, name, baseline, n_boot=n_boot)
+            for name in labels if name not in (baseline, "oracle")}}
     return {
         "report.md": markdown_report(overall, per_scenario, meta),
         "results.csv": results_csv(results),

@@ -196,6 +196,15 @@ def test_every_output_file_is_written_and_parses(tmp_path: Path, suite: Path,
     assert config["episodes"] == 2 and config["scenarios"] == ["tiny_a", "tiny_b"]
     report = (out / "report.md").read_text()
     assert "normalised score" in report and "![scores](scores.png)" in report
+    # Every policy paired against the --baseline (on_zap) on the same episodes.
+    paired = summary["meta"]["paired"]
+    assert set(paired) == {"none", "soft_hard[sh]"}
+    by_ep = {(r["policy"], r["scenario"], r["episode"]): float(r["cost"]) for r in rows}
+    diffs = [by_ep[("on_zap", s, e)] - by_ep[("soft_hard[sh]", s, e)]
+             for (p_, s, e) in by_ep if p_ == "soft_hard[sh]"]
+    mean, lo, hi = paired["soft_hard[sh]"]
+    assert mean == pytest.approx(sum(diffs) / len(diffs)) and lo <= mean <= hi
+    assert "## Paired against `on_zap`" in report
     for png in ("scores.png", "cost_terms.png", "timeline.png"):
         img = matplotlib.image.imread(out / png)
         assert img.shape[0] > 100 and img.shape[1] > 100
