@@ -387,3 +387,13 @@ def test_script_reports_bad_input_without_traceback(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0
     assert "did you mean 'soft_hard'" in proc.stderr
+
+
+def test_command_txt_hides_a_storage_password() -> None:
+    from ptreclaim.cli.tune import _redacted_argv
+
+    argv = ["heuristic", "soft_hard", "--storage", "postgresql://u:s3cret@db/x",
+            "--storage=postgresql://u:s3cret@db/y", "--n-trials", "3"]
+    shown = _redacted_argv(argv)
+    assert "s3cret" not in " ".join(shown)
+    assert shown[3] == "postgresql://u:***@db/x" and shown[5:] == ["--n-trials", "3"]
