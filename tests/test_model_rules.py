@@ -1449,11 +1449,19 @@ def test_class_zero_and_file_entries_in_one_table_is_file() -> None:
     assert_classes(mm)
 
 
-def test_class_guard_marker_pins_and_remove_empties() -> None:
-    f = BackingFile("file", 64 * GiB)
+def _shared_file_mapping(kind: str, write: bool,
+                         prot: int = RW) -> tuple[BackingFile, AddressSpace]:
+    """A 64 GiB ``kind`` file, its first 4 MiB mapped MAP_SHARED at BASE and touched
+    (written with ``write``): two PTE tables of page-cache entries."""
+    f = BackingFile(kind, 64 * GiB)
     mm = AddressSpace()
-    mm.mmap(BASE, 4 * MiB, kind="file", shared=True, file=f)
-    mm.touch(BASE, 4 * MiB, write=False)
+    mm.mmap(BASE, 4 * MiB, kind=kind, shared=True, file=f, prot=prot)
+    mm.touch(BASE, 4 * MiB, write=write)
+    return f, mm
+
+
+def test_class_guard_marker_pins_and_remove_empties() -> None:
+    _, mm = _shared_file_mapping("file", write=False)
     mm.madvise(BASE + 3 * MiB, 4 * KiB, "GUARD_INSTALL")
     assert mm.tables_in_class(TableClass.PINNED) == _slots(BASE + 2 * MiB)
     assert mm.tables_in_class(TableClass.FILE) == _slots(BASE)
@@ -1468,10 +1476,7 @@ def test_class_guard_marker_pins_and_remove_empties() -> None:
 
 
 def test_class_pageout_of_clean_file_table_is_empty() -> None:
-    f = BackingFile("file", 64 * GiB)
-    mm = AddressSpace()
-    mm.mmap(BASE, 4 * MiB, kind="file", shared=True, file=f, prot=R)
-    mm.touch(BASE, 4 * MiB, write=False)
+    _, mm = _shared_file_mapping("file", write=False, prot=R)
     assert mm.class_counts() == (0, 0, 2, 0)
     assert mm.madvise(BASE, 2 * MiB, "PAGEOUT") is None
     assert mm.class_counts() == (1, 0, 1, 0)
@@ -1481,10 +1486,7 @@ def test_class_pageout_of_clean_file_table_is_empty() -> None:
 
 
 def test_class_punch_and_truncate_empty_file_tables() -> None:
-    f = BackingFile("shmem", 64 * GiB)
-    mm = AddressSpace()
-    mm.mmap(BASE, 4 * MiB, kind="shmem", shared=True, file=f)
-    mm.touch(BASE, 4 * MiB, write=True)
+    f, mm = _shared_file_mapping("shmem", write=True)
     mm.punch(f, 0, 2 * MiB)
     assert mm.class_counts() == (1, 0, 1, 0)
     mm.truncate(f, 0)
