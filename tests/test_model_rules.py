@@ -968,12 +968,19 @@ def test_r21_thp_deposit_counts_like_a_pte_table() -> None:
     """, thp=True)
 
 
-def test_r21_thp_state_of_tables() -> None:
+def _huge_anon_then_huge_zero(size: int) -> AddressSpace:
+    """THP on, a MADV_HUGEPAGE mapping of ``size`` at BASE: a write fault in its first
+    2 MiB (a huge anon page), a read fault in its second (the huge zero page)."""
     mm = AddressSpace(thp_disabled=False)
-    mm.mmap(BASE, 6 * MiB)
-    mm.madvise(BASE, 6 * MiB, "HUGEPAGE")
+    mm.mmap(BASE, size)
+    mm.madvise(BASE, size, "HUGEPAGE")
     mm.touch(BASE, 4 * KiB, write=True)
     mm.touch(BASE + 2 * MiB, 4 * KiB, write=False)
+    return mm
+
+
+def test_r21_thp_state_of_tables() -> None:
+    mm = _huge_anon_then_huge_zero(6 * MiB)
     s = BASE >> PTE_SHIFT
     assert (mm.pte[s].huge, mm.pte[s + 1].huge) == (HUGE_ANON, HUGE_ZERO)
     mm.touch(BASE + 2 * MiB, 4 * KiB, write=True)  # wp fault on the huge zero page
@@ -1495,11 +1502,7 @@ def test_class_punch_and_truncate_empty_file_tables() -> None:
 
 
 def test_class_thp_anon_is_pinned_and_huge_zero_is_zero() -> None:
-    mm = AddressSpace(thp_disabled=False)
-    mm.mmap(BASE, 4 * MiB)
-    mm.madvise(BASE, 4 * MiB, "HUGEPAGE")
-    mm.touch(BASE, 4 * KiB, write=True)
-    mm.touch(BASE + 2 * MiB, 4 * KiB, write=False)
+    mm = _huge_anon_then_huge_zero(4 * MiB)
     assert mm.tables_in_class(TableClass.PINNED) == _slots(BASE)
     assert mm.tables_in_class(TableClass.ZERO) == _slots(BASE + 2 * MiB)
     mm.madvise(BASE + 2 * MiB, 8 * KiB, "DONTNEED")  # split: 510 zero entries left
