@@ -776,28 +776,43 @@ void AddressSpace::carve(i64 start, i64 end, i64& i_out, i64& j_out) {
   j_out = j;
 }
 
-int AddressSpace::modify(i64 start, i64 end, const FlagChange& change) {
-  int error = OK;
+// Calls piece(i, a, b) for each piece [a, b) of [start, end) that VMA vmas[i] covers, in
+// address order (piece may split or merge vmas[i]: the next VMA is looked up again).  The
+// first error piece returns ends the walk and is returned; otherwise ENOMEM if a hole
+// lies in the range (pieces past it are still visited, as the kernel's madvise and
+// mprotect loops do), OK if none does.  The loop of pagetable._modify and pagetable._walk
+// (madvise_walk_vmas), written once for modify and walk.
+template <class Piece>
+int AddressSpace::for_each_piece(i64 start, i64 end, Piece&& piece) {
+  int unmapped = OK;
   i64 pos = start;
   while (pos < end) {
     i64 i = first_ending_after(pos);
     if (i >= (i64)vmas.size() || vmas[i]->start >= end) return ERR_ENOMEM;
-    Vma* v = vmas[i];
-    if (v->start > pos) {
-      error = ERR_ENOMEM;
-      pos = v->start;
+    if (vmas[i]->start > pos) {
+      unmapped = ERR_ENOMEM;
+      pos = vmas[i]->start;
     }
-    i64 piece_end = std::min(v->end, end);
+    i64 piece_end = std::min(vmas[i]->end, end);
+    int err = piece(i, pos, piece_end);
+    if (err) return err;
+    pos = piece_end;
+  }
+  return unmapped;
+}
+
+int AddressSpace::modify(i64 start, i64 end, const FlagChange& change) {
+  return for_each_piece(start, end, [&](i64 i, i64 a, i64 b) -> int {
+    Vma* v = vmas[i];
     if (change.forbid_file_or_shared && (v->file || (v->flags & VM_SHARED))) return ERR_EINVAL;
     i64 nw = (v->flags & ~change.clear) | change.set;
     if (nw != v->flags) {
-      i = isolate(i, pos, piece_end);
+      i = isolate(i, a, b);
       vmas[i]->flags = nw;
       merge_around(i);
     }
-    pos = piece_end;
-  }
-  return error;
+    return OK;
+  });
 }
 
 // --------------------------------------------------------------- faulting
@@ -1193,22 +1208,8 @@ int AddressSpace::madvise(i64 start, i64 length, int advice) {
 }
 
 int AddressSpace::walk(i64 start, i64 end, int advice) {
-  int unmapped = OK;
-  i64 pos = start;
-  while (pos < end) {
-    i64 i = first_ending_after(pos);
-    if (i >= (i64)vmas.size() || vmas[i]->start >= end) return ERR_ENOMEM;
-    Vma* v = vmas[i];
-    if (v->start > pos) {
-      unmapped = ERR_ENOMEM;
-      pos = v->start;
-    }
-    i64 piece_end = std::min(v->end, end);
-    int err = visit(v, pos, piece_end, advice);
-    if (err) return err;
-    pos = piece_end;
-  }
-  return unmapped;
+  return for_each_piece(start, end,
+                        [&](i64 i, i64 a, i64 b) -> int { return visit(vmas[i], a, b, advice); });
 }
 
 int AddressSpace::visit(Vma* v, i64 a, i64 b, int advice) {
