@@ -84,47 +84,7 @@ inline int count_eq(const uint8_t* e, uint8_t v) {
 // Ranges longer than this are rewritten, then recounted whole (vectorised); shorter ones
 // update the counts entry by entry.
 constexpr i64 RECOUNT_AT = 48;
-}  // namespace
 
-int PteTable::count(uint8_t v) const { return v < 4 ? n[v] : count_eq(e, v); }
-
-int PteTable::resident() const {
-  if (huge) return huge == HUGE_ANON ? ENTRIES : 0;
-  return n[E_ANON] + n[E_FILE];
-}
-
-void PteTable::recount() {
-#ifdef __SSE2__
-  // One pass over the 32 16-byte blocks: per kind, byte lanes count matches (at most 32
-  // per lane, no overflow), then psadbw sums the lanes.
-  const __m128i k0 = _mm_setzero_si128(), k1 = _mm_set1_epi8(1), k2 = _mm_set1_epi8(2),
-                k3 = _mm_set1_epi8(3);
-  __m128i c0 = k0, c1 = k0, c2 = k0, c3 = k0;
-  for (int i = 0; i < ENTRIES; i += 16) {
-    __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(e + i));
-    c0 = _mm_sub_epi8(c0, _mm_cmpeq_epi8(x, k0));
-    c1 = _mm_sub_epi8(c1, _mm_cmpeq_epi8(x, k1));
-    c2 = _mm_sub_epi8(c2, _mm_cmpeq_epi8(x, k2));
-    c3 = _mm_sub_epi8(c3, _mm_cmpeq_epi8(x, k3));
-  }
-  auto hsum = [&](__m128i c) {
-    __m128i s = _mm_sad_epu8(c, k0);
-    return (uint16_t)(_mm_cvtsi128_si32(s) + _mm_cvtsi128_si32(_mm_srli_si128(s, 8)));
-  };
-  n[E_NONE] = hsum(c0);
-  n[E_ANON] = hsum(c1);
-  n[E_ZERO] = hsum(c2);
-  n[E_FILE] = hsum(c3);
-#else
-  n[E_NONE] = (uint16_t)count_eq(e, E_NONE);
-  n[E_ANON] = (uint16_t)count_eq(e, E_ANON);
-  n[E_ZERO] = (uint16_t)count_eq(e, E_ZERO);
-  n[E_FILE] = (uint16_t)count_eq(e, E_FILE);
-#endif
-  n[4] = (uint16_t)(ENTRIES - n[0] - n[1] - n[2] - n[3]);
-}
-
-namespace {
 // Entries of e[i:j] per kind bucket (none, anon, zero, file, other).
 inline void range_hist(const uint8_t* e, i64 i, i64 j, int h[5]) {
   int c0 = 0, c1 = 0, c2 = 0, c3 = 0;
@@ -164,6 +124,19 @@ inline void range_hist(const uint8_t* e, i64 i, i64 j, int h[5]) {
   h[4] = (int)(j - i) - c0 - c1 - c2 - c3;
 }
 }  // namespace
+
+int PteTable::count(uint8_t v) const { return v < 4 ? n[v] : count_eq(e, v); }
+
+int PteTable::resident() const {
+  if (huge) return huge == HUGE_ANON ? ENTRIES : 0;
+  return n[E_ANON] + n[E_FILE];
+}
+
+void PteTable::recount() {
+  int h[5];
+  range_hist(e, 0, ENTRIES, h);  // the whole table: one vectorised pass
+  for (int b = 0; b < 5; b++) n[b] = (uint16_t)h[b];
+}
 
 void PteTable::set_range(i64 i, i64 j, i64 step, uint8_t v) {
   if (j <= i) return;
