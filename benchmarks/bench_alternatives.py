@@ -66,7 +66,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -174,23 +174,42 @@ def _model_outcome(trail: list[tuple[int, ...]], tables: list[tuple[int, bytes]]
                    (stats["pte_allocated"], stats["pte_freed"], stats["pte_reclaimed_on_zap"]))
 
 
-def run_reference(n_tables: int, ops: IntArray) -> Run:
-    """The pure-Python model, one call per op; reclaim walks its incremental class sets."""
-    op_list = ops.tolist()
-    mm = AddressSpace(pt_reclaim=True, thp_disabled=True)
+def _ticks(op_list: list[list[int]]) -> Iterator[tuple[int, list[list[int]]]]:
+    """(tick number, that tick's op rows) for every whole tick of ``op_list`` (the ops as
+    a list, converted before the clock starts)."""
+    for tick in range(len(op_list) // OPS_PER_TICK):
+        yield tick, op_list[tick * OPS_PER_TICK:(tick + 1) * OPS_PER_TICK]
+
+
+def _populate_model(mm: AddressSpace | FastAddressSpace, n_tables: int) -> float:
+    """Map the N slots and write one page in each (the reference and the compiled core
+    share this API); the CPU seconds it took, garbage collected before."""
     gc.collect()
     t0 = time.process_time()
     assert mm.mmap(BASE, n_tables * PTE_SPAN, prot=VM_READ | VM_WRITE, fixed=True) is None
     assert mm.touch(BASE, n_tables * PTE_SPAN, True, PTE_SPAN) is None
+    return time.process_time() - t0
+
+
+def _apply_to_model(mm: AddressSpace | FastAddressSpace, tick_ops: list[list[int]]) -> None:
+    """One tick's ops on a model address space, one call per op."""
+    for kind, first, pages in tick_ops:
+        if kind == OP_DONTNEED:
+            mm.madvise(BASE + first * PAGE, pages * PAGE, "DONTNEED")
+        else:
+            mm.touch(BASE + first * PAGE, pages * PAGE, kind == OP_WRITE)
+
+
+def run_reference(n_tables: int, ops: IntArray) -> Run:
+    """The pure-Python model, one call per op; reclaim walks its incremental class sets."""
+    op_list = ops.tolist()
+    mm = AddressSpace(pt_reclaim=True, thp_disabled=True)
+    populate_s = _populate_model(mm, n_tables)
     t1 = time.process_time()
     trail = []
     reclaimed = 0
-    for tick in range(len(op_list) // OPS_PER_TICK):
-        for kind, first, pages in op_list[tick * OPS_PER_TICK:(tick + 1) * OPS_PER_TICK]:
-            if kind == OP_DONTNEED:
-                mm.madvise(BASE + first * PAGE, pages * PAGE, "DONTNEED")
-            else:
-                mm.touch(BASE + first * PAGE, pages * PAGE, kind == OP_WRITE)
+    for tick, tick_ops in _ticks(op_list):
+        _apply_to_model(mm, tick_ops)
         if (tick + 1) % RECLAIM_EVERY == 0:
             for cls in RECLAIM_CLASSES:
                 for slot in list(mm.tables_in_class(cls)):
@@ -198,7 +217,7 @@ def run_reference(n_tables: int, ops: IntArray) -> Run:
         trail.append(_trail_row(len(mm.pte), mm.class_counts(), mm.rss_pages, reclaimed))
     t2 = time.process_time()
     tables = [(slot, bytes(mm.pte[slot].entries)) for slot in sorted(mm.pte)]
-    return Run(t1 - t0, t2 - t1, _model_outcome(trail, tables, vars(mm.stats)))
+    return Run(populate_s, t2 - t1, _model_outcome(trail, tables, vars(mm.stats)))
 
 
 def run_compiled(n_tables: int, ops: IntArray) -> Run:
@@ -208,20 +227,14 @@ def run_compiled(n_tables: int, ops: IntArray) -> Run:
     leaves every table it reaches with a present page)."""
     op_list = ops.tolist()
     mm = FastAddressSpace(pt_reclaim=True, thp_disabled=True)
-    gc.collect()
-    t0 = time.process_time()
-    assert mm.mmap(BASE, n_tables * PTE_SPAN, prot=VM_READ | VM_WRITE, fixed=True) is None
-    assert mm.touch(BASE, n_tables * PTE_SPAN, True, PTE_SPAN) is None
+    populate_s = _populate_model(mm, n_tables)
     t1 = time.process_time()
     trail = []
     reclaimed = 0
     candidates: set[int] = set()
-    for tick in range(len(op_list) // OPS_PER_TICK):
-        for kind, first, pages in op_list[tick * OPS_PER_TICK:(tick + 1) * OPS_PER_TICK]:
-            if kind == OP_DONTNEED:
-                mm.madvise(BASE + first * PAGE, pages * PAGE, "DONTNEED")
-            else:
-                mm.touch(BASE + first * PAGE, pages * PAGE, kind == OP_WRITE)
+    for tick, tick_ops in _ticks(op_list):
+        _apply_to_model(mm, tick_ops)
+        for kind, first, pages in tick_ops:
             if kind != OP_WRITE:
                 candidates.update(range(BASE_SLOT + (first >> PAGE_BITS),
                                         BASE_SLOT + ((first + pages - 1) >> PAGE_BITS) + 1))
@@ -232,7 +245,7 @@ def run_compiled(n_tables: int, ops: IntArray) -> Run:
         trail.append(_trail_row(mm.n_pte, mm.class_counts(), mm.rss_pages, reclaimed))
     t2 = time.process_time()
     tables = [(row[0], row[1]) for row in mm.state()["pte"]]
-    return Run(t1 - t0, t2 - t1, _model_outcome(trail, tables, mm.stats()))
+    return Run(populate_s, t2 - t1, _model_outcome(trail, tables, mm.stats()))
 
 
 # ------------------------------------------------------------------- array state (2, 3)
@@ -333,8 +346,8 @@ def run_numpy(n_tables: int, ops: IntArray) -> Run:
     _np_populate(st)
     t1 = time.process_time()
     trail = []
-    for tick in range(len(op_list) // OPS_PER_TICK):
-        for kind, first, pages in op_list[tick * OPS_PER_TICK:(tick + 1) * OPS_PER_TICK]:
+    for tick, tick_ops in _ticks(op_list):
+        for kind, first, pages in tick_ops:
             if kind == OP_DONTNEED:
                 _np_dontneed(st, first, pages)
             else:

@@ -968,12 +968,19 @@ def test_r21_thp_deposit_counts_like_a_pte_table() -> None:
     """, thp=True)
 
 
-def test_r21_thp_state_of_tables() -> None:
+def _huge_anon_then_huge_zero(size: int) -> AddressSpace:
+    """THP on, a MADV_HUGEPAGE mapping of ``size`` at BASE: a write fault in its first
+    2 MiB (a huge anon page), a read fault in its second (the huge zero page)."""
     mm = AddressSpace(thp_disabled=False)
-    mm.mmap(BASE, 6 * MiB)
-    mm.madvise(BASE, 6 * MiB, "HUGEPAGE")
+    mm.mmap(BASE, size)
+    mm.madvise(BASE, size, "HUGEPAGE")
     mm.touch(BASE, 4 * KiB, write=True)
     mm.touch(BASE + 2 * MiB, 4 * KiB, write=False)
+    return mm
+
+
+def test_r21_thp_state_of_tables() -> None:
+    mm = _huge_anon_then_huge_zero(6 * MiB)
     s = BASE >> PTE_SHIFT
     assert (mm.pte[s].huge, mm.pte[s + 1].huge) == (HUGE_ANON, HUGE_ZERO)
     mm.touch(BASE + 2 * MiB, 4 * KiB, write=True)  # wp fault on the huge zero page
@@ -1449,11 +1456,19 @@ def test_class_zero_and_file_entries_in_one_table_is_file() -> None:
     assert_classes(mm)
 
 
-def test_class_guard_marker_pins_and_remove_empties() -> None:
-    f = BackingFile("file", 64 * GiB)
+def _shared_file_mapping(kind: str, write: bool,
+                         prot: int = RW) -> tuple[BackingFile, AddressSpace]:
+    """A 64 GiB ``kind`` file, its first 4 MiB mapped MAP_SHARED at BASE and touched
+    (written with ``write``): two PTE tables of page-cache entries."""
+    f = BackingFile(kind, 64 * GiB)
     mm = AddressSpace()
-    mm.mmap(BASE, 4 * MiB, kind="file", shared=True, file=f)
-    mm.touch(BASE, 4 * MiB, write=False)
+    mm.mmap(BASE, 4 * MiB, kind=kind, shared=True, file=f, prot=prot)
+    mm.touch(BASE, 4 * MiB, write=write)
+    return f, mm
+
+
+def test_class_guard_marker_pins_and_remove_empties() -> None:
+    _, mm = _shared_file_mapping("file", write=False)
     mm.madvise(BASE + 3 * MiB, 4 * KiB, "GUARD_INSTALL")
     assert mm.tables_in_class(TableClass.PINNED) == _slots(BASE + 2 * MiB)
     assert mm.tables_in_class(TableClass.FILE) == _slots(BASE)
@@ -1468,10 +1483,7 @@ def test_class_guard_marker_pins_and_remove_empties() -> None:
 
 
 def test_class_pageout_of_clean_file_table_is_empty() -> None:
-    f = BackingFile("file", 64 * GiB)
-    mm = AddressSpace()
-    mm.mmap(BASE, 4 * MiB, kind="file", shared=True, file=f, prot=R)
-    mm.touch(BASE, 4 * MiB, write=False)
+    _, mm = _shared_file_mapping("file", write=False, prot=R)
     assert mm.class_counts() == (0, 0, 2, 0)
     assert mm.madvise(BASE, 2 * MiB, "PAGEOUT") is None
     assert mm.class_counts() == (1, 0, 1, 0)
@@ -1481,10 +1493,7 @@ def test_class_pageout_of_clean_file_table_is_empty() -> None:
 
 
 def test_class_punch_and_truncate_empty_file_tables() -> None:
-    f = BackingFile("shmem", 64 * GiB)
-    mm = AddressSpace()
-    mm.mmap(BASE, 4 * MiB, kind="shmem", shared=True, file=f)
-    mm.touch(BASE, 4 * MiB, write=True)
+    f, mm = _shared_file_mapping("shmem", write=True)
     mm.punch(f, 0, 2 * MiB)
     assert mm.class_counts() == (1, 0, 1, 0)
     mm.truncate(f, 0)
@@ -1493,11 +1502,7 @@ def test_class_punch_and_truncate_empty_file_tables() -> None:
 
 
 def test_class_thp_anon_is_pinned_and_huge_zero_is_zero() -> None:
-    mm = AddressSpace(thp_disabled=False)
-    mm.mmap(BASE, 4 * MiB)
-    mm.madvise(BASE, 4 * MiB, "HUGEPAGE")
-    mm.touch(BASE, 4 * KiB, write=True)
-    mm.touch(BASE + 2 * MiB, 4 * KiB, write=False)
+    mm = _huge_anon_then_huge_zero(4 * MiB)
     assert mm.tables_in_class(TableClass.PINNED) == _slots(BASE)
     assert mm.tables_in_class(TableClass.ZERO) == _slots(BASE + 2 * MiB)
     mm.madvise(BASE + 2 * MiB, 8 * KiB, "DONTNEED")  # split: 510 zero entries left

@@ -416,3 +416,15 @@ def test_submit_cli_follows_and_downloads(service: Service, tmp_path: Path) -> N
          "list"], capture_output=True, text=True, env=env, timeout=60)
     assert down.returncode == 2 and "cannot reach the service" in down.stderr
     assert "Traceback" not in down.stderr
+    # A --download folder that cannot be written is refused before anything is submitted.
+    (tmp_path / "a_file").write_text("x")
+    with service.client() as c:
+        before = len(c.jobs())
+    nowhere = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "submit.py"), "--url", service.server.url,
+         "tune", "soft_hard", "--trials", "2", "--follow", "--download",
+         str(tmp_path / "a_file")], capture_output=True, text=True, env=env, timeout=60)
+    assert nowhere.returncode == 2 and "--download" in nowhere.stderr
+    assert nowhere.stderr.count("\n") == 1 and "Traceback" not in nowhere.stderr
+    with service.client() as c:
+        assert len(c.jobs()) == before

@@ -273,6 +273,8 @@ def test_bad_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
                                              dtype=np.uint8))
     damaged = tmp_path / "damaged.npz"
     _rewrite(good, damaged, vm_pte_kib=np.array([1], dtype=np.int64))
+    deep = tmp_path / "deep.npz"
+    _rewrite(good, deep, meta=np.frombuffer(b"[" * 100_000 + b"]" * 100_000, dtype=np.uint8))
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         zf.writestr("meta.npy", b"garbage")
@@ -286,6 +288,7 @@ def test_bad_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         garbage: "truncated or damaged",
         newer: "version 99",
         damaged: "damaged trace: vm_pte_kib has 1 values",
+        deep: "nests deeper than Python's JSON reader",
     }
     for path, message in cases.items():
         with pytest.raises(TraceError, match=message) as err:

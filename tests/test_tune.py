@@ -478,3 +478,13 @@ def test_action_classes_group_what_behaves_alike() -> None:
     # No pass: one behaviour per (target, cap) that caps someone, plus doing nothing.
     assert len(groups) == 4 * 3 * 4 * (1 + 3 * 2) + (1 + 3)
     assert len(groups[(0, 0, 0, 0, 0)]) == 3 * 4 * (1 + 3 + 1)
+
+
+def test_command_txt_hides_a_storage_password() -> None:
+    from ptreclaim.cli.tune import _redacted_argv
+
+    argv = ["heuristic", "soft_hard", "--storage", "postgresql://u:s3cret@db/x",
+            "--storage=postgresql://u:s3cret@db/y", "--n-trials", "3"]
+    shown = _redacted_argv(argv)
+    assert "s3cret" not in " ".join(shown)
+    assert shown[3] == "postgresql://u:***@db/x" and shown[5:] == ["--n-trials", "3"]

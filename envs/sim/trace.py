@@ -322,6 +322,9 @@ def _parse_meta(name: str, raw: np.ndarray) -> dict[str, Any]:
         meta = json.loads(raw.astype(np.uint8).tobytes().decode("utf-8"))
     except (ValueError, UnicodeDecodeError):
         raise TraceError(f"{name}: not a ptreclaim trace ('meta' is not JSON)") from None
+    except RecursionError:
+        raise TraceError(f"{name}: not a ptreclaim trace ('meta' nests deeper than Python's "
+                         "JSON reader allows; a capture writes a flat object)") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise TraceError(f"{name}: not a ptreclaim trace (format is "
                          f"{meta.get('format') if isinstance(meta, dict) else None!r}, "

@@ -27,7 +27,7 @@ from typing import Any
 
 from ..envs.configio import write_text_atomic
 from ..envs.sim.config import ConfigError
-from .common import OneLineParser, run_cli
+from .common import OneLineParser, check_writable, run_cli
 
 PROG = "submit.py"
 TOKEN_ENV = "PTRECLAIM_TOKEN"
@@ -261,6 +261,7 @@ def _run(args: argparse.Namespace, client: Any) -> int:
         print(_line(client.cancel(args.job)))
         return 0
     if cmd == "download":
+        check_writable(args.out, "--out", folder=True)
         for path in download(client, args.job, args.out, args.names):
             print(path)
         return 0
@@ -269,6 +270,9 @@ def _run(args: argparse.Namespace, client: Any) -> int:
     else:
         if args.download is not None and not args.follow:
             raise ConfigError("--download needs --follow (or use: submit.py download JOB)")
+        if args.download is not None:
+            # Before the job is submitted: an unwritable folder is known now, not hours later.
+            check_writable(args.download, "--download", folder=True)
         spec, files = build_spec(args)
         job = client.submit(spec, files)
         print(f"submitted job {job['id']} ({job['kind']}): {args.url.rstrip('/')}/jobs/"

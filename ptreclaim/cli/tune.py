@@ -328,7 +328,7 @@ def _main(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if agent:
         study.pruner = make_pruner(str(objective.agent["pruner"]), setup.eval_freq,
                                    setup.timesteps * len(setup.train_seeds))
-    cmd = shlex.join(["python", "scripts/tune.py", *argv])
+    cmd = shlex.join(["python", "scripts/tune.py", *_redacted_argv(argv)])
     with contextlib.suppress(OSError):
         old = (out / "command.txt").read_text() if (out / "command.txt").exists() else ""
         stamp = _dt.datetime.now().isoformat(timespec="seconds")
@@ -403,6 +403,21 @@ def _constant(args: argparse.Namespace, argv: Sequence[str]) -> int:
         print(constant.summary_line(scores, run))
         print(f"wrote {', '.join(str(p) for p in written)}")
     return 0
+
+
+def _redacted_argv(argv: Sequence[str]) -> list[str]:
+    """``argv`` with the password of a ``--storage`` URL hidden (``command.txt``
+    is an artifact people share; the service stores it too)."""
+    out, hide = [], False
+    for a in argv:
+        if hide:
+            a, hide = redact(a), False
+        elif a == "--storage":
+            hide = True
+        elif a.startswith("--storage="):
+            a = "--storage=" + redact(a.split("=", 1)[1])
+        out.append(a)
+    return out
 
 
 def _versions(agent: bool) -> dict[str, Any]:

@@ -3,10 +3,12 @@ driving its own IDs."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 from ptreclaim.envs.sim.opscript import PAGE
 
 from .builder import _Builder
-from .common import _p
+from .common import _p, _weighted
 
 
 class _Actor:
@@ -26,6 +28,12 @@ class _Actor:
         """A few ops of steady-state behaviour."""
 
     # helpers shared by actors
+
+    def act(self, table: Sequence[tuple[str, float, Callable[[], object]]]) -> None:
+        """Draw one ``(name, weight, action)`` row by weight (one :func:`_weighted`
+        draw, so a script depends on the weights only) and run its action."""
+        what = _weighted(self.rng, [(name, weight) for name, weight, _ in table])
+        next(action for name, _, action in table if name == what)()
 
     def huge(self, prob: float = 0.5) -> bool:
         """Whether to ask for THP on a new anon mapping (THP scripts only)."""

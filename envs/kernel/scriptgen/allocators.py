@@ -94,36 +94,34 @@ class _Jemalloc(_Actor):
         self.dirty = [d for d in self.dirty
                       if not (d[0] == a["id"] and d[1] >= off and d[1] + d[2] <= off + length)]
 
-    def step(self) -> None:
+    def _reset(self) -> None:
+        """An arena is reset: all of it is purged at once."""
+        a = self.arenas[int(self.rng.integers(len(self.arenas)))]
+        self.b.madvise(a["id"], a["lo"], a["hi"] - a["lo"], "DONTNEED", note="arena reset")
+        self.dirty = [d for d in self.dirty if d[0] != a["id"]]
+        a["cur"] = a["lo"]
+
+    def _thp_advice(self) -> None:
         rng = self.rng
-        what = _weighted(rng, [("alloc", 0.36), ("purge", 0.46), ("muzzy", 0.05),
-                               ("large", 0.02), ("fork", 0.03), ("reset", 0.005),
-                               ("thp", 0.03 if self.b.thp else 0.0), ("retouch", 0.04)])
-        if what == "alloc":
-            self._alloc()
-        elif what == "purge":
-            self._purge_small()
-        elif what == "muzzy":
-            self._purge_muzzy()
-        elif what == "large":
-            self._purge_large()
-        elif what == "fork":
-            self.b.fork(note="bgsave")
-        elif what == "reset":
-            a = self.arenas[int(rng.integers(len(self.arenas)))]
-            self.b.madvise(a["id"], a["lo"], a["hi"] - a["lo"], "DONTNEED", note="arena reset")
-            self.dirty = [d for d in self.dirty if d[0] != a["id"]]
-            a["cur"] = a["lo"]
-        elif what == "thp":
-            a = self.arenas[int(rng.integers(len(self.arenas)))]
-            off, length = _sub_range(rng, a["lo"], a["hi"], 64 * MiB)
-            self.b.madvise(a["id"], off, length, _pick_str(rng, ["HUGEPAGE", "NOHUGEPAGE"]))
-        else:
-            if not self.dirty:
-                return self._alloc()
-            ident, off, length = self.dirty[int(rng.integers(len(self.dirty)))]
-            self.touch_run(ident, off, length, _p(rng, 0.7), 64)
+        a = self.arenas[int(rng.integers(len(self.arenas)))]
+        off, length = _sub_range(rng, a["lo"], a["hi"], 64 * MiB)
+        self.b.madvise(a["id"], off, length, _pick_str(rng, ["HUGEPAGE", "NOHUGEPAGE"]))
+
+    def _retouch(self) -> None:
+        rng = self.rng
+        if not self.dirty:
+            return self._alloc()
+        ident, off, length = self.dirty[int(rng.integers(len(self.dirty)))]
+        self.touch_run(ident, off, length, _p(rng, 0.7), 64)
         return None
+
+    def step(self) -> None:
+        self.act([("alloc", 0.36, self._alloc), ("purge", 0.46, self._purge_small),
+                  ("muzzy", 0.05, self._purge_muzzy), ("large", 0.02, self._purge_large),
+                  ("fork", 0.03, lambda: self.b.fork(note="bgsave")),
+                  ("reset", 0.005, self._reset),
+                  ("thp", 0.03 if self.b.thp else 0.0, self._thp_advice),
+                  ("retouch", 0.04, self._retouch)])
 
 
 class _GlibcMalloc(_Actor):
@@ -245,20 +243,9 @@ class _GlibcMalloc(_Actor):
         self.chunks.append((self.chunk_top, length))
 
     def step(self) -> None:
-        what = _weighted(self.rng, [("brk", 0.3), ("trim", 0.16), ("shrink", 0.05),
-                                    ("arena", 0.2), ("chunk", 0.25), ("fork", 0.04)])
-        if what == "brk":
-            self._brk_alloc()
-        elif what == "trim":
-            self._trim()
-        elif what == "shrink":
-            self._brk_shrink()
-        elif what == "arena":
-            self._arena()
-        elif what == "chunk":
-            self._chunk()
-        else:
-            self.b.fork()
+        self.act([("brk", 0.3, self._brk_alloc), ("trim", 0.16, self._trim),
+                  ("shrink", 0.05, self._brk_shrink), ("arena", 0.2, self._arena),
+                  ("chunk", 0.25, self._chunk), ("fork", 0.04, self.b.fork)])
 
 
 class _MunmapRuntime(_Actor):
@@ -357,22 +344,17 @@ class _MunmapRuntime(_Actor):
         self.b.madvise(ident, poff, unit, "DONTNEED", note="scavenge")
         return None
 
-    def step(self) -> None:
-        what = _weighted(self.rng, [("map", 0.35), ("free", 0.3), ("realloc", 0.1),
-                                    ("scavenge", 0.15), ("retouch", 0.07), ("fork", 0.03)])
-        if what == "map":
-            self._map()
-        elif what == "free":
-            self._free()
-        elif what == "realloc":
-            self._realloc()
-        elif what == "scavenge":
-            self._scavenge()
-        elif what == "retouch" and self.live:
-            ident, off, length = self.live[int(self.rng.integers(len(self.live)))]
-            self.touch_run(ident, off, length, _p(self.rng, 0.6), 64)
-        else:
+    def _retouch(self) -> None:
+        if not self.live:  # nothing to touch again: the runtime forks instead
             self.b.fork()
+            return
+        ident, off, length = self.live[int(self.rng.integers(len(self.live)))]
+        self.touch_run(ident, off, length, _p(self.rng, 0.6), 64)
+
+    def step(self) -> None:
+        self.act([("map", 0.35, self._map), ("free", 0.3, self._free),
+                  ("realloc", 0.1, self._realloc), ("scavenge", 0.15, self._scavenge),
+                  ("retouch", 0.07, self._retouch), ("fork", 0.03, self.b.fork)])
 
 
 class _Jvm(_Actor):

@@ -13,13 +13,12 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ptreclaim.envs.sim.opscript import PAGE, SLOT_SIZE, KiB, MiB, Script
+from ptreclaim.envs.sim.opscript import PAGE, PROTS, SLOT_SIZE, KiB, MiB, Script
 
 from .common import (
     _FLAG_ADVICES,
     _LOCK_REFUSED,
     _POPULATING_ADVICES,
-    _PROTS,
     ACCOUNT_LIMIT,
     BACKING_SIZE,
     DEFAULT_N_OPS,
@@ -382,7 +381,7 @@ class _Builder:
     def mprotect(self, ident: int, off: int, length: int, prot: str, note: str = "") -> bool:
         """``mprotect``; False when the populate it implies does not fit the budget."""
         assert length > 0 and off + length <= SLOT_SIZE
-        bits = _PROTS[prot]
+        bits = PROTS[prot]
         self._walk(length)
         words = ["mprotect", str(ident), _fmt(off), _fmt(length), prot]
         if off % PAGE:

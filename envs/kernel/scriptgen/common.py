@@ -38,7 +38,6 @@ ACCOUNT_LIMIT = 8 * GiB
 
 TWO_M = 2 * MiB
 
-_PROTS = {"none": 0, "r": 1, "rw": 3, "rx": 5, "rwx": 7}
 #: Advices that change VMA flags and therefore may split VMAs.
 _FLAG_ADVICES = frozenset({
     "DONTFORK", "DOFORK", "WIPEONFORK", "KEEPONFORK", "HUGEPAGE", "NOHUGEPAGE",

@@ -88,29 +88,25 @@ class _Balloon(_Actor):
                 self.b.touch(self.ram, off, PAGE, True, note="deflate")
         return None
 
-    def step(self) -> None:
+    def _guest_write(self) -> None:
         rng = self.rng
-        what = _weighted(rng, [("inflate", 0.34), ("report", 0.22), ("deflate", 0.2),
-                               ("guest", 0.16), ("read", 0.04), ("fork", 0.03),
-                               ("collapse", 0.02 if self.b.thp else 0.0)])
-        if what == "inflate":
-            self._inflate()
-        elif what == "report":
-            self._report()
-        elif what == "deflate":
-            self._deflate()
-        elif what == "guest":
-            off, length = _sub_range(rng, self.base, self.base + self.size, 64 * MiB)
-            self.touch_run(self.ram, off, length, True, _randint(rng, 16, 512))
-        elif what == "read":  # the guest reads reported (now zero) memory
-            off, length = _sub_range(rng, self.base, self.base + self.size, 256 * MiB)
-            self.touch_run(self.ram, off, length, False, 256)
-        elif what == "collapse":
-            off = self.base + TWO_M * _randint(rng, 0, self.size // TWO_M - 1)
-            self.b.madvise(self.ram, off, TWO_M, "COLLAPSE")
-        else:
-            self.b.fork()
-        return None
+        off, length = _sub_range(rng, self.base, self.base + self.size, 64 * MiB)
+        self.touch_run(self.ram, off, length, True, _randint(rng, 16, 512))
+
+    def _guest_read(self) -> None:
+        """The guest reads reported (now zero) memory."""
+        off, length = _sub_range(self.rng, self.base, self.base + self.size, 256 * MiB)
+        self.touch_run(self.ram, off, length, False, 256)
+
+    def _collapse(self) -> None:
+        off = self.base + TWO_M * _randint(self.rng, 0, self.size // TWO_M - 1)
+        self.b.madvise(self.ram, off, TWO_M, "COLLAPSE")
+
+    def step(self) -> None:
+        self.act([("inflate", 0.34, self._inflate), ("report", 0.22, self._report),
+                  ("deflate", 0.2, self._deflate), ("guest", 0.16, self._guest_write),
+                  ("read", 0.04, self._guest_read), ("fork", 0.03, self.b.fork),
+                  ("collapse", 0.02 if self.b.thp else 0.0, self._collapse)])
 
 
 class _VirtioMem(_Actor):

@@ -3,12 +3,12 @@ purpose, which the ``mixed`` family adds."""
 
 from __future__ import annotations
 
-from ptreclaim.envs.sim.opscript import PAGE, SLOT_SIZE, GiB, MiB
+from ptreclaim.envs.sim.opscript import PAGE, PROTS, SLOT_SIZE, GiB, MiB
 
 from .actor import _Actor, _sparse_stride
+from .builder import _Builder
 from .common import (
     _POPULATING_ADVICES,
-    _PROTS,
     MAX_IDENT,
     TWO_M,
     _jitter,
@@ -22,6 +22,14 @@ from .common import (
     _sub_range,
     _weighted,
 )
+
+
+def _mlock_or_munlock(b: _Builder, ident: int, off: int, length: int, lock: bool) -> None:
+    """mlock (``lock``) or munlock [off, off + length) of ``ident``."""
+    if lock:
+        b.mlock(ident, off, length)
+    else:
+        b.munlock(ident, off, length)
 
 
 class _Layout(_Actor):
@@ -92,11 +100,7 @@ class _Layout(_Actor):
         if what == "mprotect":
             b.mprotect(ident, off, length, _pick_str(rng, ["r", "none", "rw", "rw", "rx"]))
         elif what == "mlock":
-            length = min(length, 4 * MiB)
-            if _p(rng, 0.6):
-                b.mlock(ident, off, length)
-            else:
-                b.munlock(ident, off, length)
+            _mlock_or_munlock(b, ident, off, min(length, 4 * MiB), _p(rng, 0.6))
         elif what == "forkflag":
             b.madvise(ident, off, length,
                       _pick_str(rng, ["DONTFORK", "DOFORK", "WIPEONFORK", "KEEPONFORK"]))
@@ -206,13 +210,9 @@ class _Chaos(_Actor):
                 length = min(length, 2 * MiB)
             b.madvise(ident, off, length, adv)
         elif what == "mprotect":
-            b.mprotect(ident, off, length, _pick_str(rng, list(_PROTS)))
+            b.mprotect(ident, off, length, _pick_str(rng, list(PROTS)))
         elif what == "mlock":
-            length = min(length, 2 * MiB)
-            if _p(rng, 0.5):
-                b.mlock(ident, off, length)
-            else:
-                b.munlock(ident, off, length)
+            _mlock_or_munlock(b, ident, off, min(length, 2 * MiB), _p(rng, 0.5))
         elif what == "locked":  # DONTNEED on an mlocked range
             length = min(length, 2 * MiB)
             b.mlock(ident, off, length)

@@ -3,11 +3,10 @@ what a program then does to the collapsed range, THP switched off and on."""
 
 from __future__ import annotations
 
-from ptreclaim.envs.sim.opscript import PAGE, SLOT_SIZE, MiB
+from ptreclaim.envs.sim.opscript import PAGE, PROTS, SLOT_SIZE, MiB
 
 from .builder import _Builder, _Seg
 from .common import (
-    _PROTS,
     TWO_M,
     _p,
     _pick_int,
@@ -79,7 +78,7 @@ def _collapse_refault(b: _Builder, ident: int, s: _Seg) -> None:
             off, n = _sub_range(rng, lo, hi, TWO_M)
             b.madvise(ident, off, n, "DONTNEED")
     elif what == "mprotect":
-        names = {bits: name for name, bits in _PROTS.items()}
+        names = {bits: name for name, bits in PROTS.items()}
         b.mprotect(ident, page, PAGE, "r")
         b.touch(ident, lo, length, False, 64 * PAGE)
         b.mprotect(ident, page, PAGE, names.get(s.prot, "rw"))

@@ -84,47 +84,7 @@ inline int count_eq(const uint8_t* e, uint8_t v) {
 // Ranges longer than this are rewritten, then recounted whole (vectorised); shorter ones
 // update the counts entry by entry.
 constexpr i64 RECOUNT_AT = 48;
-}  // namespace
 
-int PteTable::count(uint8_t v) const { return v < 4 ? n[v] : count_eq(e, v); }
-
-int PteTable::resident() const {
-  if (huge) return huge == HUGE_ANON ? ENTRIES : 0;
-  return n[E_ANON] + n[E_FILE];
-}
-
-void PteTable::recount() {
-#ifdef __SSE2__
-  // One pass over the 32 16-byte blocks: per kind, byte lanes count matches (at most 32
-  // per lane, no overflow), then psadbw sums the lanes.
-  const __m128i k0 = _mm_setzero_si128(), k1 = _mm_set1_epi8(1), k2 = _mm_set1_epi8(2),
-                k3 = _mm_set1_epi8(3);
-  __m128i c0 = k0, c1 = k0, c2 = k0, c3 = k0;
-  for (int i = 0; i < ENTRIES; i += 16) {
-    __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(e + i));
-    c0 = _mm_sub_epi8(c0, _mm_cmpeq_epi8(x, k0));
-    c1 = _mm_sub_epi8(c1, _mm_cmpeq_epi8(x, k1));
-    c2 = _mm_sub_epi8(c2, _mm_cmpeq_epi8(x, k2));
-    c3 = _mm_sub_epi8(c3, _mm_cmpeq_epi8(x, k3));
-  }
-  auto hsum = [&](__m128i c) {
-    __m128i s = _mm_sad_epu8(c, k0);
-    return (uint16_t)(_mm_cvtsi128_si32(s) + _mm_cvtsi128_si32(_mm_srli_si128(s, 8)));
-  };
-  n[E_NONE] = hsum(c0);
-  n[E_ANON] = hsum(c1);
-  n[E_ZERO] = hsum(c2);
-  n[E_FILE] = hsum(c3);
-#else
-  n[E_NONE] = (uint16_t)count_eq(e, E_NONE);
-  n[E_ANON] = (uint16_t)count_eq(e, E_ANON);
-  n[E_ZERO] = (uint16_t)count_eq(e, E_ZERO);
-  n[E_FILE] = (uint16_t)count_eq(e, E_FILE);
-#endif
-  n[4] = (uint16_t)(ENTRIES - n[0] - n[1] - n[2] - n[3]);
-}
-
-namespace {
 // Entries of e[i:j] per kind bucket (none, anon, zero, file, other).
 inline void range_hist(const uint8_t* e, i64 i, i64 j, int h[5]) {
   int c0 = 0, c1 = 0, c2 = 0, c3 = 0;
@@ -164,6 +124,19 @@ inline void range_hist(const uint8_t* e, i64 i, i64 j, int h[5]) {
   h[4] = (int)(j - i) - c0 - c1 - c2 - c3;
 }
 }  // namespace
+
+int PteTable::count(uint8_t v) const { return v < 4 ? n[v] : count_eq(e, v); }
+
+int PteTable::resident() const {
+  if (huge) return huge == HUGE_ANON ? ENTRIES : 0;
+  return n[E_ANON] + n[E_FILE];
+}
+
+void PteTable::recount() {
+  int h[5];
+  range_hist(e, 0, ENTRIES, h);  // the whole table: one vectorised pass
+  for (int b = 0; b < 5; b++) n[b] = (uint16_t)h[b];
+}
 
 void PteTable::set_range(i64 i, i64 j, i64 step, uint8_t v) {
   if (j <= i) return;
@@ -783,28 +756,43 @@ void AddressSpace::carve(i64 start, i64 end, i64& i_out, i64& j_out) {
   j_out = j;
 }
 
-int AddressSpace::modify(i64 start, i64 end, const FlagChange& change) {
-  int error = OK;
+// Calls piece(i, a, b) for each piece [a, b) of [start, end) that VMA vmas[i] covers, in
+// address order (piece may split or merge vmas[i]: the next VMA is looked up again).  The
+// first error piece returns ends the walk and is returned; otherwise ENOMEM if a hole
+// lies in the range (pieces past it are still visited, as the kernel's madvise and
+// mprotect loops do), OK if none does.  The loop of pagetable._modify and pagetable._walk
+// (madvise_walk_vmas), written once for modify and walk.
+template <class Piece>
+int AddressSpace::for_each_piece(i64 start, i64 end, Piece&& piece) {
+  int unmapped = OK;
   i64 pos = start;
   while (pos < end) {
     i64 i = first_ending_after(pos);
     if (i >= (i64)vmas.size() || vmas[i]->start >= end) return ERR_ENOMEM;
-    Vma* v = vmas[i];
-    if (v->start > pos) {
-      error = ERR_ENOMEM;
-      pos = v->start;
+    if (vmas[i]->start > pos) {
+      unmapped = ERR_ENOMEM;
+      pos = vmas[i]->start;
     }
-    i64 piece_end = std::min(v->end, end);
+    i64 piece_end = std::min(vmas[i]->end, end);
+    int err = piece(i, pos, piece_end);
+    if (err) return err;
+    pos = piece_end;
+  }
+  return unmapped;
+}
+
+int AddressSpace::modify(i64 start, i64 end, const FlagChange& change) {
+  return for_each_piece(start, end, [&](i64 i, i64 a, i64 b) -> int {
+    Vma* v = vmas[i];
     if (change.forbid_file_or_shared && (v->file || (v->flags & VM_SHARED))) return ERR_EINVAL;
     i64 nw = (v->flags & ~change.clear) | change.set;
     if (nw != v->flags) {
-      i = isolate(i, pos, piece_end);
+      i = isolate(i, a, b);
       vmas[i]->flags = nw;
       merge_around(i);
     }
-    pos = piece_end;
-  }
-  return error;
+    return OK;
+  });
 }
 
 // --------------------------------------------------------------- faulting
@@ -1201,22 +1189,8 @@ int AddressSpace::madvise(i64 start, i64 length, int advice) {
 }
 
 int AddressSpace::walk(i64 start, i64 end, int advice) {
-  int unmapped = OK;
-  i64 pos = start;
-  while (pos < end) {
-    i64 i = first_ending_after(pos);
-    if (i >= (i64)vmas.size() || vmas[i]->start >= end) return ERR_ENOMEM;
-    Vma* v = vmas[i];
-    if (v->start > pos) {
-      unmapped = ERR_ENOMEM;
-      pos = v->start;
-    }
-    i64 piece_end = std::min(v->end, end);
-    int err = visit(v, pos, piece_end, advice);
-    if (err) return err;
-    pos = piece_end;
-  }
-  return unmapped;
+  return for_each_piece(start, end,
+                        [&](i64 i, i64 a, i64 b) -> int { return visit(vmas[i], a, b, advice); });
 }
 
 int AddressSpace::visit(Vma* v, i64 a, i64 b, int advice) {

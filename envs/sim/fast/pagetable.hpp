@@ -271,6 +271,8 @@ class AddressSpace {
   bool merge_at(i64 i);
   i64 merge_around(i64 i);
   void carve(i64 start, i64 end, i64& i_out, i64& j_out);
+  template <class Piece>
+  int for_each_piece(i64 start, i64 end, Piece&& piece);
   int modify(i64 start, i64 end, const FlagChange& change);
   bool thp_allowed(const Vma* v) const;
   static bool file_folio_fits(const Vma* v, i64 base);
