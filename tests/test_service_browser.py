@@ -86,7 +86,11 @@ def test_job_list_job_page_and_submit_form(service: Service, browser: Any) -> No
     browser.find_element(By.ID, "label").send_keys("from the form")
     browser.find_element(By.ID, "token").send_keys("wrong")
     browser.find_element(By.ID, "submit").click()
-    assert "Bearer" in browser.find_element(By.ID, "error").text
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    # The refusal comes back as a new page: wait for it rather than race the load.
+    error = WebDriverWait(browser, 60).until(lambda b: b.find_elements(By.ID, "error"))[0]
+    assert "Bearer" in error.text
     assert browser.find_element(By.ID, "label").get_attribute("value") == "from the form"
     browser.find_element(By.ID, "token").send_keys(service.token)
     browser.find_element(By.ID, "submit").click()
