@@ -11,6 +11,7 @@ same trajectory, bit for bit.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,6 +100,25 @@ class TickRecord:
     reclaim_scanned: int = 0
 
 
+
+def workload_instances(scenario: ScenarioConfig, rng: np.random.Generator
+                       ) -> Iterator[tuple[WorkloadSpec, type[Workload], Any,
+                                           np.random.Generator, str]]:
+    """Each workload instance of ``scenario`` in order: its spec, class, jittered config,
+    own generator and name.  Both simulators (this one and the compiled core's
+    ``FastSimulation``) build their workloads from it, so they make the same draws from
+    ``rng`` in the same order (lazily: one instance's draws, then the next's)."""
+    for i, spec in enumerate(scenario.workloads):
+        cls = WORKLOADS[spec.family]
+        jitter = scenario.jitter if spec.jitter < 0 else spec.jitter
+        for k in range(spec.count):
+            wrng = np.random.default_rng(rng.integers(0, 2**63))
+            where = f"{scenario.name}.workloads[{i}].params"
+            config = cls.make_config(spec.params, where, jitter, wrng)
+            yield spec, cls, config, wrng, f"{spec.family}{i}" + (
+                f".{k}" if spec.count > 1 else "")
+
+
 class Simulation:
     """A running scenario."""
 
@@ -121,15 +141,8 @@ class Simulation:
         self.touch_trace: dict[str, dict[int, list[int]]] | None = None
         self.mechanism = Mechanism(self, scenario.mechanism)
         self._workloads: list[tuple[WorkloadSpec, Workload]] = []
-        for i, spec in enumerate(scenario.workloads):
-            cls = WORKLOADS[spec.family]
-            jitter = scenario.jitter if spec.jitter < 0 else spec.jitter
-            for k in range(spec.count):
-                wrng = np.random.default_rng(rng.integers(0, 2**63))
-                where = f"{scenario.name}.workloads[{i}].params"
-                config = cls.make_config(spec.params, where, jitter, wrng)
-                name = f"{spec.family}{i}" + (f".{k}" if spec.count > 1 else "")
-                self._workloads.append((spec, cls(config, self, wrng, name)))
+        for spec, cls, config, wrng, name in workload_instances(scenario, rng):
+            self._workloads.append((spec, cls(config, self, wrng, name)))
 
     # -- processes ------------------------------------------------------------
 

@@ -19,8 +19,7 @@ import numpy as np
 from ..config import ConfigError
 from ..pagetable import PAGE, TableClass
 from ..reclaim import PassResult
-from ..simulator import ScenarioConfig, TickRecord
-from ..workloads import WORKLOADS
+from ..simulator import ScenarioConfig, TickRecord, workload_instances
 from ._fast import ADVICES, FastTraceProgram, SimCore, has_family
 
 _TICK_FIELDS = tuple(f.name for f in dataclasses.fields(TickRecord))
@@ -358,18 +357,11 @@ class FastSimulation:
             dataclasses.asdict(scenario.costs), scenario.ticks, scenario.pt_reclaim,
             scenario.reclaim.lock == "mmap_write", rng)
         # Exactly Simulation.__init__'s draws, in its order.
-        for i, spec in enumerate(scenario.workloads):
-            cls = WORKLOADS[spec.family]
-            jitter = scenario.jitter if spec.jitter < 0 else spec.jitter
-            for k in range(spec.count):
-                wrng = np.random.default_rng(rng.integers(0, 2**63))
-                where = f"{scenario.name}.workloads[{i}].params"
-                config = cls.make_config(spec.params, where, jitter, wrng)
-                name = f"{spec.family}{i}" + (f".{k}" if spec.count > 1 else "")
-                num, text = _split_config(config)
-                program = _encode_program(config.trace) if spec.family == "trace" else None
-                self.core.add_workload(spec.family, num, text, wrng, name, cls.sane,
-                                       spec.start_tick, spec.stop_tick, program)
+        for spec, cls, config, wrng, name in workload_instances(scenario, rng):
+            num, text = _split_config(config)
+            program = _encode_program(config.trace) if spec.family == "trace" else None
+            self.core.add_workload(spec.family, num, text, wrng, name, cls.sane,
+                                   spec.start_tick, spec.stop_tick, program)
         self._procs: list[FastProcess] = []
         self._history: list[TickRecord] = []
         self._events: list[tuple[int, str]] = []
