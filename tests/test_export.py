@@ -292,11 +292,9 @@ def test_known_good_export_reproduces_its_score() -> None:
     """The regression fixture: a real export of the default experiment
     (``tests/data/export/README.md`` says how it was made)."""
     data = yaml.safe_load(FIXTURE.read_text())
-    if data.get("schema_version") != THRESHOLDS_SCHEMA_VERSION:
-        pytest.skip(f"{FIXTURE.name} is a schema_version {data.get('schema_version')} export "
-                    f"(this code reads {THRESHOLDS_SCHEMA_VERSION}: env v1); it cannot be "
-                    "reproduced before a v1 training run: regenerate it with the commands of "
-                    "tests/data/export/README.md")
+    assert data.get("schema_version") == THRESHOLDS_SCHEMA_VERSION, (
+        f"{FIXTURE.name} is a schema_version {data.get('schema_version')} export; regenerate it "
+        "with the commands of tests/data/export/README.md")
     record = read_thresholds(FIXTURE)
     ev = data["evaluation"]
     scenarios = [load_scenario(CONFIG_DIR / "scenarios" / f"{n}.yaml") for n in ev["scenarios"]]
