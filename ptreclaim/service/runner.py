@@ -69,7 +69,9 @@ class Reporter:
         self.start: float | None = None
         self.lock = threading.Lock()
 
-    def set(self, fraction: float, phase: str) -> None:
+    def set(self, fraction: float, phase: str, *, final: bool = False) -> None:
+        """Report ``fraction`` done and ``phase``; ``final``: the job ends here, short of
+        done, and the worker records this share and phase rather than "finished"."""
         fraction = max(0.0, min(1.0, fraction))
         with self.lock:
             now = time.monotonic()
@@ -80,7 +82,8 @@ class Reporter:
             if gained > 1e-6 and fraction < 1.0:
                 eta = (now - self.t0) / gained * (1.0 - fraction)
             write_text_atomic(PROGRESS_FILE, json.dumps(
-                {"fraction": fraction, "phase": phase, "eta_seconds": eta}) + "\n")
+                {"fraction": fraction, "phase": phase, "eta_seconds": eta,
+                 "final": final}) + "\n")
 
     @contextmanager
     def polling(self, probe: Callable[[], tuple[float, str] | None],
@@ -204,7 +207,8 @@ def run_tune(spec: TuneJob, job: dict[str, Any], url: str, rep: Reporter) -> int
         n = _finished_trials(url, study) or 0
         # A budget-stopped study reports the share of trials it ran, not 1.
         rep.set(min(1.0, n / spec.trials), f"{n} of {spec.trials} trials" + (
-            "" if n >= spec.trials else " (stopped by the wall-time budget)"))
+            "" if n >= spec.trials else " (stopped by the wall-time budget)"),
+            final=n < spec.trials)
     return code
 
 

@@ -285,10 +285,17 @@ class Worker:
                   "will retry", file=sys.stderr, flush=True)
             return False
 
-    def _beat(self, claim: Claim, folder: Path) -> bool | None:
-        progress: Mapping[str, Any] = {}
+    @staticmethod
+    def _progress(folder: Path) -> Mapping[str, Any]:
+        """The job's last ``progress.json`` (the runner's Reporter), or {}."""
         with contextlib.suppress(OSError, ValueError):
-            progress = json.loads((folder / PROGRESS_FILE).read_text())
+            data = json.loads((folder / PROGRESS_FILE).read_text())
+            if isinstance(data, dict):
+                return data
+        return {}
+
+    def _beat(self, claim: Claim, folder: Path) -> bool | None:
+        progress = self._progress(folder)
         got = self._guarded(lambda: self.store.heartbeat(
             claim, self.cfg.lease_seconds, progress=progress.get("fraction"),
             phase=progress.get("phase"), eta_seconds=progress.get("eta_seconds"),
@@ -313,15 +320,13 @@ class Worker:
                                     "job saved is in its artifacts (submit a new job with a "
                                     "larger wall_seconds to go on)")
         elif code == 0:
-            # A job that ended early by its own choice (tuning that stopped starting
-            # trials before the wall-time budget) keeps the share and phase it reported.
-            last: Mapping[str, Any] = {}
-            with contextlib.suppress(OSError, ValueError):
-                last = json.loads((folder / PROGRESS_FILE).read_text())
-            fraction = last.get("fraction")
-            early = (isinstance(fraction, float | int) and fraction < 1
-                     and "wall-time budget" in str(last.get("phase")))
-            self.store.finish(claim, "succeeded", progress=float(fraction or 0) if early else 1.0,
+            # A job that ended short of done by its own choice (tuning that stopped
+            # starting trials before the wall-time budget) keeps the share and phase its
+            # runner reported as final.
+            last = self._progress(folder)
+            early = bool(last.get("final"))
+            self.store.finish(claim, "succeeded",
+                              progress=float(last.get("fraction") or 0) if early else 1.0,
                               phase=str(last.get("phase")) if early else "finished",
                               log_tail=tail)
         else:
