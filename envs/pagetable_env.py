@@ -219,6 +219,13 @@ class PageTableReclaimEnv(gym.Env[np.ndarray, np.ndarray]):
 
     # -- pickling -------------------------------------------------------------
 
+    def journal(self, what: str, action: np.ndarray) -> None:
+        """Record that ``action`` was stepped (``step``) or applied (``apply``) on the
+        compiled core, for pickling.  A driver that steps the core itself (the batched
+        vector env) records its actions here too."""
+        if self._journal is not None:
+            self._journal.append((what, action.tolist()))
+
     def __getstate__(self) -> dict[str, Any]:
         """The reference simulation pickles as it is; the compiled core does not
         serialise its state, so an env on it pickles its episode's journal (the
@@ -295,8 +302,7 @@ class PageTableReclaimEnv(gym.Env[np.ndarray, np.ndarray]):
         if self._core is not None:
             obs = np.empty(self._obs_shape, dtype=np.float32)
             a = self._checked_action(action)
-            if self._journal is not None:
-                self._journal.append(("step", a.tolist()))
+            self.journal("step", a)
             reward, truncated = self._core.step(a, obs)
             terms = dict(zip(COST_TERMS, self._core.terms.tolist(), strict=True))
             return obs, reward, False, truncated, self._fast_info(terms)
@@ -350,8 +356,7 @@ class PageTableReclaimEnv(gym.Env[np.ndarray, np.ndarray]):
         assert sim is not None
         if self._core is not None:
             a = self._checked_action(action)
-            if self._journal is not None:
-                self._journal.append(("apply", a.tolist()))
+            self.journal("apply", a)
             if not self._core.apply_action(a):
                 return None
             self._last_pass = sim._pass(self._core.last_pass())

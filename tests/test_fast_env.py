@@ -126,3 +126,28 @@ def test_batched_vec_env_trains_the_same_model() -> None:
     b, rb = train(FastVecEnv([PageTableReclaimEnv(scenarios, EnvConfig()) for _ in range(2)]))
     assert torch.equal(a, b)
     assert ra == rb and ra  # episode returns (Monitor's) match, and episodes ended
+
+
+def test_an_env_stepped_by_the_batched_vec_env_pickles_to_its_state() -> None:
+    """The batched env steps the compiled cores directly; each env's pickle journal
+    still follows, so a copy taken mid-episode continues exactly as the original."""
+    import pickle
+
+    from ptreclaim.agents.training.fastvec import FastVecEnv
+
+    scenarios = load_suite(CONFIG_DIR / "suites" / "train.yaml")
+    venv = FastVecEnv([PageTableReclaimEnv(scenarios, EnvConfig(max_steps=30))
+                       for _ in range(2)])
+    venv.seed(2)
+    venv.reset()
+    rng = np.random.default_rng(2)
+    for _ in range(7):
+        venv.step(rng.integers(venv.action_space.nvec, size=(2, 5)))
+    env = venv.envs[1]
+    clone = pickle.loads(pickle.dumps(env))
+    for _ in range(5):
+        a = rng.integers(env.action_space.nvec)
+        o1, r1, *_ = env.step(a)
+        o2, r2, *_ = clone.step(a)
+        assert np.array_equal(o1, o2) and r1 == r2
+
