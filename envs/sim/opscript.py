@@ -16,16 +16,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-KiB = 1024
-MiB = 1024 * KiB
-GiB = 1024 * MiB
-TiB = 1024 * GiB
+from .units import GiB, KiB, MiB, TiB
+
 PAGE = 4 * KiB
 
 #: Each script ID owns the 512 GiB range [SLOT_BASE + ID * SLOT_SIZE, + SLOT_SIZE):
 #: exactly the range one PUD table maps with 4-level paging.
 SLOT_BASE = 16 * TiB
 SLOT_SIZE = 512 * GiB
+#: Size of the sparse ``file`` / ``shmem`` backing object the oracle creates per ID
+#: (``BACKING_SIZE`` in ptoracle.c).
+BACKING_SIZE = 64 * GiB
 #: 4-level paging gives user space 128 TiB (slots 0..223), but the oracle's own
 #: stack always lies in slot 223, so the last usable ID is 222.
 MAX_ID = (128 * TiB - SLOT_BASE) // SLOT_SIZE - 2

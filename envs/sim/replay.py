@@ -7,12 +7,10 @@ The output matches the kernel oracle's: one VmPTE delta in KiB per op (for
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
-from .opscript import SLOT_SIZE, Op, Script, slot_address
+from .opscript import BACKING_SIZE, SLOT_SIZE, Op, Script, slot_address
 from .pagetable import PAGE_SHIFT, AddressSpace, BackingFile
-
-#: Size of the sparse backing file / memfd the oracle creates per ID.
-BACKING_SIZE = 64 << 30
 
 _OP_ERROR_NAMES = {"madvise", "mmap", "munmap", "mprotect", "mremap", "mlock", "munlock",
                    "punch", "truncate", "touch"}
@@ -32,8 +30,14 @@ class ScriptMachine:
     a ``file`` and a ``shmem`` object per ID (``fd=ID2`` shares ID2's), and
     ``punch``/``truncate`` act on the object of the ID's latest file mapping."""
 
+    #: The model it replays on: the reference's classes (the compiled core's in
+    #: :class:`~ptreclaim.envs.sim.fast.check.FastScriptMachine`).
+    address_space: ClassVar[Any] = AddressSpace
+    backing_file: ClassVar[Any] = BackingFile
+
     def __init__(self, *, thp: bool = False, pt_reclaim: bool = True) -> None:
-        self.mm = AddressSpace(pt_reclaim=pt_reclaim, thp_disabled=not thp)
+        self.mm: AddressSpace = self.address_space(pt_reclaim=pt_reclaim,
+                                                   thp_disabled=not thp)
         self.files: dict[tuple[int, str], BackingFile] = {}
         self.last_file: dict[int, BackingFile] = {}
         self.baseline = self.mm.vm_pte_kib
@@ -42,7 +46,7 @@ class ScriptMachine:
         key = (ident, kind)
         f = self.files.get(key)
         if f is None:
-            f = self.files[key] = BackingFile(kind, BACKING_SIZE)
+            f = self.files[key] = self.backing_file(kind, BACKING_SIZE)
         return f
 
     def apply(self, op: Op) -> OpOutcome:

@@ -40,22 +40,10 @@ ops that fail on purpose), :mod:`.thp` (THP-only ops) and :mod:`.corpus` (the fa
 from __future__ import annotations
 
 from .builder import page_cost
-from .common import (
-    ACCOUNT_LIMIT,
-    BACKING_SIZE,
-    DEFAULT_N_OPS,
-    DIRTY_CACHE_BUDGET,
-    MAX_IDENT,
-    PAGE_CACHE_BUDGET,
-    READAHEAD,
-    TOUCH_BUDGET,
-    TWO_M,
-    WORK_BUDGET,
-)
+from .common import DEFAULT_N_OPS, MAX_IDENT, PAGE_CACHE_BUDGET, TOUCH_BUDGET, WORK_BUDGET
 from .common import _fmt as _fmt
 from .corpus import FAMILIES, family_doc, generate, generate_corpus
 from .thp import _collapse_refault as _collapse_refault
 
-__all__ = ["ACCOUNT_LIMIT", "BACKING_SIZE", "DEFAULT_N_OPS", "DIRTY_CACHE_BUDGET", "FAMILIES",
-           "MAX_IDENT", "PAGE_CACHE_BUDGET", "READAHEAD", "TOUCH_BUDGET", "TWO_M", "WORK_BUDGET",
-           "family_doc", "generate", "generate_corpus", "page_cost"]
+__all__ = ["DEFAULT_N_OPS", "FAMILIES", "MAX_IDENT", "PAGE_CACHE_BUDGET", "TOUCH_BUDGET",
+           "WORK_BUDGET", "family_doc", "generate", "generate_corpus", "page_cost"]

@@ -8,7 +8,6 @@ from collections.abc import Callable, Sequence
 from ptreclaim.envs.sim.opscript import PAGE
 
 from .builder import _Builder
-from .common import _p, _weighted
 
 
 class _Actor:
@@ -32,12 +31,12 @@ class _Actor:
     def act(self, table: Sequence[tuple[str, float, Callable[[], object]]]) -> None:
         """Draw one ``(name, weight, action)`` row by weight (one :func:`_weighted`
         draw, so a script depends on the weights only) and run its action."""
-        what = _weighted(self.rng, [(name, weight) for name, weight, _ in table])
+        what = self.rng.weighted([(name, weight) for name, weight, _ in table])
         next(action for name, _, action in table if name == what)()
 
     def huge(self, prob: float = 0.5) -> bool:
         """Whether to ask for THP on a new anon mapping (THP scripts only)."""
-        return self.b.thp and _p(self.rng, prob)
+        return self.b.thp and self.rng.p(prob)
 
     def touch_run(self, ident: int, off: int, length: int, write: bool = True,
                   max_accesses: int = 256) -> bool:

@@ -8,17 +8,8 @@ from ptreclaim.envs.sim.opscript import PAGE, SLOT_SIZE, GiB, KiB, MiB
 from .actor import _Actor
 from .common import (
     TWO_M,
-    _jitter,
-    _lognormal_pages,
-    _p,
-    _pick_int,
-    _pick_str,
-    _pow2,
-    _randint,
     _round_down,
     _round_up,
-    _sub_range,
-    _weighted,
 )
 
 
@@ -34,10 +25,10 @@ class _Jemalloc(_Actor):
         self.dirty: list[tuple[int, int, int]] = []  # (ident, off, len)
         self.muzzy: list[tuple[int, int, int]] = []
         for ident in self.ids:
-            size = _pow2(rng, 256 * MiB, 64 * GiB)
-            norsv = size > 4 * GiB or _p(rng, 0.6)
-            off = _pick_int(rng, [0, 0, TWO_M * _randint(rng, 1, 64), GiB * _randint(rng, 1, 8)])
-            off = max(0, off + _jitter(rng, 0.15, 16))
+            size = rng.pow2(256 * MiB, 64 * GiB)
+            norsv = size > 4 * GiB or rng.p(0.6)
+            off = rng.pick_int([0, 0, TWO_M * rng.randint(1, 64), GiB * rng.randint(1, 8)])
+            off = max(0, off + rng.jitter(0.15, 16))
             self.b.mmap(ident, "anon", "private", size, off, norsv=norsv, hugepage=self.huge(0.3),
                         note="arena")
             self.arenas.append({"id": ident, "lo": off, "hi": off + size, "cur": off})
@@ -45,13 +36,13 @@ class _Jemalloc(_Actor):
     def _alloc(self) -> None:
         rng = self.rng
         a = self.arenas[int(rng.integers(len(self.arenas)))]
-        pages = _lognormal_pages(rng, 160 * KiB, 1.2, 1, 2048)
+        pages = rng.lognormal_pages(160 * KiB, 1.2, 1, 2048)
         length = pages * PAGE
-        if self.dirty and _p(rng, 0.3):  # reuse a purged hole near old extents
+        if self.dirty and rng.p(0.3):  # reuse a purged hole near old extents
             _, o, ln = self.dirty[int(rng.integers(len(self.dirty)))]
-            off = max(a["lo"], o + ln + PAGE * _randint(rng, 0, 64))
-        elif a["cur"] > a["lo"] and _p(rng, 0.5):
-            off = a["lo"] + PAGE * _randint(rng, 0, (a["cur"] - a["lo"]) // PAGE)
+            off = max(a["lo"], o + ln + PAGE * rng.randint(0, 64))
+        elif a["cur"] > a["lo"] and rng.p(0.5):
+            off = a["lo"] + PAGE * rng.randint(0, (a["cur"] - a["lo"]) // PAGE)
         else:
             off = a["cur"]
         if off + length > a["hi"]:
@@ -68,9 +59,9 @@ class _Jemalloc(_Actor):
         i = max((int(rng.integers(len(self.dirty))) for _ in range(3)),
                 key=lambda k: self.dirty[k][2])
         ident, off, length = self.dirty[i]
-        plen = min(length, _lognormal_pages(rng, 48 * KiB, 0.8) * PAGE)
-        poff = off + PAGE * _randint(rng, 0, (length - plen) // PAGE)
-        advice = "FREE" if _p(rng, 0.15) else "DONTNEED"
+        plen = min(length, rng.lognormal_pages(48 * KiB, 0.8) * PAGE)
+        poff = off + PAGE * rng.randint(0, (length - plen) // PAGE)
+        advice = "FREE" if rng.p(0.15) else "DONTNEED"
         self.b.madvise(ident, poff, plen, advice)
         rest = [(ident, off, poff - off), (ident, poff + plen, off + length - poff - plen)]
         self.dirty[i:i + 1] = [r for r in rest if r[2] > 0]
@@ -89,7 +80,7 @@ class _Jemalloc(_Actor):
         rng = self.rng
         a = self.arenas[int(rng.integers(len(self.arenas)))]
         hi = max(a["cur"], a["lo"] + TWO_M)
-        off, length = _sub_range(rng, a["lo"], min(hi, a["hi"]), 512 * MiB)
+        off, length = rng.sub_range(a["lo"], min(hi, a["hi"]), 512 * MiB)
         self.b.madvise(a["id"], off, length, "DONTNEED", note="large purge")
         self.dirty = [d for d in self.dirty
                       if not (d[0] == a["id"] and d[1] >= off and d[1] + d[2] <= off + length)]
@@ -104,15 +95,15 @@ class _Jemalloc(_Actor):
     def _thp_advice(self) -> None:
         rng = self.rng
         a = self.arenas[int(rng.integers(len(self.arenas)))]
-        off, length = _sub_range(rng, a["lo"], a["hi"], 64 * MiB)
-        self.b.madvise(a["id"], off, length, _pick_str(rng, ["HUGEPAGE", "NOHUGEPAGE"]))
+        off, length = rng.sub_range(a["lo"], a["hi"], 64 * MiB)
+        self.b.madvise(a["id"], off, length, rng.pick_str(["HUGEPAGE", "NOHUGEPAGE"]))
 
     def _retouch(self) -> None:
         rng = self.rng
         if not self.dirty:
             return self._alloc()
         ident, off, length = self.dirty[int(rng.integers(len(self.dirty)))]
-        self.touch_run(ident, off, length, _p(rng, 0.7), 64)
+        self.touch_run(ident, off, length, rng.p(0.7), 64)
         return None
 
     def step(self) -> None:
@@ -136,15 +127,15 @@ class _GlibcMalloc(_Actor):
         b = self.b
         self.heap_id, self.arena_id, self.chunk_id = self.ids
         # brk starts at a random page offset: almost never 2 MiB aligned.
-        self.brk_lo = TWO_M * _randint(rng, 0, 64) + PAGE * _randint(rng, 1, 511)
+        self.brk_lo = TWO_M * rng.randint(0, 64) + PAGE * rng.randint(1, 511)
         self.brk_hi = self.brk_lo + _round_up(132 * KiB)
         self.brk_top = self.brk_lo  # end of the used part
         b.mmap(self.heap_id, "anon", "private", self.brk_hi - self.brk_lo, self.brk_lo,
                hugepage=self.huge(0.3), note="brk heap")
         # Thread arenas: 64 MiB heaps, 64 MiB aligned, PROT_NONE until used.
         self.heaps: list[list[int]] = []
-        for k in range(_randint(rng, 1, 3)):
-            lo = 64 * MiB * (k * 2 + _randint(rng, 0, 1))
+        for k in range(rng.randint(1, 3)):
+            lo = 64 * MiB * (k * 2 + rng.randint(0, 1))
             b.mmap(self.arena_id, "anon", "private", 64 * MiB, lo, norsv=True)
             b.mprotect(self.arena_id, lo, 64 * MiB, "none", note="reserve")
             size = _round_up(132 * KiB)
@@ -155,9 +146,9 @@ class _GlibcMalloc(_Actor):
 
     def _brk_alloc(self) -> None:
         rng = self.rng
-        length = _lognormal_pages(rng, 512 * KiB, 1.3, 1, 16384) * PAGE
-        if _p(rng, 0.3) and self.brk_top - self.brk_lo > length:  # reuse freed chunks
-            off = self.brk_lo + PAGE * _randint(rng, 0, (self.brk_top - self.brk_lo - length)
+        length = rng.lognormal_pages(512 * KiB, 1.3, 1, 16384) * PAGE
+        if rng.p(0.3) and self.brk_top - self.brk_lo > length:  # reuse freed chunks
+            off = self.brk_lo + PAGE * rng.randint(0, (self.brk_top - self.brk_lo - length)
                                                 // PAGE)
             self.touch_run(self.heap_id, off, length, True, 64)
             return
@@ -173,20 +164,20 @@ class _GlibcMalloc(_Actor):
 
     def _trim(self) -> None:
         rng = self.rng
-        if _p(rng, 0.6) and self.brk_top - self.brk_lo > TWO_M:
+        if rng.p(0.6) and self.brk_top - self.brk_lo > TWO_M:
             ident, lo, hi = self.heap_id, self.brk_lo, self.brk_top
         else:
             h = self.heaps[int(rng.integers(len(self.heaps)))]
             ident, lo, hi = self.arena_id, h[0], h[0] + h[1]
         if hi - lo <= 2 * PAGE:
             return
-        length = min(hi - lo - PAGE, _lognormal_pages(rng, 8 * MiB, 1.0, 64) * PAGE)
-        if _p(rng, 0.6) and hi - lo > 2 * TWO_M:  # free chunks spanning whole 2 MiB slots
+        length = min(hi - lo - PAGE, rng.lognormal_pages(8 * MiB, 1.0, 64) * PAGE)
+        if rng.p(0.6) and hi - lo > 2 * TWO_M:  # free chunks spanning whole 2 MiB slots
             off = _round_up(lo + PAGE, TWO_M)
-            off += TWO_M * _randint(rng, 0, max(0, (hi - off) // TWO_M - 1))
+            off += TWO_M * rng.randint(0, max(0, (hi - off) // TWO_M - 1))
             length = max(TWO_M, _round_down(min(length, hi - off), TWO_M))
         else:
-            off = lo + PAGE * _randint(rng, 1, max(1, (hi - lo - length) // PAGE))
+            off = lo + PAGE * rng.randint(1, max(1, (hi - lo - length) // PAGE))
         if off + length > hi:
             off, length = lo + PAGE, hi - lo - PAGE
         self.b.madvise(ident, off, length, "DONTNEED", note="malloc_trim")
@@ -209,8 +200,8 @@ class _GlibcMalloc(_Actor):
         rng = self.rng
         h = self.heaps[int(rng.integers(len(self.heaps)))]
         lo, size = h
-        if _p(rng, 0.6) and size < 64 * MiB:  # grow_heap
-            new = min(64 * MiB, _round_up(size + _lognormal_pages(rng, 1 * MiB, 1.0) * PAGE))
+        if rng.p(0.6) and size < 64 * MiB:  # grow_heap
+            new = min(64 * MiB, _round_up(size + rng.lognormal_pages(1 * MiB, 1.0) * PAGE))
             self.b.mprotect(self.arena_id, lo + size, new - size, "rw", note="grow_heap")
             h[1] = new
             self.touch_run(self.arena_id, lo + size, new - size, True, 64)
@@ -224,19 +215,19 @@ class _GlibcMalloc(_Actor):
     def _chunk(self) -> None:
         rng = self.rng
         b = self.b
-        if self.chunks and _p(rng, 0.45):
+        if self.chunks and rng.p(0.45):
             off, length = self.chunks.pop(int(rng.integers(len(self.chunks))))
             b.munmap(self.chunk_id, off, length, note="free mmap'd chunk")
             return
-        if self.chunks and _p(rng, 0.2):  # realloc: grow in place when the space is free
+        if self.chunks and rng.p(0.2):  # realloc: grow in place when the space is free
             i = int(rng.integers(len(self.chunks)))
             off, length = self.chunks[i]
-            grow = _round_up(_lognormal_pages(rng, 256 * KiB, 1.0) * PAGE)
+            grow = _round_up(rng.lognormal_pages(256 * KiB, 1.0) * PAGE)
             b.mremap(self.chunk_id, off, length, length + grow, note="realloc")
             if b.seg_at(self.chunk_id, off) is not None:
                 self.chunks[i] = (off, length + grow)
             return
-        length = _round_up(_lognormal_pages(rng, 512 * KiB, 1.2, 33, 16384) * PAGE + PAGE)
+        length = _round_up(rng.lognormal_pages(512 * KiB, 1.2, 33, 16384) * PAGE + PAGE)
         self.chunk_top -= length
         b.mmap(self.chunk_id, "anon", "private", length, self.chunk_top, note="malloc > 128K")
         self.touch_run(self.chunk_id, self.chunk_top, length, True, 32)
@@ -256,7 +247,7 @@ class _MunmapRuntime(_Actor):
     n_ids = 2
 
     def setup(self) -> None:
-        self.cur = {i: TWO_M * _randint(self.rng, 0, 512) for i in self.ids}
+        self.cur = {i: TWO_M * self.rng.randint(0, 512) for i in self.ids}
         self.live: list[tuple[int, int, int]] = []
         self.holes: list[tuple[int, int, int]] = []
 
@@ -264,18 +255,18 @@ class _MunmapRuntime(_Actor):
         rng = self.rng
         b = self.b
         ident = self.ids[int(rng.integers(len(self.ids)))]
-        if self.holes and _p(rng, 0.25):
+        if self.holes and rng.p(0.25):
             ident, off, length = self.holes.pop(int(rng.integers(len(self.holes))))
             b.mmap(ident, "anon", "private", length, off, note="reuse hole")
         else:
-            length = _pick_int(rng, [64 * KiB, 256 * KiB, 1 * MiB, 4 * MiB, 8 * MiB, 64 * MiB])
-            length += _jitter(rng, 0.2, 4) if length > 64 * KiB else 0
-            off = self.cur[ident] + PAGE * _randint(rng, 0, 16) * int(_p(rng, 0.3))
-            if length >= TWO_M and _p(rng, 0.6):
+            length = rng.pick_int([64 * KiB, 256 * KiB, 1 * MiB, 4 * MiB, 8 * MiB, 64 * MiB])
+            length += rng.jitter(0.2, 4) if length > 64 * KiB else 0
+            off = self.cur[ident] + PAGE * rng.randint(0, 16) * int(rng.p(0.3))
+            if length >= TWO_M and rng.p(0.6):
                 # aligned allocation: map size + align, unmap the misaligned head and tail
                 align = TWO_M if length < 64 * MiB else 64 * MiB
                 big = length + align
-                b.mmap(ident, "anon", "private", big, off, norsv=_p(rng, 0.5))
+                b.mmap(ident, "anon", "private", big, off, norsv=rng.p(0.5))
                 start = _round_up(off, align)
                 if start > off:
                     b.munmap(ident, off, start - off, note="trim head")
@@ -284,7 +275,7 @@ class _MunmapRuntime(_Actor):
                              note="trim tail")
                 off, self.cur[ident] = start, off + big
             else:
-                b.mmap(ident, "anon", "private", length, off, norsv=_p(rng, 0.3))
+                b.mmap(ident, "anon", "private", length, off, norsv=rng.p(0.3))
                 self.cur[ident] = off + length
             if self.cur[ident] > 400 * GiB:
                 self.cur[ident] = 0
@@ -297,7 +288,7 @@ class _MunmapRuntime(_Actor):
             return self._map()
         i = int(rng.integers(len(self.live)))
         ident, off, length = self.live[i]
-        if _p(rng, 0.3) and length > 8 * PAGE:  # give back the tail only
+        if rng.p(0.3) and length > 8 * PAGE:  # give back the tail only
             keep = _round_up(int(length * rng.uniform(0.2, 0.9)))
             self.b.munmap(ident, off + keep, length - keep, note="shrink")
             self.live[i] = (ident, off, keep)
@@ -314,15 +305,15 @@ class _MunmapRuntime(_Actor):
             return self._map()
         i = int(rng.integers(len(self.live)))
         ident, off, length = self.live[i]
-        grow = _round_up(_pick_int(rng, [64 * KiB, 1 * MiB, TWO_M, 8 * MiB]))
-        if b.is_free(ident, off + length, off + length + grow) and _p(rng, 0.6) and \
+        grow = _round_up(rng.pick_int([64 * KiB, 1 * MiB, TWO_M, 8 * MiB]))
+        if b.is_free(ident, off + length, off + length + grow) and rng.p(0.6) and \
                 off + length + grow <= SLOT_SIZE:
             b.mremap(ident, off, length, length + grow, note="realloc in place")
             self.live[i] = (ident, off, length + grow)
         else:
             dst = self.ids[int(rng.integers(len(self.ids)))]
-            doff = self.cur[dst] + (_pick_int(rng, [0, TWO_M]) if _p(rng, 0.5) else
-                                    PAGE * _randint(rng, 1, 511))
+            doff = self.cur[dst] + (rng.pick_int([0, TWO_M]) if rng.p(0.5) else
+                                    PAGE * rng.randint(1, 511))
             if doff + length + grow > SLOT_SIZE:
                 return None
             b.mremap(ident, off, length, length, dst, doff, note="realloc: move")
@@ -337,10 +328,10 @@ class _MunmapRuntime(_Actor):
         if not self.live:
             return self._map()
         ident, off, length = self.live[int(rng.integers(len(self.live)))]
-        unit = _pick_int(rng, [64 * KiB, 64 * KiB, 256 * KiB, TWO_M])
+        unit = rng.pick_int([64 * KiB, 64 * KiB, 256 * KiB, TWO_M])
         if length < unit:
             unit = _round_down(length) or PAGE
-        poff = off + unit * _randint(rng, 0, (length - unit) // unit)
+        poff = off + unit * rng.randint(0, (length - unit) // unit)
         self.b.madvise(ident, poff, unit, "DONTNEED", note="scavenge")
         return None
 
@@ -349,7 +340,7 @@ class _MunmapRuntime(_Actor):
             self.b.fork()
             return
         ident, off, length = self.live[int(self.rng.integers(len(self.live)))]
-        self.touch_run(ident, off, length, _p(self.rng, 0.6), 64)
+        self.touch_run(ident, off, length, self.rng.p(0.6), 64)
 
     def step(self) -> None:
         self.act([("map", 0.35, self._map), ("free", 0.3, self._free),
@@ -368,18 +359,18 @@ class _Jvm(_Actor):
         rng = self.rng
         b = self.b
         self.heap, self.code, self.stacks = self.ids
-        self.size = _pow2(rng, 1 * GiB, 32 * GiB)
-        self.region = max(MiB, min(32 * MiB, _pow2(rng, 1 << 20, 1 << 25)))
-        self.base = _pick_int(rng, [0, GiB, 32 * GiB])
+        self.size = rng.pow2(1 * GiB, 32 * GiB)
+        self.region = max(MiB, min(32 * MiB, rng.pow2(1 << 20, 1 << 25)))
+        self.base = rng.pick_int([0, GiB, 32 * GiB])
         b.mmap(self.heap, "anon", "private", self.size, self.base, norsv=True, note="reserve")
         b.mprotect(self.heap, self.base, self.size, "none")
         nreg = self.size // self.region
         self.committed = [False] * nreg
-        init = _randint(rng, 2, min(nreg, 64))
+        init = rng.randint(2, min(nreg, 64))
         self._commit(0, init)
         if self.huge(0.6):
             b.madvise(self.heap, self.base, self.size, "HUGEPAGE", note="UseTransparentHugePages")
-        if _p(rng, 0.25):
+        if rng.p(0.25):
             length = min(init * self.region, 16 * MiB)
             b.madvise(self.heap, self.base, length, "POPULATE_WRITE", note="AlwaysPreTouch")
         # code cache: reserved, a little committed rwx
@@ -391,14 +382,14 @@ class _Jvm(_Actor):
         self.threads: list[int] = []
         self._sizes: dict[int, int] = {}
         self.stack_cur = 0
-        for _ in range(_randint(rng, 1, 3)):
+        for _ in range(rng.randint(1, 3)):
             self._thread_start()
 
     def _commit(self, first: int, count: int) -> None:
         rng = self.rng
         off = self.base + first * self.region
         length = count * self.region
-        if _p(rng, 0.6):
+        if rng.p(0.6):
             self.b.mmap(self.heap, "anon", "private", length, off, fixed=True, note="commit")
         else:
             self.b.mprotect(self.heap, off, length, "rw", note="commit")
@@ -409,7 +400,7 @@ class _Jvm(_Actor):
         rng = self.rng
         off = self.base + first * self.region
         length = count * self.region
-        if _p(rng, 0.6):
+        if rng.p(0.6):
             self.b.mmap(self.heap, "anon", "private", length, off, fixed=True, norsv=True,
                         note="uncommit")
         else:
@@ -424,7 +415,7 @@ class _Jvm(_Actor):
             return None
         first = idx[int(self.rng.integers(len(idx)))]
         count = 1
-        limit = _randint(self.rng, 1, 16)
+        limit = self.rng.randint(1, 16)
         while (first + count < len(self.committed) and self.committed[first + count] == want
                and count < limit):
             count += 1
@@ -433,21 +424,21 @@ class _Jvm(_Actor):
     def _thread_start(self) -> None:
         rng = self.rng
         b = self.b
-        size = _pick_int(rng, [256 * KiB, 512 * KiB, 1 * MiB, 8 * MiB]) + PAGE
+        size = rng.pick_int([256 * KiB, 512 * KiB, 1 * MiB, 8 * MiB]) + PAGE
         off = self.stack_cur
-        self.stack_cur += size + PAGE * _randint(rng, 0, 4) * int(_p(rng, 0.5))
-        b.mmap(self.stacks, "anon", "private", size, off, norsv=_p(rng, 0.5), note="stack")
-        guard = PAGE * _pick_int(rng, [1, 1, 4, 5])
+        self.stack_cur += size + PAGE * rng.randint(0, 4) * int(rng.p(0.5))
+        b.mmap(self.stacks, "anon", "private", size, off, norsv=rng.p(0.5), note="stack")
+        guard = PAGE * rng.pick_int([1, 1, 4, 5])
         b.mprotect(self.stacks, off, guard, "none", note="guard pages")
-        self.touch_run(self.stacks, off + size - 4 * PAGE * _randint(rng, 1, 8),
-                       4 * PAGE * _randint(rng, 1, 8), True, 64)
+        self.touch_run(self.stacks, off + size - 4 * PAGE * rng.randint(1, 8),
+                       4 * PAGE * rng.randint(1, 8), True, 64)
         self.threads.append(off)
         self._sizes[off] = size
 
     def step(self) -> None:
         rng = self.rng
         b = self.b
-        what = _weighted(rng, [("alloc", 0.36), ("gc", 0.12), ("uncommit", 0.12),
+        what = rng.weighted([("alloc", 0.36), ("gc", 0.12), ("uncommit", 0.12),
                                ("commit", 0.12), ("thread", 0.1), ("code", 0.05),
                                ("fork", 0.03), ("stackdrop", 0.03)])
         if what == "alloc" or what == "gc":
@@ -460,8 +451,8 @@ class _Jvm(_Actor):
             if what == "gc":
                 self.touch_run(self.heap, off, length, True, 512)
             else:
-                sub = min(length, _lognormal_pages(rng, 512 * KiB, 1.2) * PAGE)
-                o = off + PAGE * _randint(rng, 0, (length - sub) // PAGE)
+                sub = min(length, rng.lognormal_pages(512 * KiB, 1.2) * PAGE)
+                o = off + PAGE * rng.randint(0, (length - sub) // PAGE)
                 self.touch_run(self.heap, o, sub, True, 128)
         elif what == "uncommit":
             run = self._run_of(True)
@@ -475,14 +466,14 @@ class _Jvm(_Actor):
                 self.touch_run(self.heap, self.base + first * self.region,
                                count * self.region, True, 64)
         elif what == "thread":
-            if self.threads and _p(rng, 0.4):
+            if self.threads and rng.p(0.4):
                 off = self.threads.pop(int(rng.integers(len(self.threads))))
                 b.munmap(self.stacks, off, self._sizes[off], note="thread exit")
             elif self.stack_cur < 100 * GiB:
                 self._thread_start()
         elif what == "code":
-            if self.code_top < self.code_size and _p(rng, 0.5):
-                grow = min(self.code_size - self.code_top, 64 * KiB * _randint(rng, 1, 40))
+            if self.code_top < self.code_size and rng.p(0.5):
+                grow = min(self.code_size - self.code_top, 64 * KiB * rng.randint(1, 40))
                 b.mprotect(self.code, self.code_top, grow, "rwx")
                 self.code_top += grow
             self.touch_run(self.code, 0, self.code_top, True, 32)

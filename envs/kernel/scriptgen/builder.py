@@ -13,14 +13,13 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ptreclaim.envs.sim.opscript import PAGE, PROTS, SLOT_SIZE, KiB, MiB, Script
+from ptreclaim.envs.sim.opscript import BACKING_SIZE, PAGE, PROTS, SLOT_SIZE, KiB, MiB, Script
 
 from .common import (
     _FLAG_ADVICES,
     _LOCK_REFUSED,
     _POPULATING_ADVICES,
     ACCOUNT_LIMIT,
-    BACKING_SIZE,
     DEFAULT_N_OPS,
     DIRTY_CACHE_BUDGET,
     MAX_IDENT,
@@ -29,6 +28,7 @@ from .common import (
     TOUCH_BUDGET,
     TWO_M,
     WORK_BUDGET,
+    Draws,
     _fmt,
     _round_up,
 )
@@ -81,7 +81,7 @@ class _Builder:
 
     def __init__(self, rng: np.random.Generator, thp: bool, budget: int = TOUCH_BUDGET,
                  work: int = WORK_BUDGET) -> None:
-        self.rng = rng
+        self.rng = Draws.of(rng)
         self.thp = thp
         self.budget = budget
         self.work = work

@@ -1,7 +1,7 @@
 """Budgets, limits and the small seeded draws of the op-script generator.
 
-Every draw takes the script's ``numpy.random.Generator`` and nothing else, so a script
-stays a pure function of its generator.
+Every draw is a method of :class:`Draws`, the script's generator, and reads nothing
+else, so a script stays a pure function of its generator.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ TOUCH_BUDGET = 20_000
 MAX_IDENT = 15
 #: Default number of op lines per script.
 DEFAULT_N_OPS = 64
-#: Size of every ``file``/``shmem`` backing object the oracle creates (sparse).
-BACKING_SIZE = 64 * GiB
 #: Estimated kernel time per script, in rough microseconds (see ``_Builder``): touches
 #: and populates are shortened and forks skipped once it is used up.
 WORK_BUDGET = 150_000
@@ -92,85 +90,91 @@ def _fmt(n: int) -> str:
     return best
 
 
-def _p(rng: np.random.Generator, prob: float) -> bool:
-    return bool(rng.random() < prob)
+class Draws(np.random.Generator):
+    """The script's generator with the generator's own draws as methods.
 
+    It shares the bit generator of the ``numpy.random.Generator`` it wraps (:meth:`of`),
+    so a script stays a pure function of the generator it is given."""
 
-def _pick_int(rng: np.random.Generator, seq: Sequence[int]) -> int:
-    return int(seq[int(rng.integers(len(seq)))])
+    @classmethod
+    def of(cls, rng: np.random.Generator) -> Draws:
+        """``rng`` itself if it is a :class:`Draws`, else one drawing from its bit
+        generator (the same stream)."""
+        return rng if isinstance(rng, Draws) else cls(rng.bit_generator)
 
+    def p(self, prob: float) -> bool:
+        """True with probability ``prob``."""
+        return bool(self.random() < prob)
 
-def _pick_str(rng: np.random.Generator, seq: Sequence[str]) -> str:
-    return str(seq[int(rng.integers(len(seq)))])
+    def pick_int(self, seq: Sequence[int]) -> int:
+        """One element of ``seq``, uniformly."""
+        return int(seq[int(self.integers(len(seq)))])
 
+    def pick_str(self, seq: Sequence[str]) -> str:
+        """One element of ``seq``, uniformly."""
+        return str(seq[int(self.integers(len(seq)))])
 
-def _weighted(rng: np.random.Generator, table: Sequence[tuple[str, float]]) -> str:
-    total = sum(w for _, w in table)
-    x = rng.random() * total
-    for name, w in table:
-        x -= w
-        if x < 0:
-            return name
-    return table[-1][0]
+    def weighted(self, table: Sequence[tuple[str, float]]) -> str:
+        """The name of one ``(name, weight)`` row, drawn by weight."""
+        total = sum(w for _, w in table)
+        x = self.random() * total
+        for name, w in table:
+            x -= w
+            if x < 0:
+                return name
+        return table[-1][0]
 
+    def randint(self, lo: int, hi: int) -> int:
+        """Uniform integer in [lo, hi] (inclusive; hi < lo gives lo)."""
+        if hi <= lo:
+            return lo
+        return int(self.integers(lo, hi + 1))
 
-def _randint(rng: np.random.Generator, lo: int, hi: int) -> int:
-    """Uniform integer in [lo, hi] (inclusive; hi < lo gives lo)."""
-    if hi <= lo:
-        return lo
-    return int(rng.integers(lo, hi + 1))
+    def pow2(self, lo: int, hi: int) -> int:
+        """A power of two between lo and hi (both powers of two), uniform in the exponent."""
+        a, b = lo.bit_length() - 1, hi.bit_length() - 1
+        return 1 << self.randint(a, b)
 
+    def lognormal_pages(self, median: int, sigma: float, lo: int = 1,
+                        hi: int = 1 << 30) -> int:
+        """A page count from a log-normal distribution with the given median (bytes)."""
+        val = median * math.exp(sigma * float(self.standard_normal()))
+        return max(lo, min(hi, round(val / PAGE)))
 
-def _pow2(rng: np.random.Generator, lo: int, hi: int) -> int:
-    """A power of two between lo and hi (both powers of two), uniform in the exponent."""
-    a, b = lo.bit_length() - 1, hi.bit_length() - 1
-    return 1 << _randint(rng, a, b)
+    def jitter(self, prob: float = 0.15, pages: int = 8) -> int:
+        """Mostly 0; sometimes a few pages either way (boundaries are what the rules test)."""
+        if not self.p(prob):
+            return 0
+        k = self.randint(1, pages)
+        return k * PAGE if self.p(0.5) else -k * PAGE
 
+    def point(self, lo: int, hi: int) -> int:
+        """A page-aligned point in [lo, hi]: often 2 MiB aligned, sometimes a few pages off."""
+        lo, hi = _round_up(lo), _round_down(hi)
+        if hi <= lo:
+            return lo
+        style = self.random()
+        if style < 0.1:  # a PMD-table boundary
+            a, b = _round_up(lo, GiB), _round_down(hi, GiB)
+            if a <= b:
+                return a + GiB * self.randint(0, (b - a) // GiB)
+        if style < 0.85:
+            a, b = _round_up(lo, TWO_M), _round_down(hi, TWO_M)
+            if a <= b:
+                x = a + TWO_M * self.randint(0, (b - a) // TWO_M)
+                if style >= 0.65:  # near a PTE-table boundary, a few pages off
+                    x += self.jitter(1.0, 8)
+                return min(max(x, lo), hi)
+        return lo + PAGE * self.randint(0, (hi - lo) // PAGE)
 
-def _lognormal_pages(rng: np.random.Generator, median: int, sigma: float, lo: int = 1,
-                     hi: int = 1 << 30) -> int:
-    """A page count from a log-normal distribution with the given median (bytes)."""
-    val = median * math.exp(sigma * float(rng.standard_normal()))
-    return max(lo, min(hi, round(val / PAGE)))
-
-
-def _jitter(rng: np.random.Generator, prob: float = 0.15, pages: int = 8) -> int:
-    """Mostly 0; sometimes a few pages either way (boundaries are what the rules test)."""
-    if not _p(rng, prob):
-        return 0
-    k = _randint(rng, 1, pages)
-    return k * PAGE if _p(rng, 0.5) else -k * PAGE
-
-
-def _point(rng: np.random.Generator, lo: int, hi: int) -> int:
-    """A page-aligned point in [lo, hi]: often 2 MiB aligned, sometimes a few pages off."""
-    lo, hi = _round_up(lo), _round_down(hi)
-    if hi <= lo:
-        return lo
-    style = rng.random()
-    if style < 0.1:  # a PMD-table boundary
-        a, b = _round_up(lo, GiB), _round_down(hi, GiB)
-        if a <= b:
-            return a + GiB * _randint(rng, 0, (b - a) // GiB)
-    if style < 0.85:
-        a, b = _round_up(lo, TWO_M), _round_down(hi, TWO_M)
-        if a <= b:
-            x = a + TWO_M * _randint(rng, 0, (b - a) // TWO_M)
-            if style >= 0.65:  # near a PTE-table boundary, a few pages off
-                x += _jitter(rng, 1.0, 8)
-            return min(max(x, lo), hi)
-    return lo + PAGE * _randint(rng, 0, (hi - lo) // PAGE)
-
-
-def _sub_range(rng: np.random.Generator, lo: int, hi: int,
-               max_len: int | None = None) -> tuple[int, int]:
-    """A page-aligned sub-range (off, len) of [lo, hi), len >= 1 page."""
-    lo, hi = _round_up(lo), _round_down(hi)
-    if hi - lo <= PAGE:
-        return lo, PAGE
-    a = _point(rng, lo, hi - PAGE)
-    top = hi if max_len is None else min(hi, a + max(PAGE, max_len))
-    b = _point(rng, a + PAGE, top)
-    if b <= a:
-        b = a + PAGE
-    return a, b - a
+    def sub_range(self, lo: int, hi: int, max_len: int | None = None) -> tuple[int, int]:
+        """A page-aligned sub-range (off, len) of [lo, hi), len >= 1 page."""
+        lo, hi = _round_up(lo), _round_down(hi)
+        if hi - lo <= PAGE:
+            return lo, PAGE
+        a = self.point(lo, hi - PAGE)
+        top = hi if max_len is None else min(hi, a + max(PAGE, max_len))
+        b = self.point(a + PAGE, top)
+        if b <= a:
+            b = a + PAGE
+        return a, b - a

@@ -6,7 +6,7 @@ from __future__ import annotations
 from ptreclaim.envs.sim.opscript import PAGE, SLOT_SIZE, GiB, KiB, MiB
 
 from .actor import _Actor
-from .common import TWO_M, _fmt, _p, _pick_int, _pow2, _randint, _round_down, _sub_range, _weighted
+from .common import TWO_M, _fmt, _round_down
 
 
 class _Balloon(_Actor):
@@ -21,24 +21,24 @@ class _Balloon(_Actor):
         rng = self.rng
         b = self.b
         self.ram = self.ids[0]
-        self.size = _pow2(rng, 1 * GiB, 64 * GiB)
-        self.base = _pick_int(rng, [0, 0, GiB, TWO_M * _randint(rng, 1, 100)])
-        self.shared = _p(rng, 0.25) and self.size <= 16 * GiB
+        self.size = rng.pow2(1 * GiB, 64 * GiB)
+        self.base = rng.pick_int([0, 0, GiB, TWO_M * rng.randint(1, 100)])
+        self.shared = rng.p(0.25) and self.size <= 16 * GiB
         self.locked = False
         if self.shared:
             b.mmap(self.ram, "shmem", "shared", self.size, self.base, note="memfd guest RAM")
         else:
             b.mmap(self.ram, "anon", "private", self.size, self.base,
-                   norsv=self.size > 4 * GiB or _p(rng, 0.5), hugepage=self.huge(0.7),
+                   norsv=self.size > 4 * GiB or rng.p(0.5), hugepage=self.huge(0.7),
                    note="guest RAM")
-        if len(self.ids) > 1 and _p(rng, 0.5):
+        if len(self.ids) > 1 and rng.p(0.5):
             b.mmap(self.ids[1], "anon", "private", 16 * MiB, note="vga vram")
             self.touch_run(self.ids[1], 0, 16 * MiB, True, 64)
         # boot: the guest zeroes and uses a part of its memory
-        part = min(self.size, _pow2(rng, 64 * MiB, 4 * GiB))
-        self.touch_run(self.ram, self.base, part, True, _randint(rng, 512, 2048))
+        part = min(self.size, rng.pow2(64 * MiB, 4 * GiB))
+        self.touch_run(self.ram, self.base, part, True, rng.randint(512, 2048))
         self.inflated: list[int] = []
-        if _p(rng, 0.05):
+        if rng.p(0.05):
             length = min(self.size, 8 * MiB)
             b.mlock(self.ram, self.base, length, note="mem-lock=on")
             self.locked = True
@@ -53,11 +53,11 @@ class _Balloon(_Actor):
         # The guest's balloon driver hands out single pages, clustered within a few
         # 2 MiB blocks (buddy allocator), in increasing PFN order.
         blocks = self.size // TWO_M
-        block = _randint(rng, 0, blocks - 1)
-        count = _randint(rng, 3, 12)
-        pages = sorted({_randint(rng, 0, 511) for _ in range(count)})
-        if _p(rng, 0.3):  # a contiguous run
-            start = _randint(rng, 0, 511 - count)
+        block = rng.randint(0, blocks - 1)
+        count = rng.randint(3, 12)
+        pages = sorted({rng.randint(0, 511) for _ in range(count)})
+        if rng.p(0.3):  # a contiguous run
+            start = rng.randint(0, 511 - count)
             pages = list(range(start, start + count))
         for i, pg in enumerate(pages):
             off = self.base + block * TWO_M + pg * PAGE
@@ -66,22 +66,22 @@ class _Balloon(_Actor):
 
     def _report(self) -> None:
         rng = self.rng
-        order = _pick_int(rng, [TWO_M, TWO_M, TWO_M, 4 * MiB])
-        n = _randint(rng, 1, 6)
+        order = rng.pick_int([TWO_M, TWO_M, TWO_M, 4 * MiB])
+        n = rng.randint(1, 6)
         blocks = self.size // order
-        start = _randint(rng, 0, max(0, blocks - n))
+        start = rng.randint(0, max(0, blocks - n))
         for i in range(n):
-            k = start + i if _p(rng, 0.6) else _randint(rng, 0, blocks - 1)
+            k = start + i if rng.p(0.6) else rng.randint(0, blocks - 1)
             self._discard(self.base + k * order, order, "free page reporting" if i == 0 else "")
 
     def _deflate(self) -> None:
         rng = self.rng
         if not self.inflated:
             return self._report()
-        n = min(len(self.inflated), _randint(rng, 1, 6))
-        if _p(rng, 0.5):  # the guest reuses a whole block of returned pages
+        n = min(len(self.inflated), rng.randint(1, 6))
+        if rng.p(0.5):  # the guest reuses a whole block of returned pages
             off = _round_down(self.inflated[int(rng.integers(len(self.inflated)))], TWO_M)
-            self.touch_run(self.ram, off, TWO_M, True, _pick_int(rng, [16, 64, 512]))
+            self.touch_run(self.ram, off, TWO_M, True, rng.pick_int([16, 64, 512]))
         else:
             for _ in range(n):
                 off = self.inflated.pop(int(rng.integers(len(self.inflated))))
@@ -90,16 +90,16 @@ class _Balloon(_Actor):
 
     def _guest_write(self) -> None:
         rng = self.rng
-        off, length = _sub_range(rng, self.base, self.base + self.size, 64 * MiB)
-        self.touch_run(self.ram, off, length, True, _randint(rng, 16, 512))
+        off, length = rng.sub_range(self.base, self.base + self.size, 64 * MiB)
+        self.touch_run(self.ram, off, length, True, rng.randint(16, 512))
 
     def _guest_read(self) -> None:
         """The guest reads reported (now zero) memory."""
-        off, length = _sub_range(self.rng, self.base, self.base + self.size, 256 * MiB)
+        off, length = self.rng.sub_range(self.base, self.base + self.size, 256 * MiB)
         self.touch_run(self.ram, off, length, False, 256)
 
     def _collapse(self) -> None:
-        off = self.base + TWO_M * _randint(self.rng, 0, self.size // TWO_M - 1)
+        off = self.base + TWO_M * self.rng.randint(0, self.size // TWO_M - 1)
         self.b.madvise(self.ram, off, TWO_M, "COLLAPSE")
 
     def step(self) -> None:
@@ -120,19 +120,19 @@ class _VirtioMem(_Actor):
         rng = self.rng
         b = self.b
         self.dev = self.ids[0]
-        self.kind = _weighted(rng, [("anon", 0.6), ("shmem", 0.25), ("file", 0.15)])
+        self.kind = rng.weighted([("anon", 0.6), ("shmem", 0.25), ("file", 0.15)])
         # x86 guests default to the THP size (2 MiB); bigger blocks are configured
-        self.block = TWO_M if _p(rng, 0.4) else _pow2(rng, 4 * MiB, 128 * MiB)
+        self.block = TWO_M if rng.p(0.4) else rng.pow2(4 * MiB, 128 * MiB)
         if self.kind == "anon":
-            self.size = _pow2(rng, 4 * GiB, 256 * GiB)
+            self.size = rng.pow2(4 * GiB, 256 * GiB)
         else:
-            self.size = _pow2(rng, 4 * GiB, 32 * GiB)
-        self.base = _pick_int(rng, [0, GiB, 4 * GiB])
+            self.size = rng.pow2(4 * GiB, 32 * GiB)
+        self.base = rng.pick_int([0, GiB, 4 * GiB])
         if self.base + self.size > SLOT_SIZE:
             self.base = 0
-        self.foff = _pick_int(rng, [0, 0, GiB]) if self.kind != "anon" else 0
-        self.remove_mode = _p(rng, 0.4)
-        self.prealloc = _p(rng, 0.3)
+        self.foff = rng.pick_int([0, 0, GiB]) if self.kind != "anon" else 0
+        self.remove_mode = rng.p(0.4)
+        self.prealloc = rng.p(0.3)
         if self.kind == "anon":
             b.mmap(self.dev, "anon", "private", self.size, self.base, norsv=True,
                    hugepage=self.huge(0.6), note=f"virtio-mem region, block {_fmt(self.block)}")
@@ -151,16 +151,16 @@ class _VirtioMem(_Actor):
 
     def _plug(self) -> None:
         rng = self.rng
-        n = _randint(rng, 1, 4)
-        k0 = _randint(rng, 0, self.nblocks - n)
+        n = rng.randint(1, 4)
+        k0 = rng.randint(0, self.nblocks - n)
         for k in range(k0, k0 + n):
             if k in self.plugged:
                 continue
             self.plugged.add(k)
             off = self._off(k)
-            if self.prealloc and self.block <= 8 * MiB and _p(rng, 0.7):
+            if self.prealloc and self.block <= 8 * MiB and rng.p(0.7):
                 self.b.madvise(self.dev, off, self.block, "POPULATE_WRITE", note="prealloc")
-            self.touch_run(self.dev, off, self.block, True, _randint(rng, 4, 64))
+            self.touch_run(self.dev, off, self.block, True, rng.randint(4, 64))
 
     def _unplug_range(self, k0: int, n: int, note: str) -> None:
         b = self.b
@@ -177,28 +177,28 @@ class _VirtioMem(_Actor):
 
     def step(self) -> None:
         rng = self.rng
-        what = _weighted(rng, [("plug", 0.3), ("unplug", 0.3), ("use", 0.26), ("reset", 0.02),
+        what = rng.weighted([("plug", 0.3), ("unplug", 0.3), ("use", 0.26), ("reset", 0.02),
                                ("fork", 0.03), ("read", 0.04), ("sub", 0.05)])
         if what == "plug" or (what in ("unplug", "use", "sub") and not self.plugged):
             self._plug()
         elif what == "unplug":
             k = sorted(self.plugged)[int(rng.integers(len(self.plugged)))]
             n = 1
-            while k + n in self.plugged and n < 4 and _p(rng, 0.6):
+            while k + n in self.plugged and n < 4 and rng.p(0.6):
                 n += 1
             self._unplug_range(k, n, "unplug")
         elif what == "use":
             k = sorted(self.plugged)[int(rng.integers(len(self.plugged)))]
-            off, length = _sub_range(rng, self._off(k), self._off(k) + self.block)
-            self.touch_run(self.dev, off, length, _p(rng, 0.7), 64)
+            off, length = rng.sub_range(self._off(k), self._off(k) + self.block)
+            self.touch_run(self.dev, off, length, rng.p(0.7), 64)
         elif what == "sub":  # the guest frees part of a plugged block (not aligned)
             k = sorted(self.plugged)[int(rng.integers(len(self.plugged)))]
-            off, length = _sub_range(rng, self._off(k), self._off(k) + self.block, TWO_M)
+            off, length = rng.sub_range(self._off(k), self._off(k) + self.block, TWO_M)
             self.b.madvise(self.dev, off, length, "DONTNEED", note="partial discard")
         elif what == "reset":
             self._unplug_range(0, self.nblocks, "unplug all (reset)")
         elif what == "read":
-            off, length = _sub_range(rng, self.base, self.base + self.size, 4 * GiB)
+            off, length = rng.sub_range(self.base, self.base + self.size, 4 * GiB)
             self.touch_run(self.dev, off, length, False, 128)
         else:
             self.b.fork()
@@ -215,15 +215,15 @@ class _Kdump(_Actor):
         rng = self.rng
         b = self.b
         self.ram = self.ids[0]
-        self.size = _pow2(rng, 2 * GiB, 32 * GiB)
-        self.base = _pick_int(rng, [0, 0, GiB, 4 * MiB])
+        self.size = rng.pow2(2 * GiB, 32 * GiB)
+        self.base = rng.pick_int([0, 0, GiB, 4 * MiB])
         b.mmap(self.ram, "anon", "private", self.size, self.base,
-               norsv=self.size > 4 * GiB or _p(rng, 0.6), hugepage=self.huge(0.5),
+               norsv=self.size > 4 * GiB or rng.p(0.6), hugepage=self.huge(0.5),
                note="guest RAM")
         self.dump_pos = self.base
         self.dump_end = self.base + self.size
         self.stride = 0
-        self.chunk = _pick_int(rng, [256 * MiB, 1 * GiB, 4 * GiB])
+        self.chunk = rng.pick_int([256 * MiB, 1 * GiB, 4 * GiB])
         # phases by share of the script: guest life, balloon, dump, aftermath
         self.ends = [int(self.b.target_ops * f) for f in (rng.uniform(0.1, 0.2),
                                                           rng.uniform(0.4, 0.55))]
@@ -232,12 +232,12 @@ class _Kdump(_Actor):
         """Pick the dump's stride and extent so that it fits the remaining budget."""
         rng = self.rng
         left = int(self.b.budget * 0.85)
-        stride = _pick_int(rng, [TWO_M, TWO_M, MiB, 512 * KiB, 64 * KiB])
+        stride = rng.pick_int([TWO_M, TWO_M, MiB, 512 * KiB, 64 * KiB])
         while self.size // stride > left and stride < TWO_M:
             stride *= 2
         self.stride = stride
         span = min(self.size, _round_down(max(stride, left * stride), TWO_M) or TWO_M)
-        start = self.base + _round_down(_randint(rng, 0, self.size - span), GiB)
+        start = self.base + _round_down(rng.randint(0, self.size - span), GiB)
         self.dump_pos, self.dump_end = start, min(self.base + self.size, start + span)
         self.b.comment("crash: kdump reads the guest's memory")
 
@@ -246,19 +246,19 @@ class _Kdump(_Actor):
         b = self.b
         hi = self.base + self.size
         if b.n_ops < self.ends[0]:  # guest life: use memory
-            off, length = _sub_range(rng, self.base, hi, 256 * MiB)
-            self.touch_run(self.ram, off, length, True, _randint(rng, 128, 512))
+            off, length = rng.sub_range(self.base, hi, 256 * MiB)
+            self.touch_run(self.ram, off, length, True, rng.randint(128, 512))
         elif b.n_ops < self.ends[1]:  # balloon / reporting: DONTNEED most of it
-            style = _weighted(rng, [("big", 0.45), ("aligned", 0.35), ("pages", 0.2)])
+            style = rng.weighted([("big", 0.45), ("aligned", 0.35), ("pages", 0.2)])
             if style == "big":
-                off, length = _sub_range(rng, self.base, hi)
+                off, length = rng.sub_range(self.base, hi)
                 b.madvise(self.ram, off, length, "DONTNEED", note="balloon")
             elif style == "aligned":
-                k = _randint(rng, 0, self.size // TWO_M - 8)
-                b.madvise(self.ram, self.base + k * TWO_M, TWO_M * _randint(rng, 1, 8),
+                k = rng.randint(0, self.size // TWO_M - 8)
+                b.madvise(self.ram, self.base + k * TWO_M, TWO_M * rng.randint(1, 8),
                           "DONTNEED", note="free page reporting")
             else:
-                off = self.base + PAGE * _randint(rng, 0, self.size // PAGE - 1)
+                off = self.base + PAGE * rng.randint(0, self.size // PAGE - 1)
                 b.madvise(self.ram, off, PAGE, "DONTNEED", note="balloon page")
         elif self.dump_pos < self.dump_end and b.budget > 16:  # the dump
             if not self.stride:
@@ -267,23 +267,23 @@ class _Kdump(_Actor):
             b.touch(self.ram, self.dump_pos, length, False, self.stride, note="dump")
             self.dump_pos += length
         else:  # after the dump
-            what = _weighted(rng, [("fork", 0.15), ("dontneed", 0.45), ("reread", 0.15),
+            what = rng.weighted([("fork", 0.15), ("dontneed", 0.45), ("reread", 0.15),
                                    ("munmap", 0.03), ("write", 0.15), ("report", 0.07)])
             if what == "fork":
                 b.fork()
             elif what == "dontneed":
-                off, length = _sub_range(rng, self.base, hi)
+                off, length = rng.sub_range(self.base, hi)
                 b.madvise(self.ram, off, length, "DONTNEED")
             elif what == "report":
-                k = _randint(rng, 0, self.size // TWO_M - 8)
-                b.madvise(self.ram, self.base + k * TWO_M, TWO_M * _randint(rng, 1, 8),
+                k = rng.randint(0, self.size // TWO_M - 8)
+                b.madvise(self.ram, self.base + k * TWO_M, TWO_M * rng.randint(1, 8),
                           "DONTNEED", note="free page reporting")
             elif what == "reread":
-                off, length = _sub_range(rng, self.base, hi, 1 * GiB)
+                off, length = rng.sub_range(self.base, hi, 1 * GiB)
                 b.touch(self.ram, off, length, False, max(self.stride, PAGE))
             elif what == "write":
-                off, length = _sub_range(rng, self.base, hi, 64 * MiB)
+                off, length = rng.sub_range(self.base, hi, 64 * MiB)
                 self.touch_run(self.ram, off, length, True, 32)
             else:
-                off, length = _sub_range(rng, self.base, hi)
+                off, length = rng.sub_range(self.base, hi)
                 b.munmap(self.ram, off, length)

@@ -7,15 +7,8 @@ from ptreclaim.envs.sim.opscript import PAGE, SLOT_SIZE, GiB
 from .actor import _Actor
 from .common import (
     TWO_M,
-    _jitter,
-    _p,
-    _pick_int,
-    _pick_str,
-    _randint,
     _round_down,
     _round_up,
-    _sub_range,
-    _weighted,
 )
 
 
@@ -28,32 +21,32 @@ class _Hog(_Actor):
 
     def setup(self) -> None:
         rng = self.rng
-        self.write = _p(rng, 0.6)
+        self.write = rng.p(0.6)
         self.regions: list[tuple[int, int, int]] = []
-        for ident in self.ids[:_randint(rng, 1, len(self.ids))]:
-            size = _pick_int(rng, [16 * GiB, 64 * GiB, 128 * GiB, 256 * GiB, 448 * GiB,
+        for ident in self.ids[:rng.randint(1, len(self.ids))]:
+            size = rng.pick_int([16 * GiB, 64 * GiB, 128 * GiB, 256 * GiB, 448 * GiB,
                                    511 * GiB])
-            off = _pick_int(rng, [0, 0, TWO_M, GiB]) + max(0, _jitter(rng, 0.3, 16))
+            off = rng.pick_int([0, 0, TWO_M, GiB]) + max(0, rng.jitter(0.3, 16))
             size = min(size, SLOT_SIZE - off)
-            kind = _pick_str(rng, ["anon"] * 5 + ["shmem"]) if size <= 64 * GiB else "anon"
+            kind = rng.pick_str(["anon"] * 5 + ["shmem"]) if size <= 64 * GiB else "anon"
             self.b.mmap(ident, kind, "private", size, off, norsv=True,
                         hugepage=kind == "anon" and self.huge(0.3), note="hog region")
             self.regions.append((ident, off, size))
         self.touched: list[tuple[int, int, int, int]] = []
         # a pass costs at most this many accesses, so that re-touches fit as well
-        self.pass_cap = max(64, self.b.budget // _randint(rng, 8, 16))
+        self.pass_cap = max(64, self.b.budget // rng.randint(8, 16))
 
     def _hog(self) -> None:
         rng = self.rng
         ident, lo, size = self.regions[int(rng.integers(len(self.regions)))]
-        stride = _pick_int(rng, [TWO_M] * 8 + [GiB, TWO_M + PAGE])
-        n = _randint(rng, self.pass_cap // 4, self.pass_cap)
+        stride = rng.pick_int([TWO_M] * 8 + [GiB, TWO_M + PAGE])
+        n = rng.randint(self.pass_cap // 4, self.pass_cap)
         length = min(size, stride * n)
-        align = GiB if _p(rng, 0.5) else TWO_M
-        off = lo + _round_down(_randint(rng, 0, max(0, size - length)), align)
-        off = max(lo, off + _jitter(rng, 0.2, 4))
+        align = GiB if rng.p(0.5) else TWO_M
+        off = lo + _round_down(rng.randint(0, max(0, size - length)), align)
+        off = max(lo, off + rng.jitter(0.2, 4))
         length = _round_up(min(length, lo + size - off))
-        write = self.write if _p(rng, 0.9) else not self.write
+        write = self.write if rng.p(0.9) else not self.write
         if self.b.touch(ident, off, length, write, stride, note="hog"):
             self.touched.append((ident, off, length, stride))
         else:
@@ -63,25 +56,25 @@ class _Hog(_Actor):
         """What a hog does once it has used its touch budget."""
         rng = self.rng
         b = self.b
-        what = _weighted(rng, [("dontneed", 0.6), ("fork", 0.2), ("mprotect", 0.15),
+        what = rng.weighted([("dontneed", 0.6), ("fork", 0.2), ("mprotect", 0.15),
                                ("munmap", 0.05)])
         ident, lo, size = self.regions[int(rng.integers(len(self.regions)))]
         if what == "dontneed":
-            off, length = _sub_range(rng, lo, lo + size, 64 * GiB)
+            off, length = rng.sub_range(lo, lo + size, 64 * GiB)
             b.madvise(ident, off, length, "DONTNEED")
         elif what == "fork":
             b.fork(note="fork copies every table of a written hog")
         elif what == "mprotect":
-            off, length = _sub_range(rng, lo, lo + size)
-            b.mprotect(ident, off, length, _pick_str(rng, ["r", "rw", "rw"]))
+            off, length = rng.sub_range(lo, lo + size)
+            b.mprotect(ident, off, length, rng.pick_str(["r", "rw", "rw"]))
         else:
-            off, length = _sub_range(rng, lo, lo + size, 64 * GiB)
+            off, length = rng.sub_range(lo, lo + size, 64 * GiB)
             b.munmap(ident, off, length)
 
     def step(self) -> None:
         rng = self.rng
         b = self.b
-        what = _weighted(rng, [("hog", 0.25), ("reclaim", 0.2), ("retouch", 0.2),
+        what = rng.weighted([("hog", 0.25), ("reclaim", 0.2), ("retouch", 0.2),
                                ("cheap", 0.3), ("remap", 0.02)])
         if what == "hog" or (what in ("reclaim", "retouch") and not self.touched):
             self._hog()

@@ -11,16 +11,8 @@ from .common import (
     _POPULATING_ADVICES,
     MAX_IDENT,
     TWO_M,
-    _jitter,
-    _lognormal_pages,
-    _p,
-    _pick_int,
-    _pick_str,
-    _randint,
     _round_down,
     _round_up,
-    _sub_range,
-    _weighted,
 )
 
 
@@ -48,39 +40,38 @@ class _Layout(_Actor):
     def _new_mapping(self, ident: int) -> None:
         rng = self.rng
         b = self.b
-        kind = _weighted(rng, [("anon", 0.65), ("file", 0.2), ("shmem", 0.15)])
-        share = "private" if kind == "anon" and _p(rng, 0.85) else _pick_str(
-            rng, ["private", "shared"])
-        size = _round_up(_lognormal_pages(rng, 16 * MiB, 1.5, 1) * PAGE)
-        size = min(size, 4 * GiB) + _jitter(rng, 0.2, 4)
+        kind = rng.weighted([("anon", 0.65), ("file", 0.2), ("shmem", 0.15)])
+        share = "private" if kind == "anon" and rng.p(0.85) else rng.pick_str(["private", "shared"])
+        size = _round_up(rng.lognormal_pages(16 * MiB, 1.5, 1) * PAGE)
+        size = min(size, 4 * GiB) + rng.jitter(0.2, 4)
         size = max(PAGE, size)
         ext = b.extent(ident)
-        off = (ext[1] if ext else 0) + _pick_int(rng, [0, TWO_M, GiB]) + max(0, _jitter(rng, 0.3))
+        off = (ext[1] if ext else 0) + rng.pick_int([0, TWO_M, GiB]) + max(0, rng.jitter(0.3))
         off = _round_up(off)
         if off + size > SLOT_SIZE:
             off = 0
-        b.mmap(ident, kind, share, size, off, ro=_p(rng, 0.1), norsv=_p(rng, 0.3),
-               foff=GiB * _randint(rng, 0, 3) if kind != "anon" and _p(rng, 0.3) else 0,
+        b.mmap(ident, kind, share, size, off, ro=rng.p(0.1), norsv=rng.p(0.3),
+               foff=GiB * rng.randint(0, 3) if kind != "anon" and rng.p(0.3) else 0,
                hugepage=kind == "anon" and self.huge(0.3),
-               populate=size <= 4 * MiB and _p(rng, 0.1))
+               populate=size <= 4 * MiB and rng.p(0.1))
 
     def _sparse_touch(self, ident: int) -> None:
         ext = self.b.extent(ident)
         if ext is None:
             return
         lo, hi = ext
-        self.b.touch(ident, lo, hi - lo, _p(self.rng, 0.7), _sparse_stride(hi - lo, 128))
+        self.b.touch(ident, lo, hi - lo, self.rng.p(0.7), _sparse_stride(hi - lo, 128))
 
     def _range(self, ident: int, max_len: int | None = None) -> tuple[int, int] | None:
         ext = self.b.extent(ident)
         if ext is None:
             return None
         lo, hi = ext
-        if _p(self.rng, 0.7):  # usually inside one existing segment
+        if self.rng.p(0.7):  # usually inside one existing segment
             segs = self.b.seg_list(ident)
             s = segs[int(self.rng.integers(len(segs)))]
             lo, hi = s.start, s.end
-        return _sub_range(self.rng, lo, hi, max_len)
+        return self.rng.sub_range(lo, hi, max_len)
 
     def step(self) -> None:
         rng = self.rng
@@ -92,53 +83,53 @@ class _Layout(_Actor):
         r = self._range(ident)
         assert r is not None
         off, length = r
-        what = _weighted(rng, [
+        what = rng.weighted([
             ("mprotect", 0.14), ("mlock", 0.05), ("forkflag", 0.07), ("access", 0.07),
             ("guard", 0.06), ("fixed", 0.06), ("munmap", 0.07), ("grow", 0.05),
             ("shrink", 0.04), ("move", 0.12), ("dontneed", 0.1), ("touch", 0.1),
             ("fork", 0.05), ("new", 0.02)])
         if what == "mprotect":
-            b.mprotect(ident, off, length, _pick_str(rng, ["r", "none", "rw", "rw", "rx"]))
+            b.mprotect(ident, off, length, rng.pick_str(["r", "none", "rw", "rw", "rx"]))
         elif what == "mlock":
-            _mlock_or_munlock(b, ident, off, min(length, 4 * MiB), _p(rng, 0.6))
+            _mlock_or_munlock(b, ident, off, min(length, 4 * MiB), rng.p(0.6))
         elif what == "forkflag":
             b.madvise(ident, off, length,
-                      _pick_str(rng, ["DONTFORK", "DOFORK", "WIPEONFORK", "KEEPONFORK"]))
+                      rng.pick_str(["DONTFORK", "DOFORK", "WIPEONFORK", "KEEPONFORK"]))
         elif what == "access":
             adv = ["HUGEPAGE", "NOHUGEPAGE", "RANDOM", "SEQUENTIAL", "NORMAL"]
-            b.madvise(ident, off, length, _pick_str(rng, adv))
+            b.madvise(ident, off, length, rng.pick_str(adv))
         elif what == "guard":
-            if _p(rng, 0.6):
-                b.madvise(ident, off, min(length, PAGE * _randint(rng, 1, 16)), "GUARD_INSTALL")
+            if rng.p(0.6):
+                b.madvise(ident, off, min(length, PAGE * rng.randint(1, 16)), "GUARD_INSTALL")
             else:
                 b.madvise(ident, off, length, "GUARD_REMOVE")
         elif what == "fixed":
-            kind = _weighted(rng, [("anon", 0.8), ("file", 0.1), ("shmem", 0.1)])
-            b.mmap(ident, kind, "private" if kind == "anon" else _pick_str(
-                rng, ["private", "shared"]), length, off, fixed=True, norsv=_p(rng, 0.3))
+            kind = rng.weighted([("anon", 0.8), ("file", 0.1), ("shmem", 0.1)])
+            b.mmap(ident, kind, "private" if kind == "anon" else rng.pick_str(
+                ["private", "shared"]), length, off, fixed=True, norsv=rng.p(0.3))
         elif what == "munmap":
             b.munmap(ident, off, length)
         elif what == "grow":
             seg = b.seg_list(ident)[-1]
-            grow = _round_up(_lognormal_pages(rng, 4 * MiB, 1.2) * PAGE)
+            grow = _round_up(rng.lognormal_pages(4 * MiB, 1.2) * PAGE)
             if seg.end + grow <= SLOT_SIZE:
-                start = seg.start if _p(rng, 0.7) else _round_down(
+                start = seg.start if rng.p(0.7) else _round_down(
                     seg.start + (seg.end - seg.start) // 2)
                 b.mremap(ident, start, seg.end - start, seg.end - start + grow)
         elif what == "shrink":
             seg = b.seg_list(ident)[int(rng.integers(len(b.seg_list(ident))))]
             old = seg.end - seg.start
             if old > PAGE:
-                cut = _round_up(_randint(rng, PAGE, old - PAGE))
-                if _p(rng, 0.3):  # across the ends of the following VMAs
-                    old = min(SLOT_SIZE - seg.start, old + _round_up(_randint(rng, 0, 64 * MiB)))
+                cut = _round_up(rng.randint(PAGE, old - PAGE))
+                if rng.p(0.3):  # across the ends of the following VMAs
+                    old = min(SLOT_SIZE - seg.start, old + _round_up(rng.randint(0, 64 * MiB)))
                 b.mremap(ident, seg.start, old, cut)
         elif what == "move":
             self._move(ident, off, length)
         elif what == "dontneed":
-            b.madvise(ident, off, length, _pick_str(rng, ["DONTNEED"] * 4 + ["DONTNEED_LOCKED"]))
+            b.madvise(ident, off, length, rng.pick_str(["DONTNEED"] * 4 + ["DONTNEED_LOCKED"]))
         elif what == "touch":
-            b.touch(ident, off, length, _p(rng, 0.6), _sparse_stride(length, 256))
+            b.touch(ident, off, length, rng.p(0.6), _sparse_stride(length, 256))
         elif what == "fork":
             b.fork()
         else:
@@ -147,7 +138,7 @@ class _Layout(_Actor):
     def _move(self, ident: int, off: int, length: int) -> None:
         rng = self.rng
         b = self.b
-        style = _weighted(rng, [("aligned", 0.35), ("unaligned", 0.3), ("multi", 0.25),
+        style = rng.weighted([("aligned", 0.35), ("unaligned", 0.3), ("multi", 0.25),
                                 ("gib", 0.1)])
         if style == "multi":  # from the first segment's start over several VMAs and gaps
             ext = b.extent(ident)
@@ -155,7 +146,7 @@ class _Layout(_Actor):
             segs = b.seg_list(ident)
             s = segs[int(rng.integers(len(segs)))]
             off = s.start
-            length = min(ext[1] - off, _round_up(_randint(rng, PAGE, 256 * MiB)))
+            length = min(ext[1] - off, _round_up(rng.randint(PAGE, 256 * MiB)))
         elif style == "aligned":
             off = _round_down(off, TWO_M)
             length = max(TWO_M, _round_down(length, TWO_M))
@@ -164,18 +155,18 @@ class _Layout(_Actor):
             length = GiB
         dst = self.ids[int(rng.integers(len(self.ids)))]
         dext = b.extent(dst)
-        base = dext[1] if dext and _p(rng, 0.7) else 0
-        doff = _round_up(base, TWO_M) + TWO_M * _randint(rng, 0, 8)
-        if style == "unaligned" or (style == "multi" and _p(rng, 0.5)):
-            doff += off % TWO_M if _p(rng, 0.3) else PAGE * _randint(rng, 1, 511)
+        base = dext[1] if dext and rng.p(0.7) else 0
+        doff = _round_up(base, TWO_M) + TWO_M * rng.randint(0, 8)
+        if style == "unaligned" or (style == "multi" and rng.p(0.5)):
+            doff += off % TWO_M if rng.p(0.3) else PAGE * rng.randint(1, 511)
         elif style == "gib":
-            doff = _round_up(base, GiB) + GiB * _randint(rng, 0, 2)
+            doff = _round_up(base, GiB) + GiB * rng.randint(0, 2)
         if dst == ident and doff < off + length and doff + length > off:
             ext = b.extent(ident)
             doff = _round_up(max(off + length, ext[1] if ext else 0), TWO_M)
         if doff + length > SLOT_SIZE or off + length > SLOT_SIZE:
             return
-        b.mremap(ident, off, length, length, dst, doff, dontunmap=_p(rng, 0.2))
+        b.mremap(ident, off, length, length, dst, doff, dontunmap=rng.p(0.2))
 
 
 class _Chaos(_Actor):
@@ -187,57 +178,57 @@ class _Chaos(_Actor):
     def step(self) -> None:
         rng = self.rng
         b = self.b
-        ident = _randint(rng, 0, MAX_IDENT)
+        ident = rng.randint(0, MAX_IDENT)
         ext = b.extent(ident)
         lo, hi = ext if ext is not None else (0, 64 * MiB)
         # around the mapped area, a bit beyond it on both sides
-        lo2 = max(0, lo - _pick_int(rng, [0, PAGE, TWO_M]))
-        hi2 = min(SLOT_SIZE, hi + _pick_int(rng, [0, PAGE, TWO_M, 64 * MiB]))
-        off, length = _sub_range(rng, lo2, hi2, 256 * MiB)
-        what = _weighted(rng, [("touch", 0.2), ("dontneed", 0.1), ("advice", 0.15),
+        lo2 = max(0, lo - rng.pick_int([0, PAGE, TWO_M]))
+        hi2 = min(SLOT_SIZE, hi + rng.pick_int([0, PAGE, TWO_M, 64 * MiB]))
+        off, length = rng.sub_range(lo2, hi2, 256 * MiB)
+        what = rng.weighted([("touch", 0.2), ("dontneed", 0.1), ("advice", 0.15),
                                ("mprotect", 0.08), ("mlock", 0.08), ("mremap", 0.1),
                                ("punch", 0.04), ("unaligned", 0.05), ("munmap", 0.05),
                                ("mmap", 0.08), ("locked", 0.07)])
         if what == "touch":
-            b.touch(ident, off, length, _p(rng, 0.5), _sparse_stride(length, 64))
+            b.touch(ident, off, length, rng.p(0.5), _sparse_stride(length, 64))
         elif what == "dontneed":
             b.madvise(ident, off, length, "DONTNEED")
         elif what == "advice":
-            adv = _pick_str(rng, ["REMOVE", "FREE", "WIPEONFORK", "PAGEOUT", "COLD",
+            adv = rng.pick_str(["REMOVE", "FREE", "WIPEONFORK", "PAGEOUT", "COLD",
                                   "POPULATE_READ", "POPULATE_WRITE", "GUARD_INSTALL",
                                   "GUARD_REMOVE", "DONTNEED_LOCKED", "COLLAPSE"])
             if adv in _POPULATING_ADVICES:
                 length = min(length, 2 * MiB)
             b.madvise(ident, off, length, adv)
         elif what == "mprotect":
-            b.mprotect(ident, off, length, _pick_str(rng, list(PROTS)))
+            b.mprotect(ident, off, length, rng.pick_str(list(PROTS)))
         elif what == "mlock":
-            _mlock_or_munlock(b, ident, off, min(length, 2 * MiB), _p(rng, 0.5))
+            _mlock_or_munlock(b, ident, off, min(length, 2 * MiB), rng.p(0.5))
         elif what == "locked":  # DONTNEED on an mlocked range
             length = min(length, 2 * MiB)
             b.mlock(ident, off, length)
-            b.madvise(ident, off, length, _pick_str(rng, ["DONTNEED", "DONTNEED_LOCKED"]))
+            b.madvise(ident, off, length, rng.pick_str(["DONTNEED", "DONTNEED_LOCKED"]))
         elif what == "mremap":
-            src = lo2 + PAGE * _randint(rng, 0, 16) * int(_p(rng, 0.5))
+            src = lo2 + PAGE * rng.randint(0, 16) * int(rng.p(0.5))
             src = _round_down(src)
-            dst = _randint(rng, 0, MAX_IDENT)
-            doff = TWO_M * _randint(rng, 0, 64) + PAGE * _randint(rng, 0, 1)
+            dst = rng.randint(0, MAX_IDENT)
+            doff = TWO_M * rng.randint(0, 64) + PAGE * rng.randint(0, 1)
             if src + length <= SLOT_SIZE and doff + length <= SLOT_SIZE:
-                if _p(rng, 0.7):
-                    b.mremap(ident, src, length, length, dst, doff, dontunmap=_p(rng, 0.2))
+                if rng.p(0.7):
+                    b.mremap(ident, src, length, length, dst, doff, dontunmap=rng.p(0.2))
                 else:
-                    b.mremap(ident, src, length, length + TWO_M if _p(rng, 0.5) else PAGE)
+                    b.mremap(ident, src, length, length + TWO_M if rng.p(0.5) else PAGE)
         elif what == "punch":
             b.punch(ident, off, length)
         elif what == "unaligned":
-            op = _pick_str(rng, ["madvise", "munmap", "mprotect"])
+            op = rng.pick_str(["madvise", "munmap", "mprotect"])
             if op == "madvise":
-                b.madvise(ident, off + _randint(rng, 1, PAGE - 1), length, "DONTNEED")
+                b.madvise(ident, off + rng.randint(1, PAGE - 1), length, "DONTNEED")
             elif op == "munmap":
                 b.munmap(ident, off + 512, length)
             else:
-                b.mprotect(ident, off, length + _randint(rng, 1, 100), "rw")
+                b.mprotect(ident, off, length + rng.randint(1, 100), "rw")
         elif what == "munmap":
             b.munmap(ident, off, length)
         else:
-            b.mmap(ident, "anon", "private", length, off, norsv=_p(rng, 0.5))
+            b.mmap(ident, "anon", "private", length, off, norsv=rng.p(0.5))

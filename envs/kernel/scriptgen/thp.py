@@ -8,13 +8,7 @@ from ptreclaim.envs.sim.opscript import PAGE, PROTS, SLOT_SIZE, MiB
 from .builder import _Builder, _Seg
 from .common import (
     TWO_M,
-    _p,
-    _pick_int,
-    _pick_str,
-    _randint,
     _round_up,
-    _sub_range,
-    _weighted,
 )
 
 
@@ -23,16 +17,16 @@ def _thp_step(b: _Builder) -> None:
     program then does to the collapsed range (:func:`_collapse_refault`), or switching
     THP off and on."""
     rng = b.rng
-    if _p(rng, 0.3):
+    if rng.p(0.3):
         b.thp_switch(False)
-        if _p(rng, 0.7):
+        if rng.p(0.7):
             b.thp_switch(True)
         return
     # shmem: memfd/tmpfs segments and anon shared memory (a shmem object too)
     shmem = [(i, s) for i, lst in b.segs.items() for s in lst
              if s.obj is not None and s.kind != "file"
              and _round_up(s.start, TWO_M) + TWO_M <= s.end]
-    if shmem and _p(rng, 0.8):
+    if shmem and rng.p(0.8):
         ident, s = shmem[int(rng.integers(len(shmem)))]
         _collapse_refault(b, ident, s)
         return
@@ -61,21 +55,21 @@ def _collapse_refault(b: _Builder, ident: int, s: _Seg) -> None:
     rng = b.rng
     first = _round_up(s.start, TWO_M)
     blocks = (s.end - first) // TWO_M
-    lo = first + TWO_M * _randint(rng, 0, min(blocks, 16) - 1)
-    length = TWO_M * (2 if lo + 2 * TWO_M <= s.end and _p(rng, 0.3) else 1)
+    lo = first + TWO_M * rng.randint(0, min(blocks, 16) - 1)
+    length = TWO_M * (2 if lo + 2 * TWO_M <= s.end and rng.p(0.3) else 1)
     hi = lo + length
-    write = s.share == "shared" and bool(s.prot & 2) and _p(rng, 0.7)
-    if _p(rng, 0.85):
-        b.touch(ident, lo, length, write, _pick_int(rng, [PAGE, 16 * PAGE, 64 * PAGE, MiB]),
+    write = s.share == "shared" and bool(s.prot & 2) and rng.p(0.7)
+    if rng.p(0.85):
+        b.touch(ident, lo, length, write, rng.pick_int([PAGE, 16 * PAGE, 64 * PAGE, MiB]),
                 note="fill the page cache")
     b.madvise(ident, lo, length, "COLLAPSE", note="shmem THP")
-    page = lo + PAGE * _randint(rng, 0, length // PAGE - 1)
-    what = _weighted(rng, _REFAULT_AFTER)
+    page = lo + PAGE * rng.randint(0, length // PAGE - 1)
+    what = rng.weighted(_REFAULT_AFTER)
     if what == "dontneed":
-        if _p(rng, 0.5):
+        if rng.p(0.5):
             b.madvise(ident, lo, length, "DONTNEED")
         else:
-            off, n = _sub_range(rng, lo, hi, TWO_M)
+            off, n = rng.sub_range(lo, hi, TWO_M)
             b.madvise(ident, off, n, "DONTNEED")
     elif what == "mprotect":
         names = {bits: name for name, bits in PROTS.items()}
@@ -83,11 +77,11 @@ def _collapse_refault(b: _Builder, ident: int, s: _Seg) -> None:
         b.touch(ident, lo, length, False, 64 * PAGE)
         b.mprotect(ident, page, PAGE, names.get(s.prot, "rw"))
     elif what == "cold":
-        advice = _pick_str(rng, ["COLD", "PAGEOUT"])
-        if _p(rng, 0.5):
+        advice = rng.pick_str(["COLD", "PAGEOUT"])
+        if rng.p(0.5):
             b.madvise(ident, lo, length, advice)
         else:
-            off, n = _sub_range(rng, lo, hi, TWO_M)
+            off, n = rng.sub_range(lo, hi, TWO_M)
             b.madvise(ident, off, n, advice)
     elif what == "fork":
         b.fork(note="the child maps no file THP")
@@ -104,7 +98,7 @@ def _collapse_refault(b: _Builder, ident: int, s: _Seg) -> None:
             lo = page + PAGE
     elif what == "mremap":
         ext = b.extent(ident)
-        dst = _round_up(ext[1] if ext else hi, TWO_M) + _pick_int(rng, [0, 0, PAGE, MiB])
+        dst = _round_up(ext[1] if ext else hi, TWO_M) + rng.pick_int([0, 0, PAGE, MiB])
         if dst + length <= SLOT_SIZE:
             b.mremap(ident, lo, length, length, ident, dst)
             lo, hi = dst, dst + length
@@ -114,5 +108,5 @@ def _collapse_refault(b: _Builder, ident: int, s: _Seg) -> None:
         b.touch(ident, lo, hi - lo, write, 64 * PAGE)
         b.thp_switch(True)
     if hi > lo:
-        b.touch(ident, lo, hi - lo, write and _p(rng, 0.5), _pick_int(rng, [PAGE, 64 * PAGE]),
+        b.touch(ident, lo, hi - lo, write and rng.p(0.5), rng.pick_int([PAGE, 64 * PAGE]),
                 note="refault")

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..opscript import Script
 from ..pagetable import AddressSpace
-from ..replay import BACKING_SIZE, OpOutcome, ScriptMachine
+from ..replay import OpOutcome, ScriptMachine
 from ._fast import FastAddressSpace, FastBackingFile
 
 
@@ -78,18 +78,8 @@ def canonical_state(mm: AddressSpace | FastAddressSpace) -> dict[str, Any]:
 class FastScriptMachine(ScriptMachine):
     """:class:`~ptreclaim.envs.sim.replay.ScriptMachine` on the compiled model."""
 
-    def __init__(self, *, thp: bool = False, pt_reclaim: bool = True) -> None:
-        self.mm = FastAddressSpace(pt_reclaim=pt_reclaim, thp_disabled=not thp)  # type: ignore[assignment]
-        self.files: dict[tuple[int, str], Any] = {}
-        self.last_file: dict[int, Any] = {}
-        self.baseline = self.mm.vm_pte_kib
-
-    def _backing(self, ident: int, kind: str) -> Any:
-        key = (ident, kind)
-        f = self.files.get(key)
-        if f is None:
-            f = self.files[key] = FastBackingFile(kind, BACKING_SIZE)
-        return f
+    address_space = FastAddressSpace
+    backing_file = FastBackingFile
 
 
 def _diff(a: dict[str, Any], b: dict[str, Any]) -> str:
