@@ -59,28 +59,6 @@ std::vector<i64> sample(Rng& rng, i64 n, i64 k) {
   return out;
 }
 
-// allocator._pick: up to k distinct random indices i in [0, n) where ok(i), sorted.
-template <class Ok>
-std::vector<i64> pick(Rng& rng, i64 n, const Ok& ok, i64 k) {
-  if (k <= 0 || n == 0) return {};
-  std::vector<i64> draws((size_t)(4 * k + 8));
-  rng.integers(0, n, (i64)draws.size(), draws.data());
-  size_t m = 0;
-  for (i64 d : draws)
-    if (ok(d)) draws[m++] = d;
-  draws.resize(m);
-  std::vector<i64> chosen = first_distinct(draws, k);
-  if ((i64)chosen.size() < k) {
-    std::vector<i64> cand;
-    for (i64 i = 0; i < n; i++)
-      if (ok(i)) cand.push_back(i);
-    if (cand.empty()) return {};
-    chosen = rng.choice_noreplace(cand, std::min<i64>(k, (i64)cand.size()));
-  }
-  std::sort(chosen.begin(), chosen.end());
-  return chosen;
-}
-
 // ------------------------------------------------------------------ engines
 
 // allocator._Engine.  The workload binds its generator and its process's address space

@@ -5,28 +5,6 @@ namespace ptfast {
 
 // ------------------------------------------------------------------ helpers
 
-std::vector<i64> pick_sorted(Rng& rng, const std::vector<uint8_t>& ok, i64 k) {
-  i64 n = (i64)ok.size();
-  if (k <= 0 || n == 0) return {};
-  std::vector<i64> draws((size_t)(4 * k + 8));
-  rng.integers(0, n, (i64)draws.size(), draws.data());
-  std::vector<i64> hits;
-  for (i64 d : draws)
-    if (ok[(size_t)d]) hits.push_back(d);
-  hits = first_distinct(hits, k);
-  if ((i64)hits.size() < k) {
-    std::vector<i64> cand;
-    for (i64 i = 0; i < n; i++)
-      if (ok[(size_t)i]) cand.push_back(i);
-    if (!cand.empty())
-      hits = rng.choice_noreplace(cand, std::min<i64>(k, (i64)cand.size()));
-    else
-      hits.clear();
-  }
-  std::sort(hits.begin(), hits.end());
-  return hits;
-}
-
 std::vector<std::pair<i64, i64>> index_runs(const std::vector<i64>& idx) {
   std::vector<std::pair<i64, i64>> out;
   for (i64 i : idx) {
@@ -231,7 +209,7 @@ class Balloon : public Workload {
       for (i64 u = ch * per_chunk; u < (ch + 1) * per_chunk; u++) mx = std::max(mx, state[(size_t)u]);
       free[(size_t)ch] = mx == GUEST;
     }
-    std::vector<i64> chosen = pick_sorted(rng, free, k);
+    std::vector<i64> chosen = pick(rng, free, k);
     i64 chunk_bytes = report_kib * KiB;
     for (i64 ch : chosen) {
       mm.madvise(BASE + ch * chunk_bytes, chunk_bytes, A_DONTNEED);
@@ -253,7 +231,7 @@ class Balloon : public Workload {
     ok_.resize(n);
     uint8_t* ok = ok_.data();
     for (size_t i = 0; i < n; i++) ok[i] = st[i] == GUEST;
-    std::vector<i64> chosen = pick_sorted(rng, ok_, k);
+    std::vector<i64> chosen = pick(rng, ok_, k);
     for (i64 c : chosen) state[(size_t)c] = BALLOONED;
     for (auto [a, b] : index_runs(chosen)) discard_small(mm, BASE + a * unit, BASE + b * unit);
     target -= (i64)chosen.size();
@@ -269,7 +247,7 @@ class Balloon : public Workload {
     ok_.resize(n);
     uint8_t* ok = ok_.data();
     for (size_t i = 0; i < n; i++) ok[i] = st[i] != GUEST;
-    std::vector<i64> chosen = pick_sorted(rng, ok_, deflate_batches_per_tick);
+    std::vector<i64> chosen = pick(rng, ok_, deflate_batches_per_tick);
     for (i64 c : chosen) state[(size_t)c] = GUEST;
     for (auto [a, b] : index_runs(chosen)) mm.touch(BASE + a * unit, (b - a) * unit, true, PAGE);
     if ((i64)chosen.size() < deflate_batches_per_tick) {

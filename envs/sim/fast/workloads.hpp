@@ -53,8 +53,32 @@ inline std::vector<i64> first_distinct(const std::vector<i64>& hits, i64 k) {
   return out;
 }
 
-// workloads.balloon.pick: up to k distinct random indices where ok is true, sorted.
-std::vector<i64> pick_sorted(Rng& rng, const std::vector<uint8_t>& ok, i64 k);
+// workloads.base.pick: up to k distinct random indices i in [0, n) where ok(i), sorted.
+template <class Ok>
+std::vector<i64> pick(Rng& rng, i64 n, const Ok& ok, i64 k) {
+  if (k <= 0 || n == 0) return {};
+  std::vector<i64> draws((size_t)(4 * k + 8));
+  rng.integers(0, n, (i64)draws.size(), draws.data());
+  size_t m = 0;
+  for (i64 d : draws)
+    if (ok(d)) draws[m++] = d;
+  draws.resize(m);
+  std::vector<i64> chosen = first_distinct(draws, k);
+  if ((i64)chosen.size() < k) {
+    std::vector<i64> cand;
+    for (i64 i = 0; i < n; i++)
+      if (ok(i)) cand.push_back(i);
+    if (cand.empty()) return {};
+    chosen = rng.choice_noreplace(cand, std::min<i64>(k, (i64)cand.size()));
+  }
+  std::sort(chosen.begin(), chosen.end());
+  return chosen;
+}
+
+// pick over a flag per index.
+inline std::vector<i64> pick(Rng& rng, const std::vector<uint8_t>& ok, i64 k) {
+  return pick(rng, (i64)ok.size(), [&ok](i64 i) { return ok[(size_t)i] != 0; }, k);
+}
 
 // workloads.balloon.index_runs: runs [first, last + 1) of consecutive sorted values.
 std::vector<std::pair<i64, i64>> index_runs(const std::vector<i64>& idx);
