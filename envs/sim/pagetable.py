@@ -468,15 +468,24 @@ class AddressSpace:
             return i
         return i + 1
 
-    def _ensure_upper(self, addr: int) -> None:
+    def _ensure_pud(self, addr: int) -> None:
+        """Allocate the PUD table (512 GiB) covering ``addr`` if it is missing."""
         pud = addr >> PUD_SHIFT
         if pud not in self.pud:
             self.pud.add(pud)
             self.stats.upper_allocated += 1
+
+    def _ensure_pmd(self, addr: int) -> None:
+        """Allocate the PMD table (1 GiB) covering ``addr`` if it is missing."""
         pmd = addr >> PMD_SHIFT
         if pmd not in self.pmd:
             self.pmd.add(pmd)
             self.stats.upper_allocated += 1
+
+    def _ensure_upper(self, addr: int) -> None:
+        """Allocate the PUD and PMD tables above ``addr`` that are missing."""
+        self._ensure_pud(addr)
+        self._ensure_pmd(addr)
 
     def _ensure_pte(self, slot: int) -> PteTable:
         t = self.pte.get(slot)
@@ -1558,9 +1567,7 @@ class AddressSpace:
                 old_addr += skip
                 new_addr += skip
                 continue
-            if (new_addr >> PUD_SHIFT) not in self.pud:
-                self.pud.add(new_addr >> PUD_SHIFT)
-                self.stats.upper_allocated += 1
+            self._ensure_pud(new_addr)
             if extent == PMD_SPAN and (new_addr >> PMD_SHIFT) not in self.pmd:
                 self._move_pmd_table(old_addr, new_addr)
                 old_addr += extent
@@ -1575,9 +1582,7 @@ class AddressSpace:
                 old_addr += extent
                 new_addr += extent
                 continue
-            if (new_addr >> PMD_SHIFT) not in self.pmd:
-                self.pmd.add(new_addr >> PMD_SHIFT)
-                self.stats.upper_allocated += 1
+            self._ensure_pmd(new_addr)
             nslot = new_addr >> PTE_SHIFT
             if extent == PTE_SPAN and nslot not in self.pte:
                 self._free_pte_quiet(oslot)
@@ -1604,9 +1609,7 @@ class AddressSpace:
         PMD table is allocated (alloc_new_pmd()); a whole aligned 2 MiB extent
         moves the PMD (move_huge_pmd()), any other is split, which unmaps a
         file THP and allocates no destination PTE table."""
-        if (new_addr >> PMD_SHIFT) not in self.pmd:
-            self.pmd.add(new_addr >> PMD_SHIFT)
-            self.stats.upper_allocated += 1
+        self._ensure_pmd(new_addr)
         nslot = new_addr >> PTE_SHIFT
         self.file_thp.discard(oslot)
         if extent == PTE_SPAN and nslot not in self.pte and nslot not in self.file_thp:
