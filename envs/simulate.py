@@ -298,6 +298,17 @@ def render_summary(summary: dict[str, Any], width: int = 130, max_rows: int = 10
 
 # -- plot ---------------------------------------------------------------------
 
+def plot_psi(ax: Any, t: Any, some: Sequence[float], full: Sequence[float], ylabel: str,
+             ncol: int = 1) -> None:
+    """The PSI panel of a timeline on the matplotlib axes ``ax``: memory pressure
+    ``some`` and ``full`` (avg10) against ``t`` (the live monitor's panel too)."""
+    ax.plot(t, some, color="tab:purple", lw=1.0, label="some avg10")
+    ax.plot(t, full, color="tab:brown", lw=1.0, label="full avg10")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(bottom=0)
+    ax.legend(loc="upper left", fontsize=7, ncol=ncol, frameon=False)
+
+
 def plot_timeline(res: RunResult, title: str | None = None, dpi: int = 90) -> bytes:
     """The PNG timeline of a run (bytes): stacked panels sharing the tick axis."""
     import matplotlib
@@ -336,13 +347,8 @@ def plot_timeline(res: RunResult, title: str | None = None, dpi: int = 90) -> by
     ax_free.set_ylabel("free (MiB)")
     ax_free.legend(loc="upper right", fontsize=7, ncol=4, frameon=False)
 
-    ax_psi.plot(ticks, [r.psi_some_avg10 for r in hist], color="tab:purple", lw=1.0,
-                label="some avg10")
-    ax_psi.plot(ticks, [r.psi_full_avg10 for r in hist], color="tab:brown", lw=1.0,
-                label="full avg10")
-    ax_psi.set_ylabel("PSI memory")
-    ax_psi.set_ylim(bottom=0)
-    ax_psi.legend(loc="upper left", fontsize=7, ncol=2, frameon=False)
+    plot_psi(ax_psi, ticks, [r.psi_some_avg10 for r in hist], [r.psi_full_avg10 for r in hist],
+             "PSI memory", ncol=2)
 
     fails = [r.tick for r in hist if r.failure]
     ooms = [(r.tick, r.oom_kill) for r in hist if r.oom_kill]

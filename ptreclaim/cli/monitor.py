@@ -44,6 +44,7 @@ from ..envs.configio import write_text_atomic
 from ..envs.features import OBS_NAMES
 from ..envs.host.sample import PAGE_KIB, Notes, os_reason
 from ..envs.sim.config import ConfigError, check_range
+from ..envs.simulate import plot_psi
 from .common import OneLineParser, add_model_flags, check_writable, run_cli
 
 if TYPE_CHECKING:
@@ -188,13 +189,8 @@ def plot_session(points: Sequence[Point], title: str, dpi: int = 90) -> bytes:
     ax_free.axhline(0.0, color="tab:red", lw=0.8, ls=":", label="min watermark")
     ax_free.set_ylim(-1.05, 1.05)
     ax_free.legend(loc="lower left", fontsize=7, frameon=False)
-    ax_psi.plot(t, [100 * p.psi_some_avg10 for p in points], color="tab:purple", lw=1.0,
-                label="some avg10")
-    ax_psi.plot(t, [100 * p.psi_full_avg10 for p in points], color="tab:brown", lw=1.0,
-                label="full avg10")
-    ax_psi.set_ylabel("PSI memory (%)")
-    ax_psi.set_ylim(bottom=0)
-    ax_psi.legend(loc="upper left", fontsize=7, frameon=False)
+    plot_psi(ax_psi, t, [100 * p.psi_some_avg10 for p in points],
+             [100 * p.psi_full_avg10 for p in points], "PSI memory (%)")
     ax_psi.set_xlabel("seconds since the first sample")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
