@@ -101,6 +101,14 @@ def _tuned_file(d: Path) -> Path:
     return path
 
 
+def _assert_share(written: Any, share: float | None) -> None:
+    """A gain share in the export is ``share``, recomputed from the costs beside it."""
+    if share is None:
+        assert written is None
+    else:
+        assert written == pytest.approx(share, abs=1e-3)
+
+
 def test_export_writes_yaml_and_json_with_provenance_and_scores(exported: dict[str, Any]
                                                                 ) -> None:
     out, run_dir = exported["out"], exported["run"]
@@ -119,19 +127,11 @@ def test_export_writes_yaml_and_json_with_provenance_and_scores(exported: dict[s
     pol = ev["policies"]
     assert {"none", "ppo", "export", "tuned_soft_hard", "soft_hard", "oracle"} <= set(pol)
     assert y["score"]["mean_cost"] == pol["export"]["mean_cost"]
-    share = gain_share(pol["none"]["mean_cost"], pol["export"]["mean_cost"],
-                       pol["ppo"]["mean_cost"])
-    if share is None:
-        assert ev["gain_share"] is None
-    else:
-        assert ev["gain_share"] == pytest.approx(share, abs=1e-3)
+    _assert_share(ev["gain_share"], gain_share(
+        pol["none"]["mean_cost"], pol["export"]["mean_cost"], pol["ppo"]["mean_cost"]))
     # With a tuned heuristic: the share of the learned gain over it.
-    over = gain_share(pol["tuned_soft_hard"]["mean_cost"], pol["export"]["mean_cost"],
-                      pol["ppo"]["mean_cost"])
-    if over is None:
-        assert ev["gain_share_over_tuned"] is None
-    else:
-        assert ev["gain_share_over_tuned"] == pytest.approx(over, abs=1e-3)
+    _assert_share(ev["gain_share_over_tuned"], gain_share(
+        pol["tuned_soft_hard"]["mean_cost"], pol["export"]["mean_cost"], pol["ppo"]["mean_cost"]))
     assert len(ev["gain_share_over_tuned_ci"]) == 2
     assert len(prov["distillation"]["component_agreement"]) == 5
     assert (out / "export_eval" / "report.md").is_file()
