@@ -58,7 +58,7 @@ import numpy as np
 
 from ..envs.features import TOP_K
 from ..envs.pagetable_env import OBS_NAMES, EnvConfig, PageTableReclaimEnv
-from ..envs.sim.config import ConfigError, check_range
+from ..envs.sim.config import ConfigError, check_ranges, ranged
 from ..envs.sim.simulator import ScenarioConfig
 from .heuristics import (
     ACTION_COMPONENTS,
@@ -107,18 +107,14 @@ class DistillConfig:
     ``quantiles``: candidate thresholds per feature.
     """
 
-    iterations: int = 4
-    episodes: int = 2
-    seed: int = 7_000
-    quantiles: int = 40
-    sweeps: int = 8
+    iterations: int = ranged(4, 1, 100)
+    episodes: int = ranged(2, 1, 1000)
+    seed: int = ranged(7_000, 0, 2**31 - 1)
+    quantiles: int = ranged(40, 2, 1000)
+    sweeps: int = ranged(8, 1, 100)
 
     def __post_init__(self) -> None:
-        check_range("iterations", self.iterations, 1, 100)
-        check_range("episodes", self.episodes, 1, 1000)
-        check_range("seed", self.seed, 0, 2**31 - 1)
-        check_range("quantiles", self.quantiles, 2, 1000)
-        check_range("sweeps", self.sweeps, 1, 100)
+        check_ranges(self, "")
 
 
 @dataclass

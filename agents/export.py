@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..envs.configio import dump_yaml, load_json, load_yaml, write_text_atomic
-from ..envs.sim.config import ConfigError, did_you_mean, to_dict
+from ..envs.sim.config import ConfigError, check_keys, did_you_mean, to_dict
 from .heuristics import RULES, Policy, make_rule
 
 #: The version of the record this code writes and reads.  Bump it when a key
@@ -121,11 +121,7 @@ def record_from_data(data: Any, where: str) -> ThresholdsRecord:
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where}: a thresholds file is a mapping with a 'rule' "
                           f"(kind: soft_hard, ...), got {type(data).__name__}")
-    for key in data:
-        if key not in THRESHOLDS_KEYS:
-            raise ConfigError(f"{where}: unknown key {key!r}"
-                              f"{did_you_mean(str(key), THRESHOLDS_KEYS)}; "
-                              f"allowed: {', '.join(THRESHOLDS_KEYS)}")
+    check_keys(data, THRESHOLDS_KEYS, where)
     version = data.get("schema_version", THRESHOLDS_SCHEMA_VERSION)
     if version != THRESHOLDS_SCHEMA_VERSION:
         what = _OLD_VERSIONS.get(version, "not supported") if isinstance(version, int) \

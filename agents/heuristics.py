@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import numpy as np
 
 from ..envs.features import TOP_K
 from ..envs.pagetable_env import DEFAULT_BUDGETS, DEFAULT_IDLE_LEVELS, OBS_NAMES
-from ..envs.sim.config import ConfigError, build, check_range
+from ..envs.sim.config import ConfigError, build, check_range, check_ranges, ranged
 from ..envs.sim.reclaim import DEPTHS
 
 _IDX = {name: i for i, name in enumerate(OBS_NAMES)}
@@ -55,6 +55,34 @@ class Policy:
         if obs.ndim == 1:
             return self.act(obs), state
         return np.stack([self.act(o) for o in obs]), state
+
+
+P = TypeVar("P")
+_PP = TypeVar("_PP", bound="ParamsPolicy[Any]")
+
+
+class ParamsPolicy(Policy, Generic[P]):
+    """A policy set by one frozen dataclass of parameters, :attr:`Params`, which a
+    heuristic spec or a thresholds file builds from a mapping."""
+
+    #: The parameters' dataclass (``P``); its defaults are the policy's default.
+    Params: ClassVar[type[Any]]
+
+    def __init__(self, params: P | None = None) -> None:
+        self.params: P = self.Params() if params is None else params
+
+    @classmethod
+    def from_mapping(cls: type[_PP], data: Any, where: str | None = None) -> _PP:
+        """The policy with parameters built from ``data``; errors name ``where``
+        (default: the policy's name)."""
+        return cls(build(cls.Params, data, where or cls.name))
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        return self.decide(obs)[0]
+
+    def decide(self, obs: np.ndarray) -> tuple[np.ndarray, str]:
+        """The action and the reason for it, in words an operator reads."""
+        raise NotImplementedError
 
 
 def _action(budget: int = 0, depth: int = 0, idle: int = 0, target: int = 0,
@@ -153,20 +181,17 @@ class TargetParams:
       an insane process; tuning decides.
     """
 
-    proc_ratio: float = 0.5
-    proc_pt_frac: float = 0.01
+    proc_ratio: float = ranged(0.5, 0.0, 1.0)
+    proc_pt_frac: float = ranged(0.01, 0.0, 1.0)
     target_by: TargetBy = "ratio"
     use_hard_limit: bool = False
-    limit_ratio: float = 0.9
-    limit_growth: float = 0.2
-    limit_refault: float = 0.2
+    limit_ratio: float = ranged(0.9, 0.0, 1.0)
+    limit_growth: float = ranged(0.2, 0.0, 1.0)
+    limit_refault: float = ranged(0.2, 0.0, 1.0)
 
     def __post_init__(self) -> None:
-        check_range("proc_ratio", self.proc_ratio, 0.0, 1.0)
-        check_range("proc_pt_frac", self.proc_pt_frac, 0.0, 1.0)
-        check_range("limit_ratio", self.limit_ratio, 0.0, 1.0)
-        check_range("limit_growth", self.limit_growth, 0.0, 1.0)
-        check_range("limit_refault", self.limit_refault, 0.0, 1.0)
+        # The subclasses' ranged fields too: check_ranges reads type(self).
+        check_ranges(self, "")
         if self.target_by not in ("ratio", "growth", "size"):
             raise ConfigError(f"target_by: {self.target_by!r} is not one of 'ratio', "
                               "'growth', 'size'")
@@ -251,12 +276,12 @@ class SoftHardParams(TargetParams):
     as the soft one, at least as deep, requiring at most its idle age.
     """
 
-    soft_pt_frac: float = 0.04
-    hard_pt_frac: float = 0.10
-    soft_price: float = 0.5
-    free_trigger: float = 0.0
-    psi_trigger: float = 0.10
-    refault_trigger: float = 0.3
+    soft_pt_frac: float = ranged(0.04, 0.0, 1.0)
+    hard_pt_frac: float = ranged(0.10, 0.0, 1.0)
+    soft_price: float = ranged(0.5, 0.0, 1.0)
+    free_trigger: float = ranged(0.0, -1.0, 1.0)
+    psi_trigger: float = ranged(0.10, 0.0, 1.0)
+    refault_trigger: float = ranged(0.3, 0.0, 1.0)
     suspect_soft: bool = True
     soft_budget: int = 2
     hard_budget: int = 4
@@ -267,15 +292,9 @@ class SoftHardParams(TargetParams):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_range("soft_pt_frac", self.soft_pt_frac, 0.0, 1.0)
-        check_range("hard_pt_frac", self.hard_pt_frac, 0.0, 1.0)
         if self.soft_pt_frac > self.hard_pt_frac:
             raise ConfigError(f"soft_pt_frac ({self.soft_pt_frac}) must not exceed "
                               f"hard_pt_frac ({self.hard_pt_frac})")
-        check_range("soft_price", self.soft_price, 0.0, 1.0)
-        check_range("psi_trigger", self.psi_trigger, 0.0, 1.0)
-        check_range("free_trigger", self.free_trigger, -1.0, 1.0)
-        check_range("refault_trigger", self.refault_trigger, 0.0, 1.0)
         for name, hi in (("budget", ACTION_HIGHS[0]), ("depth", ACTION_HIGHS[1]),
                          ("idle", ACTION_HIGHS[2])):
             check_range(f"soft_{name}", getattr(self, f"soft_{name}"), 0, hi)
@@ -298,7 +317,7 @@ def _idle_for(obs: np.ndarray, idle: int, depth: int, trigger: float) -> tuple[i
     return idle, ""
 
 
-class SoftHard(Policy):
+class SoftHard(ParamsPolicy[SoftHardParams]):
     """``soft_hard``: the seed's soft/hard limits on page-table memory, under pressure.
 
     Hard level (page tables over the hard limit, or free memory under the trigger):
@@ -312,16 +331,7 @@ class SoftHard(Policy):
     """
 
     name = "soft_hard"
-
-    def __init__(self, params: SoftHardParams | None = None) -> None:
-        self.params = params or SoftHardParams()
-
-    @classmethod
-    def from_mapping(cls, data: Any, where: str = "soft_hard") -> SoftHard:
-        return cls(build(SoftHardParams, data, where))
-
-    def act(self, obs: np.ndarray) -> np.ndarray:
-        return self.decide(obs)[0]
+    Params = SoftHardParams
 
     def decide(self, obs: np.ndarray) -> tuple[np.ndarray, str]:
         """The action and the reason for it (which threshold or signal fired),
@@ -377,37 +387,20 @@ class PeriodicParams(TargetParams):
     free), ``min_price`` 0.0 (scan whatever the pressure, like khugepaged; tuning may
     gate it on pressure)."""
 
-    every_ticks: int = 100
-    budget: int = 2
-    depth: int = 1
-    idle: int = 1
-    min_price: float = 0.0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_range("every_ticks", self.every_ticks, 1, 10**7)
-        check_range("budget", self.budget, 0, ACTION_HIGHS[0])
-        check_range("depth", self.depth, 0, ACTION_HIGHS[1])
-        check_range("idle", self.idle, 0, ACTION_HIGHS[2])
-        check_range("min_price", self.min_price, 0.0, 1.0)
+    every_ticks: int = ranged(100, 1, 10**7)
+    budget: int = ranged(2, 0, ACTION_HIGHS[0])
+    depth: int = ranged(1, 0, ACTION_HIGHS[1])
+    idle: int = ranged(1, 0, ACTION_HIGHS[2])
+    min_price: float = ranged(0.0, 0.0, 1.0)
 
 
-class PeriodicScan(Policy):
+class PeriodicScan(ParamsPolicy[PeriodicParams]):
     """``periodic_scan``: khugepaged-like, a fixed budget at a fixed period,
     when the hold price reaches ``min_price`` (the period is read back from
     ``since_pass``)."""
 
     name = "periodic_scan"
-
-    def __init__(self, params: PeriodicParams | None = None) -> None:
-        self.params = params or PeriodicParams()
-
-    @classmethod
-    def from_mapping(cls, data: Any, where: str = "periodic_scan") -> PeriodicScan:
-        return cls(build(PeriodicParams, data, where))
-
-    def act(self, obs: np.ndarray) -> np.ndarray:
-        return self.decide(obs)[0]
+    Params = PeriodicParams
 
     def decide(self, obs: np.ndarray) -> tuple[np.ndarray, str]:
         """The action and the reason for it, in words."""
@@ -456,18 +449,15 @@ class ConstantParams:
         return cls(*check_action(list(np.asarray(action).ravel().tolist()), "action"))
 
 
-class Constant(Policy):
+class Constant(ParamsPolicy[ConstantParams]):
     """``constant``: one fixed action, whatever the observation."""
 
     name = "constant"
+    Params = ConstantParams
 
     def __init__(self, params: ConstantParams | None = None) -> None:
-        self.params = params or ConstantParams()
+        super().__init__(params)
         self._action = np.asarray(self.params.action, dtype=np.int64)
-
-    @classmethod
-    def from_mapping(cls, data: Any, where: str = "constant") -> Constant:
-        return cls(build(ConstantParams, data, where))
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         return self._action.copy()

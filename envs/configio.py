@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 
 from ..configs import CONFIG_DIR
-from .sim.config import ConfigError, build, did_you_mean, quote
+from .sim.config import ConfigError, build, check_keys, did_you_mean, quote
 from .sim.scenariogen import scenario_data, spec_from_data
 from .sim.simulator import ScenarioConfig
 from .sim.workloads import WORKLOADS
@@ -317,10 +317,7 @@ def suite_paths(path: str | os.PathLike[str]) -> list[Path]:
     if not isinstance(data, Mapping):
         raise ConfigError(f"{p}: expected a mapping with a 'scenarios' list, "
                           f"got {type(data).__name__}")
-    for key in data:
-        if key not in SUITE_KEYS:
-            raise ConfigError(f"{p.name}: unknown key {key!r}{did_you_mean(str(key), SUITE_KEYS)}"
-                              f"; allowed: {', '.join(SUITE_KEYS)}")
+    check_keys(data, SUITE_KEYS, p.name)
     entries = data.get("scenarios")
     if entries is None and "generate" in data:
         return []  # only generated scenarios (load_suite)

@@ -13,7 +13,7 @@ from gymnasium import spaces
 
 from . import features
 from .features import CANDIDATE_NAMES, FAIL_WINDOW_TICKS, OBS_NAMES, Signals
-from .sim.config import ConfigError, check_range
+from .sim.config import ConfigError, check_range, check_ranges, ranged
 from .sim.pagetable import PAGE, TableClass
 from .sim.process import Process
 from .sim.reclaim import DEPTHS, PassResult
@@ -88,8 +88,8 @@ class RewardWeights:
 class EnvConfig:
     """Parameters of :class:`PageTableReclaimEnv`."""
 
-    decision_ticks: int = 10
-    max_steps: int = DEFAULT_MAX_STEPS
+    decision_ticks: int = ranged(10, 1, 10_000)
+    max_steps: int = ranged(DEFAULT_MAX_STEPS, 1, 10**7)
     budgets: tuple[int, ...] = DEFAULT_BUDGETS
     #: The ``min_idle`` choices (scan rounds a table must have been idle to be freed).
     idle_levels: tuple[int, ...] = DEFAULT_IDLE_LEVELS
@@ -106,8 +106,7 @@ class EnvConfig:
         if self.backend not in ("auto", "fast", "exact"):
             raise ConfigError(f"env.backend: {self.backend!r} is not one of 'auto', 'fast', "
                               "'exact'")
-        check_range("env.decision_ticks", self.decision_ticks, 1, 10_000)
-        check_range("env.max_steps", self.max_steps, 1, 10**7)
+        check_ranges(self, "env.")
         if not self.budgets or self.budgets[0] != 0 or list(self.budgets) != sorted(self.budgets):
             raise ConfigError("env.budgets must be ascending and start with 0 (no reclaim)")
         if (not self.idle_levels or self.idle_levels[0] != 0

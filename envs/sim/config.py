@@ -3,7 +3,8 @@
 YAML parsing lives outside the pure simulator (:mod:`ptreclaim.envs.configio`);
 this module only turns already-parsed data into typed, validated, frozen
 dataclasses.  Unknown keys are rejected with a did-you-mean hint, types are
-checked, and range checks in ``__post_init__`` raise :class:`ConfigError`
+checked, and range checks in ``__post_init__`` (:func:`check_ranges` for the
+ranges declared beside the fields with :func:`ranged`) raise :class:`ConfigError`
 naming the key and the allowed range.  Nothing is ever ``eval``'d and nothing
 is merged silently.
 """
@@ -82,6 +83,29 @@ def check_range(where: str, value: float, lo: float | None = None, hi: float | N
                           f"{bracket}{lo_s}, {hi_s}]")
 
 
+def ranged(default: T, lo: float | None = None, hi: float | None = None, *,
+           lo_open: bool = False) -> T:
+    """A dataclass field defaulting to ``default`` whose allowed range sits beside it;
+    :func:`check_ranges` checks it (as :func:`check_range` would)."""
+    return dataclasses.field(default=default, metadata={"range": (lo, hi, lo_open)})
+
+
+def check_ranges(config: object, prefix: str) -> None:
+    """:func:`check_range` on every :func:`ranged` field of the dataclass ``config``
+    (inherited ones included), in field order, naming each ``prefix`` + field name
+    (call it from ``__post_init__``)."""
+    for name, (lo, hi, lo_open) in _ranges(cast(Any, type(config))):
+        check_range(prefix + name, getattr(config, name), lo, hi, lo_open=lo_open)
+
+
+@functools.cache
+def _ranges(cls: type) -> tuple[tuple[str, tuple[float | None, float | None, bool]], ...]:
+    """The :func:`ranged` fields of ``cls``, found once per class (configs are built
+    at every env reset)."""
+    return tuple((f.name, f.metadata["range"]) for f in dataclasses.fields(cls)
+                 if "range" in f.metadata)
+
+
 def _num(x: float) -> str:
     """An integer bound prints as an integer, others compactly."""
     return str(int(x)) if float(x).is_integer() else f"{x:g}"
@@ -91,6 +115,16 @@ def did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
     """`` (did you mean 'x'?)`` for the closest choice, or an empty string."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_keys(data: Mapping[Any, Any], allowed: typing.Collection[str], where: str) -> None:
+    """Raise :class:`ConfigError` for the first key of ``data`` that is not one of
+    ``allowed``: one line with ``where``, a did-you-mean hint and the allowed keys."""
+    for key in data:
+        if not isinstance(key, str) or key not in allowed:
+            raise ConfigError(f"{where}: unknown key {quote(key)}"
+                              f"{did_you_mean(str(key), allowed)}; "
+                              f"allowed: {', '.join(allowed)}")
 
 
 @functools.cache
@@ -113,12 +147,8 @@ def build(cls: type[T], data: Any, where: str = "config") -> T:
                           f"got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
     hints = _type_hints(cast(Any, cls))
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        if not isinstance(key, str) or key not in fields:
-            raise ConfigError(f"{where}: unknown key {quote(key)}{did_you_mean(str(key), fields)}; "
-                              f"allowed: {', '.join(fields)}")
-        kwargs[key] = _convert(hints[key], value, f"{where}.{key}")
+    check_keys(data, fields, where)
+    kwargs = {key: _convert(hints[key], value, f"{where}.{key}") for key, value in data.items()}
     try:
         return cls(**kwargs)
     except ConfigError:

@@ -25,7 +25,7 @@ from typing import Literal
 
 import numpy as np
 
-from .config import ConfigError, check_range
+from .config import ConfigError, check_ranges, ranged
 
 PAGE_KIB = 4
 
@@ -57,33 +57,28 @@ class TenantConfig:
       policy can see coming and act on early.
     """
 
-    base_fraction: float = 0.82
-    volatility: float = 0.004  # std of the per-tick change, as a fraction of the zone
-    reversion: float = 0.05  # share of the distance to the base closed per tick
-    burst_prob: float = 0.004  # chance per tick that a burst starts
-    burst_fraction: float = 0.06  # extra demand during a burst, fraction of the zone
-    burst_ticks: int = 40
+    base_fraction: float = ranged(0.82, 0.0, 0.99)
+    #: Std of the per-tick change, as a fraction of the zone.
+    volatility: float = ranged(0.004, 0.0, 0.2)
+    #: Share of the distance to the base closed per tick.
+    reversion: float = ranged(0.05, 0.0, 1.0)
+    #: Chance per tick that a burst starts.
+    burst_prob: float = ranged(0.004, 0.0, 1.0)
+    #: Extra demand during a burst, fraction of the zone.
+    burst_fraction: float = ranged(0.06, 0.0, 0.99)
+    burst_ticks: int = ranged(40, 1, 1_000_000)
     #: Ticks over which a burst's extra demand ramps up linearly (0: at once).
-    burst_ramp_ticks: int = 0
+    burst_ramp_ticks: int = ranged(0, 0, 1_000_000)
     #: Half the peak-to-trough swing of the daily cycle, as a fraction of the zone
     #: (0: no cycle).
-    diurnal_amplitude: float = 0.0
+    diurnal_amplitude: float = ranged(0.0, 0.0, 0.5)
     #: Length of one (compressed) day in ticks.
-    diurnal_period_ticks: int = 600
+    diurnal_period_ticks: int = ranged(600, 2, 10**7)
     #: Where in its cycle tick 0 falls, as a fraction of the period (0.25: at the peak).
-    diurnal_phase: float = 0.0
+    diurnal_phase: float = ranged(0.0, 0.0, 1.0)
 
     def __post_init__(self) -> None:
-        check_range("tenants.base_fraction", self.base_fraction, 0.0, 0.99)
-        check_range("tenants.volatility", self.volatility, 0.0, 0.2)
-        check_range("tenants.reversion", self.reversion, 0.0, 1.0)
-        check_range("tenants.burst_prob", self.burst_prob, 0.0, 1.0)
-        check_range("tenants.burst_fraction", self.burst_fraction, 0.0, 0.99)
-        check_range("tenants.burst_ticks", self.burst_ticks, 1, 1_000_000)
-        check_range("tenants.burst_ramp_ticks", self.burst_ramp_ticks, 0, 1_000_000)
-        check_range("tenants.diurnal_amplitude", self.diurnal_amplitude, 0.0, 0.5)
-        check_range("tenants.diurnal_period_ticks", self.diurnal_period_ticks, 2, 10**7)
-        check_range("tenants.diurnal_phase", self.diurnal_phase, 0.0, 1.0)
+        check_ranges(self, "tenants.")
         if self.diurnal_amplitude > self.base_fraction:
             raise ConfigError(f"tenants.diurnal_amplitude ({self.diurnal_amplitude:g}) must "
                               f"not exceed tenants.base_fraction ({self.base_fraction:g}): "
@@ -102,28 +97,25 @@ class TenantConfig:
 class MachineConfig:
     """Sizes and policies of the simulated machine."""
 
-    ram_mib: int = 4096
-    movable_fraction: float = 0.8  # share of RAM in ZONE_MOVABLE/CMA (virtio-mem hosts: 80 %+)
-    cpus: int = 8
-    tick_ms: int = 100
-    watermark_scale_factor: int = 10  # vm.watermark_scale_factor, in 1/10000 of the zone
-    min_free_kbytes: int = 0  # 0: the kernel's default formula
+    ram_mib: int = ranged(4096, 64, 1 << 24)
+    #: Share of RAM in ZONE_MOVABLE/CMA (virtio-mem hosts: 80 %+).
+    movable_fraction: float = ranged(0.8, 0.0, 0.95)
+    cpus: int = ranged(8, 1, 4096)
+    tick_ms: int = ranged(100, 1, 60_000)
+    #: ``vm.watermark_scale_factor``, in 1/10000 of the zone.
+    watermark_scale_factor: int = ranged(10, 1, 3000)
+    #: 0: the kernel's default formula.
+    min_free_kbytes: int = ranged(0, 0, 1 << 22)
     tenants: TenantConfig = field(default_factory=TenantConfig)
-    oom_failures: int = 30  # failing ticks within the window that trigger an OOM kill
-    oom_window_ticks: int = 100
+    #: Failing ticks within the window that trigger an OOM kill.
+    oom_failures: int = ranged(30, 1, 1_000_000)
+    oom_window_ticks: int = ranged(100, 1, 1_000_000)
     hard_limit_action: Literal["throttle", "kill"] = "throttle"
-    throttle_ticks: int = 10  # how long a process over its hard limit has its faults blocked
+    #: How long a process over its hard limit has its faults blocked.
+    throttle_ticks: int = ranged(10, 1, 1_000_000)
 
     def __post_init__(self) -> None:
-        check_range("machine.ram_mib", self.ram_mib, 64, 1 << 24)
-        check_range("machine.movable_fraction", self.movable_fraction, 0.0, 0.95)
-        check_range("machine.cpus", self.cpus, 1, 4096)
-        check_range("machine.tick_ms", self.tick_ms, 1, 60_000)
-        check_range("machine.watermark_scale_factor", self.watermark_scale_factor, 1, 3000)
-        check_range("machine.min_free_kbytes", self.min_free_kbytes, 0, 1 << 22)
-        check_range("machine.oom_failures", self.oom_failures, 1, 1_000_000)
-        check_range("machine.oom_window_ticks", self.oom_window_ticks, 1, 1_000_000)
-        check_range("machine.throttle_ticks", self.throttle_ticks, 1, 1_000_000)
+        check_ranges(self, "machine.")
         if self.oom_failures > self.oom_window_ticks:
             raise ConfigError("machine.oom_failures must not exceed machine.oom_window_ticks "
                               f"({self.oom_failures} > {self.oom_window_ticks})")

@@ -47,10 +47,11 @@ from typing import TYPE_CHECKING, Literal, Protocol, get_args
 
 import numpy as np
 
-from .config import ConfigError, check_range
+from .config import ConfigError, check_ranges, ranged
 from .costs import PTRS_PER_PTE
 from .pagetable import PTE_SHIFT, PTE_SPAN, TableClass
 from .reclaim import DEPTHS, PassResult, _scan_order
+from .units import MiB
 
 if TYPE_CHECKING:
     from .costs import CostModel
@@ -64,7 +65,6 @@ DesignName = Literal["none", "on_zap", "refcount", "madvise", "scan_mmap_write",
 DESIGN_NAMES: tuple[str, ...] = get_args(DesignName)
 #: Designs that run code of this module (the others are the model's own two kernels).
 ACTIVE = frozenset(DESIGN_NAMES) - {"none", "on_zap"}
-MiB = 1 << 20
 _EMPTY = frozenset({TableClass.EMPTY})
 _EMPTY_ZERO = frozenset({TableClass.EMPTY, TableClass.ZERO})
 
@@ -155,22 +155,19 @@ class ScannerConfig:
     """The asynchronous scanner of the ``scan_*`` designs."""
 
     #: Ticks between wake-ups: 1 = 100 ms, the RFC's MM_PGTABLE_SCAN_DELAY.
-    interval_ticks: int = 1
+    interval_ticks: int = ranged(1, 1, 10**6)
     #: Tables examined per process per wake-up: 128 = the RFC's 256 MiB per scan when
     #: every slot of it has a table.
-    budget: int = 128
+    budget: int = ranged(128, 1, 10**9)
     #: 0: empty tables only (the 2024 RFC); 1: also zero-page-only ones (the 2022 RFC, the
     #: seed's third question); 2: also page-cache ones.
-    depth: int = 1
+    depth: int = ranged(1, 0, len(DEPTHS) - 1)
     #: ``_young`` variants: scan rounds a table must have been idle (young bit found clear)
     #: before the scanner reads it.
-    min_idle: int = 2
+    min_idle: int = ranged(2, 1, 10**6)
 
     def __post_init__(self) -> None:
-        check_range("mechanism.scanner.interval_ticks", self.interval_ticks, 1, 10**6)
-        check_range("mechanism.scanner.budget", self.budget, 1, 10**9)
-        check_range("mechanism.scanner.depth", self.depth, 0, len(DEPTHS) - 1)
-        check_range("mechanism.scanner.min_idle", self.min_idle, 1, 10**6)
+        check_ranges(self, "mechanism.scanner.")
 
 
 @dataclass(frozen=True)
@@ -179,24 +176,21 @@ class LimitsConfig:
 
     #: Page tables above which a process's tables are reclaimed under pressure: 8 MiB is
     #: 2048 tables, what 4 GiB of touched memory needs.
-    soft_mib: float = 8.0
+    soft_mib: float = ranged(8.0, 0.0, 1e9)
     #: Page tables above which a process's table allocations fail: 64 MiB maps 32 GiB.
-    hard_mib: float = 64.0
+    hard_mib: float = ranged(64.0, 0.0, 1e9, lo_open=True)
     #: Classes reclaimed above the soft limit (see ``ScannerConfig.depth``).
-    depth: int = 1
+    depth: int = ranged(1, 0, len(DEPTHS) - 1)
     #: Tables examined per process over its soft limit per tick.
-    budget: int = 1024
+    budget: int = ranged(1024, 1, 10**9)
     #: Reclaim above the soft limit only while the normal zone is below its low watermark.
     pressure_only: bool = True
 
     def __post_init__(self) -> None:
-        check_range("mechanism.limits.soft_mib", self.soft_mib, 0.0, 1e9)
-        check_range("mechanism.limits.hard_mib", self.hard_mib, 0.0, 1e9, lo_open=True)
+        check_ranges(self, "mechanism.limits.")
         if self.soft_mib > self.hard_mib:
             raise ConfigError(f"mechanism.limits.soft_mib ({self.soft_mib:g}) must not exceed "
                               f"hard_mib ({self.hard_mib:g})")
-        check_range("mechanism.limits.depth", self.depth, 0, len(DEPTHS) - 1)
-        check_range("mechanism.limits.budget", self.budget, 1, 10**9)
 
 
 @dataclass(frozen=True)

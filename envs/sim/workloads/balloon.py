@@ -49,20 +49,31 @@ per slot instead of 512.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from ..config import ConfigError, check_range
+from ..config import ConfigError, check_ranges, ranged
 from ..pagetable import PAGE, PTE_SPAN, AddressSpace
-from .base import BASE, Workload
+from ..units import KiB, MiB
+from .base import BASE, Workload, pick
 
-MiB = 1 << 20
-KiB = 1 << 10
+if TYPE_CHECKING:
+    from ..process import Process
+
 _HALF = PTE_SPAN // 2
 
 # Per-unit guest states.
 GUEST, BALLOONED, REPORTED = 0, 1, 2
+
+
+def start_guest(w: Workload, guest_mib: int, vcpus: int) -> tuple[Process, int]:
+    """Start ``w``'s VMM: a process of ``vcpus`` threads with ``guest_mib`` of guest RAM
+    (private anonymous) mapped at :data:`BASE`; its process and the RAM size in bytes."""
+    proc = w.spawn(cpus=vcpus)
+    size = guest_mib * MiB
+    proc.mm.mmap(BASE, size)
+    return proc, size
 
 
 def discard_small(mm: AddressSpace, start: int, end: int) -> int:
@@ -97,77 +108,49 @@ def index_runs(idx: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(starts.tolist(), ends.tolist(), strict=True))
 
 
-def pick(rng: np.random.Generator, ok: np.ndarray, k: int) -> np.ndarray:
-    """Up to ``k`` distinct random indices where the boolean array ``ok`` is
-    true, sorted.  Rejection sampling first (O(k) when candidates are common),
-    a full scan only when it falls short."""
-    n = len(ok)
-    if k <= 0 or n == 0:
-        return np.empty(0, dtype=np.int64)
-    draws = rng.integers(0, n, size=4 * k + 8)
-    hits = draws[ok[draws]]
-    _, first = np.unique(hits, return_index=True)
-    hits = hits[np.sort(first)][:k]
-    if len(hits) < k:
-        cand = np.flatnonzero(ok)
-        hits = rng.choice(cand, size=min(k, len(cand)), replace=False) if len(cand) else hits[:0]
-    return np.sort(hits.astype(np.int64))
-
-
 @dataclass(frozen=True)
 class BalloonConfig:
     """Parameters of one ballooned VM (sizes in MiB/KiB, rates per tick)."""
 
     #: Guest RAM, one private anonymous mapping (a 2 GiB guest on the 4 GiB host).
-    guest_mib: int = 2048
+    guest_mib: int = ranged(2048, 64, 1 << 20)
     #: vCPU threads: a TLB flush of the VMM's mm sends IPIs to them.
-    vcpus: int = 4
+    vcpus: int = ranged(4, 1, 1024)
     #: Guest RAM written per tick at start (128 MiB = 64 tables a tick).
-    fill_mib_per_tick: int = 128
+    fill_mib_per_tick: int = ranged(128, 2, 1 << 16)
     #: One inflate request: 256 PFNs = 1 MiB (VIRTIO_BALLOON_ARRAY_PFNS_MAX),
     #: taken as contiguous 4 KiB pages of a split buddy block.
-    batch_kib: int = 1024
+    batch_kib: int = ranged(1024, 4, 1024)
     #: Balloon size reached by each inflation, as a share of guest RAM.
-    balloon_fraction: float = 0.5
+    balloon_fraction: float = ranged(0.5, 0.0, 0.95)
     #: Inflate requests per tick (16 x 1 MiB = 160 MiB/s at 100 ms ticks).
-    inflate_batches_per_tick: int = 16
+    inflate_batches_per_tick: int = ranged(16, 1, 4096)
     #: Deflate: balloon/reported units the guest takes back and writes per tick.
-    deflate_batches_per_tick: int = 16
+    deflate_batches_per_tick: int = ranged(16, 1, 4096)
     #: Free page reporting block: 2048 (order 9, pageblock) or 4096 (order 10).
     report_kib: int = 2048
     #: Guest RAM freed by the guest and reported per cycle.
-    report_fraction: float = 0.25
+    report_fraction: float = ranged(0.25, 0.0, 0.95)
     #: Reported blocks per tick (one report holds up to 32).
-    report_chunks_per_tick: int = 8
+    report_chunks_per_tick: int = ranged(8, 1, 1024)
     #: Ticks the balloon stays inflated before it deflates.
-    hold_ticks: int = 100
+    hold_ticks: int = ranged(100, 0, 10**7)
     #: Ticks between a deflation and the next cycle.
-    idle_ticks: int = 50
+    idle_ticks: int = ranged(50, 0, 10**7)
     #: Cycles to run (0: forever).
-    cycles: int = 0
+    cycles: int = ranged(0, 0, 10**6)
 
     def __post_init__(self) -> None:
-        check_range("balloon.guest_mib", self.guest_mib, 64, 1 << 20)
-        check_range("balloon.vcpus", self.vcpus, 1, 1024)
-        check_range("balloon.fill_mib_per_tick", self.fill_mib_per_tick, 2, 1 << 16)
-        check_range("balloon.batch_kib", self.batch_kib, 4, 1024)
+        check_ranges(self, "balloon.")
         if self.batch_kib & (self.batch_kib - 1):
             raise ConfigError(f"balloon.batch_kib: {self.batch_kib} must be a power of two "
                               "(4 to 1024)")
         if self.guest_mib * 1024 // self.batch_kib > 1 << 22:
             raise ConfigError(f"balloon.batch_kib: {self.batch_kib} KiB batches cut "
                               f"{self.guest_mib} MiB into more than 4 Mi units; raise it")
-        check_range("balloon.balloon_fraction", self.balloon_fraction, 0.0, 0.95)
-        check_range("balloon.inflate_batches_per_tick", self.inflate_batches_per_tick, 1, 4096)
-        check_range("balloon.deflate_batches_per_tick", self.deflate_batches_per_tick, 1, 4096)
         if self.report_kib not in (2048, 4096):
             raise ConfigError(f"balloon.report_kib: {self.report_kib} is not 2048 or 4096 "
                               "(order-9 or order-10 blocks)")
-        check_range("balloon.report_fraction", self.report_fraction, 0.0, 0.95)
-        check_range("balloon.report_chunks_per_tick", self.report_chunks_per_tick, 1, 1024)
-        check_range("balloon.hold_ticks", self.hold_ticks, 0, 10**7)
-        check_range("balloon.idle_ticks", self.idle_ticks, 0, 10**7)
-        check_range("balloon.cycles", self.cycles, 0, 10**6)
 
 
 class Balloon(Workload):
@@ -188,9 +171,7 @@ class Balloon(Workload):
 
     def start(self) -> None:
         c = self.config
-        self.proc = self.spawn(cpus=c.vcpus)
-        self.size = c.guest_mib * MiB
-        self.proc.mm.mmap(BASE, self.size)
+        self.proc, self.size = start_guest(self, c.guest_mib, c.vcpus)
         self.unit = c.batch_kib * KiB
         self.state = np.zeros(self.size // self.unit, dtype=np.int8)
         self.per_chunk = c.report_kib * KiB // self.unit

@@ -33,6 +33,23 @@ class Simulation(Protocol):
 BASE = 16 << 40
 
 
+def pick(rng: np.random.Generator, ok: np.ndarray, k: int) -> np.ndarray:
+    """Up to ``k`` distinct random indices where the boolean array ``ok`` is
+    true, sorted.  Rejection sampling first (O(k) when candidates are common),
+    a full scan only when it falls short."""
+    n = len(ok)
+    if k <= 0 or n == 0:
+        return np.empty(0, dtype=np.int64)
+    draws = rng.integers(0, n, size=4 * k + 8)
+    hits = draws[ok[draws]]
+    _, first = np.unique(hits, return_index=True)
+    hits = hits[np.sort(first)][:k]
+    if len(hits) < k:
+        cand = np.flatnonzero(ok)
+        hits = rng.choice(cand, size=min(k, len(cand)), replace=False) if len(cand) else hits[:0]
+    return np.sort(hits.astype(np.int64))
+
+
 class Workload:
     """Base class of a workload family.
 

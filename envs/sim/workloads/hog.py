@@ -45,12 +45,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from ..config import ConfigError, check_range
+from ..config import ConfigError, check_ranges, ranged
 from ..pagetable import PTE_SHIFT, PTE_SPAN, TASK_SIZE
+from ..units import GiB, KiB
 from .base import BASE, Workload
-
-KiB = 1 << 10
-GiB = 1 << 30
 
 HogVariant = Literal["write", "zeropage", "retouch"]
 
@@ -64,36 +62,32 @@ class HogConfig:
     variant: HogVariant = "write"
     #: The MAP_NORESERVE mapping: 256 GiB is 131072 PTE tables (512 MiB of page
     #: tables, more than the default machine's whole normal zone).
-    size_gib: int = 256
+    size_gib: int = ranged(256, 1, (TASK_SIZE - BASE) // GiB)
     #: Mean new PTE tables per tick: 64 a tick (640/s at 100 ms ticks) fill the
     #: ~150 MiB the default machine's tenants leave free in about 600 ticks,
     #: less during a tenant burst.
-    tables_per_tick: int = 64
+    tables_per_tick: int = ranged(64, 1, 65536)
     #: Distance between two accesses: 2048 (one per PTE table) by default;
     #: 1048576 (1 GiB) also costs a PMD table per access; smaller strides must
     #: divide 2 MiB (several accesses per table, more RSS for ``write``).
-    stride_kib: int = 2048
+    stride_kib: int = ranged(2048, 4, 1 << 20)
     #: ``retouch``: most missing tables it re-reads per tick (twice its growth
     #: rate: a reclaim of 4096 tables is undone in 32 ticks).
-    retouch_per_tick: int = 128
+    retouch_per_tick: int = ranged(128, 1, 1 << 20)
     #: ``retouch``: most tables it probes per tick while looking for missing ones.
-    retouch_scan_per_tick: int = 1024
+    retouch_scan_per_tick: int = ranged(1024, 1, 1 << 22)
 
     def __post_init__(self) -> None:
         if self.variant not in ("write", "zeropage", "retouch"):
             raise ConfigError(f"hog.variant: {self.variant!r} is not one of 'write', "
                               "'zeropage', 'retouch'")
-        check_range("hog.size_gib", self.size_gib, 1, (TASK_SIZE - BASE) // GiB)
-        check_range("hog.tables_per_tick", self.tables_per_tick, 1, 65536)
-        check_range("hog.stride_kib", self.stride_kib, 4, 1 << 20)
+        check_ranges(self, "hog.")
         if self.stride_kib % 4 or (self.stride_kib < 2048 and 2048 % self.stride_kib):
             raise ConfigError(f"hog.stride_kib: {self.stride_kib} must be a multiple of 4 "
                               "that divides 2048, or at least 2048")
         if self.stride_kib * KiB > self.size_gib * GiB:
             raise ConfigError(f"hog.stride_kib: {self.stride_kib} KiB is larger than the "
                               f"mapping (hog.size_gib = {self.size_gib})")
-        check_range("hog.retouch_per_tick", self.retouch_per_tick, 1, 1 << 20)
-        check_range("hog.retouch_scan_per_tick", self.retouch_scan_per_tick, 1, 1 << 22)
 
 
 class Hog(Workload):

@@ -36,13 +36,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..config import check_range
+from ..config import check_ranges, ranged
 from ..pagetable import PAGE, PTE_SHIFT, PTE_SPAN, AddressSpace
-from .balloon import discard_small
+from ..units import KiB, MiB
+from .balloon import discard_small, start_guest
 from .base import BASE, Workload
-
-MiB = 1 << 20
-KiB = 1 << 10
 
 
 @dataclass(frozen=True)
@@ -50,34 +48,26 @@ class KdumpConfig:
     """Parameters of the dumped guest (sizes in MiB/KiB, rates per tick)."""
 
     #: Guest RAM: an overcommitted 8 GiB guest on the 4 GiB host.
-    guest_mib: int = 8192
+    guest_mib: int = ranged(8192, 64, 1 << 20)
     #: vCPU threads of the VMM process.
-    vcpus: int = 2
+    vcpus: int = ranged(2, 1, 1024)
     #: Share of guest RAM the guest wrote before the balloon inflated.
-    written_fraction: float = 0.8
+    written_fraction: float = ranged(0.8, 0.0, 1.0)
     #: Share of the written 2 MiB slots the guest still holds (not ballooned).
-    resident_fraction: float = 0.1
+    resident_fraction: float = ranged(0.1, 0.0, 1.0)
     #: Share of the ballooned slots that keep ``keep_kib`` of guest data.
-    mixed_fraction: float = 0.1
+    mixed_fraction: float = ranged(0.1, 0.0, 1.0)
     #: Guest data left in a mixed slot.
-    keep_kib: int = 64
+    keep_kib: int = ranged(64, 4, 2044)
     #: Guest RAM written and ballooned per warm-up tick (32 tables).
-    warmup_mib_per_tick: int = 64
+    warmup_mib_per_tick: int = ranged(64, 2, 1 << 16)
     #: Ticks between the end of the warm-up and the dump.
-    dump_delay_ticks: int = 20
+    dump_delay_ticks: int = ranged(20, 0, 10**7)
     #: Dump read rate: 128 MiB per 100 ms tick (1.3 GB/s, 64 tables a tick).
-    dump_mib_per_tick: int = 128
+    dump_mib_per_tick: int = ranged(128, 2, 1 << 16)
 
     def __post_init__(self) -> None:
-        check_range("kdump.guest_mib", self.guest_mib, 64, 1 << 20)
-        check_range("kdump.vcpus", self.vcpus, 1, 1024)
-        check_range("kdump.written_fraction", self.written_fraction, 0.0, 1.0)
-        check_range("kdump.resident_fraction", self.resident_fraction, 0.0, 1.0)
-        check_range("kdump.mixed_fraction", self.mixed_fraction, 0.0, 1.0)
-        check_range("kdump.keep_kib", self.keep_kib, 4, 2044)
-        check_range("kdump.warmup_mib_per_tick", self.warmup_mib_per_tick, 2, 1 << 16)
-        check_range("kdump.dump_delay_ticks", self.dump_delay_ticks, 0, 10**7)
-        check_range("kdump.dump_mib_per_tick", self.dump_mib_per_tick, 2, 1 << 16)
+        check_ranges(self, "kdump.")
 
 
 class Kdump(Workload):
@@ -97,9 +87,7 @@ class Kdump(Workload):
 
     def start(self) -> None:
         c = self.config
-        self.proc = self.spawn(cpus=c.vcpus)
-        self.size = c.guest_mib * MiB
-        self.proc.mm.mmap(BASE, self.size)
+        self.proc, self.size = start_guest(self, c.guest_mib, c.vcpus)
         self.phase = "warmup"
         self.pos = 0
         self.wait = 0

@@ -60,11 +60,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from ..config import ConfigError, check_range
+from ..config import ConfigError, check_ranges, ranged
 from ..pagetable import PAGE, PTE_SPAN, TASK_SIZE, VM_READ, BackingFile
+from ..units import GiB
 from .base import BASE, Workload
-
-GiB = 1 << 30
 
 PhasedBacking = Literal["file", "zero"]
 
@@ -77,55 +76,45 @@ class PhasedConfig:
     #: never-written anonymous memory: ZERO-class tables).
     backing: PhasedBacking = "file"
     #: The sparse mapping: a 64 GiB index (32768 slots).
-    region_gib: int = 64
+    region_gib: int = ranged(64, 1, (TASK_SIZE - BASE) // GiB)
     #: Working-set slots, one PTE table each: 2048 tables (8 MiB of page tables, one
     #: table per 32 MiB of the default index), about what one reader of the
     #: shared_file family reaches in a minute.
-    tables: int = 2048
+    tables: int = ranged(2048, 1, 1 << 22)
     #: Pages read in each working-set slot (a B-tree path, a chunk header and its data).
-    pages_per_slot: int = 2
+    pages_per_slot: int = ranged(2, 1, 512)
     #: Slots read per tick while loading: 256 (the whole default set in 8 ticks).
-    load_tables_per_tick: int = 256
+    load_tables_per_tick: int = ranged(256, 1, 1 << 20)
     #: Mean ticks of a cold phase: 200 (20 s at 100 ms ticks; see the module's note on
     #: compressed time).
-    cold_ticks: int = 200
+    cold_ticks: int = ranged(200, 1, 10**7)
     #: A cold phase lasts ``cold_ticks`` times U(1 - spread, 1 + spread): timers drift,
     #: and load that follows the day is quasi-periodic, not a metronome.
-    cold_spread: float = 0.25
+    cold_spread: float = ranged(0.25, 0.0, 0.9)
     #: Ticks of a hot phase: 60 (6 s).
-    hot_ticks: int = 60
+    hot_ticks: int = ranged(60, 1, 10**7)
     #: Share of the working set a hot phase re-reads (today's segments, the queried
     #: part of the index).
-    hot_fraction: float = 0.5
+    hot_fraction: float = ranged(0.5, 0.0, 1.0, lo_open=True)
     #: Slots re-read per hot tick: 128 sweep the default hot window (1024 slots) in
     #: 8 ticks, so every hot table is touched about once a second.
-    hot_tables_per_tick: int = 128
+    hot_tables_per_tick: int = ranged(128, 1, 1 << 20)
     #: Consecutive slots a background probe reads per cold tick (0: none).
-    cold_tables_per_tick: int = 0
+    cold_tables_per_tick: int = ranged(0, 0, 1 << 20)
     #: Threads of the process (TLB-flush IPIs on reclaim).
-    threads: int = 4
+    threads: int = ranged(4, 1, 1024)
 
     def __post_init__(self) -> None:
         if self.backing not in ("file", "zero"):
             raise ConfigError(f"phased.backing: {self.backing!r} is not one of 'file', 'zero'")
-        check_range("phased.region_gib", self.region_gib, 1, (TASK_SIZE - BASE) // GiB)
-        check_range("phased.tables", self.tables, 1, 1 << 22)
+        check_ranges(self, "phased.")
         if self.tables * PTE_SPAN > self.region_gib * GiB:
             raise ConfigError(f"phased.tables: {self.tables} slots of 2 MiB do not fit in "
                               f"phased.region_gib = {self.region_gib}; lower tables or "
                               "raise region_gib")
-        check_range("phased.pages_per_slot", self.pages_per_slot, 1, 512)
         if 512 % self.pages_per_slot:
             raise ConfigError(f"phased.pages_per_slot: {self.pages_per_slot} must divide 512 "
                               "(an even stride inside each 2 MiB slot)")
-        check_range("phased.load_tables_per_tick", self.load_tables_per_tick, 1, 1 << 20)
-        check_range("phased.cold_ticks", self.cold_ticks, 1, 10**7)
-        check_range("phased.cold_spread", self.cold_spread, 0.0, 0.9)
-        check_range("phased.hot_ticks", self.hot_ticks, 1, 10**7)
-        check_range("phased.hot_fraction", self.hot_fraction, 0.0, 1.0, lo_open=True)
-        check_range("phased.hot_tables_per_tick", self.hot_tables_per_tick, 1, 1 << 20)
-        check_range("phased.cold_tables_per_tick", self.cold_tables_per_tick, 0, 1 << 20)
-        check_range("phased.threads", self.threads, 1, 1024)
 
 
 class Phased(Workload):

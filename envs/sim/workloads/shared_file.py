@@ -44,13 +44,11 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..config import ConfigError, check_range
+from ..config import ConfigError, check_ranges, ranged
 from ..pagetable import PAGE, PTE_SPAN, TASK_SIZE, BackingFile
 from ..process import Process
+from ..units import GiB, MiB
 from .base import BASE, Workload
-
-MiB = 1 << 20
-GiB = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -58,42 +56,35 @@ class SharedFileConfig:
     """Parameters of one shared sparse file and its reader processes."""
 
     #: Size of the sparse file (64 GiB: 32768 PTE slots per full mapping).
-    file_gib: int = 64
+    file_gib: int = ranged(64, 1, (TASK_SIZE - BASE) // GiB)
     #: Processes that map the whole file MAP_SHARED.
-    readers: int = 4
+    readers: int = ranged(4, 1, 256)
     #: Requests per reader per tick.
-    regions_per_tick: int = 1
+    regions_per_tick: int = ranged(1, 1, 64)
     #: Bytes of the file one request touches (32 MiB = 16 slots): 4 readers x
     #: 16 slots = 64 new tables a tick while coverage is low; about 18k tables
     #: (72 MiB) after 300 ticks.
-    region_mib: int = 32
+    region_mib: int = ranged(32, 2, 4096)
     #: Pages read in each 2 MiB slot of a request (a B-tree path, a chunk header).
-    pages_per_slot: int = 4
+    pages_per_slot: int = ranged(4, 1, 512)
     #: Share of requests that write (dirty shared page cache; still FILE class).
-    write_fraction: float = 0.1
+    write_fraction: float = ranged(0.1, 0.0, 1.0)
     #: Chance per tick that the database punches a hole of one region.
-    punch_prob: float = 0.01
+    punch_prob: float = ranged(0.01, 0.0, 1.0)
     #: Chance per reader and tick that it exits and a fresh fork replaces it.
-    restart_prob: float = 0.002
+    restart_prob: float = ranged(0.002, 0.0, 0.5)
 
     def __post_init__(self) -> None:
-        check_range("shared_file.file_gib", self.file_gib, 1, (TASK_SIZE - BASE) // GiB)
-        check_range("shared_file.readers", self.readers, 1, 256)
-        check_range("shared_file.regions_per_tick", self.regions_per_tick, 1, 64)
-        check_range("shared_file.region_mib", self.region_mib, 2, 4096)
+        check_ranges(self, "shared_file.")
         if self.region_mib % 2:
             raise ConfigError(f"shared_file.region_mib: {self.region_mib} must be even "
                               "(whole 2 MiB slots)")
         if self.region_mib > self.file_gib * 1024:
             raise ConfigError(f"shared_file.region_mib: {self.region_mib} MiB is larger "
                               f"than the file (shared_file.file_gib = {self.file_gib})")
-        check_range("shared_file.pages_per_slot", self.pages_per_slot, 1, 512)
         if 512 % self.pages_per_slot:
             raise ConfigError(f"shared_file.pages_per_slot: {self.pages_per_slot} must "
                               "divide 512 (an even stride inside each 2 MiB slot)")
-        check_range("shared_file.write_fraction", self.write_fraction, 0.0, 1.0)
-        check_range("shared_file.punch_prob", self.punch_prob, 0.0, 1.0)
-        check_range("shared_file.restart_prob", self.restart_prob, 0.0, 0.5)
 
 
 class SharedFile(Workload):

@@ -44,13 +44,11 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..config import check_range
+from ..config import check_ranges, ranged
 from ..pagetable import PAGE, PTE_SHIFT, PTE_SPAN, AddressSpace
-from .balloon import index_runs
+from ..units import KiB, MiB
+from .balloon import index_runs, start_guest
 from .base import BASE, Workload
-
-MiB = 1 << 20
-KiB = 1 << 10
 
 
 @dataclass(frozen=True)
@@ -58,38 +56,29 @@ class UffdConfig:
     """Parameters of one migration destination (sizes in MiB/KiB, rates per tick)."""
 
     #: Guest RAM, one private anonymous mapping.
-    guest_mib: int = 2048
+    guest_mib: int = ranged(2048, 64, 1 << 20)
     #: vCPU threads of the VMM process.
-    vcpus: int = 4
+    vcpus: int = ranged(4, 1, 1024)
     #: Share of guest RAM (from the bottom) sent by precopy before the switch.
-    precopy_fraction: float = 0.5
+    precopy_fraction: float = ranged(0.5, 0.0, 1.0)
     #: Share of the precopied 2 MiB slots re-dirtied on the source before the switch.
-    dirty_fraction: float = 0.2
+    dirty_fraction: float = ranged(0.2, 0.0, 1.0)
     #: Dirty run per dirtied slot, discarded at the switch (below 2048: tables stay).
-    dirty_kib: int = 256
+    dirty_kib: int = ranged(256, 4, 2044)
     #: Share of guest RAM that is zero on the source.
-    zero_fraction: float = 0.4
+    zero_fraction: float = ranged(0.4, 0.0, 1.0)
     #: Mean length of a zero region (zero and data alternate in runs).
-    zero_run_mib: int = 64
+    zero_run_mib: int = ranged(64, 2, 1 << 20)
     #: Migration stream: QEMU's default max-bandwidth, 128 MiB/s, is 12.8 MiB per
     #: 100 ms tick; rounded up to whole 2 MiB slots.
-    stream_mib_per_tick: int = 16
+    stream_mib_per_tick: int = ranged(16, 2, 1 << 16)
     #: Guest page faults during postcopy, each a single 4 KiB page placed on demand.
-    faults_per_tick: int = 16
+    faults_per_tick: int = ranged(16, 0, 4096)
     #: Dirtied slots discarded per tick at the switch.
-    discard_slots_per_tick: int = 64
+    discard_slots_per_tick: int = ranged(64, 1, 1 << 16)
 
     def __post_init__(self) -> None:
-        check_range("uffd.guest_mib", self.guest_mib, 64, 1 << 20)
-        check_range("uffd.vcpus", self.vcpus, 1, 1024)
-        check_range("uffd.precopy_fraction", self.precopy_fraction, 0.0, 1.0)
-        check_range("uffd.dirty_fraction", self.dirty_fraction, 0.0, 1.0)
-        check_range("uffd.dirty_kib", self.dirty_kib, 4, 2044)
-        check_range("uffd.zero_fraction", self.zero_fraction, 0.0, 1.0)
-        check_range("uffd.zero_run_mib", self.zero_run_mib, 2, 1 << 20)
-        check_range("uffd.stream_mib_per_tick", self.stream_mib_per_tick, 2, 1 << 16)
-        check_range("uffd.faults_per_tick", self.faults_per_tick, 0, 4096)
-        check_range("uffd.discard_slots_per_tick", self.discard_slots_per_tick, 1, 1 << 16)
+        check_ranges(self, "uffd.")
 
 
 class UffdMigration(Workload):
@@ -110,9 +99,7 @@ class UffdMigration(Workload):
 
     def start(self) -> None:
         c = self.config
-        self.proc = self.spawn(cpus=c.vcpus)
-        self.size = c.guest_mib * MiB
-        self.proc.mm.mmap(BASE, self.size)
+        self.proc, self.size = start_guest(self, c.guest_mib, c.vcpus)
         self.n_slots = (self.size + PTE_SPAN - 1) >> PTE_SHIFT
         self.zero = self._zero_runs()
         self.precopy_end = round(c.precopy_fraction * self.n_slots)

@@ -43,12 +43,11 @@ from typing import ClassVar, Literal
 
 import numpy as np
 
-from ..config import ConfigError, check_range
+from ..config import ConfigError, check_range, check_ranges, ranged
 from ..pagetable import PAGE, PMD_SPAN, AddressSpace, BackingFile
+from ..units import MiB
 from .balloon import index_runs
 from .base import BASE, Workload
-
-MiB = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -58,9 +57,9 @@ class VirtioMemConfig:
     #: Size of the device region (the most that can be plugged).
     region_mib: int = 4096
     #: Device block size: a power of two, 2 to 128 MiB (QEMU default: THP size).
-    block_mib: int = 2
+    block_mib: int = ranged(2, 2, 128)
     #: Ordinary (boot) guest RAM, private anonymous, written at start.
-    boot_mib: int = 512
+    boot_mib: int = ranged(512, 0, 1 << 20)
     #: Backing of the device region: private ``anon``, shared anonymous
     #: ``shmem`` (discarded with MADV_REMOVE) or a shared ``file`` (punched).
     backing: Literal["anon", "shmem", "file"] = "anon"
@@ -73,36 +72,29 @@ class VirtioMemConfig:
     min_plugged_mib: int = 256
     max_plugged_mib: int = 1024
     #: Ticks between two resize requests of the host.
-    resize_period_ticks: int = 150
+    resize_period_ticks: int = ranged(150, 1, 10**7)
     #: Plug/unplug speed (32 blocks of 2 MiB a tick).
-    rate_mib_per_tick: int = 64
+    rate_mib_per_tick: int = ranged(64, 1, 1 << 16)
     #: How fast the guest writes newly plugged memory.
-    touch_mib_per_tick: int = 64
+    touch_mib_per_tick: int = ranged(64, 1, 1 << 16)
     #: Chance that the guest cannot unplug a given block right now (busy pages).
-    unplug_busy_prob: float = 0.1
+    unplug_busy_prob: float = ranged(0.1, 0.0, 0.95)
     #: Boot RAM written per tick at start.
-    boot_fill_mib_per_tick: int = 128
+    boot_fill_mib_per_tick: int = ranged(128, 2, 1 << 16)
     #: vCPU threads of the VMM process.
-    vcpus: int = 4
+    vcpus: int = ranged(4, 1, 1024)
 
     def __post_init__(self) -> None:
-        check_range("virtio_mem.block_mib", self.block_mib, 2, 128)
+        check_ranges(self, "virtio_mem.")
         if self.block_mib & (self.block_mib - 1):
             raise ConfigError(f"virtio_mem.block_mib: {self.block_mib} must be a power of two "
                               "(2 to 128)")
         check_range("virtio_mem.region_mib", self.region_mib, self.block_mib, 1 << 20)
-        check_range("virtio_mem.boot_mib", self.boot_mib, 0, 1 << 20)
         check_range("virtio_mem.min_plugged_mib", self.min_plugged_mib, 0, self.region_mib)
         check_range("virtio_mem.max_plugged_mib", self.max_plugged_mib, self.min_plugged_mib,
                     self.region_mib)
         check_range("virtio_mem.initial_plugged_mib", self.initial_plugged_mib, 0,
                     self.region_mib)
-        check_range("virtio_mem.resize_period_ticks", self.resize_period_ticks, 1, 10**7)
-        check_range("virtio_mem.rate_mib_per_tick", self.rate_mib_per_tick, 1, 1 << 16)
-        check_range("virtio_mem.touch_mib_per_tick", self.touch_mib_per_tick, 1, 1 << 16)
-        check_range("virtio_mem.unplug_busy_prob", self.unplug_busy_prob, 0.0, 0.95)
-        check_range("virtio_mem.boot_fill_mib_per_tick", self.boot_fill_mib_per_tick, 2, 1 << 16)
-        check_range("virtio_mem.vcpus", self.vcpus, 1, 1024)
 
 
 class VirtioMem(Workload):

@@ -73,11 +73,10 @@ from __future__ import annotations
 from typing import ClassVar
 
 from ...pagetable import PAGE
+from ...units import MiB
 from ..base import Workload
-from .config import AllocatorConfig, MiB
+from .config import AllocatorConfig
 from .config import AllocVariant as AllocVariant
-from .config import GiB as GiB
-from .config import KiB as KiB
 from .engine import Budget, _Engine
 from .glibc import _Glibc
 from .jemalloc import _Jemalloc

@@ -5,13 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from ...config import ConfigError, check_range
+from ...config import ConfigError, check_ranges, ranged
 from ...pagetable import TASK_SIZE
+from ...units import GiB, MiB
 from ..base import BASE
-
-KiB = 1 << 10
-MiB = 1 << 20
-GiB = 1 << 30
 
 AllocVariant = Literal["jemalloc", "glibc", "v8", "jvm"]
 _VARIANTS = ("jemalloc", "glibc", "v8", "jvm")
@@ -25,80 +22,62 @@ class AllocatorConfig:
     variant: AllocVariant = "jemalloc"
     #: Live heap at the end of ``fill`` (1 GiB: about the measured redis, 621
     #: tables; ~2 tables per 256 KiB page for ``v8``: ~8k tables).
-    heap_mib: int = 1024
+    heap_mib: int = ranged(1024, 8, 1 << 20)
     #: Phase lengths in ticks (100 ms each).
-    fill_ticks: int = 100
-    churn_ticks: int = 300
-    free_ticks: int = 100
-    idle_ticks: int = 100
+    fill_ticks: int = ranged(100, 1, 10**7)
+    churn_ticks: int = ranged(300, 0, 10**7)
+    free_ticks: int = ranged(100, 1, 10**7)
+    idle_ticks: int = ranged(100, 0, 10**7)
     #: Cycles to run (0: forever); after the last one the process idles.
-    cycles: int = 0
+    cycles: int = ranged(0, 0, 10**6)
     #: Share of the live heap freed and allocated again per ``churn`` tick.
-    churn_fraction: float = 0.01
+    churn_fraction: float = ranged(0.01, 0.0, 0.5)
     #: Share of the live heap that survives ``free`` (redis flush: RSS -98 %).
-    keep_fraction: float = 0.02
+    keep_fraction: float = ranged(0.02, 0.0, 1.0)
     #: Unit of frees: with 96 KiB and 2 % kept, 65 % of full slots keep no
     #: unit, as 405 of 621 tables were empty in the measurement.
-    extent_kib: int = 96
+    extent_kib: int = ranged(96, 4, 2048)
     #: Most new PTE tables the process makes per tick (64 = 128 MiB of dense heap).
-    tables_per_tick: int = 64
+    tables_per_tick: int = ranged(64, 4, 65536)
     #: Most mmap/munmap/mprotect/madvise/touch calls per tick.
-    calls_per_tick: int = 32
+    calls_per_tick: int = ranged(32, 4, 65536)
     #: Threads: a TLB flush of its mm sends IPIs to the other CPUs.
-    threads: int = 4
+    threads: int = ranged(4, 1, 4096)
     #: jemalloc: ticks a freed page stays dirty before it is purged (dirty_decay_ms 10 s).
-    decay_ticks: int = 100
+    decay_ticks: int = ranged(100, 0, 10**6)
     #: glibc: arenas (the main brk arena plus thread arenas).
-    arenas: int = 4
+    arenas: int = ranged(4, 1, 1024)
     #: glibc: ticks between malloc_trim(0) calls (0: never; only tops are trimmed).
-    trim_every: int = 50
+    trim_every: int = ranged(50, 0, 10**7)
     #: v8: heap page size (V8's regular pages are 256 KiB).
-    page_kib: int = 256
+    page_kib: int = ranged(256, 4, 2048)
     #: v8: range of the random mmap hints (64 TiB = 46 bits; 4 = a 4 GiB cage).
-    spread_gib: int = 65536
+    spread_gib: int = ranged(65536, 1, (TASK_SIZE - BASE) // GiB)
     #: jvm: how free regions are uncommitted.
     uncommit: Literal["remap", "dontneed"] = "remap"
     #: jvm: InitialHeapSize, the committed floor (RAM/64 on the 4 GiB machine;
     #: at most the heap).
-    initial_mib: int = 64
+    initial_mib: int = ranged(64, 0, 1 << 20)
     #: jvm: MaxHeapFreeRatio; the heap shrinks until at most this share is free.
-    max_free_ratio: float = 0.7
+    max_free_ratio: float = ranged(0.7, 0.0, 0.95)
 
     def __post_init__(self) -> None:
         if self.variant not in _VARIANTS:
             raise ConfigError(f"allocator.variant: {self.variant!r} is not one of "
                               + ", ".join(map(repr, _VARIANTS)))
-        check_range("allocator.heap_mib", self.heap_mib, 8, 1 << 20)
-        check_range("allocator.fill_ticks", self.fill_ticks, 1, 10**7)
-        check_range("allocator.churn_ticks", self.churn_ticks, 0, 10**7)
-        check_range("allocator.free_ticks", self.free_ticks, 1, 10**7)
-        check_range("allocator.idle_ticks", self.idle_ticks, 0, 10**7)
-        check_range("allocator.cycles", self.cycles, 0, 10**6)
-        check_range("allocator.churn_fraction", self.churn_fraction, 0.0, 0.5)
-        check_range("allocator.keep_fraction", self.keep_fraction, 0.0, 1.0)
-        check_range("allocator.extent_kib", self.extent_kib, 4, 2048)
+        check_ranges(self, "allocator.")
         if self.extent_kib % 4:
             raise ConfigError(f"allocator.extent_kib: {self.extent_kib} is not a whole "
                               "number of 4 KiB pages")
-        check_range("allocator.tables_per_tick", self.tables_per_tick, 4, 65536)
-        check_range("allocator.calls_per_tick", self.calls_per_tick, 4, 65536)
-        check_range("allocator.threads", self.threads, 1, 4096)
-        check_range("allocator.decay_ticks", self.decay_ticks, 0, 10**6)
-        check_range("allocator.arenas", self.arenas, 1, 1024)
-        check_range("allocator.trim_every", self.trim_every, 0, 10**7)
-        check_range("allocator.page_kib", self.page_kib, 4, 2048)
         if self.page_kib & (self.page_kib - 1):
             raise ConfigError(f"allocator.page_kib: {self.page_kib} is not a power of two "
                               "(4 to 2048)")
-        check_range("allocator.spread_gib", self.spread_gib, 1, (TASK_SIZE - BASE) // GiB)
         if self.spread_gib * GiB < 2 * self.heap_mib * MiB:
             raise ConfigError(f"allocator.spread_gib: {self.spread_gib} GiB is too small "
                               f"for a {self.heap_mib} MiB heap (needs twice the heap)")
         if self.uncommit not in ("remap", "dontneed"):
             raise ConfigError(f"allocator.uncommit: {self.uncommit!r} is not one of "
                               "'remap', 'dontneed'")
-        check_range("allocator.initial_mib", self.initial_mib, 0, 1 << 20)
-        check_range("allocator.max_free_ratio", self.max_free_ratio, 0.0, 0.95)
         # A slot-heap must fit in the address space above BASE with room to spare.
         if 8 * self.heap_mib * MiB > TASK_SIZE - BASE:
             raise ConfigError(f"allocator.heap_mib: {self.heap_mib} does not fit the "

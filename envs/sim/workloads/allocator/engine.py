@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from ...pagetable import ENTRIES, PAGE, PTE_SHIFT
-from ..base import BASE
+from ..base import BASE, pick
 from .config import AllocatorConfig
 
 if TYPE_CHECKING:
@@ -49,24 +49,6 @@ def _sample(rng: np.random.Generator, n: int, k: int) -> list[int]:
         if len(picked) == k:
             return [int(i) for i in picked]
     return [int(i) for i in rng.permutation(n)[:k]]
-
-
-def _pick(rng: np.random.Generator, ok: np.ndarray, k: int) -> list[int]:
-    """Up to ``k`` distinct random indices where ``ok`` is true (rejection
-    sampling first, a full scan only when candidates are rare)."""
-    n = len(ok)
-    if k <= 0 or n == 0:
-        return []
-    draws = rng.integers(0, n, size=4 * k + 8)
-    hits = draws[ok[draws]]
-    _, first = np.unique(hits, return_index=True)
-    chosen = hits[np.sort(first)][:k]
-    if len(chosen) < k:
-        cand = np.flatnonzero(ok)
-        if len(cand) == 0:
-            return []
-        chosen = rng.choice(cand, size=min(k, len(cand)), replace=False)
-    return sorted(int(i) for i in chosen)
 
 
 class _Host(Protocol):
@@ -195,7 +177,7 @@ class _SlotEngine(_Engine):
         returns the slots that lost pages."""
         live = self.live_a
         m = max(1, b.calls // 4)
-        slots = _pick(self.rng, live[lo:hi] > 0, m)
+        slots = pick(self.rng, live[lo:hi] > 0, m).tolist()
         if not slots:
             return []
         per = -(-pages // len(slots))

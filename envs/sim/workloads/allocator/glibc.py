@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...pagetable import ENTRIES, PAGE, PTE_SHIFT, PTE_SPAN, VM_READ, VM_WRITE
+from ...units import MiB
 from ..base import BASE
-from .config import MiB
 from .engine import Budget, _Host, _SlotEngine
 
 _RW = VM_READ | VM_WRITE

@@ -7,8 +7,8 @@ from collections import deque
 import numpy as np
 
 from ...pagetable import ENTRIES, PAGE, PTE_SPAN
+from ...units import MiB
 from ..base import BASE
-from .config import MiB
 from .engine import Budget, _Host, _SlotEngine
 
 

@@ -7,9 +7,9 @@ import math
 import numpy as np
 
 from ...pagetable import PAGE, PTE_SHIFT, PTE_SPAN
-from ..base import BASE
-from .config import MiB
-from .engine import Budget, _Engine, _Host, _pick, _runs
+from ...units import MiB
+from ..base import BASE, pick
+from .engine import Budget, _Engine, _Host, _runs
 
 
 class _Jvm(_Engine):
@@ -77,7 +77,7 @@ class _Jvm(_Engine):
     def free_some(self, pages: int, b: Budget) -> None:
         """A young GC: some regions are evacuated and become free (still resident)."""
         k = -(-pages // self.rp)
-        for r in _pick(self.rng, self.used, k):
+        for r in pick(self.rng, self.used, k).tolist():
             self.used[r] = False
 
     def flush(self, keep: float) -> None:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from ...pagetable import PAGE
+from ...units import GiB, KiB
 from ..base import BASE
-from .config import GiB, KiB
 from .engine import Budget, _Engine, _Host, _sample
 
 

@@ -135,7 +135,7 @@ from typing import ClassVar, Literal
 
 import numpy as np
 
-from ...config import ConfigError, check_range
+from ...config import ConfigError, check_ranges, ranged
 from ..base import Workload
 from .fidelity import FidelityReport, replay
 from .library import resolve_trace, shipped_traces
@@ -156,14 +156,17 @@ __all__ = ["UNWRITTEN_TAIL", "FidelityReport", "TraceConfig", "TracePlayer", "Tr
 class TraceConfig:
     """Parameters of one trace replay."""
 
-    trace: str = "redis_jemalloc"  # a shipped trace name, or a path to a .npz trace
-    speed: float = 1.0  # trace milliseconds per simulated millisecond
-    offset_s: float = 0.0  # skip this much of the trace's start
-    end: Literal["exit", "idle", "loop"] = "exit"  # at the trace's end
+    #: A shipped trace name, or a path to a .npz trace.
+    trace: str = "redis_jemalloc"
+    #: Trace milliseconds per simulated millisecond.
+    speed: float = ranged(1.0, 0.0, 1000.0, lo_open=True)
+    #: Skip this much of the trace's start.
+    offset_s: float = ranged(0.0, 0.0, 1e6)
+    #: What the replayed process does at the trace's end.
+    end: Literal["exit", "idle", "loop"] = "exit"
 
     def __post_init__(self) -> None:
-        check_range("trace.speed", self.speed, 0.0, 1000.0, lo_open=True)
-        check_range("trace.offset_s", self.offset_s, 0.0, 1e6)
+        check_ranges(self, "trace.")
         trace = resolve_trace(self.trace)
         if self.offset_s * 1000.0 >= trace.duration_ms:
             raise ConfigError(f"trace.offset_s: {self.offset_s} s is past the end of trace "
