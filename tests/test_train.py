@@ -419,3 +419,21 @@ def test_flattened_actions_cover_the_multidiscrete_space() -> None:
     assert len({tuple(r) for r in flat}) == 480
     assert (flat < nvec).all()
     assert list(loading.unflatten_action(np.int64(7), nvec)) == list(flat[7])
+
+
+def test_baselines_in_two_processes_equal_one_and_the_cache(tiny: Path, tmp_path: Path) -> None:
+    from ptreclaim.agents.training.baselines import baseline_results
+
+    scen = [load_scenario(tiny / "tiny.yaml")]
+    names = ["soft_hard", "oracle", "none"]
+    one = baseline_results(names, scen, 2, 1000, ENV_CONFIG, None, jobs=1)
+    ticks: list[int] = []
+    two = baseline_results(names, scen, 2, 1000, ENV_CONFIG, tmp_path, lambda: ticks.append(1),
+                           jobs=2)
+    assert two == one and len(ticks) == len(one) == 6
+    assert [r.policy for r in one] == ["soft_hard"] * 2 + ["oracle"] * 2 + ["none"] * 2
+    assert len(list(tmp_path.glob("*.json"))) == 3
+    # Cached: nothing runs again, the same results come back.
+    again = baseline_results(names, scen, 2, 1000, ENV_CONFIG, tmp_path, lambda: ticks.append(1),
+                             jobs=2)
+    assert again == one and len(ticks) == 6

@@ -338,9 +338,40 @@ def test_agent_tuning_reports_to_the_pruner(files: dict[str, Path], tmp_path: Pa
         assert 64 in t.intermediate_values  # the callback's first report
         assert len(t.user_attrs["seed_costs"]) == 3
     assert study.trials[0].user_attrs["default"] is True
-    hp = yaml.safe_load((out / "best_hyperparams.yaml").read_text())["default"]
+    # Trial 0 is the shipped config, reward clip included; every trial records its clip
+    # and the best one's reaches the command that trains with it.
+    assert study.trials[0].params["reward_clip"] == 10.0
+    for t in study.trials:
+        assert t.user_attrs["normalize"]["clip_reward"] == t.params["reward_clip"]
+    text = (out / "best_hyperparams.yaml").read_text()
+    best = study.best_trial.params["reward_clip"]
+    assert f"--set normalize.clip_reward={best:g}" in text
+    hp = yaml.safe_load(text)["default"]
+    assert "reward_clip" not in hp
     validate_hyperparams("ppo", hp, "best_hyperparams.yaml")
     assert (out / "history.png").is_file() and (out / "report.md").is_file()
+
+
+def test_the_reward_clip_is_searched_and_reaches_vecnormalize(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from ptreclaim.agents.tune import objectives
+
+    exp, _ = load_experiment(None, [("--algo", "algo=ppo")])
+    base = load_hyperparams(exp)
+    assert spaces.default_agent("ppo", base, 1000.0)["reward_clip"] == 1000.0
+    assert spaces.default_agent("ppo", base, 5.0) is None  # outside the space: no trial 0
+    seen: list[float] = []
+
+    def fake_train(self: Any, trial: Any, hp: Any, experiment: Any, t0: float) -> Any:
+        seen.append(experiment.normalize.clip_reward)
+        raise optuna.TrialPruned("test")
+
+    monkeypatch.setattr(objectives.AgentObjective, "_train", fake_train)
+    setup = objectives.AgentSetup("ppo", exp, base, [], None, 64, 16, (0,))  # type: ignore[arg-type]
+    fixed = dict(spaces.default_agent("ppo", base) or {}, reward_clip=1000.0)
+    with pytest.raises(optuna.TrialPruned):
+        objectives.AgentObjective(setup)(optuna.trial.FixedTrial(fixed))
+    assert seen == [1000.0]
 
 
 def test_pruner_stops_an_agent_trial(files: dict[str, Path], tmp_path: Path,

@@ -13,6 +13,7 @@ import dataclasses
 import fcntl
 import hashlib
 import json
+import multiprocessing
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -24,6 +25,7 @@ from ...envs.pagetable_env import EnvConfig, PageTableReclaimEnv
 from ...envs.sim.config import ConfigError, to_dict
 from ...envs.sim.simulator import ScenarioConfig
 from ..heuristics import make_heuristic
+from ..loading import heuristic_spec, oracle_spec
 from ..results import EpisodeResult
 from ..rollout import run_policies
 
@@ -62,47 +64,97 @@ def run_with_ticks(policies: Mapping[str, Any], scenarios: Sequence[ScenarioConf
                         None if tick is None else lambda _done, _total: tick())
 
 
+def run_baselines(names: Sequence[str], scenarios: Sequence[ScenarioConfig], episodes: int,
+                  seed: int, env_config: EnvConfig, tick: Tick | None = None,
+                  jobs: int = 1) -> list[EpisodeResult]:
+    """The baselines ``names`` (built-in heuristics with their defaults, and
+    ``oracle``) on the seeded episodes, in (policy, scenario, episode) order,
+    in ``jobs`` processes (:func:`~ptreclaim.agents.evaluate.evaluate_specs`:
+    the results are the same for any ``jobs``).
+
+    A daemonic process (a seed of a multi-seed run is one) may not start
+    processes: it runs the episodes itself; its sibling seeds split the
+    baselines through the cache's locks instead.
+    """
+    if not names:
+        return []
+    if jobs <= 1 or multiprocessing.current_process().daemon:
+        return run_with_ticks({n: _make_baseline(n) for n in names}, scenarios, episodes,
+                              seed, env_config, tick)
+    from ..evaluate import evaluate_specs
+
+    specs = [oracle_spec() if n == "oracle" else heuristic_spec(n) for n in names]
+    results, _ = evaluate_specs(specs, scenarios, episodes, seed, env_config, jobs=jobs,
+                                progress=None if tick is None else lambda _d, _t: tick(),
+                                timeline_scenario=None)
+    return results
+
+
 def baseline_results(names: Sequence[str], scenarios: Sequence[ScenarioConfig], episodes: int,
                      seed: int, env_config: EnvConfig, cache_dir: Path | None,
-                     tick: Callable[[], None] | None = None) -> list[EpisodeResult]:
-    """The baselines' results on the seeded episodes, in ``names`` order.
+                     tick: Callable[[], None] | None = None, jobs: int = 1
+                     ) -> list[EpisodeResult]:
+    """The baselines' results on the seeded episodes, in ``names`` order,
+    computed in ``jobs`` processes (:func:`run_baselines`).
 
     Each baseline's results are cached (``cache_dir``) under a key of
     everything that decides them (scenarios, env config, seeds, episodes, the
     code's fingerprint), so every seed of an experiment, and every later run
     of the same evaluation, reuses them: the policies are deterministic.  One
-    file lock per baseline lets parallel seeds split the work: each takes the
-    baselines nobody is computing, then waits for the rest.
+    file lock per baseline lets parallel seeds split the work: each takes
+    every baseline nobody is computing (and runs them together, so its
+    ``jobs`` processes share the slow oracle's episodes), then waits for the
+    rest, one at a time.
     """
     if cache_dir is None:
-        return run_with_ticks({n: _make_baseline(n) for n in names}, scenarios, episodes,
-                            seed, env_config, tick)
+        return run_baselines(names, scenarios, episodes, seed, env_config, tick, jobs)
     common = {"scenarios": [to_dict(s) for s in scenarios], "episodes": episodes,
               "seed": seed, "env": to_dict(env_config), "code": _code_fingerprint(),
               "version": __version__}
     cache_dir.mkdir(parents=True, exist_ok=True)
+
+    def place(name: str) -> tuple[Path, Path]:
+        key = hashlib.sha256(json.dumps({**common, "policy": name},
+                                        sort_keys=True).encode()).hexdigest()[:20]
+        return cache_dir / f"{name}-{key}.json", cache_dir / f"{name}-{key}.lock"
+
     got: dict[str, list[EpisodeResult]] = {}
-    for blocking in (False, True):
-        for name in names:
-            if name in got:
-                continue
-            key = hashlib.sha256(json.dumps({**common, "policy": name},
-                                            sort_keys=True).encode()).hexdigest()[:20]
-            path = cache_dir / f"{name}-{key}.json"
-            with (cache_dir / f"{name}-{key}.lock").open("a") as lock:
-                try:
-                    fcntl.flock(lock.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-                except BlockingIOError:
-                    continue  # another seed is computing it: take the next one
-                try:
-                    got[name] = _cached(path)
-                    if not got[name]:
-                        got[name] = run_with_ticks({name: _make_baseline(name)}, scenarios,
-                                                 episodes, seed, env_config, tick)
-                        write_text_atomic(path, json.dumps(
-                            [dataclasses.asdict(r) for r in got[name]]))
-                finally:
-                    fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+    # First pass: take every free lock at once (never waiting, so no lock order to
+    # keep), read what is cached and compute the rest in one batch.
+    with contextlib.ExitStack() as held:
+        todo: list[str] = []
+        for name in dict.fromkeys(names):
+            path, lock_path = place(name)
+            lock = held.enter_context(lock_path.open("a"))
+            try:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # another seed is computing it: take the next one
+            held.callback(fcntl.flock, lock.fileno(), fcntl.LOCK_UN)
+            got[name] = _cached(path)
+            if not got[name]:
+                todo.append(name)
+        fresh = run_baselines(todo, scenarios, episodes, seed, env_config, tick, jobs)
+        for name in todo:
+            got[name] = [r for r in fresh if r.policy == name]
+            write_text_atomic(place(name)[0], json.dumps(
+                [dataclasses.asdict(r) for r in got[name]]))
+    # Then wait for the ones others were computing, one lock at a time.
+    for name in names:
+        if name in got:
+            continue
+        path, lock_path = place(name)
+        with lock_path.open("a") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                got[name] = _cached(path)
+                if not got[name]:  # whoever held the lock died before writing it
+                    got[name] = run_baselines([name], scenarios, episodes, seed, env_config,
+                                              tick, jobs)
+                    write_text_atomic(path, json.dumps(
+                        [dataclasses.asdict(r) for r in got[name]]))
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
     return [r for name in names for r in got[name]]
 
 

@@ -84,6 +84,10 @@ class EvalConfig:
     oracle: bool = True
     cache_baselines: bool = True  # heuristics are deterministic: reuse across seeds/runs
     n_boot: int = 2000
+    #: Processes for the baselines' episodes of the final evaluation (the oracle's are
+    #: the slow ones); the results do not depend on it.  Seeds of a multi-seed run
+    #: (``jobs`` > 1) split the baselines through the cache instead.
+    jobs: int = 2
 
     def __post_init__(self) -> None:
         check_range("eval.freq", self.freq, 0, 10**10)
@@ -91,6 +95,7 @@ class EvalConfig:
         check_range("eval.final_episodes", self.final_episodes, 1, 10_000)
         check_range("eval.seed", self.seed, 0, 2**31)
         check_range("eval.n_boot", self.n_boot, 100, 10**6)
+        check_range("eval.jobs", self.jobs, 1, 256)
         if self.select_on not in ("train", "eval"):
             raise ConfigError(f"eval.select_on: {self.select_on!r} is not 'train' (validation "
                               "episodes of the training scenarios) or 'eval' (the held-out "

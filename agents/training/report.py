@@ -81,7 +81,9 @@ def run_report(run: RunFolder, cfg: RunConfig, summaries: Sequence[PolicySummary
              f"{exp.algo} on `{exp.env_id}`, seed {cfg.seed}, {state.get('num_timesteps')} "
              f"steps in {float(state.get('train_seconds', 0.0)):.0f} s of training "
              f"({float(state.get('fps', 0.0)):.0f} steps/s, {exp.n_envs} envs, {exp.vec_env}); "
-             f"final evaluation {float(state.get('eval_seconds', 0.0)):.0f} s.",
+             f"final evaluation on the held-out suite {float(state.get('eval_seconds', 0.0)):.0f} s"
+             f" (+ {float(state.get('curve_seconds', 0.0)):.0f} s of baselines for the learning "
+             "curve).",
              f"Trained on: {', '.join(s.name for s in cfg.scenarios.train)}.",
              f"Held out: {', '.join(s.name for s in cfg.scenarios.eval)}, "
              f"{exp.eval.final_episodes} seeded episodes each (seeds from {exp.eval.seed}), "

@@ -300,10 +300,14 @@ class AgentObjective:
         hp = agent_hyperparams(st.algo, params, st.base_hp, st.experiment.n_envs)
         validate_hyperparams(st.algo, hp, f"trial {trial.number}")
         trial.set_user_attr("hyperparams", hp)
-        return _scored(trial, t0, lambda: self._train(trial, hp, t0))
+        normalize = dataclasses.replace(st.experiment.normalize,
+                                        clip_reward=float(params["reward_clip"]))
+        trial.set_user_attr("normalize", to_dict(normalize))
+        experiment = dataclasses.replace(st.experiment, normalize=normalize)
+        return _scored(trial, t0, lambda: self._train(trial, hp, experiment, t0))
 
-    def _train(self, trial: optuna.Trial, hp: Mapping[str, Any], t0: float
-               ) -> tuple[list[EpisodeResult], list[int]]:
+    def _train(self, trial: optuna.Trial, hp: Mapping[str, Any], experiment: ExperimentConfig,
+               t0: float) -> tuple[list[EpisodeResult], list[int]]:
         """Train every training seed; the last evaluation's results and groups."""
         import optuna
 
@@ -316,7 +320,7 @@ class AgentObjective:
         # ones (a rollout may overshoot --timesteps, so count the real steps).
         offset = 0
         for t, seed in enumerate(st.train_seeds):
-            venv = make_vec_env(st.experiment, st.scenarios, seed, gamma)
+            venv = make_vec_env(experiment, st.scenarios, seed, gamma)
             try:
                 with warnings.catch_warnings():
                     # e.g. PPO's "mini-batch size does not divide the rollout".

@@ -302,7 +302,8 @@ def report_md(study: optuna.Study, info: RunInfo, imp: Mapping[str, float] | str
                  f"`python scripts/evaluate.py heuristic:{info.target}:"
                  f"{info.out}/best_params.yaml`." if info.mode == "heuristic" else
                  f"`python scripts/train.py --algo {info.target} --set "
-                 f"algo_config={info.out}/best_hyperparams.yaml`."), ""]
+                 f"algo_config={info.out}/best_hyperparams.yaml"
+                 f"{_clip_set(best) if best else ''}`."), ""]
     if best is not None:
         lines += ["## Best parameters", ""]
         if info.mode == "heuristic":
@@ -312,8 +313,13 @@ def report_md(study: optuna.Study, info: RunInfo, imp: Mapping[str, float] | str
                                   [[k, _fmt((dflt or {}).get(k), 4), _fmt(v, 4)]
                                    for k, v in tuned.items()]))
         else:
-            hp = best.user_attrs.get("hyperparams") or {}
-            dflt = (d.user_attrs.get("hyperparams") if d else None) or {}
+            hp = dict(best.user_attrs.get("hyperparams") or {})
+            dflt = dict((d.user_attrs.get("hyperparams") if d else None) or {})
+            for row, trial in ((hp, best), (dflt, d)):
+                clip = ((trial.user_attrs.get("normalize") if trial else None) or {}).get(
+                    "clip_reward")
+                if clip is not None:
+                    row["normalize.clip_reward"] = clip
             lines.append(md_table(["hyperparameter", "default", "tuned"],
                                   [[k, _fmt(dflt.get(k), 4), _fmt(v, 4)]
                                    for k, v in hp.items()]))
@@ -377,13 +383,20 @@ def write_outputs(study: optuna.Study, info: RunInfo) -> list[str]:
             text = (f"# Best {info.target} hyperparameters of study {info.study_name!r} (trial "
                     f"{best.number}, mean cost {float(best.value or 0.0):.3f}).\n"
                     f"# Use: python scripts/train.py --algo {info.target} --set "
-                    f"algo_config={out / 'best_hyperparams.yaml'}\n")
+                    f"algo_config={out / 'best_hyperparams.yaml'}{_clip_set(best)}\n")
             write_text_atomic(out / "best_hyperparams.yaml", text + dump_yaml(
                 {"default": dict(hp)}))
             files.append("best_hyperparams.yaml")
     files += ["report.md", "command.txt"]
     write_text_atomic(out / "report.md", report_md(study, info, imp, files))
     return files
+
+
+def _clip_set(trial: optuna.trial.FrozenTrial) -> str:
+    """The ``--set`` of the trial's reward clip (an experiment setting, not a constructor
+    argument, so the algo YAML cannot carry it), or "" for a trial that predates it."""
+    clip = (trial.user_attrs.get("normalize") or {}).get("clip_reward")
+    return "" if clip is None else f" --set normalize.clip_reward={clip:g}"
 
 
 # ---------------------------------------------------------------- progress

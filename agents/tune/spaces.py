@@ -154,6 +154,12 @@ NET_ARCHS: dict[str, list[int]] = {"tiny": [32, 32], "small": [64, 64], "medium"
 GAMMAS = [0.9, 0.95, 0.98, 0.99, 0.995]
 GAE_LAMBDAS = [0.8, 0.9, 0.92, 0.95, 0.98, 1.0]
 MAX_GRAD_NORMS = [0.3, 0.5, 1.0, 2.0, 5.0]
+#: Where VecNormalize clips the scaled reward (``normalize.clip_reward``, an experiment
+#: setting, not a constructor argument).  SB3's default 10 flattens the rare large costs
+#: (an OOM kill is charged 200 harm units, a burst of failed unmovable allocations more):
+#: with the reward scaled to unit variance they land far beyond 10 and are cut, so the agent
+#: sees a kill as a bad step, not a catastrophe.  1000 keeps them.
+REWARD_CLIPS = [10.0, 1000.0]
 
 
 def suggest_agent(trial: optuna.Trial, algo: str) -> dict[str, Any]:
@@ -168,6 +174,8 @@ def suggest_agent(trial: optuna.Trial, algo: str) -> dict[str, Any]:
         "lr_schedule": trial.suggest_categorical("lr_schedule", ["constant", "linear"]),
         "gamma": trial.suggest_categorical("gamma", GAMMAS),
         "net_arch": trial.suggest_categorical("net_arch", list(NET_ARCHS)),
+        # Applies when the experiment normalises rewards (normalize.reward, the default).
+        "reward_clip": trial.suggest_categorical("reward_clip", REWARD_CLIPS),
     }
     if algo in ("ppo", "maskable_ppo", "recurrent_ppo", "a2c"):
         p["gae_lambda"] = trial.suggest_categorical("gae_lambda", GAE_LAMBDAS)
@@ -223,7 +231,7 @@ def agent_hyperparams(algo: str, params: Mapping[str, Any], base: Mapping[str, A
     """
     hp = dict(base)
     for key, value in params.items():
-        if key in ("lr_schedule", "net_arch", "activation_fn"):
+        if key in ("lr_schedule", "net_arch", "activation_fn", "reward_clip"):
             continue
         hp[key] = value
     lr = float(params["learning_rate"])
@@ -238,10 +246,14 @@ def agent_hyperparams(algo: str, params: Mapping[str, Any], base: Mapping[str, A
     return hp
 
 
-def default_agent(algo: str, hp: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The search-space parameters of the algo YAML's hyperparameters ``hp``,
-    or None when one of them lies outside the space (then no default trial)."""
-    out: dict[str, Any] = {}
+def default_agent(algo: str, hp: Mapping[str, Any], clip_reward: float = 10.0
+                  ) -> dict[str, Any] | None:
+    """The search-space parameters of the algo YAML's hyperparameters ``hp`` and the
+    experiment's ``normalize.clip_reward``, or None when one of them lies outside the
+    space (then no default trial)."""
+    if float(clip_reward) not in REWARD_CLIPS:
+        return None
+    out: dict[str, Any] = {"reward_clip": float(clip_reward)}
     lr = hp.get("learning_rate", 3e-4)
     if isinstance(lr, str):
         if not lr.startswith("lin_"):

@@ -167,7 +167,7 @@ class CostModel:
     # Measured here as an uncontended cmpxchg on one cache line: 0.02 us.
     young_clear_us: float = 0.02
     # Taking mmap_lock for write on a process that is faulting: the writer waits for readers
-    # and blocks new ones.  Measured here: mean 11 us (0.4 us when nobody faults).
+    # and blocks new ones.  Measured here: mean 11 us (0.58 us when nobody faults).
     mmap_write_lock_us: float = 11.0
     # PMD split lock + PTE table lock, once each, per freed table (mm/pt_reclaim.c).
     # Measured here as two cmpxchg lock + release pairs: 0.05 us.

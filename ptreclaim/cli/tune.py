@@ -277,7 +277,7 @@ def _agent_setup(args: argparse.Namespace, scenarios: list[ScenarioConfig], suit
          "base_hyperparams": json.loads(json.dumps(base, default=str))})
     setup = AgentSetup(args.target, exp, base, scenarios, objective, timesteps, eval_freq,
                        train_seeds)
-    return setup, default_agent(args.target, base)
+    return setup, default_agent(args.target, base, exp.normalize.clip_reward)
 
 
 
