@@ -208,8 +208,9 @@ def test_killed_workers_trial_is_failed_and_its_params_rerun(
                             stderr=subprocess.DEVNULL)
     db = out / "study.db"
     try:
-        # Kill it once a trial is RUNNING and its heartbeat thread has recorded a beat
-        # (read straight from Optuna's tables, without creating anything).
+        # Kill it once a trial is RUNNING, has sampled a parameter and its heartbeat
+        # thread has recorded a beat (read straight from Optuna's tables, without
+        # creating anything); a kill before the first sample would leave nothing to rerun.
         deadline = time.monotonic() + 120
         beating: list[tuple[int]] = []
         while time.monotonic() < deadline and not beating:
@@ -220,8 +221,9 @@ def test_killed_workers_trial_is_failed_and_its_params_rerun(
                     contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True,
                                                        timeout=10)) as con:
                 beating = con.execute(
-                    "SELECT t.trial_id FROM trials t JOIN trial_heartbeats h "
-                    "ON h.trial_id = t.trial_id WHERE t.state = 'RUNNING'").fetchall()
+                    "SELECT DISTINCT t.trial_id FROM trials t JOIN trial_heartbeats h "
+                    "ON h.trial_id = t.trial_id JOIN trial_params p "
+                    "ON p.trial_id = t.trial_id WHERE t.state = 'RUNNING'").fetchall()
         assert beating, "the worker never started a trial"
     finally:
         proc.send_signal(signal.SIGKILL)
