@@ -241,14 +241,19 @@ def _train(run: RunFolder, cfg: RunConfig, out: Output, resume: bool,
     except TrainingDiverged as exc:
         diverged = str(exc)
     except (ValueError, RuntimeError) as exc:
-        # NaN weights surface as a torch error in the next forward pass
-        # (a Categorical with NaN logits); anything else is a bug to see whole.
+        # NaN weights surface as a torch error in the next forward pass (a Categorical
+        # with NaN logits); so do finite weights so large that the forward pass
+        # overflows (inf - inf in the logits' normalisation). Anything else is a bug to
+        # see whole.
         try:
             check_finite(model)
         except TrainingDiverged as nan:
             diverged = f"{nan}, then torch raised {type(exc).__name__}"
         else:
-            raise
+            if not _nan_outputs(exc):
+                raise
+            diverged = ("the policy's outputs went NaN or inf (weights large enough to overflow "
+                        f"the forward pass), and torch raised {type(exc).__name__}")
     finally:
         gc.unfreeze()
         spent = time.perf_counter() - t0
@@ -285,6 +290,14 @@ def _train(run: RunFolder, cfg: RunConfig, out: Output, resume: bool,
     run.write_state(status="trained", num_timesteps=n, fps=cb.fps())
     venv.close()
     return 0
+
+
+def _nan_outputs(exc: BaseException) -> bool:
+    """Whether ``exc`` is torch refusing a distribution built from NaN or inf
+    parameters (its argument validation: "... found invalid values: tensor([[nan, ...")."""
+    text = str(exc)
+    return (isinstance(exc, ValueError) and "found invalid values" in text
+            and ("nan" in text or "inf" in text))
 
 
 def _finish(run: RunFolder, cfg: RunConfig, out: Output) -> int:
