@@ -94,6 +94,11 @@ def test_job_list_job_page_and_submit_form(service: Service, browser: Any) -> No
     assert browser.find_element(By.ID, "label").get_attribute("value") == "from the form"
     browser.find_element(By.ID, "token").send_keys(service.token)
     browser.find_element(By.ID, "submit").click()
+    # Wait for the refusal page to go (a redirect to the job, or a new page with a new
+    # error): reading the old page's elements after the click races its unload.
+    from selenium.webdriver.support import expected_conditions as ec
+
+    WebDriverWait(browser, 60).until(ec.staleness_of(error))
     errors = browser.find_elements(By.ID, "error")
     assert "/jobs/" in browser.current_url, errors[0].text if errors else browser.page_source
     new_id = browser.current_url.rsplit("/", 1)[1]
