@@ -113,10 +113,10 @@ def _assert_share(written: Any, base: float, export: float, learned: float) -> N
     # The ratio is monotone in each cost, so its extremes over the rounding box lie at
     # the box's corners.
     e = 5e-5
-    corners = [gain_share(base + a, export + b, learned + c)
-               for a in (-e, e) for b in (-e, e) for c in (-e, e)]
-    assert None not in corners
-    lo, hi = min(c for c in corners if c is not None), max(c for c in corners if c is not None)
+    corners = [c for a in (-e, e) for b in (-e, e) for c_ in (-e, e)
+               if (c := gain_share(base + a, export + b, learned + c_)) is not None]
+    assert len(corners) == 8
+    lo, hi = min(corners), max(corners)
     assert lo - e - 1e-9 <= written <= hi + e + 1e-9, (written, share, lo, hi)
 
 

@@ -113,49 +113,51 @@ def baseline_results(names: Sequence[str], scenarios: Sequence[ScenarioConfig], 
               "version": __version__}
     cache_dir.mkdir(parents=True, exist_ok=True)
 
-    def place(name: str) -> tuple[Path, Path]:
+    stems: dict[str, Path] = {}
+    for name in names:
         key = hashlib.sha256(json.dumps({**common, "policy": name},
                                         sort_keys=True).encode()).hexdigest()[:20]
-        return cache_dir / f"{name}-{key}.json", cache_dir / f"{name}-{key}.lock"
+        stems[name] = cache_dir / f"{name}-{key}"
 
     got: dict[str, list[EpisodeResult]] = {}
     # First pass: take every free lock at once (never waiting, so no lock order to
     # keep), read what is cached and compute the rest in one batch.
     with contextlib.ExitStack() as held:
         todo: list[str] = []
-        for name in dict.fromkeys(names):
-            path, lock_path = place(name)
-            lock = held.enter_context(lock_path.open("a"))
+        for name, stem in stems.items():
+            lock = held.enter_context(stem.with_suffix(".lock").open("a"))
             try:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 continue  # another seed is computing it: take the next one
             held.callback(fcntl.flock, lock.fileno(), fcntl.LOCK_UN)
-            got[name] = _cached(path)
+            got[name] = _cached(stem.with_suffix(".json"))
             if not got[name]:
                 todo.append(name)
         fresh = run_baselines(todo, scenarios, episodes, seed, env_config, tick, jobs)
         for name in todo:
             got[name] = [r for r in fresh if r.policy == name]
-            write_text_atomic(place(name)[0], json.dumps(
-                [dataclasses.asdict(r) for r in got[name]]))
+            _store(stems[name].with_suffix(".json"), got[name])
     # Then wait for the ones others were computing, one lock at a time.
-    for name in names:
+    for name, stem in stems.items():
         if name in got:
             continue
-        path, lock_path = place(name)
-        with lock_path.open("a") as lock:
+        with stem.with_suffix(".lock").open("a") as lock:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
             try:
-                got[name] = _cached(path)
+                got[name] = _cached(stem.with_suffix(".json"))
                 if not got[name]:  # whoever held the lock died before writing it
                     got[name] = run_baselines([name], scenarios, episodes, seed, env_config,
                                               tick, jobs)
-                    write_text_atomic(path, json.dumps(
-                        [dataclasses.asdict(r) for r in got[name]]))
+                    _store(stem.with_suffix(".json"), got[name])
             finally:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
     return [r for name in names for r in got[name]]
+
+
+def _store(path: Path, results: Sequence[EpisodeResult]) -> None:
+    """Write ``results`` where :func:`_cached` reads them (atomically)."""
+    write_text_atomic(path, json.dumps([dataclasses.asdict(r) for r in results]))
 
 
 def _cached(path: Path) -> list[EpisodeResult]:

@@ -316,8 +316,7 @@ def report_md(study: optuna.Study, info: RunInfo, imp: Mapping[str, float] | str
             hp = dict(best.user_attrs.get("hyperparams") or {})
             dflt = dict((d.user_attrs.get("hyperparams") if d else None) or {})
             for row, trial in ((hp, best), (dflt, d)):
-                clip = ((trial.user_attrs.get("normalize") if trial else None) or {}).get(
-                    "clip_reward")
+                clip = _clip(trial) if trial else None
                 if clip is not None:
                     row["normalize.clip_reward"] = clip
             lines.append(md_table(["hyperparameter", "default", "tuned"],
@@ -392,10 +391,17 @@ def write_outputs(study: optuna.Study, info: RunInfo) -> list[str]:
     return files
 
 
+def _clip(trial: optuna.trial.FrozenTrial) -> float | None:
+    """The trial's reward clip (``normalize.clip_reward``), None for a trial that predates
+    the parameter."""
+    clip = (trial.user_attrs.get("normalize") or {}).get("clip_reward")
+    return None if clip is None else float(clip)
+
+
 def _clip_set(trial: optuna.trial.FrozenTrial) -> str:
     """The ``--set`` of the trial's reward clip (an experiment setting, not a constructor
     argument, so the algo YAML cannot carry it), or "" for a trial that predates it."""
-    clip = (trial.user_attrs.get("normalize") or {}).get("clip_reward")
+    clip = _clip(trial)
     return "" if clip is None else f" --set normalize.clip_reward={clip:g}"
 
 
