@@ -332,7 +332,15 @@ void Simulation::free_scanned(Process* p, const std::vector<i64>& order, unsigne
   i64 n = (i64)order.size();
   i64 freed = 0, freed_file = 0, zapped = 0, cleared = 0;
   AddressSpace& mm = *p->mm;
-  for (i64 slot : order) {
+  // The scan reads a few header bytes of each table, one cache miss per table; asking for
+  // the table PREFETCH slots ahead overlaps those misses (a prefetch only reads, so a slot
+  // freed in between is harmless).
+  constexpr i64 PREFETCH = 8;
+  for (i64 k = 0; k < n; k++) {
+    if (k + PREFETCH < n)
+      if (const PteTable* ahead = mm.pte.find(order[(size_t)(k + PREFETCH)]))
+        __builtin_prefetch(&ahead->cls);
+    const i64 slot = order[(size_t)k];
     const PteTable* t = mm.pte.find(slot);
     if (!t) continue;
     uint8_t cls = t->cls;
