@@ -136,6 +136,24 @@ class SlotMap {
     }
   }
 
+  // The first `limit` slots >= lo, ascending, appended to out; returns how many.
+  size_t slots_from(i64 lo, size_t limit, std::vector<i64>& out) const {
+    size_t got = 0;
+    const i64 plo = lo >> 9;
+    for (auto it = nodes_.lower_bound(plo); it != nodes_.end() && got < limit; ++it) {
+      const i64 base = it->first << 9;
+      const Node& node = *it->second;
+      const int e_lo = it->first == plo ? (int)(lo & 511) : 0;
+      for (int w = e_lo >> 6; w < 8 && got < limit; w++) {
+        uint64_t bits = node.bits[w];
+        if (w == (e_lo >> 6)) bits &= ~uint64_t{0} << (e_lo & 63);
+        for (; bits && got < limit; bits &= bits - 1, got++)
+          out.push_back(base + (w << 6) + __builtin_ctzll(bits));
+      }
+    }
+    return got;
+  }
+
   // f(slot, table) for every table, ascending.
   template <class F>
   void for_each(F f) const {
