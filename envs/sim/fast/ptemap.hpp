@@ -2,16 +2,21 @@
 //
 // A slot (address >> 21) splits into a PMD index (slot >> 9) and an entry within that PMD
 // table (slot & 511), exactly as a page walk does.  Each PMD index with tables has a node
-// holding 512 table indices and a 512-bit presence map; tables themselves live in one pool
-// (a deque: references stay valid as it grows) with a free list.  Lookups cost a node
-// lookup (cached for the last PMD touched) and an array index; walking a range visits only
-// the PMD nodes in it and the set bits of their maps, in ascending slot order -- what the
-// Python model's sorted-dict walks give, with memory locality.
+// holding 512 table pointers and a 512-bit presence map; tables themselves live in a pool of
+// fixed blocks of 64 (references stay valid as it grows) with a free list.  Lookups cost a
+// node lookup (cached for the last PMD touched) and an array index; walking a range visits
+// only the PMD nodes in it and the set bits of their maps, in ascending slot order -- what
+// the Python model's sorted-dict walks give, with memory locality.
+//
+// Why blocks: a PteTable is ~530 bytes, so the deque this pool was before held one table
+// per node and every new table was a malloc (and every address space's end a free per
+// table); the profile of the batched env put ~7 % of its time in that.  Blocks make a new
+// table a pointer bump, and tables made one after the other (a fault over a range) sit
+// next to each other in memory, which the reclaim scan's walk in slot order reads.
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
-#include <deque>
 #include <map>
 #include <memory>
 #include <vector>
@@ -44,9 +49,7 @@ class SlotMap {
 
   Table* find(i64 slot) const {
     Node* node = node_of(slot >> 9);
-    if (!node) return nullptr;
-    int32_t idx = node->idx[slot & 511];
-    return idx < 0 ? nullptr : &pool_[(size_t)idx];
+    return node ? node->ptr[slot & 511] : nullptr;
   }
 
   Table& at(i64 slot) const { return *find(slot); }
@@ -63,21 +66,24 @@ class SlotMap {
       cache_ = node;
     }
     int e = (int)(slot & 511);
-    if (node->idx[e] >= 0) return {pool_[(size_t)node->idx[e]], false};
-    int32_t idx;
+    if (node->ptr[e]) return {*node->ptr[e], false};
+    Table* t;
     if (!free_.empty()) {
-      idx = free_.back();
+      t = free_.back();
       free_.pop_back();
-      reset_value(pool_[(size_t)idx]);
+      reset_value(*t);
     } else {
-      idx = (int32_t)pool_.size();
-      pool_.emplace_back();
+      if (fresh_ == BLOCK) {
+        blocks_.emplace_back(new Table[BLOCK]());  // value-initialised: ready for use
+        fresh_ = 0;
+      }
+      t = &blocks_.back()[fresh_++];
     }
-    node->idx[e] = idx;
+    node->ptr[e] = t;
     node->bits[e >> 6] |= uint64_t{1} << (e & 63);
     node->count++;
     n_++;
-    return {pool_[(size_t)idx], true};
+    return {*t, true};
   }
 
   void erase(i64 slot) {
@@ -85,10 +91,10 @@ class SlotMap {
     Node* node = node_of(pi);
     if (!node) return;
     int e = (int)(slot & 511);
-    int32_t idx = node->idx[e];
-    if (idx < 0) return;
-    free_.push_back(idx);
-    node->idx[e] = -1;
+    Table* t = node->ptr[e];
+    if (!t) return;
+    free_.push_back(t);
+    node->ptr[e] = nullptr;
     node->bits[e >> 6] &= ~(uint64_t{1} << (e & 63));
     n_--;
     if (--node->count == 0) {
@@ -100,8 +106,9 @@ class SlotMap {
 
   void clear() {
     nodes_.clear();
-    pool_.clear();
+    blocks_.clear();
     free_.clear();
+    fresh_ = BLOCK;
     n_ = 0;
     cache_key_ = INT64_MIN;
     cache_ = nullptr;
@@ -129,6 +136,24 @@ class SlotMap {
     }
   }
 
+  // The first `limit` slots >= lo, ascending, appended to out; returns how many.
+  size_t slots_from(i64 lo, size_t limit, std::vector<i64>& out) const {
+    size_t got = 0;
+    const i64 plo = lo >> 9;
+    for (auto it = nodes_.lower_bound(plo); it != nodes_.end() && got < limit; ++it) {
+      const i64 base = it->first << 9;
+      const Node& node = *it->second;
+      const int e_lo = it->first == plo ? (int)(lo & 511) : 0;
+      for (int w = e_lo >> 6; w < 8 && got < limit; w++) {
+        uint64_t bits = node.bits[w];
+        if (w == (e_lo >> 6)) bits &= ~uint64_t{0} << (e_lo & 63);
+        for (; bits && got < limit; bits &= bits - 1, got++)
+          out.push_back(base + (w << 6) + __builtin_ctzll(bits));
+      }
+    }
+    return got;
+  }
+
   // f(slot, table) for every table, ascending.
   template <class F>
   void for_each(F f) const {
@@ -141,7 +166,7 @@ class SlotMap {
           int b = __builtin_ctzll(bits);
           bits &= bits - 1;
           int e = (w << 6) + b;
-          f(base + e, static_cast<const Table&>(pool_[(size_t)node.idx[e]]));
+          f(base + e, static_cast<const Table&>(*node.ptr[e]));
         }
       }
     }
@@ -149,13 +174,11 @@ class SlotMap {
 
  private:
   struct Node {
-    int32_t idx[512];
+    Table* ptr[512] = {};
     uint64_t bits[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     int count = 0;
-    Node() {
-      for (int i = 0; i < 512; i++) idx[i] = -1;
-    }
   };
+  static constexpr int BLOCK = 64;  // tables per pool block
 
   Node* node_of(i64 pi) const {
     if (pi == cache_key_) return cache_;
@@ -167,8 +190,9 @@ class SlotMap {
   }
 
   std::map<i64, std::unique_ptr<Node>> nodes_;
-  mutable std::deque<Table> pool_;
-  std::vector<int32_t> free_;
+  std::vector<std::unique_ptr<Table[]>> blocks_;
+  std::vector<Table*> free_;  // erased tables, reused first
+  int fresh_ = BLOCK;         // tables of the last block never handed out start here
   size_t n_ = 0;
   mutable i64 cache_key_ = INT64_MIN;
   mutable Node* cache_ = nullptr;

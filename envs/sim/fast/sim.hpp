@@ -163,8 +163,6 @@ struct Process {
   bool has_soft = false, has_hard = false;
   i64 soft_limit = 0, hard_limit = 0;
   i64 cursor = 0;
-  i64 scan_version = -1;
-  std::vector<i64> scan_slots;
   double stall_us = 0;
   i64 last_refault_tables = 0, last_refault_entries = 0;
   i64 last_pte_allocated = 0;

@@ -133,33 +133,45 @@ class _TableView:
     huge: int
 
 
+# The views below hold the SimCore and a process index, never the FastSimulation or the
+# object that owns them: without reference cycles a finished episode's simulation (and its
+# compiled state, megabytes of page tables) is freed the moment the env drops it, and the
+# next episode reuses that memory.  With cycles it waited for a full garbage collection
+# (rare during training), so each episode grew the heap into fresh pages instead.
+
+
 class _PteView:
     """``mm.pte[slot]`` of a compiled process."""
 
-    def __init__(self, proc: FastProcess) -> None:
-        self._p = proc
+    def __init__(self, core: SimCore, index: int) -> None:
+        self._core = core
+        self._index = index
 
     def __getitem__(self, slot: int) -> _TableView:
-        entries, huge = self._p._sim.core.table(self._p.index, slot)
+        entries, huge = self._core.table(self._index, slot)
         return _TableView(entries, huge)
 
 
 class _MmView:
     """What callers read of a compiled process's address space."""
 
-    def __init__(self, proc: FastProcess) -> None:
-        self._p = proc
-        self.pte = _PteView(proc)
+    def __init__(self, core: SimCore, index: int) -> None:
+        self._core = core
+        self._index = index
+        self.pte = _PteView(core, index)
+
+    def _numbers(self) -> tuple[int, ...]:
+        return self._core.proc_numbers(self._index)
 
     def tables_in_class(self, cls: TableClass) -> set[int]:
-        return self._p._sim.core.tables_in_class(self._p.index, int(cls))
+        return self._core.tables_in_class(self._index, int(cls))
 
     def slot_is_uffd(self, slot: int) -> bool:
-        return bool(self._p._sim.core.slot_is_uffd(self._p.index, slot))
+        return bool(self._core.slot_is_uffd(self._index, slot))
 
     @property
     def tables(self) -> int:
-        return int(self._p._numbers()[0])
+        return int(self._numbers()[0])
 
     @property
     def vm_pte_kib(self) -> int:
@@ -167,21 +179,21 @@ class _MmView:
 
     @property
     def rss_pages(self) -> int:
-        return int(self._p._numbers()[1])
+        return int(self._numbers()[1])
 
     def class_counts(self) -> tuple[int, int, int, int]:
-        n = self._p._numbers()
+        n = self._numbers()
         return (n[5], n[6], n[7], n[8])
 
     def class_count(self, cls: TableClass) -> int:
-        return int(self._p._numbers()[5 + int(cls)])
+        return int(self._numbers()[5 + int(cls)])
 
 
 class FastProcess:
     """A live view of one compiled process (:class:`~..process.Process`'s read API)."""
 
     def __init__(self, sim: FastSimulation, index: int) -> None:
-        self._sim = sim
+        self._core = sim.core
         self.index = index
         pid, name, family, sane, cpus, _, _ = sim.core.proc_info(index)
         self.pid: int = pid
@@ -189,18 +201,18 @@ class FastProcess:
         self.family: str = family
         self.sane: bool = sane
         self.cpus: int = cpus
-        self.mm = _MmView(self)
+        self.mm = _MmView(sim.core, index)
 
     def _numbers(self) -> tuple[int, ...]:
-        return self._sim.core.proc_numbers(self.index)
+        return self._core.proc_numbers(self.index)
 
     @property
     def alive(self) -> bool:
-        return bool(self._sim.core.proc_info(self.index)[5])
+        return bool(self._core.proc_info(self.index)[5])
 
     @property
     def throttled_until(self) -> int:
-        return int(self._sim.core.proc_info(self.index)[6])
+        return int(self._core.proc_info(self.index)[6])
 
     @property
     def pt_bytes(self) -> int:
@@ -216,11 +228,11 @@ class FastProcess:
 
     @property
     def pt_soft_limit_bytes(self) -> int | None:
-        return self._sim.core.proc_limits(self.index)[0]
+        return self._core.proc_limits(self.index)[0]
 
     @property
     def pt_hard_limit_bytes(self) -> int | None:
-        return self._sim.core.proc_limits(self.index)[1]
+        return self._core.proc_limits(self.index)[1]
 
     @property
     def over_soft_limit(self) -> bool:
@@ -229,19 +241,19 @@ class FastProcess:
 
     @property
     def history(self) -> list[int]:
-        return self._sim.core.proc_history(self.index)
+        return self._core.proc_history(self.index)
 
     @property
     def stall_us(self) -> float:
-        return float(self._sim.core.proc_stall(self.index))
+        return float(self._core.proc_stall(self.index))
 
     @property
     def growth_rate(self) -> float:
-        return float(self._sim.core.proc_rates(self.index)[0])
+        return float(self._core.proc_rates(self.index)[0])
 
     @property
     def refault_rate(self) -> float:
-        return float(self._sim.core.proc_rates(self.index)[1])
+        return float(self._core.proc_rates(self.index)[1])
 
     def class_count(self, cls: TableClass) -> int:
         return self.mm.class_count(cls)
@@ -268,24 +280,24 @@ class _MachineState:
 
 
 class _Psi:
-    def __init__(self, machine: FastMachine) -> None:
-        self._m = machine
+    def __init__(self, core: SimCore) -> None:
+        self._core = core
 
     @property
     def some_avg10(self) -> float:
-        return float(self._m._state()[3])
+        return float(self._core.machine_state()[3])
 
     @property
     def some_avg60(self) -> float:
-        return float(self._m._state()[4])
+        return float(self._core.machine_state()[4])
 
     @property
     def full_avg10(self) -> float:
-        return float(self._m._state()[5])
+        return float(self._core.machine_state()[5])
 
     @property
     def full_avg60(self) -> float:
-        return float(self._m._state()[6])
+        return float(self._core.machine_state()[6])
 
 
 class FastMachine:
@@ -294,7 +306,7 @@ class FastMachine:
     def __init__(self, sim: FastSimulation) -> None:
         from ..machine import Machine
 
-        self._sim = sim
+        self._core = sim.core
         # The static part (config, zone sizes, watermarks) comes from a reference Machine;
         # building one draws nothing.
         ref = Machine(sim.scenario.machine, np.random.default_rng(0))
@@ -302,11 +314,11 @@ class FastMachine:
         self.normal_pages = ref.normal_pages
         self.movable_pages = ref.movable_pages
         self.wmark = ref.wmark
-        self.psi = _Psi(self)
+        self.psi = _Psi(sim.core)
         self._initial_tenants = ref.tenant_pages
 
     def _state(self) -> tuple[Any, ...]:
-        return self._sim.core.machine_state()
+        return self._core.machine_state()
 
     @property
     def tick_s(self) -> float:
