@@ -101,11 +101,11 @@ def test_teacher_is_checked_and_resolved(tmp_path: Path) -> None:
     assert data["pretrain"]["teacher"] == str(rule.resolve())
     cfg, _ = config.load_experiment(exp, [("--set", "pretrain.teacher=heuristic:soft_hard")])
     assert cfg.pretrain.teacher == "heuristic:soft_hard"
-    with pytest.raises(config.TrainError, match="pretrain.teacher: .*no such file"):
+    with pytest.raises(config.TrainError, match=r"pretrain\.teacher: .*no such file"):
         config.load_experiment(exp, [("--set", "pretrain.teacher=nowhere.yaml")])
     with pytest.raises(config.TrainError, match="unknown heuristic 'sofhard'"):
         config.load_experiment(exp, [("--set", "pretrain.teacher=heuristic:sofhard")])
     with pytest.raises(config.TrainError, match="needs ppo or a2c"):
         config.load_experiment(exp, [("--set", "algo=dqn")])
-    with pytest.raises(config.TrainError, match="pretrain.steps"):
+    with pytest.raises(config.TrainError, match=r"pretrain\.steps"):
         config.load_experiment(exp, [("--set", "pretrain.steps=0")])

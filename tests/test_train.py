@@ -336,7 +336,8 @@ def bad_results(tiny: Path) -> dict[str, tuple[int, str, str]]:
 
 BAD_CASES = ("missing config", "malformed config", "unknown key", "unknown algo", "not a run",
              "no such run", "bad set key", "bad set type", "bad set range", "bad set form",
-             "bad hyperparameter", "bad schedule", "bad seeds", "bad suite", "unknown flag", "bad teacher")
+             "bad hyperparameter", "bad schedule", "bad seeds", "bad suite", "unknown flag",
+             "bad teacher")
 
 
 @pytest.mark.parametrize("case", BAD_CASES)
@@ -423,7 +424,7 @@ def test_default_experiment_and_algo_configs_load() -> None:
     # The default warm-starts PPO from the shipped tuned rule (a thresholds file).
     assert exp.pretrain.teacher.endswith("configs/rules/tuned_periodic_scan.yaml")
     assert loading.parse_policy(exp.pretrain.teacher).kind == "thresholds"
-    with pytest.raises(config.TrainError, match="pretrain.teacher= "):
+    with pytest.raises(config.TrainError, match=r"pretrain\.teacher= "):
         config.load_experiment(None, [("--algo dqn", "algo=dqn")])
     dqn, _ = config.load_experiment(None, [("--algo dqn", "algo=dqn"),
                                            ("--set", "pretrain.teacher=")])

@@ -67,8 +67,8 @@ def collect(venv: Any, teacher: Any, steps: int, gamma: float) -> Demos:
     norm = venv if isinstance(venv, VecNormalize) else None
     n = venv.num_envs
     rounds = max(1, -(-steps // n))
-    venv.reset()
-    raw = norm.get_original_obs() if norm is not None else venv.reset()
+    first = venv.reset()
+    raw = np.asarray(norm.get_original_obs() if norm is not None else first)
     obs_l: list[np.ndarray] = []
     act_l: list[np.ndarray] = []
     rew_l: list[np.ndarray] = []
@@ -80,10 +80,10 @@ def collect(venv: Any, teacher: Any, steps: int, gamma: float) -> Demos:
         act_l.append(actions)
         nxt, reward, done, _ = venv.step(actions)
         if norm is not None:
-            raw = norm.get_original_obs()
+            raw = np.asarray(norm.get_original_obs())
             reward = norm.get_original_reward()
         else:
-            raw = nxt
+            raw = np.asarray(nxt)
         rew_l.append(np.asarray(reward, dtype=np.float64))
         done_l.append(np.asarray(done, dtype=bool))
     obs = np.stack(obs_l)       # (rounds, n, d)
@@ -161,7 +161,7 @@ def pretrain(model: Any, venv: Any, cfg: PretrainConfig, env_config: EnvConfig,
          "of behaviour cloning")
     demos = collect(venv, teacher, cfg.steps, gamma)
     got = fit(model, demos, cfg, seed, vf_coef)
-    record = {"teacher": cfg.teacher, "steps": int(len(demos.obs)), "epochs": cfg.epochs,
+    record = {"teacher": cfg.teacher, "steps": len(demos.obs), "epochs": cfg.epochs,
               **{k: round(v, 6) for k, v in got.items()},
               "seconds": round(time.perf_counter() - t0, 3)}
     echo(f"warm start: the policy picks the teacher's action in {got['agreement']:.1%} of "
