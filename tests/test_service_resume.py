@@ -59,7 +59,9 @@ def test_sigkill_a_training_worker_and_the_next_one_continues_from_the_checkpoin
             "overrides": ["n_envs=2", "eval.freq=0", "eval.final_episodes=1",
                           "env.max_steps=30", "eval.baselines=[none]", "eval.oracle=false",
                           # the reference model: slow enough that the kill lands mid-run
-                          "env.backend=exact"]}
+                          "env.backend=exact",
+                          # no warm start: it would play 40,960 decisions on that model
+                          "pretrain.teacher="]}
     with service.client() as c:
         job = c.submit(spec)
         first = service.start_worker("doomed")

@@ -138,6 +138,9 @@ def runs(tiny: Path) -> Iterator[dict[str, Any]]:
                              "--set", "checkpoint_freq=64"], {callbacks.STOP_AT_ENV: "128"})
     jobs["multi"] = start(["--config", exp, "--seeds", "0,1", "--jobs", "2",
                            "--set", "eval.final_episodes=1", "--out", str(tiny / "multi")])
+    jobs["warm"] = start(["--config", exp, "--out", str(tiny / "warm"),
+                          "--set", "pretrain.teacher=heuristic:periodic_scan",
+                          "--set", "pretrain.steps=64", "--set", "pretrain.epochs=2"])
     results = {name: finish(p, timeout=180) for name, p in jobs.items()}
     yield {"dir": tiny, "results": results}
 
@@ -207,6 +210,16 @@ def test_same_seed_same_actions_and_rewards(runs: dict[str, Any]) -> None:
     assert rews_a == rews_b
     assert json.loads((a / "eval_results.json").read_text()) == \
         json.loads((b / "eval_results.json").read_text())
+
+
+def test_warm_start_is_recorded(runs: dict[str, Any]) -> None:
+    rc, out, err = runs["results"]["warm"]
+    assert rc == 0, err
+    assert "warm start: heuristic:periodic_scan plays 64 decisions" in out
+    state = json.loads((only_run(runs["dir"] / "warm") / "state.json").read_text())
+    rec = state["pretrain"]
+    assert rec["teacher"] == "heuristic:periodic_scan" and rec["steps"] == 64
+    assert 0.0 <= rec["agreement"] <= 1.0 and state["status"] == "finished"
 
 
 def test_resume_continues_the_step_count(runs: dict[str, Any]) -> None:
@@ -308,6 +321,8 @@ def _bad_cases(tiny: Path) -> dict[str, tuple[list[str], str]]:
         "bad seeds": (["--config", exp, "--seeds", "0,a"], "comma-separated"),
         "bad suite": (["--config", exp, "--set", "eval_suite=tst"], "did you mean 'test'"),
         "unknown flag": (["--bogus"], "unrecognized arguments"),
+        "bad teacher": (["--config", exp, "--set", "pretrain.teacher=heuristic:sofhard"],
+                        "did you mean 'soft_hard'"),
     }
 
 
@@ -321,7 +336,8 @@ def bad_results(tiny: Path) -> dict[str, tuple[int, str, str]]:
 
 BAD_CASES = ("missing config", "malformed config", "unknown key", "unknown algo", "not a run",
              "no such run", "bad set key", "bad set type", "bad set range", "bad set form",
-             "bad hyperparameter", "bad schedule", "bad seeds", "bad suite", "unknown flag")
+             "bad hyperparameter", "bad schedule", "bad seeds", "bad suite", "unknown flag",
+             "bad teacher")
 
 
 @pytest.mark.parametrize("case", BAD_CASES)
@@ -405,8 +421,17 @@ def test_set_values_are_typed_and_validated(tiny: Path) -> None:
 def test_default_experiment_and_algo_configs_load() -> None:
     exp, _ = config.load_experiment(None)
     assert exp.name == "default" and exp.algo == "ppo" and len(exp.seeds) >= 3
+    # The default warm-starts PPO from the shipped tuned rule (a thresholds file).
+    assert exp.pretrain.teacher.endswith("configs/rules/tuned_periodic_scan.yaml")
+    assert loading.parse_policy(exp.pretrain.teacher).kind == "thresholds"
+    with pytest.raises(config.TrainError, match=r"pretrain\.teacher= "):
+        config.load_experiment(None, [("--algo dqn", "algo=dqn")])
+    dqn, _ = config.load_experiment(None, [("--algo dqn", "algo=dqn"),
+                                           ("--set", "pretrain.teacher=")])
+    assert dqn.algo == "dqn" and not dqn.pretrain.teacher
     for algo in loading.ALGOS:
-        hp = hyperparams.load_hyperparams(dataclasses.replace(exp, algo=algo))
+        hp = hyperparams.load_hyperparams(dataclasses.replace(
+            exp, algo=algo, pretrain=config.PretrainConfig()))
         hyperparams.materialize(algo, hp)
     scen = config.resolve_scenarios(exp)
     assert {s.name for s in scen.train}.isdisjoint({s.name for s in scen.eval})

@@ -377,7 +377,8 @@ def test_the_service_loads_a_train_job_s_model_only_as_its_worker_signed_it(
              "eval_suite": "redis_jemalloc",
              "overrides": ["n_envs=2", "eval.freq=0", "eval.final_episodes=1",
                            "env.max_steps=10", "eval.baselines=[none]", "eval.oracle=false",
-                           "hyperparams.ppo.n_steps=32", "hyperparams.ppo.batch_size=32"]}
+                           "hyperparams.ppo.n_steps=32", "hyperparams.ppo.batch_size=32",
+                           "pretrain.steps=64"]}
     evaluate = {"kind": "evaluate", "episodes": 1, "oracle": False,
                 "input": {"source": "shipped", "name": "redis_jemalloc"}}
     with service.client() as c:

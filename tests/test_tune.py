@@ -309,7 +309,8 @@ def test_default_trial_reproduces_the_defaults() -> None:
 
 @pytest.mark.parametrize("algo", tune.AGENT_TARGETS)
 def test_shipped_hyperparameters_are_trial_0_of_the_agent_space(algo: str) -> None:
-    exp, _ = load_experiment(None, [("--algo", f"algo={algo}")])
+    exp, _ = load_experiment(None, [("--algo", f"algo={algo}"),
+                                    ("agent study", "pretrain.teacher=")])
     base = load_hyperparams(exp)
     default = spaces.default_agent(algo, base)
     assert default is not None

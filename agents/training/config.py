@@ -35,7 +35,7 @@ from ...envs.sim.config import (
 )
 from ...envs.sim.simulator import ScenarioConfig
 from ..heuristics import HEURISTICS
-from ..loading import ALGOS
+from ..loading import ALGOS, parse_policy
 
 #: Policies of the final comparison, besides the learned ones.
 BASELINES: tuple[str, ...] = ("none", "on_zap", "soft_hard", "periodic_scan")
@@ -108,6 +108,39 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class PretrainConfig:
+    """Warm start (:mod:`.pretrain`): a rule plays ``steps`` decisions on the training
+    envs and the policy is fitted to its actions (and the value head to its returns,
+    ``value``) for ``epochs`` passes in minibatches of ``batch_size`` with Adam at
+    ``learning_rate``, before PPO starts.  ``teacher`` empty: no warm start; else
+    ``heuristic:NAME[:params.yaml]`` or a thresholds file (e.g. ``tune.py``'s
+    ``best.yaml``).  Only on-policy algorithms with a stochastic actor (ppo, a2c)."""
+
+    teacher: str = ""
+    steps: int = 40_960
+    epochs: int = 10
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    value: bool = True
+
+    def __post_init__(self) -> None:
+        check_range("pretrain.steps", self.steps, 1, 10**8)
+        check_range("pretrain.epochs", self.epochs, 1, 10_000)
+        check_range("pretrain.batch_size", self.batch_size, 1, 10**6)
+        check_range("pretrain.learning_rate", self.learning_rate, 0.0, 1.0, lo_open=True)
+        if self.teacher:
+            try:
+                spec = parse_policy(self.teacher)
+            except ConfigError as exc:
+                raise ConfigError(f"pretrain.teacher: {exc}") from None
+            if spec.kind not in ("heuristic", "thresholds"):
+                raise ConfigError(f"pretrain.teacher: {self.teacher!r} is a {spec.kind}; the "
+                                  "teacher is a rule: heuristic:NAME[:params.yaml] or a "
+                                  "thresholds .yaml/.json (e.g. runs/tune/periodic_scan/"
+                                  "best.yaml)")
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     """One experiment: what to train, on what, how long, and how to judge it.
 
@@ -136,6 +169,7 @@ class ExperimentConfig:
     checkpoint_freq: int = 0  # steps between checkpoints; 0: only at the end and on Ctrl-C
     normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
     hyperparams: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -210,6 +244,17 @@ def _resolve_suite_spec(spec: Any, base: Path) -> Any:
     return spec
 
 
+def _resolve_teacher(spec: Any, base: Path) -> Any:
+    """``pretrain.teacher``: a thresholds path, or the params file of
+    ``heuristic:NAME:params.yaml``, made absolute like the suites."""
+    if not isinstance(spec, str) or not spec:
+        return spec
+    if spec.startswith("heuristic:"):
+        name, sep, params = spec[len("heuristic:"):].partition(":")
+        return f"heuristic:{name}{sep}{(base / params).resolve() if params else ''}"
+    return str((base / spec).resolve())
+
+
 def _set_path(data: dict[str, Any], key: str, value: Any, label: str) -> None:
     """Put ``value`` at dotted ``key``, checking each dataclass level's keys."""
     parts = key.split(".")
@@ -260,6 +305,9 @@ def load_experiment(path: Path | None, sets: Sequence[tuple[str, str]] = ()
     for key in ("train_suite", "eval_suite", "algo_config"):
         if key in data:
             data[key] = _resolve_suite_spec(data[key], p.parent)
+    if isinstance(data.get("pretrain"), dict) and "teacher" in data["pretrain"]:
+        data["pretrain"] = {**data["pretrain"],
+                            "teacher": _resolve_teacher(data["pretrain"]["teacher"], p.parent)}
     if not data.get("name"):
         data["name"] = p.stem
     exp = build(ExperimentConfig, data, p.name)
@@ -277,11 +325,19 @@ def load_experiment(path: Path | None, sets: Sequence[tuple[str, str]] = ()
             raise TrainError(f"{where}: {exc}") from None
         if key in ("train_suite", "eval_suite", "algo_config"):
             value = _resolve_suite_spec(value, Path.cwd())
+        if key == "pretrain.teacher":
+            value = _resolve_teacher(value, Path.cwd())
         _set_path(data, key, value, where)
         try:
             exp = build(ExperimentConfig, data, "experiment")
         except ConfigError as exc:
             raise TrainError(f"{where}: {exc}") from None
+    # Checked once every override is in, so that `--algo dqn --set pretrain.teacher=`
+    # works whichever comes first.
+    if exp.pretrain.teacher and exp.algo not in ("ppo", "a2c"):
+        raise TrainError(f"pretrain.teacher: a warm start needs ppo or a2c (a stochastic "
+                         f"actor fitted by likelihood), not {exp.algo}; train ppo, or add "
+                         f"--set pretrain.teacher= (empty) to train {exp.algo} without one")
     return exp, to_dict(exp)
 
 

@@ -52,6 +52,7 @@ from .callbacks import (
 )
 from .config import TrainError
 from .hyperparams import materialize
+from .pretrain import pretrain
 from .report import plot_cost_terms, plot_learning_curve, print_tables, run_report
 from .runconfig import RunConfig, load_trained_policy
 from .vecenv import make_vec_env
@@ -211,6 +212,11 @@ def _train(run: RunFolder, cfg: RunConfig, out: Output, resume: bool,
         venv = make_vec_env(exp, cfg.scenarios.train, seed, gamma)
         model = cls(policy, venv, seed=seed, device="cpu", verbose=0,
                     tensorboard_log=str(run / "tb"), **kwargs)
+        if exp.pretrain.teacher:
+            run.write_state(pretrain=pretrain(model, venv, exp.pretrain, exp.env,
+                                              cfg.scenarios.train[0], seed, gamma,
+                                              float(hp.get("vf_coef", 0.5)),
+                                              lambda m: out.echo(f"{out.label}{m}")))
     run.write_state(status="running", total_timesteps=total)
     progress = None
     task = None

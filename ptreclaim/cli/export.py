@@ -52,7 +52,8 @@ from .common import (
 
 PROG = "export_thresholds.py"
 #: The label of the tuned heuristic in the evaluation.
-TUNED = "tuned_soft_hard"
+#: The label of the ``--tuned`` file in the evaluation: ``tuned_<its rule kind>``.
+TUNED_PREFIX = "tuned_"
 #: Where ``scripts/tune.py heuristic soft_hard`` leaves its best rule by default.
 DEFAULT_TUNED = Path("runs/tune/soft_hard/best.yaml")
 #: Where ``scripts/tune.py constant`` leaves the best constant action by default.
@@ -135,15 +136,15 @@ def _components(agreement: Sequence[float]) -> str:
     return ", ".join(f"{n} {a:.3f}" for n, a in zip(ACTION_COMPONENTS, agreement, strict=True))
 
 
-def _over_tuned(results: Sequence[Any], by: dict[str, Any], label: str, learned: str
-                ) -> dict[str, Any]:
+def _over_tuned(results: Sequence[Any], by: dict[str, Any], label: str, learned: str,
+                tuned: str) -> dict[str, Any]:
     """The share of the learned gain *over the tuned heuristic* the export keeps,
     ``(tuned - export) / (tuned - learned)``, with its 95 % CI (none without a tuned
     file; None when the learned policy does not beat it)."""
-    if TUNED not in by:
+    if tuned not in by:
         return {}
-    share = gain_share(by[TUNED].mean_cost, by[label].mean_cost, by[learned].mean_cost)
-    lo, hi = gain_share_ci(results, label, learned, base=TUNED)
+    share = gain_share(by[tuned].mean_cost, by[label].mean_cost, by[learned].mean_cost)
+    lo, hi = gain_share_ci(results, label, learned, base=tuned)
     return {"gain_share_over_tuned": None if share is None else round(share, 4),
             "gain_share_over_tuned_ci": _rounded(lo, hi)}
 
@@ -244,8 +245,10 @@ def _export_into(args: argparse.Namespace, argv: Sequence[str], written: list[Pa
         return 0
     specs: list[PolicySpec] = [heuristic_spec("none"), learned_spec]
     specs += [parse_policy(f"{label}={stem}.yaml") for label, stem, _ in exports]
+    # Labelled by what it is (a tuned periodic_scan is not a tuned soft_hard).
+    tuned_label = f"{TUNED_PREFIX}{tuned.kind}" if tuned is not None else ""
     if tuned is not None and tuned_path is not None:
-        specs.append(parse_policy(f"{TUNED}={tuned_path}"))
+        specs.append(parse_policy(f"{tuned_label}={tuned_path}"))
     if constant_path is not None:
         specs.append(parse_policy(f"best_constant={constant_path}"))
     specs += [heuristic_spec("on_zap"), heuristic_spec("soft_hard")]
@@ -274,7 +277,7 @@ def _export_into(args: argparse.Namespace, argv: Sequence[str], written: list[Pa
             "policies": {lab: _summary_entry(s) for lab, s in by.items()},
             "gain_share": None if share is None else round(share, 4),
             "gain_share_ci": _rounded(lo, hi),
-            **_over_tuned(results, by, label, learned),
+            **_over_tuned(results, by, label, learned, tuned_label),
             "export_minus_learned_cost": [round(d, 4) for d in diff],
             "report": str((out / "export_eval" / "report.md").resolve()),
         }
@@ -285,7 +288,7 @@ def _export_into(args: argparse.Namespace, argv: Sequence[str], written: list[Pa
         if not args.quiet:
             kept = "n/a (the learned policy gained nothing)" if share is None else f"{share:.1%}"
             over = evaluation.get("gain_share_over_tuned")
-            tuned_text = "" if TUNED not in by else (
+            tuned_text = "" if tuned_label not in by else (
                 "; over the tuned heuristic: n/a (the learned policy does not beat it)"
                 if over is None else f"; {over:.1%} of its gain over the tuned heuristic")
             print(f"{label}: keeps {kept} of the learned gain over no reclaim (95 % CI "

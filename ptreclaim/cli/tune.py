@@ -255,7 +255,10 @@ def _check_common(args: argparse.Namespace) -> None:
 def _agent_setup(args: argparse.Namespace, scenarios: list[ScenarioConfig], suite: str,
                  env_override: EnvConfig | None) -> tuple[AgentSetup, dict[str, Any] | None]:
     timesteps = args.timesteps or DEFAULT_TIMESTEPS
-    sets = [("--algo", f"algo={args.target}"), ("--timesteps", f"timesteps={timesteps}")]
+    # Trials train from random weights (agents/tune/objectives.py has no warm start), so
+    # the experiment's pretrain.teacher does not apply to them.
+    sets = [("--algo", f"algo={args.target}"), ("--timesteps", f"timesteps={timesteps}"),
+            ("agent study", "pretrain.teacher=")]
     if args.n_envs is not None:
         sets.append(("--n-envs", f"n_envs={args.n_envs}"))
     exp, _ = load_experiment(Path(args.config) if args.config else None, sets)

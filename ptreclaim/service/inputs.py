@@ -203,6 +203,18 @@ def experiment_sets(spec: TrainJob, train_suite: str | None) -> list[tuple[str, 
     return sets + [("--set", item) for item in spec.overrides]
 
 
+def _check_teacher(value: Any, where: str) -> None:
+    """A warm-start teacher from a request: none, or a built-in heuristic by name (with
+    its default parameters); files on the server are not taken by path.  The shipped
+    experiments' own teacher (a shipped rule) is set by their file, not by a request."""
+    if value in (None, "") or (isinstance(value, str) and re.fullmatch(
+            r"heuristic:[a-z_]+", value.strip())):
+        return
+    raise BadRequest(f"{where}: {str(value)[:80]!r}: the service takes a warm-start teacher "
+                     "as heuristic:NAME only (files on the server are not taken by path); "
+                     "drop it to keep the experiment's own")
+
+
 def _check_train(spec: TrainJob, uploads: Mapping[str, bytes]) -> None:
     from ..agents.training.config import load_experiment
 
@@ -213,6 +225,11 @@ def _check_train(spec: TrainJob, uploads: Mapping[str, bytes]) -> None:
                 "expected key=value" if "=" not in item else
                 f"{key} is set by the service from the job (seeds, timesteps, input, "
                 "eval_suite); remove it"))
+        if key == "pretrain.teacher":
+            _check_teacher(item.split("=", 1)[1].strip(), "overrides: pretrain.teacher")
+        if key == "pretrain":
+            raise BadRequest("overrides: pretrain: set its keys one by one "
+                             "(pretrain.teacher=heuristic:NAME, pretrain.steps=N)")
     if spec.eval_suite:
         check_shipped(spec.eval_suite, "eval_suite")
     with _scratch() as tmp:
@@ -227,6 +244,9 @@ def _check_train(spec: TrainJob, uploads: Mapping[str, bytes]) -> None:
                 if data.get("algo_config"):
                     raise BadRequest("experiment.yaml.algo_config: paths are not taken; put "
                                      "the hyperparameters under 'hyperparams:'")
+                pre = data.get("pretrain")
+                if isinstance(pre, Mapping):
+                    _check_teacher(pre.get("teacher"), "experiment.yaml.pretrain.teacher")
         else:
             path = CONFIG_DIR / "experiments" / f"{spec.experiment}.yaml"
             if not path.is_file():
