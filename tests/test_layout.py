@@ -175,3 +175,49 @@ def test_no_module_is_too_long(path: Path) -> None:
         assert lines <= ceiling, f"{rel}: {lines} lines, grew past {ceiling}; split it"
         assert lines > MAX_LINES, (f"{rel}: {lines} lines, no longer oversize; remove it from "
                                    "OVERSIZE in tests/test_layout.py")
+
+
+def _layout_counts() -> dict[str, int]:
+    """``path -> lines`` as docs/layout.md's tree states them: ``name  N  text`` lines and
+    ``name N, name N`` lists (a bare name is a ``.py`` module), each under the folder
+    the indentation puts it in."""
+    import re
+
+    text = (ROOT / "docs" / "layout.md").read_text()
+    block = text.split("```text\n", 1)[1].split("```", 1)[0]
+    stack: list[tuple[int, str]] = []
+    counts: dict[str, int] = {}
+    for line in block.splitlines():
+        if not line.strip():
+            continue
+        indent = len(line) - len(line.lstrip())
+        first = line.split()[0]
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        base = stack[-1][1] if stack else ""
+        if first.endswith("/"):
+            base += first
+            stack.append((indent, base))
+            line = line.split(first, 1)[1]
+        for name, n in re.findall(r"([\w./]+?(?:\.py|\.c)?)\s+(\d+)(?=[\s,]|$)", line):
+            if "/" not in name or name.endswith((".py", ".c")):
+                path = name if "/" in name else base + name
+                if not path.endswith((".py", ".c")):
+                    path += ".py"
+                counts[path] = int(n)
+    return counts
+
+
+def test_layout_line_counts_are_current() -> None:
+    """docs/layout.md's line counts stay within 10 % (or 15 lines) of the files."""
+    counts = _layout_counts()
+    assert len(counts) > 55, sorted(counts)
+    stale = {}
+    for path, stated in counts.items():
+        f = ROOT / path
+        assert f.is_file(), f"docs/layout.md lists {path}, which does not exist"
+        actual = len(f.read_text().splitlines())
+        if abs(actual - stated) > max(15, stated // 10):
+            stale[path] = (stated, actual)
+    assert not stale, "docs/layout.md: update the line counts (stated, actual): " + ", ".join(
+        f"{p} {s} -> {a}" for p, (s, a) in sorted(stale.items()))
