@@ -218,12 +218,14 @@ class PageTableReclaimEnv(gym.Env[np.ndarray, np.ndarray]):
 
     # -- pickling -------------------------------------------------------------
 
-    def journal(self, what: str, action: np.ndarray) -> None:
+    def journal(self, what: str, action: np.ndarray | list[int]) -> None:
         """Record that ``action`` was stepped (``step``) or applied (``apply``) on the
         compiled core, for pickling.  A driver that steps the core itself (the batched
-        vector env) records its actions here too."""
+        vector env) records its actions here too, as lists already (one ``tolist()`` for
+        the whole batch)."""
         if self._journal is not None:
-            self._journal.append((what, action.tolist()))
+            self._journal.append((what, action if isinstance(action, list) else
+                                  action.tolist()))
 
     def __getstate__(self) -> dict[str, Any]:
         """The reference simulation pickles as it is; the compiled core does not

@@ -68,7 +68,7 @@ def _warm(seed: int) -> tuple[PPO, dict[str, Any]]:
     cfg = config.PretrainConfig(teacher="heuristic:periodic_scan", steps=384, epochs=40,
                                 batch_size=64, learning_rate=3e-3)
     model, venv = _model_and_venv(seed)
-    rec = pretrain.pretrain(model, venv, cfg, ENV, SCENARIO, seed, 0.99, 0.5, lambda _: None)
+    rec = pretrain.pretrain(model, venv, cfg, ENV, SCENARIO, seed, lambda _: None)
     return model, rec
 
 

@@ -81,10 +81,9 @@ class FastVecEnv(VecEnv):
             raise RuntimeError("every env must be reset on the compiled backend before step")
         step_batch(cores, self._actions, self._obs, self._rewards, self._trunc)
         # Each env's pickle journal records its action (an env taken out of the batch still
-        # pickles right): what env.journal("step", row) does, with one tolist() per batch.
+        # pickles right), from one tolist() for the batch.
         for env, row in zip(self.envs, self._actions.tolist(), strict=True):
-            if env._journal is not None:
-                env._journal.append(("step", row))
+            env.journal("step", row)
         self._actions = None
         infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
         self._ep_return += self._rewards

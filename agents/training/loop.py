@@ -214,8 +214,7 @@ def _train(run: RunFolder, cfg: RunConfig, out: Output, resume: bool,
                     tensorboard_log=str(run / "tb"), **kwargs)
         if exp.pretrain.teacher:
             run.write_state(pretrain=pretrain(model, venv, exp.pretrain, exp.env,
-                                              cfg.scenarios.train[0], seed, gamma,
-                                              float(hp.get("vf_coef", 0.5)),
+                                              cfg.scenarios.train[0], seed,
                                               lambda m: out.echo(f"{out.label}{m}")))
     run.write_state(status="running", total_timesteps=total)
     progress = None

@@ -148,10 +148,11 @@ def fit(model: Any, demos: Demos, cfg: PretrainConfig, seed: int, vf_coef: float
 
 
 def pretrain(model: Any, venv: Any, cfg: PretrainConfig, env_config: EnvConfig,
-             scenario: ScenarioConfig, seed: int, gamma: float, vf_coef: float,
-             echo: Callable[[str], None]) -> dict[str, Any]:
-    """Collect the teacher's demos on ``venv`` and fit ``model``'s policy to them; the
-    record that goes into ``state.json``."""
+             scenario: ScenarioConfig, seed: int, echo: Callable[[str], None]
+             ) -> dict[str, Any]:
+    """Collect the teacher's demos on ``venv`` and fit ``model``'s policy to them, with
+    the model's own discount and value-loss weight (``gamma``, ``vf_coef``); the record
+    that goes into ``state.json``."""
     t0 = time.perf_counter()
     try:
         teacher = teacher_policy(cfg, env_config, scenario)
@@ -159,8 +160,8 @@ def pretrain(model: Any, venv: Any, cfg: PretrainConfig, env_config: EnvConfig,
         raise TrainError(f"pretrain.teacher: {exc}") from None
     echo(f"warm start: {cfg.teacher} plays {cfg.steps} decisions, then {cfg.epochs} epochs "
          "of behaviour cloning")
-    demos = collect(venv, teacher, cfg.steps, gamma)
-    got = fit(model, demos, cfg, seed, vf_coef)
+    demos = collect(venv, teacher, cfg.steps, float(model.gamma))
+    got = fit(model, demos, cfg, seed, float(model.vf_coef))
     record = {"teacher": cfg.teacher, "steps": len(demos.obs), "epochs": cfg.epochs,
               **{k: round(v, 6) for k, v in got.items()},
               "seconds": round(time.perf_counter() - t0, 3)}

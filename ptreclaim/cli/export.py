@@ -51,7 +51,6 @@ from .common import (
 )
 
 PROG = "export_thresholds.py"
-#: The label of the tuned heuristic in the evaluation.
 #: The label of the ``--tuned`` file in the evaluation: ``tuned_<its rule kind>``.
 TUNED_PREFIX = "tuned_"
 #: Where ``scripts/tune.py heuristic soft_hard`` leaves its best rule by default.
