@@ -22,6 +22,7 @@ from typing import Any
 import gymnasium  # noqa: F401  (registers the env ids before the env module loads)
 import numpy as np
 import pytest
+import yaml
 
 from ptreclaim.agents import loading
 from ptreclaim.agents.runs import RunFolder
@@ -422,8 +423,15 @@ def test_default_experiment_and_algo_configs_load() -> None:
     exp, _ = config.load_experiment(None)
     assert exp.name == "default" and exp.algo == "ppo" and len(exp.seeds) >= 3
     # The default warm-starts PPO from the shipped tuned rule (a thresholds file).
-    assert exp.pretrain.teacher.endswith("configs/rules/tuned_periodic_scan.yaml")
+    teacher = Path(exp.pretrain.teacher)
+    assert teacher.parent.name == "rules" and teacher.name.startswith("tuned_")
     assert loading.parse_policy(exp.pretrain.teacher).kind == "thresholds"
+    # ...tuned on the training suite the experiment trains on: a grown or changed
+    # suite must come with a re-tuned teacher (and re-tuned baselines), or the
+    # comparison with the tuned rules stops being like for like.
+    provenance = yaml.safe_load(teacher.read_text())["provenance"]
+    assert provenance["scenarios"] == [s.name for s in config.resolve_scenarios(exp).train]
+    assert provenance["n_trials"] >= 140
     with pytest.raises(config.TrainError, match=r"pretrain\.teacher= "):
         config.load_experiment(None, [("--algo dqn", "algo=dqn")])
     dqn, _ = config.load_experiment(None, [("--algo dqn", "algo=dqn"),

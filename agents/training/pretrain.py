@@ -135,7 +135,9 @@ def fit(model: Any, demos: Demos, cfg: PretrainConfig, seed: int, vf_coef: float
                 loss = loss + vf_coef * vloss
             opt.zero_grad()
             loss.backward()
-            th.nn.utils.clip_grad_norm_(policy.parameters(), 0.5)
+            # The algorithm's own clip (PPO and A2C both have one), so the warm start
+            # takes steps no larger than the updates that follow it.
+            th.nn.utils.clip_grad_norm_(policy.parameters(), model.max_grad_norm)
             opt.step()
     policy.set_training_mode(False)
     with th.no_grad():

@@ -26,6 +26,7 @@ import re
 import shlex
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -140,13 +141,18 @@ def run_cli(prog: str, parser: argparse.ArgumentParser,
 @contextlib.contextmanager
 def progress_bar(description: str, total: int, show: bool = True
                  ) -> Iterator[Callable[[int], None] | None]:
-    """A transient rich progress bar on stderr for long work.
+    """Progress of long work on stderr.
 
-    Yields ``update(completed)``, or None when ``show`` is false (not a
-    terminal, ``--quiet``): callers pass it on as an optional callback.
+    Yields ``update(completed)``, or None when ``show`` is false (``--quiet``):
+    callers pass it on as an optional callback.  On a terminal a transient rich
+    bar; otherwise (a log file, CI, ``nohup``) one plain line each time another
+    tenth of ``total`` is done, so a long run in a log still says how far it is.
     """
     if not show:
         yield None
+        return
+    if not sys.stderr.isatty():
+        yield _progress_lines(description, total)
         return
     from rich.console import Console
 
@@ -161,6 +167,21 @@ def progress_bar(description: str, total: int, show: bool = True
             bar.update(task, completed=completed)
 
         yield update
+
+
+def _progress_lines(description: str, total: int) -> Callable[[int], None]:
+    """``update(completed)`` printing ``description: done/total (p %), s`` on stderr
+    at every tenth of ``total`` (each tenth once, however the updates arrive)."""
+    start, shown = time.monotonic(), [0]
+
+    def update(completed: int) -> None:
+        tenth = completed * 10 // max(1, total)
+        if tenth > shown[0]:
+            shown[0] = tenth
+            print(f"{description}: {completed}/{total} ({100 * completed // max(1, total)} %),"
+                  f" {time.monotonic() - start:.0f} s", file=sys.stderr, flush=True)
+
+    return update
 
 
 def _nearest_existing(path: Path) -> Path:

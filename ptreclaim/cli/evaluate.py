@@ -20,7 +20,6 @@ exits with 130 or 143.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -119,7 +118,7 @@ def _main(args: argparse.Namespace, argv: Sequence[str]) -> int:
     env_config = env_config_for(args.env, specs)
     out = Path(args.out) if args.out else _default_out(suite)
     total = len(specs) * len(scenarios) * args.episodes
-    show = not args.quiet and sys.stderr.isatty()
+    show = not args.quiet
     with claim_out_dir(out, OUTPUT_FILES, args.force), \
             progress_bar("episodes", total, show) as update:
         run_evaluation(specs, scenarios, env_config, out, suite=str(suite),

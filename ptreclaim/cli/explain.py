@@ -14,7 +14,6 @@ to), ``explain.json``, ``report.md`` and ``command.txt`` to ``--out``
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -66,7 +65,7 @@ def _main(args: argparse.Namespace, argv: Sequence[str]) -> int:
     env_config = env_config_for(args.env, [spec])
     out = Path(args.out) if args.out else unique_path(
         Path("runs") / "explain" / f"{spec.label}__{stamp()}", first=1)
-    show = not args.quiet and sys.stderr.isatty()
+    show = not args.quiet
     with claim_out_dir(out, OUTPUT_FILES, args.force), \
             progress_bar("episodes", len(scenarios) * args.episodes, show) as update:
         ex = explain(spec, scenarios, env_config, args.episodes, args.seed,

@@ -195,7 +195,7 @@ def _export_into(args: argparse.Namespace, argv: Sequence[str], written: list[Pa
         raise ConfigError(f"{run}: the run records no held-out scenarios to score the export on")
     teacher = build_policy(learned_spec, exp.env, train[0])
     dcfg = DistillConfig(iterations=args.iterations, episodes=args.episodes, seed=args.seed)
-    show = not args.quiet and sys.stderr.isatty()
+    show = not args.quiet
     say: Callable[[str], None] = (lambda _m: None) if args.quiet else (
         lambda m: print(m, file=sys.stderr))
     model_file = Path(learned_spec.path)

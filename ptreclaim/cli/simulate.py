@@ -121,7 +121,7 @@ def _default_out(scenario: ScenarioConfig, policy: str, seed: int) -> Path:
 
 
 def _progress_run(scenario: ScenarioConfig, args: argparse.Namespace, ticks: int) -> RunResult:
-    show = not args.quiet and sys.stderr.isatty() and ticks >= 100
+    show = not args.quiet and ticks >= 100
     with progress_bar(f"simulating {scenario.name}", ticks, show) as update:
         if update is None:
             return run(scenario, ticks, args.policy, args.seed, trust_model=args.trust_model)

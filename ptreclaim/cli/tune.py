@@ -390,7 +390,7 @@ def _constant(args: argparse.Namespace, argv: Sequence[str]) -> int:
     groups = constant.action_classes(constant.action_space(env_config))
     n_actions = sum(len(v) for v in groups.values())
     total = len(groups) * len(scenarios) * args.seeds * args.episodes
-    show = not args.quiet and sys.stderr.isatty()
+    show = not args.quiet
     try:
         with progress_bar(f"{n_actions} constant actions: episodes", total, show) as update:
             scores, run, written = constant.run_constant(

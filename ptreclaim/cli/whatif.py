@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -168,7 +167,7 @@ def _main(args: argparse.Namespace, argv: Sequence[str]) -> int:
     files = [*OUTPUT_FILES, *(f"{i.label}.png" for i in inputs)]
     check_out_dir(out, files, args.force)
     tasks: list[Task] = [(i.scenario, d, args.seed) for i in inputs for d in designs]
-    show = not args.quiet and sys.stderr.isatty()
+    show = not args.quiet
     with progress_bar(f"what-if: {len(tasks)} runs", len(tasks), show) as update:
         def done(index: int, result: dict[str, Any], count: int) -> None:
             if update is not None:
