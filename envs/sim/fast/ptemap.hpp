@@ -19,8 +19,6 @@
 #include <cstdint>
 #include <map>
 #include <memory>
-#include <new>
-#include <type_traits>
 #include <vector>
 
 namespace ptfast {
@@ -102,12 +100,10 @@ class SlotMap {
       reset_value(*t);
     } else {
       if (fresh_ == BLOCK) {
-        blocks_.emplace_back(new Raw[BLOCK]);  // raw memory: nothing written yet
+        blocks_.emplace_back(new Table[BLOCK]());  // value-initialised: ready for use
         fresh_ = 0;
       }
-      // Constructed (value-initialised) when handed out, not the whole block at once: the
-      // fault that asked for it writes the same lines next, while they are in the cache.
-      t = new (&blocks_.back()[fresh_++]) Table();
+      t = &blocks_.back()[fresh_++];
     }
     node->ptr[e] = t;
     node->meta[e] = SlotMeta<Table>::initial();
@@ -222,13 +218,7 @@ class SlotMap {
   }
 
   std::map<i64, std::unique_ptr<Node>> nodes_;
-  // Storage for one element; elements are trivially destructible, so a block is freed
-  // without destroying them.
-  struct alignas(Table) Raw {
-    unsigned char bytes[sizeof(Table)];
-  };
-  static_assert(std::is_trivially_destructible<Table>::value, "pool blocks skip destructors");
-  std::vector<std::unique_ptr<Raw[]>> blocks_;
+  std::vector<std::unique_ptr<Table[]>> blocks_;
   std::vector<Table*> free_;  // erased tables, reused first
   int fresh_ = BLOCK;         // tables of the last block never handed out start here
   size_t n_ = 0;
