@@ -54,7 +54,9 @@ cdef extern from "pagetable.hpp" namespace "ptfast":
         uint8_t e[512]
         uint8_t huge
         uint8_t cls
+        uint8_t young
         int rss
+        int age
 
     cdef cppclass Stats:
         i64 pte_allocated, pte_freed, upper_allocated, upper_freed, pte_reclaimed_on_zap
@@ -103,8 +105,6 @@ cdef extern from "pagetable.hpp" namespace "ptfast":
         void exit()
         i64 reclaim_table(i64 slot, unsigned allowed_mask)
         i64 scan_young(i64 slot)
-        cbool table_young(i64 slot)
-        i64 table_age(i64 slot)
         string check_invariants()
 
     const char* err_name(int err)
@@ -338,8 +338,7 @@ cdef class FastAddressSpace:
         m.pte.slots_in(-(1 << 62), 1 << 62, slots)
         for slot in slots:
             t = m.pte.find(slot)
-            tables.append((slot, bytes(t.e[:512]), t.huge, t.cls, t.rss,
-                           bool(m.table_young(slot)), m.table_age(slot)))
+            tables.append((slot, bytes(t.e[:512]), t.huge, t.cls, t.rss, bool(t.young), t.age))
         # The VMAs' files in order of first appearance (how canonical_state numbers them).
         for v in m.vmas:
             f = v.file.get()

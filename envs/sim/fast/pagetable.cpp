@@ -432,8 +432,6 @@ std::string AddressSpace::check_invariants() const {
     fresh.recount();
     if (c != t.cls)
       problem = "class out of date";
-    else if (pte.meta(slot)->cls != t.cls)
-      problem = "the table map's copy of the class out of date";
     else if (r != t.rss || t.resident() != t.rss)
       problem = "rss out of date";
     else if (!std::equal(fresh.n, fresh.n + 5, t.n))
@@ -515,6 +513,7 @@ PteTable& AddressSpace::ensure_pte(i64 slot) {
 }
 
 void AddressSpace::reclass(i64 slot, PteTable& t) {
+  (void)slot;
   uint8_t c;
   int32_t rss;
   t.census(c, rss);
@@ -522,7 +521,6 @@ void AddressSpace::reclass(i64 slot, PteTable& t) {
     cls_count[t.cls]--;
     cls_count[c]++;
     t.cls = c;
-    pte.meta(slot)->cls = c;
     class_version++;
   }
   rss_pages += rss - t.rss;
@@ -539,9 +537,8 @@ void AddressSpace::free_pte(i64 slot) {
   stats.pte_freed++;
 }
 
-PteTable AddressSpace::free_pte_quiet(i64 slot, PteMeta& m) {
+PteTable AddressSpace::free_pte_quiet(i64 slot) {
   PteTable t = pte.at(slot);
-  m = *pte.meta(slot);
   pte.erase(slot);
   if (t.huge) huge_tables--;
   cls_count[t.cls]--;
@@ -550,9 +547,8 @@ PteTable AddressSpace::free_pte_quiet(i64 slot, PteMeta& m) {
   return t;
 }
 
-void AddressSpace::adopt_pte(i64 slot, const PteTable& t, const PteMeta& m) {
+void AddressSpace::adopt_pte(i64 slot, const PteTable& t) {
   pte.emplace(slot).first = t;
-  *pte.meta(slot) = m;
   if (t.huge) huge_tables++;
   cls_count[t.cls]++;
   rss_pages += t.rss;
@@ -871,7 +867,7 @@ int AddressSpace::fault_range(Vma* v, i64 start, i64 end, i64 stride, bool write
       last = addr + (n - 1) * stride;
     }
     PteTable* t = pte.find(slot);
-    if (t) pte.meta(slot)->young = 1;  // the walk sets the PMD entry's accessed bit
+    if (t) t->young = 1;  // the walk sets the PMD entry's accessed bit
     if (!t && thp_allowed(v) && base >= v->start && base + PTE_SPAN <= v->end) {
       t = &ensure_pte(slot);
       t->huge = write ? HUGE_ANON : HUGE_ZERO;
@@ -1575,9 +1571,8 @@ void AddressSpace::move_page_tables(Vma* old, Vma* nw, i64 old_addr, i64 new_add
     if (pmd.insert(new_addr >> PMD_SHIFT)) stats.upper_allocated++;
     i64 nslot = new_addr >> PTE_SHIFT;
     if (extent == PTE_SPAN && !pte.count(nslot)) {
-      PteMeta m{};
-      PteTable t = free_pte_quiet(oslot, m);
-      adopt_pte(nslot, t, m);
+      PteTable t = free_pte_quiet(oslot);
+      adopt_pte(nslot, t);
     } else {
       if (ot->huge) split_huge(oslot, *ot);
       PteTable& dt = ensure_pte(nslot);
@@ -1615,9 +1610,8 @@ void AddressSpace::move_pmd_table(i64 old_addr, i64 new_addr) {
   std::vector<i64> slots;
   pte_slots_in(old_addr, old_addr + PMD_SPAN, slots);
   for (i64 slot : slots) {
-    PteMeta m{};
-    PteTable t = free_pte_quiet(slot, m);
-    adopt_pte(slot + shift, t, m);
+    PteTable t = free_pte_quiet(slot);
+    adopt_pte(slot + shift, t);
   }
   if (!file_thp.empty()) {
     const i64 lo = old_addr >> PTE_SHIFT;
@@ -1689,11 +1683,10 @@ void AddressSpace::exit() {
 // ---------------------------------------------------------------- reclaim
 
 i64 AddressSpace::reclaim_table(i64 slot, unsigned allowed_mask) {
-  // The class from the node's copy: a table that stays is not read at all.
-  const PteMeta* m = pte.meta(slot);
-  if (!m) return -1;
-  if (m->cls == C_PINNED || !(allowed_mask & (1u << m->cls)) || slot_is_uffd(slot)) return -1;
-  PteTable& t = pte.at(slot);
+  PteTable* found = pte.find(slot);
+  if (!found) return -1;
+  PteTable& t = *found;
+  if (t.cls == C_PINNED || !(allowed_mask & (1u << t.cls)) || slot_is_uffd(slot)) return -1;
   i64 zapped = t.huge ? ENTRIES : ENTRIES - t.count(E_NONE);
   const i64 cls = t.cls;
   free_pte(slot);
@@ -1702,7 +1695,7 @@ i64 AddressSpace::reclaim_table(i64 slot, unsigned allowed_mask) {
 }
 
 i64 AddressSpace::scan_young(i64 slot) {
-  PteMeta& t = *pte.meta(slot);
+  PteTable& t = pte.at(slot);
   if (t.young) {
     t.young = 0;
     t.age = 0;

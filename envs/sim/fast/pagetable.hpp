@@ -115,19 +115,15 @@ struct Vma {
 // pagetable.PteTable, with the class and RSS the Python model keeps per table, and the
 // number of entries of each kind (kept as entries change, so the class is known without
 // recounting 512 entries after every change).
-//
-// The young bit and the age (pagetable.PteTable.young and .age) live beside the table in
-// its SlotMap node (PteMeta below), with a copy of the class: the reclaim scan reads and
-// updates those of every table it passes and touches the table itself only to free it.
-// The header (18 bytes) comes before the entries: 530 bytes per table (was 536).  Aligning
-// tables to cache lines (576 bytes) measured worse under cachegrind: more memory, more misses.
 struct PteTable {
+  uint8_t e[ENTRIES];
   uint8_t huge = HUGE_NONE;
   uint8_t cls = C_EMPTY;
+  uint8_t young = 1;  // the PMD entry's accessed bit (pagetable.PteTable.young)
   int32_t rss = 0;
+  int32_t age = 0;    // scan rounds idle (pagetable.PteTable.age)
   // Entries per kind: none, anon, zero, file, and the rest (swap entries and markers).
   uint16_t n[5] = {ENTRIES, 0, 0, 0, 0};
-  uint8_t e[ENTRIES];
   PteTable() { std::fill(e, e + ENTRIES, uint8_t{0}); }
 
   static int bucket(uint8_t v) { return v < 4 ? v : 4; }
@@ -157,26 +153,12 @@ inline void reset_value<PteTable>(PteTable& t) {
   std::memset(t.e, 0, ENTRIES);
   t.huge = HUGE_NONE;
   t.cls = C_EMPTY;
+  t.young = 1;
+  t.age = 0;
   t.rss = 0;
   t.n[0] = ENTRIES;
   t.n[1] = t.n[2] = t.n[3] = t.n[4] = 0;
 }
-
-// What the reclaim scan reads of a PTE table, kept densely in the SlotMap's PMD node (see
-// PteTable): its class (a copy of PteTable::cls, kept equal by AddressSpace::reclass and
-// adopt_pte, checked by check_invariants), the PMD entry's accessed bit and the scan rounds
-// it has been idle.
-struct PteMeta {
-  int32_t age;
-  uint8_t cls;
-  uint8_t young;
-};
-template <>
-struct SlotMeta<PteTable> {
-  using type = PteMeta;
-  // A new table: never scanned, class empty, young (pagetable.PteTable's defaults).
-  static PteMeta initial() { return {0, C_EMPTY, 1}; }
-};
 
 struct Stats {
   i64 pte_allocated = 0, pte_freed = 0, upper_allocated = 0, upper_freed = 0,
@@ -253,9 +235,6 @@ class AddressSpace {
   i64 reclaim_table(i64 slot, unsigned allowed_mask);
   // pagetable.AddressSpace.scan_young: test-and-clear the young bit; the age after it.
   i64 scan_young(i64 slot);
-  // The young bit and the age of the table at `slot` (which must exist).
-  bool table_young(i64 slot) const { return pte.meta(slot)->young; }
-  i64 table_age(i64 slot) const { return pte.meta(slot)->age; }
 
   // ---- file operations (pagetable.AddressSpace.punch / truncate)
   static void punch(BackingFile& file, i64 foff, i64 length);
@@ -274,9 +253,8 @@ class AddressSpace {
   PteTable& ensure_pte(i64 slot);
   void reclass(i64 slot, PteTable& t);
   void free_pte(i64 slot);
-  // Take the table at `slot` out without counting it freed (a move; its meta to `m`).
-  PteTable free_pte_quiet(i64 slot, PteMeta& m);
-  void adopt_pte(i64 slot, const PteTable& t, const PteMeta& m);
+  PteTable free_pte_quiet(i64 slot);
+  void adopt_pte(i64 slot, const PteTable& t);
   void pte_slots_in(i64 start, i64 end, std::vector<i64>& out) const;
   void update_entries(i64 start, i64 end, const uint8_t* table);
   void split_huge(i64 slot, PteTable& t);

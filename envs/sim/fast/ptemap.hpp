@@ -29,33 +29,17 @@ inline void reset_value(T& v) {
   v = T();
 }
 
-// Per-slot data a SlotMap keeps beside each element, in its PMD node rather than in the
-// element: dense, 64 slots' worth per few cache lines, for walks that read only it (the
-// reclaim scan reads PTE tables' class, young bit and age; pagetable.hpp specialises this
-// for PteTable).  Maps without it carry an empty struct.  `initial()` is what a new
-// element's slot gets; the type is trivial, so a new node's array is left unwritten.
-struct NoMeta {};
-template <class T>
-struct SlotMeta {
-  using type = NoMeta;
-  static NoMeta initial() { return {}; }
-};
-
 template <class Table>
 class SlotMap {
  public:
   using i64 = int64_t;
-  using Meta = typename SlotMeta<Table>::type;
 
   SlotMap() = default;
   SlotMap(const SlotMap& o) { *this = o; }
   SlotMap& operator=(const SlotMap& o) {
     if (this == &o) return *this;
     clear();
-    o.for_each([&](i64 slot, const Table& t) {
-      emplace(slot).first = t;
-      *meta(slot) = *o.meta(slot);
-    });
+    o.for_each([&](i64 slot, const Table& t) { emplace(slot).first = t; });
     return *this;
   }
 
@@ -70,22 +54,12 @@ class SlotMap {
 
   Table& at(i64 slot) const { return *find(slot); }
 
-  // The per-slot data of the element at `slot`, or nullptr when there is none.
-  Meta* meta(i64 slot) const {
-    Node* node = node_of(slot >> 9);
-    const int e = (int)(slot & 511);
-    return node && node->ptr[e] ? &node->meta[e] : nullptr;
-  }
-
   // The table at `slot`, created (default-constructed) if absent; second: created.
   std::pair<Table&, bool> emplace(i64 slot) {
     i64 pi = slot >> 9;
     Node* node = node_of(pi);
     if (!node) {
-      // Default- (not value-) initialised: the pointers and bits by their initialisers, the
-      // per-slot data not at all (emplace writes a slot's when it fills it).  Zeroing it
-      // too doubled the memset of every new node (cachegrind of the batched loop).
-      std::unique_ptr<Node> owned(new Node);
+      auto owned = std::make_unique<Node>();
       node = owned.get();
       nodes_.emplace(pi, std::move(owned));
       cache_key_ = pi;
@@ -106,7 +80,6 @@ class SlotMap {
       t = &blocks_.back()[fresh_++];
     }
     node->ptr[e] = t;
-    node->meta[e] = SlotMeta<Table>::initial();
     node->bits[e >> 6] |= uint64_t{1} << (e & 63);
     node->count++;
     n_++;
@@ -204,7 +177,6 @@ class SlotMap {
     Table* ptr[512] = {};
     uint64_t bits[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     int count = 0;
-    Meta meta[512];
   };
   static constexpr int BLOCK = 64;  // tables per pool block
 
