@@ -28,7 +28,7 @@ from stable_baselines3.common.vec_env.base_vec_env import (
 )
 
 from ...envs.pagetable_env import PageTableReclaimEnv
-from ...envs.sim.fast._fast import step_batch
+from ...envs.sim.fast._fast import actions_in_space, step_batch
 
 
 class FastVecEnv(VecEnv):
@@ -68,8 +68,10 @@ class FastVecEnv(VecEnv):
         return self._obs.copy()
 
     def step_async(self, actions: np.ndarray) -> None:
-        a = np.ascontiguousarray(np.asarray(actions).astype(np.int64).reshape(self.num_envs, -1))
-        if a.shape[1] != len(self._nvec) or (a < 0).any() or (a >= self._nvec).any():
+        # No copy when SB3 passes what it does (a fresh C-contiguous int64 array); like
+        # DummyVecEnv, the actions are read at step_wait().
+        a = np.ascontiguousarray(actions, dtype=np.int64).reshape(self.num_envs, -1)
+        if not actions_in_space(a, self._nvec):
             raise ValueError(f"actions {np.asarray(actions).tolist()} are outside "
                              f"MultiDiscrete({self._nvec.tolist()})")
         self._actions = a
@@ -77,30 +79,22 @@ class FastVecEnv(VecEnv):
     def step_wait(self) -> VecEnvStepReturn:
         assert self._actions is not None, "step_async() first"
         cores = [env._core for env in self.envs]
-        if any(c is None for c in cores):
+        if None in cores:
             raise RuntimeError("every env must be reset on the compiled backend before step")
-        step_batch(cores, self._actions, self._obs, self._rewards, self._trunc)
+        # The compiled call also adds each reward to its episode's return and counts the
+        # step, and says how many episodes ended: most steps end none.
+        ended = step_batch(cores, self._actions, self._obs, self._rewards, self._trunc,
+                           self._ep_return, self._ep_len)
         # Each env's pickle journal records its action (an env taken out of the batch still
         # pickles right), from one tolist() for the batch.
         for env, row in zip(self.envs, self._actions.tolist(), strict=True):
             env.journal("step", row)
         self._actions = None
         infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
-        self._ep_return += self._rewards
-        self._ep_len += 1
         dones = self._trunc.astype(bool)
-        for i in map(int, np.flatnonzero(dones)):
-            env = self.envs[i]
-            ep_r = float(self._ep_return[i])
-            infos[i] = {
-                "TimeLimit.truncated": True,
-                "terminal_observation": self._obs[i].copy(),
-                "episode": {"r": round(ep_r, 6), "l": int(self._ep_len[i]),
-                            "t": round(time.time() - self._ep_start[i], 6)},
-            }
-            obs, self.reset_infos[i] = env.reset()
-            self._obs[i] = obs
-            self._start_episode(i)
+        if ended:
+            for i in map(int, np.flatnonzero(dones)):
+                self._end_episode(i, infos)
         return self._obs.copy(), self._rewards.astype(np.float32), dones, infos
 
     def close(self) -> None:
@@ -127,6 +121,21 @@ class FastVecEnv(VecEnv):
         return [None for _ in self.envs]
 
     # -- helpers --------------------------------------------------------------
+
+    def _end_episode(self, i: int, infos: list[dict[str, Any]]) -> None:
+        """Env ``i``'s episode ended: ``Monitor``'s record and the last observation go to
+        its info, and it resets (without a seed, as ``DummyVecEnv`` does)."""
+        env = self.envs[i]
+        ep_r = float(self._ep_return[i])
+        infos[i] = {
+            "TimeLimit.truncated": True,
+            "terminal_observation": self._obs[i].copy(),
+            "episode": {"r": round(ep_r, 6), "l": int(self._ep_len[i]),
+                        "t": round(time.time() - self._ep_start[i], 6)},
+        }
+        obs, self.reset_infos[i] = env.reset()
+        self._obs[i] = obs
+        self._start_episode(i)
 
     def _start_episode(self, i: int) -> None:
         self._ep_return[i] = 0.0

@@ -19,6 +19,8 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <new>
+#include <type_traits>
 #include <vector>
 
 namespace ptfast {
@@ -74,10 +76,12 @@ class SlotMap {
       reset_value(*t);
     } else {
       if (fresh_ == BLOCK) {
-        blocks_.emplace_back(new Table[BLOCK]());  // value-initialised: ready for use
+        blocks_.emplace_back(new Raw[BLOCK]);  // raw memory: nothing written yet
         fresh_ = 0;
       }
-      t = &blocks_.back()[fresh_++];
+      // Constructed (value-initialised) when handed out, not the whole block at once: the
+      // fault that asked for it writes the same lines next, while they are in the cache.
+      t = new (&blocks_.back()[fresh_++]) Table();
     }
     node->ptr[e] = t;
     node->bits[e >> 6] |= uint64_t{1} << (e & 63);
@@ -190,7 +194,13 @@ class SlotMap {
   }
 
   std::map<i64, std::unique_ptr<Node>> nodes_;
-  std::vector<std::unique_ptr<Table[]>> blocks_;
+  // Storage for one element; elements are trivially destructible, so a block is freed
+  // without destroying them.
+  struct alignas(Table) Raw {
+    unsigned char bytes[sizeof(Table)];
+  };
+  static_assert(std::is_trivially_destructible<Table>::value, "pool blocks skip destructors");
+  std::vector<std::unique_ptr<Raw[]>> blocks_;
   std::vector<Table*> free_;  // erased tables, reused first
   int fresh_ = BLOCK;         // tables of the last block never handed out start here
   size_t n_ = 0;
