@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -417,6 +418,8 @@ def test_submit_cli_follows_and_downloads(service: Service, tmp_path: Path) -> N
         capture_output=True, text=True, env=env, timeout=DEADLINE)
     assert r.returncode == 0, r.stderr
     assert "succeeded" in r.stdout and (out / "best.yaml").is_file()
+    # Off a terminal --follow prints a line per change of the job, its state named.
+    assert re.search(r"^job \S+ \(tune\) succeeded: 100 % ", r.stderr, re.M), r.stderr
     bad = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "submit.py"), "--url", service.server.url,
          "tune", "soft_hard", "--trials", "100000"],

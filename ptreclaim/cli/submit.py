@@ -208,7 +208,9 @@ def follow(client: Any, job_id: str, quiet: bool = False, poll: float = 1.0
 
     job = client.job(job_id)
     shown = ""
-    with progress_bar(f"job {job_id}", 1000, not quiet) as update:
+    # Off a terminal this prints its own line per change (state, phase, error), which
+    # says more than progress_bar's line per tenth: the bar is for terminals only.
+    with progress_bar(f"job {job_id}", 1000, not quiet and sys.stderr.isatty()) as update:
         while True:
             if update is not None:
                 update(int(1000 * job["progress"]))
