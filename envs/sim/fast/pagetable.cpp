@@ -395,7 +395,8 @@ i64 AddressSpace::uffd_unreclaimable() {
   // can share only a boundary slot: counting each slot above the last one counted counts
   // the distinct slots the reference's set holds.
   i64 seen = 0, last = INT64_MIN;
-  std::vector<i64> slots;
+  Borrowed<i64> scratch(slot_scratch_);
+  std::vector<i64>& slots = scratch.v;
   for (const Vma* v : vmas) {
     if (!v->uffd) continue;
     slots.clear();
@@ -562,7 +563,8 @@ void AddressSpace::pte_slots_in(i64 start, i64 end, std::vector<i64>& out) const
 }
 
 void AddressSpace::update_entries(i64 start, i64 end, const uint8_t* table) {
-  std::vector<i64> slots;
+  Borrowed<i64> scratch(slot_scratch_);
+  std::vector<i64>& slots = scratch.v;
   pte_slots_in(start, end, slots);
   for (i64 slot : slots) {
     PteTable& t = pte.at(slot);
@@ -608,7 +610,8 @@ void AddressSpace::zap(i64 start, i64 end, bool reclaim, bool drop_markers) {
   unmap_file_thp(start, end);
   split_huge_partial(start, end);
   const uint8_t* table = drop_markers ? ZAP_ALL.t : ZAP.t;
-  std::vector<i64> slots;
+  Borrowed<i64> scratch(slot_scratch_);
+  std::vector<i64>& slots = scratch.v;
   pte_slots_in(start, end, slots);
   for (i64 slot : slots) {
     PteTable& t = pte.at(slot);
@@ -639,7 +642,8 @@ void AddressSpace::free_pgtables(i64 start, i64 end) {
   i64 i = first_ending_after(start);
   i64 floor = i > 0 ? vmas[i - 1]->end : 0;
   i64 ceiling = i < (i64)vmas.size() ? vmas[i]->start : TASK_SIZE;
-  std::vector<i64> slots;
+  Borrowed<i64> scratch(slot_scratch_);
+  std::vector<i64>& slots = scratch.v;
   pte_slots_in(start, end, slots);
   for (i64 slot : slots)
     if ((slot << PTE_SHIFT) >= floor && ((slot + 1) << PTE_SHIFT) <= ceiling) free_pte(slot);
@@ -1243,7 +1247,8 @@ void AddressSpace::cold_file_thp(Vma* v, i64 a, i64 b, bool pageout) {
     const bool covered = a <= (slot << PTE_SHIFT) && ((slot + 1) << PTE_SHIFT) <= b;
     (covered ? whole : split).push_back(v->file_offset(slot << PTE_SHIFT) >> PTE_SHIFT);
   }
-  std::vector<i64> slots;
+  Borrowed<i64> scratch(slot_scratch_);
+  std::vector<i64>& slots = scratch.v;
   pte_slots_in(a, b, slots);
   for (i64 slot : slots) {
     const PteTable& t = pte.at(slot);
@@ -1607,7 +1612,8 @@ void AddressSpace::move_pmd_table(i64 old_addr, i64 new_addr) {
   pmd.erase(old_addr >> PMD_SHIFT);
   pmd.insert(new_addr >> PMD_SHIFT);
   i64 shift = (new_addr - old_addr) >> PTE_SHIFT;
-  std::vector<i64> slots;
+  Borrowed<i64> scratch(slot_scratch_);
+  std::vector<i64>& slots = scratch.v;
   pte_slots_in(old_addr, old_addr + PMD_SPAN, slots);
   for (i64 slot : slots) {
     PteTable t = free_pte_quiet(slot);

@@ -245,6 +245,7 @@ class AddressSpace {
 
  private:
   std::vector<Vma*> dead_;  // VMAs removed by the current call, freed at its end
+  std::vector<i64> slot_scratch_;  // the range walks' slot lists (Borrowed)
 
   void collect();
   void retire(Vma* v) { dead_.push_back(v); }

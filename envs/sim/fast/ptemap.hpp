@@ -25,6 +25,50 @@
 
 namespace ptfast {
 
+// A temporary vector for one call, borrowed from a member buffer instead of allocated: the
+// buffer is moved out (and cleared) on entry and moved back on exit, so a nested borrow of
+// the same buffer gets an empty vector of its own and nothing is shared.  The range walks
+// (zap, the reclaim pass, the list of live processes) built such a list per call or per
+// tick; the batched env made ~160 mallocs per env step, most of them these.  A buffer
+// grown past `keep` elements is freed rather than kept, so one huge walk does not pin it.
+template <class T>
+class Borrowed {
+ public:
+  explicit Borrowed(std::vector<T>& home, size_t keep = 4096)
+      : home_(home), keep_(keep), v(std::move(home)) {
+    v.clear();
+  }
+  ~Borrowed() {
+    if (v.capacity() <= keep_) home_ = std::move(v);
+  }
+  Borrowed(const Borrowed&) = delete;
+  Borrowed& operator=(const Borrowed&) = delete;
+
+ private:
+  std::vector<T>& home_;
+  size_t keep_;
+
+ public:
+  std::vector<T> v;
+};
+
+// std::stable_sort without its temporary buffer (a malloc per call) for the few elements
+// the hot callers sort (the live processes, each tick): insertion sort is stable, and a
+// stable sort's result is the same permutation for any strict weak order.
+template <class T, class Less>
+void stable_sort_small(std::vector<T>& v, Less less) {
+  if (v.size() > 32) {
+    std::stable_sort(v.begin(), v.end(), less);
+    return;
+  }
+  for (size_t i = 1; i < v.size(); i++) {
+    T x = v[i];
+    size_t j = i;
+    for (; j > 0 && less(x, v[j - 1]); j--) v[j] = v[j - 1];
+    v[j] = x;
+  }
+}
+
 // Return a recycled pool element to its default state (PteTable resets in place).
 template <class T>
 inline void reset_value(T& v) {

@@ -137,9 +137,14 @@ void Simulation::exit_process(Process* p, const std::string& reason) {
 
 std::vector<Process*> Simulation::alive() const {
   std::vector<Process*> out;
+  alive_into(out);
+  return out;
+}
+
+void Simulation::alive_into(std::vector<Process*>& out) const {
+  out.clear();
   for (const auto& p : procs)
     if (p->alive) out.push_back(p.get());
-  return out;
 }
 
 i64 Simulation::index_of(const Process* p) const {
@@ -172,7 +177,9 @@ const TickRecord& Simulation::step() {
     if (w->stop_tick && t == w->stop_tick) w->stop();
     if (t >= w->start_tick && (!w->stop_tick || t < w->stop_tick)) w->step(t);
   }
-  std::vector<Process*> live = alive();
+  Borrowed<Process*> live_buf(live_scratch_);
+  std::vector<Process*>& live = live_buf.v;
+  alive_into(live);
   if (recording) record_touch_log(t);
   i64 refault_tables = 0, refault_entries = 0;
   i64 class_refaults[3] = {0, 0, 0};
@@ -219,7 +226,7 @@ const TickRecord& Simulation::step() {
       oom_victim = index_of(victim);
       h += victim->sane ? 1 : 0;
       exit_process(victim, "OOM killer (largest RSS + page tables)");
-      live = alive();
+      alive_into(live);
       pt_pages = user_pages = 0;
       for (Process* p : live) {
         pt_pages += p->mm->tables();
@@ -286,8 +293,11 @@ const TickRecord& Simulation::step() {
 
 i64 Simulation::enforce_hard_limits(i64 t) {
   i64 h = 0;
-  for (Process* p : alive()) {
-    if (!p->has_hard || p->pt_bytes() <= p->hard_limit) continue;
+  // Over procs, not a list of the live ones: only p itself exits in the loop body, so
+  // this visits the processes alive at the start, as the reference's loop over `alive`.
+  for (const auto& up : procs) {
+    Process* p = up.get();
+    if (!p->alive || !p->has_hard || p->pt_bytes() <= p->hard_limit) continue;
     // One harm event per kill and per throttle window (simulator.py _enforce_hard_limits).
     if (machine.cfg.hard_limit_kill) {
       h += p->sane ? 1 : 0;
@@ -385,7 +395,8 @@ i64 Simulation::reclaim_process(Process* p, unsigned classes, i64 budget, PassRe
   // The n slots from the cursor on in ascending order, wrapping around to the lowest
   // (reclaim.py's `slots[(i0 + k) % len(slots)]` with i0 the first slot >= cursor), read
   // straight from the table map: a pass costs its budget, not a list of every table.
-  std::vector<i64> order;
+  Borrowed<i64> order_buf(slot_scratch_);
+  std::vector<i64>& order = order_buf.v;
   order.reserve((size_t)n);
   const size_t ahead = mm.pte.slots_from(p->cursor, (size_t)n, order);
   if ((i64)ahead < n) mm.pte.slots_from(0, (size_t)n - ahead, order);
@@ -398,12 +409,13 @@ PassResult Simulation::reclaim(Process* target, unsigned classes, i64 budget, i6
   PassResult result;
   if (budget > 0 && classes) {
     classes &= ~PINNED_BIT;
-    std::vector<Process*> order;
+    Borrowed<Process*> order_buf(order_scratch_);
+    std::vector<Process*>& order = order_buf.v;
     if (target) {
       if (target->alive) order.push_back(target);
     } else {
-      order = alive();
-      std::stable_sort(order.begin(), order.end(), [](const Process* a, const Process* b) {
+      alive_into(order);
+      stable_sort_small(order, [](const Process* a, const Process* b) {
         bool sa = !a->over_soft_limit(), sb = !b->over_soft_limit();
         if (sa != sb) return sa < sb;
         i64 ra = a->reclaimable_tables(), rb = b->reclaimable_tables();
@@ -532,20 +544,21 @@ void EnvCore::collect_info() {
   info_reclaimable_last = rec_hi > rec_lo ? sim->history[(size_t)(rec_hi - 1)].reclaimable_tables : 0;
 }
 
-std::vector<Process*> EnvCore::top_consumers() const {
-  std::vector<Process*> top = sim->alive();
-  std::stable_sort(top.begin(), top.end(), [](const Process* a, const Process* b) {
+void EnvCore::top_consumers(std::vector<Process*>& top) const {
+  sim->alive_into(top);
+  stable_sort_small(top, [](const Process* a, const Process* b) {
     i64 ta = a->pt_bytes(), tb = b->pt_bytes();
     if (ta != tb) return ta > tb;
     return a->pid < b->pid;
   });
   if (top.size() > (size_t)TOP_K) top.resize(TOP_K);
-  return top;
 }
 
 Process* EnvCore::target(i64 choice) const {
   if (choice <= 0) return nullptr;
-  std::vector<Process*> top = top_consumers();
+  Borrowed<Process*> top_buf(top_scratch_);
+  std::vector<Process*>& top = top_buf.v;
+  top_consumers(top);
   return choice <= (i64)top.size() ? top[(size_t)(choice - 1)] : nullptr;
 }
 
@@ -617,9 +630,11 @@ void EnvCore::observe(float* obs) {
   while (fail_window.size() > 100) fail_window.pop_front();
   ticks_since_pass += rec_hi - rec_lo;
   i64 pt_pages = 0;
-  std::vector<Process*> live = s.alive();
-  for (Process* p : live) pt_pages += p->mm->tables();
-  std::vector<Process*> top = top_consumers();
+  for (const auto& p : s.procs)
+    if (p->alive) pt_pages += p->mm->tables();
+  Borrowed<Process*> top_buf(top_scratch_);
+  std::vector<Process*>& top = top_buf.v;
+  top_consumers(top);
   int k = 0;
   obs[k++] = (float)clip((double)(m.normal_free - m.cfg.wmin) /
                          (double)std::max<i64>(m.cfg.whigh - m.cfg.wmin, 1) / 4.0);
@@ -668,7 +683,8 @@ void EnvCore::observe(float* obs) {
     double total = (double)std::max<i64>(pt_pages, 1);
     for (int cls = C_EMPTY; cls <= C_FILE; cls++) {
       i64 c = 0;
-      for (Process* p : live) c += p->mm->cls_count[cls];
+      for (const auto& p : s.procs)
+        if (p->alive) c += p->mm->cls_count[cls];
       obs[k++] = (float)((double)c / total);
     }
   }

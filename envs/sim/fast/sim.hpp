@@ -286,6 +286,8 @@ class Simulation {
   Process* spawn(const std::string& name, const std::string& family, bool sane, i64 cpus);
   void exit_process(Process* p, const std::string& reason);
   std::vector<Process*> alive() const;
+  // The live processes into `out` (cleared first), in process order.
+  void alive_into(std::vector<Process*>& out) const;
   i64 index_of(const Process* p) const;
   const TickRecord& step();
   PassResult reclaim(Process* target, unsigned classes, i64 budget, i64 min_idle = 0);
@@ -302,6 +304,9 @@ class Simulation {
                       i64 min_idle);
   void free_scanned(Process* p, const std::vector<i64>& order, unsigned classes,
                     PassResult& result, i64 min_idle, bool scan);
+  // Buffers the tick and the reclaim pass borrow (Borrowed) instead of allocating lists.
+  std::vector<Process*> live_scratch_, order_scratch_;
+  std::vector<i64> slot_scratch_;
 };
 
 // -------------------------------------------------------------- the env's step
@@ -342,10 +347,14 @@ class EnvCore {
   double step(const i64* action, i64 n_action, float* obs, double* terms, bool* truncated);
   void observe(float* obs);
   // features.top_consumers: the largest page-table holders, largest first (ties: pid).
-  std::vector<Process*> top_consumers() const;
+  // Into `top` (cleared first).
+  void top_consumers(std::vector<Process*>& top) const;
   Process* target(i64 choice) const;
   bool apply_action(const i64* a, i64 n);
   int n_obs() const { return N_OBS + (cfg.candidate_counts ? 3 : 0); }
+
+ private:
+  mutable std::vector<Process*> top_scratch_;  // top_consumers' list (Borrowed)
 };
 
 }  // namespace ptfast
