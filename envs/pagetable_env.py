@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import copy
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -259,9 +259,11 @@ class PageTableReclaimEnv(gym.Env[np.ndarray, np.ndarray]):
     def reset(self, *, seed: int | None = None,
               options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
-        # What rebuilds this episode on the compiled core when the env is pickled.
+        # What rebuilds this episode on the compiled core when the env is pickled.  A bit
+        # generator's ``state`` is a new dict (of ints and strings) at every read, so it
+        # needs no copy.
         journal: list[tuple[str, Any]] = [
-            ("reset", (copy.deepcopy(self.np_random.bit_generator.state), options))]
+            ("reset", (self.np_random.bit_generator.state, options))]
         options = options or {}
         if "scenario" in options:
             idx = int(options["scenario"])
@@ -407,14 +409,17 @@ class PageTableReclaimEnv(gym.Env[np.ndarray, np.ndarray]):
         if core is not None:
             from .sim.fast._fast import EnvStep
 
-            c = self.config
-            self._core = EnvStep({"decision_ticks": c.decision_ticks, "max_steps": c.max_steps,
-                                  "budgets": list(c.budgets),
-                                  "idle_levels": list(c.idle_levels),
-                                  "hard_limit_action": c.hard_limit_action,
-                                  "candidate_counts": c.candidate_counts,
-                                  "weights": self._weights})
+            self._core = EnvStep(self._step_config)
             self._core.attach(core)
+
+    @functools.cached_property
+    def _step_config(self) -> dict[str, Any]:
+        """The compiled env step's configuration (each ``EnvStep`` reads it, keeps none)."""
+        c = self.config
+        return {"decision_ticks": c.decision_ticks, "max_steps": c.max_steps,
+                "budgets": list(c.budgets), "idle_levels": list(c.idle_levels),
+                "hard_limit_action": c.hard_limit_action,
+                "candidate_counts": c.candidate_counts, "weights": self._weights}
 
     def observe(self, recs: list[TickRecord]) -> np.ndarray:
         """The observation after the ticks ``recs`` (public for drivers)."""

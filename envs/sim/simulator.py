@@ -11,9 +11,11 @@ same trajectory, bit for bit.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import copy
+import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
@@ -26,6 +28,9 @@ from .process import RATE_DECAY, TABLE_BYTES, Process
 from .reclaim import PassResult, ReclaimConfig, reclaim_pass, reclaim_slots
 from .workloads import WORKLOADS
 from .workloads.base import Workload
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
 
 
 @dataclass(frozen=True)
@@ -108,15 +113,79 @@ def workload_instances(scenario: ScenarioConfig, rng: np.random.Generator
     own generator and name.  Both simulators (this one and the compiled core's
     ``FastSimulation``) build their workloads from it, so they make the same draws from
     ``rng`` in the same order (lazily: one instance's draws, then the next's)."""
+    for _, spec, cls, _, config, wrng, name in workload_builds(scenario, rng):
+        yield spec, cls, config, wrng, name
+
+
+def workload_builds(scenario: ScenarioConfig, rng: np.random.Generator
+                    ) -> Iterator[tuple[int, WorkloadSpec, type[Workload], Any, Any,
+                                        np.random.Generator, str]]:
+    """:func:`workload_instances` with the spec's index in the scenario and its unjittered
+    config (spec index, spec, class, unjittered config, jittered config, generator, name).
+    The unjittered config of a spec is built once (:func:`base_config`); only the jitter
+    draws and the jittered config's checks are made per instance."""
     for i, spec in enumerate(scenario.workloads):
         cls = WORKLOADS[spec.family]
         jitter = scenario.jitter if spec.jitter < 0 else spec.jitter
+        where = f"{scenario.name}.workloads[{i}].params"
         for k in range(spec.count):
             wrng = np.random.default_rng(rng.integers(0, 2**63))
-            where = f"{scenario.name}.workloads[{i}].params"
-            config = cls.make_config(spec.params, where, jitter, wrng)
-            yield spec, cls, config, wrng, f"{spec.family}{i}" + (
+            if k == 0:  # after the first draw, where a config that fails failed before
+                base = base_config(spec, where)
+            config = cls.jitter_config(base, where, jitter, wrng)
+            yield i, spec, cls, base, config, wrng, f"{spec.family}{i}" + (
                 f".{k}" if spec.count > 1 else "")
+
+
+class ObjectCache(Generic[_K, _V]):
+    """A value computed once per object and kept while the object lives, found by identity
+    (the object need not be hashable: a frozen spec holds a dict)."""
+
+    def __init__(self, make: Callable[..., _V]) -> None:
+        self._make = make
+        self._entries: dict[int, tuple[weakref.ref[_K], _V]] = {}
+
+    def __call__(self, obj: _K, *args: Any) -> _V:
+        """The value for ``obj``: ``make(obj, *args)`` the first time."""
+        key = id(obj)
+        entry = self._entries.get(key)
+        if entry is not None and entry[0]() is obj:
+            return entry[1]
+        value = self._make(obj, *args)
+        entries = self._entries
+
+        def gone(_: weakref.ref[_K]) -> None:
+            # The entry goes when the object does, before its id can be reused.
+            entries.pop(key, None)
+
+        entries[key] = (weakref.ref(obj, gone), value)
+        return value
+
+    def forget(self, obj: _K) -> None:
+        """Drop the value of ``obj`` (the next call makes it again)."""
+        self._entries.pop(id(obj), None)
+
+
+def _build_base(spec: WorkloadSpec, where: str) -> tuple[dict[str, Any], Any]:
+    return copy.deepcopy(spec.params), WORKLOADS[spec.family].base_config(spec.params, where)
+
+
+_BASE_CONFIGS: ObjectCache[WorkloadSpec, tuple[dict[str, Any], Any]] = ObjectCache(_build_base)
+
+
+def base_config(spec: WorkloadSpec, where: str) -> Any:
+    """``WORKLOADS[spec.family].base_config(spec.params, where)``, built once per spec:
+    every env reset builds its scenario's workloads, and building a config from params
+    (converting and validating every field) cost more than the rest of a reset's Python.
+    It is built again if the spec's params no longer equal what it was built from (a
+    frozen spec's dict can still be changed in place).  A config is frozen and holds only
+    numbers and strings, so instances and episodes can share it; one that fails to build
+    is not cached (the error is raised again, naming ``where``)."""
+    params, config = _BASE_CONFIGS(spec, where)
+    if params != spec.params:
+        _BASE_CONFIGS.forget(spec)
+        params, config = _BASE_CONFIGS(spec, where)
+    return config
 
 
 class Simulation:

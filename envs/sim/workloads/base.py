@@ -111,21 +111,73 @@ class Workload:
     def make_config(cls, params: dict[str, Any], where: str, jitter: float,
                     rng: np.random.Generator) -> Any:
         """Build the family's config from scenario params, then scale each
-        jitter field by U(1 - jitter, 1 + jitter) (seeded)."""
-        config = build(cls.Config, params, where)
-        if jitter <= 0 or not cls.jitter_fields:
+        jitter field by U(1 - jitter, 1 + jitter) (seeded): :meth:`base_config`, then
+        :meth:`jitter_config`."""
+        return cls.jitter_config(cls.base_config(params, where), where, jitter, rng)
+
+    @classmethod
+    def base_config(cls, params: dict[str, Any], where: str) -> Any:
+        """The family's config from scenario params, unjittered: a pure function of the
+        params (a simulation caches it per workload spec, see ``workload_instances``)."""
+        return build(cls.Config, params, where)
+
+    @classmethod
+    def jitter_config(cls, config: Any, where: str, jitter: float,
+                      rng: np.random.Generator) -> Any:
+        """``config`` with each jitter field scaled by U(1 - jitter, 1 + jitter): one
+        uniform draw per field, in ``jitter_fields`` order.  The result is validated as a
+        built config is (its ``__post_init__``: the ranges and the checks between fields,
+        in which a jittered field may take part)."""
+        names = cls.jitter_fields
+        if jitter <= 0 or not names:
             return config
+        # One call for every field's factor: numpy's uniform with a size draws element by
+        # element exactly as one call per field does (low + (high - low) * next_double),
+        # so these are the same numbers (tests/test_workload_config.py compares them).
+        factors = rng.uniform(1.0 - jitter, 1.0 + jitter, len(names)).tolist()
         changes: dict[str, Any] = {}
-        for name in cls.jitter_fields:
+        for name, factor in zip(names, factors, strict=True):
             value = getattr(config, name)
-            scaled = value * float(rng.uniform(1.0 - jitter, 1.0 + jitter))
+            scaled = value * factor
             if isinstance(value, int):
                 # Integers stay integers; a deliberate 0 stays 0, others stay >= 1.
                 changes[name] = 0 if value == 0 else max(1, round(scaled))
             else:
                 changes[name] = scaled
         try:
-            return dataclasses.replace(config, **changes)
+            return _replaced(config, changes)
         except ConfigError as exc:
             raise ConfigError(f"{where}: jitter {jitter} takes a parameter out of range: "
                               f"{exc}; lower the jitter") from None
+
+
+def _replaced(config: Any, changes: dict[str, Any]) -> Any:
+    """``dataclasses.replace(config, **changes)`` for a config dataclass whose generated
+    ``__init__`` only stores its fields: the copy's fields are set directly and its
+    ``__post_init__`` runs, as ``__init__`` would do (``replace`` gathers and passes every
+    field by keyword, most of the cost at every env reset)."""
+    if not _plain_dataclass(type(config)):
+        return dataclasses.replace(config, **changes)
+    new = object.__new__(type(config))
+    state = new.__dict__
+    state.update(config.__dict__)
+    state.update(changes)
+    post_init = getattr(new, "__post_init__", None)
+    if post_init is not None:
+        post_init()
+    return new
+
+
+_PLAIN: dict[type, bool] = {}
+
+
+def _plain_dataclass(cls: type) -> bool:
+    """Whether every attribute of a ``cls`` instance is a field its ``__init__`` takes
+    (no ``__slots__``, no ``init=False`` field, no ``InitVar`` or ``ClassVar``): then a
+    copy with some fields changed needs only the fields set and ``__post_init__`` run."""
+    plain = _PLAIN.get(cls)
+    if plain is None:
+        fields = dataclasses.fields(cls)
+        plain = _PLAIN[cls] = (not hasattr(cls, "__slots__") and all(f.init for f in fields)
+                               and len(fields) == len(getattr(cls, "__dataclass_fields__", ())))
+    return plain
