@@ -450,6 +450,7 @@ cdef extern from "sim.hpp" namespace "ptfast":
     cdef cppclass Rng:
         bitgen_t* bg
         void* gen
+        vector[i64] choice_noreplace(const vector[i64]& cand, i64 k)
 
     cdef cppclass Costs:
         double minor_fault_us, table_alloc_us, scan_table_us, free_table_us, invlpg_us
@@ -584,26 +585,36 @@ cdef extern from "trace_program.hpp" namespace "ptfast":
     void set_trace_program(Workload& w, shared_ptr[TraceProgram] prog) except +
     cbool has_workload "ptfast::has_workload"(const string& family)
 
-    void (*g_py_choice)(void* gen, const i64* cand, i64 n, i64 k, i64* out)
     void (*g_py_permutation)(void* gen, i64 n, i64* out)
+    i64 g_n_choice
 
 
-cdef i64 _n_choice = 0
 cdef i64 _n_permutation = 0
 
 
 def callback_counts() -> tuple:
-    """(choice, permutation) draws made through the Python Generator so far."""
-    return (_n_choice, _n_permutation)
+    """(choice, permutation) draws made so far: ``Generator.choice`` without replacement in
+    the core (``Rng::choice_noreplace``), ``Generator.permutation`` through the Python
+    Generator."""
+    return (g_n_choice, _n_permutation)
 
 
-cdef void _py_choice(void* gen, const i64* cand, i64 n, i64 k, i64* out) noexcept:
-    global _n_choice
-    _n_choice += 1
-    arr = np.empty(n, dtype=np.int64)
-    memcpy(cnp.PyArray_DATA(arr), cand, n * sizeof(i64))
-    res = np.ascontiguousarray((<object>gen).choice(arr, size=k, replace=False), dtype=np.int64)
-    memcpy(out, cnp.PyArray_DATA(res), k * sizeof(i64))
+def choice_noreplace(object gen, cnp.ndarray[cnp.int64_t, ndim=1, mode="c"] cand,
+                     i64 k) -> cnp.ndarray:
+    """``gen.choice(cand, size=k, replace=False)`` as the core draws it (for the tests that
+    compare the two)."""
+    if not 0 <= k <= cand.shape[0]:
+        raise ValueError(f"k must be in [0, {cand.shape[0]}]")
+    cdef Rng r
+    r.bg = _bitgen(gen)
+    cdef i64* data = <i64*>cnp.PyArray_DATA(cand)
+    cdef vector[i64] c
+    c.assign(data, data + cand.shape[0])
+    cdef vector[i64] got = r.choice_noreplace(c, k)
+    out = np.empty(k, dtype=np.int64)
+    if k:
+        memcpy(cnp.PyArray_DATA(out), got.data(), k * sizeof(i64))
+    return out
 
 
 cdef void _py_permutation(void* gen, i64 n, i64* out) noexcept:
@@ -613,7 +624,6 @@ cdef void _py_permutation(void* gen, i64 n, i64* out) noexcept:
     memcpy(out, cnp.PyArray_DATA(res), n * sizeof(i64))
 
 
-g_py_choice = _py_choice
 g_py_permutation = _py_permutation
 
 

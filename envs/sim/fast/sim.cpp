@@ -9,7 +9,71 @@ namespace ptfast {
 
 constexpr double RATE_DECAY = 0.9;  // process.RATE_DECAY
 
-void (*g_py_choice)(void* gen, const i64* cand, i64 n, i64 k, i64* out) = nullptr;
+i64 g_n_choice = 0;
+
+namespace {
+
+// The smallest all-ones bit mask >= v (numpy's _gen_mask).
+uint64_t ones_mask(uint64_t v) {
+  v |= v >> 1;
+  v |= v >> 2;
+  v |= v >> 4;
+  v |= v >> 8;
+  v |= v >> 16;
+  v |= v >> 32;
+  return v;
+}
+
+// Fisher-Yates steps i = n - 1 down to `first`, each swapping data[i] with a uniform
+// data[j], j in [0, i] (numpy's _shuffle_int).
+void shuffle_from(bitgen_t* bg, i64 n, i64 first, i64* data) {
+  for (i64 i = n - 1; i >= first; i--) {
+    const i64 j = (i64)random_bounded_uint64(bg, 0, (uint64_t)i, 0, false);
+    std::swap(data[j], data[i]);
+  }
+}
+
+}  // namespace
+
+// numpy's Generator.choice without replacement and without p (numpy/random/_generator.pyx),
+// which used to be called back into: a large sample of a large population (over 10,000,
+// sample over 1/50 of it) is the tail of a partial shuffle of every index; otherwise
+// Floyd's algorithm draws index j's value in [0, j] for j = n - k .. n - 1 (taking j itself
+// when the value was drawn before, found in an open-addressed set of the next power of two
+// at or above 1.2 k), then shuffles the k indices.  The sample is cand at those indices.
+std::vector<i64> Rng::choice_noreplace(const std::vector<i64>& cand, i64 k) {
+  g_n_choice++;
+  const i64 n = (i64)cand.size();
+  std::vector<i64> idx;
+  if (n > 10000 && k > n / 50) {
+    std::vector<i64> all((size_t)n);
+    for (i64 i = 0; i < n; i++) all[(size_t)i] = i;
+    shuffle_from(bg, n, std::max<i64>(n - k, 1), all.data());
+    idx.assign(all.end() - k, all.end());
+  } else {
+    idx.resize((size_t)k);
+    const uint64_t mask = ones_mask((uint64_t)(1.2 * (double)k));
+    constexpr uint64_t EMPTY = ~uint64_t{0};
+    std::vector<uint64_t> seen((size_t)mask + 1, EMPTY);
+    for (i64 j = n - k; j < n; j++) {
+      const uint64_t val = random_bounded_uint64(bg, 0, (uint64_t)j, 0, false);
+      uint64_t loc = val & mask;
+      while (seen[loc] != EMPTY && seen[loc] != val) loc = (loc + 1) & mask;
+      if (seen[loc] == EMPTY) {
+        seen[loc] = val;
+        idx[(size_t)(j - n + k)] = (i64)val;
+      } else {
+        loc = (uint64_t)j & mask;
+        while (seen[loc] != EMPTY) loc = (loc + 1) & mask;
+        seen[loc] = (uint64_t)j;
+        idx[(size_t)(j - n + k)] = j;
+      }
+    }
+    shuffle_from(bg, k, 1, idx.data());
+  }
+  for (i64& v : idx) v = cand[(size_t)v];
+  return idx;
+}
 void (*g_py_permutation)(void* gen, i64 n, i64* out) = nullptr;
 
 // ------------------------------------------------------------------ machine

@@ -5,9 +5,10 @@
 //
 // Random numbers: every component draws from the numpy Generator the Python reference
 // would use, through numpy's own C distribution functions (libnpyrandom), in the same order,
-// so a seed gives the same trajectory bit for bit.  Draws that are rare and intricate
-// (Generator.choice without replacement, Generator.permutation) call back into the
-// Generator object itself (hooks set by the Cython module).
+// so a seed gives the same trajectory bit for bit.  Generator.choice without replacement
+// follows numpy's algorithm here (tests/test_fast_choice.py compares it with the
+// Generator's); the rare Generator.permutation calls back into the Generator object itself
+// (a hook set by the Cython module).
 #pragma once
 
 #include <deque>
@@ -29,10 +30,10 @@ namespace ptfast {
 
 // ---------------------------------------------------------------- random numbers
 
-// Python callbacks for rare draws (set by _fast.pyx): choice(cand, k, replace=False) writes
-// k values to out; permutation(n) writes n values.
-extern void (*g_py_choice)(void* gen, const i64* cand, i64 n, i64 k, i64* out);
+// Python callback for a rare draw (set by _fast.pyx): permutation(n) writes n values.
 extern void (*g_py_permutation)(void* gen, i64 n, i64* out);
+// Draws made by Rng::choice_noreplace so far (a diagnostic, _fast.callback_counts).
+extern i64 g_n_choice;
 
 struct Rng {
   bitgen_t* bg = nullptr;  // borrowed from a numpy Generator's bit generator
@@ -55,11 +56,9 @@ struct Rng {
   double normal(double loc, double scale) { return random_normal(bg, loc, scale); }
   i64 binomial(i64 n, double p) { return random_binomial(bg, p, n, &binom); }
   i64 geometric(double p) { return random_geometric(bg, p); }
-  std::vector<i64> choice_noreplace(const std::vector<i64>& cand, i64 k) {
-    std::vector<i64> out((size_t)k);
-    g_py_choice(gen, cand.data(), (i64)cand.size(), k, out.data());
-    return out;
-  }
+  // Generator.choice(cand, size=k, replace=False) for 0 <= k <= cand.size(): numpy's
+  // uniform sample without replacement (p=None, shuffle=True), with its draws in its order.
+  std::vector<i64> choice_noreplace(const std::vector<i64>& cand, i64 k);
   std::vector<i64> permutation(i64 n) {
     std::vector<i64> out((size_t)n);
     g_py_permutation(gen, n, out.data());

@@ -7,6 +7,7 @@ namespace ptfast {
 
 std::vector<std::pair<i64, i64>> index_runs(const std::vector<i64>& idx) {
   std::vector<std::pair<i64, i64>> out;
+  out.reserve(idx.size());  // one malloc, not one per doubling
   for (i64 i : idx) {
     if (!out.empty() && out.back().second == i)
       out.back().second = i + 1;

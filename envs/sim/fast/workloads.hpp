@@ -38,6 +38,7 @@ inline i64 floor_div(i64 a, i64 b) {
 // in order of first appearance.
 inline std::vector<i64> first_distinct(const std::vector<i64>& hits, i64 k) {
   std::vector<i64> out;
+  out.reserve((size_t)std::max<i64>(0, std::min<i64>(k, (i64)hits.size())));  // one malloc
   if (hits.size() <= 256) {  // small: a linear search beats hashing
     for (i64 h : hits) {
       if ((i64)out.size() >= k) break;
