@@ -29,6 +29,7 @@ from stable_baselines3.common.vec_env.base_vec_env import (
 
 from ...envs.pagetable_env import PageTableReclaimEnv
 from ...envs.sim.fast._fast import actions_in_space, step_batch
+from ...envs.sim.fast.simulation import prepare
 
 
 class FastVecEnv(VecEnv):
@@ -42,6 +43,11 @@ class FastVecEnv(VecEnv):
                 raise ValueError("FastVecEnv steps unwrapped PageTableReclaimEnv instances "
                                  "on the compiled backend (env.backend 'fast' or 'auto')")
         self.envs = list(envs)
+        # Each scenario's reusable parts now, not at its first episode (the envs of a
+        # vector env usually share their scenario objects, which are made ready once).
+        for env in self.envs:
+            for scenario in env.scenarios:
+                prepare(scenario)
         first = self.envs[0]
         super().__init__(len(self.envs), first.observation_space, first.action_space)
         shape = first.observation_space.shape

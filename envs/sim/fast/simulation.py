@@ -19,7 +19,8 @@ import numpy as np
 from ..config import ConfigError
 from ..pagetable import PAGE, TableClass
 from ..reclaim import PassResult
-from ..simulator import ScenarioConfig, TickRecord, workload_instances
+from ..simulator import ObjectCache, ScenarioConfig, TickRecord, base_config, workload_builds
+from ..workloads import WORKLOADS
 from ._fast import ADVICES, FastTraceProgram, SimCore, has_family
 
 _TICK_FIELDS = tuple(f.name for f in dataclasses.fields(TickRecord))
@@ -300,16 +301,97 @@ class _Psi:
         return float(self._core.machine_state()[6])
 
 
+@dataclasses.dataclass(frozen=True)
+class _Static:
+    """What a compiled simulation of a scenario is configured with before any draw: a
+    function of the (frozen) scenario alone, so it is made once per scenario
+    (:data:`_STATIC`) rather than at every env reset."""
+
+    #: The static part of the machine (config, zone sizes, watermarks, the tenants' demand
+    #: at tick 0) as a reference Machine has it; building one draws nothing.
+    machine: Any
+    #: ``SimCore.configure``'s machine parameters and costs.
+    params: dict[str, Any]
+    costs: dict[str, Any]
+    #: Per workload spec (by position): its unjittered config as numeric and text fields,
+    #: and whether the jitter fields are plain numbers (then a jittered config's split is
+    #: this one with those fields replaced).
+    splits: list[tuple[Any, dict[str, float], dict[str, str], bool] | None]
+
+
+def _make_static(scenario: ScenarioConfig) -> _Static:
+    from ..machine import Machine
+
+    m = Machine(scenario.machine, np.random.default_rng(0))
+    mc = scenario.machine
+    params = {
+        "normal_pages": m.normal_pages, "movable_pages": m.movable_pages,
+        "cpus": mc.cpus, "tick_ms": float(mc.tick_ms), "wmin": m.wmark.min,
+        "wlow": m.wmark.low, "whigh": m.wmark.high,
+        "base_fraction": mc.tenants.base_fraction, "volatility": mc.tenants.volatility,
+        "reversion": mc.tenants.reversion, "burst_prob": mc.tenants.burst_prob,
+        "burst_fraction": mc.tenants.burst_fraction,
+        "burst_ticks": mc.tenants.burst_ticks,
+        "burst_ramp_ticks": mc.tenants.burst_ramp_ticks,
+        "diurnal_amplitude": mc.tenants.diurnal_amplitude,
+        "diurnal_period_ticks": mc.tenants.diurnal_period_ticks,
+        "diurnal_phase": mc.tenants.diurnal_phase, "oom_failures": mc.oom_failures,
+        "oom_window_ticks": mc.oom_window_ticks,
+        "hard_limit_kill": mc.hard_limit_action == "kill",
+        "throttle_ticks": mc.throttle_ticks, "tenant_pages": m.tenant_pages}
+    return _Static(m, params, dataclasses.asdict(scenario.costs),
+                   [None] * len(scenario.workloads))
+
+
+_STATIC: ObjectCache[ScenarioConfig, _Static] = ObjectCache(_make_static)
+
+
+def _workload_fields(static: _Static, index: int, cls: Any, base: Any, config: Any
+                     ) -> tuple[dict[str, float], dict[str, str]]:
+    """``_split_config(config)`` for the workload spec at ``index``, whose unjittered
+    config is ``base``: the split of ``base`` (made once) with the jitter fields, the only
+    ones jitter changes, read from ``config``."""
+    split = static.splits[index]
+    if split is None or split[0] is not base:
+        num, text = _split_config(base)
+        plain = all(type(num.get(n)) in (int, float) and type(getattr(base, n)) is not bool
+                    for n in cls.jitter_fields)
+        split = static.splits[index] = (base, num, text, plain)
+    _, num, text, plain = split
+    if config is base:
+        return dict(num), text
+    if not plain:
+        return _split_config(config)
+    num = dict(num)
+    for n in cls.jitter_fields:
+        num[n] = getattr(config, n)
+    return num, text
+
+
+def prepare(scenario: ScenarioConfig) -> None:
+    """Make now what every :class:`FastSimulation` of ``scenario`` reuses: the static
+    machine and cost parameters and each workload spec's unjittered config and its fields.
+    Otherwise the first episode of each scenario makes them, and a training suite has
+    many scenarios (137), each drawn once in a while.  Nothing is drawn; a scenario the
+    core cannot run, or whose config does not build, is left to the reset that builds it
+    (which raises as it always did)."""
+    if supports(scenario) is not None:
+        return
+    static = _STATIC(scenario)
+    for i, spec in enumerate(scenario.workloads):
+        try:
+            base = base_config(spec, f"{scenario.name}.workloads[{i}].params")
+        except ConfigError:
+            return
+        _workload_fields(static, i, WORKLOADS[spec.family], base, base)
+
+
 class FastMachine:
     """:class:`~..machine.Machine`'s read API over the compiled core."""
 
     def __init__(self, sim: FastSimulation) -> None:
-        from ..machine import Machine
-
         self._core = sim.core
-        # The static part (config, zone sizes, watermarks) comes from a reference Machine;
-        # building one draws nothing.
-        ref = Machine(sim.scenario.machine, np.random.default_rng(0))
+        ref = _STATIC(sim.scenario).machine
         self.config = ref.config
         self.normal_pages = ref.normal_pages
         self.movable_pages = ref.movable_pages
@@ -349,28 +431,12 @@ class FastSimulation:
         self.costs = scenario.costs
         self.core = SimCore()
         self.machine = FastMachine(self)
-        m = self.machine
-        mc = scenario.machine
-        self.core.configure(
-            {"normal_pages": m.normal_pages, "movable_pages": m.movable_pages,
-             "cpus": mc.cpus, "tick_ms": float(mc.tick_ms), "wmin": m.wmark.min,
-             "wlow": m.wmark.low, "whigh": m.wmark.high,
-             "base_fraction": mc.tenants.base_fraction, "volatility": mc.tenants.volatility,
-             "reversion": mc.tenants.reversion, "burst_prob": mc.tenants.burst_prob,
-             "burst_fraction": mc.tenants.burst_fraction,
-             "burst_ticks": mc.tenants.burst_ticks,
-             "burst_ramp_ticks": mc.tenants.burst_ramp_ticks,
-             "diurnal_amplitude": mc.tenants.diurnal_amplitude,
-             "diurnal_period_ticks": mc.tenants.diurnal_period_ticks,
-             "diurnal_phase": mc.tenants.diurnal_phase, "oom_failures": mc.oom_failures,
-             "oom_window_ticks": mc.oom_window_ticks,
-             "hard_limit_kill": mc.hard_limit_action == "kill",
-             "throttle_ticks": mc.throttle_ticks, "tenant_pages": m._initial_tenants},
-            dataclasses.asdict(scenario.costs), scenario.ticks, scenario.pt_reclaim,
-            scenario.reclaim.lock == "mmap_write", rng)
+        static = _STATIC(scenario)
+        self.core.configure(static.params, static.costs, scenario.ticks, scenario.pt_reclaim,
+                            scenario.reclaim.lock == "mmap_write", rng)
         # Exactly Simulation.__init__'s draws, in its order.
-        for spec, cls, config, wrng, name in workload_instances(scenario, rng):
-            num, text = _split_config(config)
+        for i, spec, cls, base, config, wrng, name in workload_builds(scenario, rng):
+            num, text = _workload_fields(static, i, cls, base, config)
             program = _encode_program(config.trace) if spec.family == "trace" else None
             self.core.add_workload(spec.family, num, text, wrng, name, cls.sane,
                                    spec.start_tick, spec.stop_tick, program)
@@ -492,4 +558,4 @@ class FastSimulation:
         return int(self.core.pt_bytes())
 
 
-__all__ = ["PAGE", "FastProcess", "FastSimulation", "supports"]
+__all__ = ["PAGE", "FastProcess", "FastSimulation", "prepare", "supports"]
