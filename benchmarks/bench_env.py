@@ -15,6 +15,8 @@ every measure alike; medians of the rounds):
    workload can make (user space ends at 128 TiB and workloads map from 16 TiB): the cost
    of an op follows the tables it touches, never the mapped size.
 
+``--parts`` measures only the env's share of PPO, split (see :func:`env_parts`).
+
 Times are CPU seconds of this process (``time.process_time``): on a shared 2-core machine
 they move far less with other load than wall-clock time, and every measure here is
 single-threaded (OpenBLAS is pinned to one thread below).
@@ -107,6 +109,71 @@ def ppo_steps_per_s(make_venv: Callable[[], Any], steps: int, seed: int) -> floa
     return rate
 
 
+def env_parts(train: list[ScenarioConfig], steps: int, rounds: int, seed: int,
+              console: Console) -> None:
+    """The env's share of a PPO step, split: PPO (4 envs, one torch thread) on the null env
+    and on the batched env, interleaved, with the CPU time spent in ``FastVecEnv.step_wait``
+    (the compiled steps), in ``PageTableReclaimEnv.reset`` and, within it, in building the
+    simulation (``_make_sim``), per env step; then the bare batched loop (seeded random
+    actions, after 300 vector steps of warm-up).  Runs on any checkout that has the batched
+    env, so one copy of this script measures two builds side by side."""
+    from ptreclaim.agents.training.fastvec import FastVecEnv
+
+    spent: dict[str, float] = {}
+
+    def timed(cls: Any, name: str) -> None:
+        inner = getattr(cls, name)
+
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            t0 = time.process_time()
+            try:
+                return inner(self, *args, **kwargs)
+            finally:
+                spent[name] = spent.get(name, 0.0) + time.process_time() - t0
+
+        setattr(cls, name, wrapper)
+
+    timed(FastVecEnv, "step_wait")
+    timed(PageTableReclaimEnv, "reset")
+    timed(PageTableReclaimEnv, "_make_sim")
+    like = PageTableReclaimEnv(train, EnvConfig())
+
+    def null() -> Any:
+        from stable_baselines3.common.vec_env import DummyVecEnv
+
+        return DummyVecEnv([lambda: NullEnv(like, EnvConfig().max_steps) for _ in range(4)])
+
+    def batched() -> Any:
+        v = FastVecEnv([PageTableReclaimEnv(train, EnvConfig()) for _ in range(4)])
+        v.seed(seed)
+        return v
+
+    for k in range(rounds):
+        rate_null = ppo_steps_per_s(null, steps, seed + k)
+        spent.clear()
+        rate = ppo_steps_per_s(batched, steps, seed + k)
+        per = {name: t / steps * 1e6 for name, t in spent.items()}
+        v = batched()
+        v.reset()
+        rng = np.random.default_rng(seed + k)
+        acts = [rng.integers(0, v.action_space.nvec, size=(4, len(v.action_space.nvec)))
+                for _ in range(2300)]
+        for a in acts[:300]:
+            v.step_async(a)
+            v.step_wait()
+        t0 = time.process_time()
+        for a in acts[300:]:
+            v.step_async(a)
+            v.step_wait()
+        bare = (time.process_time() - t0) / (2000 * 4) * 1e6
+        console.print(
+            f"round {k}: PPO null {rate_null:,.0f} steps/s, batched {rate:,.0f} (ratio "
+            f"{rate / rate_null:.3f}; the env adds {1e6 / rate - 1e6 / rate_null:.1f} µs per "
+            f"step); per env step in PPO: step_wait {per.get('step_wait', 0.0):.1f} µs, reset "
+            f"{per.get('reset', 0.0):.1f} µs (building the simulation "
+            f"{per.get('_make_sim', 0.0):.1f}); bare batched loop {bare:.1f} µs per env step")
+
+
 def hog_scenario(size_gib: int) -> ScenarioConfig:
     """One write hog, slow enough (1 table per tick) that the 1 GiB one does not wrap
     around within the measured steps: both do the same work, only the mapped size
@@ -129,11 +196,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a smoke run of a few seconds")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--parts", action="store_true",
+                    help="only the env's share of PPO, split (step, reset, bare loop)")
+    ap.add_argument("--rounds", type=int, default=0,
+                    help="rounds of every measure (default 3, 1 with --quick)")
     args = ap.parse_args(argv)
     console = Console()
     console.print(f"python {platform.python_version()}, {platform.platform()}, "
                   f"{os.cpu_count()} CPUs; reproduce: {' '.join([sys.executable, *sys.argv])}")
-    rounds = 1 if args.quick else 3
+    rounds = args.rounds or (1 if args.quick else 3)
     fast_steps = 300 if args.quick else 4000
     exact_steps = 40 if args.quick else 400
     scen_fast = 120 if args.quick else 1200
@@ -142,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     n_envs = 4
 
     train = load_suite(CONFIG_DIR / "suites" / "train.yaml")
+    if args.parts:
+        env_parts(train, 2048 if args.quick else 16384, rounds, args.seed, console)
+        return 0
     fast_env = PageTableReclaimEnv(train, EnvConfig(backend="fast"))
     exact_env = PageTableReclaimEnv(train, EnvConfig(backend="exact"))
     paths = sorted((CONFIG_DIR / "scenarios").glob("*.yaml"))
