@@ -47,7 +47,7 @@ class _Fixed:
 
 def test_returns_are_discounted_within_episodes() -> None:
     venv = DummyVecEnv([_Steps, _Steps])
-    demos = pretrain.collect(venv, _Fixed(), 12, gamma=0.5)
+    demos = pretrain.collect(venv, [_Fixed()], 12, gamma=0.5)
     # Two envs x 6 decisions: two episodes each of returns 1.75, 1.5, 1 (no bootstrap).
     assert demos.obs.shape == (12, 2) and demos.actions.tolist() == [[1, 2]] * 12
     per_env = demos.returns.reshape(6, 2).T
@@ -75,9 +75,9 @@ def _warm(seed: int) -> tuple[PPO, dict[str, Any]]:
 def test_warm_start_clones_the_teacher_and_is_deterministic() -> None:
     # Before: a random policy rarely picks the teacher's whole five-component action.
     model, venv = _model_and_venv(0)
-    teacher = pretrain.teacher_policy(config.PretrainConfig(teacher="heuristic:periodic_scan"),
-                                      ENV, SCENARIO)
-    demos = pretrain.collect(venv, teacher, 384, 0.99)
+    teachers = pretrain.teacher_policies(
+        config.PretrainConfig(teacher="heuristic:periodic_scan"), ENV, SCENARIO)
+    demos = pretrain.collect(venv, teachers, 384, 0.99)
     before = model.policy.predict(demos.obs, deterministic=True)[0]
     assert np.mean(np.all(before == demos.actions, axis=1)) < 0.5
     model, rec = _warm(0)
@@ -88,6 +88,25 @@ def test_warm_start_clones_the_teacher_and_is_deterministic() -> None:
         {k: v for k, v in rec2.items() if k != "seconds"}
     for a, b in zip(model.policy.parameters(), again.policy.parameters(), strict=True):
         assert th.equal(a, b)
+
+
+def test_several_teachers_are_dealt_the_envs_in_turn(tmp_path: Path) -> None:
+    # Two rules that disagree: env 0 plays "none" (never a pass), env 1 a constant full
+    # pass, for the whole collection; each env's decisions are exactly its own teacher's.
+    every = tmp_path / "every.yaml"
+    every.write_text("rule: {kind: constant, budget: 3, depth: 2, idle: 0, target: 0, "
+                     "hard: 0}\n")
+    cfg = config.PretrainConfig(teacher=f"heuristic:none, {every}")
+    assert cfg.teachers == ("heuristic:none", str(every))
+    _, venv = _model_and_venv(0)
+    none, constant = pretrain.teacher_policies(cfg, ENV, SCENARIO)
+    demos = pretrain.collect(venv, [none, constant], 64, 0.99)
+    per_env = demos.actions.reshape(-1, 2, demos.actions.shape[1])
+    raw = venv.unnormalize_obs(demos.obs).reshape(-1, 2, demos.obs.shape[1])
+    for t in range(len(per_env)):
+        assert np.array_equal(per_env[t, 0], none.predict(raw[t, 0], deterministic=True)[0])
+        assert np.array_equal(per_env[t, 1], constant.predict(raw[t, 1], deterministic=True)[0])
+    assert not np.array_equal(per_env[:, 0], per_env[:, 1])  # the two really differ
 
 
 def test_teacher_is_checked_and_resolved(tmp_path: Path) -> None:
@@ -107,5 +126,15 @@ def test_teacher_is_checked_and_resolved(tmp_path: Path) -> None:
         config.load_experiment(exp, [("--set", "pretrain.teacher=heuristic:sofhard")])
     with pytest.raises(config.TrainError, match="needs ppo or a2c"):
         config.load_experiment(exp, [("--set", "algo=dqn")])
+    # Several teachers: each resolved and checked; at most one per env.
+    cfg, _ = config.load_experiment(exp, [("--set", "pretrain.teacher=rules/mine.yaml,"
+                                                    "heuristic:soft_hard")])
+    assert cfg.pretrain.teachers == (str(rule.resolve()), "heuristic:soft_hard")
+    with pytest.raises(config.TrainError, match="unknown heuristic 'sofhard'"):
+        config.load_experiment(exp, [("--set", "pretrain.teacher=heuristic:none,"
+                                                "heuristic:sofhard")])
+    with pytest.raises(config.TrainError, match="3 teachers for n_envs 2"):
+        config.load_experiment(exp, [("--set", "n_envs=2"), ("--set", "pretrain.teacher="
+                                     "heuristic:none,heuristic:soft_hard,heuristic:on_zap")])
     with pytest.raises(config.TrainError, match=r"pretrain\.steps"):
         config.load_experiment(exp, [("--set", "pretrain.steps=0")])

@@ -114,7 +114,10 @@ class PretrainConfig:
     ``value``) for ``epochs`` passes in minibatches of ``batch_size`` with Adam at
     ``learning_rate``, before PPO starts.  ``teacher`` empty: no warm start; else
     ``heuristic:NAME[:params.yaml]`` or a thresholds file (e.g. ``tune.py``'s
-    ``best.yaml``).  Only on-policy algorithms with a stochastic actor (ppo, a2c)."""
+    ``best.yaml``), or several of these separated by commas: the envs are dealt among
+    them in turn (env ``i`` follows teacher ``i mod k``), so the policy starts from
+    their mixture and stays uncertain where they disagree.  Only on-policy
+    algorithms with a stochastic actor (ppo, a2c)."""
 
     teacher: str = ""
     steps: int = 40_960
@@ -128,16 +131,21 @@ class PretrainConfig:
         check_range("pretrain.epochs", self.epochs, 1, 10_000)
         check_range("pretrain.batch_size", self.batch_size, 1, 10**6)
         check_range("pretrain.learning_rate", self.learning_rate, 0.0, 1.0, lo_open=True)
-        if self.teacher:
+        for one in self.teachers:
             try:
-                spec = parse_policy(self.teacher)
+                spec = parse_policy(one)
             except ConfigError as exc:
                 raise ConfigError(f"pretrain.teacher: {exc}") from None
             if spec.kind not in ("heuristic", "thresholds"):
-                raise ConfigError(f"pretrain.teacher: {self.teacher!r} is a {spec.kind}; the "
+                raise ConfigError(f"pretrain.teacher: {one!r} is a {spec.kind}; the "
                                   "teacher is a rule: heuristic:NAME[:params.yaml] or a "
                                   "thresholds .yaml/.json (e.g. runs/tune/periodic_scan/"
-                                  "best.yaml)")
+                                  "best.yaml), or several separated by commas")
+
+    @property
+    def teachers(self) -> tuple[str, ...]:
+        """The rules named by ``teacher`` (empty: no warm start)."""
+        return tuple(t.strip() for t in self.teacher.split(",")) if self.teacher else ()
 
 
 @dataclass(frozen=True)
@@ -246,9 +254,12 @@ def _resolve_suite_spec(spec: Any, base: Path) -> Any:
 
 def _resolve_teacher(spec: Any, base: Path) -> Any:
     """``pretrain.teacher``: a thresholds path, or the params file of
-    ``heuristic:NAME:params.yaml``, made absolute like the suites."""
+    ``heuristic:NAME:params.yaml``, made absolute like the suites; each of several
+    separated by commas."""
     if not isinstance(spec, str) or not spec:
         return spec
+    if "," in spec:
+        return ",".join(_resolve_teacher(one.strip(), base) for one in spec.split(","))
     if spec.startswith("heuristic:"):
         name, sep, params = spec[len("heuristic:"):].partition(":")
         return f"heuristic:{name}{sep}{(base / params).resolve() if params else ''}"
@@ -338,6 +349,10 @@ def load_experiment(path: Path | None, sets: Sequence[tuple[str, str]] = ()
         raise TrainError(f"pretrain.teacher: a warm start needs ppo or a2c (a stochastic "
                          f"actor fitted by likelihood), not {exp.algo}; train ppo, or add "
                          f"--set pretrain.teacher= (empty) to train {exp.algo} without one")
+    if len(exp.pretrain.teachers) > exp.n_envs:
+        raise TrainError(f"pretrain.teacher: {len(exp.pretrain.teachers)} teachers for "
+                         f"n_envs {exp.n_envs}; each teacher plays in its own envs: name "
+                         f"at most {exp.n_envs} rules, or raise n_envs")
     return exp, to_dict(exp)
 
 

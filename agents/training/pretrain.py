@@ -25,7 +25,7 @@ minibatch order comes from a torch generator seeded with the run's seed.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,13 +49,16 @@ class Demos:
     returns: np.ndarray
 
 
-def teacher_policy(cfg: PretrainConfig, env_config: EnvConfig, scenario: ScenarioConfig) -> Any:
-    """The teacher named by ``pretrain.teacher`` (a rule; checked by the config)."""
-    return build_policy(parse_policy(cfg.teacher), env_config, scenario)
+def teacher_policies(cfg: PretrainConfig, env_config: EnvConfig, scenario: ScenarioConfig
+                     ) -> list[Any]:
+    """The teachers named by ``pretrain.teacher`` (rules; checked by the config)."""
+    return [build_policy(parse_policy(one), env_config, scenario) for one in cfg.teachers]
 
 
-def collect(venv: Any, teacher: Any, steps: int, gamma: float) -> Demos:
-    """Let ``teacher`` act in every env of ``venv`` for ``steps`` decisions in all.
+def collect(venv: Any, teachers: Sequence[Any], steps: int, gamma: float) -> Demos:
+    """Let the teachers act in the envs of ``venv`` for ``steps`` decisions in all; env
+    ``i`` follows ``teachers[i % len(teachers)]`` for the whole collection, so every
+    episode and its returns belong to one teacher.
 
     The teacher sees raw observations (a rule reads the env's units); the demos keep
     the observations the policy will see.  With ``VecNormalize`` the statistics keep
@@ -74,7 +77,8 @@ def collect(venv: Any, teacher: Any, steps: int, gamma: float) -> Demos:
     rew_l: list[np.ndarray] = []
     done_l: list[np.ndarray] = []
     for _ in range(rounds):
-        actions = np.stack([np.asarray(teacher.predict(raw[i], deterministic=True)[0])
+        actions = np.stack([np.asarray(teachers[i % len(teachers)]
+                                       .predict(raw[i], deterministic=True)[0])
                             for i in range(n)]).astype(np.int64)
         obs_l.append(np.array(raw, dtype=np.float32))
         act_l.append(actions)
@@ -157,12 +161,12 @@ def pretrain(model: Any, venv: Any, cfg: PretrainConfig, env_config: EnvConfig,
     that goes into ``state.json``."""
     t0 = time.perf_counter()
     try:
-        teacher = teacher_policy(cfg, env_config, scenario)
+        teachers = teacher_policies(cfg, env_config, scenario)
     except ConfigError as exc:  # a file that changed since the config was checked
         raise TrainError(f"pretrain.teacher: {exc}") from None
     echo(f"warm start: {cfg.teacher} plays {cfg.steps} decisions, then {cfg.epochs} epochs "
          "of behaviour cloning")
-    demos = collect(venv, teacher, cfg.steps, float(model.gamma))
+    demos = collect(venv, teachers, cfg.steps, float(model.gamma))
     got = fit(model, demos, cfg, seed, float(model.vf_coef))
     record = {"teacher": cfg.teacher, "steps": len(demos.obs), "epochs": cfg.epochs,
               **{k: round(v, 6) for k, v in got.items()},
