@@ -109,7 +109,8 @@ def test_several_teachers_are_dealt_the_envs_in_turn(tmp_path: Path) -> None:
     assert not np.array_equal(per_env[:, 0], per_env[:, 1])  # the two really differ
 
 
-def test_teacher_is_checked_and_resolved(tmp_path: Path) -> None:
+def test_teacher_is_checked_and_resolved(tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
     rule = tmp_path / "rules" / "mine.yaml"
     rule.parent.mkdir()
     rule.write_text("rule: {kind: periodic_scan, every_ticks: 2}\n")
@@ -126,7 +127,9 @@ def test_teacher_is_checked_and_resolved(tmp_path: Path) -> None:
         config.load_experiment(exp, [("--set", "pretrain.teacher=heuristic:sofhard")])
     with pytest.raises(config.TrainError, match="needs ppo or a2c"):
         config.load_experiment(exp, [("--set", "algo=dqn")])
-    # Several teachers: each resolved and checked; at most one per env.
+    # Several teachers: each resolved (in --set, against the current folder) and
+    # checked; at most one per env.
+    monkeypatch.chdir(tmp_path)
     cfg, _ = config.load_experiment(exp, [("--set", "pretrain.teacher=rules/mine.yaml,"
                                                     "heuristic:soft_hard")])
     assert cfg.pretrain.teachers == (str(rule.resolve()), "heuristic:soft_hard")
