@@ -199,12 +199,6 @@ void Simulation::exit_process(Process* p, const std::string& reason) {
                       p->name + " (pid " + std::to_string(p->pid) + ") exits: " + reason);
 }
 
-std::vector<Process*> Simulation::alive() const {
-  std::vector<Process*> out;
-  alive_into(out);
-  return out;
-}
-
 void Simulation::alive_into(std::vector<Process*>& out) const {
   out.clear();
   for (const auto& p : procs)

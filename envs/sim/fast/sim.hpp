@@ -284,7 +284,6 @@ class Simulation {
 
   Process* spawn(const std::string& name, const std::string& family, bool sane, i64 cpus);
   void exit_process(Process* p, const std::string& reason);
-  std::vector<Process*> alive() const;
   // The live processes into `out` (cleared first), in process order.
   void alive_into(std::vector<Process*>& out) const;
   i64 index_of(const Process* p) const;
