@@ -109,6 +109,22 @@ def ppo_steps_per_s(make_venv: Callable[[], Any], steps: int, seed: int) -> floa
     return rate
 
 
+def batched_venv(train: list[ScenarioConfig], n_envs: int, seed: int) -> Any:
+    """The default env's batched vector env (``vec_env: batched``), seeded."""
+    from ptreclaim.agents.training.fastvec import FastVecEnv
+
+    v = FastVecEnv([PageTableReclaimEnv(train, EnvConfig()) for _ in range(n_envs)])
+    v.seed(seed)
+    return v
+
+
+def null_venv(like: PageTableReclaimEnv, n_envs: int) -> Any:
+    """``n_envs`` null envs of ``like``'s spaces in SB3's ``DummyVecEnv``."""
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    return DummyVecEnv([lambda: NullEnv(like, EnvConfig().max_steps) for _ in range(n_envs)])
+
+
 def env_parts(train: list[ScenarioConfig], steps: int, rounds: int, seed: int,
               console: Console) -> None:
     """The env's share of a PPO step, split: PPO (4 envs, one torch thread) on the null env
@@ -139,14 +155,10 @@ def env_parts(train: list[ScenarioConfig], steps: int, rounds: int, seed: int,
     like = PageTableReclaimEnv(train, EnvConfig())
 
     def null() -> Any:
-        from stable_baselines3.common.vec_env import DummyVecEnv
-
-        return DummyVecEnv([lambda: NullEnv(like, EnvConfig().max_steps) for _ in range(4)])
+        return null_venv(like, 4)
 
     def batched() -> Any:
-        v = FastVecEnv([PageTableReclaimEnv(train, EnvConfig()) for _ in range(4)])
-        v.seed(seed)
-        return v
+        return batched_venv(train, 4, seed)
 
     for k in range(rounds):
         rate_null = ppo_steps_per_s(null, steps, seed + k)
@@ -222,11 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     scen = {p.stem: load_scenario(p) for p in paths}
 
     def batched() -> Any:
-        from ptreclaim.agents.training.fastvec import FastVecEnv
-
-        v = FastVecEnv([PageTableReclaimEnv(train, EnvConfig()) for _ in range(n_envs)])
-        v.seed(args.seed)
-        return v
+        return batched_venv(train, n_envs, args.seed)
 
     def dummy() -> Any:
         from stable_baselines3.common.monitor import Monitor
@@ -238,10 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         return v
 
     def null() -> Any:
-        from stable_baselines3.common.vec_env import DummyVecEnv
-
-        return DummyVecEnv([lambda: NullEnv(fast_env, EnvConfig().max_steps)
-                            for _ in range(n_envs)])
+        return null_venv(fast_env, n_envs)
 
     r: dict[str, list[float]] = {}
 
