@@ -359,7 +359,7 @@ def test_the_reward_clip_is_searched_and_reaches_vecnormalize(
         monkeypatch: pytest.MonkeyPatch) -> None:
     from ptreclaim.agents.tune import objectives
 
-    exp, _ = load_experiment(None, [("--algo", "algo=ppo")])
+    exp, _ = load_experiment(None, [("--algo", "algo=ppo"), ("agent study", "pretrain.teacher=")])
     base = load_hyperparams(exp)
     assert spaces.default_agent("ppo", base, 1000.0)["reward_clip"] == 1000.0
     assert spaces.default_agent("ppo", base, 5.0) is None  # outside the space: no trial 0
@@ -375,6 +375,62 @@ def test_the_reward_clip_is_searched_and_reaches_vecnormalize(
     with pytest.raises(optuna.TrialPruned):
         objectives.AgentObjective(setup)(optuna.trial.FixedTrial(fixed))
     assert seen == [1000.0]
+
+
+def test_warm_started_trials_clone_the_teacher_and_search_its_epochs(
+        files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ptreclaim.agents.tune import objectives
+
+    exp_file = tmp_path / "exp.yaml"
+    exp_file.write_text("n_envs: 2\npretrain:\n  teacher: heuristic:soft_hard\n  steps: 32\n"
+                        "  epochs: 2\n")
+    calls: list[tuple[int, int, str]] = []
+    real = objectives.pretrain
+
+    def spy(model: Any, venv: Any, cfg: Any, *args: Any) -> Any:
+        calls.append((cfg.epochs, cfg.steps, cfg.teacher))
+        return real(model, venv, cfg, *args)
+
+    monkeypatch.setattr(objectives, "pretrain", spy)
+    out = tmp_path / "warm"
+    code = tune.main(["agent", "ppo", "--suite", str(files["scenario"]), "--env-config",
+                      str(files["env_agent"]), "--config", str(exp_file), "--warm-start",
+                      "--timesteps", "64", "--eval-freq", "64", "--n-trials", "2",
+                      "--train-seeds", "2", "--out", str(out), "-q"])
+    assert code == 0
+    study = load(out, "ppo")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    # Trial 0 is the experiment's warm start (2 epochs); each trial's two trainings
+    # clone the teacher with the trial's epochs, which the trial records.
+    assert study.trials[0].params["pretrain_epochs"] == 2
+    epochs = [t.params["pretrain_epochs"] for t in study.trials]
+    assert calls == [(e, 32, "heuristic:soft_hard") for e in epochs for _ in range(2)]
+    for t in study.trials:
+        assert t.user_attrs["pretrain"]["epochs"] == t.params["pretrain_epochs"]
+    best = study.best_trial.params["pretrain_epochs"]
+    text = (out / "best_hyperparams.yaml").read_text()
+    assert f"--set pretrain.epochs={best}" in text
+    hp = yaml.safe_load(text)["default"]
+    assert "pretrain_epochs" not in hp
+    validate_hyperparams("ppo", hp, "best_hyperparams.yaml")
+    report = (out / "report.md").read_text()
+    assert "warm start: `heuristic:soft_hard` plays 32 decisions" in report
+    assert "| pretrain.epochs |" in report
+
+
+def test_warm_start_needs_a_teacher(files: dict[str, Path], tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    exp_file = tmp_path / "exp.yaml"
+    exp_file.write_text("pretrain:\n  teacher: ''\n")
+    out = tmp_path / "cold"
+    code = tune.main(["agent", "ppo", "--suite", str(files["scenario"]), "--config",
+                      str(exp_file), "--warm-start", "--out", str(out), "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--warm-start" in err and "no pretrain.teacher" in err
+    assert "Traceback" not in err and not (out / "study.db").exists()
+    code = tune.main([*heuristic_args(files, tmp_path / "h"), "--warm-start"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--warm-start applies to agent tuning only" in err
 
 
 def test_pruner_stops_an_agent_trial(files: dict[str, Path], tmp_path: Path,

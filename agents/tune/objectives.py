@@ -47,6 +47,7 @@ from ..results import EpisodeResult
 from ..rollout import WorkerPool, episode_seed, run_episode, run_policies
 from ..training.config import ExperimentConfig
 from ..training.hyperparams import materialize, validate_hyperparams
+from ..training.pretrain import pretrain
 from ..training.vecenv import make_vec_env
 from .spaces import HEURISTIC_SPACES, agent_hyperparams, suggest_agent
 
@@ -296,7 +297,8 @@ class AgentObjective:
     def __call__(self, trial: optuna.Trial) -> float:
         t0 = time.perf_counter()
         st = self.setup
-        params = suggest_agent(trial, st.algo)
+        warm = bool(st.experiment.pretrain.teacher)
+        params = suggest_agent(trial, st.algo, warm_start=warm)
         hp = agent_hyperparams(st.algo, params, st.base_hp, st.experiment.n_envs)
         validate_hyperparams(st.algo, hp, f"trial {trial.number}")
         trial.set_user_attr("hyperparams", hp)
@@ -304,6 +306,11 @@ class AgentObjective:
                                         clip_reward=float(params["reward_clip"]))
         trial.set_user_attr("normalize", to_dict(normalize))
         experiment = dataclasses.replace(st.experiment, normalize=normalize)
+        if warm:
+            warm_cfg = dataclasses.replace(st.experiment.pretrain,
+                                           epochs=int(params["pretrain_epochs"]))
+            trial.set_user_attr("pretrain", to_dict(warm_cfg))
+            experiment = dataclasses.replace(experiment, pretrain=warm_cfg)
         return _scored(trial, t0, lambda: self._train(trial, hp, experiment, t0))
 
     def _train(self, trial: optuna.Trial, hp: Mapping[str, Any], experiment: ExperimentConfig,
@@ -327,6 +334,11 @@ class AgentObjective:
                     warnings.simplefilter("ignore")
                     model = algo_class(st.algo)(policy, venv, seed=seed, device="cpu",
                                                 verbose=0, **kwargs)
+                    if experiment.pretrain.teacher:
+                        # The default experiment's warm start, as train.py makes it: the
+                        # rule plays on this venv, the policy clones it, then PPO.
+                        pretrain(model, venv, experiment.pretrain, experiment.env,
+                                 st.scenarios[0], seed, lambda _m: None)
                     cb = make_prune_callback(trial, st, offset)
                     model.learn(st.timesteps, callback=cb, progress_bar=False)
                     if cb.pruned:

@@ -289,7 +289,12 @@ def report_md(study: optuna.Study, info: RunInfo, imp: Mapping[str, float] | str
                   f"draws its own episodes); {a.get('timesteps')} steps per training seed, "
                   f"evaluated every {a.get('eval_freq')} steps for the pruner "
                   f"({a.get('pruner')}). ± is the standard error over (training seed, "
-                  "episode seed) means.", ""]
+                  "episode seed) means."
+                  + (f" Every training starts from the warm start: "
+                     f"`{a['warm_start'].get('teacher')}` plays "
+                     f"{a['warm_start'].get('steps')} decisions and the policy clones it "
+                     "for `pretrain.epochs` epochs (searched)." if a.get("warm_start") else ""),
+                  ""]
     rows = [["default", str(d.number) if d else "-", pm_text(d)],
             ["tuned (best)", str(best.number) if best else "-", pm_text(best)]]
     if best is not None and d is not None:
@@ -319,6 +324,9 @@ def report_md(study: optuna.Study, info: RunInfo, imp: Mapping[str, float] | str
                 clip = _clip(trial) if trial else None
                 if clip is not None:
                     row["normalize.clip_reward"] = clip
+                epochs = _pretrain_epochs(trial) if trial else None
+                if epochs is not None:
+                    row["pretrain.epochs"] = epochs
             lines.append(md_table(["hyperparameter", "default", "tuned"],
                                   [[k, _fmt(dflt.get(k), 4), _fmt(v, 4)]
                                    for k, v in hp.items()]))
@@ -398,11 +406,20 @@ def _clip(trial: optuna.trial.FrozenTrial) -> float | None:
     return None if clip is None else float(clip)
 
 
+def _pretrain_epochs(trial: optuna.trial.FrozenTrial) -> int | None:
+    """The warm start's behaviour-cloning epochs of a warm-started trial, else None."""
+    epochs = (trial.user_attrs.get("pretrain") or {}).get("epochs")
+    return None if epochs is None else int(epochs)
+
+
 def _clip_set(trial: optuna.trial.FrozenTrial) -> str:
-    """The ``--set`` of the trial's reward clip (an experiment setting, not a constructor
-    argument, so the algo YAML cannot carry it), or "" for a trial that predates it."""
+    """The ``--set`` of the trial's experiment settings, which the algo YAML cannot carry
+    (they are not constructor arguments): its reward clip ("" for a trial that predates
+    it) and, for a warm-started trial, its behaviour-cloning epochs."""
     clip = _clip(trial)
-    return "" if clip is None else f" --set normalize.clip_reward={clip:g}"
+    epochs = _pretrain_epochs(trial)
+    return ("" if clip is None else f" --set normalize.clip_reward={clip:g}") + (
+        "" if epochs is None else f" --set pretrain.epochs={epochs}")
 
 
 # ---------------------------------------------------------------- progress

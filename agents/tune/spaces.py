@@ -160,14 +160,22 @@ MAX_GRAD_NORMS = [0.3, 0.5, 1.0, 2.0, 5.0]
 #: with the reward scaled to unit variance they land far beyond 10 and are cut, so the agent
 #: sees a kill as a bad step, not a catastrophe.  1000 keeps them.
 REWARD_CLIPS = [10.0, 1000.0]
+#: Behaviour-cloning epochs of the warm start (``pretrain.epochs``), searched only when the
+#: trials warm-start (``tune.py agent --warm-start``): how closely the clone keeps its
+#: teacher decides how far PPO moves from it (docs/results.md "Choosing the warm start"
+#: measured 1, 2 and 10 by hand; 5 sits between).
+PRETRAIN_EPOCHS = [1, 2, 5, 10]
 
 
-def suggest_agent(trial: optuna.Trial, algo: str) -> dict[str, Any]:
+def suggest_agent(trial: optuna.Trial, algo: str, warm_start: bool = False
+                  ) -> dict[str, Any]:
     """Sample an agent's search-space parameters (rl-zoo style).
 
     The choices include the shipped ``configs/algos/<algo>.yaml`` values, so
     the defaults can run as trial 0.  :func:`agent_hyperparams` turns the
-    result into constructor hyperparameters.
+    result into constructor hyperparameters.  With ``warm_start`` the trial also
+    samples the warm start's behaviour-cloning epochs (``pretrain_epochs``, an
+    experiment setting like ``reward_clip``).
     """
     p: dict[str, Any] = {
         "learning_rate": trial.suggest_float("learning_rate", 1e-5, 3e-3, log=True),
@@ -202,6 +210,8 @@ def suggest_agent(trial: optuna.Trial, algo: str) -> dict[str, Any]:
                                                                 [100, 1000, 5000])
         p["exploration_fraction"] = trial.suggest_float("exploration_fraction", 0.05, 0.5)
         p["exploration_final_eps"] = trial.suggest_float("exploration_final_eps", 0.0, 0.2)
+    if warm_start:
+        p["pretrain_epochs"] = trial.suggest_categorical("pretrain_epochs", PRETRAIN_EPOCHS)
     return p
 
 
@@ -213,7 +223,7 @@ _AGENT_CHOICES: dict[str, list[Any]] = {
     "n_epochs": [1, 5, 10, 20], "normalize_advantage": [False, True],
     "buffer_size": [10_000, 50_000, 100_000], "learning_starts": [0, 1000, 5000],
     "train_freq": [1, 4, 8, 16], "gradient_steps": [1, 2, 4],
-    "target_update_interval": [100, 1000, 5000],
+    "target_update_interval": [100, 1000, 5000], "pretrain_epochs": PRETRAIN_EPOCHS,
 }
 _AGENT_RANGES: dict[str, tuple[float, float]] = {
     "learning_rate": (1e-5, 3e-3), "ent_coef": (1e-6, 0.1), "vf_coef": (0.2, 1.0),
@@ -231,7 +241,8 @@ def agent_hyperparams(algo: str, params: Mapping[str, Any], base: Mapping[str, A
     """
     hp = dict(base)
     for key, value in params.items():
-        if key in ("lr_schedule", "net_arch", "activation_fn", "reward_clip"):
+        if key in ("lr_schedule", "net_arch", "activation_fn", "reward_clip",
+                   "pretrain_epochs"):
             continue
         hp[key] = value
     lr = float(params["learning_rate"])
@@ -246,14 +257,19 @@ def agent_hyperparams(algo: str, params: Mapping[str, Any], base: Mapping[str, A
     return hp
 
 
-def default_agent(algo: str, hp: Mapping[str, Any], clip_reward: float = 10.0
-                  ) -> dict[str, Any] | None:
-    """The search-space parameters of the algo YAML's hyperparameters ``hp`` and the
-    experiment's ``normalize.clip_reward``, or None when one of them lies outside the
-    space (then no default trial)."""
+def default_agent(algo: str, hp: Mapping[str, Any], clip_reward: float = 10.0,
+                  pretrain_epochs: int | None = None) -> dict[str, Any] | None:
+    """The search-space parameters of the algo YAML's hyperparameters ``hp``, the
+    experiment's ``normalize.clip_reward`` and, for warm-started trials, its
+    ``pretrain.epochs``; None when one of them lies outside the space (then no default
+    trial)."""
     if float(clip_reward) not in REWARD_CLIPS:
         return None
     out: dict[str, Any] = {"reward_clip": float(clip_reward)}
+    if pretrain_epochs is not None:
+        if pretrain_epochs not in PRETRAIN_EPOCHS:
+            return None
+        out["pretrain_epochs"] = int(pretrain_epochs)
     lr = hp.get("learning_rate", 3e-4)
     if isinstance(lr, str):
         if not lr.startswith("lin_"):

@@ -104,7 +104,8 @@ DEFAULT_TIMESTEPS = 8192
 #: The held-out suite, never tuned on (``evaluate.py``'s default).
 HELD_OUT_SUITE = "test"
 #: Flags that only make sense for agents (their defaults are None to tell).
-AGENT_FLAGS = ("config", "timesteps", "n_envs", "eval_freq", "train_seeds", "pruner")
+AGENT_FLAGS = ("config", "timesteps", "n_envs", "eval_freq", "train_seeds", "pruner",
+               "warm_start")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -176,6 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="models trained per trial, seeds 0..N-1 (default 1)")
     g.add_argument("--pruner", default=None, choices=PRUNERS,
                    help="median (default), hyperband or none")
+    g.add_argument("--warm-start", action="store_true", default=None,
+                   help="start every training from the experiment's warm start "
+                        "(pretrain.teacher cloned for pretrain.steps decisions, as train.py "
+                        "does) and search its behaviour-cloning epochs too (default: random "
+                        "weights)")
     return p
 
 
@@ -255,13 +261,20 @@ def _check_common(args: argparse.Namespace) -> None:
 def _agent_setup(args: argparse.Namespace, scenarios: list[ScenarioConfig], suite: str,
                  env_override: EnvConfig | None) -> tuple[AgentSetup, dict[str, Any] | None]:
     timesteps = args.timesteps or DEFAULT_TIMESTEPS
-    # Trials train from random weights (agents/tune/objectives.py has no warm start), so
-    # the experiment's pretrain.teacher does not apply to them.
-    sets = [("--algo", f"algo={args.target}"), ("--timesteps", f"timesteps={timesteps}"),
-            ("agent study", "pretrain.teacher=")]
+    # Without --warm-start, trials train from random weights: the experiment's
+    # pretrain.teacher does not apply to them.  With it, each training clones the
+    # experiment's teacher first, as train.py does.
+    sets = [("--algo", f"algo={args.target}"), ("--timesteps", f"timesteps={timesteps}")]
+    if not args.warm_start:
+        sets.append(("agent study", "pretrain.teacher="))
     if args.n_envs is not None:
         sets.append(("--n-envs", f"n_envs={args.n_envs}"))
     exp, _ = load_experiment(Path(args.config) if args.config else None, sets)
+    if args.warm_start and not exp.pretrain.teacher:
+        raise ConfigError(f"--warm-start: the experiment "
+                          f"({args.config or 'configs/experiments/default.yaml'}) has no "
+                          "pretrain.teacher to clone; give a --config with one, or drop "
+                          "--warm-start")
     if env_override is not None:
         exp = dataclasses.replace(exp, env=env_override)
     base = load_hyperparams(exp)
@@ -277,10 +290,13 @@ def _agent_setup(args: argparse.Namespace, scenarios: list[ScenarioConfig], suit
         to_dict(exp.env),
         {"timesteps": timesteps, "eval_freq": eval_freq, "train_seeds": list(train_seeds),
          "n_envs": exp.n_envs, "normalize": to_dict(exp.normalize), "pruner": pruner,
-         "base_hyperparams": json.loads(json.dumps(base, default=str))})
+         "base_hyperparams": json.loads(json.dumps(base, default=str)),
+         **({"warm_start": {k: v for k, v in to_dict(exp.pretrain).items() if k != "epochs"}}
+            if exp.pretrain.teacher else {})})
     setup = AgentSetup(args.target, exp, base, scenarios, objective, timesteps, eval_freq,
                        train_seeds)
-    return setup, default_agent(args.target, base, exp.normalize.clip_reward)
+    return setup, default_agent(args.target, base, exp.normalize.clip_reward,
+                                exp.pretrain.epochs if exp.pretrain.teacher else None)
 
 
 
