@@ -66,7 +66,8 @@ def test_a_tuning_job_on_postgresql_with_trials_in_its_optuna_storage(pg_db: str
             assert c.health()["database"] == "postgresql"
             jobs = [c.submit({**test_service.TINY_TUNE, "label": f"pg {i}"}) for i in range(3)]
             done = [test_service.wait_state(c, j["id"]) for j in jobs]
-        assert all(d["state"] == "succeeded" for d in done), done
+        assert all(d["state"] == "succeeded" for d in done), [
+            (d["label"], d["state"], d.get("error")) for d in done]
         # Both workers took jobs from the shared store, each job exactly once.
         assert {d["worker"] for d in done} <= {"pg-w1", "pg-w2"}
         assert all(d["attempts"] == 1 for d in done)
@@ -78,3 +79,25 @@ def test_a_tuning_job_on_postgresql_with_trials_in_its_optuna_storage(pg_db: str
             assert b"kind: soft_hard" in c.artifact(done[0]["id"], "best.yaml")
     finally:
         svc.stop()
+
+
+def test_optuna_setup_on_postgresql_is_serialised_by_an_advisory_lock(pg_db: str) -> None:
+    # While one worker holds the setup lock, another's study setup waits for it: two
+    # workers creating Optuna's tables at once on a fresh database race
+    # (optuna/optuna#1092), as the service's workers may.
+    import threading
+
+    from ptreclaim.agents.tune import storage
+
+    entered = threading.Event()
+
+    def other() -> None:
+        with storage._setup_lock(pg_db):
+            entered.set()
+
+    with storage._setup_lock(pg_db):
+        t = threading.Thread(target=other)
+        t.start()
+        assert not entered.wait(1.5)  # blocked on pg_advisory_lock
+    t.join(30)
+    assert entered.is_set()

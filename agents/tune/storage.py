@@ -62,10 +62,25 @@ def _sqlite_file(url: str) -> Path | None:
     return Path(rest) if rest and rest != ":memory:" else None
 
 
+#: The PostgreSQL advisory-lock key that serialises ptreclaim's Optuna schema and study
+#: creation on one database (any 64-bit value no other tool uses; this is
+#: int.from_bytes(b"ptreclm!")).
+PG_SETUP_LOCK_KEY = 0x7074726563_6C6D21
+
+
 @contextlib.contextmanager
 def _setup_lock(url: str) -> Iterator[None]:
-    """Serialise schema and study creation of a local SQLite file: two
-    workers starting at once would otherwise both create the tables."""
+    """Serialise schema and study creation: two workers starting at once on a fresh
+    database would otherwise both create Optuna's tables, and the loser fails
+    (optuna/optuna#1092: on PostgreSQL "relation already exists" or a duplicate
+    ``pg_type`` key).  A local SQLite file takes a file lock beside it; PostgreSQL a
+    session advisory lock (``pg_advisory_lock``), held on its own connection and
+    released when it closes, even if this process dies.  Other databases: no lock (the
+    retries of :func:`_create_study` remain)."""
+    if url.startswith("postgresql"):
+        with _pg_setup_lock(url):
+            yield
+        return
     db = _sqlite_file(url)
     if db is None:
         yield
@@ -77,6 +92,25 @@ def _setup_lock(url: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _pg_setup_lock(url: str) -> Iterator[None]:
+    """:data:`PG_SETUP_LOCK_KEY` held for the block on a dedicated connection."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"),
+                         {"k": PG_SETUP_LOCK_KEY})
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"),
+                             {"k": PG_SETUP_LOCK_KEY})
+    finally:
+        engine.dispose()
 
 
 def make_storage(url: str) -> optuna.storages.BaseStorage:
@@ -243,13 +277,15 @@ def _create_study(url: str, name: str, attempts: int = 4) -> optuna.Study:
     a locked SQLite file), which the file lock cannot rule out for processes
     that do not take it (a user's ``optuna.load_study``, a dashboard)."""
     import optuna
-    from sqlalchemy.exc import IntegrityError, OperationalError
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
     for attempt in range(attempts):
         try:
             return optuna.create_study(storage=make_storage(url), study_name=name,
                                        direction="minimize", load_if_exists=True)
-        except (IntegrityError, OperationalError):
+        except (IntegrityError, OperationalError, ProgrammingError):
+            # ProgrammingError: PostgreSQL's "relation already exists" when a process that
+            # takes no setup lock creates the tables at the same moment.
             if attempt == attempts - 1:
                 raise
             time.sleep(0.5 * (attempt + 1))
