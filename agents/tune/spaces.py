@@ -223,7 +223,7 @@ _AGENT_CHOICES: dict[str, list[Any]] = {
     "n_epochs": [1, 5, 10, 20], "normalize_advantage": [False, True],
     "buffer_size": [10_000, 50_000, 100_000], "learning_starts": [0, 1000, 5000],
     "train_freq": [1, 4, 8, 16], "gradient_steps": [1, 2, 4],
-    "target_update_interval": [100, 1000, 5000], "pretrain_epochs": PRETRAIN_EPOCHS,
+    "target_update_interval": [100, 1000, 5000],
 }
 _AGENT_RANGES: dict[str, tuple[float, float]] = {
     "learning_rate": (1e-5, 3e-3), "ent_coef": (1e-6, 0.1), "vf_coef": (0.2, 1.0),
