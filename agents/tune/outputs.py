@@ -308,7 +308,7 @@ def report_md(study: optuna.Study, info: RunInfo, imp: Mapping[str, float] | str
                  f"{info.out}/best_params.yaml`." if info.mode == "heuristic" else
                  f"`python scripts/train.py --algo {info.target} --set "
                  f"algo_config={info.out}/best_hyperparams.yaml"
-                 f"{_clip_set(best) if best else ''}`."), ""]
+                 f"{_experiment_sets(best) if best else ''}`."), ""]
     if best is not None:
         lines += ["## Best parameters", ""]
         if info.mode == "heuristic":
@@ -390,7 +390,7 @@ def write_outputs(study: optuna.Study, info: RunInfo) -> list[str]:
             text = (f"# Best {info.target} hyperparameters of study {info.study_name!r} (trial "
                     f"{best.number}, mean cost {float(best.value or 0.0):.3f}).\n"
                     f"# Use: python scripts/train.py --algo {info.target} --set "
-                    f"algo_config={out / 'best_hyperparams.yaml'}{_clip_set(best)}\n")
+                    f"algo_config={out / 'best_hyperparams.yaml'}{_experiment_sets(best)}\n")
             write_text_atomic(out / "best_hyperparams.yaml", text + dump_yaml(
                 {"default": dict(hp)}))
             files.append("best_hyperparams.yaml")
@@ -412,7 +412,7 @@ def _pretrain_epochs(trial: optuna.trial.FrozenTrial) -> int | None:
     return None if epochs is None else int(epochs)
 
 
-def _clip_set(trial: optuna.trial.FrozenTrial) -> str:
+def _experiment_sets(trial: optuna.trial.FrozenTrial) -> str:
     """The ``--set`` of the trial's experiment settings, which the algo YAML cannot carry
     (they are not constructor arguments): its reward clip ("" for a trial that predates
     it) and, for a warm-started trial, its behaviour-cloning epochs."""
