@@ -24,13 +24,14 @@ import json
 import os
 import platform
 import subprocess
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import Any
 
-from .. import __version__
+from .. import PINNED_NUMERICS, __version__
 from ..envs.configio import load_json, load_yaml, write_text_atomic
 from ..envs.sim.config import ConfigError, quote
 
@@ -135,6 +136,16 @@ def parse_name(name: str) -> tuple[str, str, str, str] | None:
     return parts[0], parts[1], parts[2], parts[3]
 
 
+def numerics() -> dict[str, Any]:
+    """What held torch's CPU kernels to one instruction set (``ptreclaim.PINNED_NUMERICS``;
+    None where unset) and, when torch is loaded, the capability its kernels use."""
+    info: dict[str, Any] = {name: os.environ.get(name) for name in PINNED_NUMERICS}
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        info["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    return info
+
+
 def versions(*packages: str) -> dict[str, Any]:
     """Versions of what shapes a result: Python, the platform, ptreclaim,
     each of ``packages`` (None when not installed) and the git commit of the
@@ -146,6 +157,7 @@ def versions(*packages: str) -> dict[str, Any]:
             info[name] = getattr(importlib.import_module(name), "__version__", None)
         except ImportError:
             info[name] = None
+    info["numerics"] = numerics()
     root = Path(__file__).resolve().parent.parent
     try:
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], check=True,
