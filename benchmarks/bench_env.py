@@ -131,8 +131,10 @@ def env_parts(train: list[ScenarioConfig], steps: int, rounds: int, seed: int,
     and on the batched env, interleaved, with the CPU time spent in ``FastVecEnv.step_wait``
     (the compiled steps), in ``PageTableReclaimEnv.reset`` and, within it, in building the
     simulation (``_make_sim``), per env step; then the bare batched loop (seeded random
-    actions, after 300 vector steps of warm-up).  Runs on any checkout that has the batched
-    env, so one copy of this script measures two builds side by side."""
+    actions, after 300 vector steps of warm-up), and the same steps from the same state
+    with a policy forward pass before each (:func:`bare_loop_after_forward`).  Runs on any
+    checkout that has the batched env, so one copy of this script measures two builds side
+    by side."""
     from ptreclaim.agents.training.fastvec import FastVecEnv
 
     spent: dict[str, float] = {}
@@ -178,12 +180,43 @@ def env_parts(train: list[ScenarioConfig], steps: int, rounds: int, seed: int,
             v.step_async(a)
             v.step_wait()
         bare = (time.process_time() - t0) / (2000 * 4) * 1e6
+        # The same steps again on a second vector env of the same seed, warmed up alike.
+        v2 = batched()
+        obs = v2.reset()
+        for a in acts[:300]:
+            v2.step_async(a)
+            obs = v2.step_wait()[0]
+        forward = bare_loop_after_forward(v2, obs, acts[300:], seed + k)
         console.print(
             f"round {k}: PPO null {rate_null:,.0f} steps/s, batched {rate:,.0f} (ratio "
             f"{rate / rate_null:.3f}; the env adds {1e6 / rate - 1e6 / rate_null:.1f} µs per "
             f"step); per env step in PPO: step_wait {per.get('step_wait', 0.0):.1f} µs, reset "
             f"{per.get('reset', 0.0):.1f} µs (building the simulation "
-            f"{per.get('_make_sim', 0.0):.1f}); bare batched loop {bare:.1f} µs per env step")
+            f"{per.get('_make_sim', 0.0):.1f}); bare batched loop {bare:.1f} µs per env step, "
+            f"{forward:.1f} with a policy forward before each step")
+
+
+def bare_loop_after_forward(venv: Any, obs: np.ndarray, actions: list[np.ndarray],
+                            seed: int) -> float:
+    """CPU µs per env step of ``venv``'s steps alone under ``actions`` (the bare loop's,
+    from the same state, whose observations are ``obs``), each step after a forward pass
+    of an untrained PPO policy on the last observations, as PPO's rollout makes: the same
+    work as the bare loop, slowed by what the learner's work between steps evicts (caches,
+    branch history)."""
+    import torch
+    from stable_baselines3 import PPO
+
+    torch.set_num_threads(1)
+    policy = PPO("MlpPolicy", venv, seed=seed, device="cpu").policy
+    spent = 0.0
+    for a in actions:
+        with torch.no_grad():
+            policy(torch.as_tensor(obs))  # its actions are not used: the same steps
+        t0 = time.process_time()
+        venv.step_async(a)
+        obs = venv.step_wait()[0]
+        spent += time.process_time() - t0
+    return spent / (len(actions) * venv.num_envs) * 1e6
 
 
 def hog_scenario(size_gib: int) -> ScenarioConfig:

@@ -1,0 +1,115 @@
+"""What slows the env inside PPO's loop: the same env steps after different work between them.
+
+The batched env's compiled steps cost more inside PPO's rollout than in a bare loop of the
+same steps (``bench_env.py --parts``).  This runs the bare batched loop (4 envs, the default
+training suite, seeded random actions, after 300 vector steps of warm-up) several times from
+the same state, each time doing something else before every vector step, and reports the
+CPU µs per env step of the steps alone:
+
+- ``plain``: nothing;
+- ``forward``: a forward pass of an untrained PPO policy on the last observations (what
+  PPO's rollout does; its actions are not used, so the steps are the same);
+- ``write N MiB``: adding 1 to every byte of an N MiB buffer (evicts data only);
+- ``python loop``: 2,000 additions in the interpreter (runs other code, touches no data).
+
+If ``forward`` costs what the writes cost and the Python loop costs nothing, the env pays
+for re-reading its own data, not for its code or branch history.  Variants are interleaved
+over ``--rounds`` rounds; medians.  Reproduce: ``.venv/bin/python
+benchmarks/bench_interference.py``.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+import ptreclaim  # noqa: F401  (registers the env ids, pins torch's numerics)
+from ptreclaim.configs import CONFIG_DIR
+from ptreclaim.envs.configio import load_suite
+from ptreclaim.envs.pagetable_env import EnvConfig, PageTableReclaimEnv
+
+WARMUP = 300
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+    from stable_baselines3 import PPO
+
+    from ptreclaim.agents.training.fastvec import FastVecEnv
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=1500, help="measured vector steps per run")
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    train = load_suite(CONFIG_DIR / "suites" / "train.yaml")
+
+    def venv() -> Any:
+        v = FastVecEnv([PageTableReclaimEnv(train, EnvConfig()) for _ in range(4)])
+        v.seed(0)
+        return v
+
+    first = venv()
+    obs0 = first.reset()
+    policy = PPO("MlpPolicy", first, seed=0, device="cpu").policy
+    rng = np.random.default_rng(0)
+    nvec = first.action_space.nvec
+    actions = [rng.integers(0, nvec, size=(4, len(nvec))) for _ in range(WARMUP + args.steps)]
+    buffers = {n: np.ones(n << 20, np.uint8) for n in (1, 2, 4, 16)}
+    last = {"obs": obs0}
+
+    def forward() -> None:
+        with torch.no_grad():
+            policy(torch.as_tensor(last["obs"]))
+
+    def write(n: int) -> Callable[[], None]:
+        def run() -> None:
+            buffers[n] += 1
+        return run
+
+    def python_loop() -> None:
+        x = 0
+        for i in range(2000):
+            x += i
+
+    variants: dict[str, Callable[[], None] | None] = {
+        "plain": None, "forward": forward, **{f"write {n} MiB": write(n) for n in buffers},
+        "python loop": python_loop}
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(args.rounds):
+        for name, before in variants.items():
+            v = venv()
+            last["obs"] = v.reset()
+            for a in actions[:WARMUP]:
+                v.step_async(a)
+                last["obs"] = v.step_wait()[0]
+            spent = 0.0
+            for a in actions[WARMUP:]:
+                if before is not None:
+                    before()
+                t0 = time.process_time()
+                v.step_async(a)
+                last["obs"] = v.step_wait()[0]
+                spent += time.process_time() - t0
+            times[name].append(spent / (args.steps * 4) * 1e6)
+    base = statistics.median(times["plain"])
+    print(f"CPU µs per env step, median of {args.rounds} rounds ({args.steps} vector steps of "
+          f"4 envs each):")
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        print(f"  {name:12s} {med:6.1f}  ({med / base:.2f}x plain; rounds "
+              f"{', '.join(f'{t:.1f}' for t in ts)})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
