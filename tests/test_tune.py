@@ -203,9 +203,15 @@ def test_killed_workers_trial_is_failed_and_its_params_rerun(
     (tmp_path / "long_env.yaml").write_text("max_steps: 200\n")
     args = ["heuristic", "soft_hard", "--suite", str(tmp_path / "long.yaml"), "--env-config",
             str(tmp_path / "long_env.yaml"), "--out", str(out), "-q"]
-    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "tune.py"), *args,
-                             "--n-trials", "5"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    # Many trials, so that the worker is still inside one whenever the poll below looks
+    # (it is killed at the first look that finds one; with 5 short trials on a fast
+    # machine every trial could end between two looks).  Its stderr goes to a file that
+    # the failure message quotes.
+    err_path = tmp_path / "worker.err"
+    with err_path.open("w") as err_file:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "tune.py"), *args,
+                                 "--n-trials", "200"], stdout=subprocess.DEVNULL,
+                                stderr=err_file)
     db = out / "study.db"
     try:
         # Kill it once a trial is RUNNING, has sampled a parameter and its heartbeat
@@ -213,7 +219,7 @@ def test_killed_workers_trial_is_failed_and_its_params_rerun(
         # creating anything); a kill before the first sample would leave nothing to rerun.
         deadline = time.monotonic() + 120
         beating: list[tuple[int]] = []
-        while time.monotonic() < deadline and not beating:
+        while time.monotonic() < deadline and not beating and proc.poll() is None:
             time.sleep(0.2)
             if not db.exists():
                 continue
@@ -224,7 +230,8 @@ def test_killed_workers_trial_is_failed_and_its_params_rerun(
                     "SELECT DISTINCT t.trial_id FROM trials t JOIN trial_heartbeats h "
                     "ON h.trial_id = t.trial_id JOIN trial_params p "
                     "ON p.trial_id = t.trial_id WHERE t.state = 'RUNNING'").fetchall()
-        assert beating, "the worker never started a trial"
+        assert beating, (f"the worker never was inside a trial when looked at (exit code "
+                         f"{proc.poll()}): {err_path.read_text()[-2000:]}")
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
