@@ -132,9 +132,9 @@ def env_parts(train: list[ScenarioConfig], steps: int, rounds: int, seed: int,
     (the compiled steps), in ``PageTableReclaimEnv.reset`` and, within it, in building the
     simulation (``_make_sim``), per env step; then the bare batched loop (seeded random
     actions, after 300 vector steps of warm-up), and the same steps from the same state
-    with a policy forward pass before each (:func:`bare_loop_after_forward`).  Runs on any
-    checkout that has the batched env, so one copy of this script measures two builds side
-    by side."""
+    with a policy forward pass before each (:func:`steps_after`, :func:`policy_forward`).
+    Runs on any checkout that has the batched env, so one copy of this script measures two
+    builds side by side."""
     from ptreclaim.agents.training.fastvec import FastVecEnv
 
     spent: dict[str, float] = {}
@@ -168,13 +168,10 @@ def env_parts(train: list[ScenarioConfig], steps: int, rounds: int, seed: int,
         rate = ppo_steps_per_s(batched, steps, seed + k)
         per = {name: t / steps * 1e6 for name, t in spent.items()}
         v = batched()
-        v.reset()
         rng = np.random.default_rng(seed + k)
         acts = [rng.integers(0, v.action_space.nvec, size=(4, len(v.action_space.nvec)))
                 for _ in range(2300)]
-        for a in acts[:300]:
-            v.step_async(a)
-            v.step_wait()
+        warmed(v, acts[:300])
         t0 = time.process_time()
         for a in acts[300:]:
             v.step_async(a)
@@ -182,11 +179,8 @@ def env_parts(train: list[ScenarioConfig], steps: int, rounds: int, seed: int,
         bare = (time.process_time() - t0) / (2000 * 4) * 1e6
         # The same steps again on a second vector env of the same seed, warmed up alike.
         v2 = batched()
-        obs = v2.reset()
-        for a in acts[:300]:
-            v2.step_async(a)
-            obs = v2.step_wait()[0]
-        forward = bare_loop_after_forward(v2, obs, acts[300:], seed + k)
+        obs = warmed(v2, acts[:300])
+        forward = steps_after(v2, obs, acts[300:], policy_forward(v2, seed + k))
         console.print(
             f"round {k}: PPO null {rate_null:,.0f} steps/s, batched {rate:,.0f} (ratio "
             f"{rate / rate_null:.3f}; the env adds {1e6 / rate - 1e6 / rate_null:.1f} µs per "
@@ -196,27 +190,46 @@ def env_parts(train: list[ScenarioConfig], steps: int, rounds: int, seed: int,
             f"{forward:.1f} with a policy forward before each step")
 
 
-def bare_loop_after_forward(venv: Any, obs: np.ndarray, actions: list[np.ndarray],
-                            seed: int) -> float:
-    """CPU µs per env step of ``venv``'s steps alone under ``actions`` (the bare loop's,
-    from the same state, whose observations are ``obs``), each step after a forward pass
-    of an untrained PPO policy on the last observations, as PPO's rollout makes: the same
-    work as the bare loop, slowed by what the learner's work between steps evicts (caches,
-    branch history)."""
-    import torch
-    from stable_baselines3 import PPO
+def warmed(venv: Any, actions: list[np.ndarray]) -> np.ndarray:
+    """Reset ``venv`` and step it through ``actions``; its last observations."""
+    obs: np.ndarray = venv.reset()
+    for a in actions:
+        venv.step_async(a)
+        obs = venv.step_wait()[0]
+    return obs
 
-    torch.set_num_threads(1)
-    policy = PPO("MlpPolicy", venv, seed=seed, device="cpu").policy
+
+def steps_after(venv: Any, obs: np.ndarray, actions: list[np.ndarray],
+                before: Callable[[np.ndarray], None] | None) -> float:
+    """CPU µs per env step of ``venv``'s steps alone under ``actions`` (from observations
+    ``obs``), each vector step after ``before(last observations)``, untimed: the same work
+    as the bare loop, slowed by whatever ``before`` evicts."""
     spent = 0.0
     for a in actions:
-        with torch.no_grad():
-            policy(torch.as_tensor(obs))  # its actions are not used: the same steps
+        if before is not None:
+            before(obs)
         t0 = time.process_time()
         venv.step_async(a)
         obs = venv.step_wait()[0]
         spent += time.process_time() - t0
     return spent / (len(actions) * venv.num_envs) * 1e6
+
+
+def policy_forward(venv: Any, seed: int) -> Callable[[np.ndarray], None]:
+    """A forward pass of an untrained PPO policy on ``venv``'s spaces (one torch thread),
+    as PPO's rollout makes before every vector step; its actions are not used, so the
+    steps after it are the bare loop's."""
+    import torch
+    from stable_baselines3 import PPO
+
+    torch.set_num_threads(1)
+    policy = PPO("MlpPolicy", venv, seed=seed, device="cpu").policy
+
+    def run(obs: np.ndarray) -> None:
+        with torch.no_grad():
+            policy(torch.as_tensor(obs))
+
+    return run
 
 
 def hog_scenario(size_gib: int) -> ScenarioConfig:

@@ -26,81 +26,50 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
+from bench_env import batched_venv, policy_forward, steps_after, warmed
 
 import ptreclaim  # noqa: F401  (registers the env ids, pins torch's numerics)
 from ptreclaim.configs import CONFIG_DIR
 from ptreclaim.envs.configio import load_suite
-from ptreclaim.envs.pagetable_env import EnvConfig, PageTableReclaimEnv
 
 WARMUP = 300
 
 
 def main(argv: list[str] | None = None) -> int:
-    import torch
-    from stable_baselines3 import PPO
-
-    from ptreclaim.agents.training.fastvec import FastVecEnv
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=1500, help="measured vector steps per run")
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args(argv)
-    torch.set_num_threads(1)
     train = load_suite(CONFIG_DIR / "suites" / "train.yaml")
-
-    def venv() -> Any:
-        v = FastVecEnv([PageTableReclaimEnv(train, EnvConfig()) for _ in range(4)])
-        v.seed(0)
-        return v
-
-    first = venv()
-    obs0 = first.reset()
-    policy = PPO("MlpPolicy", first, seed=0, device="cpu").policy
+    first = batched_venv(train, 4, 0)
+    first.reset()
     rng = np.random.default_rng(0)
     nvec = first.action_space.nvec
     actions = [rng.integers(0, nvec, size=(4, len(nvec))) for _ in range(WARMUP + args.steps)]
     buffers = {n: np.ones(n << 20, np.uint8) for n in (1, 2, 4, 16)}
-    last = {"obs": obs0}
 
-    def forward() -> None:
-        with torch.no_grad():
-            policy(torch.as_tensor(last["obs"]))
-
-    def write(n: int) -> Callable[[], None]:
-        def run() -> None:
+    def write(n: int) -> Callable[[np.ndarray], None]:
+        def run(obs: np.ndarray) -> None:
             buffers[n] += 1
         return run
 
-    def python_loop() -> None:
+    def python_loop(obs: np.ndarray) -> None:
         x = 0
         for i in range(2000):
             x += i
 
-    variants: dict[str, Callable[[], None] | None] = {
-        "plain": None, "forward": forward, **{f"write {n} MiB": write(n) for n in buffers},
-        "python loop": python_loop}
+    variants: dict[str, Callable[[np.ndarray], None] | None] = {
+        "plain": None, "forward": policy_forward(first, 0),
+        **{f"write {n} MiB": write(n) for n in buffers}, "python loop": python_loop}
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.rounds):
         for name, before in variants.items():
-            v = venv()
-            last["obs"] = v.reset()
-            for a in actions[:WARMUP]:
-                v.step_async(a)
-                last["obs"] = v.step_wait()[0]
-            spent = 0.0
-            for a in actions[WARMUP:]:
-                if before is not None:
-                    before()
-                t0 = time.process_time()
-                v.step_async(a)
-                last["obs"] = v.step_wait()[0]
-                spent += time.process_time() - t0
-            times[name].append(spent / (args.steps * 4) * 1e6)
+            v = batched_venv(train, 4, 0)
+            obs = warmed(v, actions[:WARMUP])
+            times[name].append(steps_after(v, obs, actions[WARMUP:], before))
     base = statistics.median(times["plain"])
     print(f"CPU µs per env step, median of {args.rounds} rounds ({args.steps} vector steps of "
           f"4 envs each):")

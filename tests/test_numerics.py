@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 
 import pytest
 
-from ptreclaim import PINNED_NUMERICS
+from ptreclaim import _X86_64, PINNED_NUMERICS
 
-pytestmark = pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"),
+pytestmark = pytest.mark.skipif(not _X86_64,
                                 reason="the pinned variables are x86's; elsewhere none is set")
 
 #: Trains a small PPO (CartPole, two updates, one torch thread) and prints the SHA-256 of
