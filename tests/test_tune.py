@@ -569,6 +569,30 @@ def test_constant_enumerates_every_action_and_writes_the_best(
     assert "episodes/s" in (out / "report.md").read_text()
 
 
+def test_shipped_best_constant_scores_what_its_file_says() -> None:
+    """configs/rules/best_constant.yaml (what ``tune.py constant`` finds on the training
+    suite, shipped so evaluations need not re-run the hour-long enumeration) still costs
+    its recorded score on the enumeration's episodes (137 scenarios x seeds 5000-5002, ~5 s):
+    a changed suite, scenario or simulator fails here until the enumeration is re-run and
+    the file replaced."""
+    from ptreclaim.agents.export import read_thresholds
+    from ptreclaim.configs import CONFIG_DIR
+    from ptreclaim.envs.configio import load_suite
+
+    path = CONFIG_DIR / "rules" / "best_constant.yaml"
+    record = read_thresholds(path)
+    assert record.kind == "constant" and record.name == "best_constant"
+    prov = record.provenance
+    assert prov["tool"] == "tune.py constant" and prov["suite"] == "train"
+    scenarios = load_suite(CONFIG_DIR / "suites" / "train.yaml")
+    spec = parse_policy(f"best_constant={path}")
+    costs = [float(np.mean([r.cost for r in evaluate_specs([spec], scenarios, 1, base,
+                                                           EnvConfig())[0]]))
+             for base in prov["episode_seeds"]]
+    assert prov["episode_seeds"] == [tune.EPISODE_SEED + s for s in range(prov["seeds"])]
+    assert float(np.mean(costs)) == pytest.approx(record.score["value"], rel=1e-12)
+
+
 def test_action_classes_group_what_behaves_alike() -> None:
     groups = constant.action_classes((5, 3, 4, 4, 2))
     assert sum(len(v) for v in groups.values()) == 480
