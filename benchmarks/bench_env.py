@@ -12,7 +12,9 @@ every measure alike; medians of the rounds):
    ``DummyVecEnv``, and on a null env of identical spaces in a ``DummyVecEnv``; the ratio
    batched/null is the issue-13 goal (>= 0.8); then the same ratio with the default
    experiment's own settings (:func:`default_ppo_steps_per_s`): its 8 envs and one cheap
-   epoch per update make the learner's share of a step smaller, so the env's larger;
+   epoch per update make the learner's share of a step smaller, so the env's larger.
+   These run in ``--ppo-rounds`` paired rounds, each measuring the null env just before
+   the real one; the ratio is taken per round, then its median;
 4. step time with a 1 GiB vs a 112 TiB sparse page-table hog, the largest mapping a
    workload can make (user space ends at 128 TiB and workloads map from 16 TiB): the cost
    of an op follows the tables it touches, never the mapped size.
@@ -301,11 +303,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="only the env's share of PPO, split (step, reset, bare loop)")
     ap.add_argument("--rounds", type=int, default=0,
                     help="rounds of every measure (default 3, 1 with --quick)")
+    ap.add_argument("--ppo-rounds", type=int, default=0,
+                    help="paired rounds of the PPO measures (default 9, 1 with --quick)")
     args = ap.parse_args(argv)
     console = Console()
     console.print(f"python {platform.python_version()}, {platform.platform()}, "
                   f"{os.cpu_count()} CPUs; reproduce: {' '.join([sys.executable, *sys.argv])}")
     rounds = args.rounds or (1 if args.quick else 3)
+    ppo_rounds = args.ppo_rounds or (1 if args.quick else 9)
     fast_steps = 300 if args.quick else 4000
     exact_steps = 40 if args.quick else 400
     scen_fast = 120 if args.quick else 1200
@@ -351,15 +356,20 @@ def main(argv: list[str] | None = None) -> int:
                                             scen_fast, seed))
             add(f"exact:{name}", us_per_step(
                 PageTableReclaimEnv([sc], EnvConfig(backend="exact")), scen_exact, seed))
+        for size in (1, HUGE_GIB):
+            env = PageTableReclaimEnv([hog_scenario(size)],
+                                      EnvConfig(max_steps=10**6, backend="fast"))
+            add(f"hog:{size}", us_per_step(env, HOG_STEPS, seed))
+    # PPO's speed on this machine drifts by tens of percent within minutes, so each round
+    # measures the null env and the real env back to back and the ratios are taken per
+    # round, then summarised (median and range): a drift between rounds cancels out.
+    for k in range(ppo_rounds):
+        seed = args.seed + k
         add("ppo_null", ppo_steps_per_s(null, ppo_steps, seed))
         add("ppo_batched", ppo_steps_per_s(batched, ppo_steps, seed))
         add("ppo_dummy", ppo_steps_per_s(dummy, ppo_steps, seed))
         add("default_null", default_ppo_steps_per_s(True, ppo_steps, seed))
         add("default_batched", default_ppo_steps_per_s(False, ppo_steps, seed))
-        for size in (1, HUGE_GIB):
-            env = PageTableReclaimEnv([hog_scenario(size)],
-                                      EnvConfig(max_steps=10**6, backend="fast"))
-            add(f"hog:{size}", us_per_step(env, HOG_STEPS, seed))
     med = {key: statistics.median(v) for key, v in r.items()}
 
     t = _median_table(f"default env (training suite), random actions: median of {rounds} "
@@ -381,22 +391,28 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"slowest scenario on the compiled core: {worst:,.0f} µs per decision "
                   f"(goal <= 500: {'met' if worst <= 500 else 'missed'})")
 
-    t = _median_table(f"PPO training ({n_envs} envs, one torch thread), steps/s",
-                      ("vector env", "steps/s", "µs/step"))
-    for key, label in (("ppo_null", "null env, DummyVecEnv"),
-                       ("ppo_batched", "default env, batched (FastVecEnv)"),
-                       ("ppo_dummy", "default env, DummyVecEnv + Monitor")):
-        t.add_row(label, f"{med[key]:,.0f}", f"{1e6 / med[key]:,.0f}")
+    t = _median_table(f"PPO training, steps/s and the ratio to the null env measured just "
+                      f"before it: median [range] of {ppo_rounds} paired rounds",
+                      ("vector env", "steps/s", "µs/step", "ratio to null"))
+    ratios = {}
+    for key, null_key, label in (
+            ("ppo_null", "ppo_null", f"null env, DummyVecEnv ({n_envs} envs, 4 epochs)"),
+            ("ppo_batched", "ppo_null", "default env, batched (FastVecEnv)"),
+            ("ppo_dummy", "ppo_null", "default env, DummyVecEnv + Monitor"),
+            ("default_null", "default_null", "null env, the default experiment's settings"),
+            ("default_batched", "default_null", "default env, the default experiment's "
+                                                "settings")):
+        per = [a / b for a, b in zip(r[key], r[null_key], strict=True)]
+        ratios[key] = statistics.median(per)
+        t.add_row(label, f"{med[key]:,.0f}", f"{1e6 / med[key]:,.0f}",
+                  f"{ratios[key]:.2f} [{min(per):.2f}, {max(per):.2f}]")
     console.print(t)
-    ratio = med["ppo_batched"] / med["ppo_null"]
-    console.print(f"training-speed ratio batched env / null env = {ratio:.2f} "
-                  f"({'meets' if ratio >= 0.8 else 'misses'} the goal >= 0.8); "
-                  f"DummyVecEnv env / null = {med['ppo_dummy'] / med['ppo_null']:.2f}")
-    console.print(
-        f"with the default experiment's settings (8 envs, its PPO settings and network, "
-        f"VecNormalize, no callbacks): null {med['default_null']:,.0f} steps/s, default env "
-        f"{med['default_batched']:,.0f}; ratio "
-        f"{med['default_batched'] / med['default_null']:.2f}")
+    ratio = ratios["ppo_batched"]
+    console.print(f"training-speed ratio batched env / null env ({n_envs} envs, one torch "
+                  f"thread) = {ratio:.2f}, median of {ppo_rounds} paired rounds "
+                  f"({'meets' if ratio >= 0.8 else 'misses'} the goal >= 0.8); with the "
+                  f"default experiment's settings (8 envs, its PPO settings and network, "
+                  f"VecNormalize, no callbacks) {ratios['default_batched']:.2f}")
 
     big = med[f"hog:{HUGE_GIB}"]
     console.print(f"sparse write hog, µs per decision: 1 GiB {med['hog:1']:,.0f}, "

@@ -51,7 +51,7 @@ cdef extern from "pagetable.hpp" namespace "ptfast":
         i64 uffd
 
     cdef cppclass PteTable:
-        uint8_t e[512]
+        const uint8_t* entries() const
         uint8_t huge
         uint8_t cls
         uint8_t young
@@ -338,7 +338,7 @@ cdef class FastAddressSpace:
         m.pte.slots_in(-(1 << 62), 1 << 62, slots)
         for slot in slots:
             t = m.pte.find(slot)
-            tables.append((slot, bytes(t.e[:512]), t.huge, t.cls, t.rss, bool(t.young), t.age))
+            tables.append((slot, bytes(t.entries()[:512]), t.huge, t.cls, t.rss, bool(t.young), t.age))
         # The VMAs' files in order of first appearance (how canonical_state numbers them).
         for v in m.vmas:
             f = v.file.get()
@@ -926,7 +926,7 @@ cdef class SimCore:
         cdef PteTable* t = self.s().procs[proc].get().mm.get().pte.find(slot)
         if t == NULL:
             raise KeyError(slot)
-        return bytes(t.e[:512]), t.huge
+        return bytes(t.entries()[:512]), t.huge
 
 
 cdef tuple _pass_tuple(PassResult& r):

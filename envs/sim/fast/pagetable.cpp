@@ -75,12 +75,6 @@ const char* err_name(int err) {
 // ------------------------------------------------------------------ PteTable
 
 namespace {
-// Entries of a table equal to v, written so that the compiler vectorises it.
-inline int count_eq(const uint8_t* e, uint8_t v) {
-  int n = 0;
-  for (int i = 0; i < ENTRIES; i++) n += e[i] == v;
-  return n;
-}
 // Ranges longer than this are rewritten, then recounted whole (vectorised); shorter ones
 // update the counts entry by entry.
 constexpr i64 RECOUNT_AT = 48;
@@ -125,7 +119,21 @@ inline void range_hist(const uint8_t* e, i64 i, i64 j, int h[5]) {
 }
 }  // namespace
 
-int PteTable::count(uint8_t v) const { return v < 4 ? n[v] : count_eq(e, v); }
+void PteTable::make_live(uint8_t want) const {
+  for (uint8_t zero = (uint8_t)(want & ~live); zero; zero &= (uint8_t)(zero - 1))
+    std::memset(e + (__builtin_ctz(zero) << CHUNK_SHIFT), 0, 1 << CHUNK_SHIFT);
+  live |= want;
+}
+
+int PteTable::count(uint8_t v) const {
+  if (v < 4) return n[v];
+  // Chunks that are not live hold only E_NONE (0), never v.
+  int c = 0;
+  for (int k = 0; k < 8; k++)
+    if ((live >> k) & 1)
+      for (int i = k << CHUNK_SHIFT; i < (k + 1) << CHUNK_SHIFT; i++) c += e[i] == v;
+  return c;
+}
 
 int PteTable::resident() const {
   if (huge) return huge == HUGE_ANON ? ENTRIES : 0;
@@ -134,8 +142,20 @@ int PteTable::resident() const {
 
 void PteTable::recount() {
   int h[5];
-  range_hist(e, 0, ENTRIES, h);  // the whole table: one vectorised pass
-  for (int b = 0; b < 5; b++) n[b] = (uint16_t)h[b];
+  if (live == ALL_LIVE) {
+    range_hist(e, 0, ENTRIES, h);  // the whole table: one vectorised pass
+    for (int b = 0; b < 5; b++) n[b] = (uint16_t)h[b];
+    return;
+  }
+  std::fill(n, n + 5, uint16_t{0});
+  for (int k = 0; k < 8; k++) {
+    if ((live >> k) & 1) {
+      range_hist(e, k << CHUNK_SHIFT, (k + 1) << CHUNK_SHIFT, h);
+      for (int b = 0; b < 5; b++) n[b] = (uint16_t)(n[b] + h[b]);
+    } else {
+      n[E_NONE] = (uint16_t)(n[E_NONE] + (1 << CHUNK_SHIFT));
+    }
+  }
 }
 
 void PteTable::set_range(i64 i, i64 j, i64 step, uint8_t v) {
@@ -144,6 +164,7 @@ void PteTable::set_range(i64 i, i64 j, i64 step, uint8_t v) {
     fill(v);
     return;
   }
+  ready(i, j);
   if (step != 1 || j - i < RECOUNT_AT) {
     for (i64 k = i; k < j; k += step) set(k, v);
     return;
@@ -157,6 +178,7 @@ void PteTable::set_range(i64 i, i64 j, i64 step, uint8_t v) {
 
 void PteTable::replace_range(i64 i, i64 j, i64 step, uint8_t from, uint8_t to) {
   if (j <= i || from == to) return;
+  ready(i, j);
   int c = 0;
   if (step == 1) {
     for (i64 k = i; k < j; k++) {
@@ -177,6 +199,7 @@ void PteTable::replace_range(i64 i, i64 j, i64 step, uint8_t from, uint8_t to) {
 
 void PteTable::xlate_range(i64 i, i64 j, i64 step, const uint8_t* tab) {
   if (j <= i) return;
+  ready(i, j);
   if ((j - i) / step < RECOUNT_AT) {
     for (i64 k = i; k < j; k += step) set(k, tab[e[k]]);
     return;
@@ -186,13 +209,20 @@ void PteTable::xlate_range(i64 i, i64 j, i64 step, const uint8_t* tab) {
 }
 
 void PteTable::fill(uint8_t v) {
-  std::memset(e, v, ENTRIES);
+  if (v == E_NONE) {
+    live = 0;  // every chunk reads as E_NONE: nothing to write
+  } else {
+    std::memset(e, v, ENTRIES);
+    live = ALL_LIVE;
+  }
   std::fill(n, n + 5, uint16_t{0});
   n[bucket(v)] = ENTRIES;
 }
 
 void PteTable::copy_range(const PteTable& src, i64 i, i64 j) {
   if (j <= i) return;
+  src.ready(i, j);
+  ready(i, j);
   if (j - i < RECOUNT_AT) {
     for (i64 k = i; k < j; k++) set(k, src.e[k]);
     return;
@@ -907,12 +937,11 @@ int AddressSpace::fault_range(Vma* v, i64 start, i64 end, i64 stride, bool write
       }
     }
     t = &ensure_pte(slot);
-    uint8_t* e = t->e;
     const bool whole = fits && !cow && (!write || t->n[E_NONE] == ENTRIES);
     const i64 fpage = v->pgoff + ((base - v->start) >> PAGE_SHIFT);
     if (page_stride) {
       // Markers are among the "other" entries: a table without any has none to find.
-      i64 g = t->n[4] ? first_marker(e, i0, i1, istep) : -1;
+      i64 g = t->n[4] ? first_marker(t->entries(), i0, i1, istep) : -1;
       if (g >= 0) {
         i64 stop = i0 + g * istep;
         if (g) {
@@ -937,13 +966,14 @@ int AddressSpace::fault_range(Vma* v, i64 start, i64 end, i64 stride, bool write
     } else {
       for (size_t k = 0; k < pages.size(); k++) {
         const i64 p = pages[k];
-        if (e[p] == E_GUARD || e[p] == E_UFFD_WP) {
+        const uint8_t x = t->get(p);
+        if (x == E_GUARD || x == E_UFFD_WP) {
           if (whole && k) t->replace_range(0, ENTRIES, 1, E_NONE, E_FILE);
           reclass(slot, *t);
           next = base + (p << PAGE_SHIFT);
           return ERR_SIGSEGV;
         }
-        t->set(p, xlate ? xlate->t[e[p]] : (uint8_t)target);
+        t->set(p, xlate ? xlate->t[x] : (uint8_t)target);
         if (target == E_ANON && !v->anon_vma) anon_vma_prepare(v);
         if (cache) cache->cache_pages(fpage + p, 1, 1);
       }
@@ -1261,7 +1291,7 @@ void AddressSpace::cold_file_thp(Vma* v, i64 a, i64 b, bool pageout) {
     i64 hit[2];
     int nhit = 0;
     for (i64 k = i; k < j; k++) {
-      if (t.e[k] != E_FILE) continue;
+      if (t.get(k) != E_FILE) continue;
       const i64 chunk = (first + k) / ENTRIES;  // first + k >= 0: floor division
       if (f->huge.count(chunk)) hit[nhit++] = chunk;
       k = (chunk + 1) * ENTRIES - first - 1;  // the rest of this chunk adds nothing
@@ -1324,7 +1354,7 @@ int AddressSpace::collapse(Vma* v, i64 lo, i64 hi) {
     }
     PteTable* t = pte.find(slot);
     if (t && t->huge) continue;
-    if (!t || !v->anon_vma || first_marker(t->e, 0, ENTRIES, 1) >= 0) {
+    if (!t || !v->anon_vma || (t->n[4] && first_marker(t->entries(), 0, ENTRIES, 1) >= 0)) {
       err = ERR_EINVAL;
       continue;
     }
@@ -1352,7 +1382,7 @@ int AddressSpace::collapse_file(Vma* v, i64 slot) {
     // Step 1: every mapped PTE must map the folio; the first entry that does not decides.
     if (t->n[E_ANON] || t->n[E_ZERO] || t->n[4]) {
       for (int k = 0; k < ENTRIES; k++) {
-        const uint8_t e = t->e[k];
+        const uint8_t e = t->get(k);
         if (e == E_SWAP || e == E_GUARD || e == E_UFFD_WP) return 1;
         if (e != E_NONE && e != E_FILE) return 2;
       }
@@ -1586,6 +1616,7 @@ void AddressSpace::move_page_tables(Vma* old, Vma* nw, i64 old_addr, i64 new_add
       i64 ni = (new_addr & (PTE_SPAN - 1)) >> PAGE_SHIFT;
       i64 k = extent >> PAGE_SHIFT;
       uint8_t moved[ENTRIES];
+      t.ready(oi, oi + k);
       std::memcpy(moved, t.e + oi, (size_t)k);
       for (i64 p = 0; p < k; p++)
         if (moved[p]) dt.set(ni + p, moved[p]);

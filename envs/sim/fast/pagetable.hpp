@@ -115,16 +115,44 @@ struct Vma {
 // pagetable.PteTable, with the class and RSS the Python model keeps per table, and the
 // number of entries of each kind (kept as entries change, so the class is known without
 // recounting 512 entries after every change).
+//
+// The entries are kept in 8 chunks of 64 (one cache line each), and a chunk is written
+// only when first used: `live` has bit c set when entries [64c, 64c + 64) hold their
+// values, and a chunk not live reads as E_NONE.  Making a table used to write all 512
+// bytes (a fresh pool slot, or a recycled one zeroed), eight cache lines, whatever the
+// faults then touched, and the batched env makes and frees hundreds of tables per step:
+// cachegrind (benchmarks/bench_cache.py) put over half of the core's last-level misses in
+// that zeroing.  Zeroing a chunk only when first used cut them by 13 % (docs/performance.md).
+// Every access goes through ready() (make a range's chunks live, zeroing those that were
+// not), entries() (all of them) or get() (read one entry without making it live); the
+// counts n[] always count a chunk that is not live as 64 E_NONE entries.
 struct PteTable {
-  uint8_t e[ENTRIES];
+  mutable uint8_t e[ENTRIES];
   uint8_t huge = HUGE_NONE;
   uint8_t cls = C_EMPTY;
   uint8_t young = 1;  // the PMD entry's accessed bit (pagetable.PteTable.young)
+  mutable uint8_t live = 0;  // chunks of 64 entries whose bytes are valid (see above)
   int32_t rss = 0;
   int32_t age = 0;    // scan rounds idle (pagetable.PteTable.age)
   // Entries per kind: none, anon, zero, file, and the rest (swap entries and markers).
   uint16_t n[5] = {ENTRIES, 0, 0, 0, 0};
-  PteTable() { std::fill(e, e + ENTRIES, uint8_t{0}); }
+  PteTable() {}  // no entry written: every chunk starts not live
+
+  static constexpr int CHUNK_SHIFT = 6;  // 64 entries per chunk
+  static constexpr uint8_t ALL_LIVE = 0xFF;
+  // Make the chunks that hold entries [i, j) live (0 <= i < j <= ENTRIES).
+  void ready(i64 i, i64 j) const {
+    const int c0 = (int)(i >> CHUNK_SHIFT), c1 = (int)((j - 1) >> CHUNK_SHIFT);
+    const uint8_t want = (uint8_t)((0xFFu << c0) & (0xFFu >> (7 - c1)));
+    if ((live & want) != want) make_live(want);
+  }
+  // All 512 entries, valid.
+  const uint8_t* entries() const {
+    if (live != ALL_LIVE) make_live(ALL_LIVE);
+    return e;
+  }
+  // Entry k, without making its chunk live.
+  uint8_t get(i64 k) const { return (live >> (k >> CHUNK_SHIFT)) & 1 ? e[k] : uint8_t{E_NONE}; }
 
   static int bucket(uint8_t v) { return v < 4 ? v : 4; }
   int count(uint8_t v) const;
@@ -132,6 +160,7 @@ struct PteTable {
   void census(uint8_t& cls_out, int32_t& rss_out) const;
   void recount();
   void set(i64 k, uint8_t v) {
+    ready(k, k + 1);
     n[bucket(e[k])]--;
     e[k] = v;
     n[bucket(v)]++;
@@ -146,11 +175,15 @@ struct PteTable {
   void fill(uint8_t v);
   // e[i:j] = src.e[i:j]
   void copy_range(const PteTable& src, i64 i, i64 j);
+
+ private:
+  // Zero the chunks of `want` that are not live, then mark them live.
+  void make_live(uint8_t want) const;
 };
 
 template <>
 inline void reset_value<PteTable>(PteTable& t) {
-  std::memset(t.e, 0, ENTRIES);
+  t.live = 0;  // the entries read as E_NONE again; no byte of them is written
   t.huge = HUGE_NONE;
   t.cls = C_EMPTY;
   t.young = 1;

@@ -1,0 +1,142 @@
+"""Cache misses of the compiled env per step, counted by cachegrind: a measure that does not
+move with the machine's load.
+
+The batched env is memory-bound: inside PPO its steps cost ~1.5x what they cost in a bare
+loop because the learner evicts the env's data (``bench_interference.py``), and on a shared
+2-core VM the timing benchmarks move by tens of percent from run to run, too much to see a
+change of a few percent in the core.  Cachegrind (valgrind) simulates the caches and counts
+every miss, the same count on every run of the same build.  This runs the bare batched loop
+(4 envs, the default training suite, seeded random actions, 300 vector steps of warm-up)
+under ``valgrind --tool=cachegrind`` twice, with 0 and with ``--steps`` measured vector
+steps, and reports the difference per env step: instructions, first-level data misses
+(D1: 48 KiB, 12-way) and last-level misses with the last level set to the 2 MiB per-core L2
+of the reference machines (``--LL``), for the compiled core (``ptfast::`` functions and the
+``memset``/``memcpy`` they call) and for the whole process, with the functions that miss
+most.  Two builds compare by running this in each checkout.
+
+Reproduce: ``.venv/bin/python benchmarks/bench_cache.py`` (two valgrind runs side by side,
+~5 min on 2 cores; needs ``valgrind``: ``apt-get install valgrind``).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+WARMUP = 300
+D1 = "49152,12,64"
+LL = "2097152,16,64"
+CORE_LIBC = ("__memset", "__memcpy", "__memmove")
+
+
+def child(steps: int) -> None:
+    """The measured program: warm the batched env up, then ``steps`` vector steps."""
+    import numpy as np
+    from bench_env import batched_venv, steps_after, warmed
+
+    import ptreclaim  # noqa: F401  (registers the env ids)
+    from ptreclaim.configs import CONFIG_DIR
+    from ptreclaim.envs.configio import load_suite
+
+    train = load_suite(CONFIG_DIR / "suites" / "train.yaml")
+    v = batched_venv(train, 4, 0)
+    rng = np.random.default_rng(0)
+    nvec = v.action_space.nvec
+    actions = [rng.integers(0, nvec, size=(4, len(nvec))) for _ in range(WARMUP + steps)]
+    obs = warmed(v, actions[:WARMUP])
+    if steps:
+        steps_after(v, obs, actions[WARMUP:], None)
+
+
+def per_function(path: Path) -> tuple[list[str], dict[str, list[int]]]:
+    """Event names and per-function totals of a cachegrind output file."""
+    events: list[str] = []
+    sums: dict[str, list[int]] = defaultdict(list)
+    fn = ""
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith("events:"):
+            events = line.split()[1:]
+        elif line.startswith("fn="):
+            fn = line[3:]
+        elif line[:1].isdigit():
+            vals = [int(x) for x in line.split()[1:]]
+            vals += [0] * (len(events) - len(vals))
+            cur = sums[fn]
+            sums[fn] = vals if not cur else [a + b for a, b in zip(cur, vals, strict=True)]
+    return events, dict(sums)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=400, help="measured vector steps (4 envs)")
+    ap.add_argument("--top", type=int, default=12, help="functions listed")
+    ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child is not None:
+        child(args.child)
+        return 0
+    if shutil.which("valgrind") is None:
+        print("bench_cache.py: valgrind not found; install it (apt-get install valgrind)",
+              file=sys.stderr)
+        return 2
+    if args.steps < 1:
+        print("bench_cache.py: --steps must be at least 1", file=sys.stderr)
+        return 2
+    print(f"reproduce: {' '.join([sys.executable, *sys.argv])}")
+    with tempfile.TemporaryDirectory(prefix="bench_cache.") as tmp:
+        outs = {n: Path(tmp) / f"cg.{n}" for n in (0, args.steps)}
+        procs = [subprocess.Popen(
+            ["valgrind", "--tool=cachegrind", "--cache-sim=yes", f"--D1={D1}", f"--LL={LL}",
+             f"--cachegrind-out-file={out}", sys.executable, __file__, "--child", str(n)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            for n, out in outs.items()]
+        for p in procs:
+            _, err = p.communicate()
+            if p.returncode != 0:
+                print(f"bench_cache.py: a valgrind run failed:\n{err[-2000:]}", file=sys.stderr)
+                return 1
+        events, base = per_function(outs[0])
+        _, run = per_function(outs[args.steps])
+    ix = {e: i for i, e in enumerate(events)}
+    env_steps = args.steps * 4
+    zero = [0] * len(events)
+
+    def delta(fn: str) -> list[int]:
+        a, b = base.get(fn, zero), run.get(fn, zero)
+        return [(y - x) for x, y in zip(a, b, strict=True)]
+
+    def d1(v: list[int]) -> int:
+        return v[ix["D1mr"]] + v[ix["D1mw"]]
+
+    def ll(v: list[int]) -> int:
+        return v[ix["DLmr"]] + v[ix["DLmw"]]
+
+    fns = set(base) | set(run)
+    core = [f for f in fns if f.startswith("ptfast::") or f.startswith(CORE_LIBC)]
+    rows = {"compiled core (ptfast:: and its memset/memcpy)": core, "whole process": list(fns)}
+    print(f"per env step, {args.steps} vector steps of 4 envs after {WARMUP} of warm-up "
+          f"(D1 {D1}, LL {LL}):")
+    for label, group in rows.items():
+        tot = [sum(col) for col in zip(*(delta(f) for f in group), strict=True)]
+        print(f"  {label}: {tot[ix['Ir']] / env_steps:,.0f} instructions, "
+              f"{d1(tot) / env_steps:,.0f} D1 misses, {ll(tot) / env_steps:,.0f} LL misses "
+              f"({tot[ix['DLmw']] / env_steps:,.0f} of them writes)")
+    print("functions with the most LL misses per env step (reads + writes, writes):")
+    for f in sorted(fns, key=lambda f: -ll(delta(f)))[:args.top]:
+        v = delta(f)
+        print(f"  {ll(v) / env_steps:8,.1f} {v[ix['DLmw']] / env_steps:8,.1f}  {f[:90]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.exit(main())
