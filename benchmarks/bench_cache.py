@@ -32,7 +32,11 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-WARMUP = 300
+from bench_env import WARMUP, batched_venv, random_actions, steps_after, warmed
+
+from ptreclaim.configs import CONFIG_DIR
+from ptreclaim.envs.configio import load_suite
+
 D1 = "49152,12,64"
 LL = "2097152,16,64"
 CORE_LIBC = ("__memset", "__memcpy", "__memmove")
@@ -40,18 +44,9 @@ CORE_LIBC = ("__memset", "__memcpy", "__memmove")
 
 def child(steps: int) -> None:
     """The measured program: warm the batched env up, then ``steps`` vector steps."""
-    import numpy as np
-    from bench_env import batched_venv, steps_after, warmed
-
-    import ptreclaim  # noqa: F401  (registers the env ids)
-    from ptreclaim.configs import CONFIG_DIR
-    from ptreclaim.envs.configio import load_suite
-
     train = load_suite(CONFIG_DIR / "suites" / "train.yaml")
     v = batched_venv(train, 4, 0)
-    rng = np.random.default_rng(0)
-    nvec = v.action_space.nvec
-    actions = [rng.integers(0, nvec, size=(4, len(nvec))) for _ in range(WARMUP + steps)]
+    actions = random_actions(v, WARMUP + steps, 0)
     obs = warmed(v, actions[:WARMUP])
     if steps:
         steps_after(v, obs, actions[WARMUP:], None)
@@ -138,5 +133,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     sys.exit(main())

@@ -35,6 +35,7 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse
+import functools
 import platform
 import statistics
 import sys
@@ -59,6 +60,9 @@ from ptreclaim.envs.sim.workloads.base import BASE
 #: Decisions of the hog comparison: 40 decisions of 10 ticks stay below the 512 tables a
 #: 1 GiB mapping holds, so both sizes do the same work.
 HOG_STEPS = 40
+#: Vector steps of random actions that bring the batched env to a steady state before the
+#: bare-loop measures (here, ``bench_interference.py`` and ``bench_cache.py``).
+WARMUP = 300
 #: The largest hog mapping: everything from the workloads' base to the end of user space.
 HUGE_GIB = (TASK_SIZE - BASE) >> 30
 
@@ -113,6 +117,18 @@ def ppo_steps_per_s(make_venv: Callable[[], Any], steps: int, seed: int) -> floa
     return rate
 
 
+@functools.cache
+def _default_setup() -> tuple[Any, str, dict[str, Any], list[ScenarioConfig]]:
+    """The default experiment, its PPO policy name and arguments and its training
+    scenarios, loaded once for every round."""
+    from ptreclaim.agents.training.config import load_experiment, resolve_scenarios
+    from ptreclaim.agents.training.hyperparams import load_hyperparams, materialize
+
+    exp = load_experiment(None)[0]
+    policy, kwargs = materialize(exp.algo, load_hyperparams(exp))
+    return exp, policy, kwargs, resolve_scenarios(exp).train
+
+
 def default_ppo_steps_per_s(null: bool, steps: int, seed: int) -> float:
     """PPO training steps per second as the default experiment trains (its ``n_envs``, PPO
     settings and network, ``VecNormalize``, the garbage collector frozen before ``learn``
@@ -122,25 +138,14 @@ def default_ppo_steps_per_s(null: bool, steps: int, seed: int) -> float:
 
     import torch
     from stable_baselines3 import PPO
-    from stable_baselines3.common.vec_env import VecNormalize
 
-    from ptreclaim.agents.training.config import load_experiment, resolve_scenarios
-    from ptreclaim.agents.training.hyperparams import load_hyperparams, materialize
-    from ptreclaim.agents.training.vecenv import make_vec_env
+    from ptreclaim.agents.training.vecenv import make_vec_env, normalized
 
     torch.set_num_threads(1)
-    exp = load_experiment(None)[0]
-    policy, kwargs = materialize(exp.algo, load_hyperparams(exp))
+    exp, policy, kwargs, train = _default_setup()
     gamma = float(kwargs.get("gamma", 0.99))
-    train = resolve_scenarios(exp).train
-    venv: Any
-    if null:
-        norm = exp.normalize
-        venv = VecNormalize(null_venv(PageTableReclaimEnv(train, exp.env), exp.n_envs),
-                            norm_obs=norm.obs, norm_reward=norm.reward,
-                            clip_obs=norm.clip_obs, clip_reward=norm.clip_reward, gamma=gamma)
-    else:
-        venv = make_vec_env(exp, train, seed, gamma)
+    venv = (normalized(exp, null_venv(PageTableReclaimEnv(train, exp.env), exp.n_envs), gamma)
+            if null else make_vec_env(exp, train, seed, gamma))
     model = PPO(policy, venv, seed=seed, device="cpu", verbose=0, **kwargs)
     gc.collect()
     gc.freeze()
@@ -213,19 +218,12 @@ def env_parts(train: list[ScenarioConfig], steps: int, rounds: int, seed: int,
         rate = ppo_steps_per_s(batched, steps, seed + k)
         per = {name: t / steps * 1e6 for name, t in spent.items()}
         v = batched()
-        rng = np.random.default_rng(seed + k)
-        acts = [rng.integers(0, v.action_space.nvec, size=(4, len(v.action_space.nvec)))
-                for _ in range(2300)]
-        warmed(v, acts[:300])
-        t0 = time.process_time()
-        for a in acts[300:]:
-            v.step_async(a)
-            v.step_wait()
-        bare = (time.process_time() - t0) / (2000 * 4) * 1e6
+        acts = random_actions(v, WARMUP + 2000, seed + k)
+        bare = steps_after(v, warmed(v, acts[:WARMUP]), acts[WARMUP:], None)
         # The same steps again on a second vector env of the same seed, warmed up alike.
         v2 = batched()
-        obs = warmed(v2, acts[:300])
-        forward = steps_after(v2, obs, acts[300:], policy_forward(v2, seed + k))
+        obs = warmed(v2, acts[:WARMUP])
+        forward = steps_after(v2, obs, acts[WARMUP:], policy_forward(v2, seed + k))
         console.print(
             f"round {k}: PPO null {rate_null:,.0f} steps/s, batched {rate:,.0f} (ratio "
             f"{rate / rate_null:.3f}; the env adds {1e6 / rate - 1e6 / rate_null:.1f} µs per "
@@ -233,6 +231,13 @@ def env_parts(train: list[ScenarioConfig], steps: int, rounds: int, seed: int,
             f"{per.get('reset', 0.0):.1f} µs (building the simulation "
             f"{per.get('_make_sim', 0.0):.1f}); bare batched loop {bare:.1f} µs per env step, "
             f"{forward:.1f} with a policy forward before each step")
+
+
+def random_actions(venv: Any, n: int, seed: int) -> list[np.ndarray]:
+    """``n`` seeded random vector actions for ``venv`` (one row per env)."""
+    rng = np.random.default_rng(seed)
+    nvec = venv.action_space.nvec
+    return [rng.integers(0, nvec, size=(venv.num_envs, len(nvec))) for _ in range(n)]
 
 
 def warmed(venv: Any, actions: list[np.ndarray]) -> np.ndarray:

@@ -29,13 +29,11 @@ import statistics
 from collections.abc import Callable
 
 import numpy as np
-from bench_env import batched_venv, policy_forward, steps_after, warmed
+from bench_env import WARMUP, batched_venv, policy_forward, random_actions, steps_after, warmed
 
 import ptreclaim  # noqa: F401  (registers the env ids, pins torch's numerics)
 from ptreclaim.configs import CONFIG_DIR
 from ptreclaim.envs.configio import load_suite
-
-WARMUP = 300
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,9 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     train = load_suite(CONFIG_DIR / "suites" / "train.yaml")
     first = batched_venv(train, 4, 0)
     first.reset()
-    rng = np.random.default_rng(0)
-    nvec = first.action_space.nvec
-    actions = [rng.integers(0, nvec, size=(4, len(nvec))) for _ in range(WARMUP + args.steps)]
+    actions = random_actions(first, WARMUP + args.steps, 0)
     buffers = {n: np.ones(n << 20, np.uint8) for n in (1, 2, 4, 16)}
 
     def write(n: int) -> Callable[[np.ndarray], None]:

@@ -584,12 +584,12 @@ def test_shipped_best_constant_scores_what_its_file_says() -> None:
     assert record.kind == "constant" and record.name == "best_constant"
     prov = record.provenance
     assert prov["tool"] == "tune.py constant" and prov["suite"] == "train"
+    assert prov["episode_seeds"] == [tune.EPISODE_SEED + s for s in range(prov["seeds"])]
     scenarios = load_suite(CONFIG_DIR / "suites" / "train.yaml")
     spec = parse_policy(f"best_constant={path}")
     costs = [float(np.mean([r.cost for r in evaluate_specs([spec], scenarios, 1, base,
                                                            EnvConfig())[0]]))
              for base in prov["episode_seeds"]]
-    assert prov["episode_seeds"] == [tune.EPISODE_SEED + s for s in range(prov["seeds"])]
     assert float(np.mean(costs)) == pytest.approx(record.score["value"], rel=1e-12)
 
 

@@ -92,7 +92,7 @@ def make_vec_env(exp: ExperimentConfig, scenarios: list[ScenarioConfig], seed: i
     cannot serve: on 2 cores worker processes cost more than they save), wrapped in
     VecNormalize when configured;
     ``stats`` restores saved normalisation statistics."""
-    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecNormalize
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
     venv: VecEnv
     if exp.vec_env == "batched" and batched_ok(exp.algo, scenarios, exp.env):
@@ -104,11 +104,19 @@ def make_vec_env(exp: ExperimentConfig, scenarios: list[ScenarioConfig], seed: i
                for _ in range(exp.n_envs)]
         venv = SubprocVecEnv(fns) if exp.vec_env == "subproc" else DummyVecEnv(fns)
     venv.seed(seed)
-    norm = exp.normalize
     if stats is not None:
         vn = load_vecnormalize(stats, venv)
         vn.training = True
         return vn
+    return normalized(exp, venv, gamma)
+
+
+def normalized(exp: ExperimentConfig, venv: VecEnv, gamma: float) -> VecEnv:
+    """``venv`` in VecNormalize as ``exp.normalize`` says (unchanged when it normalises
+    nothing)."""
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    norm = exp.normalize
     if norm.obs or norm.reward:
         return VecNormalize(venv, norm_obs=norm.obs, norm_reward=norm.reward,
                             clip_obs=norm.clip_obs, clip_reward=norm.clip_reward, gamma=gamma)
