@@ -79,13 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.child is not None:
         child(args.child)
         return 0
-    if shutil.which("valgrind") is None:
-        print("bench_cache.py: valgrind not found; install it (apt-get install valgrind)",
-              file=sys.stderr)
-        return 2
     if args.steps < 1:
-        print("bench_cache.py: --steps must be at least 1", file=sys.stderr)
-        return 2
+        ap.error(f"--steps {args.steps}: must be at least 1")
+    if shutil.which("valgrind") is None:
+        ap.error("valgrind not found on PATH; install it (apt-get install valgrind)")
     print(f"reproduce: {' '.join([sys.executable, *sys.argv])}")
     with tempfile.TemporaryDirectory(prefix="bench_cache.") as tmp:
         outs = {n: Path(tmp) / f"cg.{n}" for n in (0, args.steps)}

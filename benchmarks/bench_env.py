@@ -311,6 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ppo-rounds", type=int, default=0,
                     help="paired rounds of the PPO measures (default 9, 1 with --quick)")
     args = ap.parse_args(argv)
+    for flag, value in (("--rounds", args.rounds), ("--ppo-rounds", args.ppo_rounds)):
+        if value < 0:
+            ap.error(f"{flag} {value}: must not be negative (0 or absent: the default)")
     console = Console()
     console.print(f"python {platform.python_version()}, {platform.platform()}, "
                   f"{os.cpu_count()} CPUs; reproduce: {' '.join([sys.executable, *sys.argv])}")
