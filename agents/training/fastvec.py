@@ -6,7 +6,7 @@ simulation itself.  ``FastVecEnv`` keeps ``DummyVecEnv``'s semantics exactly -- 
 seeding (``seed(s)`` seeds env i with ``s + i`` at the next reset), the same automatic
 reset without a seed at episode end, ``terminal_observation`` and ``TimeLimit.truncated``
 in the info of an ending episode, and ``Monitor``'s ``episode`` record (``r``, ``l``,
-``t``) -- so a seed trains the same model bit for bit with either (``tests/test_fastvec.py``),
+``t``) -- so a seed trains the same model bit for bit with either (``tests/test_fast_env.py``),
 but it steps every env in one compiled call (``_fast.step_batch``) and builds an info dict
 only where an episode ends.  Infos of other steps are empty: code that reads the env's
 per-step info (evaluation, the advisor) drives single envs, not this vector env.

@@ -120,15 +120,22 @@ inline void range_hist(const uint8_t* e, i64 i, i64 j, int h[5]) {
 }  // namespace
 
 void PteTable::make_live(uint8_t want) const {
-  for (uint8_t zero = (uint8_t)(want & ~live); zero; zero &= (uint8_t)(zero - 1))
-    std::memset(e + (__builtin_ctz(zero) << CHUNK_SHIFT), 0, 1 << CHUNK_SHIFT);
+  for (uint8_t fresh = (uint8_t)(want & ~live); fresh; fresh &= (uint8_t)(fresh - 1))
+    std::memset(e + (__builtin_ctz(fresh) << CHUNK_SHIFT), rest, 1 << CHUNK_SHIFT);
   live |= want;
+}
+
+void PteTable::set_rest(uint8_t v) {
+  const int k = (8 - __builtin_popcount(live)) << CHUNK_SHIFT;
+  n[bucket(rest)] = (uint16_t)(n[bucket(rest)] - k);
+  n[bucket(v)] = (uint16_t)(n[bucket(v)] + k);
+  rest = v;
 }
 
 int PteTable::count(uint8_t v) const {
   if (v < 4) return n[v];
-  // Chunks that are not live hold only E_NONE (0), never v.
-  int c = 0;
+  // Chunks that are not live hold only `rest`.
+  int c = rest == v ? (8 - __builtin_popcount(live)) << CHUNK_SHIFT : 0;
   for (int k = 0; k < 8; k++)
     if ((live >> k) & 1)
       for (int i = k << CHUNK_SHIFT; i < (k + 1) << CHUNK_SHIFT; i++) c += e[i] == v;
@@ -153,7 +160,7 @@ void PteTable::recount() {
       range_hist(e, k << CHUNK_SHIFT, (k + 1) << CHUNK_SHIFT, h);
       for (int b = 0; b < 5; b++) n[b] = (uint16_t)(n[b] + h[b]);
     } else {
-      n[E_NONE] = (uint16_t)(n[E_NONE] + (1 << CHUNK_SHIFT));
+      n[bucket(rest)] = (uint16_t)(n[bucket(rest)] + (1 << CHUNK_SHIFT));
     }
   }
 }
@@ -162,6 +169,13 @@ void PteTable::set_range(i64 i, i64 j, i64 step, uint8_t v) {
   if (j <= i) return;
   if (step == 1 && i == 0 && j == ENTRIES) {
     fill(v);
+    return;
+  }
+  if (step == 1 && covers_rest(i, j)) {
+    set_rest(v);
+    // Each live part lies in one live chunk, with a chunk not live elsewhere: it takes the
+    // paths below.
+    for_live_parts(i, j, [&](i64 a, i64 b) { set_range(a, b, 1, v); });
     return;
   }
   ready(i, j);
@@ -176,17 +190,30 @@ void PteTable::set_range(i64 i, i64 j, i64 step, uint8_t v) {
   std::memset(e + i, v, (size_t)(j - i));
 }
 
+namespace {
+// e[k] = to where e[k] == from, for k in [i, j); how many changed.
+inline int replace_bytes(uint8_t* e, i64 i, i64 j, uint8_t from, uint8_t to) {
+  int c = 0;
+  for (i64 k = i; k < j; k++) {
+    const uint8_t x = e[k];
+    c += x == from;
+    e[k] = x == from ? to : x;
+  }
+  return c;
+}
+}  // namespace
+
 void PteTable::replace_range(i64 i, i64 j, i64 step, uint8_t from, uint8_t to) {
   if (j <= i || from == to) return;
-  ready(i, j);
   int c = 0;
-  if (step == 1) {
-    for (i64 k = i; k < j; k++) {
-      const uint8_t x = e[k];
-      c += x == from;
-      e[k] = x == from ? to : x;
-    }
+  if (step == 1 && covers_rest(i, j)) {
+    if (rest == from) set_rest(to);
+    for_live_parts(i, j, [&](i64 a, i64 b) { c += replace_bytes(e, a, b, from, to); });
+  } else if (step == 1) {
+    ready(i, j);
+    c = replace_bytes(e, i, j, from, to);
   } else {
+    ready(i, j);
     for (i64 k = i; k < j; k += step)
       if (e[k] == from) {
         e[k] = to;
@@ -199,6 +226,14 @@ void PteTable::replace_range(i64 i, i64 j, i64 step, uint8_t from, uint8_t to) {
 
 void PteTable::xlate_range(i64 i, i64 j, i64 step, const uint8_t* tab) {
   if (j <= i) return;
+  if (step == 1 && covers_rest(i, j)) {
+    rest = tab[rest];
+    for_live_parts(i, j, [&](i64 a, i64 b) {
+      for (i64 k = a; k < b; k++) e[k] = tab[e[k]];
+    });
+    recount();
+    return;
+  }
   ready(i, j);
   if ((j - i) / step < RECOUNT_AT) {
     for (i64 k = i; k < j; k += step) set(k, tab[e[k]]);
@@ -209,12 +244,8 @@ void PteTable::xlate_range(i64 i, i64 j, i64 step, const uint8_t* tab) {
 }
 
 void PteTable::fill(uint8_t v) {
-  if (v == E_NONE) {
-    live = 0;  // every chunk reads as E_NONE: nothing to write
-  } else {
-    std::memset(e, v, ENTRIES);
-    live = ALL_LIVE;
-  }
+  live = 0;  // every chunk reads as `rest`: nothing to write
+  rest = v;
   std::fill(n, n + 5, uint16_t{0});
   n[bucket(v)] = ENTRIES;
 }

@@ -8,6 +8,7 @@
 // Python method it ports; comments on *why* a rule holds live in the Python source.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <map>
@@ -118,14 +119,17 @@ struct Vma {
 //
 // The entries are kept in 8 chunks of 64 (one cache line each), and a chunk is written
 // only when first used: `live` has bit c set when entries [64c, 64c + 64) hold their
-// values, and a chunk not live reads as E_NONE.  Making a table used to write all 512
-// bytes (a fresh pool slot, or a recycled one zeroed), eight cache lines, whatever the
-// faults then touched, and the batched env makes and frees hundreds of tables per step:
-// cachegrind (benchmarks/bench_cache.py) put over half of the core's last-level misses in
-// that zeroing.  Zeroing a chunk only when first used cut them by 13 % (docs/performance.md).
-// Every access goes through ready() (make a range's chunks live, zeroing those that were
-// not), entries() (all of them) or get() (read one entry without making it live); the
-// counts n[] always count a chunk that is not live as 64 E_NONE entries.
+// values, and every entry of a chunk not live reads as `rest` (E_NONE in a new table).
+// Making a table used to write all 512 bytes (a fresh pool slot, or a recycled one
+// zeroed), eight cache lines, whatever the faults then touched, and the batched env makes
+// and frees hundreds of tables per step: cachegrind (benchmarks/bench_cache.py) put over
+// half of the core's last-level misses in that zeroing.  Zeroing a chunk only when first
+// used cut them by 13 % (docs/performance.md).  Writing one value over whole chunks that
+// are not live (a fill, a whole-table DONTNEED or read fault over a file folio) changes
+// `rest` and writes no byte, when every chunk not live is covered.
+// Every access goes through ready() (make a range's chunks live, writing `rest` into those
+// that were not), entries() (all of them) or get() (read one entry without making it
+// live); the counts n[] always count a chunk that is not live as 64 entries of `rest`.
 struct PteTable {
   mutable uint8_t e[ENTRIES];
   uint8_t huge = HUGE_NONE;
@@ -136,6 +140,7 @@ struct PteTable {
   int32_t age = 0;    // scan rounds idle (pagetable.PteTable.age)
   // Entries per kind: none, anon, zero, file, and the rest (swap entries and markers).
   uint16_t n[5] = {ENTRIES, 0, 0, 0, 0};
+  uint8_t rest = E_NONE;  // what every entry of a chunk that is not live holds
   PteTable() {}  // no entry written: every chunk starts not live
 
   static constexpr int CHUNK_SHIFT = 6;  // 64 entries per chunk
@@ -152,7 +157,7 @@ struct PteTable {
     return e;
   }
   // Entry k, without making its chunk live.
-  uint8_t get(i64 k) const { return (live >> (k >> CHUNK_SHIFT)) & 1 ? e[k] : uint8_t{E_NONE}; }
+  uint8_t get(i64 k) const { return (live >> (k >> CHUNK_SHIFT)) & 1 ? e[k] : rest; }
 
   static int bucket(uint8_t v) { return v < 4 ? v : 4; }
   int count(uint8_t v) const;
@@ -177,13 +182,33 @@ struct PteTable {
   void copy_range(const PteTable& src, i64 i, i64 j);
 
  private:
-  // Zero the chunks of `want` that are not live, then mark them live.
+  // Write `rest` into the chunks of `want` that are not live, then mark them live.
   void make_live(uint8_t want) const;
+  // Whether every chunk that is not live lies wholly inside [i, j), and there is one: then
+  // a write over [i, j) changes those chunks through `rest` alone.  A range shorter than a
+  // chunk never does, and most writes are (single entries, fault-around windows).
+  bool covers_rest(i64 i, i64 j) const {
+    if (j - i < (1 << CHUNK_SHIFT) || live == ALL_LIVE) return false;
+    const int c0 = (int)((i + (1 << CHUNK_SHIFT) - 1) >> CHUNK_SHIFT);
+    const int c1 = (int)(j >> CHUNK_SHIFT);
+    const uint8_t inside = (uint8_t)((0xFFu << c0) & (0xFFu >> (8 - c1)));
+    return (uint8_t)(~live & ~inside) == 0;
+  }
+  // The parts of [i, j) in live chunks, in order: f(a, b) for each.
+  template <class F>
+  void for_live_parts(i64 i, i64 j, F f) const {
+    for (i64 c = i >> CHUNK_SHIFT; c <= (j - 1) >> CHUNK_SHIFT; c++)
+      if ((live >> c) & 1)
+        f(std::max(i, c << CHUNK_SHIFT), std::min(j, (c + 1) << CHUNK_SHIFT));
+  }
+  // rest = v for every chunk that is not live, with the counts.
+  void set_rest(uint8_t v);
 };
 
 template <>
 inline void reset_value<PteTable>(PteTable& t) {
   t.live = 0;  // the entries read as E_NONE again; no byte of them is written
+  t.rest = E_NONE;
   t.huge = HUGE_NONE;
   t.cls = C_EMPTY;
   t.young = 1;
