@@ -138,12 +138,36 @@ def parse_name(name: str) -> tuple[str, str, str, str] | None:
 
 def numerics() -> dict[str, Any]:
     """What held torch's CPU kernels to one instruction set (``ptreclaim.PINNED_NUMERICS``;
-    None where unset) and, when torch is loaded, the capability its kernels use."""
+    None where unset), the CPU (:func:`cpu`) and, when torch is loaded, the capability its
+    kernels use."""
     info: dict[str, Any] = {name: os.environ.get(name) for name in PINNED_NUMERICS}
+    info["cpu"] = cpu()
     torch = sys.modules.get("torch")
     if torch is not None:
         info["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     return info
+
+
+def cpu(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
+    """The CPU's vendor and model as ``cpuinfo`` names its first processor (``vendor_id /
+    model name``), else what :func:`platform.processor` says (None if nothing).  A model
+    depends on it beyond the pin: MKL's AVX2 branch is Intel's, and on other CPUs it
+    runs its default dispatch (docs/train.md, "Reproducibility")."""
+    fields: dict[str, str] = {}
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        if not line.strip():
+            if fields:
+                break  # the first processor's block is enough
+            continue
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+    named = " / ".join(v for v in (fields.get("vendor_id"), fields.get("model name")) if v)
+    return named or platform.processor() or None
 
 
 def versions(*packages: str) -> dict[str, Any]:

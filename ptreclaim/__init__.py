@@ -22,7 +22,8 @@ from typing import Any
 __version__ = "0.1.0"
 
 #: The instruction set torch's CPU kernels are held to, so that one seed trains one model
-#: bit for bit on x86-64 CPUs with AVX2 whether or not they have AVX-512: ATen's
+#: bit for bit on Intel x86-64 CPUs with AVX2 whether or not they have AVX-512 (not on
+#: AMD's: MKL's AVX2 branch is Intel's, elsewhere it runs its own dispatch): ATen's
 #: vectorised kernels (``ATEN_CPU_CAPABILITY``), MKL's BLAS (``MKL_CBWR``, Intel's
 #: "conditional numerical reproducibility") and oneDNN (``ONEDNN_MAX_CPU_ISA``) otherwise
 #: pick AVX-512 code where the CPU has it, which rounds differently (measured: the same

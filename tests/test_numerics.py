@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -79,3 +80,18 @@ def test_pinned_training_matches_a_process_started_on_avx2() -> None:
     unpinned = _run(TRAIN, PTRECLAIM_NATIVE_NUMERICS="1")
     assert unpinned["capability"] == "AVX512"
     assert unpinned["sha"] != pinned["sha"]
+
+
+def test_versions_name_the_cpu(tmp_path: Path) -> None:
+    """A run's ``versions.json`` names the CPU's vendor and model: beyond the pin, MKL picks
+    its code by vendor, so an AMD CPU trains other models than an Intel one."""
+    import platform
+
+    from ptreclaim.agents.runs import cpu, versions
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9R14\n"
+                    "\nprocessor\t: 1\nvendor_id\t: GenuineIntel\nmodel name\t: Xeon\n")
+    assert cpu(info) == "AuthenticAMD / AMD EPYC 9R14"
+    assert cpu(tmp_path / "missing") == (platform.processor() or None)
+    assert versions()["numerics"]["cpu"] == cpu()
