@@ -569,24 +569,29 @@ def test_constant_enumerates_every_action_and_writes_the_best(
     assert "episodes/s" in (out / "report.md").read_text()
 
 
-def test_shipped_best_constant_scores_what_its_file_says() -> None:
-    """configs/rules/best_constant.yaml (what ``tune.py constant`` finds on the training
-    suite, shipped so evaluations need not re-run the hour-long enumeration) still costs
-    its recorded score on the enumeration's episodes (137 scenarios x seeds 5000-5002, ~5 s):
-    a changed suite, scenario or simulator fails here until the enumeration is re-run and
-    the file replaced."""
+@pytest.mark.parametrize("name, kind, tool", [
+    ("best_constant", "constant", "tune.py constant"),
+    ("tuned_soft_hard", "soft_hard", "tune"),
+    ("tuned_periodic_scan", "periodic_scan", "tune"),
+])
+def test_shipped_rules_score_what_their_files_say(name: str, kind: str, tool: str) -> None:
+    """The rules shipped in configs/rules/ (what ``tune.py constant`` and the 140-trial
+    ``tune.py heuristic`` studies find on the training suite, shipped so evaluations and
+    exports need not re-run them) still cost their recorded score on the study's episodes
+    (137 scenarios x seeds 5000-5002, ~5 s each): a changed suite, scenario or simulator
+    fails here until the study is re-run and the file replaced."""
     from ptreclaim.agents.export import read_thresholds
     from ptreclaim.configs import CONFIG_DIR
     from ptreclaim.envs.configio import load_suite
 
-    path = CONFIG_DIR / "rules" / "best_constant.yaml"
+    path = CONFIG_DIR / "rules" / f"{name}.yaml"
     record = read_thresholds(path)
-    assert record.kind == "constant" and record.name == "best_constant"
+    assert record.kind == kind and record.name == name
     prov = record.provenance
-    assert prov["tool"] == "tune.py constant" and prov["suite"] == "train"
+    assert prov["tool"] == tool and prov["suite"] == "train"
     assert prov["episode_seeds"] == [tune.EPISODE_SEED + s for s in range(prov["seeds"])]
     scenarios = load_suite(CONFIG_DIR / "suites" / "train.yaml")
-    spec = parse_policy(f"best_constant={path}")
+    spec = parse_policy(f"{name}={path}")
     costs = [float(np.mean([r.cost for r in evaluate_specs([spec], scenarios, 1, base,
                                                            EnvConfig())[0]]))
              for base in prov["episode_seeds"]]
