@@ -126,7 +126,7 @@ void PteTable::make_live(uint8_t want) const {
 }
 
 void PteTable::set_rest(uint8_t v) {
-  const int k = (8 - __builtin_popcount(live)) << CHUNK_SHIFT;
+  const int k = rest_entries();
   n[bucket(rest)] = (uint16_t)(n[bucket(rest)] - k);
   n[bucket(v)] = (uint16_t)(n[bucket(v)] + k);
   rest = v;
@@ -135,7 +135,7 @@ void PteTable::set_rest(uint8_t v) {
 int PteTable::count(uint8_t v) const {
   if (v < 4) return n[v];
   // Chunks that are not live hold only `rest`.
-  int c = rest == v ? (8 - __builtin_popcount(live)) << CHUNK_SHIFT : 0;
+  int c = rest == v ? rest_entries() : 0;
   for (int k = 0; k < 8; k++)
     if ((live >> k) & 1)
       for (int i = k << CHUNK_SHIFT; i < (k + 1) << CHUNK_SHIFT; i++) c += e[i] == v;
@@ -159,10 +159,9 @@ void PteTable::recount() {
     if ((live >> k) & 1) {
       range_hist(e, k << CHUNK_SHIFT, (k + 1) << CHUNK_SHIFT, h);
       for (int b = 0; b < 5; b++) n[b] = (uint16_t)(n[b] + h[b]);
-    } else {
-      n[bucket(rest)] = (uint16_t)(n[bucket(rest)] + (1 << CHUNK_SHIFT));
     }
   }
+  n[bucket(rest)] = (uint16_t)(n[bucket(rest)] + rest_entries());
 }
 
 void PteTable::set_range(i64 i, i64 j, i64 step, uint8_t v) {

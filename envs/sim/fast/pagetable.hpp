@@ -203,6 +203,8 @@ struct PteTable {
   }
   // rest = v for every chunk that is not live, with the counts.
   void set_rest(uint8_t v);
+  // Entries in the chunks that are not live (each of them holds `rest`).
+  int rest_entries() const { return (8 - __builtin_popcount(live)) << CHUNK_SHIFT; }
 };
 
 template <>
