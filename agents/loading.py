@@ -456,6 +456,36 @@ def heuristic_spec(name: str, label: str | None = None) -> PolicySpec:
     return PolicySpec(label or name, "heuristic", name, source=f"heuristic:{name}")
 
 
+def baseline_label(entry: str) -> str:
+    """The label of one ``eval.baselines`` entry (:func:`baseline_spec`), read without
+    opening its file: the heuristic's name, or LABEL of ``LABEL=RULE``."""
+    label, _ = _split_label(entry)
+    return entry if label is None else label
+
+
+def baseline_spec(entry: str) -> PolicySpec:
+    """One ``eval.baselines`` entry of an experiment, checked: a built-in heuristic's
+    name (its default parameters), or ``LABEL=RULE`` with RULE a thresholds
+    ``.yaml``/``.json`` or ``heuristic:NAME:params.yaml`` -- a tuned rule, such as the
+    shipped ``configs/rules/*.yaml``.  Raises :class:`ConfigError`."""
+    if entry in HEURISTICS:
+        return heuristic_spec(entry)
+    label, rule = _split_label(entry)
+    if label is None or not rule:
+        raise ConfigError(f"{entry!r}: not a built-in heuristic"
+                          f"{did_you_mean(entry, HEURISTICS)} (known: {', '.join(HEURISTICS)}) "
+                          "nor LABEL=RULE, RULE a thresholds .yaml/.json or "
+                          "heuristic:NAME:params.yaml (e.g. tuned_soft_hard="
+                          "configs/rules/tuned_soft_hard.yaml)")
+    if not rule.startswith("heuristic:") and (Path(rule).suffix.lower() == ".zip"
+                                              or Path(rule).is_dir()):
+        # Refused before anything is read: a model's files hold pickles.
+        raise ConfigError(f"{entry!r}: {rule} is a model; a baseline is a rule (a thresholds "
+                          ".yaml/.json or heuristic:NAME:params.yaml): compare trained models "
+                          "with scripts/evaluate.py")
+    return parse_policy(entry)
+
+
 def oracle_spec() -> PolicySpec:
     """The spec of the oracle bound."""
     return PolicySpec("oracle", "oracle", "oracle", source="--oracle")

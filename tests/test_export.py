@@ -319,3 +319,27 @@ def test_known_good_export_reproduces_its_score() -> None:
     assert record.score["mean_cost"] == ev["policies"]["export"]["mean_cost"]
     assert make_heuristic("soft_hard", dict(record.params)).act(
         np.zeros(len(OBS_NAMES), np.float32)).shape == (5,)
+
+
+def test_without_flags_the_export_meets_the_rules_its_run_met(tmp_path: Path) -> None:
+    """No --tuned/--constant: a study's own result in this folder, else the rule files
+    the run met among its baselines (the default experiment's shipped tuned rules)."""
+    from ptreclaim.agents.training.config import load_experiment
+    from ptreclaim.cli.export import _default_rule
+
+    exp, _ = load_experiment(None)
+    absent = tmp_path / "runs" / "tune" / "soft_hard" / "best.yaml"
+    assert _default_rule(absent, exp, "tuned_soft_hard") == CONFIG_DIR / "rules" / \
+        "tuned_soft_hard.yaml"
+    assert _default_rule(absent, exp, "best_constant") == CONFIG_DIR / "rules" / \
+        "best_constant.yaml"
+    study = _tuned_file(tmp_path)
+    assert _default_rule(study, exp, "tuned_soft_hard") == study
+    # A run without such a baseline, or whose rule file is gone: nothing to compare with.
+    heuristics_only, _ = load_experiment(None, [("--set", "eval.baselines=[soft_hard]")])
+    assert _default_rule(absent, heuristics_only, "tuned_soft_hard") is None
+    gone = tmp_path / "gone.yaml"
+    shutil.copy(CONFIG_DIR / "rules" / "best_constant.yaml", gone)
+    moved, _ = load_experiment(None, [("--set", f"eval.baselines=[best_constant={gone}]")])
+    gone.unlink()
+    assert _default_rule(absent, moved, "best_constant") is None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -27,6 +28,7 @@ import yaml
 from ptreclaim.agents import loading
 from ptreclaim.agents.runs import RunFolder
 from ptreclaim.agents.training import callbacks, config, hyperparams, runconfig
+from ptreclaim.configs import CONFIG_DIR
 from ptreclaim.envs.configio import load_scenario
 from ptreclaim.envs.pagetable_env import OBS_NAMES, EnvConfig, PageTableReclaimEnv
 
@@ -137,8 +139,13 @@ def runs(tiny: Path) -> Iterator[dict[str, Any]]:
     jobs["ppo_again"] = start(["--config", exp, "--out", str(tiny / "ppo_again")])
     jobs["stopped"] = start(["--config", exp, "--out", str(tiny / "stopped"),
                              "--set", "checkpoint_freq=64"], {callbacks.STOP_AT_ENV: "128"})
+    # The multi-seed run also meets a rule file among its baselines (eval.baselines'
+    # LABEL=RULE), as the default experiment meets the shipped tuned rules.
+    rule = tiny / "constant_rule.yaml"
+    rule.write_text((CONFIG_DIR / "rules" / "best_constant.yaml").read_text())
     jobs["multi"] = start(["--config", exp, "--seeds", "0,1", "--jobs", "2",
-                           "--set", "eval.final_episodes=1", "--out", str(tiny / "multi")])
+                           "--set", "eval.final_episodes=1", "--out", str(tiny / "multi"),
+                           "--set", f"eval.baselines=[none, soft_hard, mine={rule}]"])
     jobs["warm"] = start(["--config", exp, "--out", str(tiny / "warm"),
                           "--set", "pretrain.teacher=heuristic:periodic_scan",
                           "--set", "pretrain.steps=64", "--set", "pretrain.epochs=2"])
@@ -264,6 +271,19 @@ def test_multi_seed_parallel_aggregate_report(runs: dict[str, Any]) -> None:
     report = (multi[0] / "report.md").read_text()
     assert "## Per seed" in report and "## Pooled over seeds" in report
     assert "| 0 | ppo |" in report and "| 1 | ppo |" in report and "| pooled | ppo |" in report
+    # Every baseline has its column, the rule file under its label, and the verdict and the
+    # share of each baseline's gap to the oracle name them all.
+    header = next(line for line in report.splitlines() if line.startswith("| seed |"))
+    assert [c.strip() for c in header.strip("|").split("|")][4:] == [
+        "vs none", "vs soft_hard", "vs mine"]
+    assert "against each of none, soft_hard, mine) on" in report
+    gap = next(line for line in report.splitlines() if "gap to the oracle" in line)
+    # (A baseline that costs what the oracle costs has no gap: the tiny scenario's `none`
+    # may not.)
+    assert re.search(r"soft_hard -?\d+\.\d\d, mine -?\d+\.\d\d\.$", gap)
+    seed_run = next(p for p in out_dir.iterdir() if "__0__" in p.name)
+    results = json.loads((seed_run / "eval_results.json").read_text())
+    assert {"none", "soft_hard", "mine", "oracle", "ppo"} <= {r["policy"] for r in results}
     seeds = sorted(p.name.split("__")[2] for p in out_dir.iterdir() if "__multi__" not in p.name
                    and not p.name.startswith("."))
     assert seeds == ["0", "1"]
@@ -452,6 +472,60 @@ def test_flattened_actions_cover_the_multidiscrete_space() -> None:
     assert len({tuple(r) for r in flat}) == 480
     assert (flat < nvec).all()
     assert list(loading.unflatten_action(np.int64(7), nvec)) == list(flat[7])
+
+
+def test_default_experiment_meets_the_shipped_tuned_rules() -> None:
+    exp, _ = config.load_experiment(None)
+    assert exp.eval.baseline_labels == ["none", "on_zap", "soft_hard", "periodic_scan",
+                                        "tuned_soft_hard", "tuned_periodic_scan",
+                                        "best_constant"]
+    for entry in exp.eval.baselines[4:]:
+        label, path = entry.split("=", 1)
+        assert Path(path).is_absolute() and Path(path) == CONFIG_DIR / "rules" / f"{label}.yaml"
+        spec = loading.baseline_spec(entry)
+        assert spec.kind == "thresholds" and spec.label == label
+    # The warm start's teacher is among them: the learned policy must beat what it copied.
+    assert f"tuned_periodic_scan={Path(exp.pretrain.teacher)}" in exp.eval.baselines
+
+
+@pytest.mark.parametrize("value, says", [
+    ("[soft_hardd]", "unknown heuristic 'soft_hardd' (did you mean 'soft_hard'?)"),
+    ("[mine=nope.yaml]", "nope.yaml"),
+    ("[soft_hard, soft_hard]", "the label 'soft_hard' is given twice"),
+    ("[oracle=../rules/best_constant.yaml]", "is the oracle's"),
+    ("[ppo=configs/rules/best_constant.yaml]", "is the learned policy's"),
+    ("[3]", "eval.baselines[0]: expected a string"),
+])
+def test_bad_baselines_get_one_clear_error(value: str, says: str) -> None:
+    with pytest.raises(config.ConfigError) as err:
+        config.load_experiment(None, [("--set", f"eval.baselines={value}")])
+    assert says in str(err.value) and "eval.baselines" in str(err.value)
+
+
+def test_a_model_is_not_a_baseline(tmp_path: Path) -> None:
+    model = tmp_path / "model.zip"
+    model.write_bytes(b"PK")
+    with pytest.raises(config.ConfigError, match="a baseline is a rule"):
+        loading.baseline_spec(f"learned={model}")
+
+
+def test_a_rule_baseline_is_cached_by_what_it_is(tiny: Path, tmp_path: Path) -> None:
+    from ptreclaim.agents.training.baselines import baseline_results
+
+    scen = [load_scenario(tiny / "tiny.yaml")]
+    rule = tmp_path / "rule.yaml"
+    shipped = yaml.safe_load((CONFIG_DIR / "rules" / "best_constant.yaml").read_text())
+    rule.write_text(yaml.safe_dump(shipped))
+    cache = tmp_path / "cache"
+    first = baseline_results([f"mine={rule}"], scen, 2, 1000, ENV_CONFIG, cache)
+    assert [r.policy for r in first] == ["mine", "mine"]
+    assert [p.name.split("-")[0] for p in cache.glob("*.json")] == ["mine"]
+    # The same rule again: from the cache.  An edited rule: a new baseline, run again.
+    assert baseline_results([f"mine={rule}"], scen, 2, 1000, ENV_CONFIG, cache) == first
+    shipped["rule"]["budget"] = 0  # the smallest budget: another rule
+    rule.write_text(yaml.safe_dump(shipped))
+    second = baseline_results([f"mine={rule}"], scen, 2, 1000, ENV_CONFIG, cache)
+    assert len(list(cache.glob("*.json"))) == 2 and second != first
 
 
 def test_baselines_in_two_processes_equal_one_and_the_cache(tiny: Path, tmp_path: Path) -> None:

@@ -1,9 +1,14 @@
 """The baselines of a run's final comparison, computed once and cached.
 
 Every seed of an experiment (and every later run of the same evaluation)
-meets the same fixed heuristics and the oracle bound on the same seeded
+meets the same fixed rules and the oracle bound on the same seeded
 episodes; they are deterministic, so their results are cached in
 ``runs/.baseline_cache/`` under a key of everything that decides them.
+
+A baseline is named as ``eval.baselines`` names it
+(:func:`~ptreclaim.agents.loading.baseline_spec`): ``oracle``, a built-in heuristic with its
+defaults, or ``LABEL=RULE`` with RULE a rule file (the default experiment adds the shipped
+tuned rules and ``best_constant`` this way).
 """
 
 from __future__ import annotations
@@ -24,8 +29,7 @@ from ...envs.configio import load_json, write_text_atomic
 from ...envs.pagetable_env import EnvConfig, PageTableReclaimEnv
 from ...envs.sim.config import ConfigError, to_dict
 from ...envs.sim.simulator import ScenarioConfig
-from ..heuristics import make_heuristic
-from ..loading import heuristic_spec, oracle_spec
+from ..loading import PolicySpec, baseline_label, baseline_spec, build_policy, oracle_spec
 from ..results import EpisodeResult
 from ..rollout import run_policies
 
@@ -47,12 +51,9 @@ def _code_fingerprint() -> str:
     return h.hexdigest()
 
 
-def _make_baseline(name: str) -> Any:
-    if name == "oracle":
-        from ..oracle import OracleBound
-
-        return OracleBound()
-    return make_heuristic(name)
+def _spec(entry: str) -> PolicySpec:
+    """The policy spec of one baseline entry (``oracle`` or an ``eval.baselines`` entry)."""
+    return oracle_spec() if entry == "oracle" else baseline_spec(entry)
 
 
 def run_with_ticks(policies: Mapping[str, Any], scenarios: Sequence[ScenarioConfig],
@@ -67,10 +68,11 @@ def run_with_ticks(policies: Mapping[str, Any], scenarios: Sequence[ScenarioConf
 def run_baselines(names: Sequence[str], scenarios: Sequence[ScenarioConfig], episodes: int,
                   seed: int, env_config: EnvConfig, tick: Tick | None = None,
                   jobs: int = 1) -> list[EpisodeResult]:
-    """The baselines ``names`` (built-in heuristics with their defaults, and
-    ``oracle``) on the seeded episodes, in (policy, scenario, episode) order,
-    in ``jobs`` processes (:func:`~ptreclaim.agents.evaluate.evaluate_specs`:
-    the results are the same for any ``jobs``).
+    """The baselines ``names`` (``eval.baselines`` entries, and ``oracle``) on the
+    seeded episodes, labelled as :func:`~ptreclaim.agents.loading.baseline_label` says,
+    in (policy, scenario, episode) order, in ``jobs`` processes
+    (:func:`~ptreclaim.agents.evaluate.evaluate_specs`: the results are the same for
+    any ``jobs``).
 
     A daemonic process (a seed of a multi-seed run is one) may not start
     processes: it runs the episodes itself; its sibling seeds split the
@@ -78,12 +80,12 @@ def run_baselines(names: Sequence[str], scenarios: Sequence[ScenarioConfig], epi
     """
     if not names:
         return []
+    specs = [_spec(n) for n in names]
     if jobs <= 1 or multiprocessing.current_process().daemon:
-        return run_with_ticks({n: _make_baseline(n) for n in names}, scenarios, episodes,
-                              seed, env_config, tick)
+        return run_with_ticks({s.label: build_policy(s, env_config, scenarios[0]) for s in specs},
+                              scenarios, episodes, seed, env_config, tick)
     from ..evaluate import evaluate_specs
 
-    specs = [oracle_spec() if n == "oracle" else heuristic_spec(n) for n in names]
     results, _ = evaluate_specs(specs, scenarios, episodes, seed, env_config, jobs=jobs,
                                 progress=None if tick is None else lambda _d, _t: tick(),
                                 timeline_scenario=None)
@@ -113,11 +115,16 @@ def baseline_results(names: Sequence[str], scenarios: Sequence[ScenarioConfig], 
               "version": __version__}
     cache_dir.mkdir(parents=True, exist_ok=True)
 
+    # A rule is keyed by what it is (its kind and parameters), not by its file: an edited
+    # rule file is a new baseline.
     stems: dict[str, Path] = {}
     for name in names:
-        key = hashlib.sha256(json.dumps({**common, "policy": name},
-                                        sort_keys=True).encode()).hexdigest()[:20]
-        stems[name] = cache_dir / f"{name}-{key}"
+        spec = _spec(name)
+        what = {"policy": spec.label, "kind": spec.kind, "name": spec.name,
+                "params": dict(spec.params or {})}
+        key = hashlib.sha256(json.dumps({**common, **what}, sort_keys=True,
+                                        default=str).encode()).hexdigest()[:20]
+        stems[name] = cache_dir / f"{spec.label}-{key}"
 
     got: dict[str, list[EpisodeResult]] = {}
     # First pass: take every free lock at once (never waiting, so no lock order to
@@ -136,7 +143,7 @@ def baseline_results(names: Sequence[str], scenarios: Sequence[ScenarioConfig], 
                 todo.append(name)
         fresh = run_baselines(todo, scenarios, episodes, seed, env_config, tick, jobs)
         for name in todo:
-            got[name] = [r for r in fresh if r.policy == name]
+            got[name] = [r for r in fresh if r.policy == baseline_label(name)]
             _store(stems[name].with_suffix(".json"), got[name])
     # Then wait for the ones others were computing, one lock at a time.
     for name, stem in stems.items():

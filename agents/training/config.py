@@ -35,7 +35,7 @@ from ...envs.sim.config import (
 )
 from ...envs.sim.simulator import ScenarioConfig
 from ..heuristics import HEURISTICS
-from ..loading import ALGOS, parse_policy
+from ..loading import ALGOS, baseline_label, baseline_spec, parse_policy
 
 #: Policies of the final comparison, besides the learned ones.
 BASELINES: tuple[str, ...] = ("none", "on_zap", "soft_hard", "periodic_scan")
@@ -100,11 +100,28 @@ class EvalConfig:
             raise ConfigError(f"eval.select_on: {self.select_on!r} is not 'train' (validation "
                               "episodes of the training scenarios) or 'eval' (the held-out "
                               "scenarios)")
-        for name in self.baselines:
-            if name not in HEURISTICS:
-                raise ConfigError(f"eval.baselines: unknown heuristic {name!r}"
-                                  f"{did_you_mean(name, HEURISTICS)}; known: "
-                                  f"{', '.join(HEURISTICS)}")
+        labels: list[str] = []
+        for entry in self.baselines:
+            if not isinstance(entry, str):
+                raise ConfigError(f"eval.baselines: {entry!r} is not a string; an entry is a "
+                                  "heuristic's name or LABEL=RULE (a thresholds file)")
+            if entry not in HEURISTICS and "=" not in entry:
+                raise ConfigError(f"eval.baselines: unknown heuristic {entry!r}"
+                                  f"{did_you_mean(entry, HEURISTICS)}; known: "
+                                  f"{', '.join(HEURISTICS)}; or LABEL=RULE, RULE a thresholds "
+                                  ".yaml/.json (e.g. tuned_soft_hard=configs/rules/"
+                                  "tuned_soft_hard.yaml)")
+            labels.append(baseline_label(entry))
+        for label in labels:
+            if label == "oracle" or labels.count(label) > 1:
+                raise ConfigError(f"eval.baselines: the label {label!r} is "
+                                  + ("the oracle's (eval.oracle adds it)" if label == "oracle"
+                                     else "given twice") + "; every baseline needs its own")
+
+    @property
+    def baseline_labels(self) -> list[str]:
+        """The baselines' labels, as the results name them, without the oracle."""
+        return [baseline_label(entry) for entry in self.baselines]
 
 
 @dataclass(frozen=True)
@@ -266,6 +283,30 @@ def _resolve_teacher(spec: Any, base: Path) -> Any:
     return str((base / spec).resolve())
 
 
+def _resolve_baselines(entries: Any, base: Path) -> Any:
+    """``eval.baselines``: the rule of each ``LABEL=RULE`` entry made absolute like the
+    teacher's (a heuristic's name stays as it is)."""
+    if not isinstance(entries, list | tuple):
+        return entries
+    out: list[Any] = []
+    for entry in entries:
+        if isinstance(entry, str) and "=" in entry and baseline_label(entry) != entry:
+            label, rule = entry.split("=", 1)
+            entry = f"{label}={_resolve_teacher(rule, base)}"
+        out.append(entry)
+    return out
+
+
+def check_baseline_files(exp: ExperimentConfig) -> None:
+    """Each ``eval.baselines`` rule read and checked now, before any training: a
+    missing or bad file stops the run with one error, not its final evaluation."""
+    for entry in exp.eval.baselines:
+        try:
+            baseline_spec(entry)
+        except ConfigError as exc:
+            raise TrainError(f"eval.baselines: {exc}") from None
+
+
 def _set_path(data: dict[str, Any], key: str, value: Any, label: str) -> None:
     """Put ``value`` at dotted ``key``, checking each dataclass level's keys."""
     parts = key.split(".")
@@ -319,6 +360,9 @@ def load_experiment(path: Path | None, sets: Sequence[tuple[str, str]] = ()
     if isinstance(data.get("pretrain"), dict) and "teacher" in data["pretrain"]:
         data["pretrain"] = {**data["pretrain"],
                             "teacher": _resolve_teacher(data["pretrain"]["teacher"], p.parent)}
+    if isinstance(data.get("eval"), dict) and "baselines" in data["eval"]:
+        data["eval"] = {**data["eval"],
+                        "baselines": _resolve_baselines(data["eval"]["baselines"], p.parent)}
     if not data.get("name"):
         data["name"] = p.stem
     exp = build(ExperimentConfig, data, p.name)
@@ -338,6 +382,8 @@ def load_experiment(path: Path | None, sets: Sequence[tuple[str, str]] = ()
             value = _resolve_suite_spec(value, Path.cwd())
         if key == "pretrain.teacher":
             value = _resolve_teacher(value, Path.cwd())
+        if key == "eval.baselines":
+            value = _resolve_baselines(value, Path.cwd())
         _set_path(data, key, value, where)
         try:
             exp = build(ExperimentConfig, data, "experiment")
@@ -349,6 +395,11 @@ def load_experiment(path: Path | None, sets: Sequence[tuple[str, str]] = ()
         raise TrainError(f"pretrain.teacher: a warm start needs ppo or a2c (a stochastic "
                          f"actor fitted by likelihood), not {exp.algo}; train ppo, or add "
                          f"--set pretrain.teacher= (empty) to train {exp.algo} without one")
+    learned = {exp.algo, f"{exp.algo}_best"} & set(exp.eval.baseline_labels)
+    if learned:
+        raise TrainError(f"eval.baselines: the label {sorted(learned)[0]!r} is the learned "
+                         "policy's; give the baseline another label")
+    check_baseline_files(exp)
     if len(exp.pretrain.teachers) > exp.n_envs:
         raise TrainError(f"pretrain.teacher: {len(exp.pretrain.teachers)} teachers for "
                          f"n_envs {exp.n_envs}; each teacher plays in its own envs: name "

@@ -316,6 +316,7 @@ def _finish(run: RunFolder, cfg: RunConfig, out: Output) -> int:
     if (run / "best_model.zip").is_file():
         learned[f"{exp.algo}_best"] = load_trained_policy(run, "best")
     names = list(ev.baselines) + (["oracle"] if ev.oracle else [])
+    labels = ev.baseline_labels + (["oracle"] if ev.oracle else [])
     cache = run.parent / ".baseline_cache" if ev.cache_baselines else None
 
     per_policy = len(cfg.scenarios.eval) * ev.final_episodes
@@ -358,7 +359,7 @@ def _finish(run: RunFolder, cfg: RunConfig, out: Output) -> int:
                       json.dumps([dataclasses.asdict(r) for r in results], indent=1) + "\n")
     summaries = summarize(results, n_boot=ev.n_boot)
     paired = {(p, h): paired_difference_ci(results, p, h, n_boot=ev.n_boot)
-              for p in learned for h in names}
+              for p in learned for h in labels}
     # eval_seconds: every policy on the held-out suite; curve_seconds: the baselines'
     # validation episodes that the learning-curve plot draws as reference lines.
     state = run.write_state(eval_seconds=held_out_seconds,

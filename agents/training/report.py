@@ -18,7 +18,7 @@ from ..report import md_table, png, pyplot
 from ..results import EpisodeResult, PolicySummary
 from ..runs import RunFolder
 from ..stats import paired_difference_ci, pooled_difference, stratified_bootstrap, summarize
-from .config import BASELINES, ExperimentConfig
+from .config import ExperimentConfig
 from .runconfig import RunConfig
 
 if TYPE_CHECKING:
@@ -205,6 +205,15 @@ def _load_results(run: Path) -> list[EpisodeResult]:
 
 
 
+def _gap_closed(base: Any, learned: float, oracle: float) -> float | None:
+    """(baseline - learned) / (baseline - oracle): the share of a baseline's gap to the
+    oracle bound the learned policy closes (issue 14's "half the gap"); None without
+    the baseline or a gap."""
+    if base is None or base.mean_cost == oracle:
+        return None
+    return (base.mean_cost - learned) / (base.mean_cost - oracle)
+
+
 def multi_report(multi: RunFolder, runs: Mapping[int, Path], exp: ExperimentConfig,
                  console: Console | None, wall: float) -> str:
     """Per-seed and pooled results of a multi-seed experiment (also printed
@@ -214,7 +223,8 @@ def multi_report(multi: RunFolder, runs: Mapping[int, Path], exp: ExperimentConf
         if (run / "eval_results.json").is_file():
             per_seed[seed] = _load_results(run)
     algo = exp.algo
-    names = list(exp.eval.baselines) + (["oracle"] if exp.eval.oracle else [])
+    rivals = exp.eval.baseline_labels
+    names = rivals + (["oracle"] if exp.eval.oracle else [])
     nb = exp.eval.n_boot
     lines = [f"# {multi.name}", "",
              f"{algo} on `{exp.env_id}`, seeds {', '.join(map(str, exp.seeds))}, "
@@ -226,8 +236,7 @@ def multi_report(multi: RunFolder, runs: Mapping[int, Path], exp: ExperimentConf
     from rich.table import Table
 
     learned = [algo, f"{algo}_best"]
-    header = ["seed", "policy", "mean cost [95% CI]", "score"] + [f"vs {h}" for h in BASELINES
-                                                                 if h in names]
+    header = ["seed", "policy", "mean cost [95% CI]", "score"] + [f"vs {h}" for h in rivals]
     rows: list[list[str]] = []
     verdicts: dict[str, list[bool]] = {p: [] for p in learned}
     for seed, results in per_seed.items():
@@ -238,11 +247,10 @@ def multi_report(multi: RunFolder, runs: Mapping[int, Path], exp: ExperimentConf
             s = sums[pol]
             row = [str(seed), pol, _ci(s.mean_cost, s.ci_low, s.ci_high), _fmt(s.normalized)]
             ok = True
-            for h in BASELINES:
-                if h in names:
-                    m, lo, hi = paired_difference_ci(results, pol, h, n_boot=nb)
-                    row.append(_ci(m, lo, hi))
-                    ok = ok and lo > 0
+            for h in rivals:
+                m, lo, hi = paired_difference_ci(results, pol, h, n_boot=nb)
+                row.append(_ci(m, lo, hi))
+                ok = ok and lo > 0
             verdicts[pol].append(ok)
             rows.append(row)
     first = next(iter(per_seed.values()))
@@ -251,6 +259,7 @@ def multi_report(multi: RunFolder, runs: Mapping[int, Path], exp: ExperimentConf
               "Paired differences: baseline cost - learned cost on the same episodes "
               "(> 0: learned better), mean [95% CI].", "", md_table(header, rows), ""]
     prow: list[list[str]] = []
+    gaps: dict[str, dict[str, float]] = {}
     for pol in learned:
         pooled = [r for res in per_seed.values() for r in res if r.policy == pol]
         if not pooled:
@@ -264,18 +273,24 @@ def multi_report(multi: RunFolder, runs: Mapping[int, Path], exp: ExperimentConf
         score = ((none.mean_cost - m) / (none.mean_cost - orac.mean_cost)
                  if none and orac and none.mean_cost != orac.mean_cost else None)
         row = ["pooled", pol, _ci(m, lo, hi), _fmt(score)]
-        for h in BASELINES:
-            if h in names:
-                row.append(_ci(*pooled_difference(list(per_seed.values()), pol, h, nb)))
+        for h in rivals:
+            row.append(_ci(*pooled_difference(list(per_seed.values()), pol, h, nb)))
         prow.append(row)
+        if orac is not None:
+            gaps[pol] = {h: m_h for h in rivals
+                         if (m_h := _gap_closed(base_sums.get(h), m, orac.mean_cost)) is not None}
     brow = [["-", n, _ci(s.mean_cost, s.ci_low, s.ci_high), _fmt(s.normalized)]
             + [""] * (len(header) - 4) for n, s in base_sums.items() if n in names]
     lines += ["## Pooled over seeds", "",
               "Every seed's episodes together (the baselines are the same for every seed).",
               "", md_table(header, prow + brow), ""]
-    verdict_lines = [f"`{pol}` beats every baseline heuristic (95 % CI of the paired "
-                     f"difference above zero) on {sum(v)} of {len(v)} seeds."
+    verdict_lines = [f"`{pol}` beats every baseline (95 % CI of the paired difference above "
+                     f"zero against each of {', '.join(rivals)}) on {sum(v)} of {len(v)} seeds."
                      for pol, v in verdicts.items() if v]
+    verdict_lines += [f"`{pol}` closes, pooled, this share of each baseline's gap to the oracle, "
+                      "(baseline - learned) / (baseline - oracle): "
+                      + ", ".join(f"{h} {g:.2f}" for h, g in by.items()) + "."
+                      for pol, by in gaps.items() if by]
     lines += [f"- {v}" for v in verdict_lines] + [""]
     if console is not None:
         t = Table(title=f"{multi.name}: per seed and pooled", title_justify="left")

@@ -35,7 +35,14 @@ from ..agents.export import (
     write_thresholds,
 )
 from ..agents.heuristics import ACTION_COMPONENTS, TreeRule
-from ..agents.loading import PolicySpec, build_policy, heuristic_spec, oracle_spec, parse_policy
+from ..agents.loading import (
+    PolicySpec,
+    baseline_label,
+    build_policy,
+    heuristic_spec,
+    oracle_spec,
+    parse_policy,
+)
 from ..agents.stats import gain_share, gain_share_ci, paired_difference_ci
 from ..agents.training.runconfig import read_run_config
 from ..envs.configio import write_text_atomic
@@ -59,6 +66,21 @@ DEFAULT_TUNED = Path("runs/tune/soft_hard/best.yaml")
 DEFAULT_CONSTANT = Path("runs/tune/constant/best.yaml")
 
 
+def _default_rule(study: Path, exp: Any, label: str) -> Path | None:
+    """The rule to compare with when no flag names one: a study's own result if this
+    folder has one, else the rule file the run itself met under ``label`` among its
+    baselines (``eval.baselines``: the default experiment's shipped tuned rules), so an
+    export from a fresh clone still meets them; else none."""
+    if study.is_file():
+        return study
+    for entry in exp.eval.baselines:
+        if baseline_label(entry) == label and "=" in entry:
+            rule = entry.split("=", 1)[1]
+            if not rule.startswith("heuristic:") and Path(rule).is_file():
+                return Path(rule)
+    return None
+
+
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,9 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluation episodes per held-out scenario (default: the run's "
                         "eval.final_episodes)")
     p.add_argument("--tuned", help="a tuned thresholds file to compare with (default: "
-                                   f"{DEFAULT_TUNED} if it exists)")
+                                   f"{DEFAULT_TUNED} if it exists, else the run's own "
+                                   "tuned_soft_hard baseline, if it met one)")
     p.add_argument("--constant", help="the best_constant thresholds file to compare with "
-                                      f"(default: {DEFAULT_CONSTANT} if it exists)")
+                                      f"(default: {DEFAULT_CONSTANT} if it exists, else the "
+                                      "run's own best_constant baseline, if it met one)")
     p.add_argument("--no-eval", action="store_true",
                    help="write the rule without evaluating it (no scores in the file)")
     p.add_argument("--no-oracle", action="store_true", help="leave the oracle bound out")
@@ -183,11 +207,11 @@ def _export(args: argparse.Namespace, argv: Sequence[str], written: list[Path]) 
 def _export_into(args: argparse.Namespace, argv: Sequence[str], written: list[Path], run: Path,
                  cfg: Any, learned_spec: PolicySpec, out: Path) -> int:
     exp = cfg.experiment
-    tuned_path = Path(args.tuned) if args.tuned else (DEFAULT_TUNED if DEFAULT_TUNED.is_file()
-                                                      else None)
+    tuned_path = (Path(args.tuned) if args.tuned
+                  else _default_rule(DEFAULT_TUNED, exp, "tuned_soft_hard"))
     tuned: ThresholdsRecord | None = read_thresholds(tuned_path) if tuned_path else None
-    constant_path = Path(args.constant) if args.constant else (
-        DEFAULT_CONSTANT if DEFAULT_CONSTANT.is_file() else None)
+    constant_path = (Path(args.constant) if args.constant
+                     else _default_rule(DEFAULT_CONSTANT, exp, "best_constant"))
     if constant_path is not None:
         read_thresholds(constant_path)  # a bad file stops the export before the work
     train, held_out = cfg.scenarios.train, cfg.scenarios.eval
