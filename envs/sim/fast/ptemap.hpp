@@ -105,7 +105,7 @@ class SlotMap {
     i64 pi = slot >> 9;
     Node* node = node_of(pi);
     if (!node) {
-      auto owned = std::make_unique<Node>();
+      std::unique_ptr<Node> owned = take_node();
       node = owned.get();
       nodes_.emplace(pi, std::move(owned));
       cache_key_ = pi;
@@ -146,13 +146,25 @@ class SlotMap {
     node->bits[e >> 6] &= ~(uint64_t{1} << (e & 63));
     n_--;
     if (--node->count == 0) {
-      nodes_.erase(pi);
+      auto it = nodes_.find(pi);
+      give_node(std::move(it->second));
+      nodes_.erase(it);
       cache_key_ = INT64_MIN;
       cache_ = nullptr;
     }
   }
 
   void clear() {
+    for (auto& kv : nodes_) {  // each node back to empty, for the pool
+      Node& node = *kv.second;
+      for (int w = 0; w < 8; w++) {
+        for (uint64_t bits = node.bits[w]; bits; bits &= bits - 1)
+          node.ptr[(w << 6) + __builtin_ctzll(bits)] = nullptr;
+        node.bits[w] = 0;
+      }
+      node.count = 0;
+      give_node(std::move(kv.second));
+    }
     nodes_.clear();
     blocks_.clear();
     free_.clear();
@@ -227,6 +239,30 @@ class SlotMap {
     int count = 0;
   };
   static constexpr int BLOCK = 64;  // tables per pool block
+
+  // Empty nodes, kept for reuse by every map of this type on this thread.  A new node is
+  // 4 KiB of null pointers, a malloc and a 4 KiB write to cold memory; the batched env
+  // made several per env step: address spaces that empty a GiB of address space and fault
+  // it again (a sweeping hog, a reclaim pass over a sparse mapping), processes that start
+  // and exit (docs/performance.md).  An empty node has no pointer and no bit set, so it
+  // is reused as it is.  The pool is never freed: a map may be destroyed after the
+  // thread's destructors have run (at the interpreter's exit).
+  static constexpr size_t SPARE_NODES = 64;
+  static std::vector<std::unique_ptr<Node>>& spare_nodes() {
+    static thread_local auto* pool = new std::vector<std::unique_ptr<Node>>();
+    return *pool;
+  }
+  static std::unique_ptr<Node> take_node() {
+    auto& pool = spare_nodes();
+    if (pool.empty()) return std::make_unique<Node>();
+    std::unique_ptr<Node> node = std::move(pool.back());
+    pool.pop_back();
+    return node;
+  }
+  static void give_node(std::unique_ptr<Node> node) {
+    auto& pool = spare_nodes();
+    if (pool.size() < SPARE_NODES) pool.push_back(std::move(node));
+  }
 
   Node* node_of(i64 pi) const {
     if (pi == cache_key_) return cache_;
