@@ -477,6 +477,11 @@ def baseline_spec(entry: str) -> PolicySpec:
                           "nor LABEL=RULE, RULE a thresholds .yaml/.json or "
                           "heuristic:NAME:params.yaml (e.g. tuned_soft_hard="
                           "configs/rules/tuned_soft_hard.yaml)")
+    if not rule.startswith("heuristic:") and not Path(rule).exists():
+        raise ConfigError(f"{entry!r}: {rule}: no such file; a baseline's rule is a "
+                          "thresholds .yaml/.json (e.g. configs/rules/tuned_soft_hard.yaml, "
+                          "or what tune.py and export_thresholds.py write) or "
+                          "heuristic:NAME:params.yaml")
     if not rule.startswith("heuristic:") and (Path(rule).suffix.lower() == ".zip"
                                               or Path(rule).is_dir()):
         # Refused before anything is read: a model's files hold pickles.

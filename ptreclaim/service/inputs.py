@@ -23,7 +23,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..configs import CONFIG_DIR
-from ..envs.configio import load_scenario, load_yaml, shipped_names, write_yaml_atomic
+from ..envs.configio import (
+    load_scenario,
+    load_yaml,
+    parse_yaml,
+    shipped_names,
+    write_yaml_atomic,
+)
 from ..envs.sim.config import ConfigError
 from .specs import (
     JOB_ID,
@@ -215,6 +221,27 @@ def _check_teacher(value: Any, where: str) -> None:
                      "drop it to keep the experiment's own")
 
 
+def _check_baselines(value: Any, where: str) -> None:
+    """Final-evaluation baselines from a request: built-in heuristics by name only; a
+    rule file on the server is not taken by path (``LABEL=RULE``).  The shipped
+    experiments' own (the shipped tuned rules) are set by their file, not by a request."""
+    entries = value
+    if isinstance(value, str):
+        try:
+            entries = parse_yaml(value, where) if value.strip() else []
+        except ConfigError as exc:
+            raise BadRequest(str(exc)) from None
+    if entries is None:
+        return
+    if not isinstance(entries, list | tuple):
+        entries = [entries]
+    for entry in entries:
+        if not (isinstance(entry, str) and re.fullmatch(r"[a-z_]+", entry.strip())):
+            raise BadRequest(f"{where}: {str(entry)[:80]!r}: the service takes baselines as "
+                             "built-in heuristic names only (rule files on the server are not "
+                             "taken by path); drop it to keep the experiment's own")
+
+
 def _check_train(spec: TrainJob, uploads: Mapping[str, bytes]) -> None:
     from ..agents.training.config import load_experiment
 
@@ -230,6 +257,11 @@ def _check_train(spec: TrainJob, uploads: Mapping[str, bytes]) -> None:
         if key == "pretrain":
             raise BadRequest("overrides: pretrain: set its keys one by one "
                              "(pretrain.teacher=heuristic:NAME, pretrain.steps=N)")
+        if key == "eval.baselines":
+            _check_baselines(item.split("=", 1)[1].strip(), "overrides: eval.baselines")
+        if key == "eval":
+            raise BadRequest("overrides: eval: set its keys one by one "
+                             "(eval.final_episodes=N, eval.baselines=[NAME, ...])")
     if spec.eval_suite:
         check_shipped(spec.eval_suite, "eval_suite")
     with _scratch() as tmp:
@@ -247,6 +279,9 @@ def _check_train(spec: TrainJob, uploads: Mapping[str, bytes]) -> None:
                 pre = data.get("pretrain")
                 if isinstance(pre, Mapping):
                     _check_teacher(pre.get("teacher"), "experiment.yaml.pretrain.teacher")
+                ev = data.get("eval")
+                if isinstance(ev, Mapping) and "baselines" in ev:
+                    _check_baselines(ev.get("baselines"), "experiment.yaml.eval.baselines")
         else:
             path = CONFIG_DIR / "experiments" / f"{spec.experiment}.yaml"
             if not path.is_file():
