@@ -281,6 +281,11 @@ def test_multi_seed_parallel_aggregate_report(runs: dict[str, Any]) -> None:
     # (A baseline that costs what the oracle costs has no gap: the tiny scenario's `none`
     # may not.)
     assert re.search(r"soft_hard -?\d+\.\d\d, mine -?\d+\.\d\d\.$", gap)
+    # On screen: the final model against each baseline, a column per seed and pooled.
+    after = out[out.index(": baseline cost - ppo"):]
+    screen = [line for line in after.splitlines() if line.startswith("│ mine ")]
+    assert len(screen) == 1 and len(re.findall(r"[-+]\d+\.\d\d (win|tie|loss)",
+                                                screen[0])) == 3, out
     seed_run = next(p for p in out_dir.iterdir() if "__0__" in p.name)
     results = json.loads((seed_run / "eval_results.json").read_text())
     assert {"none", "soft_hard", "mine", "oracle", "ppo"} <= {r["policy"] for r in results}

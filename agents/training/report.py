@@ -4,7 +4,6 @@ aggregate of a multi-seed experiment."""
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -239,6 +238,10 @@ def multi_report(multi: RunFolder, runs: Mapping[int, Path], exp: ExperimentConf
     header = ["seed", "policy", "mean cost [95% CI]", "score"] + [f"vs {h}" for h in rivals]
     rows: list[list[str]] = []
     verdicts: dict[str, list[bool]] = {p: [] for p in learned}
+    # (column, policy) -> mean cost, and (column, policy, baseline) -> paired difference,
+    # for the screen's summary; column: the seed, or "pooled".
+    costs: dict[tuple[str, str], float] = {}
+    diffs: dict[tuple[str, str, str], tuple[float, float, float]] = {}
     for seed, results in per_seed.items():
         sums = {s.policy: s for s in summarize(results, n_boot=nb)}
         for pol in learned:
@@ -246,9 +249,11 @@ def multi_report(multi: RunFolder, runs: Mapping[int, Path], exp: ExperimentConf
                 continue
             s = sums[pol]
             row = [str(seed), pol, _ci(s.mean_cost, s.ci_low, s.ci_high), _fmt(s.normalized)]
+            costs[(str(seed), pol)] = s.mean_cost
             ok = True
             for h in rivals:
                 m, lo, hi = paired_difference_ci(results, pol, h, n_boot=nb)
+                diffs[(str(seed), pol, h)] = (m, lo, hi)
                 row.append(_ci(m, lo, hi))
                 ok = ok and lo > 0
             verdicts[pol].append(ok)
@@ -273,8 +278,10 @@ def multi_report(multi: RunFolder, runs: Mapping[int, Path], exp: ExperimentConf
         score = ((none.mean_cost - m) / (none.mean_cost - orac.mean_cost)
                  if none and orac and none.mean_cost != orac.mean_cost else None)
         row = ["pooled", pol, _ci(m, lo, hi), _fmt(score)]
+        costs[("pooled", pol)] = m
         for h in rivals:
-            row.append(_ci(*pooled_difference(list(per_seed.values()), pol, h, nb)))
+            diffs[("pooled", pol, h)] = pooled_difference(list(per_seed.values()), pol, h, nb)
+            row.append(_ci(*diffs[("pooled", pol, h)]))
         prow.append(row)
         if orac is not None:
             gaps[pol] = {h: m_h for h in rivals
@@ -292,13 +299,21 @@ def multi_report(multi: RunFolder, runs: Mapping[int, Path], exp: ExperimentConf
                       + ", ".join(f"{h} {g:.2f}" for h, g in by.items()) + "."
                       for pol, by in gaps.items() if by]
     lines += [f"- {v}" for v in verdict_lines] + [""]
-    if console is not None:
-        t = Table(title=f"{multi.name}: per seed and pooled", title_justify="left")
-        for col in header:
-            t.add_column(col)
-        for cells in rows + prow + brow:
-            # One decimal on screen (the report keeps two): the table must fit a terminal.
-            t.add_row(*[_one_decimal(c) if "[" in c else c for c in cells])
+    if console is not None and (algo_cols := [c for c in [*map(str, per_seed), "pooled"]
+                                              if (c, algo) in costs]):
+        # On screen, the final model against each baseline, a column per seed: the mean
+        # paired difference and whether its 95 % CI is above zero (win), below (loss) or
+        # across it (tie).  Seven baselines' CIs side by side do not fit a terminal;
+        # report.md has them, and the best checkpoints.
+        t = Table(title=f"{multi.name}: baseline cost - {algo} cost on the same episodes "
+                        "(> 0: learned better; win / loss: 95 % CI above / below zero)",
+                  title_justify="left")
+        t.add_column("", no_wrap=True)
+        for col in algo_cols:
+            t.add_column(col if col == "pooled" else f"seed {col}", justify="right")
+        t.add_row(f"{algo} mean cost", *[_fmt(costs[(c, algo)]) for c in algo_cols])
+        for h in rivals:
+            t.add_row(h, *[_verdict_cell(diffs[(c, algo, h)]) for c in algo_cols])
         console.print(t)
         for v in verdict_lines:
             console.print(v.replace("`", ""), markup=False, highlight=False)
@@ -307,8 +322,10 @@ def multi_report(multi: RunFolder, runs: Mapping[int, Path], exp: ExperimentConf
     return "\n".join(lines)
 
 
-def _one_decimal(cell: str) -> str:
-    return re.sub(r"-?\d+\.\d+", lambda m: f"{float(m.group()):.1f}", cell)
+def _verdict_cell(diff: tuple[float, float, float]) -> str:
+    """A paired difference on screen: its mean and win / loss / tie by its 95 % CI."""
+    m, lo, hi = diff
+    return f"{m:+.2f} " + ("win" if lo > 0 else "loss" if hi < 0 else "tie")
 
 
 def plot_multi_curves(path: Path, runs: Mapping[int, Path], algo: str) -> None:
