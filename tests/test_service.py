@@ -201,6 +201,8 @@ BAD_JSON = [
       "overrides": ["eval.baselines=[none, x=/etc/secret.yaml]"]}, 422, "not taken by path"),
     ({"kind": "train", "timesteps": 100, "overrides": ["eval={baselines: [x=/etc/x.yaml]}"]},
      422, "one by one"),
+    ({"kind": "train", "timesteps": 100, "overrides": ["eval.unseen_suite=/etc/suite.yaml"]},
+     422, "not a shipped suite or scenario"),
     ({"kind": "train", "timesteps": 100, "experiment": "nope"}, 422, "shipped experiment"),
     ({"kind": "evaluate", "policies": ["runs/some_run"]}, 422, "not taken by path"),
     ({"kind": "evaluate", "policies": ["heuristic:nope"]}, 422, "unknown heuristic"),

@@ -145,7 +145,9 @@ def runs(tiny: Path) -> Iterator[dict[str, Any]]:
     rule.write_text((CONFIG_DIR / "rules" / "best_constant.yaml").read_text())
     jobs["multi"] = start(["--config", exp, "--seeds", "0,1", "--jobs", "2",
                            "--set", "eval.final_episodes=1", "--out", str(tiny / "multi"),
-                           "--set", f"eval.baselines=[none, soft_hard, mine={rule}]"])
+                           "--set", f"eval.baselines=[none, soft_hard, mine={rule}]",
+                           "--set", f"eval.unseen_suite={tiny / 'tiny.yaml'}",
+                           "--set", "eval.unseen_episodes=2"])
     jobs["warm"] = start(["--config", exp, "--out", str(tiny / "warm"),
                           "--set", "pretrain.teacher=heuristic:periodic_scan",
                           "--set", "pretrain.steps=64", "--set", "pretrain.epochs=2"])
@@ -282,10 +284,21 @@ def test_multi_seed_parallel_aggregate_report(runs: dict[str, Any]) -> None:
     # may not.)
     assert re.search(r"soft_hard -?\d+\.\d\d, mine -?\d+\.\d\d\.$", gap)
     # On screen: the final model against each baseline, a column per seed and pooled.
-    after = out[out.index(": baseline cost - ppo"):]
+    after = out[out.index(": the held-out suite"):out.index(": the unseen suite")]
     screen = [line for line in after.splitlines() if line.startswith("│ mine ")]
     assert len(screen) == 1 and len(re.findall(r"[-+]\d+\.\d\d (win|tie|loss)",
                                                 screen[0])) == 3, out
+    # The unseen suite (eval.unseen_suite): every seed's final model and every baseline,
+    # judged as the held-out suite is, once the seeds are done.
+    unseen = json.loads((multi[0] / "unseen_results.json").read_text())
+    assert {r["policy"] for r in unseen} == {"seed0", "seed1", "none", "soft_hard", "mine",
+                                             "oracle"}
+    assert len(unseen) == 6 * 2
+    assert "## Per seed (unseen)" in report and "## Pooled over seeds (unseen)" in report
+    assert "on the unseen suite (95 % CI" in report
+    assert "unseen suite tiny: 1 scenarios x 2 episodes (seeds from 1000), 2 final models" in out
+    unseen_screen = out[out.index(": the unseen suite"):]
+    assert len([line for line in unseen_screen.splitlines() if line.startswith("│ mine ")]) == 1
     seed_run = next(p for p in out_dir.iterdir() if "__0__" in p.name)
     results = json.loads((seed_run / "eval_results.json").read_text())
     assert {"none", "soft_hard", "mine", "oracle", "ppo"} <= {r["policy"] for r in results}
@@ -293,6 +306,23 @@ def test_multi_seed_parallel_aggregate_report(runs: dict[str, Any]) -> None:
                    and not p.name.startswith("."))
     assert seeds == ["0", "1"]
     assert (multi[0] / "experiment.yaml").is_file()
+
+
+def test_resuming_a_multi_seed_folder_evaluates_a_missing_unseen_suite(
+        runs: dict[str, Any]) -> None:
+    """An experiment stopped after its seeds but before the unseen suite resumes there:
+    no seed trains again, the unseen suite runs, the report gains its section."""
+    out_dir = runs["dir"] / "multi"
+    (multi,) = [p for p in out_dir.iterdir() if "__multi__" in p.name]
+    before = json.loads((multi / "unseen_results.json").read_text())
+    (multi / "unseen_results.json").unlink()
+    states = {p: (p / "state.json").read_bytes() for p in out_dir.iterdir()
+              if "__multi__" not in p.name and not p.name.startswith(".")}
+    rc, out, err = run(["--resume", str(multi)])
+    assert rc == 0, err + out
+    assert json.loads((multi / "unseen_results.json").read_text()) == before
+    assert all((p / "state.json").read_bytes() == b for p, b in states.items())
+    assert "## Per seed (unseen)" in (multi / "report.md").read_text()
 
 
 def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(tiny: Path) -> None:

@@ -88,6 +88,12 @@ class EvalConfig:
     #: the slow ones); the results do not depend on it.  Seeds of a multi-seed run
     #: (``jobs`` > 1) split the baselines through the cache instead.
     jobs: int = 2
+    #: Scenarios of families and combinations the training suite holds out (a suite name
+    #: or path, e.g. ``unseen``; empty: none).  A multi-seed experiment runs every seed's
+    #: final model and every baseline on them, ``unseen_episodes`` each, once the seeds
+    #: are done: its report judges generalisation as it judges the held-out suite.
+    unseen_suite: str = ""
+    unseen_episodes: int = 5
 
     def __post_init__(self) -> None:
         check_range("eval.freq", self.freq, 0, 10**10)
@@ -96,6 +102,7 @@ class EvalConfig:
         check_range("eval.seed", self.seed, 0, 2**31)
         check_range("eval.n_boot", self.n_boot, 100, 10**6)
         check_range("eval.jobs", self.jobs, 1, 256)
+        check_range("eval.unseen_episodes", self.unseen_episodes, 1, 10_000)
         if self.select_on not in ("train", "eval"):
             raise ConfigError(f"eval.select_on: {self.select_on!r} is not 'train' (validation "
                               "episodes of the training scenarios) or 'eval' (the held-out "
@@ -363,6 +370,9 @@ def load_experiment(path: Path | None, sets: Sequence[tuple[str, str]] = ()
     if isinstance(data.get("eval"), dict) and "baselines" in data["eval"]:
         data["eval"] = {**data["eval"],
                         "baselines": _resolve_baselines(data["eval"]["baselines"], p.parent)}
+    if isinstance(data.get("eval"), dict) and "unseen_suite" in data["eval"]:
+        data["eval"] = {**data["eval"], "unseen_suite": _resolve_suite_spec(
+            data["eval"]["unseen_suite"], p.parent)}
     if not data.get("name"):
         data["name"] = p.stem
     exp = build(ExperimentConfig, data, p.name)
@@ -384,6 +394,8 @@ def load_experiment(path: Path | None, sets: Sequence[tuple[str, str]] = ()
             value = _resolve_teacher(value, Path.cwd())
         if key == "eval.baselines":
             value = _resolve_baselines(value, Path.cwd())
+        if key == "eval.unseen_suite":
+            value = _resolve_suite_spec(value, Path.cwd())
         _set_path(data, key, value, where)
         try:
             exp = build(ExperimentConfig, data, "experiment")
@@ -400,6 +412,8 @@ def load_experiment(path: Path | None, sets: Sequence[tuple[str, str]] = ()
         raise TrainError(f"eval.baselines: the label {sorted(learned)[0]!r} is the learned "
                          "policy's; give the baseline another label")
     check_baseline_files(exp)
+    if exp.eval.unseen_suite:
+        load_scenarios(exp.eval.unseen_suite, "eval.unseen_suite")  # a bad suite stops now
     if len(exp.pretrain.teachers) > exp.n_envs:
         raise TrainError(f"pretrain.teacher: {len(exp.pretrain.teachers)} teachers for "
                          f"n_envs {exp.n_envs}; each teacher plays in its own envs: name "

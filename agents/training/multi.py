@@ -33,9 +33,9 @@ from ...envs.sim.config import ConfigError, to_dict
 from ..interrupts import Interrupted, signal_name, stop_requested, stop_signals
 from ..rollout import WorkerPool
 from ..runs import RunFolder
-from .config import ExperimentConfig, Scenarios
+from .config import ExperimentConfig, Scenarios, load_scenarios
 from .loop import Output, console, train_run
-from .report import multi_report
+from .report import UNSEEN_RESULTS, multi_report, unseen_label
 from .runconfig import read_run_config, start_run
 
 if TYPE_CHECKING:
@@ -122,6 +122,63 @@ def _where(run: RunFolder) -> str:
     return f"at step {state.get('num_timesteps', 0)}/{state.get('total_timesteps', '?')}"
 
 
+def _evaluate_unseen(multi: RunFolder, exp: ExperimentConfig, runs: Mapping[int, RunFolder],
+                     con: Console, live: bool) -> int:
+    """Every finished seed's final model and every baseline on ``eval.unseen_suite``,
+    written to ``unseen_results.json`` (the models labelled ``seed<N>``); the signal
+    number if a stop request cut it short (nothing is written then), else 0.  The
+    baselines' episodes are cached like the held-out ones."""
+    from ..evaluate import evaluate_specs
+    from ..loading import parse_policy
+    from .baselines import baseline_results
+
+    ev = exp.eval
+    done = {s: r for s, r in sorted(runs.items()) if (r / "state.json").is_file()
+            and r.read_state()["status"] == "finished" and (r / "model.zip").is_file()}
+    if not done:
+        return 0
+    scen = load_scenarios(ev.unseen_suite, "eval.unseen_suite")
+    specs = [parse_policy(f"{unseen_label(s)}={r.path}") for s, r in done.items()]
+    names = list(ev.baselines) + (["oracle"] if ev.oracle else [])
+    total = (len(specs) + len(names)) * len(scen) * ev.unseen_episodes
+    con.print(f"unseen suite {Path(ev.unseen_suite).stem}: {len(scen)} scenarios x "
+              f"{ev.unseen_episodes} episodes (seeds from {ev.seed}), {len(specs)} final "
+              f"models and {len(names)} baselines", highlight=False, markup=False)
+    t0 = time.perf_counter()
+    progress = None
+    if live:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        progress = Progress(TextColumn("unseen suite"), BarColumn(bar_width=24),
+                            MofNCompleteColumn(), TextColumn("episodes"), console=con,
+                            transient=True)
+        task = progress.add_task("unseen", total=total)
+    count = [0]
+
+    def tick() -> None:
+        count[0] += 1
+        if progress is not None:
+            progress.update(task, completed=count[0])
+
+    try:
+        # A signal interrupts the episodes (the pool then stops its workers).
+        with stop_signals("raise"), (progress if progress is not None
+                                     else contextlib.nullcontext()):
+            models, _ = evaluate_specs(specs, scen, ev.unseen_episodes, ev.seed, exp.env,
+                                       jobs=ev.jobs, progress=lambda _d, _t: tick(),
+                                       timeline_scenario=None)
+            cache = multi.path.parent / ".baseline_cache" if ev.cache_baselines else None
+            base = baseline_results(names, scen, ev.unseen_episodes, ev.seed, exp.env, cache,
+                                    tick, ev.jobs)
+    except Interrupted as exc:
+        return exc.signum
+    write_text_atomic(multi / UNSEEN_RESULTS,
+                      json.dumps([dataclasses.asdict(r) for r in base + models]) + "\n")
+    con.print(f"unseen suite: {time.perf_counter() - t0:.0f} s", highlight=False,
+              markup=False)
+    return 0
+
+
 def run_multi(exp: ExperimentConfig, hp: Mapping[str, Any], scen: Scenarios, out: Path,
               command: str, con: Console, live: bool, multi: RunFolder | None = None) -> int:
     """Train every seed, then write the aggregate report.  With ``multi``
@@ -185,6 +242,14 @@ def _run_multi(exp: ExperimentConfig, hp: Mapping[str, Any], scen: Scenarios, ou
     write_text_atomic(multi / "multi_state.json",
                       json.dumps({"wall_seconds": wall, "seeds": list(exp.seeds)}) + "\n")
     stopped = signum or next((c - 128 for c in codes.values() if c >= 128), 0)
+    if not stopped and exp.eval.unseen_suite and not (multi / UNSEEN_RESULTS).is_file():
+        stopped = _evaluate_unseen(multi, exp, runs, con, live)
+        wall_now = time.perf_counter() - t0
+        with contextlib.suppress(ConfigError, OSError, KeyError, ValueError, TypeError):
+            wall_now += float(load_json(multi / "multi_state.json")["wall_seconds"]) - wall
+        wall = wall_now
+        write_text_atomic(multi / "multi_state.json",
+                          json.dumps({"wall_seconds": wall, "seeds": list(exp.seeds)}) + "\n")
     report = multi_report(multi, {s: r.path for s, r in runs.items()}, exp,
                           None if stopped else con, wall)
     write_text_atomic(multi / "report.md", report)

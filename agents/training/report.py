@@ -3,7 +3,9 @@ aggregate of a multi-seed experiment."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -193,9 +195,9 @@ def plot_cost_terms(path: Path, summaries: Sequence[PolicySummary], env_config: 
 
 
 
-def _load_results(run: Path) -> list[EpisodeResult]:
-    path = run / "eval_results.json"
-    rows = load_json(path, "a run's eval_results.json")
+def _load_results(run: Path, name: str = "eval_results.json") -> list[EpisodeResult]:
+    path = run / name
+    rows = load_json(path, f"a run's {name}")
     try:
         return [EpisodeResult(**r) for r in rows]
     except TypeError:
@@ -215,16 +217,15 @@ def _gap_closed(base: Any, learned: float, oracle: float) -> float | None:
 
 def multi_report(multi: RunFolder, runs: Mapping[int, Path], exp: ExperimentConfig,
                  console: Console | None, wall: float) -> str:
-    """Per-seed and pooled results of a multi-seed experiment (also printed
-    on ``console``, if given)."""
+    """Per-seed and pooled results of a multi-seed experiment on the held-out suite, and on
+    the unseen suite when the experiment names one (``eval.unseen_suite``: the final
+    models and the baselines, ``unseen_results.json`` of the multi folder); also printed
+    on ``console``, if given."""
     per_seed: dict[int, list[EpisodeResult]] = {}
     for seed, run in runs.items():
         if (run / "eval_results.json").is_file():
             per_seed[seed] = _load_results(run)
     algo = exp.algo
-    rivals = exp.eval.baseline_labels
-    names = rivals + (["oracle"] if exp.eval.oracle else [])
-    nb = exp.eval.n_boot
     lines = [f"# {multi.name}", "",
              f"{algo} on `{exp.env_id}`, seeds {', '.join(map(str, exp.seeds))}, "
              f"{exp.timesteps} steps each; wall time {wall:.0f} s for all seeds "
@@ -232,9 +233,59 @@ def multi_report(multi: RunFolder, runs: Mapping[int, Path], exp: ExperimentConf
              "Runs: " + ", ".join(f"[seed {s}]({r.name}/report.md)" for s, r in runs.items()), ""]
     if not per_seed:
         return "\n".join([*lines, "No seed finished.", ""])
-    from rich.table import Table
+    lines += _suite_block(multi.name, "held-out", per_seed, [algo, f"{algo}_best"], exp,
+                          console, gaps=True)
+    unseen = unseen_per_seed(multi, algo)
+    if unseen:
+        lines += [f"## Unseen scenarios (`{Path(exp.eval.unseen_suite).stem}`)", "",
+                  "The final models and the baselines on the unseen suite "
+                  f"({exp.eval.unseen_episodes} episodes per scenario, seeds from "
+                  f"{exp.eval.seed}): scenarios of families and combinations the training "
+                  "suite holds out.  The oracle is no bound there (a greedy rule with the "
+                  "future in hand), so no gap to it is computed.", ""]
+        lines += _suite_block(multi.name, "unseen", unseen, [algo], exp, console, gaps=False)
+    elif exp.eval.unseen_suite:
+        lines += ["The unseen suite was not evaluated (an interrupted or failed experiment): "
+                  "`--resume` the multi-seed folder to evaluate it.", ""]
+    plot_multi_curves(multi / "learning_curves.png", runs, algo)
+    lines += ["![learning curves](learning_curves.png)", ""]
+    return "\n".join(lines)
 
-    learned = [algo, f"{algo}_best"]
+
+#: The results file of the unseen suite in a multi-seed folder.
+UNSEEN_RESULTS = "unseen_results.json"
+
+
+def unseen_label(seed: int) -> str:
+    """How ``unseen_results.json`` labels seed ``seed``'s final model."""
+    return f"seed{seed}"
+
+
+def unseen_per_seed(multi: RunFolder, algo: str) -> dict[int, list[EpisodeResult]]:
+    """The unseen suite's results per seed (the baselines' and that seed's final model's,
+    labelled ``algo``), from the multi folder's ``unseen_results.json``; empty without it."""
+    path = multi / UNSEEN_RESULTS
+    if not path.is_file():
+        return {}
+    results = _load_results(path.parent, path.name)
+    seeds = sorted({int(r.policy[4:]) for r in results
+                    if re.fullmatch(r"seed\d+", r.policy)})
+    models = {unseen_label(s) for s in seeds}
+    base = [r for r in results if r.policy not in models]
+    return {s: base + [dataclasses.replace(r, policy=algo) for r in results
+                       if r.policy == unseen_label(s)] for s in seeds}
+
+
+def _suite_block(name: str, suite: str, per_seed: Mapping[int, list[EpisodeResult]],
+                 learned: list[str], exp: ExperimentConfig, console: Console | None,
+                 gaps: bool) -> list[str]:
+    """The per-seed and pooled tables of one suite, the verdict (and, with ``gaps``, the
+    share of each baseline's gap to the oracle closed) as Markdown lines; on ``console``,
+    the final model's summary and the same lines."""
+    algo = exp.algo
+    rivals = exp.eval.baseline_labels
+    names = rivals + (["oracle"] if exp.eval.oracle else [])
+    nb = exp.eval.n_boot
     header = ["seed", "policy", "mean cost [95% CI]", "score"] + [f"vs {h}" for h in rivals]
     rows: list[list[str]] = []
     verdicts: dict[str, list[bool]] = {p: [] for p in learned}
@@ -260,11 +311,12 @@ def multi_report(multi: RunFolder, runs: Mapping[int, Path], exp: ExperimentConf
             rows.append(row)
     first = next(iter(per_seed.values()))
     base_sums = {s.policy: s for s in summarize(first, n_boot=nb)}
-    lines += ["## Per seed", "",
-              "Paired differences: baseline cost - learned cost on the same episodes "
-              "(> 0: learned better), mean [95% CI].", "", md_table(header, rows), ""]
+    title = "" if suite == "held-out" else f" ({suite})"
+    lines = [f"## Per seed{title}", "",
+             "Paired differences: baseline cost - learned cost on the same episodes "
+             "(> 0: learned better), mean [95% CI].", "", md_table(header, rows), ""]
     prow: list[list[str]] = []
-    gaps: dict[str, dict[str, float]] = {}
+    closed: dict[str, dict[str, float]] = {}
     for pol in learned:
         pooled = [r for res in per_seed.values() for r in res if r.policy == pol]
         if not pooled:
@@ -283,43 +335,46 @@ def multi_report(multi: RunFolder, runs: Mapping[int, Path], exp: ExperimentConf
             diffs[("pooled", pol, h)] = pooled_difference(list(per_seed.values()), pol, h, nb)
             row.append(_ci(*diffs[("pooled", pol, h)]))
         prow.append(row)
-        if orac is not None:
-            gaps[pol] = {h: m_h for h in rivals
-                         if (m_h := _gap_closed(base_sums.get(h), m, orac.mean_cost)) is not None}
+        if gaps and orac is not None:
+            closed[pol] = {h: g for h in rivals
+                           if (g := _gap_closed(base_sums.get(h), m, orac.mean_cost))
+                           is not None}
     brow = [["-", n, _ci(s.mean_cost, s.ci_low, s.ci_high), _fmt(s.normalized)]
             + [""] * (len(header) - 4) for n, s in base_sums.items() if n in names]
-    lines += ["## Pooled over seeds", "",
+    lines += [f"## Pooled over seeds{title}", "",
               "Every seed's episodes together (the baselines are the same for every seed).",
               "", md_table(header, prow + brow), ""]
-    verdict_lines = [f"`{pol}` beats every baseline (95 % CI of the paired difference above "
-                     f"zero against each of {', '.join(rivals)}) on {sum(v)} of {len(v)} seeds."
-                     for pol, v in verdicts.items() if v]
+    where = "" if suite == "held-out" else f" on the {suite} suite"
+    verdict_lines = [f"`{pol}` beats every baseline{where} (95 % CI of the paired difference "
+                     f"above zero against each of {', '.join(rivals)}) on {sum(v)} of {len(v)} "
+                     "seeds." for pol, v in verdicts.items() if v]
     verdict_lines += [f"`{pol}` closes, pooled, this share of each baseline's gap to the oracle, "
                       "(baseline - learned) / (baseline - oracle): "
                       + ", ".join(f"{h} {g:.2f}" for h, g in by.items()) + "."
-                      for pol, by in gaps.items() if by]
+                      for pol, by in closed.items() if by]
     lines += [f"- {v}" for v in verdict_lines] + [""]
-    if console is not None and (algo_cols := [c for c in [*map(str, per_seed), "pooled"]
-                                              if (c, algo) in costs]):
+    cols = [c for c in [*map(str, per_seed), "pooled"] if (c, algo) in costs]
+    if console is not None and cols:
+        from rich.table import Table
+
         # On screen, the final model against each baseline, a column per seed: the mean
         # paired difference and whether its 95 % CI is above zero (win), below (loss) or
         # across it (tie).  Seven baselines' CIs side by side do not fit a terminal;
         # report.md has them, and the best checkpoints.
-        t = Table(title=f"{multi.name}: baseline cost - {algo} cost on the same episodes "
-                        "(> 0: learned better; win / loss: 95 % CI above / below zero)",
-                  title_justify="left")
+        t = Table(title=f"{name}: the {suite} suite", title_justify="left",
+                  caption=f"baseline cost - {algo} cost on the same episodes (> 0: learned "
+                          "better); win / loss: its 95 % CI above / below zero",
+                  caption_justify="left")
         t.add_column("", no_wrap=True)
-        for col in algo_cols:
+        for col in cols:
             t.add_column(col if col == "pooled" else f"seed {col}", justify="right")
-        t.add_row(f"{algo} mean cost", *[_fmt(costs[(c, algo)]) for c in algo_cols])
+        t.add_row(f"{algo} mean cost", *[_fmt(costs[(c, algo)]) for c in cols])
         for h in rivals:
-            t.add_row(h, *[_verdict_cell(diffs[(c, algo, h)]) for c in algo_cols])
+            t.add_row(h, *[_verdict_cell(diffs[(c, algo, h)]) for c in cols])
         console.print(t)
         for v in verdict_lines:
             console.print(v.replace("`", ""), markup=False, highlight=False)
-    plot_multi_curves(multi / "learning_curves.png", runs, algo)
-    lines += ["![learning curves](learning_curves.png)", ""]
-    return "\n".join(lines)
+    return lines
 
 
 def _verdict_cell(diff: tuple[float, float, float]) -> str:

@@ -259,6 +259,8 @@ def _check_train(spec: TrainJob, uploads: Mapping[str, bytes]) -> None:
                              "(pretrain.teacher=heuristic:NAME, pretrain.steps=N)")
         if key == "eval.baselines":
             _check_baselines(item.split("=", 1)[1].strip(), "overrides: eval.baselines")
+        if key == "eval.unseen_suite" and item.split("=", 1)[1].strip():
+            check_shipped(item.split("=", 1)[1].strip(), "overrides: eval.unseen_suite")
         if key == "eval":
             raise BadRequest("overrides: eval: set its keys one by one "
                              "(eval.final_episodes=N, eval.baselines=[NAME, ...])")
@@ -282,6 +284,8 @@ def _check_train(spec: TrainJob, uploads: Mapping[str, bytes]) -> None:
                 ev = data.get("eval")
                 if isinstance(ev, Mapping) and "baselines" in ev:
                     _check_baselines(ev.get("baselines"), "experiment.yaml.eval.baselines")
+                if isinstance(ev, Mapping) and ev.get("unseen_suite"):
+                    check_shipped(str(ev["unseen_suite"]), "experiment.yaml.eval.unseen_suite")
         else:
             path = CONFIG_DIR / "experiments" / f"{spec.experiment}.yaml"
             if not path.is_file():
