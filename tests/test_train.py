@@ -318,9 +318,12 @@ def test_resuming_a_multi_seed_folder_evaluates_a_missing_unseen_suite(
     (multi / "unseen_results.json").unlink()
     states = {p: (p / "state.json").read_bytes() for p in out_dir.iterdir()
               if "__multi__" not in p.name and not p.name.startswith(".")}
+    wall = json.loads((multi / "multi_state.json").read_text())["wall_seconds"]
     rc, out, err = run(["--resume", str(multi)])
     assert rc == 0, err + out
     assert json.loads((multi / "unseen_results.json").read_text()) == before
+    # The wall time adds this invocation's to the earlier ones'.
+    assert json.loads((multi / "multi_state.json").read_text())["wall_seconds"] > wall
     assert all((p / "state.json").read_bytes() == b for p, b in states.items())
     assert "## Per seed (unseen)" in (multi / "report.md").read_text()
 

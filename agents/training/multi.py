@@ -236,20 +236,23 @@ def _run_multi(exp: ExperimentConfig, hp: Mapping[str, Any], scen: Scenarios, ou
             except Interrupted as exc:
                 signum = exc.signum
     # Wall time over every invocation (a resumed experiment adds its own).
-    wall = time.perf_counter() - t0
+    prior = 0.0
     with contextlib.suppress(ConfigError, OSError, KeyError, ValueError, TypeError):
-        wall += float(load_json(multi / "multi_state.json")["wall_seconds"])
-    write_text_atomic(multi / "multi_state.json",
-                      json.dumps({"wall_seconds": wall, "seeds": list(exp.seeds)}) + "\n")
-    stopped = signum or next((c - 128 for c in codes.values() if c >= 128), 0)
-    if not stopped and exp.eval.unseen_suite and not (multi / UNSEEN_RESULTS).is_file():
-        stopped = _evaluate_unseen(multi, exp, runs, con, live)
-        wall_now = time.perf_counter() - t0
-        with contextlib.suppress(ConfigError, OSError, KeyError, ValueError, TypeError):
-            wall_now += float(load_json(multi / "multi_state.json")["wall_seconds"]) - wall
-        wall = wall_now
+        prior = float(load_json(multi / "multi_state.json")["wall_seconds"])
+
+    def save_wall() -> float:
+        wall = time.perf_counter() - t0 + prior
         write_text_atomic(multi / "multi_state.json",
                           json.dumps({"wall_seconds": wall, "seeds": list(exp.seeds)}) + "\n")
+        return wall
+
+    wall = save_wall()
+    stopped = signum or next((c - 128 for c in codes.values() if c >= 128), 0)
+    unseen_stopped = False
+    if not stopped and exp.eval.unseen_suite and not (multi / UNSEEN_RESULTS).is_file():
+        stopped = _evaluate_unseen(multi, exp, runs, con, live)
+        unseen_stopped = bool(stopped)
+        wall = save_wall()
     report = multi_report(multi, {s: r.path for s, r in runs.items()}, exp,
                           None if stopped else con, wall)
     write_text_atomic(multi / "report.md", report)
@@ -260,10 +263,13 @@ def _run_multi(exp: ExperimentConfig, hp: Mapping[str, Any], scen: Scenarios, ou
         where = ", ".join(f"seed {s} {_where(runs[s])}" for s in unfinished)
         one = (f" (one seed alone: --resume {shlex.quote(str(runs[unfinished[0]]))})"
                if unfinished else "")
-        con.print(f"{signal_name(stopped)} stopped {len(unfinished)} seed(s) ({where}); kept "
-                  f"the checkpoint of each in its run folder and the aggregate report so far; "
-                  f"resume with: python scripts/train.py --resume {shlex.quote(str(multi))}"
-                  f"{one}", highlight=False, markup=False, soft_wrap=True)
+        what = ("the unseen suite's evaluation (every seed had finished); kept every run "
+                "folder and the aggregate report so far" if unseen_stopped else
+                f"{len(unfinished)} seed(s) ({where}); kept the checkpoint of each in its run "
+                "folder and the aggregate report so far")
+        con.print(f"{signal_name(stopped)} stopped {what}; resume with: python "
+                  f"scripts/train.py --resume {shlex.quote(str(multi))}{one}",
+                  highlight=False, markup=False, soft_wrap=True)
         return 128 + stopped
     con.print(f"aggregate report: {multi / 'report.md'} (wall time {wall:.0f} s)",
               highlight=False, markup=False)
