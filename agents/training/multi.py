@@ -263,8 +263,8 @@ def _run_multi(exp: ExperimentConfig, hp: Mapping[str, Any], scen: Scenarios, ou
         where = ", ".join(f"seed {s} {_where(runs[s])}" for s in unfinished)
         one = (f" (one seed alone: --resume {shlex.quote(str(runs[unfinished[0]]))})"
                if unfinished else "")
-        what = ("the unseen suite's evaluation (every seed had finished); kept every run "
-                "folder and the aggregate report so far" if unseen_stopped else
+        what = ("the unseen suite's evaluation, after the seeds; kept every run folder and "
+                "the aggregate report so far" if unseen_stopped else
                 f"{len(unfinished)} seed(s) ({where}); kept the checkpoint of each in its run "
                 "folder and the aggregate report so far")
         con.print(f"{signal_name(stopped)} stopped {what}; resume with: python "
