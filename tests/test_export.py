@@ -321,7 +321,8 @@ def test_known_good_export_reproduces_its_score() -> None:
         np.zeros(len(OBS_NAMES), np.float32)).shape == (5,)
 
 
-def test_without_flags_the_export_meets_the_rules_its_run_met(tmp_path: Path) -> None:
+def test_without_flags_the_export_meets_the_rules_its_run_met(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """No --tuned/--constant: a study's own result in this folder, else the rule files
     the run met among its baselines (the default experiment's shipped tuned rules)."""
     from ptreclaim.agents.training.config import load_experiment
@@ -342,4 +343,6 @@ def test_without_flags_the_export_meets_the_rules_its_run_met(tmp_path: Path) ->
     shutil.copy(CONFIG_DIR / "rules" / "best_constant.yaml", gone)
     moved, _ = load_experiment(None, [("--set", f"eval.baselines=[best_constant={gone}]")])
     gone.unlink()
+    capsys.readouterr()
     assert _default_rule(absent, moved, "best_constant") is None
+    assert f"the run's best_constant baseline {gone} is not here" in capsys.readouterr().err

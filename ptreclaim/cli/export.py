@@ -76,8 +76,14 @@ def _default_rule(study: Path, exp: Any, label: str) -> Path | None:
     for entry in exp.eval.baselines:
         if baseline_label(entry) == label and "=" in entry:
             rule = entry.split("=", 1)[1]
-            if not rule.startswith("heuristic:") and Path(rule).is_file():
+            if rule.startswith("heuristic:"):
+                continue
+            if Path(rule).is_file():
                 return Path(rule)
+            # A run moved from another machine: say so rather than compare silently less.
+            print(f"{PROG}: note: the run's {label} baseline {rule} is not here; the export "
+                  f"is not compared with it (name a file with --"
+                  f"{'tuned' if label == 'tuned_soft_hard' else 'constant'})", file=sys.stderr)
     return None
 
 
