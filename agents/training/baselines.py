@@ -29,7 +29,7 @@ from ...envs.configio import load_json, write_text_atomic
 from ...envs.pagetable_env import EnvConfig, PageTableReclaimEnv
 from ...envs.sim.config import ConfigError, to_dict
 from ...envs.sim.simulator import ScenarioConfig
-from ..loading import PolicySpec, baseline_label, baseline_spec, build_policy, oracle_spec
+from ..loading import PolicySpec, baseline_spec, build_policy, oracle_spec
 from ..results import EpisodeResult
 from ..rollout import run_policies
 
@@ -65,12 +65,12 @@ def run_with_ticks(policies: Mapping[str, Any], scenarios: Sequence[ScenarioConf
                         None if tick is None else lambda _done, _total: tick())
 
 
-def run_baselines(names: Sequence[str], scenarios: Sequence[ScenarioConfig], episodes: int,
-                  seed: int, env_config: EnvConfig, tick: Tick | None = None,
+def run_baselines(specs: Sequence[PolicySpec], scenarios: Sequence[ScenarioConfig],
+                  episodes: int, seed: int, env_config: EnvConfig, tick: Tick | None = None,
                   jobs: int = 1) -> list[EpisodeResult]:
-    """The baselines ``names`` (``eval.baselines`` entries, and ``oracle``) on the
-    seeded episodes, labelled as :func:`~ptreclaim.agents.loading.baseline_label` says,
-    in (policy, scenario, episode) order, in ``jobs`` processes
+    """The baselines ``specs`` (:func:`_spec` of ``eval.baselines`` entries and
+    ``oracle``) on the seeded episodes, labelled by their specs, in (policy, scenario,
+    episode) order, in ``jobs`` processes
     (:func:`~ptreclaim.agents.evaluate.evaluate_specs`: the results are the same for
     any ``jobs``).
 
@@ -78,9 +78,8 @@ def run_baselines(names: Sequence[str], scenarios: Sequence[ScenarioConfig], epi
     processes: it runs the episodes itself; its sibling seeds split the
     baselines through the cache's locks instead.
     """
-    if not names:
+    if not specs:
         return []
-    specs = [_spec(n) for n in names]
     if jobs <= 1 or multiprocessing.current_process().daemon:
         return run_with_ticks({s.label: build_policy(s, env_config, scenarios[0]) for s in specs},
                               scenarios, episodes, seed, env_config, tick)
@@ -108,8 +107,11 @@ def baseline_results(names: Sequence[str], scenarios: Sequence[ScenarioConfig], 
     ``jobs`` processes share the slow oracle's episodes), then waits for the
     rest, one at a time.
     """
+    # Each entry read once (a rule file is parsed here, not again to run it).
+    specs = {name: _spec(name) for name in names}
     if cache_dir is None:
-        return run_baselines(names, scenarios, episodes, seed, env_config, tick, jobs)
+        return run_baselines(list(specs.values()), scenarios, episodes, seed, env_config, tick,
+                             jobs)
     common = {"scenarios": [to_dict(s) for s in scenarios], "episodes": episodes,
               "seed": seed, "env": to_dict(env_config), "code": _code_fingerprint(),
               "version": __version__}
@@ -118,8 +120,7 @@ def baseline_results(names: Sequence[str], scenarios: Sequence[ScenarioConfig], 
     # A rule is keyed by what it is (its kind and parameters), not by its file: an edited
     # rule file is a new baseline.
     stems: dict[str, Path] = {}
-    for name in names:
-        spec = _spec(name)
+    for name, spec in specs.items():
         what = {"policy": spec.label, "kind": spec.kind, "name": spec.name,
                 "params": dict(spec.params or {})}
         key = hashlib.sha256(json.dumps({**common, **what}, sort_keys=True,
@@ -141,9 +142,10 @@ def baseline_results(names: Sequence[str], scenarios: Sequence[ScenarioConfig], 
             got[name] = _cached(stem.with_suffix(".json"))
             if not got[name]:
                 todo.append(name)
-        fresh = run_baselines(todo, scenarios, episodes, seed, env_config, tick, jobs)
+        fresh = run_baselines([specs[n] for n in todo], scenarios, episodes, seed, env_config,
+                              tick, jobs)
         for name in todo:
-            got[name] = [r for r in fresh if r.policy == baseline_label(name)]
+            got[name] = [r for r in fresh if r.policy == specs[name].label]
             _store(stems[name].with_suffix(".json"), got[name])
     # Then wait for the ones others were computing, one lock at a time.
     for name, stem in stems.items():
@@ -154,8 +156,8 @@ def baseline_results(names: Sequence[str], scenarios: Sequence[ScenarioConfig], 
             try:
                 got[name] = _cached(stem.with_suffix(".json"))
                 if not got[name]:  # whoever held the lock died before writing it
-                    got[name] = run_baselines([name], scenarios, episodes, seed, env_config,
-                                              tick, jobs)
+                    got[name] = run_baselines([specs[name]], scenarios, episodes, seed,
+                                              env_config, tick, jobs)
                     _store(stem.with_suffix(".json"), got[name])
             finally:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)

@@ -130,6 +130,17 @@ class EvalConfig:
         """The baselines' labels, as the results name them, without the oracle."""
         return [baseline_label(entry) for entry in self.baselines]
 
+    @property
+    def rivals(self) -> list[str]:
+        """What the final evaluation runs besides the learned policies: every
+        ``baselines`` entry, then ``oracle`` when ``oracle`` is on."""
+        return list(self.baselines) + (["oracle"] if self.oracle else [])
+
+    @property
+    def rival_labels(self) -> list[str]:
+        """:attr:`rivals` as the results label them."""
+        return self.baseline_labels + (["oracle"] if self.oracle else [])
+
 
 @dataclass(frozen=True)
 class PretrainConfig:

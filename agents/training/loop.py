@@ -315,8 +315,7 @@ def _finish(run: RunFolder, cfg: RunConfig, out: Output) -> int:
     learned = {exp.algo: load_trained_policy(run, "final")}
     if (run / "best_model.zip").is_file():
         learned[f"{exp.algo}_best"] = load_trained_policy(run, "best")
-    names = list(ev.baselines) + (["oracle"] if ev.oracle else [])
-    labels = ev.baseline_labels + (["oracle"] if ev.oracle else [])
+    names, labels = ev.rivals, ev.rival_labels
     cache = run.parent / ".baseline_cache" if ev.cache_baselines else None
 
     per_policy = len(cfg.scenarios.eval) * ev.final_episodes

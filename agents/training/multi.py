@@ -139,7 +139,7 @@ def _evaluate_unseen(multi: RunFolder, exp: ExperimentConfig, runs: Mapping[int,
         return 0
     scen = load_scenarios(ev.unseen_suite, "eval.unseen_suite")
     specs = [parse_policy(f"{unseen_label(s)}={r.path}") for s, r in done.items()]
-    names = list(ev.baselines) + (["oracle"] if ev.oracle else [])
+    names = ev.rivals
     total = (len(specs) + len(names)) * len(scen) * ev.unseen_episodes
     con.print(f"unseen suite {Path(ev.unseen_suite).stem}: {len(scen)} scenarios x "
               f"{ev.unseen_episodes} episodes (seeds from {ev.seed}), {len(specs)} final "

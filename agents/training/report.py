@@ -284,7 +284,7 @@ def _suite_block(name: str, suite: str, per_seed: Mapping[int, list[EpisodeResul
     the final model's summary and the same lines."""
     algo = exp.algo
     rivals = exp.eval.baseline_labels
-    names = rivals + (["oracle"] if exp.eval.oracle else [])
+    names = exp.eval.rival_labels
     nb = exp.eval.n_boot
     header = ["seed", "policy", "mean cost [95% CI]", "score"] + [f"vs {h}" for h in rivals]
     rows: list[list[str]] = []
