@@ -330,19 +330,19 @@ def test_without_flags_the_export_meets_the_rules_its_run_met(
 
     exp, _ = load_experiment(None)
     absent = tmp_path / "runs" / "tune" / "soft_hard" / "best.yaml"
-    assert _default_rule(absent, exp, "tuned_soft_hard") == CONFIG_DIR / "rules" / \
+    assert _default_rule(absent, exp, "tuned_soft_hard", "--tuned") == CONFIG_DIR / "rules" / \
         "tuned_soft_hard.yaml"
-    assert _default_rule(absent, exp, "best_constant") == CONFIG_DIR / "rules" / \
+    assert _default_rule(absent, exp, "best_constant", "--constant") == CONFIG_DIR / "rules" / \
         "best_constant.yaml"
     study = _tuned_file(tmp_path)
-    assert _default_rule(study, exp, "tuned_soft_hard") == study
+    assert _default_rule(study, exp, "tuned_soft_hard", "--tuned") == study
     # A run without such a baseline, or whose rule file is gone: nothing to compare with.
     heuristics_only, _ = load_experiment(None, [("--set", "eval.baselines=[soft_hard]")])
-    assert _default_rule(absent, heuristics_only, "tuned_soft_hard") is None
+    assert _default_rule(absent, heuristics_only, "tuned_soft_hard", "--tuned") is None
     gone = tmp_path / "gone.yaml"
     shutil.copy(CONFIG_DIR / "rules" / "best_constant.yaml", gone)
     moved, _ = load_experiment(None, [("--set", f"eval.baselines=[best_constant={gone}]")])
     gone.unlink()
     capsys.readouterr()
-    assert _default_rule(absent, moved, "best_constant") is None
+    assert _default_rule(absent, moved, "best_constant", "--constant") is None
     assert f"the run's best_constant baseline {gone} is not here" in capsys.readouterr().err

@@ -66,11 +66,12 @@ DEFAULT_TUNED = Path("runs/tune/soft_hard/best.yaml")
 DEFAULT_CONSTANT = Path("runs/tune/constant/best.yaml")
 
 
-def _default_rule(study: Path, exp: Any, label: str) -> Path | None:
+def _default_rule(study: Path, exp: Any, label: str, flag: str) -> Path | None:
     """The rule to compare with when no flag names one: a study's own result if this
     folder has one, else the rule file the run itself met under ``label`` among its
     baselines (``eval.baselines``: the default experiment's shipped tuned rules), so an
-    export from a fresh clone still meets them; else none."""
+    export from a fresh clone still meets them; else none.  ``flag`` is the option that
+    names such a file, for the note when the run's file is not here."""
     if study.is_file():
         return study
     for entry in exp.eval.baselines:
@@ -82,8 +83,7 @@ def _default_rule(study: Path, exp: Any, label: str) -> Path | None:
                 return Path(rule)
             # A run moved from another machine: say so rather than compare silently less.
             print(f"{PROG}: note: the run's {label} baseline {rule} is not here; the export "
-                  f"is not compared with it (name a file with --"
-                  f"{'tuned' if label == 'tuned_soft_hard' else 'constant'})", file=sys.stderr)
+                  f"is not compared with it (name a file with {flag})", file=sys.stderr)
     return None
 
 
@@ -214,10 +214,11 @@ def _export_into(args: argparse.Namespace, argv: Sequence[str], written: list[Pa
                  cfg: Any, learned_spec: PolicySpec, out: Path) -> int:
     exp = cfg.experiment
     tuned_path = (Path(args.tuned) if args.tuned
-                  else _default_rule(DEFAULT_TUNED, exp, "tuned_soft_hard"))
+                  else _default_rule(DEFAULT_TUNED, exp, "tuned_soft_hard", "--tuned"))
     tuned: ThresholdsRecord | None = read_thresholds(tuned_path) if tuned_path else None
     constant_path = (Path(args.constant) if args.constant
-                     else _default_rule(DEFAULT_CONSTANT, exp, "best_constant"))
+                     else _default_rule(DEFAULT_CONSTANT, exp, "best_constant",
+                                   "--constant"))
     if constant_path is not None:
         read_thresholds(constant_path)  # a bad file stops the export before the work
     train, held_out = cfg.scenarios.train, cfg.scenarios.eval
