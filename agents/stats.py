@@ -204,7 +204,10 @@ def pooled_difference(per_seed: Sequence[Sequence[EpisodeResult]], policy: str, 
 def gain_share(none: float, export: float, learned: float) -> float | None:
     """``(none - export) / (none - learned)``: the share of the learned
     policy's gain over no reclaim that the exported rule keeps (None when the
-    learned policy gained nothing)."""
+    learned policy gained nothing). The same share with other roles: the share
+    of a baseline's gap to the oracle that the learned policy closes is
+    ``gain_share(baseline, learned, oracle)`` (None when the baseline is no
+    worse than the oracle: then there is no gap to close)."""
     if none - learned <= 0:
         return None
     return (none - export) / (none - learned)

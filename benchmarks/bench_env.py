@@ -178,32 +178,42 @@ def null_venv(like: PageTableReclaimEnv, n_envs: int) -> Any:
 def env_parts(train: list[ScenarioConfig], steps: int, rounds: int, seed: int,
               console: Console) -> None:
     """The env's share of a PPO step, split: PPO (4 envs, one torch thread) on the null env
-    and on the batched env, interleaved, with the CPU time spent in ``FastVecEnv.step_wait``
-    (the compiled steps), in ``PageTableReclaimEnv.reset`` and, within it, in building the
-    simulation (``_make_sim``), per env step; then the bare batched loop (seeded random
-    actions, after 300 vector steps of warm-up), and the same steps from the same state
-    with a policy forward pass before each (:func:`steps_after`, :func:`policy_forward`).
-    Runs on any checkout that has the batched env, so one copy of this script measures two
-    builds side by side."""
+    and on the batched env, interleaved, with the CPU time spent per env step in each vector
+    env's ``step_async`` + ``step_wait`` and, for the batched env, within them in the
+    compiled steps (``_fast.step_batch``), in ``PageTableReclaimEnv.reset`` and, within
+    it, in building the simulation (``_make_sim``). What is left of a PPO step is the
+    learner's (rollout and update); the learner's time beside the real env minus beside
+    the null env is what the env's memory traffic costs the learner. Then the bare batched
+    loop (seeded random actions, after 300 vector steps of warm-up), and the same steps
+    from the same state with a policy forward pass before each (:func:`steps_after`,
+    :func:`policy_forward`). Runs on any checkout that has the batched env, so one copy of
+    this script measures two builds side by side."""
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from ptreclaim.agents.training import fastvec
     from ptreclaim.agents.training.fastvec import FastVecEnv
 
     spent: dict[str, float] = {}
 
-    def timed(cls: Any, name: str) -> None:
-        inner = getattr(cls, name)
+    def timed(owner: Any, name: str, key: str, method: bool = True) -> None:
+        inner = getattr(owner, name)
 
-        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        def clocked(*args: Any, **kwargs: Any) -> Any:
             t0 = time.process_time()
             try:
-                return inner(self, *args, **kwargs)
+                return inner(*args, **kwargs)
             finally:
-                spent[name] = spent.get(name, 0.0) + time.process_time() - t0
+                spent[key] = spent.get(key, 0.0) + time.process_time() - t0
 
-        setattr(cls, name, wrapper)
+        setattr(owner, name, clocked)
 
-    timed(FastVecEnv, "step_wait")
-    timed(PageTableReclaimEnv, "reset")
-    timed(PageTableReclaimEnv, "_make_sim")
+    timed(FastVecEnv, "step_wait", "vec")
+    timed(FastVecEnv, "step_async", "vec")
+    timed(DummyVecEnv, "step_wait", "vec")
+    timed(DummyVecEnv, "step_async", "vec")
+    timed(fastvec, "step_batch", "compiled")
+    timed(PageTableReclaimEnv, "reset", "reset")
+    timed(PageTableReclaimEnv, "_make_sim", "make_sim")
     like = PageTableReclaimEnv(train, EnvConfig())
 
     def null() -> Any:
@@ -213,10 +223,14 @@ def env_parts(train: list[ScenarioConfig], steps: int, rounds: int, seed: int,
         return batched_venv(train, 4, seed)
 
     for k in range(rounds):
+        spent.clear()
         rate_null = ppo_steps_per_s(null, steps, seed + k)
+        null_vec = spent.get("vec", 0.0) / steps * 1e6
         spent.clear()
         rate = ppo_steps_per_s(batched, steps, seed + k)
         per = {name: t / steps * 1e6 for name, t in spent.items()}
+        vec, compiled, reset = per.get("vec", 0.0), per.get("compiled", 0.0), per.get("reset", 0.0)
+        learner, learner_null = 1e6 / rate - vec, 1e6 / rate_null - null_vec
         v = batched()
         acts = random_actions(v, WARMUP + 2000, seed + k)
         bare = steps_after(v, warmed(v, acts[:WARMUP]), acts[WARMUP:], None)
@@ -227,10 +241,15 @@ def env_parts(train: list[ScenarioConfig], steps: int, rounds: int, seed: int,
         console.print(
             f"round {k}: PPO null {rate_null:,.0f} steps/s, batched {rate:,.0f} (ratio "
             f"{rate / rate_null:.3f}; the env adds {1e6 / rate - 1e6 / rate_null:.1f} µs per "
-            f"step); per env step in PPO: step_wait {per.get('step_wait', 0.0):.1f} µs, reset "
-            f"{per.get('reset', 0.0):.1f} µs (building the simulation "
-            f"{per.get('_make_sim', 0.0):.1f}); bare batched loop {bare:.1f} µs per env step, "
-            f"{forward:.1f} with a policy forward before each step")
+            f"step); per env step in PPO: step_wait {vec:.1f} µs, reset {reset:.1f} µs "
+            f"(building the simulation {per.get('make_sim', 0.0):.1f}); bare batched loop "
+            f"{bare:.1f} µs per env step, {forward:.1f} with a policy forward before each step")
+        console.print(
+            f"  the env's share, split (µs per env step in PPO): compiled steps "
+            f"{compiled:.1f}, resets {reset:.1f}, the vector env's Python "
+            f"{vec - compiled - reset:.1f} (the null env's {null_vec:.1f}); the learner "
+            f"{learner:.1f} beside the env against {learner_null:.1f} beside the null env "
+            f"({learner - learner_null:+.1f})")
 
 
 def random_actions(venv: Any, n: int, seed: int) -> list[np.ndarray]:
@@ -305,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="a smoke run of a few seconds")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--parts", action="store_true",
-                    help="only the env's share of PPO, split (step, reset, bare loop)")
+                    help="only the env's share of PPO, split (compiled steps, resets, the "
+                         "vector env's Python, the learner's slowdown; the bare loop)")
     ap.add_argument("--rounds", type=int, default=0,
                     help="rounds of every measure (default 3, 1 with --quick)")
     ap.add_argument("--ppo-rounds", type=int, default=0,

@@ -1,9 +1,10 @@
 """Bad flags of the benchmarks end in one error line (argparse's, exit status 2), not a
-traceback, before any measuring starts."""
+traceback, before any measuring starts; `bench_env.py --parts` times every part it names."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -41,3 +42,22 @@ def test_bench_cache_without_valgrind_says_how_to_get_it(tmp_path: Path) -> None
     assert r.stderr.strip().splitlines()[-1] == (
         "bench_cache.py: error: valgrind not found on PATH; install it "
         "(apt-get install valgrind)")
+
+
+def test_env_parts_splits_the_envs_share_of_a_ppo_step() -> None:
+    # `--parts` patches the vector envs' and the compiled core's entry points to time them:
+    # a renamed one would silently time nothing (0.0), so each part must have been seen.
+    env = {**os.environ, "COLUMNS": "400"}  # one line per printed line
+    r = _run("bench_env.py", "--parts", "--quick", env=env)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    head = next(line for line in lines if line.startswith("round 0:"))
+    split = next(line for line in lines if "the env's share, split" in line)
+    step_wait = float(re.search(r"step_wait ([\d.]+) µs", head).group(1))
+    parts = {name: float(v) for name, v in re.findall(
+        r"(compiled steps|resets|the vector env's Python) (-?[\d.]+)", split)}
+    assert set(parts) == {"compiled steps", "resets", "the vector env's Python"}, split
+    assert parts["compiled steps"] > 0 and parts["resets"] > 0, split
+    assert parts["compiled steps"] + parts["resets"] <= step_wait, (head, split)
+    null_python = float(re.search(r"the null env's ([\d.]+)", split).group(1))
+    assert null_python > 0, split

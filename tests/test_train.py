@@ -27,6 +27,7 @@ import yaml
 
 from ptreclaim.agents import loading
 from ptreclaim.agents.runs import RunFolder
+from ptreclaim.agents.stats import gain_share
 from ptreclaim.agents.training import callbacks, config, hyperparams, runconfig
 from ptreclaim.configs import CONFIG_DIR
 from ptreclaim.envs.configio import load_scenario
@@ -262,6 +263,16 @@ def test_resume_continues_the_step_count(runs: dict[str, Any]) -> None:
     rc, _, err = run(["--resume", str(run_dir)])
     assert rc == 2 and "finished" in err
     assert (run_dir / "report.md").read_bytes() == before
+
+
+def test_gap_closed_share_is_none_without_a_gap() -> None:
+    # The report's "share of each baseline's gap to the oracle" is gain_share(baseline,
+    # learned, oracle); a baseline no worse than the oracle has no gap, and no share (a
+    # ratio over a zero or negative gap would read as a number the policy did not earn).
+    assert gain_share(10.0, 6.0, 2.0) == 0.5
+    assert gain_share(10.0, 12.0, 2.0) == -0.25
+    assert gain_share(2.0, 1.0, 2.0) is None
+    assert gain_share(1.5, 1.0, 2.0) is None
 
 
 def test_multi_seed_parallel_aggregate_report(runs: dict[str, Any]) -> None:

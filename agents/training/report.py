@@ -18,7 +18,13 @@ from ...envs.sim.config import ConfigError
 from ..report import md_table, png, pyplot
 from ..results import EpisodeResult, PolicySummary
 from ..runs import RunFolder
-from ..stats import paired_difference_ci, pooled_difference, stratified_bootstrap, summarize
+from ..stats import (
+    gain_share,
+    paired_difference_ci,
+    pooled_difference,
+    stratified_bootstrap,
+    summarize,
+)
 from .config import ExperimentConfig
 from .runconfig import RunConfig
 
@@ -206,15 +212,6 @@ def _load_results(run: Path, name: str = "eval_results.json") -> list[EpisodeRes
 
 
 
-def _gap_closed(base: Any, learned: float, oracle: float) -> float | None:
-    """(baseline - learned) / (baseline - oracle): the share of a baseline's gap to the
-    oracle bound the learned policy closes (issue 14's "half the gap"); None without
-    the baseline or a gap."""
-    if base is None or base.mean_cost == oracle:
-        return None
-    return (base.mean_cost - learned) / (base.mean_cost - oracle)
-
-
 def multi_report(multi: RunFolder, runs: Mapping[int, Path], exp: ExperimentConfig,
                  console: Console | None, wall: float) -> str:
     """Per-seed and pooled results of a multi-seed experiment on the held-out suite, and on
@@ -336,8 +333,9 @@ def _suite_block(name: str, suite: str, per_seed: Mapping[int, list[EpisodeResul
             row.append(_ci(*diffs[("pooled", pol, h)]))
         prow.append(row)
         if gaps and orac is not None:
-            closed[pol] = {h: g for h in rivals
-                           if (g := _gap_closed(base_sums.get(h), m, orac.mean_cost))
+            # (baseline - learned) / (baseline - oracle), issue 14's "half the gap".
+            closed[pol] = {h: g for h in rivals if h in base_sums
+                           and (g := gain_share(base_sums[h].mean_cost, m, orac.mean_cost))
                            is not None}
     brow = [["-", n, _ci(s.mean_cost, s.ci_low, s.ci_high), _fmt(s.normalized)]
             + [""] * (len(header) - 4) for n, s in base_sums.items() if n in names]

@@ -51,7 +51,7 @@ cdef extern from "pagetable.hpp" namespace "ptfast":
         i64 uffd
 
     cdef cppclass PteTable:
-        const uint8_t* entries() const
+        void unpack(uint8_t* out) const
         uint8_t huge
         uint8_t cls
         uint8_t young
@@ -332,13 +332,15 @@ cdef class FastAddressSpace:
         cdef list tables = []
         cdef vector[i64] slots
         cdef PteTable* t
+        cdef uint8_t entries[512]
         cdef list files = []
         cdef set seen = set()
         cdef BackingFile* f
         m.pte.slots_in(-(1 << 62), 1 << 62, slots)
         for slot in slots:
             t = m.pte.find(slot)
-            tables.append((slot, bytes(t.entries()[:512]), t.huge, t.cls, t.rss, bool(t.young), t.age))
+            t.unpack(entries)
+            tables.append((slot, bytes(entries[:512]), t.huge, t.cls, t.rss, bool(t.young), t.age))
         # The VMAs' files in order of first appearance (how canonical_state numbers them).
         for v in m.vmas:
             f = v.file.get()
@@ -923,10 +925,12 @@ cdef class SimCore:
 
     def table(self, i64 proc, i64 slot) -> tuple:
         """(entries as bytes, huge) of one PTE table."""
+        cdef uint8_t entries[512]
         cdef PteTable* t = self.s().procs[proc].get().mm.get().pte.find(slot)
         if t == NULL:
             raise KeyError(slot)
-        return bytes(t.entries()[:512]), t.huge
+        t.unpack(entries)
+        return bytes(entries[:512]), t.huge
 
 
 cdef tuple _pass_tuple(PassResult& r):

@@ -37,10 +37,12 @@ const Xlate DROP_GUARD = [] { Xlate x = identity(); x.t[E_GUARD] = E_NONE; retur
 inline i64 page_align(i64 n) { return (n + PAGE - 1) & ~(PAGE - 1); }
 
 // pagetable._first_marker: index of the first guard or uffd-wp marker, or -1.
-inline i64 first_marker(const uint8_t* e, i64 start, i64 stop, i64 step) {
+inline i64 first_marker(const PteTable& t, i64 start, i64 stop, i64 step) {
   i64 k = 0;
-  for (i64 i = start; i < stop; i += step, k++)
-    if (e[i] == E_GUARD || e[i] == E_UFFD_WP) return k;
+  for (i64 i = start; i < stop; i += step, k++) {
+    const uint8_t x = t.get(i);
+    if (x == E_GUARD || x == E_UFFD_WP) return k;
+  }
   return -1;
 }
 
@@ -79,21 +81,25 @@ namespace {
 // update the counts entry by entry.
 constexpr i64 RECOUNT_AT = 48;
 
-// Entries of e[i:j] per kind bucket (none, anon, zero, file, other).
-inline void range_hist(const uint8_t* e, i64 i, i64 j, int h[5]) {
+// Entries per kind bucket (none, anon, zero, file, other) of the bytes b[0:nb), two
+// entries a byte.
+inline void byte_hist(const uint8_t* b, i64 nb, int h[5]) {
   int c0 = 0, c1 = 0, c2 = 0, c3 = 0;
-  i64 k = i;
+  i64 k = 0;
 #ifdef __SSE2__
-  // 16 bytes at a time; a range is at most 512 bytes, so byte lanes (<= 32) never wrap.
+  // 16 bytes (32 entries) at a time; a table is 256 bytes, so byte lanes (<= 32) never
+  // wrap.
   const __m128i z = _mm_setzero_si128(), k1 = _mm_set1_epi8(1), k2 = _mm_set1_epi8(2),
-                k3 = _mm_set1_epi8(3);
+                k3 = _mm_set1_epi8(3), lo = _mm_set1_epi8(0x0F);
   __m128i a0 = z, a1 = z, a2 = z, a3 = z;
-  for (; k + 16 <= j; k += 16) {
-    __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(e + k));
-    a0 = _mm_sub_epi8(a0, _mm_cmpeq_epi8(x, z));
-    a1 = _mm_sub_epi8(a1, _mm_cmpeq_epi8(x, k1));
-    a2 = _mm_sub_epi8(a2, _mm_cmpeq_epi8(x, k2));
-    a3 = _mm_sub_epi8(a3, _mm_cmpeq_epi8(x, k3));
+  for (; k + 16 <= nb; k += 16) {
+    const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + k));
+    for (const __m128i y : {_mm_and_si128(x, lo), _mm_and_si128(_mm_srli_epi16(x, 4), lo)}) {
+      a0 = _mm_sub_epi8(a0, _mm_cmpeq_epi8(y, z));
+      a1 = _mm_sub_epi8(a1, _mm_cmpeq_epi8(y, k1));
+      a2 = _mm_sub_epi8(a2, _mm_cmpeq_epi8(y, k2));
+      a3 = _mm_sub_epi8(a3, _mm_cmpeq_epi8(y, k3));
+    }
   }
   auto hsum = [&](__m128i a) {
     __m128i t = _mm_sad_epu8(a, z);
@@ -104,24 +110,61 @@ inline void range_hist(const uint8_t* e, i64 i, i64 j, int h[5]) {
   c2 = hsum(a2);
   c3 = hsum(a3);
 #endif
-  for (; k < j; k++) {
-    const uint8_t x = e[k];
-    c0 += x == 0;
-    c1 += x == 1;
-    c2 += x == 2;
-    c3 += x == 3;
+  for (; k < nb; k++) {
+    for (const int x : {b[k] & 0xF, b[k] >> 4}) {
+      c0 += x == 0;
+      c1 += x == 1;
+      c2 += x == 2;
+      c3 += x == 3;
+    }
   }
   h[0] = c0;
   h[1] = c1;
   h[2] = c2;
   h[3] = c3;
-  h[4] = (int)(j - i) - c0 - c1 - c2 - c3;
+  h[4] = (int)(2 * nb) - c0 - c1 - c2 - c3;
 }
 }  // namespace
 
+void PteTable::hist(i64 i, i64 j, int h[5]) const {
+  std::fill(h, h + 5, 0);
+  if (i & 1) h[bucket(raw(i++))]++;
+  if (i < j && (j & 1)) h[bucket(raw(--j))]++;
+  if (i >= j) return;
+  int m[5];
+  byte_hist(e + (i >> 1), (j - i) >> 1, m);
+  for (int b = 0; b < 5; b++) h[b] += m[b];
+}
+
+void PteTable::write(i64 i, i64 j, uint8_t v) {
+  if (i & 1) put(i++, v);
+  if (i < j && (j & 1)) put(--j, v);
+  if (i < j) std::memset(e + (i >> 1), v * 0x11, (size_t)((j - i) >> 1));
+}
+
+int PteTable::replace(i64 i, i64 j, uint8_t from, uint8_t to) {
+  int c = 0;
+  if (i & 1) {
+    if (raw(i) == from) put(i, to), c++;
+    i++;
+  }
+  if (i < j && (j & 1)) {
+    if (raw(j - 1) == from) put(j - 1, to), c++;
+    j--;
+  }
+  for (i64 k = i >> 1; k < j >> 1; k++) {
+    const uint8_t x = e[k];
+    const bool l = (x & 0xF) == from, h = (x >> 4) == from;
+    c += l + h;
+    e[k] = (uint8_t)((l ? to : (x & 0xF)) | ((h ? to : (x >> 4)) << 4));
+  }
+  return c;
+}
+
 void PteTable::make_live(uint8_t want) const {
   for (uint8_t fresh = (uint8_t)(want & ~live); fresh; fresh &= (uint8_t)(fresh - 1))
-    std::memset(e + (__builtin_ctz(fresh) << CHUNK_SHIFT), rest, 1 << CHUNK_SHIFT);
+    std::memset(e + (__builtin_ctz(fresh) << (CHUNK_SHIFT - 1)), rest * 0x11,
+                1 << (CHUNK_SHIFT - 1));
   live |= want;
 }
 
@@ -138,7 +181,7 @@ int PteTable::count(uint8_t v) const {
   int c = rest == v ? rest_entries() : 0;
   for (int k = 0; k < 8; k++)
     if ((live >> k) & 1)
-      for (int i = k << CHUNK_SHIFT; i < (k + 1) << CHUNK_SHIFT; i++) c += e[i] == v;
+      for (int i = k << CHUNK_SHIFT; i < (k + 1) << CHUNK_SHIFT; i++) c += raw(i) == v;
   return c;
 }
 
@@ -150,14 +193,14 @@ int PteTable::resident() const {
 void PteTable::recount() {
   int h[5];
   if (live == ALL_LIVE) {
-    range_hist(e, 0, ENTRIES, h);  // the whole table: one vectorised pass
+    hist(0, ENTRIES, h);  // the whole table: one vectorised pass
     for (int b = 0; b < 5; b++) n[b] = (uint16_t)h[b];
     return;
   }
   std::fill(n, n + 5, uint16_t{0});
   for (int k = 0; k < 8; k++) {
     if ((live >> k) & 1) {
-      range_hist(e, k << CHUNK_SHIFT, (k + 1) << CHUNK_SHIFT, h);
+      hist(k << CHUNK_SHIFT, (k + 1) << CHUNK_SHIFT, h);
       for (int b = 0; b < 5; b++) n[b] = (uint16_t)(n[b] + h[b]);
     }
   }
@@ -183,39 +226,26 @@ void PteTable::set_range(i64 i, i64 j, i64 step, uint8_t v) {
     return;
   }
   int h[5];
-  range_hist(e, i, j, h);
+  hist(i, j, h);
   for (int b = 0; b < 5; b++) n[b] = (uint16_t)(n[b] - h[b]);
   n[bucket(v)] = (uint16_t)(n[bucket(v)] + (j - i));
-  std::memset(e + i, v, (size_t)(j - i));
+  write(i, j, v);
 }
-
-namespace {
-// e[k] = to where e[k] == from, for k in [i, j); how many changed.
-inline int replace_bytes(uint8_t* e, i64 i, i64 j, uint8_t from, uint8_t to) {
-  int c = 0;
-  for (i64 k = i; k < j; k++) {
-    const uint8_t x = e[k];
-    c += x == from;
-    e[k] = x == from ? to : x;
-  }
-  return c;
-}
-}  // namespace
 
 void PteTable::replace_range(i64 i, i64 j, i64 step, uint8_t from, uint8_t to) {
   if (j <= i || from == to) return;
   int c = 0;
   if (step == 1 && covers_rest(i, j)) {
     if (rest == from) set_rest(to);
-    for_live_parts(i, j, [&](i64 a, i64 b) { c += replace_bytes(e, a, b, from, to); });
+    for_live_parts(i, j, [&](i64 a, i64 b) { c += replace(a, b, from, to); });
   } else if (step == 1) {
     ready(i, j);
-    c = replace_bytes(e, i, j, from, to);
+    c = replace(i, j, from, to);
   } else {
     ready(i, j);
     for (i64 k = i; k < j; k += step)
-      if (e[k] == from) {
-        e[k] = to;
+      if (raw(k) == from) {
+        put(k, to);
         c++;
       }
   }
@@ -228,17 +258,17 @@ void PteTable::xlate_range(i64 i, i64 j, i64 step, const uint8_t* tab) {
   if (step == 1 && covers_rest(i, j)) {
     rest = tab[rest];
     for_live_parts(i, j, [&](i64 a, i64 b) {
-      for (i64 k = a; k < b; k++) e[k] = tab[e[k]];
+      for (i64 k = a; k < b; k++) put(k, tab[raw(k)]);
     });
     recount();
     return;
   }
   ready(i, j);
   if ((j - i) / step < RECOUNT_AT) {
-    for (i64 k = i; k < j; k += step) set(k, tab[e[k]]);
+    for (i64 k = i; k < j; k += step) set(k, tab[raw(k)]);
     return;
   }
-  for (i64 k = i; k < j; k += step) e[k] = tab[e[k]];
+  for (i64 k = i; k < j; k += step) put(k, tab[raw(k)]);
   recount();
 }
 
@@ -254,10 +284,12 @@ void PteTable::copy_range(const PteTable& src, i64 i, i64 j) {
   src.ready(i, j);
   ready(i, j);
   if (j - i < RECOUNT_AT) {
-    for (i64 k = i; k < j; k++) set(k, src.e[k]);
+    for (i64 k = i; k < j; k++) set(k, src.raw(k));
     return;
   }
-  std::memcpy(e + i, src.e + i, (size_t)(j - i));
+  if (i & 1) put(i, src.raw(i)), i++;
+  if (i < j && (j & 1)) put(j - 1, src.raw(j - 1)), j--;
+  if (i < j) std::memcpy(e + (i >> 1), src.e + (i >> 1), (size_t)((j - i) >> 1));
   recount();
 }
 
@@ -971,7 +1003,7 @@ int AddressSpace::fault_range(Vma* v, i64 start, i64 end, i64 stride, bool write
     const i64 fpage = v->pgoff + ((base - v->start) >> PAGE_SHIFT);
     if (page_stride) {
       // Markers are among the "other" entries: a table without any has none to find.
-      i64 g = t->n[4] ? first_marker(t->entries(), i0, i1, istep) : -1;
+      i64 g = t->n[4] ? first_marker(*t, i0, i1, istep) : -1;
       if (g >= 0) {
         i64 stop = i0 + g * istep;
         if (g) {
@@ -1384,7 +1416,7 @@ int AddressSpace::collapse(Vma* v, i64 lo, i64 hi) {
     }
     PteTable* t = pte.find(slot);
     if (t && t->huge) continue;
-    if (!t || !v->anon_vma || (t->n[4] && first_marker(t->entries(), 0, ENTRIES, 1) >= 0)) {
+    if (!t || !v->anon_vma || (t->n[4] && first_marker(*t, 0, ENTRIES, 1) >= 0)) {
       err = ERR_EINVAL;
       continue;
     }
@@ -1647,7 +1679,7 @@ void AddressSpace::move_page_tables(Vma* old, Vma* nw, i64 old_addr, i64 new_add
       i64 k = extent >> PAGE_SHIFT;
       uint8_t moved[ENTRIES];
       t.ready(oi, oi + k);
-      std::memcpy(moved, t.e + oi, (size_t)k);
+      for (i64 p = 0; p < k; p++) moved[p] = t.get(oi + p);
       for (i64 p = 0; p < k; p++)
         if (moved[p]) dt.set(ni + p, moved[p]);
       t.set_range(oi, oi + k, 1, E_NONE);

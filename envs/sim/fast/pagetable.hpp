@@ -117,30 +117,36 @@ struct Vma {
 // number of entries of each kind (kept as entries change, so the class is known without
 // recounting 512 entries after every change).
 //
-// The entries are kept in 8 chunks of 64 (one cache line each), and a chunk is written
-// only when first used: `live` has bit c set when entries [64c, 64c + 64) hold their
-// values, and every entry of a chunk not live reads as `rest` (E_NONE in a new table).
-// Making a table used to write all 512 bytes (a fresh pool slot, or a recycled one
-// zeroed), eight cache lines, whatever the faults then touched, and the batched env makes
-// and frees hundreds of tables per step: cachegrind (benchmarks/bench_cache.py) put over
-// half of the core's last-level misses in that zeroing.  Zeroing a chunk only when first
-// used cut them by 13 % (docs/performance.md).  Writing one value over whole chunks that
-// are not live (a fill, a whole-table DONTNEED or read fault over a file folio) changes
-// `rest` and writes no byte, when every chunk not live is covered.
+// An entry is one of seven kinds (Entry), so it is kept in 4 bits: entry k is the low
+// nibble of byte k/2 when k is even, the high one when k is odd, and the 512 entries take
+// 256 bytes.  The env makes and frees hundreds of tables per step and the reclaim scan and
+// the faults walk thousands; with a byte per entry a table was 536 bytes and its entries
+// most of the lines the core touched (docs/performance.md).
+//
+// The entries are kept in 8 chunks of 64 (32 bytes, half a cache line each), and a chunk
+// is written only when first used: `live` has bit c set when entries [64c, 64c + 64) hold
+// their values, and every entry of a chunk not live reads as `rest` (E_NONE in a new
+// table).  Making a table used to write all its entry bytes (a fresh pool slot, or a
+// recycled one zeroed), whatever the faults then touched: cachegrind
+// (benchmarks/bench_cache.py) put over half of the core's last-level misses in that
+// zeroing.  Writing one value over whole chunks that are not live (a fill, a whole-table
+// DONTNEED or read fault over a file folio) changes `rest` and writes no byte, when every
+// chunk not live is covered.
 // Every access goes through ready() (make a range's chunks live, writing `rest` into those
-// that were not), entries() (all of them) or get() (read one entry without making it
-// live); the counts n[] always count a chunk that is not live as 64 entries of `rest`.
+// that were not), unpack() (all of them, a byte each) or get() (read one entry without
+// making it live); the counts n[] always count a chunk that is not live as 64 entries of
+// `rest`.
 struct PteTable {
-  mutable uint8_t e[ENTRIES];
   uint8_t huge = HUGE_NONE;
   uint8_t cls = C_EMPTY;
   uint8_t young = 1;  // the PMD entry's accessed bit (pagetable.PteTable.young)
-  mutable uint8_t live = 0;  // chunks of 64 entries whose bytes are valid (see above)
+  mutable uint8_t live = 0;  // chunks of 64 entries whose nibbles are valid (see above)
   int32_t rss = 0;
   int32_t age = 0;    // scan rounds idle (pagetable.PteTable.age)
   // Entries per kind: none, anon, zero, file, and the rest (swap entries and markers).
   uint16_t n[5] = {ENTRIES, 0, 0, 0, 0};
   uint8_t rest = E_NONE;  // what every entry of a chunk that is not live holds
+  mutable uint8_t e[ENTRIES / 2];  // two entries per byte (see above)
   PteTable() {}  // no entry written: every chunk starts not live
 
   static constexpr int CHUNK_SHIFT = 6;  // 64 entries per chunk
@@ -151,13 +157,12 @@ struct PteTable {
     const uint8_t want = (uint8_t)((0xFFu << c0) & (0xFFu >> (7 - c1)));
     if ((live & want) != want) make_live(want);
   }
-  // All 512 entries, valid.
-  const uint8_t* entries() const {
-    if (live != ALL_LIVE) make_live(ALL_LIVE);
-    return e;
+  // The 512 entries, a byte each, into out[0..512).
+  void unpack(uint8_t* out) const {
+    for (i64 k = 0; k < ENTRIES; k++) out[k] = get(k);
   }
   // Entry k, without making its chunk live.
-  uint8_t get(i64 k) const { return (live >> (k >> CHUNK_SHIFT)) & 1 ? e[k] : rest; }
+  uint8_t get(i64 k) const { return (live >> (k >> CHUNK_SHIFT)) & 1 ? raw(k) : rest; }
 
   static int bucket(uint8_t v) { return v < 4 ? v : 4; }
   int count(uint8_t v) const;
@@ -166,8 +171,8 @@ struct PteTable {
   void recount();
   void set(i64 k, uint8_t v) {
     ready(k, k + 1);
-    n[bucket(e[k])]--;
-    e[k] = v;
+    n[bucket(raw(k))]--;
+    put(k, v);
     n[bucket(v)]++;
   }
   // e[k] = v for k in range(i, j, step).
@@ -182,6 +187,12 @@ struct PteTable {
   void copy_range(const PteTable& src, i64 i, i64 j);
 
  private:
+  // Entry k of a live chunk, and its write.
+  uint8_t raw(i64 k) const { return (uint8_t)((e[k >> 1] >> ((k & 1) << 2)) & 0xF); }
+  void put(i64 k, uint8_t v) {
+    const int s = (int)((k & 1) << 2);
+    e[k >> 1] = (uint8_t)((e[k >> 1] & ~(0xF << s)) | (v << s));
+  }
   // Write `rest` into the chunks of `want` that are not live, then mark them live.
   void make_live(uint8_t want) const;
   // Whether every chunk that is not live lies wholly inside [i, j), and there is one: then
@@ -205,6 +216,11 @@ struct PteTable {
   void set_rest(uint8_t v);
   // Entries in the chunks that are not live (each of them holds `rest`).
   int rest_entries() const { return (8 - __builtin_popcount(live)) << CHUNK_SHIFT; }
+  // Per-kind counts of entries [i, j) of live chunks; e[k] = v over [i, j); e[k] = to
+  // where e[k] == from over [i, j) (how many changed).
+  void hist(i64 i, i64 j, int h[5]) const;
+  void write(i64 i, i64 j, uint8_t v);
+  int replace(i64 i, i64 j, uint8_t from, uint8_t to);
 };
 
 template <>
