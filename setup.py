@@ -24,6 +24,10 @@ core = Extension(
     sources=[str(FAST / "_fast.pyx"),
              *sorted(str(p) for p in FAST.glob("*.cpp") if p.name != "_fast.cpp")],
     include_dirs=[np.get_include(), str(FAST)],
+    # The headers too: without them `setup.py build_ext --inplace` left a stale core after
+    # a change to a header alone (setuptools compares only the sources' times with the
+    # built module's).
+    depends=sorted(str(p) for p in FAST.glob("*.hpp")),
     library_dirs=[str(NUMPY_RANDOM_LIB)],
     libraries=["npyrandom"],
     language="c++",

@@ -196,3 +196,23 @@ def test_regular_install(tmp_path: Path) -> None:
     )
     for line in out.splitlines():
         assert Path(line).resolve().is_relative_to(target.resolve()), line
+
+
+def test_the_core_rebuilds_when_a_header_changes() -> None:
+    # setuptools rebuilds an extension when a source or a declared dependency is newer than
+    # the built module; the core's headers are declared, so `setup.py build_ext --inplace`
+    # (and pip's editable build) does not leave a stale core after a header-only change.
+    code = textwrap.dedent("""
+        import runpy
+        import setuptools
+        captured = {}
+        setuptools.setup = lambda **kwargs: captured.update(kwargs)  # declare, build nothing
+        runpy.run_path("setup.py")
+        (ext,) = captured["ext_modules"]
+        print("\\n".join(ext.depends))
+    """)
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    headers = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "envs/sim/fast").glob("*.hpp"))
+    assert headers and set(headers) <= set(r.stdout.split()), (headers, r.stdout)
