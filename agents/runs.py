@@ -1,7 +1,8 @@
 """Run folders: one self-describing folder per training run (rl-zoo's idea).
 
 ``runs/<experiment>__<algo>__<seed>__<time>/`` holds everything needed to
-read, repeat or resume a run: the resolved ``config.yaml``, ``command.txt``
+read, repeat or resume a run: the resolved ``config.yaml`` with ``rules/`` (copies of
+the rule files its experiment names: the warm start's teacher, the baselines), ``command.txt``
 (every invocation, appended), ``versions.json``, ``state.json`` (status,
 steps, the last checkpoint), ``model.zip`` and ``best_model.zip`` with their
 VecNormalize statistics, ``checkpoints/``, ``evaluations.npz``, TensorBoard

@@ -319,6 +319,71 @@ def test_multi_seed_parallel_aggregate_report(runs: dict[str, Any]) -> None:
     assert (multi[0] / "experiment.yaml").is_file()
 
 
+def test_a_run_holds_copies_of_the_rule_files_it_meets(runs: dict[str, Any],
+                                                       tmp_path: Path) -> None:
+    """Every run folder of the multi-seed experiment, and the experiment's folder, hold a
+    copy of the rule file its baselines name (rules/), named relative to the folder: a run
+    copied to another machine or checkout still finds the rule it met."""
+    out_dir = runs["dir"] / "multi"
+    original = (runs["dir"] / "constant_rule.yaml").read_bytes()
+    folders = [p for p in out_dir.iterdir() if not p.name.startswith(".")]
+    assert len(folders) == 3
+    for folder in folders:
+        assert (folder / "rules" / "baseline_mine.yaml").read_bytes() == original
+        text = (folder / ("experiment.yaml" if "__multi__" in folder.name
+                          else "config.yaml")).read_text()
+        assert "mine=rules/baseline_mine.yaml" in text and "constant_rule" not in text
+    # A seed's run, copied elsewhere, reads its own copy (not the original's path).
+    seed_run = next(p for p in folders if "__0__" in p.name)
+    moved = tmp_path / "elsewhere" / seed_run.name
+    shutil.copytree(seed_run, moved)
+    cfg = runconfig.read_run_config(moved)
+    assert f"mine={moved / 'rules' / 'baseline_mine.yaml'}" in cfg.experiment.eval.baselines
+    config.check_baseline_files(cfg.experiment)
+    # What export compares with when no flag names a rule: the run's own copy.
+    from ptreclaim.cli.export import _default_rule
+
+    assert _default_rule(tmp_path / "no_study.yaml", cfg.experiment, "mine", "--x") == (
+        moved / "rules" / "baseline_mine.yaml")
+
+
+def test_snapshot_rules_copies_teachers_and_baselines(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    thresholds = src / "t.yaml"
+    thresholds.write_text((CONFIG_DIR / "rules" / "tuned_periodic_scan.yaml").read_text())
+    params = src / "p.yaml"
+    params.write_text("soft_pt_frac: 0.002\n")
+    data = {"pretrain": {"teacher": f"{thresholds}, heuristic:soft_hard:{params},"
+                                    " heuristic:periodic_scan"},
+            "eval": {"baselines": ["none", f"a={thresholds}", f"b=heuristic:soft_hard:{params}",
+                                   "c=heuristic:on_zap"]}}
+    run = tmp_path / "run"
+    run.mkdir()
+    out = config.snapshot_rules(data, run)
+    assert out["pretrain"]["teacher"] == ("rules/teacher0.yaml,heuristic:soft_hard:"
+                                          "rules/teacher1.yaml,heuristic:periodic_scan")
+    assert out["eval"]["baselines"] == ["none", "a=rules/baseline_a.yaml",
+                                        "b=heuristic:soft_hard:rules/baseline_b.yaml",
+                                        "c=heuristic:on_zap"]
+    assert data["eval"]["baselines"][1] == f"a={thresholds}"  # the input is not changed
+    for name, orig in (("teacher0", thresholds), ("teacher1", params),
+                       ("baseline_a", thresholds), ("baseline_b", params)):
+        assert (run / "rules" / f"{name}.yaml").read_bytes() == orig.read_bytes()
+    # Read back against the folder: absolute paths into it, which load and check.
+    back = config.resolve_rule_paths(out, run)
+    assert back["eval"]["baselines"][1] == f"a={run / 'rules' / 'baseline_a.yaml'}"
+    assert back["pretrain"]["teacher"].split(",")[1] == (
+        f"heuristic:soft_hard:{run / 'rules' / 'teacher1.yaml'}")
+    for entry in back["eval"]["baselines"]:
+        loading.baseline_spec(entry)
+    # The originals may go: the copies are what the run meets.
+    thresholds.unlink()
+    params.unlink()
+    for entry in back["eval"]["baselines"]:
+        loading.baseline_spec(entry)
+
+
 def test_resuming_a_multi_seed_folder_evaluates_a_missing_unseen_suite(
         runs: dict[str, Any]) -> None:
     """An experiment stopped after its seeds but before the unseen suite resumes there:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import typing
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +21,7 @@ from typing import Any, Literal
 import gymnasium as gym
 
 from ...configs import CONFIG_DIR
-from ...envs.configio import LIMITS, load_yaml, parse_yaml, resolve_suite
+from ...envs.configio import LIMITS, load_yaml, parse_yaml, resolve_suite, write_text_atomic
 from ...envs.pagetable_env import EnvConfig
 from ...envs.registration import DEFAULT_ID
 from ...envs.sim.config import (
@@ -315,6 +315,66 @@ def _resolve_baselines(entries: Any, base: Path) -> Any:
     return out
 
 
+def resolve_rule_paths(data: Mapping[str, Any], base: Path) -> dict[str, Any]:
+    """An experiment's plain data with the rule files it names (``pretrain.teacher``,
+    ``eval.baselines`` rules) made absolute against ``base``, as :func:`load_experiment`
+    does against the experiment file's folder; absolute paths stay as they are."""
+    out = dict(data)
+    if isinstance(out.get("pretrain"), Mapping) and "teacher" in out["pretrain"]:
+        out["pretrain"] = {**out["pretrain"],
+                           "teacher": _resolve_teacher(out["pretrain"]["teacher"], base)}
+    if isinstance(out.get("eval"), Mapping) and "baselines" in out["eval"]:
+        out["eval"] = {**out["eval"],
+                       "baselines": _resolve_baselines(out["eval"]["baselines"], base)}
+    return out
+
+
+#: The folder, in a run folder or a multi-seed experiment's folder, that holds copies of
+#: the rule files its experiment names (:func:`snapshot_rules`).
+RULES_DIR = "rules"
+
+
+def snapshot_rules(data: Mapping[str, Any], folder: Path) -> dict[str, Any]:
+    """An experiment's plain data (rule paths absolute, as :func:`load_experiment` makes
+    them) with every rule file it names copied into ``folder``'s ``rules/`` and named by a
+    path relative to ``folder``: ``rules/teacherK.EXT`` for the K-th teacher (or its
+    ``heuristic:NAME:`` params file), ``rules/baseline_LABEL.EXT`` for a baseline's rule.
+    A run folder then holds every file it needs to be resumed, evaluated or exported on
+    another machine or checkout, and meets the rules as they were when it started, however
+    the files change later (its reader resolves the paths with :func:`resolve_rule_paths`).
+    The files are copied byte for byte, each written atomically."""
+    def copy(rule: str, name: str) -> str:
+        src = Path(rule)
+        rel = f"{RULES_DIR}/{name}{src.suffix}"
+        dst = folder / rel
+        if src.resolve() != dst.resolve():
+            dst.parent.mkdir(exist_ok=True)
+            write_text_atomic(dst, src.read_bytes())
+        return rel
+
+    def one(rule: str, name: str) -> str:
+        if rule.startswith("heuristic:"):
+            heur, sep, params = rule[len("heuristic:"):].partition(":")
+            return f"heuristic:{heur}{sep}{copy(params, name)}" if params else rule
+        return copy(rule, name)
+
+    out = dict(data)
+    pre = out.get("pretrain")
+    if isinstance(pre, Mapping) and isinstance(pre.get("teacher"), str) and pre["teacher"]:
+        out["pretrain"] = {**pre, "teacher": ",".join(
+            one(t.strip(), f"teacher{k}") for k, t in enumerate(pre["teacher"].split(",")))}
+    ev = out.get("eval")
+    if isinstance(ev, Mapping) and isinstance(ev.get("baselines"), list | tuple):
+        entries = []
+        for entry in ev["baselines"]:
+            if isinstance(entry, str) and "=" in entry and baseline_label(entry) != entry:
+                label, rule = entry.split("=", 1)
+                entry = f"{label}={one(rule, f'baseline_{label}')}"
+            entries.append(entry)
+        out["eval"] = {**ev, "baselines": entries}
+    return out
+
+
 def check_baseline_files(exp: ExperimentConfig) -> None:
     """Each ``eval.baselines`` rule read and checked now, before any training: a
     missing or bad file stops the run with one error, not its final evaluation."""
@@ -375,12 +435,7 @@ def load_experiment(path: Path | None, sets: Sequence[tuple[str, str]] = ()
     for key in ("train_suite", "eval_suite", "algo_config"):
         if key in data:
             data[key] = _resolve_suite_spec(data[key], p.parent)
-    if isinstance(data.get("pretrain"), dict) and "teacher" in data["pretrain"]:
-        data["pretrain"] = {**data["pretrain"],
-                            "teacher": _resolve_teacher(data["pretrain"]["teacher"], p.parent)}
-    if isinstance(data.get("eval"), dict) and "baselines" in data["eval"]:
-        data["eval"] = {**data["eval"],
-                        "baselines": _resolve_baselines(data["eval"]["baselines"], p.parent)}
+    data = resolve_rule_paths(data, p.parent)
     if isinstance(data.get("eval"), dict) and "unseen_suite" in data["eval"]:
         data["eval"] = {**data["eval"], "unseen_suite": _resolve_suite_spec(
             data["eval"]["unseen_suite"], p.parent)}

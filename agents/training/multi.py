@@ -33,7 +33,7 @@ from ...envs.sim.config import ConfigError, to_dict
 from ..interrupts import Interrupted, signal_name, stop_requested, stop_signals
 from ..rollout import WorkerPool
 from ..runs import RunFolder
-from .config import ExperimentConfig, Scenarios, load_scenarios
+from .config import ExperimentConfig, Scenarios, load_scenarios, snapshot_rules
 from .loop import Output, console, train_run
 from .report import UNSEEN_RESULTS, multi_report, unseen_label
 from .runconfig import read_run_config, start_run
@@ -198,7 +198,9 @@ def _run_multi(exp: ExperimentConfig, hp: Mapping[str, Any], scen: Scenarios, ou
                runs: dict[int, RunFolder], t0: float) -> int:
     if not (multi / "experiment.yaml").is_file():
         # Resolved once, so every seed trains with the very same hyperparameters.
-        exp_data = to_dict(exp)
+        # The rule files it names, copied into the folder (rules/) and named relative to
+        # it, so that a resume on another machine or checkout finds them.
+        exp_data = snapshot_rules(to_dict(exp), Path(multi))
         exp_data["hyperparams"] = {exp.algo: dict(hp)}
         write_yaml_atomic(multi / "experiment.yaml", exp_data)
         write_text_atomic(multi / "command.txt", command)

@@ -24,7 +24,7 @@ from ...envs.configio import scenario_from_data, write_text_atomic, write_yaml_a
 from ...envs.sim.config import ConfigError, build, quote, to_dict
 from ..loading import ObsNormalizedPolicy, as_policy, load_model, load_vecnormalize
 from ..runs import RunFolder, versions
-from .config import ExperimentConfig, Scenarios, TrainError
+from .config import ExperimentConfig, Scenarios, TrainError, resolve_rule_paths, snapshot_rules
 from .hyperparams import validate_hyperparams
 
 #: Package versions recorded in a run's ``versions.json``.
@@ -81,7 +81,11 @@ def read_run_config(run: RunFolder | Path) -> RunConfig:
     if not isinstance(hp, Mapping):
         raise TrainError(f"{where}: hyperparams must be a mapping; is the file damaged?")
     try:
-        exp = build(ExperimentConfig, data["experiment"], "config.yaml.experiment")
+        exp_data = data["experiment"]
+        if isinstance(exp_data, Mapping):
+            # Rule files are named relative to the run folder (its rules/, see start_run).
+            exp_data = resolve_rule_paths(exp_data, Path(folder))
+        exp = build(ExperimentConfig, exp_data, "config.yaml.experiment")
         if exp.seeds != (seed,):
             raise TrainError(f"config.yaml.experiment.seeds: {quote(list(exp.seeds))} is not "
                              f"[{seed}], the run's seed; is the file damaged?")
@@ -106,7 +110,10 @@ def start_run(run: RunFolder, exp: ExperimentConfig, seed: int, hp: Mapping[str,
               scen: Scenarios, command: str) -> RunConfig:
     """Write a new run's ``config.yaml``, ``command.txt``, ``versions.json`` and
     ``state.json``, and read the config back (what a resume will read)."""
-    write_yaml_atomic(run / "config.yaml", run_config_data(exp, seed, hp, scen))
+    data = run_config_data(exp, seed, hp, scen)
+    # The rule files it names, copied into the folder (rules/): the run is whole by itself.
+    data["experiment"] = snapshot_rules(data["experiment"], Path(run))
+    write_yaml_atomic(run / "config.yaml", data)
     write_text_atomic(run / "command.txt", command)
     run.write_json("versions.json", versions(*VERSIONED))
     run.write_state(status="running", num_timesteps=0, total_timesteps=exp.timesteps,
