@@ -377,6 +377,10 @@ def test_snapshot_rules_copies_teachers_and_baselines(tmp_path: Path) -> None:
         f"heuristic:soft_hard:{run / 'rules' / 'teacher1.yaml'}")
     for entry in back["eval"]["baselines"]:
         loading.baseline_spec(entry)
+    # A rule file that went away before the copy: one error naming it, nothing else.
+    with pytest.raises(config.TrainError, match=r"nope\.yaml: cannot copy this rule file into "
+                       r".*rules \(No such file or directory\); check that it exists"):
+        config.snapshot_rules({"eval": {"baselines": [f"x={src / 'nope.yaml'}"]}}, run)
     # The originals may go: the copies are what the run meets.
     thresholds.unlink()
     params.unlink()

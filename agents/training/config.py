@@ -348,8 +348,14 @@ def snapshot_rules(data: Mapping[str, Any], folder: Path) -> dict[str, Any]:
         rel = f"{RULES_DIR}/{name}{src.suffix}"
         dst = folder / rel
         if src.resolve() != dst.resolve():
-            dst.parent.mkdir(exist_ok=True)
-            write_text_atomic(dst, src.read_bytes())
+            try:
+                body = src.read_bytes()
+                dst.parent.mkdir(exist_ok=True)
+                write_text_atomic(dst, body)
+            except OSError as exc:
+                raise TrainError(f"{rule}: cannot copy this rule file into {folder / RULES_DIR}"
+                                 f" ({exc.strerror or exc}); check that it exists and is "
+                                 "readable, and that the output folder is writable") from None
         return rel
 
     def one(rule: str, name: str) -> str:
