@@ -463,6 +463,13 @@ def baseline_label(entry: str) -> str:
     return entry if label is None else label
 
 
+def baseline_rule(entry: str) -> tuple[str, str] | None:
+    """``(LABEL, RULE)`` of an ``eval.baselines`` entry ``LABEL=RULE``, read without
+    opening its file; None for a built-in heuristic's name."""
+    label, rule = _split_label(entry)
+    return None if label is None else (label, rule)
+
+
 def baseline_spec(entry: str) -> PolicySpec:
     """One ``eval.baselines`` entry of an experiment, checked: a built-in heuristic's
     name (its default parameters), or ``LABEL=RULE`` with RULE a thresholds

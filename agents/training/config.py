@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -35,7 +35,7 @@ from ...envs.sim.config import (
 )
 from ...envs.sim.simulator import ScenarioConfig
 from ..heuristics import HEURISTICS
-from ..loading import ALGOS, baseline_label, baseline_spec, parse_policy
+from ..loading import ALGOS, baseline_label, baseline_rule, baseline_spec, parse_policy
 
 #: Policies of the final comparison, besides the learned ones.
 BASELINES: tuple[str, ...] = ("none", "on_zap", "soft_hard", "periodic_scan")
@@ -287,46 +287,79 @@ def _resolve_suite_spec(spec: Any, base: Path) -> Any:
     return spec
 
 
+#: What a walk over an experiment's rule files does to each: (the file's path, its name in a
+#: run's ``rules/``) -> the path to write in its place.
+RuleMap = Callable[[str, str], str]
+
+
+def _map_rule(rule: str, name: str, f: RuleMap) -> str:
+    """One rule, a thresholds path or ``heuristic:NAME[:params.yaml]``, with ``f`` applied
+    to the file it names (a heuristic without a params file names none)."""
+    if rule.startswith("heuristic:"):
+        heur, sep, params = rule[len("heuristic:"):].partition(":")
+        return f"heuristic:{heur}{sep}{f(params, name) if params else ''}"
+    return f(rule, name)
+
+
+def _map_teacher(spec: Any, f: RuleMap) -> Any:
+    """``pretrain.teacher`` (rules separated by commas) with ``f`` applied to each rule's
+    file, the K-th named ``teacherK``."""
+    if not isinstance(spec, str) or not spec:
+        return spec
+    rules = [one.strip() for one in spec.split(",")] if "," in spec else [spec]
+    return ",".join(_map_rule(rule, f"teacher{k}", f) for k, rule in enumerate(rules))
+
+
+def _map_baselines(entries: Any, f: RuleMap) -> Any:
+    """``eval.baselines`` with ``f`` applied to the rule file of each ``LABEL=RULE``
+    entry, named ``baseline_LABEL`` (a heuristic's name stays as it is)."""
+    if not isinstance(entries, list | tuple):
+        return entries
+    out: list[Any] = []
+    for entry in entries:
+        split = baseline_rule(entry) if isinstance(entry, str) else None
+        if split is not None:
+            label, rule = split
+            entry = f"{label}={_map_rule(rule, f'baseline_{label}', f)}"
+        out.append(entry)
+    return out
+
+
+def _map_rules(data: Mapping[str, Any], f: RuleMap) -> dict[str, Any]:
+    """An experiment's plain data with ``f`` applied to every rule file it names
+    (``pretrain.teacher``, ``eval.baselines`` rules)."""
+    out = dict(data)
+    if isinstance(out.get("pretrain"), Mapping) and "teacher" in out["pretrain"]:
+        out["pretrain"] = {**out["pretrain"],
+                           "teacher": _map_teacher(out["pretrain"]["teacher"], f)}
+    if isinstance(out.get("eval"), Mapping) and "baselines" in out["eval"]:
+        out["eval"] = {**out["eval"], "baselines": _map_baselines(out["eval"]["baselines"], f)}
+    return out
+
+
+def _absolute(base: Path) -> RuleMap:
+    """A rule file's path made absolute against ``base``, like the suites'."""
+    return lambda path, _name: str((base / path).resolve())
+
+
 def _resolve_teacher(spec: Any, base: Path) -> Any:
     """``pretrain.teacher``: a thresholds path, or the params file of
     ``heuristic:NAME:params.yaml``, made absolute like the suites; each of several
     separated by commas."""
-    if not isinstance(spec, str) or not spec:
-        return spec
-    if "," in spec:
-        return ",".join(_resolve_teacher(one.strip(), base) for one in spec.split(","))
-    if spec.startswith("heuristic:"):
-        name, sep, params = spec[len("heuristic:"):].partition(":")
-        return f"heuristic:{name}{sep}{(base / params).resolve() if params else ''}"
-    return str((base / spec).resolve())
+    return _map_teacher(spec, _absolute(base))
 
 
 def _resolve_baselines(entries: Any, base: Path) -> Any:
     """``eval.baselines``: the rule of each ``LABEL=RULE`` entry made absolute like the
     teacher's (a heuristic's name stays as it is)."""
-    if not isinstance(entries, list | tuple):
-        return entries
-    out: list[Any] = []
-    for entry in entries:
-        if isinstance(entry, str) and "=" in entry and baseline_label(entry) != entry:
-            label, rule = entry.split("=", 1)
-            entry = f"{label}={_resolve_teacher(rule, base)}"
-        out.append(entry)
-    return out
+    return _map_baselines(entries, _absolute(base))
 
 
 def resolve_rule_paths(data: Mapping[str, Any], base: Path) -> dict[str, Any]:
     """An experiment's plain data with the rule files it names (``pretrain.teacher``,
     ``eval.baselines`` rules) made absolute against ``base``, as :func:`load_experiment`
     does against the experiment file's folder; absolute paths stay as they are."""
-    out = dict(data)
-    if isinstance(out.get("pretrain"), Mapping) and "teacher" in out["pretrain"]:
-        out["pretrain"] = {**out["pretrain"],
-                           "teacher": _resolve_teacher(out["pretrain"]["teacher"], base)}
-    if isinstance(out.get("eval"), Mapping) and "baselines" in out["eval"]:
-        out["eval"] = {**out["eval"],
-                       "baselines": _resolve_baselines(out["eval"]["baselines"], base)}
-    return out
+    return _map_rules(data, _absolute(base))
 
 
 #: The folder, in a run folder or a multi-seed experiment's folder, that holds copies of
@@ -358,27 +391,7 @@ def snapshot_rules(data: Mapping[str, Any], folder: Path) -> dict[str, Any]:
                                  "readable, and that the output folder is writable") from None
         return rel
 
-    def one(rule: str, name: str) -> str:
-        if rule.startswith("heuristic:"):
-            heur, sep, params = rule[len("heuristic:"):].partition(":")
-            return f"heuristic:{heur}{sep}{copy(params, name)}" if params else rule
-        return copy(rule, name)
-
-    out = dict(data)
-    pre = out.get("pretrain")
-    if isinstance(pre, Mapping) and isinstance(pre.get("teacher"), str) and pre["teacher"]:
-        out["pretrain"] = {**pre, "teacher": ",".join(
-            one(t.strip(), f"teacher{k}") for k, t in enumerate(pre["teacher"].split(",")))}
-    ev = out.get("eval")
-    if isinstance(ev, Mapping) and isinstance(ev.get("baselines"), list | tuple):
-        entries = []
-        for entry in ev["baselines"]:
-            if isinstance(entry, str) and "=" in entry and baseline_label(entry) != entry:
-                label, rule = entry.split("=", 1)
-                entry = f"{label}={one(rule, f'baseline_{label}')}"
-            entries.append(entry)
-        out["eval"] = {**ev, "baselines": entries}
-    return out
+    return _map_rules(data, copy)
 
 
 def check_baseline_files(exp: ExperimentConfig) -> None:

@@ -37,7 +37,7 @@ from ..agents.export import (
 from ..agents.heuristics import ACTION_COMPONENTS, TreeRule
 from ..agents.loading import (
     PolicySpec,
-    baseline_label,
+    baseline_rule,
     build_policy,
     heuristic_spec,
     oracle_spec,
@@ -75,15 +75,15 @@ def _default_rule(study: Path, exp: Any, label: str, flag: str) -> Path | None:
     if study.is_file():
         return study
     for entry in exp.eval.baselines:
-        if baseline_label(entry) == label and "=" in entry:
-            rule = entry.split("=", 1)[1]
-            if rule.startswith("heuristic:"):
-                continue
-            if Path(rule).is_file():
-                return Path(rule)
-            # A run moved from another machine: say so rather than compare silently less.
-            print(f"{PROG}: note: the run's {label} baseline {rule} is not here; the export "
-                  f"is not compared with it (name a file with {flag})", file=sys.stderr)
+        split = baseline_rule(entry)
+        if split is None or split[0] != label or split[1].startswith("heuristic:"):
+            continue
+        rule = split[1]
+        if Path(rule).is_file():
+            return Path(rule)
+        # A run moved from another machine: say so rather than compare silently less.
+        print(f"{PROG}: note: the run's {label} baseline {rule} is not here; the export "
+              f"is not compared with it (name a file with {flag})", file=sys.stderr)
     return None
 
 
