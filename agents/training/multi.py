@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from ...envs.configio import load_json, write_text_atomic, write_yaml_atomic
 from ...envs.sim.config import ConfigError, to_dict
 from ..interrupts import Interrupted, signal_name, stop_requested, stop_signals
+from ..report import progress_display
 from ..rollout import WorkerPool
 from ..runs import RunFolder
 from .config import ExperimentConfig, Scenarios, load_scenarios, snapshot_rules
@@ -147,11 +148,8 @@ def _evaluate_unseen(multi: RunFolder, exp: ExperimentConfig, runs: Mapping[int,
     t0 = time.perf_counter()
     progress = None
     if live:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-        progress = Progress(TextColumn("unseen suite"), BarColumn(bar_width=24),
-                            MofNCompleteColumn(), TextColumn("episodes"), console=con,
-                            transient=True)
+        progress = progress_display("unseen suite, episodes", con, transient=True,
+                                    bar_width=24)
         task = progress.add_task("unseen", total=total)
     count = [0]
 
