@@ -252,15 +252,16 @@ def _check_train(spec: TrainJob, uploads: Mapping[str, bytes]) -> None:
                 "expected key=value" if "=" not in item else
                 f"{key} is set by the service from the job (seeds, timesteps, input, "
                 "eval_suite); remove it"))
+        value = item.split("=", 1)[1].strip()
         if key == "pretrain.teacher":
-            _check_teacher(item.split("=", 1)[1].strip(), "overrides: pretrain.teacher")
+            _check_teacher(value, "overrides: pretrain.teacher")
         if key == "pretrain":
             raise BadRequest("overrides: pretrain: set its keys one by one "
                              "(pretrain.teacher=heuristic:NAME, pretrain.steps=N)")
         if key == "eval.baselines":
-            _check_baselines(item.split("=", 1)[1].strip(), "overrides: eval.baselines")
-        if key == "eval.unseen_suite" and item.split("=", 1)[1].strip():
-            check_shipped(item.split("=", 1)[1].strip(), "overrides: eval.unseen_suite")
+            _check_baselines(value, "overrides: eval.baselines")
+        if key == "eval.unseen_suite" and value:
+            check_shipped(value, "overrides: eval.unseen_suite")
         if key == "eval":
             raise BadRequest("overrides: eval: set its keys one by one "
                              "(eval.final_episodes=N, eval.baselines=[NAME, ...])")
