@@ -33,7 +33,10 @@ core = Extension(
     language="c++",
     # -ffp-contract=off: no fused multiply-add, so every double is computed in the same
     # order and rounding as in the Python reference (the differential tests compare bits).
-    extra_compile_args=["-std=c++17", "-O3", "-ffp-contract=off", "-fno-fast-math"],
+    # -pthread: step_batch's helper threads (pool.hpp).
+    extra_compile_args=["-std=c++17", "-O3", "-ffp-contract=off", "-fno-fast-math",
+                        "-pthread"],
+    extra_link_args=["-pthread"],
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
 )
 

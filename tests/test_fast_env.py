@@ -4,7 +4,8 @@ On every shipped scenario, three seeds each, under random actions and under ever
 heuristic, the two backends return identical observations (compared as bytes), rewards,
 named cost terms, truncation flags and info dicts at every step; the offline oracle acts
 identically on both; and the batched vector env trains the same PPO model as SB3's
-``DummyVecEnv`` of ``Monitor``-wrapped envs.
+``DummyVecEnv`` of ``Monitor``-wrapped envs, with its envs stepped on one thread or on
+helper threads too.
 """
 
 from __future__ import annotations
@@ -124,8 +125,92 @@ def test_batched_vec_env_trains_the_same_model() -> None:
     a, ra = train(DummyVecEnv([lambda: Monitor(PageTableReclaimEnv(scenarios, EnvConfig()))
                                for _ in range(2)]))
     b, rb = train(FastVecEnv([PageTableReclaimEnv(scenarios, EnvConfig()) for _ in range(2)]))
-    assert torch.equal(a, b)
-    assert ra == rb and ra  # episode returns (Monitor's) match, and episodes ended
+    c, rc = train(FastVecEnv([PageTableReclaimEnv(scenarios, EnvConfig()) for _ in range(2)],
+                             threads=2))
+    assert torch.equal(a, b) and torch.equal(a, c)
+    assert ra == rb == rc and ra  # episode returns (Monitor's) match, and episodes ended
+
+
+@pytest.mark.parametrize("suite", ["train", "test"])
+def test_helper_threads_step_the_batched_env_identically(suite: str) -> None:
+    """``env_threads``: the batched env's envs stepped on 1, 2 and 3 threads give the same
+    observations (as bytes), rewards, ends and terminal observations, step by step, over
+    several episodes of every scenario of the suite.  The rare ``Generator.permutation``
+    draws, which call back into Python from a helper without the GIL, happen on the way."""
+    from ptreclaim.agents.training.fastvec import FastVecEnv
+    from ptreclaim.envs.sim.fast._fast import callback_counts
+
+    scenarios = load_suite(CONFIG_DIR / "suites" / f"{suite}.yaml")
+    runs: list[list[bytes]] = []
+    permutations = []
+    for threads in (1, 2, 3):
+        venv = FastVecEnv([PageTableReclaimEnv(scenarios, EnvConfig(max_steps=60))
+                           for _ in range(4)], threads=threads)
+        venv.seed(7)
+        rng = np.random.default_rng(3)
+        before = callback_counts()[1]
+        nvec = venv.action_space.nvec
+        got = [venv.reset().tobytes()]
+        for _ in range(400):
+            venv.step_async(rng.integers(0, nvec, size=(4, len(nvec))))
+            obs, rewards, dones, infos = venv.step_wait()
+            got += [obs.tobytes(), rewards.tobytes(), dones.tobytes()]
+            got += [i["terminal_observation"].tobytes() for i in infos if i]
+        runs.append(got)
+        permutations.append(callback_counts()[1] - before)
+        venv.close()
+    assert runs[0] == runs[1] == runs[2]
+    assert len(runs[0]) > 3 * 400 + 4 * 5  # every env ended several episodes
+    if suite == "train":
+        assert permutations[1] > 0 and permutations == [permutations[0]] * 3
+
+
+def test_helper_threads_start_again_in_a_forked_child() -> None:
+    """A process forked after the helpers ran (a worker process of a multi-seed run or an
+    evaluation) has none of them: its batched env starts its own and steps as the
+    parent does."""
+    import hashlib
+    import os
+
+    from ptreclaim.agents.training.fastvec import FastVecEnv
+
+    venv = FastVecEnv([PageTableReclaimEnv(load_suite(CONFIG_DIR / "suites" / "train.yaml"),
+                                           EnvConfig()) for _ in range(3)], threads=2)
+    venv.seed(5)
+    venv.reset()
+    actions = np.random.default_rng(5).integers(0, venv.action_space.nvec, size=(60, 3, 5))
+
+    def steps(rows: np.ndarray) -> str:
+        h = hashlib.sha256()
+        for a in rows:
+            venv.step_async(a)
+            h.update(venv.step_wait()[0].tobytes())
+        return h.hexdigest()
+
+    steps(actions[:20])
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        try:
+            os.write(write, steps(actions[20:]).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert child == steps(actions[20:])
+
+
+def test_step_threads_reject_a_count_below_one() -> None:
+    from ptreclaim.agents.training.fastvec import FastVecEnv
+    from ptreclaim.envs.sim.fast._fast import StepThreads
+
+    with pytest.raises(ValueError, match="threads must be at least 1"):
+        StepThreads(0)
+    with pytest.raises(ValueError, match="threads must be at least 1"):
+        FastVecEnv([PageTableReclaimEnv(load_suite(CONFIG_DIR / "suites" / "train.yaml"),
+                                        EnvConfig())], threads=0)
 
 
 def test_an_env_stepped_by_the_batched_vec_env_pickles_to_its_state() -> None:

@@ -557,6 +557,20 @@ def test_set_values_are_typed_and_validated(tiny: Path) -> None:
         config.load_experiment(tiny / "exp.yaml", [("--set", "normalise.obs=true")])
 
 
+def test_env_threads_reach_the_batched_env(tiny: Path) -> None:
+    from ptreclaim.agents.training.fastvec import FastVecEnv
+    from ptreclaim.agents.training.vecenv import make_vec_env
+
+    exp, _ = config.load_experiment(tiny / "exp.yaml", [("--set", "env_threads=2")])
+    venv = make_vec_env(exp, config.resolve_scenarios(exp).train, 0, 0.99)
+    inner = venv.venv if hasattr(venv, "venv") else venv
+    assert isinstance(inner, FastVecEnv) and inner._threads is not None
+    assert inner._threads.threads == 2
+    venv.close()
+    with pytest.raises(config.TrainError, match="env_threads"):
+        config.load_experiment(tiny / "exp.yaml", [("--set", "env_threads=0")])
+
+
 def test_default_experiment_and_algo_configs_load() -> None:
     exp, _ = config.load_experiment(None)
     assert exp.name == "default" and exp.algo == "ppo" and len(exp.seeds) >= 3

@@ -207,6 +207,11 @@ class ExperimentConfig:
     #: ``dummy``, see agents/training/fastvec.py) where the algorithm needs no action
     #: wrapper and the compiled core runs every scenario, else falls back to ``dummy``.
     vec_env: Literal["batched", "dummy", "subproc"] = "batched"
+    #: Threads that step the batched env's envs (the caller and env_threads - 1 helpers,
+    #: envs/sim/fast/pool.hpp): the same results for any number; faster in wall-clock time
+    #: where a core would be idle, at the cost of the helpers' polling.  Keep 1 where the
+    #: seeds' processes (``jobs``) already fill the cores.
+    env_threads: int = 1
     jobs: int = 1
     torch_threads: int = 1
     checkpoint_freq: int = 0  # steps between checkpoints; 0: only at the end and on Ctrl-C
@@ -235,6 +240,7 @@ class ExperimentConfig:
         check_range("timesteps", self.timesteps, 1, 10**10)
         check_range("n_envs", self.n_envs, 1, 1024)
         check_range("jobs", self.jobs, 1, 256)
+        check_range("env_threads", self.env_threads, 1, 64)
         check_range("torch_threads", self.torch_threads, 1, 256)
         check_range("checkpoint_freq", self.checkpoint_freq, 0, 10**10)
         if not self.eval_suite:

@@ -10,6 +10,10 @@ in the info of an ending episode, and ``Monitor``'s ``episode`` record (``r``, `
 but it steps every env in one compiled call (``_fast.step_batch``) and builds an info dict
 only where an episode ends.  Infos of other steps are empty: code that reads the env's
 per-step info (evaluation, the advisor) drives single envs, not this vector env.
+
+With ``threads`` > 1 the compiled call steps the envs on this thread and helper threads at
+once, with the GIL released (``envs/sim/fast/pool.hpp``): the envs share no state, so the
+data are the same for any number of threads (``tests/test_fast_env.py``).
 """
 
 from __future__ import annotations
@@ -28,16 +32,21 @@ from stable_baselines3.common.vec_env.base_vec_env import (
 )
 
 from ...envs.pagetable_env import PageTableReclaimEnv
-from ...envs.sim.fast._fast import actions_in_space, step_batch
+from ...envs.sim.fast._fast import StepThreads, actions_in_space, step_batch
 from ...envs.sim.fast.simulation import prepare
 
 
 class FastVecEnv(VecEnv):
     """N :class:`PageTableReclaimEnv` on the compiled backend, stepped together."""
 
-    def __init__(self, envs: Sequence[PageTableReclaimEnv]) -> None:
+    def __init__(self, envs: Sequence[PageTableReclaimEnv], threads: int = 1) -> None:
+        """``threads``: the threads that step the envs, this one included
+        (:class:`~ptreclaim.envs.sim.fast._fast.StepThreads`); any number gives the same
+        results."""
         if not envs:
             raise ValueError("FastVecEnv needs at least one env")
+        if threads < 1:
+            raise ValueError(f"FastVecEnv: threads must be at least 1, got {threads}")
         for env in envs:
             if not isinstance(env, PageTableReclaimEnv) or env.config.backend == "exact":
                 raise ValueError("FastVecEnv steps unwrapped PageTableReclaimEnv instances "
@@ -60,6 +69,7 @@ class FastVecEnv(VecEnv):
         self._ep_return = np.zeros(self.num_envs, dtype=np.float64)
         self._ep_len = np.zeros(self.num_envs, dtype=np.int64)
         self._ep_start = [time.time()] * self.num_envs
+        self._threads = StepThreads(min(threads, self.num_envs)) if threads > 1 else None
 
     # -- the VecEnv API -------------------------------------------------------
 
@@ -90,7 +100,7 @@ class FastVecEnv(VecEnv):
         # The compiled call also adds each reward to its episode's return and counts the
         # step, and says how many episodes ended: most steps end none.
         ended = step_batch(cores, self._actions, self._obs, self._rewards, self._trunc,
-                           self._ep_return, self._ep_len)
+                           self._ep_return, self._ep_len, self._threads)
         # Each env's pickle journal records its action (an env taken out of the batch still
         # pickles right), from one tolist() for the batch.
         for env, row in zip(self.envs, self._actions.tolist(), strict=True):

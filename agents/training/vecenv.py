@@ -98,7 +98,8 @@ def make_vec_env(exp: ExperimentConfig, scenarios: list[ScenarioConfig], seed: i
     if exp.vec_env == "batched" and batched_ok(exp.algo, scenarios, exp.env):
         from .fastvec import FastVecEnv
 
-        venv = FastVecEnv([PageTableReclaimEnv(scenarios, exp.env) for _ in range(exp.n_envs)])
+        venv = FastVecEnv([PageTableReclaimEnv(scenarios, exp.env) for _ in range(exp.n_envs)],
+                          threads=exp.env_threads)
     else:
         fns = [_make_env_fn(scenarios, exp.env, exp.algo, os.getpid())
                for _ in range(exp.n_envs)]

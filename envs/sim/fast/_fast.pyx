@@ -448,6 +448,11 @@ cdef extern from "numpy/random/bitgen.h":
     ctypedef struct bitgen_t:
         pass
 
+cdef extern from "pool.hpp" namespace "ptfast":
+    cdef cppclass StepPool:
+        StepPool(int threads, int spin_us)
+        int threads()
+
 cdef extern from "sim.hpp" namespace "ptfast":
     cdef cppclass Rng:
         bitgen_t* bg
@@ -578,6 +583,9 @@ cdef extern from "sim.hpp" namespace "ptfast":
         int n_obs()
 
     unique_ptr[Workload] make_workload "ptfast::make_workload"(const string& family, const Params& p) except +
+    void step_envs(StepPool& pool, EnvCore* const* envs, i64 n, const i64* actions, i64 k,
+                   float* obs, i64 width, double* rewards, double* const* terms,
+                   cbool* truncated) nogil
 
 cdef extern from "trace_program.hpp" namespace "ptfast":
     cdef cppclass TraceProgram:
@@ -587,8 +595,8 @@ cdef extern from "trace_program.hpp" namespace "ptfast":
     void set_trace_program(Workload& w, shared_ptr[TraceProgram] prog) except +
     cbool has_workload "ptfast::has_workload"(const string& family)
 
-    void (*g_py_permutation)(void* gen, i64 n, i64* out)
-    i64 g_n_choice
+    void (*g_py_permutation)(void* gen, i64 n, i64* out) noexcept nogil
+    i64 n_choice_draws()
 
 
 cdef i64 _n_permutation = 0
@@ -598,7 +606,7 @@ def callback_counts() -> tuple:
     """(choice, permutation) draws made so far: ``Generator.choice`` without replacement in
     the core (``Rng::choice_noreplace``), ``Generator.permutation`` through the Python
     Generator."""
-    return (g_n_choice, _n_permutation)
+    return (n_choice_draws(), _n_permutation)
 
 
 def choice_noreplace(object gen, cnp.ndarray[cnp.int64_t, ndim=1, mode="c"] cand,
@@ -619,7 +627,8 @@ def choice_noreplace(object gen, cnp.ndarray[cnp.int64_t, ndim=1, mode="c"] cand
     return out
 
 
-cdef void _py_permutation(void* gen, i64 n, i64* out) noexcept:
+cdef void _py_permutation(void* gen, i64 n, i64* out) noexcept with gil:
+    # with gil: step_batch's helper threads call it without the GIL.
     global _n_permutation
     _n_permutation += 1
     res = np.ascontiguousarray((<object>gen).permutation(n), dtype=np.int64)
@@ -1029,20 +1038,56 @@ def actions_in_space(cnp.ndarray[cnp.int64_t, ndim=2, mode="c"] actions,
     return True
 
 
+cdef class StepThreads:
+    """Threads for :func:`step_batch`: the caller and ``threads - 1`` helper threads
+    (``pool.hpp``).  A helper polls for ``spin_us`` microseconds after each batch, then
+    sleeps; it is started on first use and stopped when this object is freed."""
+
+    cdef unique_ptr[StepPool] pool
+
+    def __cinit__(self, int threads, int spin_us=2000):
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
+        if spin_us < 0:
+            raise ValueError(f"spin_us must be at least 0, got {spin_us}")
+        self.pool.reset(new StepPool(threads, spin_us))
+
+    @property
+    def threads(self) -> int:
+        return self.pool.get().threads()
+
+
+cdef StepThreads _serial = StepThreads(1, 0)
+
+
 def step_batch(list steps, cnp.ndarray[cnp.int64_t, ndim=2, mode="c"] actions,
                cnp.ndarray[cnp.float32_t, ndim=2, mode="c"] obs,
                cnp.ndarray[cnp.float64_t, ndim=1, mode="c"] rewards,
                cnp.ndarray[cnp.uint8_t, ndim=1, mode="c"] truncated,
                cnp.ndarray[cnp.float64_t, ndim=1, mode="c"] ep_return,
-               cnp.ndarray[cnp.int64_t, ndim=1, mode="c"] ep_len) -> int:
+               cnp.ndarray[cnp.int64_t, ndim=1, mode="c"] ep_len,
+               StepThreads threads=None) -> int:
     """One decision in each of several compiled envs, in one call (the batched vector
     env): row i of ``actions`` goes to ``steps[i]``; observations, rewards and truncation
     flags are written to row/element i, the reward is added to ``ep_return[i]`` and
     ``ep_len[i]`` counts the step (``Monitor``'s episode record).  Actions must already be
-    inside the space (:func:`actions_in_space`).  Returns how many envs' episodes ended."""
+    inside the space (:func:`actions_in_space`).  The envs run on ``threads``
+    (:class:`StepThreads`; None: on the caller alone) with the GIL released; the results
+    are the same for any number of threads.  Returns how many envs' episodes ended."""
     cdef i64 n = len(steps), i, ended = 0
+    if actions.shape[0] != n or obs.shape[0] != n or rewards.shape[0] != n \
+            or truncated.shape[0] != n or ep_return.shape[0] != n or ep_len.shape[0] != n:
+        raise ValueError(f"step_batch: every array needs one row per env ({n})")
     cdef EnvStep st
-    cdef cbool tr
+    cdef vector[EnvCore*] cores
+    cdef vector[double*] terms
+    cores.resize(n)
+    terms.resize(n)
+    for i in range(n):
+        st = <EnvStep>steps[i]
+        cores[i] = &st.core
+        terms[i] = <double*>cnp.PyArray_DATA(st.terms)
+    cdef StepPool* pool = (_serial if threads is None else threads).pool.get()
     cdef i64 k = actions.shape[1]
     cdef i64 width = obs.shape[1]
     cdef const i64* a = <const i64*>cnp.PyArray_DATA(actions)
@@ -1051,13 +1096,10 @@ def step_batch(list steps, cnp.ndarray[cnp.int64_t, ndim=2, mode="c"] actions,
     cdef unsigned char* t = <unsigned char*>cnp.PyArray_DATA(truncated)
     cdef double* ret = <double*>cnp.PyArray_DATA(ep_return)
     cdef i64* length = <i64*>cnp.PyArray_DATA(ep_len)
+    with nogil:
+        step_envs(pool[0], cores.data(), n, a, k, o, width, r, terms.data(), <cbool*>t)
     for i in range(n):
-        st = <EnvStep>steps[i]
-        tr = False
-        r[i] = st.core.step(a + i * k, k, o + i * width, <double*>cnp.PyArray_DATA(st.terms),
-                            &tr)
-        t[i] = tr
-        ended += tr
+        ended += t[i]
         ret[i] += r[i]
         length[i] += 1
     return ended

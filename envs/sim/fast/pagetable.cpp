@@ -3,6 +3,7 @@
 #include "pagetable.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #ifdef __SSE2__
 #include <emmintrin.h>
@@ -53,11 +54,13 @@ inline i64 extent_of(i64 old_addr, i64 new_addr, i64 old_end, i64 size) {
   return std::min(extent, size - (new_addr & (size - 1)));
 }
 
-i64 g_anon_vma_ids = 0;
+// Atomic: envs stepped on step_batch's helper threads draw ids at once (ids are only
+// compared for equality, so which env gets which id changes nothing).
+std::atomic<i64> g_anon_vma_ids{0};
 
 }  // namespace
 
-i64 next_anon_vma_id() { return ++g_anon_vma_ids; }
+i64 next_anon_vma_id() { return g_anon_vma_ids.fetch_add(1, std::memory_order_relaxed) + 1; }
 
 const char* err_name(int err) {
   switch (err) {

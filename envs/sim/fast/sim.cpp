@@ -9,7 +9,7 @@ namespace ptfast {
 
 constexpr double RATE_DECAY = 0.9;  // process.RATE_DECAY
 
-i64 g_n_choice = 0;
+std::atomic<i64> g_n_choice{0};
 
 namespace {
 
@@ -42,7 +42,7 @@ void shuffle_from(bitgen_t* bg, i64 n, i64 first, i64* data) {
 // when the value was drawn before, found in an open-addressed set of the next power of two
 // at or above 1.2 k), then shuffles the k indices.  The sample is cand at those indices.
 std::vector<i64> Rng::choice_noreplace(const std::vector<i64>& cand, i64 k) {
-  g_n_choice++;
+  g_n_choice.fetch_add(1, std::memory_order_relaxed);
   const i64 n = (i64)cand.size();
   std::vector<i64> idx;
   if (n > 10000 && k > n / 50) {
@@ -674,6 +674,15 @@ double EnvCore::step(const i64* action, i64 n_action, float* obs, double* terms,
   *truncated = steps >= cfg.max_steps || sim->tick_no >= sim->cfg.ticks;
   observe(obs);
   return -acc;
+}
+
+void step_envs(StepPool& pool, EnvCore* const* envs, i64 n, const i64* actions, i64 k,
+               float* obs, i64 width, double* rewards, double* const* terms, bool* truncated) {
+  pool.run(n, [&](i64 i) {
+    bool tr = false;
+    rewards[i] = envs[i]->step(actions + i * k, k, obs + i * width, terms[i], &tr);
+    truncated[i] = tr;
+  });
 }
 
 void EnvCore::observe(float* obs) {

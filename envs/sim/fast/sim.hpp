@@ -11,6 +11,7 @@
 // (a hook set by the Cython module).
 #pragma once
 
+#include <atomic>
 #include <deque>
 #include <functional>
 #include <map>
@@ -21,6 +22,7 @@
 #include <vector>
 
 #include "pagetable.hpp"
+#include "pool.hpp"
 
 extern "C" {
 #include "numpy/random/distributions.h"
@@ -32,8 +34,10 @@ namespace ptfast {
 
 // Python callback for a rare draw (set by _fast.pyx): permutation(n) writes n values.
 extern void (*g_py_permutation)(void* gen, i64 n, i64* out);
-// Draws made by Rng::choice_noreplace so far (a diagnostic, _fast.callback_counts).
-extern i64 g_n_choice;
+// Draws made by Rng::choice_noreplace so far (a diagnostic, _fast.callback_counts);
+// atomic, as step_batch's helper threads draw too (pool.hpp).
+extern std::atomic<i64> g_n_choice;
+inline i64 n_choice_draws() { return g_n_choice.load(std::memory_order_relaxed); }
 
 struct Rng {
   bitgen_t* bg = nullptr;  // borrowed from a numpy Generator's bit generator
@@ -354,5 +358,12 @@ class EnvCore {
  private:
   mutable std::vector<Process*> top_scratch_;  // top_consumers' list (Borrowed)
 };
+
+// The batched vector env's step (_fast.step_batch): envs[i]->step(actions + i*k, ...) for
+// every i, writing obs row i, rewards[i] and truncated[i], on the caller and `pool`'s
+// helpers.  Each env touches only its own simulation and rows, so the results are the
+// same for any number of threads.
+void step_envs(StepPool& pool, EnvCore* const* envs, i64 n, const i64* actions, i64 k,
+               float* obs, i64 width, double* rewards, double* const* terms, bool* truncated);
 
 }  // namespace ptfast

@@ -4,6 +4,7 @@
 // method it ports and keeps its random draws, in the same order and under the same
 // conditions.  Processes are held as indices into `procs` (not as extra pointers), so that
 // Workload::remap re-points all of them after a clone.
+#include <atomic>
 #include <deque>
 #include <string>
 
@@ -15,7 +16,8 @@ namespace {
 // ---------------------------------------------------------------------- uffd
 
 // Identities of userfaultfd contexts (the Python `object()`): unique, non-zero.
-i64 g_uffd_ctx_ids = 0;
+// Atomic for step_batch's helper threads (ids are compared for equality only).
+std::atomic<i64> g_uffd_ctx_ids{0};
 
 enum UPhase { U_PRECOPY, U_DISCARD, U_POSTCOPY, U_DONE };
 
@@ -55,7 +57,7 @@ class UffdMigration : public Workload {
     precopy_end = py_round(precopy_fraction * (double)n_slots);
     phase = U_PRECOPY;
     registered = false;
-    ctx = ++g_uffd_ctx_ids;
+    ctx = g_uffd_ctx_ids.fetch_add(1, std::memory_order_relaxed) + 1;
     cursor = 0;
     pending.clear();
     dirty.clear();
