@@ -569,6 +569,9 @@ def test_env_threads_reach_the_batched_env(tiny: Path) -> None:
     venv.close()
     with pytest.raises(config.TrainError, match="env_threads"):
         config.load_experiment(tiny / "exp.yaml", [("--set", "env_threads=0")])
+    with pytest.raises(config.TrainError, match="set vec_env=batched or env_threads=1"):
+        config.load_experiment(tiny / "exp.yaml", [("--set", "env_threads=2"),
+                                                   ("--set", "vec_env=dummy")])
 
 
 def test_default_experiment_and_algo_configs_load() -> None:

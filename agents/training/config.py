@@ -241,6 +241,10 @@ class ExperimentConfig:
         check_range("n_envs", self.n_envs, 1, 1024)
         check_range("jobs", self.jobs, 1, 256)
         check_range("env_threads", self.env_threads, 1, 64)
+        if self.env_threads > 1 and self.vec_env != "batched":
+            raise ConfigError(f"env_threads: {self.env_threads} steps the batched env's envs on "
+                              f"helper threads, but vec_env is {self.vec_env!r}; set "
+                              f"vec_env=batched or env_threads=1")
         check_range("torch_threads", self.torch_threads, 1, 256)
         check_range("checkpoint_freq", self.checkpoint_freq, 0, 10**10)
         if not self.eval_suite:
