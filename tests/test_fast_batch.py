@@ -72,3 +72,29 @@ def test_step_batch_keeps_the_episode_sums_numpy_kept() -> None:
         assert ret.tobytes() == want_ret.tobytes()
         assert length.tolist() == [step + 1] * 3
         assert ended == int(trunc.sum()) == (3 if step == 6 else 0)
+
+
+def test_step_batch_refuses_arrays_of_another_length_and_steps_nothing() -> None:
+    # With the GIL released nothing may write past an array: a short one is refused first,
+    # before any env steps (the refused call leaves the envs as a fresh pair is).
+    scenarios = load_suite(CONFIG_DIR / "suites" / "train.yaml")
+
+    def fresh() -> list[PageTableReclaimEnv]:
+        envs = [PageTableReclaimEnv(scenarios, EnvConfig()) for _ in range(2)]
+        for i, env in enumerate(envs):
+            env.reset(seed=i)
+        return envs
+
+    refused, untouched = fresh(), fresh()
+    width = refused[0].observation_space.shape[0]
+    acts = np.ones((2, len(refused[0].action_space.nvec)), dtype=np.int64)
+
+    def step(envs: list[PageTableReclaimEnv], rows: int = 2) -> np.ndarray:
+        obs = np.zeros((rows, width), dtype=np.float32)
+        step_batch([env._core for env in envs], acts, obs, np.zeros(2),
+                   np.zeros(2, dtype=np.uint8), np.zeros(2), np.zeros(2, dtype=np.int64))
+        return obs
+
+    with pytest.raises(ValueError, match=r"one row per env \(2\)"):
+        step(refused, rows=1)
+    assert step(refused).tobytes() == step(untouched).tobytes()
