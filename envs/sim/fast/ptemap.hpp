@@ -156,6 +156,8 @@ class SlotMap {
 
   void clear() {
     for (auto& kv : nodes_) {  // each node back to empty, for the pool
+      // A full pool takes no more: the rest are freed with nodes_, not emptied first.
+      if (spare_nodes().size() >= SPARE_NODES) break;
       Node& node = *kv.second;
       for (int w = 0; w < 8; w++) {
         for (uint64_t bits = node.bits[w]; bits; bits &= bits - 1)
