@@ -1057,8 +1057,6 @@ cdef class StepThreads:
         return self.pool.get().threads()
 
 
-cdef StepThreads _serial = StepThreads(1, 0)
-
 
 def step_batch(list steps, cnp.ndarray[cnp.int64_t, ndim=2, mode="c"] actions,
                cnp.ndarray[cnp.float32_t, ndim=2, mode="c"] obs,
@@ -1072,22 +1070,17 @@ def step_batch(list steps, cnp.ndarray[cnp.int64_t, ndim=2, mode="c"] actions,
     flags are written to row/element i, the reward is added to ``ep_return[i]`` and
     ``ep_len[i]`` counts the step (``Monitor``'s episode record).  Actions must already be
     inside the space (:func:`actions_in_space`).  The envs run on ``threads``
-    (:class:`StepThreads`; None: on the caller alone) with the GIL released; the results
-    are the same for any number of threads.  Returns how many envs' episodes ended."""
+    (:class:`StepThreads`; None or one thread: on the caller alone, in turn, as before
+    there were threads; more: with the GIL released); the results are the same for any
+    number of threads.  Returns how many envs' episodes ended."""
     cdef i64 n = len(steps), i, ended = 0
     if actions.shape[0] != n or obs.shape[0] != n or rewards.shape[0] != n \
             or truncated.shape[0] != n or ep_return.shape[0] != n or ep_len.shape[0] != n:
         raise ValueError(f"step_batch: every array needs one row per env ({n})")
     cdef EnvStep st
+    cdef cbool tr
     cdef vector[EnvCore*] cores
     cdef vector[double*] terms
-    cores.resize(n)
-    terms.resize(n)
-    for i in range(n):
-        st = <EnvStep>steps[i]
-        cores[i] = &st.core
-        terms[i] = <double*>cnp.PyArray_DATA(st.terms)
-    cdef StepPool* pool = (_serial if threads is None else threads).pool.get()
     cdef i64 k = actions.shape[1]
     cdef i64 width = obs.shape[1]
     cdef const i64* a = <const i64*>cnp.PyArray_DATA(actions)
@@ -1096,8 +1089,25 @@ def step_batch(list steps, cnp.ndarray[cnp.int64_t, ndim=2, mode="c"] actions,
     cdef unsigned char* t = <unsigned char*>cnp.PyArray_DATA(truncated)
     cdef double* ret = <double*>cnp.PyArray_DATA(ep_return)
     cdef i64* length = <i64*>cnp.PyArray_DATA(ep_len)
-    with nogil:
-        step_envs(pool[0], cores.data(), n, a, k, o, width, r, terms.data(), <cbool*>t)
+    cdef StepPool* pool
+    if threads is None or threads.pool.get().threads() == 1:
+        # One thread: the envs in turn, the GIL held (no pool, no release).
+        for i in range(n):
+            st = <EnvStep>steps[i]
+            tr = False
+            r[i] = st.core.step(a + i * k, k, o + i * width,
+                                <double*>cnp.PyArray_DATA(st.terms), &tr)
+            t[i] = tr
+    else:
+        cores.resize(n)
+        terms.resize(n)
+        for i in range(n):
+            st = <EnvStep>steps[i]
+            cores[i] = &st.core
+            terms[i] = <double*>cnp.PyArray_DATA(st.terms)
+        pool = threads.pool.get()
+        with nogil:
+            step_envs(pool[0], cores.data(), n, a, k, o, width, r, terms.data(), <cbool*>t)
     for i in range(n):
         ended += t[i]
         ret[i] += r[i]
