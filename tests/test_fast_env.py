@@ -133,19 +133,22 @@ def test_batched_vec_env_trains_the_same_model() -> None:
 
 @pytest.mark.parametrize("suite", ["train", "test"])
 def test_helper_threads_step_the_batched_env_identically(suite: str) -> None:
-    """``env_threads``: the batched env's envs stepped on 1, 2 and 3 threads give the same
+    """``env_threads``: the batched env's envs stepped on 1, 2 and 3 threads, and on 4
+    whose helpers sleep at once after each batch (the wake-up path), give the same
     observations (as bytes), rewards, ends and terminal observations, step by step, over
     several episodes of every scenario of the suite.  The rare ``Generator.permutation``
     draws, which call back into Python from a helper without the GIL, happen on the way."""
     from ptreclaim.agents.training.fastvec import FastVecEnv
-    from ptreclaim.envs.sim.fast._fast import callback_counts
+    from ptreclaim.envs.sim.fast._fast import StepThreads, callback_counts
 
     scenarios = load_suite(CONFIG_DIR / "suites" / f"{suite}.yaml")
     runs: list[list[bytes]] = []
     permutations = []
-    for threads in (1, 2, 3):
+    for threads, no_spin in ((1, False), (2, False), (3, False), (4, True)):
         venv = FastVecEnv([PageTableReclaimEnv(scenarios, EnvConfig(max_steps=60))
                            for _ in range(4)], threads=threads)
+        if no_spin:
+            venv._threads = StepThreads(threads, spin_us=0)
         venv.seed(7)
         rng = np.random.default_rng(3)
         before = callback_counts()[1]
@@ -159,10 +162,10 @@ def test_helper_threads_step_the_batched_env_identically(suite: str) -> None:
         runs.append(got)
         permutations.append(callback_counts()[1] - before)
         venv.close()
-    assert runs[0] == runs[1] == runs[2]
+    assert runs[0] == runs[1] == runs[2] == runs[3]
     assert len(runs[0]) > 3 * 400 + 4 * 5  # every env ended several episodes
     if suite == "train":
-        assert permutations[1] > 0 and permutations == [permutations[0]] * 3
+        assert permutations[1] > 0 and permutations == [permutations[0]] * 4
 
 
 def test_helper_threads_start_again_in_a_forked_child() -> None:
