@@ -79,12 +79,13 @@ class Service:
     def client(self, token: bool = True) -> Client:
         return Client(self.server.url, self.token if token else None)
 
-    def start_worker(self, name: str, lease: float = 3.0) -> subprocess.Popen[bytes]:
+    def start_worker(self, name: str, lease: float = 3.0, *flags: str
+                     ) -> subprocess.Popen[bytes]:
         env = {**os.environ, "PTRECLAIM_SERVICE_DB": self.db}
         log = (self.root / f"worker-{name}.log").open("ab")
         proc = subprocess.Popen(
             [sys.executable, str(ROOT / "scripts" / "worker.py"), "--root", str(self.root),
-             "--lease-seconds", str(lease), "--name", name], env=env, stdout=log,
+             "--lease-seconds", str(lease), "--name", name, *flags], env=env, stdout=log,
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.workers.append(proc)
         return proc
@@ -190,6 +191,8 @@ BAD_JSON = [
     ({"kind": "train", "timesteps": 100, "overrides": ["train_suite=/etc"]}, 422,
      "set by the service"),
     ({"kind": "train", "timesteps": 100, "overrides": ["n_envs=many"]}, 422, "n_envs"),
+    ({"kind": "train", "timesteps": 100, "overrides": ["env_threads=8"]}, 422,
+     "by the worker that runs it (env_threads: worker.py --env-threads)"),
     ({"kind": "train", "timesteps": 100, "overrides": ["pretrain.teacher=/etc/passwd"]}, 422,
      "not taken by path"),
     ({"kind": "train", "timesteps": 100,
@@ -312,6 +315,35 @@ def test_tune_a_shipped_scenario_and_an_uploaded_trace(service: Service, tmp_pat
         assert done["state"] == "succeeded", done
         results = json.loads(c.artifact(ev["id"], "summary.json"))
         assert "tuned" in json.dumps(results)
+
+
+def test_a_worker_s_env_threads_step_its_training_jobs(service: Service) -> None:
+    """``worker.py --env-threads 2``: the worker's train jobs step their batched envs on
+    two threads (the run's config records it); a request cannot set it."""
+    service.start_worker("w2", 3.0, "--env-threads", "2")
+    train = {"kind": "train", "timesteps": 64, "input": {"source": "shipped",
+                                                         "name": "redis_jemalloc"},
+             "eval_suite": "redis_jemalloc",
+             "overrides": ["n_envs=2", "eval.freq=0", "eval.final_episodes=1",
+                           "env.max_steps=10", "eval.baselines=[none]", "eval.oracle=false",
+                           "hyperparams.ppo.n_steps=32", "hyperparams.ppo.batch_size=32",
+                           "pretrain.teacher="]}
+    with service.client() as c:
+        job = c.submit(train)
+        done = wait_state(c, job["id"])
+        assert done["state"] == "succeeded", done
+        config = next(a["name"] for a in c.artifacts(job["id"])
+                      if a["name"].endswith("/config.yaml"))
+        assert "env_threads: 2\n" in c.artifact(job["id"], config).decode()
+
+
+@pytest.mark.parametrize("script", ["worker.py", "serve.py"])
+def test_env_threads_out_of_range_is_one_line(script: str, tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / script), "--root", str(tmp_path),
+                        "--env-threads", "0"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [
+        f"{script}: error: --env-threads: 0 is out of range; allowed [1, 64]"]
 
 
 def test_cancel_queued_and_running_jobs(service: Service) -> None:

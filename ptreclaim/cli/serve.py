@@ -30,7 +30,7 @@ from pathlib import Path
 
 from ..envs.sim.config import ConfigError
 from .common import OneLineParser, run_cli
-from .worker import add_worker_flags, check_db_url, open_store
+from .worker import add_worker_flags, check_db_url, check_worker_flags, open_store
 
 PROG = "serve.py"
 #: Seconds the workers get to hand their jobs back on shutdown (training saves a checkpoint).
@@ -71,6 +71,7 @@ def _check(args: argparse.Namespace) -> None:
         raise ConfigError(f"--port: {args.port} is not a port; allowed [1, 65535]")
     if not 0 <= args.workers <= 64:
         raise ConfigError(f"--workers: {args.workers} is out of range; allowed [0, 64]")
+    check_worker_flags(args)
     for flag, value in (("--max-trials", args.max_trials), ("--max-timesteps", args.max_timesteps),
                         ("--max-wall-seconds", args.max_wall_seconds),
                         ("--max-episodes", args.max_episodes),
@@ -100,7 +101,8 @@ def _start_workers(n: int, url: str, root: Path, args: argparse.Namespace
     env = dict(os.environ)
     env["PTRECLAIM_SERVICE_DB"] = url  # never on a command line (ps shows those)
     cmd = [sys.executable, "-m", "ptreclaim.cli.worker", "--root", str(root),
-           "--lease-seconds", str(args.lease_seconds), "--parent-pid", str(os.getpid())]
+           "--lease-seconds", str(args.lease_seconds), "--env-threads", str(args.env_threads),
+           "--parent-pid", str(os.getpid())]
     return [subprocess.Popen([*cmd, "--name", f"{socket.gethostname()}:local{i}"], env=env,
                              stdin=subprocess.DEVNULL) for i in range(n)]
 

@@ -59,9 +59,10 @@ UPLOAD_SUFFIXES: dict[str, tuple[str, ...]] = {
 }
 #: Files that hold pickles: never accepted.
 PICKLE_SUFFIXES = (".zip", ".pkl", ".pickle", ".pt", ".pth", ".joblib")
-#: Experiment keys the service sets itself (from the spec), never a request.
+#: Experiment keys the service sets itself (from the spec, or from the worker that runs
+#: the job: how many threads step its envs is the host's business), never a request.
 MANAGED_KEYS = ("train_suite", "eval_suite", "algo_config", "seeds", "timesteps", "jobs",
-                "checkpoint_freq")
+                "checkpoint_freq", "env_threads")
 #: The shipped scenario whose machine an uploaded trace runs on.
 TRACE_MACHINE_FROM = "heldout_real_traces"
 #: Where a job folder keeps its inputs.
@@ -193,13 +194,16 @@ def trace_scenario_data(spec: TraceInput, trace_file: str) -> dict[str, Any]:
     }
 
 
-def experiment_sets(spec: TrainJob, train_suite: str | None) -> list[tuple[str, str]]:
+def experiment_sets(spec: TrainJob, train_suite: str | None, env_threads: int = 1
+                    ) -> list[tuple[str, str]]:
     """The ``(label, key=value)`` overrides a train job applies to its
-    experiment (what ``scripts/train.py --set`` takes)."""
+    experiment (what ``scripts/train.py --set`` takes); ``env_threads`` is the worker's
+    (``worker.py --env-threads``)."""
     sets = [("--seeds", f"seeds=[{','.join(str(s) for s in spec.seeds)}]"),
             ("--timesteps", f"timesteps={spec.timesteps}"), ("--jobs", "jobs=1"),
             # A checkpoint every tenth of the run: a worker that dies loses at most that.
-            ("service", f"checkpoint_freq={max(1, spec.timesteps // 10)}")]
+            ("service", f"checkpoint_freq={max(1, spec.timesteps // 10)}"),
+            ("worker.py --env-threads", f"env_threads={env_threads}")]
     if spec.algo:
         sets.append(("--algo", f"algo={spec.algo}"))
     if train_suite:
@@ -251,7 +255,8 @@ def _check_train(spec: TrainJob, uploads: Mapping[str, bytes]) -> None:
             raise BadRequest(f"overrides: {item!r}: " + (
                 "expected key=value" if "=" not in item else
                 f"{key} is set by the service from the job (seeds, timesteps, input, "
-                "eval_suite); remove it"))
+                "eval_suite) or by the worker that runs it (env_threads: worker.py "
+                "--env-threads); remove it"))
         value = item.split("=", 1)[1].strip()
         if key == "pretrain.teacher":
             _check_teacher(value, "overrides: pretrain.teacher")

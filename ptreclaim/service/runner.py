@@ -260,7 +260,8 @@ def run_train(spec: TrainJob, job: dict[str, Any], url: str, rep: Reporter) -> i
                   str(_shipped_experiment(spec.experiment)))
         train_suite = None if spec.input is None else suite_arg(spec.input)
         argv = ["--config", config, "--out", "runs", "--no-progress"]
-        for _label, item in experiment_sets(spec, train_suite):
+        for _label, item in experiment_sets(spec, train_suite,
+                                            int(job.get("env_threads", 1))):
             argv += ["--set", item]
     with rep.polling(lambda: _train_probe(spec)):
         code = call_cli(train, argv, signals=False)

@@ -84,6 +84,9 @@ class WorkerConfig:
     #: How long a stopped job may take to save its state (a training checkpoint).
     stop_grace_seconds: float = 90.0
     max_artifact_bytes: int = 32 * 1024 * 1024
+    #: Threads that step a training job's envs (the experiment's ``env_threads``): 2 where
+    #: this worker's job would leave a core idle.
+    env_threads: int = 1
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -194,6 +197,7 @@ class Worker:
         write_text_atomic(folder / JOB_FILE, json.dumps({
             "id": job.id, "kind": job.kind, "spec": job.spec, "attempt": claim.attempt,
             "worker": self.cfg.name, "worker_pid": os.getpid(),
+            "env_threads": self.cfg.env_threads,
             "wall_left": max(1.0, wall - spent), "deadline": time.time() + max(1.0, wall - spent),
             "references": refs}, indent=1) + "\n")
         return folder
