@@ -644,6 +644,26 @@ def test_a_model_is_not_a_baseline(tmp_path: Path) -> None:
         loading.baseline_spec(f"learned={model}")
 
 
+def test_the_baseline_cache_key_covers_the_compiled_core(monkeypatch: pytest.MonkeyPatch
+                                                       ) -> None:
+    """The baselines' episodes run on the compiled core, so a change to its sources alone
+    must invalidate their cached results, as a change to the Python model does."""
+    from ptreclaim.agents.training import baselines
+
+    names = {f.name for f in baselines.fingerprinted_files()}
+    assert {"_fast.pyx", "sim.cpp", "pagetable.hpp", "pool.hpp", "wl_alloc.cpp",
+            "pagetable_env.py", "heuristics.py"} <= names
+    assert "_fast.cpp" not in names  # generated from _fast.pyx
+    before = baselines._code_fingerprint()
+    read = Path.read_bytes
+
+    def edited(self: Path) -> bytes:
+        return read(self) + (b"// edited\n" if self.name == "sim.hpp" else b"")
+
+    monkeypatch.setattr(Path, "read_bytes", edited)
+    assert baselines._code_fingerprint() != before
+
+
 def test_a_rule_baseline_is_cached_by_what_it_is(tiny: Path, tmp_path: Path) -> None:
     from ptreclaim.agents.training.baselines import baseline_results
 

@@ -36,15 +36,29 @@ from ..rollout import run_policies
 Tick = Callable[[], None]
 
 
-def _code_fingerprint() -> str:
-    """Hash of the code that decides a baseline's episodes (env, simulator,
-    heuristics, oracle, episode runner): a change invalidates cached results."""
-    h = hashlib.sha256()
+#: Sources of the compiled simulator core that runs the episodes (``_fast.cpp`` is
+#: generated from ``_fast.pyx``, which is hashed itself).
+CORE_SOURCES = ("*.pyx", "*.cpp", "*.hpp")
+
+
+def fingerprinted_files() -> list[Path]:
+    """The files whose contents decide a baseline's episodes: the env and simulator
+    (Python, and the compiled core's sources: the env runs on the core), the
+    heuristics, the oracle and the episode runner."""
     envs_dir = Path(str(sys.modules[PageTableReclaimEnv.__module__].__file__)).resolve().parent
     agents_dir = Path(__file__).resolve().parent.parent
-    files = [*sorted(envs_dir.rglob("*.py")),
-             agents_dir / "heuristics.py", agents_dir / "oracle.py", agents_dir / "rollout.py"]
-    for f in files:
+    core = sorted(p for pattern in CORE_SOURCES for p in envs_dir.rglob(pattern)
+                  if p.name != "_fast.cpp")
+    return [*sorted(envs_dir.rglob("*.py")), *core,
+            agents_dir / "heuristics.py", agents_dir / "oracle.py", agents_dir / "rollout.py"]
+
+
+def _code_fingerprint() -> str:
+    """Hash of :func:`fingerprinted_files`: a change to any of them invalidates cached
+    results.  (The compiled core's sources joined it: before, a change to the core
+    alone reused results the old core had computed.)"""
+    h = hashlib.sha256()
+    for f in fingerprinted_files():
         h.update(f.name.encode())
         with contextlib.suppress(OSError):
             h.update(f.read_bytes())
