@@ -559,13 +559,21 @@ def test_set_values_are_typed_and_validated(tiny: Path) -> None:
 
 def test_env_threads_reach_the_batched_env(tiny: Path) -> None:
     from ptreclaim.agents.training.fastvec import FastVecEnv
-    from ptreclaim.agents.training.vecenv import make_vec_env
+    from ptreclaim.agents.training.vecenv import envs_line, make_vec_env
 
     exp, _ = config.load_experiment(tiny / "exp.yaml", [("--set", "env_threads=2")])
     venv = make_vec_env(exp, config.resolve_scenarios(exp).train, 0, 0.99)
     inner = venv.venv if hasattr(venv, "venv") else venv
-    assert isinstance(inner, FastVecEnv) and inner._threads is not None
-    assert inner._threads.threads == 2
+    assert isinstance(inner, FastVecEnv) and inner.threads == 2
+    assert envs_line(exp, venv) == f"{exp.n_envs} envs on 2 threads"
+    venv.close()
+    # DQN acts through a wrapper, so it trains on SB3's DummyVecEnv: the run says the
+    # setting is unused rather than ignoring it silently.
+    dqn, _ = config.load_experiment(tiny / "exp.yaml", [("--set", "env_threads=2"),
+                                                        ("--algo dqn", "algo=dqn")])
+    venv = make_vec_env(dqn, config.resolve_scenarios(dqn).train, 0, 0.99)
+    assert envs_line(dqn, venv) == (f"{dqn.n_envs} envs; env_threads 2 unused: dqn on these "
+                                    "scenarios steps through SB3's DummyVecEnv")
     venv.close()
     with pytest.raises(config.TrainError, match="env_threads"):
         config.load_experiment(tiny / "exp.yaml", [("--set", "env_threads=0")])

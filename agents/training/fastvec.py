@@ -71,6 +71,11 @@ class FastVecEnv(VecEnv):
         self._ep_start = [time.time()] * self.num_envs
         self._threads = StepThreads(min(threads, self.num_envs)) if threads > 1 else None
 
+    @property
+    def threads(self) -> int:
+        """The threads that step the envs, this one included."""
+        return 1 if self._threads is None else self._threads.threads
+
     # -- the VecEnv API -------------------------------------------------------
 
     def reset(self) -> VecEnvObs:

@@ -55,7 +55,7 @@ from .hyperparams import materialize
 from .pretrain import pretrain
 from .report import plot_cost_terms, plot_learning_curve, print_tables, run_report
 from .runconfig import RunConfig, load_trained_policy
-from .vecenv import make_vec_env
+from .vecenv import envs_line, make_vec_env
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -232,7 +232,7 @@ def _train(run: RunFolder, cfg: RunConfig, out: Output, resume: bool,
     remaining = total - model.num_timesteps
     if progress is None:
         out.echo(f"{out.label}training {exp.algo} seed {seed}: {remaining} steps "
-                 f"({exp.n_envs} envs) -> {run}")
+                 f"({envs_line(exp, venv)}) -> {run}")
     diverged = None
     # Everything built so far (torch, SB3, the model) lives for the whole run: freezing it
     # keeps the garbage collector from walking those ~200k objects again in every full

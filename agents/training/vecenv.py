@@ -86,6 +86,22 @@ def batched_ok(algo: str, scenarios: list[ScenarioConfig], env_config: EnvConfig
             and all(supports(s) is None for s in scenarios))
 
 
+def envs_line(exp: ExperimentConfig, venv: VecEnv) -> str:
+    """How the training envs are stepped, for the run's first line: ``8 envs``, ``8 envs
+    on 2 threads``, or why ``env_threads`` is not used (the batched env cannot serve)."""
+    from .fastvec import FastVecEnv
+
+    inner: Any = venv
+    while hasattr(inner, "venv"):  # VecNormalize and other wrappers
+        inner = inner.venv
+    threads = inner.threads if isinstance(inner, FastVecEnv) else 1
+    line = f"{venv.num_envs} envs" + (f" on {threads} threads" if threads > 1 else "")
+    if exp.env_threads > 1 and not isinstance(inner, FastVecEnv):
+        line += (f"; env_threads {exp.env_threads} unused: {exp.algo} on these scenarios "
+                 f"steps through SB3's {type(inner).__name__}")
+    return line
+
+
 def make_vec_env(exp: ExperimentConfig, scenarios: list[ScenarioConfig], seed: int,
                  gamma: float, stats: Path | None = None) -> VecEnv:
     """The training VecEnv (the batched compiled one by default, DummyVecEnv where it
