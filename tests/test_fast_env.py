@@ -136,8 +136,10 @@ def test_helper_threads_step_the_batched_env_identically(suite: str) -> None:
     """``env_threads``: the batched env's envs stepped on 1, 2 and 3 threads, and on 4
     whose helpers sleep at once after each batch (the wake-up path), give the same
     observations (as bytes), rewards, ends and terminal observations, step by step, over
-    several episodes of every scenario of the suite.  The rare ``Generator.permutation``
-    draws, which call back into Python from a helper without the GIL, happen on the way."""
+    several episodes of every scenario of the suite; the helpers did step envs (3 and 4
+    threads on a 2-core machine also exercise more threads than cores).  The rare
+    ``Generator.permutation`` draws, which call back into Python from a helper without the
+    GIL, happen on the way."""
     from ptreclaim.agents.training.fastvec import FastVecEnv
     from ptreclaim.envs.sim.fast._fast import StepThreads, callback_counts
 
@@ -146,9 +148,10 @@ def test_helper_threads_step_the_batched_env_identically(suite: str) -> None:
     permutations = []
     for threads, no_spin in ((1, False), (2, False), (3, False), (4, True)):
         venv = FastVecEnv([PageTableReclaimEnv(scenarios, EnvConfig(max_steps=60))
-                           for _ in range(4)], threads=threads)
-        if no_spin:
-            venv._threads = StepThreads(threads, spin_us=0)
+                           for _ in range(4)])
+        # Set directly: FastVecEnv keeps to the usable CPUs, the test goes past them.
+        venv._threads = (None if threads == 1 else
+                         StepThreads(threads, spin_us=0) if no_spin else StepThreads(threads))
         venv.seed(7)
         rng = np.random.default_rng(3)
         before = callback_counts()[1]
@@ -161,6 +164,8 @@ def test_helper_threads_step_the_batched_env_identically(suite: str) -> None:
             got += [i["terminal_observation"].tobytes() for i in infos if i]
         runs.append(got)
         permutations.append(callback_counts()[1] - before)
+        if venv._threads is not None:
+            assert venv._threads.helper_steps > 0, threads
         venv.close()
     assert runs[0] == runs[1] == runs[2] == runs[3]
     assert len(runs[0]) > 3 * 400 + 4 * 5  # every env ended several episodes
@@ -199,10 +204,46 @@ def test_helper_threads_start_again_in_a_forked_child() -> None:
         finally:
             os._exit(0)
     os.close(write)
+    # A child that hangs (helpers it waits for but does not have) fails the test, not CI.
+    import select
+
+    ready, _, _ = select.select([read], [], [], 120)
+    if not ready:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child did not step within 120 s")
     child = os.read(read, 64).decode()
     os.close(read)
     assert os.waitpid(pid, 0)[1] == 0
     assert child == steps(actions[20:])
+
+
+def test_step_batch_refuses_misuse_that_would_race_or_overrun() -> None:
+    from ptreclaim.agents.training.fastvec import FastVecEnv
+    from ptreclaim.envs.sim.fast._fast import StepThreads, step_batch
+
+    scenarios = load_suite(CONFIG_DIR / "suites" / "train.yaml")
+    venv = FastVecEnv([PageTableReclaimEnv(scenarios, EnvConfig()) for _ in range(2)])
+    venv.seed(1)
+    venv.reset()
+    cores = [env._core for env in venv.envs]
+    width = venv.observation_space.shape[0]
+    acts = np.zeros((2, 5), dtype=np.int64)
+
+    def call(steps: list[Any], a: np.ndarray = acts, w: int = width) -> int:
+        return step_batch(steps, a, np.zeros((2, w), dtype=np.float32), np.zeros(2),
+                          np.zeros(2, dtype=np.uint8), np.zeros(2), np.zeros(2, dtype=np.int64),
+                          StepThreads(2))
+
+    with pytest.raises(ValueError, match="listed twice"):
+        call([cores[0], cores[0]])
+    with pytest.raises(ValueError, match=f"obs rows hold {width + 1} values"):
+        call(cores, w=width + 1)
+    with pytest.raises(ValueError, match="at least 4 components"):
+        call(cores, a=np.zeros((2, 3), dtype=np.int64))
+    with pytest.raises(TypeError, match=r"steps\[1\] is not an EnvStep"):
+        call([cores[0], object()])
+    assert call(cores) == 0  # and a proper call still steps
 
 
 def test_step_threads_reject_a_count_below_one() -> None:

@@ -43,13 +43,15 @@ CORE_SOURCES = ("*.pyx", "*.cpp", "*.hpp")
 
 def fingerprinted_files() -> list[Path]:
     """The files whose contents decide a baseline's episodes: the env and simulator
-    (Python, and the compiled core's sources: the env runs on the core), the
-    heuristics, the oracle and the episode runner."""
+    (Python, and the compiled core's sources and build flags, ``setup.py``, where the
+    checkout has them: the env runs on the core), the heuristics, the oracle and the
+    episode runner."""
     envs_dir = Path(str(sys.modules[PageTableReclaimEnv.__module__].__file__)).resolve().parent
     agents_dir = Path(__file__).resolve().parent.parent
     core = sorted(p for pattern in CORE_SOURCES for p in envs_dir.rglob(pattern)
                   if p.name != "_fast.cpp")
-    return [*sorted(envs_dir.rglob("*.py")), *core,
+    build = [p for p in (envs_dir.parent / "setup.py",) if p.is_file()]
+    return [*sorted(envs_dir.rglob("*.py")), *core, *build,
             agents_dir / "heuristics.py", agents_dir / "oracle.py", agents_dir / "rollout.py"]
 
 

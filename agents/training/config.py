@@ -210,7 +210,8 @@ class ExperimentConfig:
     #: Threads that step the batched env's envs (the caller and env_threads - 1 helpers,
     #: envs/sim/fast/pool.hpp): the same results for any number; faster in wall-clock time
     #: where a core would be idle, at the cost of the helpers' polling.  Keep 1 where the
-    #: seeds' processes (``jobs``) already fill the cores.
+    #: seeds' processes (``jobs``) already fill the cores.  Unused (and the run's first
+    #: line says so) where the envs step through SB3's vector envs instead.
     env_threads: int = 1
     jobs: int = 1
     torch_threads: int = 1
@@ -241,10 +242,6 @@ class ExperimentConfig:
         check_range("n_envs", self.n_envs, 1, 1024)
         check_range("jobs", self.jobs, 1, 256)
         check_range("env_threads", self.env_threads, 1, 64)
-        if self.env_threads > 1 and self.vec_env != "batched":
-            raise ConfigError(f"env_threads: {self.env_threads} steps the batched env's envs on "
-                              f"helper threads, but vec_env is {self.vec_env!r}; set "
-                              f"vec_env=batched or env_threads=1")
         check_range("torch_threads", self.torch_threads, 1, 256)
         check_range("checkpoint_freq", self.checkpoint_freq, 0, 10**10)
         if not self.eval_suite:

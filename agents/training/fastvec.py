@@ -18,6 +18,7 @@ data are the same for any number of threads (``tests/test_fast_env.py``).
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -41,8 +42,8 @@ class FastVecEnv(VecEnv):
 
     def __init__(self, envs: Sequence[PageTableReclaimEnv], threads: int = 1) -> None:
         """``threads``: the threads that step the envs, this one included
-        (:class:`~ptreclaim.envs.sim.fast._fast.StepThreads`); any number gives the same
-        results."""
+        (:class:`~ptreclaim.envs.sim.fast._fast.StepThreads`), at most one per env and per
+        CPU this process may use; any number gives the same results."""
         if not envs:
             raise ValueError("FastVecEnv needs at least one env")
         if threads < 1:
@@ -69,7 +70,10 @@ class FastVecEnv(VecEnv):
         self._ep_return = np.zeros(self.num_envs, dtype=np.float64)
         self._ep_len = np.zeros(self.num_envs, dtype=np.int64)
         self._ep_start = [time.time()] * self.num_envs
-        self._threads = StepThreads(min(threads, self.num_envs)) if threads > 1 else None
+        # No more threads than envs, nor than the CPUs this process may run on: a helper
+        # without a core of its own only makes the others wait for it.
+        usable = min(threads, self.num_envs, len(os.sched_getaffinity(0)))
+        self._threads = StepThreads(usable) if usable > 1 else None
 
     @property
     def threads(self) -> int:
@@ -121,6 +125,7 @@ class FastVecEnv(VecEnv):
     def close(self) -> None:
         for env in self.envs:
             env.close()
+        self._threads = None  # the helpers stop now, not when the env is collected
 
     def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
         return [getattr(self.envs[i], attr_name) for i in self._get_indices(indices)]

@@ -97,8 +97,11 @@ def envs_line(exp: ExperimentConfig, venv: VecEnv) -> str:
     threads = inner.threads if isinstance(inner, FastVecEnv) else 1
     line = f"{venv.num_envs} envs" + (f" on {threads} threads" if threads > 1 else "")
     if exp.env_threads > 1 and not isinstance(inner, FastVecEnv):
-        line += (f"; env_threads {exp.env_threads} unused: {exp.algo} on these scenarios "
-                 f"steps through SB3's {type(inner).__name__}")
+        why = (f"vec_env is {exp.vec_env}" if exp.vec_env != "batched" else
+               f"{exp.algo} on these scenarios needs SB3's {type(inner).__name__}")
+        line += f"; env_threads {exp.env_threads} unused: {why}"
+    elif threads < exp.env_threads:
+        line += f" (env_threads {exp.env_threads}: at most one per env and per usable CPU)"
     return line
 
 

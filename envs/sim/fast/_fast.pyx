@@ -450,8 +450,9 @@ cdef extern from "numpy/random/bitgen.h":
 
 cdef extern from "pool.hpp" namespace "ptfast":
     cdef cppclass StepPool:
-        StepPool(int threads, int spin_us)
+        StepPool(int threads, int spin_us, void (*on_exit)())
         int threads()
+        int64_t helper_steps()
 
 cdef extern from "sim.hpp" namespace "ptfast":
     cdef cppclass Rng:
@@ -583,6 +584,7 @@ cdef extern from "sim.hpp" namespace "ptfast":
         int n_obs()
 
     unique_ptr[Workload] make_workload "ptfast::make_workload"(const string& family, const Params& p) except +
+    void release_thread_caches "ptfast::release_thread_caches"()
     void step_envs(StepPool& pool, EnvCore* const* envs, i64 n, const i64* actions, i64 k,
                    float* obs, i64 width, double* rewards, double* const* terms,
                    cbool* truncated) nogil
@@ -1044,17 +1046,23 @@ cdef class StepThreads:
     sleeps; it is started on first use and stopped when this object is freed."""
 
     cdef unique_ptr[StepPool] pool
+    cdef cbool busy  # a step_batch is running on these threads (checked under the GIL)
 
     def __cinit__(self, int threads, int spin_us=2000):
         if threads < 1:
             raise ValueError(f"threads must be at least 1, got {threads}")
         if spin_us < 0:
             raise ValueError(f"spin_us must be at least 0, got {spin_us}")
-        self.pool.reset(new StepPool(threads, spin_us))
+        self.pool.reset(new StepPool(threads, spin_us, release_thread_caches))
 
     @property
     def threads(self) -> int:
         return self.pool.get().threads()
+
+    @property
+    def helper_steps(self) -> int:
+        """Env steps the helper threads have taken so far (the rest were the caller's)."""
+        return self.pool.get().helper_steps()
 
 
 
@@ -1077,6 +1085,17 @@ def step_batch(list steps, cnp.ndarray[cnp.int64_t, ndim=2, mode="c"] actions,
     if actions.shape[0] != n or obs.shape[0] != n or rewards.shape[0] != n \
             or truncated.shape[0] != n or ep_return.shape[0] != n or ep_len.shape[0] != n:
         raise ValueError(f"step_batch: every array needs one row per env ({n})")
+    if actions.shape[1] < 4:
+        raise ValueError(f"step_batch: an action has at least 4 components, got "
+                         f"{actions.shape[1]}")
+    for i in range(n):
+        if not isinstance(steps[i], EnvStep):
+            raise TypeError(f"step_batch: steps[{i}] is not an EnvStep")
+        if (<EnvStep>steps[i]).core.n_obs() != obs.shape[1]:
+            raise ValueError(f"step_batch: obs rows hold {obs.shape[1]} values, env {i} "
+                             f"observes {(<EnvStep>steps[i]).core.n_obs()}")
+    if len({id(s) for s in steps}) != n:
+        raise ValueError("step_batch: an env is listed twice (its steps would race)")
     cdef EnvStep st
     cdef cbool tr
     cdef vector[EnvCore*] cores
@@ -1105,9 +1124,17 @@ def step_batch(list steps, cnp.ndarray[cnp.int64_t, ndim=2, mode="c"] actions,
             st = <EnvStep>steps[i]
             cores[i] = &st.core
             terms[i] = <double*>cnp.PyArray_DATA(st.terms)
+        if threads.busy:
+            raise RuntimeError("step_batch: these StepThreads are stepping another batch "
+                               "(one StepThreads per vector env, used by one thread)")
         pool = threads.pool.get()
-        with nogil:
-            step_envs(pool[0], cores.data(), n, a, k, o, width, r, terms.data(), <cbool*>t)
+        threads.busy = True
+        try:
+            with nogil:
+                step_envs(pool[0], cores.data(), n, a, k, o, width, r, terms.data(),
+                          <cbool*>t)
+        finally:
+            threads.busy = False
     for i in range(n):
         ended += t[i]
         ret[i] += r[i]

@@ -10,8 +10,10 @@
 // for a while after each batch (the learner's forward pass between two batches is far
 // shorter), then sleep on a condition variable, so a pool costs no CPU while the learner
 // trains.  Items are claimed from one atomic counter, so a helper that wakes late only
-// leaves more envs to the caller: a batch is never slower than on the caller alone by
-// more than one wake-up.
+// leaves more envs to the caller; the batch then waits for it to check in, so it is never
+// slower than on the caller alone by more than one wake-up (the caller yields its core
+// while it waits, for a helper the scheduler has not run yet).  A helper that cannot be
+// started (a thread limit) leaves its share to the others.
 #pragma once
 
 #include <unistd.h>
@@ -20,6 +22,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <mutex>
 #include <thread>
@@ -37,13 +40,17 @@ namespace ptfast {
 class StepPool {
  public:
   // `threads` counts the caller: 1 means no helper.  `spin_us`: how long an idle helper
-  // polls before it sleeps.
-  StepPool(int threads, int spin_us) : threads_(threads < 1 ? 1 : threads), spin_us_(spin_us) {}
+  // polls before it sleeps.  `on_exit`: what a helper runs before it ends (frees what it
+  // kept for itself), or null.
+  StepPool(int threads, int spin_us, void (*on_exit)() = nullptr)
+      : threads_(threads < 1 ? 1 : threads), spin_us_(spin_us), on_exit_(on_exit) {}
   ~StepPool() { stop(); }
   StepPool(const StepPool&) = delete;
   StepPool& operator=(const StepPool&) = delete;
 
   int threads() const { return threads_; }
+  // Envs stepped by helpers so far (a diagnostic: the tests check the helpers work).
+  int64_t helper_steps() const { return state_ == nullptr ? 0 : state_->helper_steps.load(); }
 
   // f(i) for every i in [0, n), on the caller and the helpers; returns when all are done.
   void run(int64_t n, const std::function<void(int64_t)>& f) {
@@ -52,6 +59,10 @@ class StepPool {
       return;
     }
     State& s = start();
+    if (s.helpers.empty()) {  // none could be started
+      for (int64_t i = 0; i < n; i++) f(i);
+      return;
+    }
     {
       std::lock_guard<std::mutex> lock(s.mu);
       s.job = &f;
@@ -63,7 +74,14 @@ class StepPool {
     s.cv.notify_all();
     drain(s, f, n);
     // A helper that wakes late finds nothing left, but the next batch must wait for it.
-    while (s.active.load(std::memory_order_acquire) != 0) PTFAST_RELAX();
+    // Poll briefly, then yield: with more threads than free cores the helper may be
+    // waiting for this very core.
+    for (int polls = 0; s.active.load(std::memory_order_acquire) != 0; polls++) {
+      if (polls < 4096)
+        PTFAST_RELAX();
+      else
+        std::this_thread::yield();
+    }
   }
 
  private:
@@ -76,14 +94,18 @@ class StepPool {
     std::atomic<uint64_t> gen{0};
     std::atomic<int64_t> next{0};
     std::atomic<int> active{0};
+    std::atomic<int64_t> helper_steps{0};
     const std::function<void(int64_t)>* job = nullptr;
     int64_t n = 0;
     bool quit = false;
     std::vector<std::thread> helpers;
   };
 
-  static void drain(State& s, const std::function<void(int64_t)>& f, int64_t n) {
-    for (int64_t i; (i = s.next.fetch_add(1, std::memory_order_relaxed)) < n;) f(i);
+  // Items until none is left; how many this thread took.
+  static int64_t drain(State& s, const std::function<void(int64_t)>& f, int64_t n) {
+    int64_t took = 0;
+    for (int64_t i; (i = s.next.fetch_add(1, std::memory_order_relaxed)) < n; took++) f(i);
+    return took;
   }
 
   // The helpers, started on first use, and again in a forked child.
@@ -96,7 +118,13 @@ class StepPool {
     state_ = new State();
     State* s = state_;
     const int spin_us = spin_us_;
-    for (int t = 1; t < threads_; t++) s->helpers.emplace_back([s, spin_us] { loop(*s, spin_us); });
+    void (*on_exit)() = on_exit_;
+    try {
+      for (int t = 1; t < threads_; t++)
+        s->helpers.emplace_back([s, spin_us, on_exit] { loop(*s, spin_us, on_exit); });
+    } catch (const std::exception&) {
+      // No more threads (a process or container limit): the ones started do the work.
+    }
     return *state_;
   }
 
@@ -115,7 +143,7 @@ class StepPool {
 
   // A helper: wait for a new batch (poll, then sleep), take envs until none is left.
   // It starts at generation 0, before the first batch (start() runs before run() bumps it).
-  static void loop(State& s, int spin_us) {
+  static void loop(State& s, int spin_us, void (*on_exit)()) {
     uint64_t seen = 0;
     for (;;) {
       const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(spin_us);
@@ -133,17 +161,21 @@ class StepPool {
       {
         std::lock_guard<std::mutex> lock(s.mu);
         seen = s.gen.load(std::memory_order_acquire);
-        if (s.quit) return;
+        if (s.quit) {
+          if (on_exit != nullptr) on_exit();
+          return;
+        }
         f = s.job;
         n = s.n;
       }
-      drain(s, *f, n);
+      s.helper_steps.fetch_add(drain(s, *f, n), std::memory_order_relaxed);
       s.active.fetch_sub(1, std::memory_order_release);
     }
   }
 
   const int threads_;
   const int spin_us_;
+  void (*const on_exit_)();
   State* state_ = nullptr;
   pid_t pid_ = 0;
 };

@@ -234,6 +234,14 @@ class SlotMap {
     }
   }
 
+  // Frees this thread's spare empty nodes (a helper thread of step_batch, before it ends:
+  // its pool would otherwise be lost with it, pool.hpp).
+  static void release_spare_nodes() {
+    auto& pool = spare_nodes();
+    pool.clear();
+    pool.shrink_to_fit();
+  }
+
  private:
   struct Node {
     Table* ptr[512] = {};

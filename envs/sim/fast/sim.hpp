@@ -359,6 +359,14 @@ class EnvCore {
   mutable std::vector<Process*> top_scratch_;  // top_consumers' list (Borrowed)
 };
 
+// What a thread of the core keeps for itself (the page-table maps' spare empty nodes),
+// freed: a step_batch helper calls it before it ends (StepPool's exit hook).
+inline void release_thread_caches() {
+  SlotMap<PteTable>::release_spare_nodes();
+  SlotMap<PageBits>::release_spare_nodes();
+  SlotMap<i64>::release_spare_nodes();
+}
+
 // The batched vector env's step (_fast.step_batch): envs[i]->step(actions + i*k, ...) for
 // every i, writing obs row i, rewards[i] and truncated[i], on the caller and `pool`'s
 // helpers.  Each env touches only its own simulation and rows, so the results are the
