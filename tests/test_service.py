@@ -319,7 +319,9 @@ def test_tune_a_shipped_scenario_and_an_uploaded_trace(service: Service, tmp_pat
 
 def test_a_worker_s_env_threads_step_its_training_jobs(service: Service) -> None:
     """``worker.py --env-threads 2``: the worker's train jobs step their batched envs on
-    two threads (the run's config records it); a request cannot set it."""
+    two threads (the run's config records it); a request cannot set it, and a job whose
+    envs step through SB3's ``DummyVecEnv`` still runs on that worker (the setting is
+    unused there, not an error)."""
     service.start_worker("w2", 3.0, "--env-threads", "2")
     train = {"kind": "train", "timesteps": 64, "input": {"source": "shipped",
                                                          "name": "redis_jemalloc"},
@@ -335,6 +337,11 @@ def test_a_worker_s_env_threads_step_its_training_jobs(service: Service) -> None
         config = next(a["name"] for a in c.artifacts(job["id"])
                       if a["name"].endswith("/config.yaml"))
         assert "env_threads: 2\n" in c.artifact(job["id"], config).decode()
+        dummy = c.submit({**train, "overrides": [*train["overrides"], "vec_env=dummy"]})
+        done = wait_state(c, dummy["id"])
+        assert done["state"] == "succeeded", done
+        assert "env_threads 2 unused: vec_env is dummy" in c.artifact(dummy["id"],
+                                                                      "log.txt").decode()
 
 
 @pytest.mark.parametrize("script", ["worker.py", "serve.py"])
