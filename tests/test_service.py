@@ -38,6 +38,13 @@ TRACE = ROOT / "data" / "traces" / "redis_jemalloc.npz"
 TINY_TUNE: dict[str, Any] = {"kind": "tune", "target": "soft_hard", "trials": 2, "seeds": 1,
                              "allow_few_seeds": True,
                              "input": {"source": "shipped", "name": "redis_jemalloc"}}
+#: A train job of a few seconds (64 steps, 2 envs, one final episode, no oracle).
+TINY_TRAIN: dict[str, Any] = {
+    "kind": "train", "timesteps": 64,
+    "input": {"source": "shipped", "name": "redis_jemalloc"}, "eval_suite": "redis_jemalloc",
+    "overrides": ["n_envs=2", "eval.freq=0", "eval.final_episodes=1", "env.max_steps=10",
+                  "eval.baselines=[none]", "eval.oracle=false", "hyperparams.ppo.n_steps=32",
+                  "hyperparams.ppo.batch_size=32"]}
 #: The longest a tiny job may take here before a test gives up on it.
 DEADLINE = 240.0
 
@@ -323,13 +330,7 @@ def test_a_worker_s_env_threads_step_its_training_jobs(service: Service) -> None
     envs step through SB3's ``DummyVecEnv`` still runs on that worker (the setting is
     unused there, not an error)."""
     service.start_worker("w2", 3.0, "--env-threads", "2")
-    train = {"kind": "train", "timesteps": 64, "input": {"source": "shipped",
-                                                         "name": "redis_jemalloc"},
-             "eval_suite": "redis_jemalloc",
-             "overrides": ["n_envs=2", "eval.freq=0", "eval.final_episodes=1",
-                           "env.max_steps=10", "eval.baselines=[none]", "eval.oracle=false",
-                           "hyperparams.ppo.n_steps=32", "hyperparams.ppo.batch_size=32",
-                           "pretrain.teacher="]}
+    train = {**TINY_TRAIN, "overrides": [*TINY_TRAIN["overrides"], "pretrain.teacher="]}
     with service.client() as c:
         job = c.submit(train)
         done = wait_state(c, job["id"])

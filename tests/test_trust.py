@@ -31,7 +31,7 @@ import pytest
 
 # tests/ is on sys.path (pytest's rootdir-relative import); importing the fixture
 # registers it here.
-from test_service import Service, service, wait_state  # noqa: F401 (the fixture)
+from test_service import TINY_TRAIN, Service, service, wait_state  # noqa: F401 (the fixture)
 from test_train import TINY_EXPERIMENT, TINY_SCENARIO
 
 from ptreclaim.agents import loading, trust
@@ -372,13 +372,7 @@ def test_the_service_loads_a_train_job_s_model_only_as_its_worker_signed_it(
     from ptreclaim.service.store import blobs
 
     marker = tmp_path / "ran"
-    train = {"kind": "train", "timesteps": 64, "input": {"source": "shipped",
-                                                         "name": "redis_jemalloc"},
-             "eval_suite": "redis_jemalloc",
-             "overrides": ["n_envs=2", "eval.freq=0", "eval.final_episodes=1",
-                           "env.max_steps=10", "eval.baselines=[none]", "eval.oracle=false",
-                           "hyperparams.ppo.n_steps=32", "hyperparams.ppo.batch_size=32",
-                           "pretrain.steps=64"]}
+    train = {**TINY_TRAIN, "overrides": [*TINY_TRAIN["overrides"], "pretrain.steps=64"]}
     evaluate = {"kind": "evaluate", "episodes": 1, "oracle": False,
                 "input": {"source": "shipped", "name": "redis_jemalloc"}}
     with service.client() as c:
