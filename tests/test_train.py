@@ -565,7 +565,7 @@ def test_env_threads_reach_the_batched_env(tiny: Path) -> None:
         pytest.skip("a helper thread needs a second usable CPU")
     exp, _ = config.load_experiment(tiny / "exp.yaml", [("--set", "env_threads=2")])
     venv = make_vec_env(exp, config.resolve_scenarios(exp).train, 0, 0.99)
-    inner = venv.venv if hasattr(venv, "venv") else venv
+    inner = venv.unwrapped
     assert isinstance(inner, FastVecEnv) and inner.threads == 2
     assert envs_line(exp, venv) == f"{exp.n_envs} envs on 2 threads"
     venv.close()

@@ -91,9 +91,7 @@ def envs_line(exp: ExperimentConfig, venv: VecEnv) -> str:
     on 2 threads``, or why ``env_threads`` is not used (the batched env cannot serve)."""
     from .fastvec import FastVecEnv
 
-    inner: Any = venv
-    while hasattr(inner, "venv"):  # VecNormalize and other wrappers
-        inner = inner.venv
+    inner = venv.unwrapped  # inside VecNormalize and any other wrapper
     threads = inner.threads if isinstance(inner, FastVecEnv) else 1
     line = f"{venv.num_envs} envs" + (f" on {threads} threads" if threads > 1 else "")
     if exp.env_threads > 1 and not isinstance(inner, FastVecEnv):

@@ -226,6 +226,13 @@ cdef unsigned _class_mask(object allowed):
     return m
 
 
+cdef bytes _entries(const PteTable& t):
+    """A table's 512 entries, a byte each (tables keep them in 4 bits)."""
+    cdef uint8_t out[512]
+    t.unpack(out)
+    return bytes(out[:512])
+
+
 cdef class FastAddressSpace:
     """The compiled page-table model with the system-call API of
     :class:`~ptreclaim.envs.sim.pagetable.AddressSpace` (errors as the same strings)."""
@@ -332,15 +339,13 @@ cdef class FastAddressSpace:
         cdef list tables = []
         cdef vector[i64] slots
         cdef PteTable* t
-        cdef uint8_t entries[512]
         cdef list files = []
         cdef set seen = set()
         cdef BackingFile* f
         m.pte.slots_in(-(1 << 62), 1 << 62, slots)
         for slot in slots:
             t = m.pte.find(slot)
-            t.unpack(entries)
-            tables.append((slot, bytes(entries[:512]), t.huge, t.cls, t.rss, bool(t.young), t.age))
+            tables.append((slot, _entries(t[0]), t.huge, t.cls, t.rss, bool(t.young), t.age))
         # The VMAs' files in order of first appearance (how canonical_state numbers them).
         for v in m.vmas:
             f = v.file.get()
@@ -936,12 +941,10 @@ cdef class SimCore:
 
     def table(self, i64 proc, i64 slot) -> tuple:
         """(entries as bytes, huge) of one PTE table."""
-        cdef uint8_t entries[512]
         cdef PteTable* t = self.s().procs[proc].get().mm.get().pte.find(slot)
         if t == NULL:
             raise KeyError(slot)
-        t.unpack(entries)
-        return bytes(entries[:512]), t.huge
+        return _entries(t[0]), t.huge
 
 
 cdef tuple _pass_tuple(PassResult& r):
