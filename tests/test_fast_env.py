@@ -10,6 +10,7 @@ helper threads too.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -216,6 +217,121 @@ def test_helper_threads_start_again_in_a_forked_child() -> None:
     os.close(read)
     assert os.waitpid(pid, 0)[1] == 0
     assert child == steps(actions[20:])
+
+
+NS_LAST_PID = Path("/proc/sys/kernel/ns_last_pid")
+
+
+@pytest.mark.skipif(not os.access(NS_LAST_PID, os.W_OK),
+                    reason="choosing the next pid needs root (/proc/sys/kernel/ns_last_pid)")
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="a helper thread needs 2 CPUs")
+def test_a_grandchild_on_its_grandparents_recycled_pid_starts_its_own_helpers() -> None:
+    """The pool knows a forked process by the forks it has gone through, not by its pid.
+
+    A (a process of its own) steps a batched env on two threads, forks B and exits. B
+    has A's pool copied, without its helpers. Once A's pid is free, B forks C with that very
+    pid (the kernel's next pid is set through ``ns_last_pid``). C must start its own helpers
+    and step as A would have; a pool that compared pids took A's pool for its own and
+    waited forever for helpers C does not have."""
+    import hashlib
+    import select
+    import signal
+    import time
+
+    from ptreclaim.agents.training.fastvec import FastVecEnv
+
+    train = load_suite(CONFIG_DIR / "suites" / "train.yaml")
+    nvec = PageTableReclaimEnv(train, EnvConfig()).action_space.nvec
+    actions = np.random.default_rng(9).integers(0, nvec, size=(40, 3, len(nvec)))
+
+    def batched() -> Any:
+        venv = FastVecEnv([PageTableReclaimEnv(train, EnvConfig()) for _ in range(3)],
+                          threads=2)
+        venv.seed(9)
+        venv.reset()
+        return venv
+
+    def steps(venv: Any, rows: np.ndarray) -> str:
+        h = hashlib.sha256()
+        for a in rows:
+            venv.step_async(a)
+            h.update(venv.step_wait()[0].tobytes())
+        return h.hexdigest()
+
+    read, write = os.pipe()
+    a = os.fork()
+    if a == 0:  # A
+        code = 1
+        try:
+            venv = batched()
+            steps(venv, actions[:20])
+            assert venv.threads == 2
+            a_pid = os.getpid()
+            b = os.fork()
+            if b == 0:  # B: the pool of A, without its helpers
+                # B's own process group, which the test kills if C hangs (in A's group,
+                # A's pid would stay in use as the group's id and never be recycled).
+                os.setpgid(0, 0)
+                os.write(write, _fork_on_recycled_pid(a_pid,
+                                                      run=lambda: steps(venv, actions[20:])))
+                os._exit(0)
+            os.write(write, f"{b}\n".encode())
+            code = 0
+        finally:
+            os._exit(code)  # A ends; its pid is free once the test has reaped it
+    os.close(write)
+    assert os.waitpid(a, 0)[1] == 0
+    got = b""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([read], [], [], max(0.0, deadline - time.monotonic()))
+        chunk = os.read(read, 200) if ready else b""
+        if not chunk:
+            break
+        got += chunk
+    os.close(read)
+    b_pid, _, said = got.decode().partition("\n")
+    if not said:
+        os.killpg(int(b_pid), signal.SIGKILL)
+        pytest.fail("the grandchild on the recycled pid did not step within 120 s: it waited "
+                    "for helpers it does not have")
+    if said == "missed":
+        pytest.skip("another process took the freed pid first, three times")
+    assert said.startswith("C:"), said
+    # What C stepped is what the same env steps in this process.
+    venv = batched()
+    steps(venv, actions[:20])
+    assert said == "C:" + steps(venv, actions[20:])
+
+
+def _fork_on_recycled_pid(a_pid: int, run: Any) -> bytes:
+    """In B: wait until ``a_pid`` is free, then fork C with that pid (up to three tries);
+    C runs ``run()``. Returns what goes to the test: ``C:<run()>`` or ``missed``."""
+    import time
+
+    deadline = time.monotonic() + 60
+    while Path(f"/proc/{a_pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for _ in range(3):
+        read, write = os.pipe()
+        NS_LAST_PID.write_text(str(a_pid - 1))
+        c = os.fork()
+        if c == 0:  # C
+            try:
+                os.write(write, ("C:" + run()).encode() if os.getpid() == a_pid else b"")
+            except BaseException as exc:  # the test shows it, rather than "missed"
+                os.write(write, f"C failed: {exc!r}".encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        chunks = []
+        while chunk := os.read(read, 200):
+            chunks.append(chunk)
+        os.close(read)
+        os.waitpid(c, 0)
+        if chunks:
+            return b"".join(chunks)
+    return b"missed"
 
 
 def test_step_batch_refuses_misuse_that_would_race_or_overrun() -> None:

@@ -16,7 +16,7 @@
 // started (a thread limit) leaves its share to the others.
 #pragma once
 
-#include <unistd.h>
+#include <pthread.h>
 
 #include <atomic>
 #include <chrono>
@@ -36,6 +36,20 @@
 #endif
 
 namespace ptfast {
+
+// How many forks this process's line has gone through: a pthread_atfork handler adds one
+// in every child.  A pool compares it with the count it started at, so a forked child (no
+// helper threads, the parent's State copied) always knows it is one.  Comparing process ids
+// does not: a grandchild forked after the grandparent died may get the grandparent's
+// recycled pid, and would then wait for helpers it does not have.  Registered at the first
+// call, which start() makes before any helper exists.
+inline uint64_t fork_generation() {
+  static std::atomic<uint64_t> forks{0};
+  static const int registered =
+      pthread_atfork(nullptr, nullptr, [] { forks.fetch_add(1, std::memory_order_relaxed); });
+  (void)registered;
+  return forks.load(std::memory_order_relaxed);
+}
 
 class StepPool {
  public:
@@ -110,11 +124,11 @@ class StepPool {
 
   // The helpers, started on first use, and again in a forked child.
   State& start() {
-    const pid_t pid = getpid();
-    if (state_ != nullptr && pid == pid_) return *state_;
+    const uint64_t forks = fork_generation();
+    if (state_ != nullptr && forks == forks_) return *state_;
     // In a forked child the parent's State is left as it is (destroying its std::thread
     // objects, which name no thread here, would abort): a few hundred bytes.
-    pid_ = pid;
+    forks_ = forks;
     state_ = new State();
     State* s = state_;
     const int spin_us = spin_us_;
@@ -129,7 +143,7 @@ class StepPool {
   }
 
   void stop() {
-    if (state_ == nullptr || getpid() != pid_) return;
+    if (state_ == nullptr || fork_generation() != forks_) return;
     {
       std::lock_guard<std::mutex> lock(state_->mu);
       state_->quit = true;
@@ -177,7 +191,7 @@ class StepPool {
   const int spin_us_;
   void (*const on_exit_)();
   State* state_ = nullptr;
-  pid_t pid_ = 0;
+  uint64_t forks_ = 0;  // fork_generation() when state_ was made
 };
 
 }  // namespace ptfast
