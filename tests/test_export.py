@@ -76,9 +76,14 @@ def run(script: Path, *args: str, timeout: float = 300) -> tuple[int, str, str]:
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("export")
     (d / "tiny.yaml").write_text(TINY_SCENARIO)
+    # Its unseen suite (eval.unseen_suite): the scenario under another name and seed of
+    # its jitter, enough to follow the export's second evaluation.
+    (d / "tiny_unseen.yaml").write_text(TINY_SCENARIO.replace("name: tiny", "name: tiny_unseen")
+                                        .replace("jitter: 0.1", "jitter: 0.2"))
     (d / "exp.yaml").write_text(TINY_EXPERIMENT)
     code, _, err = run(TRAIN, "--config", str(d / "exp.yaml"), "--out", str(d / "runs"),
-                       "--no-progress")
+                       "--set", f"eval.unseen_suite={d / 'tiny_unseen.yaml'}",
+                       "--set", "eval.unseen_episodes=3", "--no-progress")
     assert code == 0, err
     (folder,) = (d / "runs").glob("tiny__*")
     return folder
@@ -162,6 +167,42 @@ def test_reading_the_export_back_gives_the_same_decisions(exported: dict[str, An
     # The evaluator reads the file as a policy of its own.
     spec = parse_policy(str(out / "thresholds.yaml"))
     assert spec.kind == "thresholds"
+
+
+def test_the_export_is_evaluated_on_the_run_s_unseen_suite_too(exported: dict[str, Any]
+                                                                ) -> None:
+    """The run's eval.unseen_suite (families its training suite holds out): the same
+    policies as on the held-out scenarios but the oracle (no bound there), its episodes
+    (eval.unseen_episodes), its own report, and the shares of the learned gain the export
+    keeps there, in the file's evaluation beside the held-out ones."""
+    out = exported["out"]
+    for stem, label in (("thresholds", "export"), ("thresholds_tree", "export_tree")):
+        ev = yaml.safe_load((out / f"{stem}.yaml").read_text())["evaluation"]
+        unseen = ev["unseen"]
+        assert ev["scenarios"] == ["tiny"] and unseen["scenarios"] == ["tiny_unseen"]
+        assert unseen["episodes"] == 3 and unseen["label"] == label
+        pol = unseen["policies"]
+        assert "oracle" in ev["policies"] and "oracle" not in pol
+        assert {"none", "ppo", label, "tuned_soft_hard", "soft_hard"} <= set(pol)
+        assert pol[label]["episodes"] == 3
+        _assert_share(unseen["gain_share"], pol["none"]["mean_cost"], pol[label]["mean_cost"],
+                      pol["ppo"]["mean_cost"])
+        _assert_share(unseen.get("gain_share_over_tuned"), pol["tuned_soft_hard"]["mean_cost"],
+                      pol[label]["mean_cost"], pol["ppo"]["mean_cost"])
+        assert Path(unseen["report"]) == (out / "export_eval_unseen" / "report.md").resolve()
+    report = (out / "export_eval_unseen" / "report.md").read_text()
+    assert "tiny_unseen" in report and "| oracle" not in report  # no row of its own
+
+
+def test_no_unseen_skips_the_unseen_suite(exported: dict[str, Any], tmp_path: Path) -> None:
+    code, stdout, err = run(EXPORT, str(exported["run"]), "--out", str(tmp_path),
+                            "--iterations", "1", "--episodes", "1", "--eval-episodes", "1",
+                            "--tree-depth", "0", "--no-unseen")
+    assert code == 0, err
+    ev = yaml.safe_load((tmp_path / "thresholds.yaml").read_text())["evaluation"]
+    assert "unseen" not in ev and ev["scenarios"] == ["tiny"]
+    assert not (tmp_path / "export_eval_unseen").exists()
+    assert "export, held-out: keeps" in stdout and "unseen:" not in stdout
 
 
 def test_same_seed_same_export(exported: dict[str, Any], tmp_path: Path) -> None:

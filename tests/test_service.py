@@ -281,6 +281,26 @@ def test_bad_uploads_and_requests(service: Service, tmp_path: Path) -> None:
     assert service.store.counts()["queued"] == 0
 
 
+def test_an_export_job_s_flags_reach_export_thresholds() -> None:
+    """Every field of an export job becomes the flag of export_thresholds.py it names, and
+    the command line parses there (``unseen: false`` is ``--no-unseen``)."""
+    from ptreclaim.cli.export import build_parser
+    from ptreclaim.service.runner import export_argv
+    from ptreclaim.service.specs import parse_spec
+
+    run_job = "0123456789abcdef"
+    default = build_parser().parse_args(export_argv(parse_spec(
+        {"kind": "export", "run_job": run_job}), Path("run")))
+    assert not default.no_unseen and not default.best and default.tree_depth == 0
+    assert default.iterations == 4 and default.eval_episodes is None
+    given = build_parser().parse_args(export_argv(parse_spec(
+        {"kind": "export", "run_job": run_job, "unseen": False, "best": True, "tree_depth": 3,
+         "iterations": 2, "episodes": 3, "eval_episodes": 4}), Path("run")))
+    assert given.no_unseen and given.best and given.tree_depth == 3
+    assert (given.iterations, given.episodes, given.eval_episodes) == (2, 3, 4)
+    assert given.run == "run" and given.out == "." and given.quiet and given.jobs == 1
+
+
 def test_artifact_names_cannot_escape() -> None:
     for bad in ("../token", "a/../../b", "/etc/passwd", "a\\b", "", ".", "a//b", "x\x00y"):
         assert not safe_name(bad), bad

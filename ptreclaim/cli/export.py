@@ -9,7 +9,10 @@ the run's held-out scenarios, and records the scores and the share of the
 learned gain the rule keeps: ``(none - export) / (none - learned)``, and, with a
 tuned heuristic, the share of the learned gain over it: ``(tuned - export) /
 (tuned - learned)``.  ``best_constant`` (``tune.py constant``) joins the comparison
-when its file exists.
+when its file exists.  When the run's experiment names an unseen suite
+(``eval.unseen_suite``), the same policies but the oracle (no bound there) are scored on
+it too, into ``export_eval_unseen/`` and the file's ``evaluation.unseen``
+(``--no-unseen`` skips it).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from ..agents.loading import (
     parse_policy,
 )
 from ..agents.stats import gain_share, gain_share_ci, paired_difference_ci
+from ..agents.training.config import load_scenarios
 from ..agents.training.runconfig import read_run_config
 from ..envs.configio import write_text_atomic
 from ..envs.sim.config import ConfigError, check_range, to_dict
@@ -94,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog=PROG, description=(
         "Distil a trained run's policy into soft/hard-limit thresholds (DAgger), write "
         "thresholds.yaml/.json, and evaluate them next to the learned policy, the tuned "
-        "heuristic and the oracle on the run's held-out scenarios."))
+        "heuristic and the oracle on the run's held-out scenarios, then on its unseen "
+        "suite, if it names one."))
     p.add_argument("run", help="a run folder written by scripts/train.py (one seed)")
     p.add_argument("--out", help="output folder (default: the run folder)")
     p.add_argument("--best", action="store_true", help="distil best_model.zip, not model.zip")
@@ -116,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-eval", action="store_true",
                    help="write the rule without evaluating it (no scores in the file)")
     p.add_argument("--no-oracle", action="store_true", help="leave the oracle bound out")
+    p.add_argument("--no-unseen", action="store_true",
+                   help="skip the evaluation on the run's unseen suite (eval.unseen_suite)")
     p.add_argument("--jobs", type=int, default=1, help="evaluation processes (default 1)")
     p.add_argument("--seed", type=int, default=DistillConfig.seed,
                    help="base seed of the collection episodes (default %(default)s)")
@@ -176,6 +183,58 @@ def _over_tuned(results: Sequence[Any], by: dict[str, Any], label: str, learned:
     lo, hi = gain_share_ci(results, label, learned, base=tuned)
     return {"gain_share_over_tuned": None if share is None else round(share, 4),
             "gain_share_over_tuned_ci": _rounded(lo, hi)}
+
+
+def _evaluate_exports(args: argparse.Namespace, specs: Sequence[PolicySpec], scenarios: Any,
+                      suite: str, folder: Path, episodes: int, oracle: bool, exp: Any,
+                      command: str, exports: Sequence[tuple[str, Path, ThresholdsRecord]],
+                      learned: str, tuned_label: str) -> dict[str, dict[str, Any]]:
+    """Every policy of ``specs`` on ``scenarios`` (the same episodes, seeds from the run's
+    ``eval.seed``), the report in ``folder``; per export, what goes into its file's
+    ``evaluation``: the scores, the share of the learned gain it keeps over no reclaim and
+    over the tuned heuristic (with 95 % CIs), and its cost minus the learned policy's."""
+    total = len(specs) * len(scenarios) * episodes
+    with progress_bar("episodes", total, not args.quiet) as update:
+        results, overall = run_evaluation(
+            specs, scenarios, exp.env, folder, suite=suite, suite_files=[],
+            episodes=episodes, seed=exp.eval.seed, jobs=args.jobs, baseline="soft_hard",
+            oracle=oracle, command=command, quiet=args.quiet,
+            progress=None if update is None else lambda done, _total: update(done))
+    by = {s.policy: s for s in overall}
+    out: dict[str, dict[str, Any]] = {}
+    for label, _stem, _record in exports:
+        share = gain_share(by["none"].mean_cost, by[label].mean_cost, by[learned].mean_cost)
+        # (the export's cost - the learned policy's) on the same episodes.
+        diff = paired_difference_ci(results, learned, label)
+        out[label] = {
+            "scenarios": [s.name for s in scenarios], "episodes": episodes,
+            "seed": exp.eval.seed, "env": to_dict(exp.env), "label": label,
+            "policies": {lab: _summary_entry(s) for lab, s in by.items()},
+            "gain_share": None if share is None else round(share, 4),
+            "gain_share_ci": _rounded(*gain_share_ci(results, label, learned)),
+            **_over_tuned(results, by, label, learned, tuned_label),
+            "export_minus_learned_cost": [round(d, 4) for d in diff],
+            "report": str((folder / "report.md").resolve()),
+        }
+    return out
+
+
+def _kept_text(ev: dict[str, Any], tuned_label: str) -> str:
+    """One line: the share of the learned gain an export keeps (over no reclaim, and over
+    the tuned heuristic when there is one)."""
+    share, (lo, hi) = ev["gain_share"], ev["gain_share_ci"]
+    kept = ("n/a (the learned policy gained nothing)" if share is None else
+            f"{share:.1%} (95 % CI {_pct(lo)} .. {_pct(hi)})")
+    text = f"keeps {kept} of the learned gain over no reclaim"
+    if tuned_label in ev["policies"]:
+        over = ev.get("gain_share_over_tuned")
+        text += ("; over the tuned heuristic: n/a (the learned policy does not beat it)"
+                 if over is None else f"; {over:.1%} of its gain over the tuned heuristic")
+    return text
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.1%}"
 
 
 def _rounded(*values: float) -> list[float | None]:
@@ -284,46 +343,32 @@ def _export_into(args: argparse.Namespace, argv: Sequence[str], written: list[Pa
     specs += [heuristic_spec("on_zap"), heuristic_spec("soft_hard")]
     if not args.no_oracle:
         specs.append(oracle_spec())
-    episodes = args.eval_episodes or exp.eval.final_episodes
     command = command_text(PROG, argv)
-    total = len(specs) * len(held_out) * episodes
-    with progress_bar("episodes", total, show) as update:
-        results, overall = run_evaluation(
-            specs, held_out, exp.env, out / "export_eval", suite="run's held-out scenarios",
-            suite_files=[], episodes=episodes, seed=exp.eval.seed, jobs=args.jobs,
-            baseline="soft_hard", oracle=not args.no_oracle, command=command,
-            quiet=args.quiet,
-            progress=None if update is None else lambda done, _total: update(done))
-    by = {s.policy: s for s in overall}
     learned = learned_spec.label
+    episodes = args.eval_episodes or exp.eval.final_episodes
+    held = _evaluate_exports(args, specs, held_out, "run's held-out scenarios",
+                             out / "export_eval", episodes, not args.no_oracle, exp, command,
+                             exports, learned, tuned_label)
+    unseen: dict[str, dict[str, Any]] = {}
+    if exp.eval.unseen_suite and not args.no_unseen:
+        # The experiment's unseen suite (families and combinations its training suite
+        # holds out): the same policies but the oracle, which is no bound there.
+        scen = load_scenarios(exp.eval.unseen_suite, "eval.unseen_suite")
+        unseen = _evaluate_exports(args, [s for s in specs if s.kind != "oracle"], scen,
+                                   f"unseen suite {Path(exp.eval.unseen_suite).stem}",
+                                   out / "export_eval_unseen", exp.eval.unseen_episodes, False,
+                                   exp, command, exports, learned, tuned_label)
     for label, stem, record in exports:
-        share = gain_share(by["none"].mean_cost, by[label].mean_cost, by[learned].mean_cost)
-        lo, hi = gain_share_ci(results, label, learned)
-        # (the export's cost - the learned policy's) on the same episodes.
-        diff = paired_difference_ci(results, learned, label)
-        evaluation: dict[str, Any] = {
-            "scenarios": [s.name for s in held_out], "episodes": episodes,
-            "seed": exp.eval.seed, "env": to_dict(exp.env), "label": label,
-            "policies": {lab: _summary_entry(s) for lab, s in by.items()},
-            "gain_share": None if share is None else round(share, 4),
-            "gain_share_ci": _rounded(lo, hi),
-            **_over_tuned(results, by, label, learned, tuned_label),
-            "export_minus_learned_cost": [round(d, 4) for d in diff],
-            "report": str((out / "export_eval" / "report.md").resolve()),
-        }
+        evaluation = {**held[label], **({"unseen": unseen[label]} if unseen else {})}
         record = dataclasses.replace(
-            record, score={"suite": "held-out", **_summary_entry(by[label])},
+            record, score={"suite": "held-out", **evaluation["policies"][label]},
             evaluation=evaluation)
         paths = write_thresholds(stem, record)
         if not args.quiet:
-            kept = "n/a (the learned policy gained nothing)" if share is None else f"{share:.1%}"
-            over = evaluation.get("gain_share_over_tuned")
-            tuned_text = "" if tuned_label not in by else (
-                "; over the tuned heuristic: n/a (the learned policy does not beat it)"
-                if over is None else f"; {over:.1%} of its gain over the tuned heuristic")
-            print(f"{label}: keeps {kept} of the learned gain over no reclaim (95 % CI "
-                  f"{lo:.1%} .. {hi:.1%}){tuned_text}; wrote "
-                  f"{', '.join(str(p) for p in paths)}")
+            for where, ev in (("held-out", held[label]), ("unseen", unseen.get(label))):
+                if ev is not None:
+                    print(f"{label}, {where}: {_kept_text(ev, tuned_label)}")
+            print(f"{label}: wrote {', '.join(str(p) for p in paths)}")
     write_text_atomic(out / "export_command.txt", command)
     if not args.quiet:
         print(f"evaluation report: {out / 'export_eval' / 'report.md'}")

@@ -347,17 +347,24 @@ def run_evaluate(spec: EvaluateJob, job: dict[str, Any], url: str, rep: Reporter
 
 # ---------------------------------------------------------------------- export
 
-def run_export(spec: ExportJob, job: dict[str, Any], url: str, rep: Reporter) -> int:
-    from ..cli import export
-
-    argv = [str(referenced_run(spec.run_job, spec.seed)), "--out", ".", "-q", "--jobs", "1",
-            "--tree-depth", str(spec.tree_depth)]
+def export_argv(spec: ExportJob, run: Path) -> list[str]:
+    """The ``export_thresholds.py`` command line of an export job on ``run``."""
+    argv = [str(run), "--out", ".", "-q", "--jobs", "1", "--tree-depth", str(spec.tree_depth)]
     for flag, value in (("--iterations", spec.iterations), ("--episodes", spec.episodes),
                         ("--eval-episodes", spec.eval_episodes)):
         if value is not None:
             argv += [flag, str(value)]
     if spec.best:
         argv.append("--best")
+    if not spec.unseen:
+        argv.append("--no-unseen")
+    return argv
+
+
+def run_export(spec: ExportJob, job: dict[str, Any], url: str, rep: Reporter) -> int:
+    from ..cli import export
+
+    argv = export_argv(spec, referenced_run(spec.run_job, spec.seed))
 
     def probe() -> tuple[float, str]:
         # The rule is written once distilled, then evaluated.

@@ -158,6 +158,9 @@ class ExportJob(_Job):
     episodes: int | None = Field(None, ge=1, le=1000)
     eval_episodes: int | None = Field(None, ge=1)
     tree_depth: int = Field(0, ge=0, le=12)
+    unseen: bool = Field(True, description="also evaluate the rule on the run's unseen suite "
+                         "(eval.unseen_suite), as export_thresholds.py does; false: "
+                         "--no-unseen")
 
 
 JobSpec = Annotated[TuneJob | TrainJob | EvaluateJob | ExportJob, Field(discriminator="kind")]
