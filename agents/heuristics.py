@@ -517,22 +517,38 @@ class TreeRule(Policy):
 
     @classmethod
     def from_mapping(cls, data: Any, where: str = "tree") -> TreeRule:
+        if isinstance(data, dict):
+            cls._string_keys(data, where, "a tree rule holds exactly one key, 'tree'")
         if not isinstance(data, dict) or set(data) != {"tree"}:
             keys = sorted(data) if isinstance(data, dict) else type(data).__name__
             raise ConfigError(f"{where}: a tree rule holds exactly one key, 'tree' (a node "
                               f"{{feature, above, then, else}} or a leaf {{action}}); got {keys}")
         return cls(data["tree"], f"{where}.tree")
 
+    @staticmethod
+    def _string_keys(node: dict[Any, Any], where: str, holds: str) -> None:
+        """One clear error for a key that is no string (YAML reads ``1:`` as an
+        int), before the keys are sorted or compared."""
+        from ..envs.sim.config import quote
+
+        for key in node:
+            if not isinstance(key, str):
+                raise ConfigError(f"{where}: unknown key {quote(key)}; {holds}")
+
     @classmethod
     def _check(cls, node: Any, where: str, depth: int) -> dict[str, Any]:
-        from ..envs.sim.config import did_you_mean
+        from ..envs.sim.config import did_you_mean, quote
 
         if depth > _MAX_TREE_DEPTH:
             raise ConfigError(f"{where}: the tree is deeper than {_MAX_TREE_DEPTH} levels")
         if not isinstance(node, dict):
             raise ConfigError(f"{where}: expected a node {{feature, above, then, else}} or a "
-                              f"leaf {{action: [budget, depth, idle, target, hard]}}, got {node!r}")
-        if "action" in node:
+                              f"leaf {{action: [budget, depth, idle, target, hard]}}, got "
+                              f"{quote(node)}")
+        leaf = "action" in node
+        cls._string_keys(node, where, "a leaf holds only 'action'" if leaf else
+                         "a node holds feature, above, then, else")
+        if leaf:
             if set(node) != {"action"}:
                 raise ConfigError(f"{where}: a leaf holds only 'action', got {sorted(node)}")
             return {"action": check_action(node["action"], f"{where}.action")}
@@ -543,13 +559,20 @@ class TreeRule(Policy):
             raise ConfigError(f"{where}: a node holds feature, above, then, else; got "
                               f"{sorted(node)}{hint}")
         feat = node["feature"]
+        if not isinstance(feat, str):
+            raise ConfigError(f"{where}.feature: expected a feature name (a string, e.g. "
+                              f"hold_price), got {quote(feat)}")
         if feat not in _IDX:
-            raise ConfigError(f"{where}.feature: {feat!r} is not an observation feature"
-                              f"{did_you_mean(str(feat), OBS_NAMES)}")
+            raise ConfigError(f"{where}.feature: {quote(feat)} is not an observation feature"
+                              f"{did_you_mean(feat, OBS_NAMES)}")
         above = node["above"]
-        if isinstance(above, bool) or not isinstance(above, (int, float)) or not math.isfinite(
-                above):
-            raise ConfigError(f"{where}.above: expected a finite number, got {above!r}")
+        try:
+            finite = (not isinstance(above, bool) and isinstance(above, (int, float))
+                      and math.isfinite(above))
+        except OverflowError:  # an int of 400 digits does not convert to a float
+            finite = False
+        if not finite:
+            raise ConfigError(f"{where}.above: expected a finite number, got {quote(above)}")
         return {"feature": feat, "above": float(above),
                 "then": cls._check(node["then"], f"{where}.then", depth + 1),
                 "else": cls._check(node["else"], f"{where}.else", depth + 1)}

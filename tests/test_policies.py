@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -9,6 +12,7 @@ import pytest
 
 from ptreclaim.agents.distill import collect
 from ptreclaim.agents.evaluate import episode_seed, run_episode
+from ptreclaim.agents.export import read_thresholds
 from ptreclaim.agents.heuristics import (
     HEURISTICS,
     ConstantParams,
@@ -18,6 +22,7 @@ from ptreclaim.agents.heuristics import (
     PeriodicScan,
     SoftHard,
     SoftHardParams,
+    TreeRule,
     action_text,
     canonical,
     check_action,
@@ -170,6 +175,92 @@ def test_constant_action_and_its_text() -> None:
         check_action([3, 2, 0], "t.yaml.rule.tree.action")
     with pytest.raises(ConfigError, match="target"):
         make_rule("constant", {"target": 4}, "c.yaml.rule")
+
+
+#: A thresholds file with a tree rule (as export_thresholds.py writes one);
+#: ``RULE`` is the rule's body below ``kind: tree``.
+TREE_FILE = """\
+schema_version: 2
+name: t
+rule:
+  kind: tree
+RULE"""
+NODE = """\
+    feature: hold_price
+    above: 0.4
+    then: {action: [3, 2, 1, 0, 0]}
+    else: {action: [0, 0, 0, 0, 0]}"""
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tree_file(path: Path, rule: str) -> Path:
+    path.write_text(TREE_FILE.replace("RULE", "".join(f"  {line}\n"
+                                                      for line in rule.splitlines())))
+    return path
+
+
+@pytest.mark.parametrize(("rule", "want"), [
+    # A feature that is no string: it was hashed for the lookup (TypeError).
+    ("tree:\n" + NODE.replace("hold_price", "[hold_price]"),
+     r"t\.yaml\.rule\.tree\.feature: expected a feature name \(a string"),
+    ("tree:\n" + NODE.replace("hold_price", "{a: 1}"), r"rule\.tree\.feature: .* got \{'a': 1\}"),
+    ("tree:\n" + NODE.replace("hold_price", "7"), r"rule\.tree\.feature: .* got 7"),
+    ("tree:\n" + NODE.replace("hold_price", "hold_prise"),
+     r"rule\.tree\.feature: 'hold_prise' is not an observation feature \(did you mean"),
+    # Keys that are no strings next to string keys: they were sorted (TypeError).
+    ("tree:\n    1: 2\n" + NODE, r"rule\.tree: unknown key 1; a node holds feature, above"),
+    ("tree:\n    ~: 2\n" + NODE, r"rule\.tree: unknown key None; a node holds"),
+    ("tree:\n" + NODE.replace("[3, 2, 1, 0, 0]}", "[3, 2, 1, 0, 0], 1: 2}"),
+     r"rule\.tree\.then: unknown key 1; a leaf holds only 'action'"),
+    ("tree: {action: [0, 0, 0, 0, 0]}\n1: 2",
+     r"rule: unknown key 1; a tree rule holds exactly one key, 'tree'"),
+    ("tree:\n" + NODE.replace("0.4", ".nan"), r"rule\.tree\.above: expected a finite number"),
+    ("tree:\n" + NODE.replace("0.4", "-.inf"), r"rule\.tree\.above: expected a finite number"),
+    ("tree:\n" + NODE.replace("0.4", "'0.4'"), r"rule\.tree\.above: expected a finite number"),
+    ("tree:\n" + NODE.replace("0.4", "true"), r"rule\.tree\.above: expected a finite number"),
+    ("tree:\n" + NODE.replace("[0, 0, 0, 0, 0]", "[0, 0, 0.5, 0, 0]"),
+     r"rule\.tree\.else\.action: .* is not \[budget"),
+    ("tree:\n" + NODE.replace("then: {action: [3, 2, 1, 0, 0]}", "then: [3, 2, 1, 0, 0]"),
+     r"rule\.tree\.then: expected a node"),
+], ids=["feature_list", "feature_mapping", "feature_int", "feature_typo", "node_int_key",
+        "node_null_key", "leaf_int_key", "rule_int_key", "above_nan", "above_inf",
+        "above_string", "above_bool", "action_float", "then_list"])
+def test_bad_tree_rule_file_is_one_clear_error(rule: str, want: str, tmp_path: Path) -> None:
+    path = _tree_file(tmp_path / "t.yaml", rule)
+    with pytest.raises(ConfigError, match=want) as err:
+        read_thresholds(path)
+    assert "\n" not in str(err.value)
+
+
+def test_tree_rule_threshold_of_any_size_is_one_clear_error(tmp_path: Path) -> None:
+    """The file readers refuse integers of 400 digits; a tree built in Python
+    may hold one, and the finiteness check must not overflow converting it."""
+    leaf = {"action": [0, 0, 0, 0, 0]}
+    node = {"feature": "hold_price", "above": 10 ** 400, "then": leaf, "else": leaf}
+    with pytest.raises(ConfigError, match=r"t\.json\.rule\.tree\.above: expected a finite "
+                                          r"number, got <an integer of about 401 digits>"):
+        make_rule("tree", {"tree": node}, "t.json.rule")
+    with pytest.raises(ConfigError, match=r"rule\.tree\.else: expected a node"):
+        make_rule("tree", {"tree": {**node, "above": 1, "else": None}}, "t.json.rule")
+    # The good file reads back, and a valid tree still decides.
+    good = read_thresholds(_tree_file(tmp_path / "good.yaml", "tree:\n" + NODE))
+    rule = make_rule(good.kind, good.params)
+    assert isinstance(rule, TreeRule)
+    assert rule.act(obs(hold_price=0.5)).tolist() == [3, 2, 1, 0, 0]
+    assert rule.act(obs(hold_price=0.1)).tolist() == [0, 0, 0, 0, 0]
+
+
+@pytest.mark.parametrize("rule", ["tree:\n" + NODE.replace("hold_price", "[hold_price]"),
+                                  "tree:\n    1: 2\n" + NODE], ids=["feature_list", "int_key"])
+def test_bad_tree_rule_file_exits_2_in_one_line(rule: str, tmp_path: Path) -> None:
+    path = _tree_file(tmp_path / "bad.yaml", rule)
+    p = subprocess.run([sys.executable, str(ROOT / "scripts" / "simulate.py"),
+                        str(ROOT / "configs" / "scenarios" / "mixed_cloud.yaml"),
+                        "--policy", str(path), "--ticks", "5"],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert p.returncode == 2, p.stderr
+    assert "Traceback" not in p.stderr and p.stderr.count("\n") == 1
+    assert p.stderr.startswith("simulate.py: error: bad.yaml.rule.tree")
 
 
 def test_canonical_actions_zero_what_does_nothing() -> None:

@@ -308,6 +308,89 @@ def test_bad_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert good.read_bytes()[:2] == b"PK"  # untouched
 
 
+def _meta(**changes: object) -> np.ndarray:
+    meta = {"format": "ptreclaim-trace", "version": 2, "command": ["x"], **changes}
+    return np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+
+
+def _one_syscall(t_ms: float) -> dict[str, np.ndarray]:
+    return {"sys_t_ms": np.array([t_ms]), "sys_op": np.array([0], dtype=np.uint8),
+            "sys_args": np.zeros((1, 6), dtype=np.int64), "sys_ret": np.array([0]),
+            "sys_tid": np.array([1], dtype=np.int32), "sys_path": np.array([-1], dtype=np.int32)}
+
+
+#: Impossible values in a trace that is otherwise valid (_tiny_trace: 2 samples,
+#: change rows for blocks [1, 2, 2] with [1, 1, 0] present pages, one VMA
+#: [0x200000, 0x600000)), and what the one-line error names.
+IMPOSSIBLE: dict[str, tuple[dict[str, np.ndarray], str]] = {
+    # NaN compares false: "sample times go backwards" missed it.
+    "t_nan": ({"t_ms": np.array([0.0, np.nan])}, r"t_ms\[1\] is nan; times are finite"),
+    "t_after_inf": ({"t_after_ms": np.array([np.inf, 100.0])}, r"t_after_ms\[0\] is inf"),
+    "sys_t_nan": (_one_syscall(np.nan), r"sys_t_ms\[0\] is nan"),
+    "block_negative": ({"chg_block": np.array([-1, 2, 2])},
+                       r"chg_block\[0\] is -1; blocks are addresses >> 21 .* 0 to 34359738367"),
+    "block_huge": ({"chg_block": np.array([1, 2 ** 62, 2])}, rf"chg_block\[1\] is {2 ** 62};"),
+    "present_9999": ({"chg_present": np.array([9999, 1, 0], dtype=np.int16)},
+                     r"chg_present\[0\] is 9999; page counts of a 2 MiB block \(512 pages\) "
+                     r"are 0 to 1024"),
+    "swapped_negative": ({"chg_swapped": np.array([0, -1, 0], dtype=np.int16)},
+                         r"chg_swapped\[1\] is -1"),
+    "maps_inverted": ({"maps_start": np.array([0x600000]), "maps_end": np.array([0x200000])},
+                      r"maps row 0 ends at 0x200000, not after its start 0x600000"),
+    "maps_empty_vma": ({"maps_end": np.array([0x200000])}, r"maps row 0 ends at 0x200000"),
+    "maps_unaligned": ({"maps_start": np.array([0x200001])},
+                       r"maps_start\[0\] is 0x200001; VMA bounds are page-aligned"),
+    "maps_above_user_space": ({"maps_end": np.array([1 << 60])},
+                              r"maps_end\[0\] is \d+; VMA bounds are page-aligned addresses "
+                              r"from 0 to 2\*\*56"),
+    "interval_negative": ({"meta": _meta(interval_ms=-1)},
+                          r"meta interval_ms is -1, expected a positive number of milliseconds"),
+    "interval_string": ({"meta": _meta(interval_ms="100")}, r"meta interval_ms is '100'"),
+    "final_interval_zero": ({"meta": _meta(final_interval_ms=0)}, r"meta final_interval_ms is 0"),
+    "command_int": ({"meta": _meta(command=5)},
+                    r"meta command is 5, expected a list of strings"),
+}
+
+
+@pytest.mark.parametrize("case", IMPOSSIBLE)
+def test_impossible_values_are_one_clear_error(case: str, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    good = tmp_path / "good.npz"
+    _tiny_trace().finish().save(good)
+    changes, want = IMPOSSIBLE[case]
+    bad = tmp_path / f"{case}.npz"
+    _rewrite(good, bad, **changes)
+    with pytest.raises(TraceError, match=f"{bad}: damaged trace: {want}") as err:
+        read_trace(bad)
+    assert "\n" not in str(err.value) and str(err.value).endswith("; re-record it")
+    assert main(["info", str(bad)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
+    assert captured.out == ""
+
+
+def test_impossible_values_exit_2_from_the_scripts(tmp_path: Path) -> None:
+    good = tmp_path / "good.npz"
+    _tiny_trace().finish().save(good)
+    # Counts up to twice a block's 512 pages are read: the capturer can count a
+    # page twice (the shipped redis_jemalloc holds rows of 1024 present pages).
+    double = tmp_path / "double.npz"
+    _rewrite(good, double, chg_present=np.array([1024, 1, 0], dtype=np.int16))
+    assert read_trace(double).samples == 2
+    for case, script, field in (("t_nan", "capture_trace.py", "t_ms[1]"),
+                                ("present_9999", "whatif.py", "chg_present[0]")):
+        bad = tmp_path / f"{case}.npz"
+        _rewrite(good, bad, **IMPOSSIBLE[case][0])
+        args = ["info", str(bad)] if script == "capture_trace.py" else \
+            [str(bad), "--mechanisms", "none", "--ticks", "5", "--out", str(tmp_path / "w"), "-q"]
+        p = subprocess.run([sys.executable, str(ROOT / "scripts" / script), *args],
+                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert p.returncode == 2, p.stderr
+        assert "Traceback" not in p.stderr and p.stderr.count("\n") == 1
+        assert p.stderr.startswith(f"{script}: error: {bad}: damaged trace: {field} is ")
+    assert not (tmp_path / "w").exists()
+
+
 # -- shipped traces -------------------------------------------------------------
 
 

@@ -33,9 +33,11 @@ read; they did not record when a sample's page walk ended, so their
 completed during the walk counts as after the sample, as it always did for
 them).
 
-Reading a file that is not a trace, was cut short, or has a version this
-code does not read raises :class:`TraceError` with one line that names the
-file and the fix.
+Reading a file that is not a trace, was cut short, has a version this code
+does not read, or holds impossible values (a NaN time, a block outside the
+user address space, a VMA that ends before it starts, a negative interval)
+raises :class:`TraceError` with one line that names the file, the array or
+``meta`` field, and the fix.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import tempfile
 import zipfile
@@ -53,7 +56,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import ConfigError
+from .config import ConfigError, quote
 
 __all__ = [
     "FORMAT",
@@ -75,6 +78,15 @@ READABLE_VERSIONS = (1, 2)
 SYSCALLS = ("mmap", "munmap", "madvise", "mremap", "brk", "mprotect")
 PERM_R, PERM_W, PERM_X, PERM_S = 1, 2, 4, 8
 BITMAP_BYTES = 64  # 512 pages per 2 MiB block
+PAGES_PER_BLOCK = 8 * BITMAP_BYTES
+#: Top of the user address space with 5-level paging: the capturer stores no
+#: VMA above it ([vsyscall] lies there), so no maps row or block may lie above.
+USER_TOP = 1 << 56
+#: Largest page count :func:`read_trace` accepts in one block row: a 2 MiB
+#: block has 512 pages, but the capturer sums PAGEMAP_SCAN runs and at times
+#: counts a page twice (the shipped redis_jemalloc has rows of 1024 present
+#: pages; its bitmaps, which the replay uses, hold at most 512).
+MAX_BLOCK_COUNT = 2 * PAGES_PER_BLOCK
 
 # Array name -> (dtype kind, dimensions): checked on read so that a foreign
 # .npz with the right names but wrong contents is still rejected cleanly.
@@ -334,6 +346,19 @@ def _parse_meta(name: str, raw: np.ndarray) -> dict[str, Any]:
         readable = " and ".join(str(v) for v in READABLE_VERSIONS)
         raise TraceError(f"{name}: trace format version {version!r}, but this ptreclaim reads "
                          f"versions {readable}; re-record it or use a matching ptreclaim")
+    for key in ("interval_ms", "final_interval_ms"):
+        value = meta.get(key)
+        # No float() of an int: one of 400 digits does not convert.
+        if key in meta and (isinstance(value, bool) or not isinstance(value, (int, float))
+                            or (isinstance(value, float) and not math.isfinite(value))
+                            or value <= 0):
+            raise TraceError(f"{name}: damaged trace: meta {key} is {quote(value)}, expected "
+                             "a positive number of milliseconds; re-record it")
+    command = meta.get("command")
+    if command is not None and not (isinstance(command, list)
+                                    and all(isinstance(c, str) for c in command)):
+        raise TraceError(f"{name}: damaged trace: meta command is {quote(command)}, expected "
+                         "a list of strings (the command line); re-record it")
     return meta
 
 
@@ -354,6 +379,12 @@ def _check_arrays(name: str, a: dict[str, np.ndarray]) -> None:
     for key in ("vm_pte_kib", "vm_pte_after_kib", "t_after_ms", "vm_rss_kib"):
         if a[key].size != n:
             problems.append(f"{key} has {a[key].size} values for {n} samples")
+    for key in ("t_ms", "t_after_ms", "sys_t_ms"):
+        bad = np.flatnonzero(~np.isfinite(a[key]))
+        if bad.size:
+            # NaN compares false with everything: the order checks below miss it.
+            problems.append(f"{key}[{bad[0]}] is {a[key][bad[0]]}; times are finite "
+                            "milliseconds since the capture started")
     if n and np.any(np.diff(a["t_ms"]) < 0):
         problems.append("sample times go backwards")
     elif a["t_after_ms"].size == n and n and (
@@ -369,6 +400,14 @@ def _check_arrays(name: str, a: dict[str, np.ndarray]) -> None:
             problems.append(f"{key} has {a[key].size} rows, expected {k}")
     if a["chg_bits"].shape != (k, BITMAP_BYTES):
         problems.append(f"chg_bits has shape {a['chg_bits'].shape}, expected ({k}, 64)")
+    top = USER_TOP >> 21
+    _check_range(problems, a, "chg_block", 0, top - 1,
+                 f"blocks are addresses >> 21 in the user address space (below 2**56): 0 "
+                 f"to {top - 1}")
+    for key in ("chg_present", "chg_swapped", "chg_zero", "chg_file"):
+        _check_range(problems, a, key, 0, MAX_BLOCK_COUNT,
+                     f"page counts of a 2 MiB block ({PAGES_PER_BLOCK} pages) are 0 to "
+                     f"{MAX_BLOCK_COUNT} (a capture may count a page twice)")
     m = a["maps_sample"].size
     moff = a["maps_offsets"]
     rows = a["maps_start"].size
@@ -381,6 +420,19 @@ def _check_arrays(name: str, a: dict[str, np.ndarray]) -> None:
             problems.append(f"{key} has {a[key].size} rows, expected {rows}")
     if rows and (a["maps_path"].min() < 0 or a["maps_path"].max() >= a["paths"].size):
         problems.append("maps_path points outside paths")
+    for key in ("maps_start", "maps_end"):
+        _check_range(problems, a, key, 0, USER_TOP,
+                     "VMA bounds are page-aligned addresses from 0 to 2**56")
+        unaligned = np.flatnonzero(a[key] % 4096)
+        if unaligned.size:
+            problems.append(f"{key}[{unaligned[0]}] is {int(a[key][unaligned[0]]):#x}; VMA "
+                            "bounds are page-aligned (multiples of 4096)")
+    if a["maps_end"].size == rows:
+        inverted = np.flatnonzero(a["maps_end"] <= a["maps_start"])
+        if inverted.size:
+            i = inverted[0]
+            problems.append(f"maps row {i} ends at {int(a['maps_end'][i]):#x}, not after its "
+                            f"start {int(a['maps_start'][i]):#x}; a VMA has start < end")
     s = a["sys_t_ms"].size
     if a["sys_args"].shape != (s, 6) or a["sys_ret"].size != s or a["sys_op"].size != s \
             or a["sys_tid"].size != s or a["sys_path"].size != s:
@@ -390,6 +442,15 @@ def _check_arrays(name: str, a: dict[str, np.ndarray]) -> None:
         problems.append("syscall codes, times or paths out of range")
     if problems:
         raise TraceError(f"{name}: damaged trace: {problems[0]}; re-record it")
+
+
+def _check_range(problems: list[str], a: dict[str, np.ndarray], key: str, lo: int, hi: int,
+                 allowed: str) -> None:
+    """Note the first value of integer array ``key`` outside ``lo..hi``."""
+    arr = a[key]
+    bad = np.flatnonzero((arr < lo) | (arr > hi))
+    if bad.size:
+        problems.append(f"{key}[{bad[0]}] is {int(arr[bad[0]])}; {allowed}")
 
 
 class TraceWriter:
