@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interval", type=float, default=5.0, metavar="S",
                    help="seconds between samples (default 5)")
     p.add_argument("--count", type=int, default=0, metavar="N",
-                   help="stop after N samples (default: run until Ctrl-C)")
+                   help="stop after N samples; 0 (the default) means no limit: run until Ctrl-C")
     p.add_argument("--once", action="store_true", help="one sample, then exit (= --count 1)")
     p.add_argument("--json", action="store_true",
                    help="one JSON line per interval on stdout instead of the table")

@@ -116,15 +116,37 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _token(args: argparse.Namespace) -> str | None:
-    if os.environ.get(TOKEN_ENV):
-        return os.environ[TOKEN_ENV].strip()
+    """The bearer token: ``$PTRECLAIM_TOKEN``, else the ``--token-file``
+    (None when that file does not exist: reads need no token)."""
+    from ..service.client import header_safe
+
+    if os.environ.get(TOKEN_ENV, "").strip():
+        token = os.environ[TOKEN_ENV].strip()
+        if not header_safe(token):
+            raise ConfigError(f"${TOKEN_ENV} holds characters an HTTP header cannot carry "
+                              f"(non-ASCII or control characters); set it to the token "
+                              f"scripts/serve.py wrote")
+        return token
+    path = args.token_file
     try:
-        return args.token_file.read_text().strip()
+        token = path.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise ConfigError(f"--token-file {args.token_file}: cannot read "
-                          f"({exc.strerror or exc})") from None
+        raise ConfigError(f"--token-file {path}: cannot read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"--token-file {path}: not a text file (not UTF-8); give the token "
+                          f"file scripts/serve.py writes (runs/service/token under its "
+                          f"--root) or set ${TOKEN_ENV}") from None
+    if not token:
+        raise ConfigError(f"--token-file {path}: is empty; give the token file scripts/serve.py "
+                          f"writes on its first start (runs/service/token under its --root) "
+                          f"or set ${TOKEN_ENV}") from None
+    if not header_safe(token):
+        raise ConfigError(f"--token-file {path}: holds characters an HTTP header cannot carry "
+                          f"(non-ASCII, control characters or several lines); give the token "
+                          f"file scripts/serve.py writes or set ${TOKEN_ENV}") from None
+    return token
 
 
 def _input(args: argparse.Namespace, files: dict[str, Path]) -> dict[str, Any] | None:
@@ -243,8 +265,13 @@ def download(client: Any, job_id: str, out: Path, names: Sequence[str] = ()) -> 
 def _main(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from ..service.client import Client, ServiceError
 
+    token = _token(args)
     try:
-        with Client(args.url, _token(args)) as client:
+        client = Client(args.url, token)
+    except ServiceError as exc:  # a URL that cannot be parsed
+        raise ConfigError(f"--url {exc}") from None
+    try:
+        with client:
             return _run(args, client)
     except ServiceError as exc:
         raise ConfigError(str(exc)) from None

@@ -1,7 +1,8 @@
 """A small client of the service's HTTP API (httpx), for scripts and tests.
 
-Every refusal of the server (a 4xx with ``{"error": "..."}``) and every
-connection problem becomes :class:`ServiceError` with one line.
+Every refusal of the server (a 4xx with ``{"error": "..."}``), every
+connection problem and a URL that cannot be parsed become
+:class:`ServiceError` with one line.
 """
 
 from __future__ import annotations
@@ -26,14 +27,27 @@ class ServiceError(Exception):
         self.status = status
 
 
+def header_safe(text: str) -> bool:
+    """Whether ``text`` can be sent in an HTTP header: printable ASCII."""
+    return text.isascii() and text.isprintable()
+
+
 class Client:
     """The API at ``url``; ``token`` for writes (submit, cancel)."""
 
     def __init__(self, url: str = DEFAULT_URL, token: str | None = None,
                  timeout: float = 60.0) -> None:
         self.url = url.rstrip("/")
+        if token and not header_safe(token):
+            raise ServiceError("the bearer token holds characters an HTTP header cannot carry "
+                               "(non-ASCII or control characters); give the token "
+                               "scripts/serve.py wrote")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+        try:
+            self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+        except (httpx.InvalidURL, ValueError) as exc:  # e.g. "http://[::1": a bad port
+            raise ServiceError(f"{url}: not a valid URL ({type(exc).__name__}: {exc}); give "
+                               f"one like {DEFAULT_URL}") from None
 
     def close(self) -> None:
         self.http.close()
@@ -47,6 +61,9 @@ class Client:
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             r = self.http.request(method, path, **kwargs)
+        except httpx.InvalidURL as exc:  # the path (a job id, an artifact name) is bad
+            raise ServiceError(f"cannot request {path!r} ({exc}); check the job id or artifact "
+                               f"name") from None
         except httpx.HTTPError as exc:
             raise ServiceError(f"cannot reach the service at {self.url} ({type(exc).__name__}: "
                                f"{exc}); is scripts/serve.py running there?") from None
