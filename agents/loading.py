@@ -44,7 +44,7 @@ from ..envs.sim.simulator import ScenarioConfig
 from .export import read_thresholds
 from .heuristics import HEURISTICS, make_heuristic, make_rule
 from .oracle import OracleBound
-from .runs import model_label, parse_name, stats_for
+from .runs import MODEL_FILES, model_label, parse_name, stats_for
 from .trust import TrustError, pickled_files, sign_artifacts, verify_bytes, verify_folder
 
 if TYPE_CHECKING:
@@ -563,18 +563,19 @@ def _algo_from_name(folder: Path) -> str | None:
     return parts[1] if parts else None
 
 
-def _run_config(folder: Path) -> tuple[str | None, Mapping[str, Any] | None]:
-    """(algo, env mapping) from a run folder's config.yaml, if it exists (a
-    hand-written one included, so this is lenient where training's reader is
-    strict)."""
+def _run_config(folder: Path) -> tuple[str | None, Mapping[str, Any] | None, bool]:
+    """(algo, env mapping, whether it normalised observations) from a run folder's
+    config.yaml, if it exists (a hand-written one included, so this is lenient where
+    training's reader is strict; without the file, or without ``normalize.obs`` in it,
+    normalisation is not known to have been on)."""
     cfg = folder / "config.yaml"
     if not cfg.is_file():
-        return _algo_from_name(folder), None
+        return _algo_from_name(folder), None, False
     data = load_yaml(cfg)
     algo = _algo_from_run_config(data)
     if algo is None:
         algo = _algo_from_name(folder)
-    env, where = None, "env"
+    env, where, normalized = None, "env", False
     if isinstance(data, Mapping):
         # train.py writes experiment.env; a hand-written config may have a top-level env.
         exp = data.get("experiment")
@@ -582,17 +583,27 @@ def _run_config(folder: Path) -> tuple[str | None, Mapping[str, Any] | None]:
             env, where = exp["env"], "experiment.env"
         else:
             env = data.get("env")
+        norm = exp.get("normalize") if isinstance(exp, Mapping) else None
+        normalized = isinstance(norm, Mapping) and norm.get("obs") is True
     if env is not None:
         if not isinstance(env, Mapping):
             raise ConfigError(f"{cfg}: '{where}' must be a mapping of env settings")
         build(EnvConfig, env, f"{cfg.name}.{where}")
-    return algo, env
+    return algo, env, normalized
 
 
 def _model_spec(label: str | None, model: Path, stats: Path | None, folder: Path,
                 source: str, trust_model: bool) -> PolicySpec:
     _check_trust(model, stats, trust_model)
-    algo, env = _run_config(folder)
+    algo, env, normalized = _run_config(folder)
+    if normalized and stats is None:
+        # The policy would read raw observations where it learned normalised ones: every
+        # decision wrong, and nothing would say so.
+        which = "best" if model.name == MODEL_FILES["best"][0] else "final"
+        raise ConfigError(f"{model.with_name(MODEL_FILES[which][1])}: missing; "
+                          "the run's config.yaml says the model was trained on normalised "
+                          "observations (normalize.obs), and without their statistics it "
+                          "cannot act; copy the run folder whole")
     algo = canonical_algo(algo, str(folder / "config.yaml")) if algo else _algo_from_zip(model)
     return PolicySpec(label or model_label(folder, model), "model", algo, None, str(model),
                       str(stats) if stats is not None else "", env, source, trust_model)

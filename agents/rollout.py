@@ -44,6 +44,7 @@ import numpy as np
 
 from ..envs.pagetable_env import COST_TERMS, EnvConfig, PageTableReclaimEnv
 from ..envs.sim.simulator import ScenarioConfig, Simulation
+from . import interrupts
 from .interrupts import die_with_parent, signals_received
 from .results import EpisodeResult
 
@@ -338,7 +339,7 @@ class WorkerPool(Generic[C, T, R]):
             while pending and self._ready:
                 conn = self._ready.pop()
                 if not _send(conn, pending[0]):
-                    raise WorkerError(self._died(conn))
+                    raise self._died(conn)
                 pending.popleft()
                 busy.add(conn)
             for ready in wait([*busy, *self._starting]):
@@ -347,7 +348,7 @@ class WorkerPool(Generic[C, T, R]):
                 try:
                     kind, index, value = conn.recv()
                 except (OSError, EOFError):
-                    raise WorkerError(self._died(conn)) from None
+                    raise self._died(conn) from None
                 if kind == "error":
                     raise value
                 self._starting.discard(conn)
@@ -360,10 +361,19 @@ class WorkerPool(Generic[C, T, R]):
                         on_result(index, value, done)
         return results
 
-    def _died(self, conn: Connection) -> str:
+    def _died(self, conn: Connection) -> WorkerError:
+        """The error for a worker that died: :class:`~.interrupts.Interrupted` when this
+        process was asked to stop or the worker was stopped by SIGINT or SIGTERM (a
+        signal to the process group reaches the workers too: ``timeout``, systemd, a
+        shell's job control), else :class:`WorkerError`."""
         proc = self._conns[conn]
         proc.join(1.0)
-        return f"a worker process (pid {proc.pid}) died (exit code {proc.exitcode})"
+        code = proc.exitcode
+        signum = interrupts.stop_requested() or (
+            -code if code is not None and -code in interrupts.STOP_SIGNALS else 0)
+        if signum:
+            raise interrupts.Interrupted(signum)
+        return WorkerError(f"a worker process (pid {proc.pid}) died (exit code {code})")
 
     def close(self) -> None:
         """Let the workers finish: close their pipes (they exit when idle),

@@ -287,6 +287,31 @@ def test_trained_run_folder_is_evaluated_with_its_normalisation(
     assert config["env"]["max_steps"] == 8  # the run's env settings
 
 
+def test_a_run_trained_on_normalised_observations_needs_its_statistics(
+        tmp_path: Path, suite: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Without its VecNormalize statistics a model trained on normalised observations
+    reads raw ones: every decision would be wrong, and nothing would say so. Its run's
+    config.yaml says normalize.obs, so the statistics file is required."""
+    run = _train_run(tmp_path)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["experiment"]["normalize"] = {"obs": True, "reward": True}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    parse_policy(str(run))  # complete: fine
+    (run / "vecnormalize.pkl").unlink()
+    with pytest.raises(ConfigError, match=r"vecnormalize\.pkl: missing; .*\(normalize\.obs\)"):
+        parse_policy(str(run))
+    code, _, err = run_cli(capsys, str(run), "--suite", str(suite), "--episodes", "1",
+                           "--out", str(tmp_path / "out"))
+    assert code == 2 and "vecnormalize.pkl: missing" in err and "Traceback" not in err
+    (run / "best_vecnormalize.pkl").unlink()
+    with pytest.raises(ConfigError, match=r"best_vecnormalize\.pkl: missing"):
+        parse_policy(str(run), best=True)
+    # A run that trained on raw observations has no statistics to miss.
+    config["experiment"]["normalize"] = {"obs": False, "reward": True}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    assert parse_policy(str(run)).vecnormalize == ""
+
+
 # ----------------------------------------------------------------- bad input
 
 def _bare_model(path: Path, algo: str = "ppo", sign: bool = True, **env_kw: Any) -> Path:

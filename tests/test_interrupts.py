@@ -1,11 +1,14 @@
-"""Stopping parallel work as an operator does: SIGTERM to the main process only.
+"""Stopping parallel work as an operator does: SIGTERM to the main process, or to its group.
 
 Each test starts the real command line with two worker processes, waits
 until they are at work, sends SIGTERM to the main process alone (as
-``kill``, systemd or a scheduler do), and checks three things: no process
+``kill``, systemd or a scheduler do) or to its whole process group (as
+``timeout``, systemd's default kill mode and a shell's job control do: the
+workers get it too), and checks three things: no process
 of the tree is alive a few seconds later; the output is one line with no
-traceback; what was saved resumes.  Cases: ``evaluate.py --jobs 2``,
-``tune.py --jobs 2`` and a two-seed ``train.py --jobs 2``.
+traceback; what was saved resumes.  Cases: ``evaluate.py --jobs 2`` (both ways),
+``tune.py --jobs 2``, a two-seed ``train.py --jobs 2``, and one seed's final
+evaluation with ``eval.jobs 2`` (its group).
 """
 
 from __future__ import annotations
@@ -91,13 +94,16 @@ class Stopped:
 
 
 def stop_mid_work(script: str, args: list[str], cwd: Path, ready: Callable[[str], bool],
-                  timeout: float = 180) -> Stopped:
+                  timeout: float = 180, group: bool = False) -> Stopped:
     """Run ``scripts/<script> ARGS``; once two workers run and ``ready(stdout)``,
-    SIGTERM the main process; wait until every process of its tree is gone."""
+    SIGTERM the main process (with ``group``: its whole process group, workers included,
+    as ``timeout``, systemd's default KillMode and a shell's job control do); wait until
+    every process of its tree is gone."""
     out_path, err_path = cwd / f"{script}.out", cwd / f"{script}.err"
     with out_path.open("w") as out, err_path.open("w") as err:
         proc = subprocess.Popen([sys.executable, str(SCRIPTS / script), *args], cwd=cwd,
-                                stdout=out, stderr=err, env=dict(os.environ, COLUMNS="200"))
+                                stdout=out, stderr=err, env=dict(os.environ, COLUMNS="200"),
+                                start_new_session=group)
     tree: set[tuple[int, int]] = set()
     deadline = time.monotonic() + timeout
     try:
@@ -111,7 +117,10 @@ def stop_mid_work(script: str, args: list[str], cwd: Path, ready: Callable[[str]
             time.sleep(0.2)
         tree |= _descendants(proc.pid)
         n_out, n_err = len(out_path.read_bytes()), len(err_path.read_bytes())
-        proc.send_signal(signal.SIGTERM)
+        if group:
+            os.killpg(proc.pid, signal.SIGTERM)
+        else:
+            proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=120)
     finally:
         if proc.poll() is None:
@@ -132,14 +141,15 @@ def _one_line(text: str, start: str) -> str:
     return lines[0]
 
 
-def test_evaluate_stops_its_workers_and_writes_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("group", [False, True], ids=["main", "group"])
+def test_evaluate_stops_its_workers_and_writes_nothing(tmp_path: Path, group: bool) -> None:
     (tmp_path / "tiny.yaml").write_text(TINY)
     # Enough episodes that the compiled core is still busy when the signal comes.
     args = ["--suite", "tiny.yaml", "--episodes", "2000", "--no-oracle", "--jobs", "2",
             "--bootstrap", "200", "--out", "ev", "-q"]
     started = time.monotonic()
     res = stop_mid_work("evaluate.py", args, tmp_path,
-                        lambda _: time.monotonic() - started > 1)
+                        lambda _: time.monotonic() - started > 1, group=group)
     assert res.code == 128 + signal.SIGTERM
     line = _one_line(res.err, "evaluate.py: SIGTERM stopped the evaluation")
     assert "kept nothing" in line and "resume with" in line
@@ -230,3 +240,26 @@ def test_multi_seed_train_checkpoints_every_seed_and_resumes(tmp_path: Path) -> 
         assert state["status"] == "finished" and state["num_timesteps"] >= 2048
     report = (multi / "report.md").read_text()
     assert "| 0 | ppo |" in report and "| 1 | ppo |" in report
+
+
+def test_sigterm_to_the_group_in_train_s_final_evaluation_is_one_line_and_resumes(
+        tmp_path: Path) -> None:
+    """The signal reaches the evaluation's workers too: a worker that SIGTERM ended is the
+    command being stopped, not a crash (it was a WorkerError traceback)."""
+    (tmp_path / "tiny.yaml").write_text(test_train.TINY_SCENARIO)
+    (tmp_path / "exp.yaml").write_text(test_train.TINY_EXPERIMENT)
+    args = ["--config", "exp.yaml", "--set", "eval.jobs=2", "--set", "eval.final_episodes=300",
+            "--out", "out", "--no-progress"]
+    res = stop_mid_work("train.py", args, tmp_path,
+                        lambda out: "final evaluation on" in out, group=True)
+    assert res.code == 128 + signal.SIGTERM, res.out + res.err
+    assert "Traceback" not in res.out + res.err and "WorkerError" not in res.out + res.err
+    line = _one_line(res.out, "SIGTERM stopped the final evaluation of tiny__ppo__0__")
+    assert "kept the trained models" in line and "resume with: " in line
+    (run,) = (tmp_path / "out").glob("tiny__ppo__0__*")
+    assert json.loads((run / "state.json").read_text())["status"] == "trained"
+    proc = subprocess.run([sys.executable, str(SCRIPTS / "train.py"), "--resume", str(run),
+                           "--no-progress"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads((run / "state.json").read_text())["status"] == "finished"

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from ...envs.configio import write_text_atomic
 from ...envs.sim.config import quote
-from ..interrupts import signal_name, stop_requested
+from ..interrupts import Interrupted, request_stop, signal_name, stop_requested
 from ..loading import (
     algo_class,
     load_model,
@@ -351,7 +351,11 @@ def _finish(run: RunFolder, cfg: RunConfig, out: Output) -> int:
             curve_base = (baseline_results(names, curve_scen, ev.episodes,
                                            ev.seed + 1, exp.env, cache, tick, ev.jobs)
                           if (run / "evaluations.npz").is_file() else [])
-    except _FinalEvalStopped:
+    except (_FinalEvalStopped, Interrupted) as exc:
+        # Interrupted: the evaluation's workers were stopped by the signal (sent to the
+        # process group) before this process's own handler had set the flag.
+        if isinstance(exc, Interrupted):
+            request_stop(exc.signum)
         return out.stopped(f"the final evaluation of {run.name}", "the trained models", run)
     results = base + mine
     write_text_atomic(run / "eval_results.json",
