@@ -83,9 +83,11 @@ PAGES_PER_BLOCK = 8 * BITMAP_BYTES
 #: VMA above it ([vsyscall] lies there), so no maps row or block may lie above.
 USER_TOP = 1 << 56
 #: Largest page count :func:`read_trace` accepts in one block row: a 2 MiB
-#: block has 512 pages, but the capturer sums PAGEMAP_SCAN runs and at times
-#: counts a page twice (the shipped redis_jemalloc has rows of 1024 present
-#: pages; its bitmaps, which the replay uses, hold at most 512).
+#: block has 512 pages, but the capturer summed PAGEMAP_SCAN runs and counted
+#: a page twice when one ioctl's walk stopped inside a run it had returned
+#: (fixed 2026-12-06 in ``envs/host/procfs.py``; the shipped redis_jemalloc,
+#: recorded before, has rows of 1024 present pages; its bitmaps, which the
+#: replay uses, hold at most 512).
 MAX_BLOCK_COUNT = 2 * PAGES_PER_BLOCK
 
 # Array name -> (dtype kind, dimensions): checked on read so that a foreign
