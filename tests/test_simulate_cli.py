@@ -150,3 +150,13 @@ def test_cli_bad_input(tiny: Path, tmp_path: Path) -> None:
         assert "Traceback" not in stderr
         assert stdout == "", name
     assert not (tmp_path / "o").exists()  # nothing was written for bad input
+
+
+def test_a_bare_name_that_exists_is_a_path(tiny: Path, tmp_path: Path) -> None:
+    """``--policy good`` with a folder ``good`` here is that folder (a run folder, read as
+    one), not an unknown policy name; a bare name that exists nowhere still is one."""
+    (tmp_path / "good").mkdir()
+    rc, _, stderr = _finish(_start([str(tiny), "--ticks", "5", "--policy", "good"], tmp_path))
+    assert rc == 2 and "no model.zip in this run folder" in stderr and "unknown" not in stderr
+    rc, _, stderr = _finish(_start([str(tiny), "--ticks", "5", "--policy", "gone"], tmp_path))
+    assert rc == 2 and "--policy 'gone' is unknown" in stderr

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -137,7 +138,9 @@ def _progress_run(scenario: ScenarioConfig, args: argparse.Namespace, ticks: int
 
 def _main(args: argparse.Namespace, argv: Sequence[str]) -> int:
     known = (*DIAGNOSTICS, *AGENT_SHORTCUTS)
-    looks_like_path = any(c in args.policy for c in "/.:")
+    # A bare name is a path too when such a file or folder exists ("runs" a level up
+    # needs no "./"); otherwise it was meant as one of the known names.
+    looks_like_path = any(c in args.policy for c in "/.:") or os.path.exists(args.policy)
     if args.policy not in known and not looks_like_path:
         raise ConfigError(f"--policy {args.policy!r} is unknown"
                           f"{did_you_mean(args.policy, known)}; "
