@@ -7,15 +7,17 @@ traceback and exit status 2; and nothing may be written or lost: an output
 folder named on the command line does not appear, a run folder given to
 ``--resume`` is left byte for byte as it was.  The classes: YAML and JSON
 past the input limits (alias bombs, huge integers, deep nesting, huge
-files), huge and non-finite numbers on the command line, outputs that cannot
-be written or belong to someone else (a training run, another process),
-damaged run folders, and tuning on the held-out suite.  A run whose weights
+files), huge and non-finite numbers on the command line, hyperparameters
+SB3 would refuse or turn into NaN, outputs that cannot be written or belong
+to someone else (a training run, another process), damaged run folders, and
+tuning on the held-out suite.  A run whose weights
 turn NaN is the one exit status 1: it is marked failed and keeps its last
 good checkpoint.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -34,6 +36,7 @@ from test_train import TINY_EXPERIMENT, TINY_SCENARIO
 
 from ptreclaim.agents import loading
 from ptreclaim.agents.runs import claim_folder
+from ptreclaim.agents.training import config, hyperparams
 from ptreclaim.agents.training.callbacks import STOP_AT_ENV
 from ptreclaim.cli.common import MAX_LINE
 from ptreclaim.envs.sim.config import QUOTE_CHARS
@@ -202,6 +205,82 @@ def test_input_past_a_limit_is_one_line(work: Path, limit_results: dict[str, Any
     assert "x" * (QUOTE_CHARS + 1) not in line and BIG[:QUOTE_CHARS + 1] not in line
 
 
+# ------------------------------------------------------------ hyperparameter values
+
+#: A bad SB3 hyperparameter on the default experiment (as run from the repository):
+#: case -> (the --set flags, what the one line says).  Before these were range-checked
+#: SB3 failed with a traceback after the run folder was made (an AssertionError, a
+#: ValueError, a RuntimeError of torch, an UnboundLocalError mid-training), or took the
+#: value silently (gamma 2).
+HP_CASES: dict[str, tuple[list[str], str]] = {
+    "batch_size 0": (["hyperparams.ppo.batch_size=0"],
+                     "hyperparams.ppo.batch_size: 0 is out of range; allowed [2, "),
+    "n_steps -1": (["hyperparams.ppo.n_steps=-1"],
+                   "hyperparams.ppo.n_steps: -1 is out of range; allowed [1, "),
+    "unknown policy": (["hyperparams.ppo.policy=Foo"],
+                       "hyperparams.ppo.policy: 'Foo' is not a policy ppo can train here; "
+                       "use MlpPolicy"),
+    "negative layer width": (["hyperparams.ppo.policy_kwargs={net_arch: [-3]}"],
+                             "hyperparams.ppo.policy_kwargs.net_arch[0]: -3 is out of range"),
+    "net_arch not a list": (["hyperparams.ppo.policy_kwargs={net_arch: x}"],
+                            "hyperparams.ppo.policy_kwargs.net_arch: expected a list of "
+                            "layer widths"),
+    "n_epochs 0": (["hyperparams.ppo.n_epochs=0"],
+                   "hyperparams.ppo.n_epochs: 0 is out of range; allowed [1, "),
+    "gamma 2": (["hyperparams.ppo.gamma=2"],
+                "hyperparams.ppo.gamma: 2 is out of range; allowed [0, 1]"),
+    "schedule from 0": (["hyperparams.ppo.learning_rate=lin_0"],
+                        "hyperparams.ppo.learning_rate: 'lin_0' starts at 0.0 is out of range"),
+    "rollout of one step": (["n_envs=1", "hyperparams.ppo.n_steps=1"],
+                            "hyperparams.ppo.n_steps: 1 x n_envs 1 is a rollout of 1 step"),
+    "unknown policy_kwargs key": (["hyperparams.ppo.policy_kwargs={net_archh: [64]}"],
+                                  "did you mean 'net_arch'"),
+    "recurrent_ppo without its LSTM policy": (
+        ["algo=recurrent_ppo", "hyperparams.recurrent_ppo.policy=MlpPolicy"],
+        "hyperparams.recurrent_ppo.policy: 'MlpPolicy' is not a policy recurrent_ppo can "
+        "train here; use MlpLstmPolicy"),
+    "dqn exploration_fraction 0": (["algo=dqn", "hyperparams.dqn.exploration_fraction=0"],
+                                   "hyperparams.dqn.exploration_fraction: 0 is out of range; "
+                                   "allowed (0, 1]"),
+    "dqn train_freq per episode on 8 envs": (
+        ["algo=dqn", "hyperparams.dqn.train_freq=[4, episode]"],
+        "hyperparams.dqn.train_freq: updates per episode need n_envs 1"),
+}
+
+
+@pytest.fixture(scope="module")
+def hp_results(tmp_path_factory: pytest.TempPathFactory
+               ) -> tuple[Path, dict[str, tuple[int, str, str]]]:
+    out = tmp_path_factory.mktemp("bad_hp") / "runs"
+    calls = {}
+    for case, (sets, _) in HP_CASES.items():
+        args = ["--out", str(out), "--timesteps", "64", "--seed", "0", "--set", "pretrain=null"]
+        for s in sets:
+            args += ["--set", s]
+        calls[case] = ("train.py", args)
+    return out, run_all(calls, ROOT)
+
+
+@pytest.mark.parametrize("case", HP_CASES)
+def test_a_bad_hyperparameter_is_one_line_before_any_folder(
+        hp_results: tuple[Path, dict[str, tuple[int, str, str]]], case: str) -> None:
+    out, results = hp_results
+    assert_one_line(results[case], "train.py", HP_CASES[case][1])
+    assert not out.exists()
+
+
+def test_the_shipped_hyperparameters_pass_the_range_checks() -> None:
+    """Every shipped experiment with every algorithm (its algo YAML and its
+    ``hyperparams`` overrides): the checks refuse none of their values."""
+    for path in sorted((ROOT / "configs" / "experiments").glob("*.yaml")):
+        exp, _ = config.load_experiment(path)
+        for algo in loading.ALGOS:
+            run = dataclasses.replace(exp, algo=algo, pretrain=config.PretrainConfig())
+            hp = hyperparams.load_hyperparams(run)
+            hyperparams.validate_hyperparams(algo, hp, f"{path.name} {algo}", run.n_envs)
+            hyperparams.materialize(algo, hp)
+
+
 # ------------------------------------------------------------ outputs
 
 def test_outputs_are_checked_before_any_work(work: Path, tmp_path: Path) -> None:
@@ -365,6 +444,9 @@ DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
     "checkpoint outside the folder": (_edit_state(checkpoint="../../etc/passwd"),
                                       "is not a file inside the run folder"),
     "checkpoint missing": (_missing("checkpoints/model_128_steps.zip"), "is missing"),
+    # It would resume with the statistics of another step count (found by num_timesteps).
+    "checkpoint of another step count": (_edit_state(num_timesteps=64),
+                                         "is not the one of num_timesteps 64"),
     "statistics missing": (_missing("checkpoints/vecnormalize_128_steps.pkl"),
                            "cannot resume without"),
     "statistics broken": (_broken_stats, "cannot load the VecNormalize statistics"),

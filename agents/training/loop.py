@@ -171,6 +171,14 @@ def check_resume(run: RunFolder, cfg: RunConfig, state: dict[str, Any]) -> None:
             raise TrainError(f"{run}: no checkpoint to resume from (state.json names none)")
         return
     model, stats, buffer = files
+    n = int(state.get("num_timesteps") or 0)
+    if model.name != f"model_{n}_steps.zip":
+        # The statistics and buffer are found by num_timesteps: a checkpoint of another
+        # step count would resume with another checkpoint's statistics.
+        raise TrainError(f"{run / 'state.json'}: checkpoint {quote(state.get('checkpoint'))} "
+                         f"is not the one of num_timesteps {n} (checkpoints/model_{n}_steps"
+                         ".zip); the run folder is damaged: resume from another run or start "
+                         "a new one")
     if not model.is_file():
         raise TrainError(f"{model}: the checkpoint state.json names is missing; resume from "
                          "another run or start a new one")
