@@ -564,10 +564,9 @@ def _algo_from_name(folder: Path) -> str | None:
 
 
 def _run_config(folder: Path) -> tuple[str | None, Mapping[str, Any] | None, bool]:
-    """(algo, env mapping, whether it normalised observations) from a run folder's
+    """(algo, env mapping, whether ``normalize.obs`` was on) from a run folder's
     config.yaml, if it exists (a hand-written one included, so this is lenient where
-    training's reader is strict; without the file, or without ``normalize.obs`` in it,
-    normalisation is not known to have been on)."""
+    training's reader is strict)."""
     cfg = folder / "config.yaml"
     if not cfg.is_file():
         return _algo_from_name(folder), None, False
@@ -596,9 +595,7 @@ def _model_spec(label: str | None, model: Path, stats: Path | None, folder: Path
                 source: str, trust_model: bool) -> PolicySpec:
     _check_trust(model, stats, trust_model)
     algo, env, normalized = _run_config(folder)
-    if normalized and stats is None:
-        # The policy would read raw observations where it learned normalised ones: every
-        # decision wrong, and nothing would say so.
+    if normalized and stats is None:  # raw observations, every decision wrong, silently
         which = "best" if model.name == MODEL_FILES["best"][0] else "final"
         raise ConfigError(f"{model.with_name(MODEL_FILES[which][1])}: missing; "
                           "the run's config.yaml says the model was trained on normalised "
