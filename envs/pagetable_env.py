@@ -13,7 +13,7 @@ from gymnasium import spaces
 
 from . import features
 from .features import CANDIDATE_NAMES, FAIL_WINDOW_TICKS, OBS_NAMES, Signals
-from .sim.config import ConfigError, check_range, check_ranges, ranged
+from .sim.config import ConfigError, check_range, check_ranges, quote, ranged
 from .sim.pagetable import PAGE, TableClass
 from .sim.process import Process
 from .sim.reclaim import DEPTHS, PassResult
@@ -21,6 +21,8 @@ from .sim.simulator import ScenarioConfig, Simulation, TickRecord
 
 #: Scan budgets (PTE tables per pass) of the default action space.
 DEFAULT_BUDGETS = (0, 64, 512, 4096, 1 << 30)
+#: The largest scan budget a config may give (``EnvConfig.budgets``).
+MAX_BUDGET = 1 << 40
 #: Decisions per episode (``EnvConfig.max_steps`` defaults to it).
 DEFAULT_MAX_STEPS = 120
 
@@ -109,6 +111,13 @@ class EnvConfig:
         check_ranges(self, "env.")
         if not self.budgets or self.budgets[0] != 0 or list(self.budgets) != sorted(self.budgets):
             raise ConfigError("env.budgets must be ascending and start with 0 (no reclaim)")
+        # The compiled core holds a budget in 64 bits; no address space has 2^40 PTE tables
+        # (a 57-bit one: 2^56 / 2 MiB = 2^35), so larger is a typo (the default "all" is 2^30).
+        if any(isinstance(b, bool) or not isinstance(b, int) or b > MAX_BUDGET
+               for b in self.budgets):
+            raise ConfigError(f"env.budgets: {quote(list(self.budgets))} must be whole numbers "
+                              f"of tables, each at most 2^40 ({MAX_BUDGET}); 2^30 is 'every "
+                              "table' already")
         if (not self.idle_levels or self.idle_levels[0] != 0
                 or list(self.idle_levels) != sorted(set(self.idle_levels))
                 or self.idle_levels[-1] > 1000):

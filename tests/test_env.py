@@ -157,3 +157,18 @@ def test_works_in_sb3_vec_envs(vec: type) -> None:
         obs, rewards, _dones, _infos = venv.step(np.array([[1, 0, 0, 0, 0], [4, 2, 3, 1, 1]]))
         assert rewards.shape == (2,)
     venv.close()
+
+
+@pytest.mark.parametrize("budgets, want", [
+    ((0, 64, 2**70), r"each at most 2\^40"),    # the compiled core holds 64 bits
+    ((0, 1.5), "whole numbers of tables"),
+    ((0, True), "whole numbers of tables"),
+    ((0, 512, 64), "ascending and start with 0"),
+    ((64, 512), "ascending and start with 0"),
+])
+def test_bad_scan_budgets_are_one_clear_error(budgets: tuple[object, ...], want: str) -> None:
+    from ptreclaim.envs.sim.config import ConfigError
+
+    with pytest.raises(ConfigError, match=want):
+        EnvConfig(budgets=budgets)  # type: ignore[arg-type]
+    assert EnvConfig(budgets=(0, 1 << 40)).budgets[-1] == 1 << 40  # the largest allowed
