@@ -218,6 +218,33 @@ BAD_JSON = [
     ({"kind": "evaluate", "policies": ["heuristic:nope"]}, 422, "unknown heuristic"),
     ({"kind": "evaluate", "policies": ["job:0123456789abcdef"]}, 422, "no job"),
     ({"kind": "export", "run_job": "x"}, 422, "not a job id"),
+    # Strict types: text or a bool where a number belongs is refused, not converted.
+    ({"kind": "tune", "trials": "3"}, 422, 'trials: expected an integer (e.g. 3), not "3"'),
+    ({"kind": "tune", "trials": True}, 422, "trials: expected an integer (e.g. 3), not true"),
+    ({"kind": "tune", "seeds": 1, "allow_few_seeds": 1}, 422,
+     "allow_few_seeds: expected true or false, not 1"),
+    ({"kind": "train", "timesteps": 64, "seeds": ["0"]}, 422, "seeds.0: expected an integer"),
+    ({"kind": "tune", "input": {"source": "trace", "speed": "2"}}, 422,
+     "speed: expected a number"),
+    ({"kind": "tune", "wall_seconds": 1e-300}, 422, "wall_seconds: Input should be greater "
+                                                    "than or equal to 1"),
+    ({"kind": "tune", "label": "a\x00b"}, 422, "label: control character '\\x00'"),
+    ({"kind": "tune", "label": "two\nlines"}, 422, "label: control character"),
+    # What scripts/evaluate.py would refuse when the job runs is refused at submit.
+    ({"kind": "evaluate", "policies": ["heuristic:soft_hard"], "baseline": "nope"}, 422,
+     "baseline: 'nope' is neither an evaluated policy nor a heuristic"),
+    ({"kind": "evaluate", "policies": ["heuristic:soft_hard", "heuristic:soft_hard"]}, 422,
+     "two policies are labelled 'soft_hard'"),
+    ({"kind": "evaluate", "policies": ["oracle=heuristic:soft_hard"]}, 422,
+     "the label 'oracle' is reserved"),
+    ({"kind": "evaluate", "policies": ["none=heuristic:soft_hard"]}, 422,
+     "the label 'none' is reserved"),
+    ({"kind": "evaluate", "policies": ["heuristic:soft_hard"], "episodes": 201}, 422,
+     "episodes: 201 exceeds this server's cap of 200 (serve.py --max-episodes)"),
+    ({"kind": "export", "run_job": "0123456789abcdef", "eval_episodes": 201}, 422,
+     "eval_episodes: 201 exceeds this server's cap of 200 (serve.py --max-episodes)"),
+    ({"kind": "export", "run_job": "0123456789abcdef", "seed": 2**40}, 422,
+     "seed: Input should be less than or equal to"),
 ]
 
 
@@ -270,6 +297,8 @@ def test_bad_uploads_and_requests(service: Service, tmp_path: Path) -> None:
             assert code == status and words in body["error"], (kwargs, body)
             assert "\n" not in body["error"]
         assert c.http.get("/v1/jobs?state=nope").status_code == 422
+        r = c.http.get("/v1/jobs?offset=99999999999999999999999")
+        assert r.status_code == 422 and r.json()["error"].startswith("offset: "), r.text
         r = c.http.get("/v1/jobs/0123456789abcdef")
         assert r.status_code == 404 and "no job" in r.json()["error"]
     with service.client(token=False) as c:
@@ -279,6 +308,71 @@ def test_bad_uploads_and_requests(service: Service, tmp_path: Path) -> None:
         assert _post(c, json=TINY_TUNE)[0] == 401
         assert c.http.post("/v1/jobs/0123456789abcdef/cancel").status_code == 401
     assert service.store.counts()["queued"] == 0
+
+
+def test_evaluate_labels_that_pass_at_submit_pass_policy_specs(service: Service) -> None:
+    """Policies with labels apart and a baseline among them are taken (201); the labels the
+    submit checks saw are those the runner gives scripts/evaluate.py."""
+    from ptreclaim.service.runner import policy_arg
+
+    ok = {"kind": "evaluate", "policies": ["heuristic:soft_hard", "mine=heuristic:soft_hard",
+                                           "none=heuristic:none"], "baseline": "mine"}
+    with service.client() as c:
+        code, body = _post(c, json=ok)
+    assert code == 201, body
+    assert policy_arg("heuristic:on_zap", {}) == "heuristic:on_zap"
+    assert policy_arg("x=heuristic:on_zap", {}) == "x=heuristic:on_zap"
+
+
+def test_yml_uploads_are_kept_under_the_names_the_runner_reads(service: Service) -> None:
+    """An upload named ``.yml`` (scenario, experiment) is kept under the one name the
+    checks and the runner read (``scenario.yaml``, ``experiment.yaml``), through the API
+    and the web form alike; thresholds files keep their suffix."""
+    from ptreclaim.service.inputs import input_path, stored_name
+    from ptreclaim.service.runner import suite_arg
+    from ptreclaim.service.specs import ScenarioInput
+
+    assert stored_name("scenario", "s.yml") == stored_name("scenario", "s.YAML") == \
+        "scenario.yaml"
+    assert stored_name("experiment", "e.yml") == "experiment.yaml"
+    assert stored_name("thresholds", "t.json") == "thresholds.json"
+    assert stored_name("thresholds", "t.yml") == "thresholds.yml"
+    assert suite_arg(ScenarioInput()) == input_path("scenario") == "inputs/scenario.yaml"
+    scenario = (ROOT / "configs" / "scenarios" / "redis_jemalloc.yaml").read_bytes()
+    experiment = b"name: uploaded\nalgo: ppo\n"
+    posts = [
+        ({"kind": "tune", "trials": 2, "seeds": 1, "allow_few_seeds": True,
+          "input": {"source": "scenario"}}, {"scenario": ("s.yml", scenario)}),
+        ({"kind": "train", "timesteps": 64, "input": {"source": "scenario"}},
+         {"scenario": ("s.yml", scenario)}),
+        ({"kind": "train", "timesteps": 64, "experiment": "upload",
+          "input": {"source": "shipped", "name": "redis_jemalloc"}},
+         {"experiment": ("e.yml", experiment)}),
+        ({"kind": "evaluate", "episodes": 1, "policies": ["heuristic:soft_hard"],
+          "input": {"source": "scenario"}}, {"scenario": ("s.yml", scenario)}),
+    ]
+    with service.client() as c:
+        for spec, files in posts:
+            code, body = _post(c, data={"spec": json.dumps(spec)}, files=files)
+            assert code == 201, (spec, body)
+            names = {b.name for b in service.store.blob_infos(body["id"], "input")}
+            assert names == {stored_name(f, n) for f, (n, _) in files.items()}, names
+            assert names <= {input_path("scenario")[len("inputs/"):],
+                             input_path("experiment")[len("inputs/"):]}
+        # The web form: its text fields are converted to numbers (the specs are strict).
+        r = c.http.post("/submit", data={
+            "kind": "tune", "trials": "2", "seeds": "1", "allow_few_seeds": "1",
+            "wall_seconds": "60", "sampler": "tpe", "target": "soft_hard",
+            "source": "scenario", "token": service.token},
+            files={"scenario": ("s.yml", scenario)}, follow_redirects=False)
+        assert r.status_code == 303, r.text
+        job_id = r.headers["location"].rsplit("/", 1)[1]
+        job = c.job(job_id)
+        assert job["spec"]["trials"] == 2 and job["spec"]["wall_seconds"] == 60.0
+        assert [b.name for b in service.store.blob_infos(job_id, "input")] == ["scenario.yaml"]
+        r = c.http.post("/submit", data={"kind": "tune", "trials": "two",
+                                         "token": service.token})
+        assert r.status_code == 422 and "trials: expected an integer" in r.text
 
 
 def test_an_export_job_s_flags_reach_export_thresholds() -> None:

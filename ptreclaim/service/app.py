@@ -44,6 +44,8 @@ from .worker import safe_name
 log = logging.getLogger("ptreclaim.service")
 
 TOKEN_FILE = "token"
+#: The largest ``offset`` of a job list (the databases' offsets are 64-bit integers).
+MAX_OFFSET = 10**15
 
 
 def load_or_create_token(path: Path) -> str:
@@ -207,7 +209,7 @@ def create_app(store: Store, token: str, limits: Limits | None = None) -> FastAP
     def list_jobs(state: Annotated[str | None, Query(description="only jobs in this state")]
                   = None,
                   limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-                  offset: Annotated[int, Query(ge=0)] = 0) -> Any:
+                  offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> Any:
         """The jobs, newest first."""
         if state is not None and state not in STATES:
             raise BadRequest(f"state: {state!r} is not a job state; one of {', '.join(STATES)}")

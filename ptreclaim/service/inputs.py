@@ -43,6 +43,7 @@ from .specs import (
     TrainJob,
     TuneJob,
     check_budget,
+    policy_label,
     policy_parts,
 )
 from .store import Store
@@ -50,13 +51,17 @@ from .store import Store
 T = TypeVar("T")
 AnySpec = TuneJob | TrainJob | EvaluateJob | ExportJob
 
-#: Upload fields, their stored file names and the suffixes they take.
+#: Upload fields and the suffixes they take.
 UPLOAD_SUFFIXES: dict[str, tuple[str, ...]] = {
     "scenario": (".yaml", ".yml"),
     "trace": (".npz",),
     "thresholds": (".yaml", ".yml", ".json"),
     "experiment": (".yaml", ".yml"),
 }
+#: The one name an upload of these fields is kept under (and read from, by the checks here
+#: and the runner: :func:`input_path`), whatever the client called it (``s.yml`` too).
+STORED_NAMES = {"scenario": "scenario.yaml", "trace": "trace.npz",
+                "experiment": "experiment.yaml"}
 #: Files that hold pickles: never accepted.
 PICKLE_SUFFIXES = (".zip", ".pkl", ".pickle", ".pt", ".pth", ".joblib")
 #: Experiment keys the service sets itself (from the spec, or from the worker that runs
@@ -79,11 +84,20 @@ class Upload:
 
 
 def stored_name(field: str, filename: str) -> str:
-    """The name an upload is kept under: ``scenario.yaml``, ``trace.npz``,
-    ``thresholds.json`` ...  (never the client's name)."""
+    """The name an upload is kept under (never the client's name): the one of
+    :data:`STORED_NAMES` (``scenario.yaml`` for ``s.yml`` too), or for a
+    thresholds file ``thresholds`` with its suffix (``.json`` or YAML's),
+    which tells its reader the format."""
+    if field in STORED_NAMES:
+        return STORED_NAMES[field]
     suffix = Path(filename).suffix.lower()
     allowed = UPLOAD_SUFFIXES[field]
     return field + (suffix if suffix in allowed else allowed[0])
+
+
+def input_path(field: str) -> str:
+    """Where a job's upload of ``field`` (scenario, trace, experiment) is in its folder."""
+    return f"{INPUTS}/{STORED_NAMES[field]}"
 
 
 def check_upload_field(field: str, filename: str, size: int, limits: Limits) -> None:
@@ -274,8 +288,8 @@ def _check_train(spec: TrainJob, uploads: Mapping[str, bytes]) -> None:
         check_shipped(spec.eval_suite, "eval_suite")
     with _scratch() as tmp:
         if spec.experiment == "upload":
-            path = tmp / "experiment.yaml"
-            path.write_bytes(uploads["experiment.yaml"])
+            path = tmp / STORED_NAMES["experiment"]
+            path.write_bytes(uploads[STORED_NAMES["experiment"]])
             data = _config_call(tmp, lambda: load_yaml(path))
             if isinstance(data, Mapping):
                 for key in ("train_suite", "eval_suite"):
@@ -303,13 +317,13 @@ def _check_train(spec: TrainJob, uploads: Mapping[str, bytes]) -> None:
             check_shipped(spec.input.name, "input.name")
             train_suite = spec.input.name
         elif isinstance(spec.input, ScenarioInput):
-            train_suite = str(tmp / "scenario.yaml")
-            (tmp / "scenario.yaml").write_bytes(uploads["scenario.yaml"])
+            train_suite = str(tmp / STORED_NAMES["scenario"])
+            (tmp / STORED_NAMES["scenario"]).write_bytes(uploads[STORED_NAMES["scenario"]])
         elif isinstance(spec.input, TraceInput):
-            (tmp / "trace.npz").write_bytes(uploads["trace.npz"])
+            trace = tmp / STORED_NAMES["trace"]
+            trace.write_bytes(uploads[STORED_NAMES["trace"]])
             train_suite = str(tmp / "trace_scenario.yaml")
-            write_yaml_atomic(train_suite, trace_scenario_data(spec.input,
-                                                               str(tmp / "trace.npz")))
+            write_yaml_atomic(train_suite, trace_scenario_data(spec.input, str(trace)))
         _config_call(tmp, lambda: load_experiment(path, experiment_sets(spec, train_suite)))
 
 
@@ -324,6 +338,30 @@ def _check_reference(store: Store, job_id: str, field: str, kinds: tuple[str, ..
                          f"{' or '.join(kinds)}")
     if job.state != "succeeded":
         raise BadRequest(f"{field}: job {job_id} is {job.state}; wait until it has succeeded")
+
+
+def _check_labels(spec: EvaluateJob) -> None:
+    """The checks ``scripts/evaluate.py`` makes of the policies' labels and
+    ``--baseline`` (:func:`~ptreclaim.agents.evaluate.policy_specs`: no two
+    policies labelled alike, ``oracle`` and ``none`` reserved, the baseline an
+    evaluated policy or a heuristic), made now on the labels the job's
+    policies will have (:func:`~.specs.policy_label`) rather than when it runs.
+    A policy that is a file at run time stands in here as a heuristic under
+    its label (not ``none``'s, so that ``none=job:<id>`` is refused as there)."""
+    from ..agents.evaluate import policy_specs
+    from ..agents.heuristics import HEURISTICS
+
+    stand_in = next(h for h in HEURISTICS if h != "none")
+    args = [p if policy_parts(p)[1] == "heuristic" else
+            f"{policy_label(p)}=heuristic:{stand_in}" for p in spec.policies]
+    try:
+        policy_specs(args, best=False, trust_model=False, baseline=spec.baseline,
+                     oracle=spec.oracle)
+    except ConfigError as exc:
+        msg = str(exc)
+        if msg.startswith("--baseline "):
+            raise BadRequest("baseline: " + msg.removeprefix("--baseline ")) from None
+        raise BadRequest(f"policies: {msg}") from None
 
 
 def _check_evaluate(spec: EvaluateJob, store: Store) -> None:
@@ -347,6 +385,7 @@ def _check_evaluate(spec: EvaluateJob, store: Store) -> None:
                              "upload:thresholds (files on the server are not taken by path)")
     if not re.fullmatch(r"[A-Za-z0-9_]+", spec.baseline):
         raise BadRequest(f"baseline: {spec.baseline!r} is not a policy label")
+    _check_labels(spec)
 
 
 def needed_uploads(spec: AnySpec) -> set[str]:

@@ -37,7 +37,7 @@ from typing import Any
 from ..agents.interrupts import Interrupted, die_with_parent, stop_signals
 from ..envs.configio import write_text_atomic, write_yaml_atomic
 from ..envs.sim.config import ConfigError
-from .inputs import INPUTS, experiment_sets, trace_scenario_data
+from .inputs import INPUTS, experiment_sets, input_path, trace_scenario_data
 from .specs import (
     EvaluateJob,
     ExportJob,
@@ -47,6 +47,7 @@ from .specs import (
     TrainJob,
     TuneJob,
     parse_spec,
+    policy_label,
     policy_parts,
 )
 
@@ -140,11 +141,11 @@ def suite_arg(inp: ShippedInput | ScenarioInput | TraceInput) -> str:
     if isinstance(inp, ShippedInput):
         return inp.name
     if isinstance(inp, ScenarioInput):
-        return f"{INPUTS}/scenario.yaml"
+        return input_path("scenario")
     path = f"{INPUTS}/trace_scenario.yaml"
     # Relative to the job folder, so that the tuning objective (which records the
     # scenario) is the same whichever machine resumes the job.
-    write_yaml_atomic(path, trace_scenario_data(inp, f"{INPUTS}/trace.npz"))
+    write_yaml_atomic(path, trace_scenario_data(inp, input_path("trace")))
     return path
 
 
@@ -256,7 +257,7 @@ def run_train(spec: TrainJob, job: dict[str, Any], url: str, rep: Reporter) -> i
             return 0
         argv = ["--resume", str(folder), "--no-progress"]
     else:
-        config = (f"{INPUTS}/experiment.yaml" if spec.experiment == "upload" else
+        config = (input_path("experiment") if spec.experiment == "upload" else
                   str(_shipped_experiment(spec.experiment)))
         train_suite = None if spec.input is None else suite_arg(spec.input)
         argv = ["--config", config, "--out", "runs", "--no-progress"]
@@ -303,17 +304,17 @@ def referenced_thresholds(job_id: str) -> Path:
 def policy_arg(policy: str, kinds: dict[str, str]) -> str:
     """A spec's policy as ``scripts/evaluate.py`` takes it, with files in the
     job folder; ``kinds`` maps referenced job ids to their kind."""
-    label, scheme, value = policy_parts(policy)
-    prefix = f"{label}=" if label else ""
+    _label, scheme, value = policy_parts(policy)
+    # The label the submit checks saw (inputs._check_labels).
+    prefix = f"{policy_label(policy)}="
     if scheme == "heuristic":
         return policy
     if scheme == "upload":
         name = next(p.name for p in Path(INPUTS).glob("thresholds.*"))
-        return f"{prefix or 'uploaded='}{INPUTS}/{name}"
-    default = f"job-{value[:8]}="
+        return f"{prefix}{INPUTS}/{name}"
     if kinds[value] == "train":
-        return f"{prefix or default}{referenced_run(value)}"
-    return f"{prefix or default}{referenced_thresholds(value)}"
+        return f"{prefix}{referenced_run(value)}"
+    return f"{prefix}{referenced_thresholds(value)}"
 
 
 def run_evaluate(spec: EvaluateJob, job: dict[str, Any], url: str, rep: Reporter) -> int:

@@ -13,11 +13,19 @@ caps (trials, timesteps, wall time) that the server bounds (:class:`Limits`).
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 
 __all__ = [
     "BadRequest",
@@ -35,6 +43,12 @@ __all__ = [
 #: A bare name: a shipped suite, scenario or experiment, a job id.
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 JOB_ID = re.compile(r"^[0-9a-f]{16}$")
+#: Control characters (C0, DEL, C1): never in a label shown on the pages.
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+#: The shortest wall-time cap a job may ask for: less cannot even start one.
+MIN_WALL_SECONDS = 1.0
+#: The largest seed a spec takes (the samplers' and numpy's seed range).
+MAX_SEED = 2**31
 
 
 class BadRequest(Exception):
@@ -59,7 +73,9 @@ class Limits:
 
 
 class _Base(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict: a string or a bool where a number belongs (``"trials": "3"``,
+    # ``"trials": true``) is refused, not converted; no NaN or infinity either.
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class ShippedInput(_Base):
@@ -92,9 +108,20 @@ InputSpec = Annotated[ShippedInput | ScenarioInput | TraceInput, Field(discrimin
 
 
 class _Job(_Base):
-    label: str = Field("", max_length=100, description="a name to show in lists")
+    label: str = Field("", max_length=100, description="a name to show in lists (printable "
+                                                       "text: no control characters)")
     wall_seconds: float | None = Field(
-        None, gt=0.0, description="wall-time cap over all attempts (default: the server's cap)")
+        None, ge=MIN_WALL_SECONDS,
+        description="wall-time cap over all attempts, at least 1 s (default: the server's cap)")
+
+    @field_validator("label")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        bad = CONTROL.search(value)
+        if bad is not None:
+            raise ValueError(f"control character {bad.group()!r} at position {bad.start()}; "
+                             "use printable text")
+        return value
 
 
 class TuneJob(_Job):
@@ -107,7 +134,7 @@ class TuneJob(_Job):
     allow_few_seeds: bool = Field(False, description="allow seeds 1 or 2")
     episodes: int = Field(1, ge=1, le=1000, description="episodes per scenario and seed")
     sampler: Literal["tpe", "cmaes", "random"] = "tpe"
-    seed: int = Field(0, ge=0, le=2**31, description="sampler seed")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="sampler seed")
     input: InputSpec = Field(default_factory=lambda: ShippedInput(name="train"))
 
 
@@ -119,7 +146,7 @@ class TrainJob(_Job):
     experiment: str = Field("default", pattern=NAME,
                             description="a shipped experiment name, or 'upload'")
     algo: str | None = Field(None, pattern=NAME)
-    seeds: list[Annotated[int, Field(ge=0, le=2**31)]] = Field(
+    seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] = Field(
         default_factory=lambda: [0], min_length=1, max_length=8)
     timesteps: int = Field(ge=1, description="training steps per seed (the budget cap: "
                                              "seeds x timesteps)")
@@ -141,8 +168,9 @@ class EvaluateJob(_Job):
         description="[LABEL=]heuristic:NAME, [LABEL=]job:<id> (a tune or export job's "
                     "thresholds, a train job's model) or [LABEL=]upload:thresholds")
     input: InputSpec = Field(default_factory=lambda: ShippedInput(name="test"))
-    episodes: int = Field(5, ge=1)
-    seed: int = Field(0, ge=0, le=2**31)
+    episodes: int = Field(5, ge=1, description="episodes per scenario (at most the server's "
+                                               "cap: serve.py --max-episodes)")
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     oracle: bool = True
     baseline: str = Field("on_zap", pattern=NAME)
 
@@ -152,11 +180,14 @@ class ExportJob(_Job):
 
     kind: Literal["export"] = "export"
     run_job: str = Field(description="the id of a finished train job")
-    seed: int | None = Field(None, ge=0, description="which seed's run (default: the first)")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED,
+                             description="which seed's run (default: the first)")
     best: bool = False
     iterations: int | None = Field(None, ge=1, le=100)
     episodes: int | None = Field(None, ge=1, le=1000)
-    eval_episodes: int | None = Field(None, ge=1)
+    eval_episodes: int | None = Field(
+        None, ge=1, description="episodes per scenario of the rule's evaluation (at most the "
+                                "server's cap: serve.py --max-episodes)")
     tree_depth: int = Field(0, ge=0, le=12)
     unseen: bool = Field(True, description="also evaluate the rule on the run's unseen suite "
                          "(eval.unseen_suite), as export_thresholds.py does; false: "
@@ -167,12 +198,22 @@ JobSpec = Annotated[TuneJob | TrainJob | EvaluateJob | ExportJob, Field(discrimi
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(JobSpec)
 
 
+#: What a strict field takes, for the complaint about a value of another type.
+_EXPECTED = {"int_type": "an integer (e.g. 3)", "float_type": "a number (e.g. 1.5)",
+             "bool_type": "true or false", "string_type": "a string"}
+
+
 def error_line(exc: ValidationError) -> str:
     """One line for pydantic's first complaint: ``field.path: message``."""
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err["loc"])
     msg = str(err["msg"])
-    if err["type"] == "extra_forbidden":
+    if err["type"] in _EXPECTED:
+        got = json.dumps(err.get("input"), default=str)
+        msg = f"expected {_EXPECTED[err['type']]}, not {got[:60]}"
+    elif err["type"] == "value_error":
+        msg = msg.removeprefix("Value error, ")
+    elif err["type"] == "extra_forbidden":
         msg = "unknown field; see the job kinds in GET /openapi.json"
     elif err["type"] == "union_tag_invalid" or err["type"] == "union_tag_not_found":
         msg = f"{msg}; one of: tune, train, evaluate, export (input: shipped, scenario, trace)"
@@ -207,6 +248,20 @@ def policy_parts(policy: str) -> tuple[str | None, str, str]:
     return label, scheme, value
 
 
+def policy_label(policy: str) -> str:
+    """The label a spec's policy is reported under: its ``LABEL=``, else the
+    heuristic's name, ``uploaded`` (``upload:thresholds``) or ``job-<first 8
+    hex digits>`` (``job:<id>``)."""
+    label, scheme, value = policy_parts(policy)
+    if label:
+        return label
+    if scheme == "heuristic":
+        return value
+    if scheme == "upload":
+        return "uploaded"
+    return f"job-{value[:8]}"
+
+
 def check_budget(spec: TuneJob | TrainJob | EvaluateJob | ExportJob, limits: Limits) -> None:
     """Refuse a job over the server's caps (one line naming the cap)."""
     if spec.wall_seconds is not None and spec.wall_seconds > limits.max_wall_seconds:
@@ -221,8 +276,8 @@ def check_budget(spec: TuneJob | TrainJob | EvaluateJob | ExportJob, limits: Lim
             raise BadRequest(f"timesteps: {spec.timesteps} x {len(spec.seeds)} seeds = {total} "
                              f"exceeds this server's cap of {limits.max_timesteps} "
                              "(serve.py --max-timesteps)")
-    episodes = getattr(spec, "episodes", None)
-    if isinstance(spec, (EvaluateJob, TuneJob)) and episodes and \
-            episodes > limits.max_episodes:
-        raise BadRequest(f"episodes: {episodes} exceeds this server's cap of "
+    field, episodes = ("eval_episodes", spec.eval_episodes) if isinstance(spec, ExportJob) \
+        else ("episodes", getattr(spec, "episodes", None))
+    if not isinstance(spec, TrainJob) and episodes and episodes > limits.max_episodes:
+        raise BadRequest(f"{field}: {episodes} exceeds this server's cap of "
                          f"{limits.max_episodes} (serve.py --max-episodes)")
