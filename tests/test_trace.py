@@ -18,7 +18,8 @@ import pytest
 
 from ptreclaim.envs.configio import load_scenario, load_suite
 from ptreclaim.envs.host import procfs
-from ptreclaim.envs.host.capture import GOAL_REL, GOAL_TABLES, main, parse_strace
+from ptreclaim.cli.capture_trace import main
+from ptreclaim.envs.host.capture import GOAL_REL, GOAL_TABLES, parse_strace
 from ptreclaim.envs.sim.config import ConfigError
 from ptreclaim.envs.sim.pagetable import AddressSpace
 from ptreclaim.envs.sim.simulator import ScenarioConfig, Simulation, WorkloadSpec

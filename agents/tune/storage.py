@@ -55,6 +55,42 @@ def redact(url: str) -> str:
         return url.split("@")[-1] if "@" in url else url
 
 
+def check_storage_url(url: str) -> None:
+    """Refuse, before any work, a ``--storage`` SQLite URL a study cannot
+    live in: an in-memory database (``sqlite://``, ``sqlite:///:memory:``),
+    which Optuna's heartbeat thread cannot see and no rerun can resume, or a
+    file whose folder does not exist or that is a folder.  :class:`ConfigError`
+    (one line); other URLs are left to :func:`open_study`."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        parsed = make_url(url)
+        backend = parsed.get_backend_name()
+    except Exception:  # not an SQLAlchemy URL: open_study says so
+        return
+    if backend != "sqlite":
+        return
+    shown = redact(url) if parsed.password else url  # redact() escapes ':memory:'
+    db = parsed.database or ""
+    uri = str(parsed.query.get("uri", "")).lower() in ("true", "1")
+    if uri and db.startswith("file:"):
+        if str(parsed.query.get("mode", "")).lower() == "memory":
+            db = ":memory:"
+        else:
+            db = db[len("file:"):].split("?")[0]
+    if db in ("", ":memory:"):
+        raise ConfigError(f"--storage {shown}: an in-memory SQLite database holds no study "
+                          "another worker or a rerun can see (and Optuna's heartbeats fail "
+                          "on it); use a file: sqlite:///path/study.db")
+    path = Path(db)
+    if path.is_dir():
+        raise ConfigError(f"--storage {shown}: {path} is a folder; name a file in it, e.g. "
+                          f"sqlite:///{path / 'study.db'}")
+    if not path.absolute().parent.is_dir():
+        raise ConfigError(f"--storage {shown}: the folder of {path} does not exist; create "
+                          "it first or choose another path")
+
+
 def _sqlite_file(url: str) -> Path | None:
     if not url.startswith("sqlite:///"):
         return None

@@ -1,6 +1,6 @@
 """Capture page-table traces from live processes, and check their replay.
 
-``scripts/capture_trace.py`` runs :func:`main`:
+What ``scripts/capture_trace.py`` (:mod:`ptreclaim.cli.capture_trace`) runs:
 
 * ``record -o OUT.npz [--pid PID | -- COMMAND...]``: every ``--interval-ms``
   reads the process's ``VmPTE``/``VmRSS`` (``/proc/PID/status``), its maps
@@ -20,7 +20,6 @@ damaged trace), never a traceback.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import errno
 import os
@@ -29,7 +28,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -40,8 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from ...cli.common import OneLineParser, check_writable, run_cli
-from ..sim.config import ConfigError, check_range
+from ..sim.config import ConfigError
 from ..sim.trace import PERM_R, PERM_S, PERM_W, PERM_X, SYSCALLS, Trace, TraceWriter, read_trace
 from ..sim.workloads.trace import FidelityReport, replay
 from . import procfs
@@ -176,13 +173,11 @@ def record(command: Sequence[str] | None, pid: int | None, opts: RecordOptions) 
             else:
                 assert pid is not None
                 target = pid
-                try:
-                    procfs.read_status(target)
-                except procfs.ProcessGone:
-                    raise ConfigError(f"--pid {pid}: no such process") from None
+                _check_readable(target)
                 if tracer is not None:
                     tracer.attach(target)
-            writer, stats = _sample_loop(target, t0, opts, tracer, console)
+            writer, stats = _sample_loop(target, t0, opts, tracer, console,
+                                         attached=not command)
         finally:
             # A command we started ends with the capture (--duration, an error);
             # an attached process is only detached from.
@@ -231,6 +226,34 @@ def record(command: Sequence[str] | None, pid: int | None, opts: RecordOptions) 
     return writer.finish(**meta)
 
 
+def _unreadable(pid: int, exc: OSError, attached: bool = True) -> str:
+    """What a permission error on process ``pid``'s /proc files means, and what to do."""
+    what = exc.filename or f"/proc/{pid}"
+    return (f"{what}: permission denied (process {pid} belongs to another user or runs "
+            "a setuid program, or this container withholds ptrace rights over it); run as "
+            "that user or as root with CAP_SYS_PTRACE"
+            + (", or record a command instead (-- COMMAND)" if attached else ""))
+
+
+def _check_readable(pid: int) -> None:
+    """Before a capture of running ``pid``: it exists, has memory of its own,
+    and its status, maps and pagemap can be read.  :class:`ConfigError` (one
+    line, naming the file and the fix) otherwise."""
+    try:
+        status = procfs.read_status(pid)
+        if "VmPTE" not in status:
+            raise ConfigError(f"--pid {pid}: has no memory of its own (a kernel thread or a "
+                              "zombie); choose a user process")
+        procfs.read_maps(pid)
+        os.close(os.open(f"/proc/{pid}/pagemap", os.O_RDONLY))
+    except procfs.ProcessGone:
+        raise ConfigError(f"--pid {pid}: no such process") from None
+    except FileNotFoundError:
+        raise ConfigError(f"--pid {pid}: no such process") from None
+    except PermissionError as exc:
+        raise ConfigError(f"--pid {pid}: {_unreadable(pid, exc)}") from None
+
+
 def _thp_mode() -> str:
     try:
         text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
@@ -249,7 +272,7 @@ def _strace_version(exe: str | None) -> str:
 
 
 def _sample_loop(target: int, t0: float, opts: RecordOptions, tracer: _Strace | None,
-                 console: Any) -> tuple[TraceWriter, dict[str, Any]]:
+                 console: Any, attached: bool = False) -> tuple[TraceWriter, dict[str, Any]]:
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     writer = TraceWriter({})
@@ -296,7 +319,19 @@ def _sample_loop(target: int, t0: float, opts: RecordOptions, tracer: _Strace | 
             except procfs.ProcessGone:
                 break
             except procfs.PagemapUnavailable as exc:
-                raise ConfigError(str(exc)) from None
+                if writer.samples == 0:
+                    raise ConfigError(str(exc)) from None
+                console.print(f"stopped: {exc}; keeping the {writer.samples} samples "
+                              "recorded", style="yellow", markup=False)
+                break
+            except PermissionError as exc:
+                # The process changed hands (a setuid exec): keep what was recorded.
+                if writer.samples == 0:
+                    raise ConfigError(_unreadable(target, exc, attached)) from None
+                console.print(f"stopped: {exc.filename or f'/proc/{target}'} became "
+                              f"unreadable (permission denied); keeping the {writer.samples} "
+                              "samples recorded", style="yellow", markup=False)
+                break
             method = pres.method  # auto resolves once
             if after.get("VmPTE") is None:
                 break
@@ -483,11 +518,22 @@ def _plot(report: FidelityReport, rss_kib: np.ndarray, title: str, png: Path) ->
     bx.set_xlabel("time (s)")
     bx.grid(alpha=0.3)
     fig.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png.with_name(f".{png.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, png)
+    # Atomic: a temporary file beside ``png``, renamed over it once complete
+    # (the caller checked that the folder exists and may be written).
+    fd, tmp = tempfile.mkstemp(prefix=f".{png.name}.", suffix=".tmp.png", dir=png.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, dpi=110, format="png")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as a plain open() would create it
+        os.replace(tmp, png)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    finally:
+        plt.close(fig)
 
 
 def check_trace(path: str | os.PathLike[str], png: Path | None = None, rows: int = 40,
@@ -595,94 +641,5 @@ def info(path: str | os.PathLike[str]) -> dict[str, Any]:
     return out
 
 
-# ---------------------------------------------------------------- CLI
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The command-line parser of ``scripts/capture_trace.py``."""
-    p = OneLineParser(prog=PROG, description=(
-        "Capture page-table traces of live processes (VmPTE, maps, per-2 MiB page presence "
-        "via PAGEMAP_SCAN, memory syscalls via strace), and check how well the page-table "
-        "model replays them."))
-    sub = p.add_subparsers(dest="cmd", required=True, parser_class=OneLineParser)
-    r = sub.add_parser("record", help="record a trace of a command or a running PID")
-    r.add_argument("-o", "--output", required=True, metavar="OUT.npz", help="trace file")
-    r.add_argument("--pid", type=int, default=None, help="attach to this running process")
-    r.add_argument("--interval-ms", type=float, default=100.0, metavar="MS",
-                   help="sampling interval (default 100)")
-    r.add_argument("--max-cpu-share", type=float, default=0.05, metavar="F",
-                   help="stretch the interval to keep the sampler's CPU time under this "
-                        "share of wall time (default 0.05)")
-    r.add_argument("--syscalls", action=argparse.BooleanOptionalAction, default=None,
-                   help="record memory syscalls with strace (default: on when strace exists)")
-    r.add_argument("--method", choices=("auto", "pagemap_scan", "pagemap"), default="auto",
-                   help="page presence: PAGEMAP_SCAN ioctl, raw pagemap, or auto (default)")
-    r.add_argument("--duration", type=float, default=0.0, metavar="S",
-                   help="stop after S seconds (default: when the process exits)")
-    r.add_argument("--force", action="store_true", help="overwrite an existing OUT.npz")
-    r.add_argument("-q", "--quiet", action="store_true", help="no progress output")
-    r.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
-    c = sub.add_parser("check", help="replay a trace on the model: fidelity table and PNG")
-    c.add_argument("trace", metavar="TRACE")
-    c.add_argument("--png", default=None, metavar="FILE",
-                   help="plot path (default: TRACE with .fidelity.png)")
-    c.add_argument("--rows", type=int, default=40, help="table rows to print (default 40)")
-    i = sub.add_parser("info", help="summary statistics of a trace")
-    i.add_argument("trace", metavar="TRACE")
-    return p
-
-
-def _handle(args: argparse.Namespace, argv: list[str]) -> int:
-    from rich.console import Console
-
-    if args.cmd == "record":
-        command = [w for w in args.command if w != "--"] if args.command else []
-        if bool(command) == (args.pid is not None):
-            raise ConfigError("record takes either --pid PID or -- COMMAND, not both or neither")
-        check_range("--max-cpu-share", args.max_cpu_share, 0.0, 1.0, lo_open=True)
-        check_range("--interval-ms", args.interval_ms, 0.0, 3_600_000.0, lo_open=True)
-        check_range("--duration", args.duration, 0.0, 365 * 86400.0)
-        if args.pid is not None:
-            check_range("--pid", args.pid, 1, 2**22)  # PID_MAX_LIMIT
-        # Checked before the capture, so a long recording is never lost at the end.
-        if not Path(args.output).resolve().parent.is_dir():
-            raise ConfigError(f"-o {args.output}: its folder does not exist; create it first")
-        check_writable(args.output, "-o", force=args.force)
-        if command and shutil.which(command[0]) is None and not Path(command[0]).is_file():
-            raise ConfigError(f"{command[0]}: command not found")
-        syscalls = args.syscalls if args.syscalls is not None else bool(shutil.which("strace"))
-        opts = RecordOptions(interval_ms=args.interval_ms, max_cpu_share=args.max_cpu_share,
-                             syscalls=syscalls, method=args.method, duration_s=args.duration,
-                             quiet=args.quiet)
-        trace = record(command or None, args.pid, opts)
-        trace.save(args.output)
-        size = Path(args.output).stat().st_size
-        Console(stderr=True, quiet=args.quiet).print(
-            f"wrote {args.output}: {trace.samples} samples, {trace.syscall_count} syscalls, "
-            f"{size / 1024:.0f} KiB")
-        return 0
-    if args.cmd == "check":
-        png = Path(args.png) if args.png else Path(args.trace).with_suffix(".fidelity.png")
-        check_range("--rows", args.rows, 0, 1_000_000)
-        check_writable(png, "--png")
-        report = check_trace(args.trace, png, rows=args.rows)
-        return 0 if report.summary(GOAL_REL, GOAL_TABLES)["all_within_goal"] else 1
-    if args.cmd == "info":
-        import json
-
-        print(json.dumps(info(args.trace), indent=2))
-        return 0
-    raise ConfigError(f"unknown subcommand {args.cmd!r}")  # argparse prevents this
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``scripts/capture_trace.py``."""
-    return run_cli(PROG, build_parser(), _handle, argv)
-
-
-__all__ = ["RecordOptions", "build_parser", "check_trace", "info", "main", "parse_strace",
-           "record"]
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+__all__ = ["GOAL_REL", "GOAL_TABLES", "PROG", "RecordOptions", "check_trace", "info",
+           "parse_strace", "record"]

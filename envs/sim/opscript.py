@@ -348,10 +348,28 @@ def parse_file(path: str | Path) -> Script:
 
 
 def read_expected(path: str | Path) -> list[int]:
-    """Read an ``.expected`` file: one VmPTE delta (KiB) per op line."""
+    """Read an ``.expected`` file: one VmPTE delta (KiB) per op line.
+
+    Raises :class:`OpScriptError` (one line) for a line that is no integer,
+    and also when the file cannot be read (missing, a folder, not UTF-8).
+    """
     p = Path(path)
+    fix = ("an .expected file is UTF-8 text, one integer KiB delta per op line, as "
+           "`kernel_check.py kernel SCRIPT` prints them")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise OpScriptError(f"{p}: not UTF-8 text (byte {exc.start}); {fix}") from None
+    except OSError as exc:
+        if isinstance(exc, FileNotFoundError):
+            reason = "no such file"
+        elif isinstance(exc, IsADirectoryError):
+            reason = "is a folder"
+        else:
+            reason = exc.strerror or str(exc)
+        raise OpScriptError(f"{p}: cannot read the expected deltas ({reason}); {fix}") from None
     values = []
-    for lineno, raw in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, raw in enumerate(text.splitlines(), start=1):
         word = raw.split("\t", 1)[0].strip()
         if not word:
             continue

@@ -16,15 +16,21 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from ..envs.kernel.check import compare_script, diff_lines, load_scripts
 from ..envs.kernel.oracle import OracleError, OracleUnavailable, kernel_status, run_script
-from ..envs.sim.config import ConfigError
+from ..envs.sim.config import ConfigError, check_range
 from ..envs.sim.opscript import OpScriptError, Script, parse_file, read_expected
 from ..envs.sim.replay import replay
 from .common import OneLineParser, run_cli
 
 PROG = "kernel_check.py"
+#: ``compare --generated``: at most this many scripts (a bound, so a typo cannot run
+#: for days).
+MAX_GENERATED = 100_000
+#: ``compare --seed``: a 32-bit seed, as the generator's ``numpy.random.SeedSequence`` takes.
+MAX_SEED = 2**32 - 1
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -71,7 +77,7 @@ def _cmd_expected(args: argparse.Namespace) -> int:
     failed = 0
     for path in args.scripts:
         script = parse_file(path)
-        expected = read_expected(path.rsplit(".", 1)[0] + ".expected")
+        expected = read_expected(_expected_path(path))
         got = [o.delta_kib for o in replay(script)]
         if got != expected:
             failed += 1
@@ -80,6 +86,17 @@ def _cmd_expected(args: argparse.Namespace) -> int:
             print(f"ok       {path}")
     print(f"{len(args.scripts) - failed} of {len(args.scripts)} scripts match their .expected")
     return 0 if failed == 0 else 1
+
+
+def _expected_path(script: str) -> Path:
+    """The ``.expected`` file of ``script``: beside it, same stem.  Refused
+    in one line, with the fix, when it is missing."""
+    path = Path(script).with_suffix(".expected")
+    if not path.exists() and not path.is_symlink():
+        raise ConfigError(f"{script}: its expected deltas {path} do not exist; record them "
+                          f"with `kernel_check.py kernel {script} > {path}` (on a kernel "
+                          "that serves as the oracle) or name a script that has them")
+    return path
 
 
 def _progress(items: list[Script], quiet: bool) -> list[Script]:
@@ -120,8 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="replay on both and diff op by op")
     c.add_argument("scripts", nargs="*")
     c.add_argument("--generated", type=int, default=0, metavar="N",
-                   help="also compare N scripts from the seeded generator")
-    c.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
+                   help=f"also compare N scripts from the seeded generator (0-{MAX_GENERATED})")
+    c.add_argument("--seed", type=int, default=0,
+                   help=f"generator seed, 0-{MAX_SEED} (default 0)")
     c.add_argument("--families", type=_families, default=None, metavar="A,B",
                    help="generate only these families (default: all; see scriptgen.FAMILIES)")
     c.add_argument("--thp", action="store_true",
@@ -137,8 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    if getattr(args, "generated", 0) < 0:
-        raise ConfigError("--generated must be >= 0")
+    if args.cmd == "compare":  # before the kernel is asked anything
+        check_range("--generated", args.generated, 0, MAX_GENERATED)
+        check_range("--seed", args.seed, 0, MAX_SEED)
     try:
         return int(args.func(args))
     except (OpScriptError, OracleUnavailable, OracleError) as exc:

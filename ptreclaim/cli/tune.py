@@ -72,6 +72,7 @@ from ..agents.tune.outputs import (
 from ..agents.tune.spaces import AGENT_TARGETS, HEURISTIC_SPACES, HEURISTIC_TARGETS, default_agent
 from ..agents.tune.storage import (
     check_sampler,
+    check_storage_url,
     make_pruner,
     make_sampler,
     open_study,
@@ -217,6 +218,8 @@ def _check_args(args: argparse.Namespace) -> None:
     _check_common(args)
     if args.study_name is not None and not args.study_name.strip():
         raise ConfigError("--study-name: empty; give a name")
+    if args.storage is not None:
+        check_storage_url(args.storage)
     if args.mode == "heuristic":
         given = [f for f in AGENT_FLAGS if getattr(args, f) is not None]
         if given:

@@ -155,6 +155,13 @@ def generate_corpus(seed: int, count: int, families: Sequence[str] | None = None
     corpus is identical byte for byte for the same arguments.  ``thp_share`` (default 0)
     is the probability that a script is a THP one (``-t``).
     """
+    # SeedSequence takes any int >= 0 (numpy's "expected non-negative integer" otherwise).
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, not {seed!r}")
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 0:
+        raise ValueError(f"count must be an integer >= 0, not {count!r}")
+    if not 0.0 <= thp_share <= 1.0:
+        raise ValueError(f"thp_share must be in [0, 1], not {thp_share!r}")
     fams = tuple(families) if families is not None else FAMILIES
     for f in fams:
         if f not in _FAMILY_TABLE:
