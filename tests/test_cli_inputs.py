@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import test_tune  # tests/ is on sys.path (pytest's rootdir-relative import)
 
 from ptreclaim.cli import capture_trace, kernel_check, tune
 from ptreclaim.cli.common import MAX_LINE
@@ -23,19 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TRACE = ROOT / "data" / "traces" / "churn_glibc_trim.npz"
 SCRIPT = ROOT / "tests" / "data" / "kernel" / "E01_dontneed_aligned.script"
 
-# The cheapest study (as tests/test_tune.py): a tiny machine, 20 steps per episode.
-TINY = """\
-name: tiny
-ticks: 400
-machine:
-  ram_mib: 256
-  tenants:
-    base_fraction: 0.7
-workloads:
-  - family: hog
-    params: {variant: zeropage}
-  - family: kdump
-"""
+# The cheapest study: tests/test_tune.py's tiny machine, 20 steps per episode.
+TINY = test_tune.TINY
 
 
 def one_line(code: int, err: str, tool: str, *phrases: str) -> str:
