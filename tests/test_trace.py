@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ptreclaim.cli.capture_trace import main
 from ptreclaim.envs.configio import load_scenario, load_suite
 from ptreclaim.envs.host import procfs
-from ptreclaim.cli.capture_trace import main
 from ptreclaim.envs.host.capture import GOAL_REL, GOAL_TABLES, parse_strace
 from ptreclaim.envs.sim.config import ConfigError
 from ptreclaim.envs.sim.pagetable import AddressSpace
