@@ -361,7 +361,7 @@ class WorkerPool(Generic[C, T, R]):
                         on_result(index, value, done)
         return results
 
-    def _died(self, conn: Connection) -> WorkerError:
+    def _died(self, conn: Connection) -> BaseException:
         """The error for a worker that died: :class:`~.interrupts.Interrupted` when this
         process was asked to stop or the worker was stopped by SIGINT or SIGTERM (a
         signal to the process group reaches the workers too: ``timeout``, systemd, a
@@ -372,7 +372,7 @@ class WorkerPool(Generic[C, T, R]):
         signum = interrupts.stop_requested() or (
             -code if code is not None and -code in interrupts.STOP_SIGNALS else 0)
         if signum:
-            raise interrupts.Interrupted(signum)
+            return interrupts.Interrupted(signum)
         return WorkerError(f"a worker process (pid {proc.pid}) died (exit code {code})")
 
     def close(self) -> None:

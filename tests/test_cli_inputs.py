@@ -194,7 +194,7 @@ def test_expected_file_beside_the_script_still_matches(script: Path,
 
 @pytest.mark.parametrize("argv,phrase", [
     (["--generated", "1", "--seed", "-1"], "--seed: -1 is out of range"),
-    (["--generated", "1", "--seed", str(2**32)], "--seed: 4294967296 is out of range"),
+    (["--generated", "1", "--seed", str(2**63)], "--seed: 9223372036854775808 is out of range"),
     (["--generated", "99999999999"], "--generated: 99999999999 is out of range"),
     (["--generated", "-1"], "--generated: -1 is out of range"),
 ])

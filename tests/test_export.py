@@ -205,6 +205,24 @@ def test_no_unseen_skips_the_unseen_suite(exported: dict[str, Any], tmp_path: Pa
     assert "export, held-out: keeps" in stdout and "unseen:" not in stdout
 
 
+def test_an_unseen_suite_not_on_this_machine_stops_the_export_before_the_work(
+        exported: dict[str, Any], tmp_path: Path) -> None:
+    run = tmp_path / "moved"
+    shutil.copytree(exported["run"], run)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["experiment"]["eval"]["unseen_suite"] = str(tmp_path / "gone" / "unseen.yaml")
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    code, _, err = run_export(run, tmp_path / "out")
+    assert code == 2 and "Traceback" not in err, err
+    assert "eval.unseen_suite" in err and "or pass --no-unseen" in err
+    assert not (tmp_path / "out" / "thresholds.yaml").exists()  # nothing distilled
+
+
+def run_export(run_dir: Path, out: Path, *extra: str) -> tuple[int, str, str]:
+    return run(EXPORT, str(run_dir), "--out", str(out), "--iterations", "1", "--episodes",
+               "1", "--eval-episodes", "1", "--tree-depth", "0", "-q", *extra)
+
+
 def test_same_seed_same_export(exported: dict[str, Any], tmp_path: Path) -> None:
     code, _, err = run(EXPORT, str(exported["run"]), "--out", str(tmp_path), "--iterations",
                        "2", "--episodes", "1", "--no-eval", "-q")

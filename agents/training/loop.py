@@ -172,7 +172,7 @@ def check_resume(run: RunFolder, cfg: RunConfig, state: dict[str, Any]) -> None:
         return
     model, stats, buffer = files
     n = int(state.get("num_timesteps") or 0)
-    if model.name != f"model_{n}_steps.zip":
+    if model != run / "checkpoints" / f"model_{n}_steps.zip":
         # The statistics and buffer are found by num_timesteps: a checkpoint of another
         # step count would resume with another checkpoint's statistics.
         raise TrainError(f"{run / 'state.json'}: checkpoint {quote(state.get('checkpoint'))} "

@@ -44,6 +44,9 @@ from ..sim.workloads.trace import FidelityReport, replay
 from . import procfs
 
 PROG = "capture_trace.py"
+#: The process's umask, read once (setting it to read it changes process-wide state).
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 #: The fidelity goal of a replay: within 2 % and within a few tables of VmPTE.
 GOAL_REL = 0.02
 GOAL_TABLES = 3
@@ -524,9 +527,7 @@ def _plot(report: FidelityReport, rss_kib: np.ndarray, title: str, png: Path) ->
     try:
         with os.fdopen(fd, "wb") as f:
             fig.savefig(f, dpi=110, format="png")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # as a plain open() would create it
+        os.chmod(tmp, 0o666 & ~_UMASK)  # as a plain open() would create it
         os.replace(tmp, png)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -114,13 +114,14 @@ def _handle(args: argparse.Namespace, argv: list[str]) -> int:
 
 def _png_path(trace: str, png: str | None, force: bool) -> Path:
     """The plot ``check`` writes, checked before the replay.  The default,
-    TRACE with ``.fidelity.png``, is check's own output and is replaced; a
-    ``--png`` FILE given must be in a folder that exists, must not be the
-    trace, and must not exist unless ``force`` (as ``record -o``)."""
-    if png is None:
-        path = Path(trace).with_suffix(".fidelity.png")
-        check_writable(path, "--png", force=True)
-        return path
+    TRACE with ``.fidelity.png``, is check's own output and is replaced (named
+    with ``--png`` or not); another ``--png`` FILE must be in a folder that
+    exists, must not be the trace, and must not exist unless ``force`` (as
+    ``record -o``)."""
+    default = Path(trace).with_suffix(".fidelity.png")
+    if png is None or (Path(png).resolve() == default.resolve()):
+        check_writable(default, "--png", force=True)
+        return default
     path = Path(png)
     if not path.resolve().parent.is_dir():
         raise ConfigError(f"--png {png}: its folder does not exist; create it first")

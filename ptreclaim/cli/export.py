@@ -283,6 +283,15 @@ def _export_into(args: argparse.Namespace, argv: Sequence[str], written: list[Pa
     train, held_out = cfg.scenarios.train, cfg.scenarios.eval
     if not held_out:
         raise ConfigError(f"{run}: the run records no held-out scenarios to score the export on")
+    # The experiment's unseen suite (families and combinations its training suite holds
+    # out), loaded now: a suite file that is not on this machine stops the export before
+    # the work, not after the held-out evaluation.
+    unseen_scen: list[Any] = []
+    if exp.eval.unseen_suite and not args.no_unseen and not args.no_eval:
+        try:
+            unseen_scen = load_scenarios(exp.eval.unseen_suite, "eval.unseen_suite")
+        except ConfigError as exc:
+            raise ConfigError(f"{run}: eval.unseen_suite: {exc}; or pass --no-unseen") from None
     teacher = build_policy(learned_spec, exp.env, train[0])
     dcfg = DistillConfig(iterations=args.iterations, episodes=args.episodes, seed=args.seed)
     show = not args.quiet
@@ -350,11 +359,9 @@ def _export_into(args: argparse.Namespace, argv: Sequence[str], written: list[Pa
                              out / "export_eval", episodes, not args.no_oracle, exp, command,
                              exports, learned, tuned_label)
     unseen: dict[str, dict[str, Any]] = {}
-    if exp.eval.unseen_suite and not args.no_unseen:
-        # The experiment's unseen suite (families and combinations its training suite
-        # holds out): the same policies but the oracle, which is no bound there.
-        scen = load_scenarios(exp.eval.unseen_suite, "eval.unseen_suite")
-        unseen = _evaluate_exports(args, [s for s in specs if s.kind != "oracle"], scen,
+    if unseen_scen:
+        # The same policies but the oracle, which is no bound there.
+        unseen = _evaluate_exports(args, [s for s in specs if s.kind != "oracle"], unseen_scen,
                                    f"unseen suite {Path(exp.eval.unseen_suite).stem}",
                                    out / "export_eval_unseen", exp.eval.unseen_episodes, False,
                                    exp, command, exports, learned, tuned_label)

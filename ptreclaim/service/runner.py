@@ -39,6 +39,7 @@ from ..envs.configio import write_text_atomic, write_yaml_atomic
 from ..envs.sim.config import ConfigError
 from .inputs import INPUTS, experiment_sets, input_path, trace_scenario_data
 from .specs import (
+    BadRequest,
     EvaluateJob,
     ExportJob,
     ScenarioInput,
@@ -393,12 +394,14 @@ def main() -> int:
     if not url:
         print(f"runner: {DB_ENV} is not set; workers start this process", file=sys.stderr)
         return 2
-    spec = parse_spec(job["spec"])
-    print(f"== attempt {job['attempt']} of job {job['id']} ({spec.kind}) on {job['worker']}",
-          flush=True)
     try:
+        # Checked at submit; not strictly here, so that a job stored before a check was
+        # tightened still runs, and one that cannot is one line, not a traceback.
+        spec = parse_spec(job["spec"], strict=False)
+        print(f"== attempt {job['attempt']} of job {job['id']} ({spec.kind}) on "
+              f"{job['worker']}", flush=True)
         return RUNNERS[spec.kind](spec, job, url, Reporter())
-    except ConfigError as exc:
+    except (ConfigError, BadRequest) as exc:
         write_text_atomic(ERROR_FILE, f"{exc}\n")
         print(f"error: {exc}", file=sys.stderr)
         return 2

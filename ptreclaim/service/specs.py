@@ -200,7 +200,10 @@ _ADAPTER: TypeAdapter[Any] = TypeAdapter(JobSpec)
 
 #: What a strict field takes, for the complaint about a value of another type.
 _EXPECTED = {"int_type": "an integer (e.g. 3)", "float_type": "a number (e.g. 1.5)",
-             "bool_type": "true or false", "string_type": "a string"}
+             "bool_type": "true or false", "string_type": "a string",
+             # The same, from text that spells none (the form's fields, not strict).
+             "int_parsing": "an integer (e.g. 3)", "float_parsing": "a number (e.g. 1.5)",
+             "bool_parsing": "true or false"}
 
 
 def error_line(exc: ValidationError) -> str:
@@ -221,11 +224,13 @@ def error_line(exc: ValidationError) -> str:
     return f"{loc or 'spec'}: {msg}{extra}"
 
 
-def parse_spec(data: Any) -> TuneJob | TrainJob | EvaluateJob | ExportJob:
+def parse_spec(data: Any, strict: bool = True) -> TuneJob | TrainJob | EvaluateJob | ExportJob:
     """Validate a job spec's shape (types, ranges, unknown fields); the
-    server's caps and the uploads are checked by :func:`check_spec`."""
+    server's caps and the uploads are checked by :func:`check_spec`.  ``strict``
+    false converts text that spells a number (the web form's fields; a spec stored
+    before the types were strict)."""
     try:
-        return _ADAPTER.validate_python(data)
+        return _ADAPTER.validate_python(data, strict=strict)
     except ValidationError as exc:
         raise BadRequest(error_line(exc)) from None
 

@@ -54,52 +54,33 @@ def _duration(s: float | None) -> str:
         f"{n // 60}m{n % 60:02d}s" if n >= 60 else f"{n}s")
 
 
-#: Form fields that hold numbers (the job specs take numbers strictly, not their text).
-NUMBER_FIELDS = {"wall_seconds", "trials", "seeds", "episodes", "seed", "timesteps",
-                 "tree_depth", "eval_episodes", "copies", "speed", "ticks"}
-
-
-def form_number(text: str) -> int | float | str:
-    """A form field's text as the number it spells (an integer if it is one), else the
-    text itself, for the spec's check to name the field."""
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except (ValueError, OverflowError):
-            continue
-    return text
-
-
 def spec_from_form(form: FormData) -> dict[str, Any]:
     """A job spec from the submit form's fields (empty fields left out, so
-    the spec's defaults apply; numbers converted here: the specs are strict)."""
+    the spec's defaults apply; :func:`parse_spec` converts the numbers, not strictly:
+    a form sends text)."""
 
     def text(name: str) -> str:
         value = form.get(name)
         return value.strip() if isinstance(value, str) else ""
 
-    def value(name: str) -> int | float | str:
-        return form_number(text(name)) if name in NUMBER_FIELDS else text(name)
-
     kind = text("kind")
     spec: dict[str, Any] = {"kind": kind}
     for name in ("label", "wall_seconds", *KIND_FIELDS.get(kind, ())):
         if text(name):
-            spec[name] = value(name)
+            spec[name] = text(name)
     source = text("source") or "shipped"
     if kind != "export" and not (kind == "train" and source == "default"):
         inp: dict[str, Any] = {"source": source}
         if source == "shipped":
             inp["name"] = text("suite") or ("test" if kind == "evaluate" else "train")
         elif source == "trace":
-            inp.update({k: value(k) for k in ("copies", "speed", "ticks") if text(k)})
+            inp.update({k: text(k) for k in ("copies", "speed", "ticks") if text(k)})
         spec["input"] = inp
     if kind == "tune" and form.get("allow_few_seeds"):
         spec["allow_few_seeds"] = True
     if kind == "train":
         if text("seeds"):
-            spec["seeds"] = [form_number(s.strip()) for s in text("seeds").split(",")
-                             if s.strip()]
+            spec["seeds"] = [s.strip() for s in text("seeds").split(",") if s.strip()]
         spec["overrides"] = [line.strip() for line in text("overrides").splitlines()
                              if line.strip()]
     if kind == "evaluate":
@@ -174,7 +155,7 @@ def add_pages(app: FastAPI) -> None:
                 upload = form.get(name)
                 if isinstance(upload, UploadFile) and upload.filename:
                     uploads[field] = await read_upload(field, upload, limits)
-            spec = parse_spec(spec_from_form(form))
+            spec = parse_spec(spec_from_form(form), strict=False)
             job = await run_in_threadpool(submit_checked, store, spec, uploads, limits)
         except BadRequest as exc:
             return form_page(request, exc.status, exc.message, values)
