@@ -110,3 +110,26 @@ def test_monitor_negative_count_is_refused() -> None:
     args = monitor.build_parser().parse_args(["--count", "-1"])
     with pytest.raises(ConfigError, match="--count"):
         monitor._check_args(args)
+
+
+def test_submit_export_takes_every_field_of_an_export_job() -> None:
+    """``submit.py export`` sets every field the service's export job has, and the spec
+    becomes the export_thresholds.py command line those flags name."""
+    from ptreclaim.cli.export import build_parser as export_parser
+    from ptreclaim.cli.submit import build_parser, build_spec
+    from ptreclaim.service.runner import export_argv
+    from ptreclaim.service.specs import ExportJob, parse_spec
+
+    job = "0123456789abcdef"
+    args = build_parser().parse_args([
+        "export", job, "--seed", "1", "--best", "--iterations", "2", "--episodes", "3",
+        "--tree-depth", "3", "--eval-episodes", "4", "--no-unseen"])
+    spec, files = build_spec(args)
+    parsed = parse_spec(spec)
+    assert files == {} and isinstance(parsed, ExportJob)
+    assert (parsed.seed, parsed.best, parsed.iterations, parsed.episodes, parsed.tree_depth,
+            parsed.eval_episodes, parsed.unseen) == (1, True, 2, 3, 3, 4, False)
+    flags = export_parser().parse_args(export_argv(parsed, Path("run")))
+    assert flags.best and flags.no_unseen and (flags.iterations, flags.episodes) == (2, 3)
+    default = parse_spec(build_spec(build_parser().parse_args(["export", job]))[0])
+    assert isinstance(default, ExportJob) and default.unseen and not default.best

@@ -98,9 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
     _job_flags(e)
     x = sub.add_parser("export", help="export thresholds from a train job")
     x.add_argument("run_job", help="the train job's id")
-    x.add_argument("--seed", type=int, default=None)
+    x.add_argument("--seed", type=int, default=None, help="which seed's run (default: the first)")
+    x.add_argument("--best", action="store_true", help="distil best_model.zip, not model.zip")
+    x.add_argument("--iterations", type=int, default=None, help="DAgger rounds")
+    x.add_argument("--episodes", type=int, default=None,
+                   help="collection episodes per training scenario per round")
     x.add_argument("--tree-depth", type=int, default=0)
     x.add_argument("--eval-episodes", type=int, default=None)
+    x.add_argument("--no-unseen", action="store_true",
+                   help="skip the evaluation on the run's unseen suite")
     _job_flags(x)
     for name, text in (("status", "show a job"), ("follow", "follow a job until it ends"),
                        ("cancel", "cancel a job")):
@@ -207,8 +213,10 @@ def build_spec(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Path
                 policies.append(p)
         spec.update(policies=policies, episodes=args.episodes, seed=args.seed)
     else:
-        spec.update(run_job=args.run_job, tree_depth=args.tree_depth)
-        for key in ("seed", "eval_episodes"):
+        # The flags of export_thresholds.py that the export job takes, under its names.
+        spec.update(run_job=args.run_job, tree_depth=args.tree_depth, best=args.best,
+                    unseen=not args.no_unseen)
+        for key in ("seed", "iterations", "episodes", "eval_episodes"):
             if getattr(args, key) is not None:
                 spec[key] = getattr(args, key)
     return spec, files
