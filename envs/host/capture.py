@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 import platform
 import re
@@ -38,15 +39,23 @@ from typing import Any
 
 import numpy as np
 
+from ..configio import write_text_atomic
 from ..sim.config import ConfigError
-from ..sim.trace import PERM_R, PERM_S, PERM_W, PERM_X, SYSCALLS, Trace, TraceWriter, read_trace
+from ..sim.trace import (
+    PERM_R,
+    PERM_S,
+    PERM_W,
+    PERM_X,
+    SYSCALLS,
+    USER_TOP,
+    Trace,
+    TraceWriter,
+    read_trace,
+)
 from ..sim.workloads.trace import FidelityReport, replay
 from . import procfs
 
 PROG = "capture_trace.py"
-#: The process's umask, read once (setting it to read it changes process-wide state).
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 #: The fidelity goal of a replay: within 2 % and within a few tables of VmPTE.
 GOAL_REL = 0.02
 GOAL_TABLES = 3
@@ -64,9 +73,10 @@ def _perm_bits(perms: str) -> int:
 
 
 def _maps_rows(maps: list[procfs.MapEntry]) -> list[tuple[int, int, int, int, int, str]]:
-    # [vsyscall] (0xffffffffff600000) is no user VMA and does not fit an int64.
+    # [vsyscall] (0xffffffffff600000) is no user VMA and does not fit an int64; the
+    # trace keeps what its reader accepts.
     return [(m.start, m.end, m.offset, m.inode, _perm_bits(m.perms), m.path) for m in maps
-            if m.end <= 1 << 56]
+            if m.end <= USER_TOP]
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -521,20 +531,13 @@ def _plot(report: FidelityReport, rss_kib: np.ndarray, title: str, png: Path) ->
     bx.set_xlabel("time (s)")
     bx.grid(alpha=0.3)
     fig.tight_layout()
-    # Atomic: a temporary file beside ``png``, renamed over it once complete
-    # (the caller checked that the folder exists and may be written).
-    fd, tmp = tempfile.mkstemp(prefix=f".{png.name}.", suffix=".tmp.png", dir=png.parent)
+    buf = io.BytesIO()
     try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, dpi=110, format="png")
-        os.chmod(tmp, 0o666 & ~_UMASK)  # as a plain open() would create it
-        os.replace(tmp, png)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+        fig.savefig(buf, dpi=110, format="png")
     finally:
         plt.close(fig)
+    # Atomic (the caller checked that the folder exists and may be written).
+    write_text_atomic(png, buf.getvalue())
 
 
 def check_trace(path: str | os.PathLike[str], png: Path | None = None, rows: int = 40,

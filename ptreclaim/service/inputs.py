@@ -383,8 +383,8 @@ def _check_evaluate(spec: EvaluateJob, store: Store) -> None:
         else:
             raise BadRequest(f"{where}: {policy!r} is not heuristic:NAME, job:<id> or "
                              "upload:thresholds (files on the server are not taken by path)")
-    if not re.fullmatch(r"[A-Za-z0-9_.\[\]-]+", spec.baseline):  # policy_parts' labels
-        raise BadRequest(f"baseline: {spec.baseline!r} is not a policy label")
+    # The baseline's characters are the spec's (NAME); whether it is a label here or a
+    # heuristic, policy_specs says.
     _check_labels(spec)
 
 
