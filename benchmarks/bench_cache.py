@@ -70,10 +70,24 @@ def per_function(path: Path) -> tuple[list[str], dict[str, list[int]]]:
     return events, dict(sums)
 
 
+#: What ``--by`` orders the functions by: each an event's total (reads and writes).
+ORDER_BY = {"ll": ("DLmr", "DLmw"), "d1": ("D1mr", "D1mw"), "ir": ("Ir",)}
+
+
+def ranked(deltas: dict[str, list[int]], events: list[str], by: str, top: int) -> list[str]:
+    """The ``top`` functions of ``deltas`` (per-function event counts in ``events``' order)
+    with the highest ``by`` (a key of :data:`ORDER_BY`), highest first; ties by name."""
+    cols = [events.index(e) for e in ORDER_BY[by]]
+    return sorted(deltas, key=lambda f: (-sum(deltas[f][c] for c in cols), f))[:top]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=400, help="measured vector steps (4 envs)")
     ap.add_argument("--top", type=int, default=12, help="functions listed")
+    ap.add_argument("--by", choices=tuple(ORDER_BY), default="ll",
+                    help="order the functions by last-level misses (default), first-level "
+                         "misses or instructions")
     ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child is not None:
@@ -122,10 +136,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {label}: {tot[ix['Ir']] / env_steps:,.0f} instructions, "
               f"{d1(tot) / env_steps:,.0f} D1 misses, {ll(tot) / env_steps:,.0f} LL misses "
               f"({tot[ix['DLmw']] / env_steps:,.0f} of them writes)")
-    print("functions with the most LL misses per env step (reads + writes, writes):")
-    for f in sorted(fns, key=lambda f: -ll(delta(f)))[:args.top]:
-        v = delta(f)
-        print(f"  {ll(v) / env_steps:8,.1f} {v[ix['DLmw']] / env_steps:8,.1f}  {f[:90]}")
+    what = {"ll": "LL misses", "d1": "D1 misses", "ir": "instructions"}[args.by]
+    print(f"functions with the most {what} per env step: instructions, LL misses "
+          "(reads + writes, writes), D1 misses")
+    deltas = {f: delta(f) for f in fns}
+    for f in ranked(deltas, events, args.by, args.top):
+        v = deltas[f]
+        print(f"  {v[ix['Ir']] / env_steps:10,.0f} {ll(v) / env_steps:8,.1f} "
+              f"{v[ix['DLmw']] / env_steps:8,.1f} {d1(v) / env_steps:8,.1f}  {f[:80]}")
     return 0
 
 

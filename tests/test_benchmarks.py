@@ -44,6 +44,19 @@ def test_bench_cache_without_valgrind_says_how_to_get_it(tmp_path: Path) -> None
         "(apt-get install valgrind)")
 
 
+def test_bench_cache_orders_functions_by_the_event_asked_for() -> None:
+    sys.path.insert(0, str(BENCH))
+    try:
+        from bench_cache import ranked
+    finally:
+        sys.path.remove(str(BENCH))
+    events = ["Ir", "D1mr", "D1mw", "DLmr", "DLmw"]
+    deltas = {"busy": [900, 1, 1, 0, 1], "missing": [100, 5, 5, 40, 2], "idle": [10, 0, 0, 0, 0]}
+    assert ranked(deltas, events, "ir", 2) == ["busy", "missing"]
+    assert ranked(deltas, events, "ll", 3) == ["missing", "busy", "idle"]
+    assert ranked(deltas, events, "d1", 1) == ["missing"]
+
+
 def test_env_parts_splits_the_envs_share_of_a_ppo_step() -> None:
     # `--parts` patches the vector envs' and the compiled core's entry points to time them:
     # a renamed one would silently time nothing (0.0), so each part must have been seen.

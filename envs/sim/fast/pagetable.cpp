@@ -623,8 +623,7 @@ void AddressSpace::reclass(i64 slot, PteTable& t) {
   t.rss = rss;
 }
 
-void AddressSpace::free_pte(i64 slot) {
-  const PteTable& t = pte.at(slot);
+void AddressSpace::free_pte(i64 slot, const PteTable& t) {
   if (t.huge) huge_tables--;
   cls_count[t.cls]--;
   rss_pages -= t.rss;
@@ -1786,25 +1785,16 @@ void AddressSpace::exit() {
 
 i64 AddressSpace::reclaim_table(i64 slot, unsigned allowed_mask) {
   PteTable* found = pte.find(slot);
-  if (!found) return -1;
-  PteTable& t = *found;
+  return found ? reclaim_table(slot, *found, allowed_mask) : -1;
+}
+
+i64 AddressSpace::reclaim_table(i64 slot, PteTable& t, unsigned allowed_mask) {
   if (t.cls == C_PINNED || !(allowed_mask & (1u << t.cls)) || slot_is_uffd(slot)) return -1;
   i64 zapped = t.huge ? ENTRIES : ENTRIES - t.count(E_NONE);
   const i64 cls = t.cls;
-  free_pte(slot);
+  free_pte(slot, t);
   reclaimed.emplace(slot).first = zapped * 4 + cls;
   return zapped;
-}
-
-i64 AddressSpace::scan_young(i64 slot) {
-  PteTable& t = pte.at(slot);
-  if (t.young) {
-    t.young = 0;
-    t.age = 0;
-  } else {
-    t.age++;
-  }
-  return t.age;
 }
 
 void AddressSpace::install_vma(i64 start, i64 end, i64 flags, i64 pgoff, FileRef file,

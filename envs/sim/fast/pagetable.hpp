@@ -309,8 +309,19 @@ class AddressSpace {
   std::unique_ptr<AddressSpace> fork();
   void exit();
   i64 reclaim_table(i64 slot, unsigned allowed_mask);
+  // The same for the table `t` at `slot` that the caller has already found.
+  i64 reclaim_table(i64 slot, PteTable& t, unsigned allowed_mask);
   // pagetable.AddressSpace.scan_young: test-and-clear the young bit; the age after it.
-  i64 scan_young(i64 slot);
+  i64 scan_young(i64 slot) { return scan_young(pte.at(slot)); }
+  static i64 scan_young(PteTable& t) {
+    if (t.young) {
+      t.young = 0;
+      t.age = 0;
+    } else {
+      t.age++;
+    }
+    return t.age;
+  }
 
   // ---- file operations (pagetable.AddressSpace.punch / truncate)
   static void punch(BackingFile& file, i64 foff, i64 length);
@@ -329,7 +340,8 @@ class AddressSpace {
   void ensure_upper(i64 addr);
   PteTable& ensure_pte(i64 slot);
   void reclass(i64 slot, PteTable& t);
-  void free_pte(i64 slot);
+  void free_pte(i64 slot) { free_pte(slot, pte.at(slot)); }
+  void free_pte(i64 slot, const PteTable& t);
   PteTable free_pte_quiet(i64 slot);
   void adopt_pte(i64 slot, const PteTable& t);
   void pte_slots_in(i64 start, i64 end, std::vector<i64>& out) const;

@@ -200,6 +200,15 @@ class SlotMap {
 
   // The first `limit` slots >= lo, ascending, appended to out; returns how many.
   size_t slots_from(i64 lo, size_t limit, std::vector<i64>& out) const {
+    return walk_from(lo, limit, [&](i64 slot, Table*) { out.push_back(slot); });
+  }
+
+  // f(slot, table) for the first `limit` tables at slots >= lo, ascending; returns how
+  // many.  The walk reads each node's pointers as it visits the node, so a caller that
+  // keeps the tables needs no lookup per slot afterwards (a table stays where it is until
+  // it is erased and a later emplace reuses it).
+  template <class F>
+  size_t walk_from(i64 lo, size_t limit, F f) const {
     size_t got = 0;
     const i64 plo = lo >> 9;
     for (auto it = nodes_.lower_bound(plo); it != nodes_.end() && got < limit; ++it) {
@@ -209,8 +218,10 @@ class SlotMap {
       for (int w = e_lo >> 6; w < 8 && got < limit; w++) {
         uint64_t bits = node.bits[w];
         if (w == (e_lo >> 6)) bits &= ~uint64_t{0} << (e_lo & 63);
-        for (; bits && got < limit; bits &= bits - 1, got++)
-          out.push_back(base + (w << 6) + __builtin_ctzll(bits));
+        for (; bits && got < limit; bits &= bits - 1, got++) {
+          const int e = (w << 6) + __builtin_ctzll(bits);
+          f(base + e, node.ptr[e]);
+        }
       }
     }
     return got;

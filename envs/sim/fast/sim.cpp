@@ -395,7 +395,8 @@ namespace {
 constexpr unsigned PINNED_BIT = 1u << C_PINNED;
 }
 
-void Simulation::free_scanned(Process* p, const std::vector<i64>& order, unsigned classes,
+void Simulation::free_scanned(Process* p, const std::vector<i64>& order,
+                              const std::vector<PteTable*>* tables, unsigned classes,
                               PassResult& result, i64 min_idle, bool scan) {
   i64 n = (i64)order.size();
   i64 freed = 0, freed_file = 0, zapped = 0, cleared = 0;
@@ -405,15 +406,23 @@ void Simulation::free_scanned(Process* p, const std::vector<i64>& order, unsigne
   // freed in between is harmless).
   constexpr i64 PREFETCH = 8;
   for (i64 k = 0; k < n; k++) {
-    if (k + PREFETCH < n)
-      if (const PteTable* ahead = mm.pte.find(order[(size_t)(k + PREFETCH)]))
-        __builtin_prefetch(&ahead->cls);
     const i64 slot = order[(size_t)k];
-    const PteTable* t = mm.pte.find(slot);
-    if (!t) continue;
+    PteTable* t;
+    if (tables) {
+      // Found by the walk that listed the slots: every slot is distinct and only its own
+      // step below frees a table, so each is still where the walk found it.
+      if (k + PREFETCH < n) __builtin_prefetch(&(*tables)[(size_t)(k + PREFETCH)]->cls);
+      t = (*tables)[(size_t)k];
+    } else {
+      if (k + PREFETCH < n)
+        if (const PteTable* ahead = mm.pte.find(order[(size_t)(k + PREFETCH)]))
+          __builtin_prefetch(&ahead->cls);
+      t = mm.pte.find(slot);
+      if (!t) continue;
+    }
     uint8_t cls = t->cls;
     if (scan) {
-      i64 age = mm.scan_young(slot);
+      i64 age = AddressSpace::scan_young(*t);
       cleared++;
       if (cls != C_PINNED && !mm.slot_is_uffd(slot)) {
         result.seen[cls]++;
@@ -422,7 +431,7 @@ void Simulation::free_scanned(Process* p, const std::vector<i64>& order, unsigne
       }
       if (age < min_idle) continue;
     }
-    i64 z = mm.reclaim_table(slot, classes);
+    i64 z = mm.reclaim_table(slot, *t, classes);
     if (z >= 0) {
       freed++;
       zapped += z;
@@ -454,11 +463,18 @@ i64 Simulation::reclaim_process(Process* p, unsigned classes, i64 budget, PassRe
   // (reclaim.py's `slots[(i0 + k) % len(slots)]` with i0 the first slot >= cursor), read
   // straight from the table map: a pass costs its budget, not a list of every table.
   Borrowed<i64> order_buf(slot_scratch_);
+  Borrowed<PteTable*> tables_buf(table_scratch_);
   std::vector<i64>& order = order_buf.v;
+  std::vector<PteTable*>& tables = tables_buf.v;
   order.reserve((size_t)n);
-  const size_t ahead = mm.pte.slots_from(p->cursor, (size_t)n, order);
-  if ((i64)ahead < n) mm.pte.slots_from(0, (size_t)n - ahead, order);
-  free_scanned(p, order, classes, result, min_idle, true);
+  tables.reserve((size_t)n);
+  auto keep = [&](i64 slot, PteTable* t) {
+    order.push_back(slot);
+    tables.push_back(t);
+  };
+  const size_t ahead = mm.pte.walk_from(p->cursor, (size_t)n, keep);
+  if ((i64)ahead < n) mm.pte.walk_from(0, (size_t)n - ahead, keep);
+  free_scanned(p, order, &tables, classes, result, min_idle, true);
   p->cursor = order.back() + 1;
   return n;
 }
@@ -495,7 +511,7 @@ PassResult Simulation::reclaim(Process* target, unsigned classes, i64 budget, i6
 PassResult Simulation::reclaim_exact(Process* p, const std::vector<i64>& slots,
                                      unsigned classes) {
   PassResult result;
-  if (!slots.empty() && p->alive) free_scanned(p, slots, classes & ~PINNED_BIT, result, 0, false);
+  if (!slots.empty() && p->alive) free_scanned(p, slots, nullptr, classes & ~PINNED_BIT, result, 0, false);
   pending.push_back(result);
   return result;
 }

@@ -304,11 +304,15 @@ class Simulation {
   void record_touch_log(i64 t);
   i64 reclaim_process(Process* p, unsigned classes, i64 budget, PassResult& result,
                       i64 min_idle);
-  void free_scanned(Process* p, const std::vector<i64>& order, unsigned classes,
-                    PassResult& result, i64 min_idle, bool scan);
+  // `tables`: the tables at `order`'s slots, as the walk that listed them found them, or
+  // null: each looked up as it comes (reclaim_exact's list may repeat or miss a slot).
+  void free_scanned(Process* p, const std::vector<i64>& order,
+                    const std::vector<PteTable*>* tables, unsigned classes, PassResult& result,
+                    i64 min_idle, bool scan);
   // Buffers the tick and the reclaim pass borrow (Borrowed) instead of allocating lists.
   std::vector<Process*> live_scratch_, order_scratch_;
   std::vector<i64> slot_scratch_;
+  std::vector<PteTable*> table_scratch_;
 };
 
 // -------------------------------------------------------------- the env's step
