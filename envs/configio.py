@@ -20,12 +20,10 @@ traceback; error messages quote at most ~80 characters of a value
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +33,7 @@ import yaml
 
 from ..configs import CONFIG_DIR
 from .sim.config import ConfigError, build, check_keys, did_you_mean, quote
+from .sim.fileio import write_text_atomic
 from .sim.scenariogen import scenario_data, spec_from_data
 from .sim.simulator import ScenarioConfig
 from .sim.workloads import WORKLOADS
@@ -384,36 +383,6 @@ def resolve_suite(spec: str, label: str = "--suite") -> tuple[list[ScenarioConfi
 def dump_yaml(data: Any) -> str:
     """YAML text for plain data (keys in insertion order, block style)."""
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True)
-
-
-def write_text_atomic(path: str | os.PathLike[str], text: str | bytes) -> None:
-    """Write ``text`` to ``path`` atomically: a temporary file in the same
-    folder, flushed and fsynced, then ``os.replace``."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        # mkstemp creates the file 0600; give it the mode a plain open() would.
-        try:
-            mode = os.stat(p).st_mode & 0o7777
-        except FileNotFoundError:
-            mode = 0o666 & ~_umask()
-        os.chmod(tmp, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(text.encode("utf-8") if isinstance(text, str) else text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def write_yaml_atomic(path: str | os.PathLike[str], data: Any) -> None:

@@ -228,6 +228,7 @@ def tune_args(tmp_path: Path) -> list[str]:
     ("sqlite://", "in-memory"),
     ("sqlite:///:memory:", "in-memory"),
     ("sqlite+pysqlite://", "in-memory"),
+    ("sqlite:///file:m?mode=memory&uri=true", "in-memory"),
     ("sqlite:////nonexistent-ptreclaim/dir/x.db", "does not exist"),
 ])
 def test_storage_that_cannot_hold_a_study_is_refused(url: str, phrase: str,
@@ -239,6 +240,18 @@ def test_storage_that_cannot_hold_a_study_is_refused(url: str, phrase: str,
              phrase == "in-memory" else "create it first")
     assert not Path("/nonexistent-ptreclaim").exists()
     assert not (tmp_path / "o").exists()
+
+
+def test_the_setup_lock_finds_the_file_of_every_sqlite_url_form(tmp_path: Path) -> None:
+    # The lock that serialises study creation sits beside the database file; a file: URI
+    # used to be read as a path named "file:..." (its lock in a folder of that name).
+    from ptreclaim.agents.tune.storage import _sqlite_file
+
+    assert _sqlite_file(f"sqlite:///{tmp_path}/a.db") == tmp_path / "a.db"
+    assert _sqlite_file(f"sqlite:///file:{tmp_path}/b.db?uri=true") == tmp_path / "b.db"
+    for url in ("sqlite:///file:m?mode=memory&uri=true", "sqlite://", "sqlite:///:memory:",
+                "postgresql://u@h/db", "not a url"):
+        assert _sqlite_file(url) is None, url
 
 
 def test_storage_that_is_a_folder_is_refused(tune_args: list[str], tmp_path: Path,

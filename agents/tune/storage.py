@@ -61,23 +61,10 @@ def check_storage_url(url: str) -> None:
     which Optuna's heartbeat thread cannot see and no rerun can resume, or a
     file whose folder does not exist or that is a folder.  :class:`ConfigError`
     (one line); other URLs are left to :func:`open_study`."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        parsed = make_url(url)
-        backend = parsed.get_backend_name()
-    except Exception:  # not an SQLAlchemy URL: open_study says so
+    db = _sqlite_database(url)
+    if db is None:  # not SQLite, or not an SQLAlchemy URL: open_study says so
         return
-    if backend != "sqlite":
-        return
-    shown = redact(url) if parsed.password else url  # redact() escapes ':memory:'
-    db = parsed.database or ""
-    uri = str(parsed.query.get("uri", "")).lower() in ("true", "1")
-    if uri and db.startswith("file:"):
-        if str(parsed.query.get("mode", "")).lower() == "memory":
-            db = ":memory:"
-        else:
-            db = db[len("file:"):].split("?")[0]
+    shown = redact(url) if "@" in url else url  # redact() escapes ':memory:'
     if db in ("", ":memory:"):
         raise ConfigError(f"--storage {shown}: an in-memory SQLite database holds no study "
                           "another worker or a rerun can see (and Optuna's heartbeats fail "
@@ -91,11 +78,30 @@ def check_storage_url(url: str) -> None:
                           "it first or choose another path")
 
 
-def _sqlite_file(url: str) -> Path | None:
-    if not url.startswith("sqlite:///"):
+def _sqlite_database(url: str) -> str | None:
+    """The database an SQLite URL names as SQLite opens it (``""`` or ``":memory:"``
+    for an in-memory one; a ``file:`` URI with ``uri=true`` read as its path, or as
+    ``":memory:"`` with ``mode=memory``), or None for any other URL."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        parsed = make_url(url)
+        if parsed.get_backend_name() != "sqlite":
+            return None
+    except Exception:  # not an SQLAlchemy URL
         return None
-    rest = url[len("sqlite:///"):].split("?")[0]
-    return Path(rest) if rest and rest != ":memory:" else None
+    db = parsed.database or ""
+    if str(parsed.query.get("uri", "")).lower() in ("true", "1") and db.startswith("file:"):
+        if str(parsed.query.get("mode", "")).lower() == "memory":
+            return ":memory:"
+        return db[len("file:"):].split("?")[0]
+    return db
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The file of an SQLite URL's database; None for an in-memory one or another URL."""
+    db = _sqlite_database(url)
+    return Path(db) if db not in (None, "", ":memory:") else None
 
 
 #: The PostgreSQL advisory-lock key that serialises ptreclaim's Optuna schema and study

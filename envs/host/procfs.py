@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..sim.trace import USER_TOP  # 5-level paging's user top; [vsyscall] lies above it
+
 __all__ = [
     "BLOCK_SHIFT",
     "BlockPresence",
@@ -62,8 +64,6 @@ _PM_FILE = 1 << 61
 _SCAN_VEC = 4096
 #: Raw fallback: entries read per pread (8 bytes each: 64 Ki entries = 512 KiB).
 _RAW_CHUNK = 1 << 16
-#: 5-level paging's user top; [vsyscall] lies above it.
-_USER_TOP = 1 << 56
 
 
 class ProcessGone(Exception):
@@ -311,7 +311,7 @@ def _coalesce(maps: list[MapEntry]) -> list[tuple[int, int]]:
     each); [vsyscall] and anything past the user address space is dropped."""
     out: list[tuple[int, int]] = []
     for m in sorted(maps, key=lambda e: e.start):
-        if m.end > _USER_TOP:
+        if m.end > USER_TOP:
             continue
         if out and out[-1][1] == m.start:
             out[-1] = (out[-1][0], m.end)
@@ -330,7 +330,7 @@ def _presence_raw(fd: int, maps: list[MapEntry], cap: int, bitmap: bool) -> Bloc
     idx: list[np.ndarray] = []
     skipped = 0
     for m in maps:
-        if m.end > _USER_TOP:
+        if m.end > USER_TOP:
             continue
         if m.size > cap:
             skipped += m.size

@@ -42,12 +42,10 @@ raises :class:`TraceError` with one line that names the file, the array or
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import math
 import os
-import tempfile
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -57,6 +55,7 @@ from typing import Any
 import numpy as np
 
 from .config import ConfigError, quote
+from .fileio import write_text_atomic
 
 __all__ = [
     "FORMAT",
@@ -265,23 +264,7 @@ class Trace:
         # Fixed zip timestamps come from numpy itself; same arrays -> same bytes.
         arrays: dict[str, Any] = {"meta": meta, **self.arrays}
         np.savez_compressed(buf, **arrays)
-        _write_atomic(Path(path), buf.getvalue())
-
-
-def _write_atomic(p: Path, data: bytes) -> None:
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, p)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+        write_text_atomic(path, buf.getvalue())
 
 
 def read_trace(path: str | os.PathLike[str]) -> Trace:

@@ -511,7 +511,8 @@ PassResult Simulation::reclaim(Process* target, unsigned classes, i64 budget, i6
 PassResult Simulation::reclaim_exact(Process* p, const std::vector<i64>& slots,
                                      unsigned classes) {
   PassResult result;
-  if (!slots.empty() && p->alive) free_scanned(p, slots, nullptr, classes & ~PINNED_BIT, result, 0, false);
+  if (!slots.empty() && p->alive)
+    free_scanned(p, slots, nullptr, classes & ~PINNED_BIT, result, 0, false);
   pending.push_back(result);
   return result;
 }
