@@ -36,9 +36,9 @@ core = Extension(
     # order and rounding as in the Python reference (the differential tests compare bits).
     # -pthread: step_batch's helper threads (pool.hpp).
     # -fvisibility=hidden, -fno-semantic-interposition, -flto=auto: the core is one unit.
-    # A -fPIC build otherwise treats every function as replaceable at load time and so
-    # never inlines one into another, and calls between the .cpp files (the tick into the
-    # page-table model) cross a PLT; linked as one unit, the core runs 8 % fewer
+    # A -fPIC build otherwise treats every exported function as replaceable at load time
+    # and does not inline one that is not declared inline, and calls between the .cpp
+    # files (the tick into the page-table model) cross a PLT; as one unit, it runs 7 % fewer
     # instructions per env step (docs/performance.md).  The link repeats the code
     # generation flags, since link-time optimisation generates the code there.
     extra_compile_args=[*CODEGEN, "-std=c++17", "-pthread", "-fvisibility=hidden",

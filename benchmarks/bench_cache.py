@@ -1,7 +1,7 @@
 """Cache misses of the compiled env per step, counted by cachegrind: a measure that does not
 move with the machine's load.
 
-The batched env is memory-bound: inside PPO its steps cost ~1.5x what they cost in a bare
+The batched env is memory-bound: inside PPO its steps cost ~1.3-1.5x what they cost in a bare
 loop because the learner evicts the env's data (``bench_interference.py``), and on a shared
 2-core VM the timing benchmarks move by tens of percent from run to run, too much to see a
 change of a few percent in the core.  Cachegrind (valgrind) simulates the caches and counts

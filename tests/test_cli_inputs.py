@@ -249,6 +249,10 @@ def test_the_setup_lock_finds_the_file_of_every_sqlite_url_form(tmp_path: Path) 
 
     assert _sqlite_file(f"sqlite:///{tmp_path}/a.db") == tmp_path / "a.db"
     assert _sqlite_file(f"sqlite:///file:{tmp_path}/b.db?uri=true") == tmp_path / "b.db"
+    # uri= as SQLAlchemy reads a boolean; SQLite's file:// forms with an empty or local host.
+    assert _sqlite_file(f"sqlite:///file:{tmp_path}/c.db?uri=on") == tmp_path / "c.db"
+    assert _sqlite_file(f"sqlite:///file://localhost{tmp_path}/d.db?uri=1") == tmp_path / "d.db"
+    assert _sqlite_file(f"sqlite:///file://{tmp_path}/e.db?uri=yes") == tmp_path / "e.db"
     for url in ("sqlite:///file:m?mode=memory&uri=true", "sqlite://", "sqlite:///:memory:",
                 "postgresql://u@h/db", "not a url"):
         assert _sqlite_file(url) is None, url

@@ -25,6 +25,7 @@ import contextlib
 import fcntl
 import json
 import time
+import urllib.parse
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -61,10 +62,11 @@ def check_storage_url(url: str) -> None:
     which Optuna's heartbeat thread cannot see and no rerun can resume, or a
     file whose folder does not exist or that is a folder.  :class:`ConfigError`
     (one line); other URLs are left to :func:`open_study`."""
-    db = _sqlite_database(url)
-    if db is None:  # not SQLite, or not an SQLAlchemy URL: open_study says so
+    found = _sqlite_database(url)
+    if found is None:  # not SQLite, or not an SQLAlchemy URL: open_study says so
         return
-    shown = redact(url) if "@" in url else url  # redact() escapes ':memory:'
+    db, password = found
+    shown = redact(url) if password else url  # redact() escapes ':memory:'
     if db in ("", ":memory:"):
         raise ConfigError(f"--storage {shown}: an in-memory SQLite database holds no study "
                           "another worker or a rerun can see (and Optuna's heartbeats fail "
@@ -78,30 +80,37 @@ def check_storage_url(url: str) -> None:
                           "it first or choose another path")
 
 
-def _sqlite_database(url: str) -> str | None:
-    """The database an SQLite URL names as SQLite opens it (``""`` or ``":memory:"``
-    for an in-memory one; a ``file:`` URI with ``uri=true`` read as its path, or as
-    ``":memory:"`` with ``mode=memory``), or None for any other URL."""
+def _sqlite_database(url: str) -> tuple[str, bool] | None:
+    """The database an SQLite URL names, as SQLite opens it (``""`` or ``":memory:"``
+    for an in-memory one; a ``file:`` URI, when the URL's ``uri`` query is true as
+    SQLAlchemy reads it, as its path, or as ``":memory:"`` with ``mode=memory``), and
+    whether the URL holds a password; None for any other URL."""
     try:
         from sqlalchemy.engine import make_url
+        from sqlalchemy.util import asbool
 
         parsed = make_url(url)
         if parsed.get_backend_name() != "sqlite":
             return None
-    except Exception:  # not an SQLAlchemy URL
+        uri = asbool(parsed.query.get("uri", False))
+    except Exception:  # not an SQLAlchemy URL, or a uri= that is no boolean
         return None
     db = parsed.database or ""
-    if str(parsed.query.get("uri", "")).lower() in ("true", "1") and db.startswith("file:"):
+    if uri and db.startswith("file:"):
         if str(parsed.query.get("mode", "")).lower() == "memory":
-            return ":memory:"
-        return db[len("file:"):].split("?")[0]
-    return db
+            return ":memory:", bool(parsed.password)
+        # file:path, file:/path, file:///path or file://localhost/path (SQLite's URI forms).
+        split = urllib.parse.urlsplit(db)
+        if split.netloc not in ("", "localhost"):
+            return None  # another host: SQLite refuses it, open_study says so
+        db = urllib.parse.unquote(split.path)
+    return db, bool(parsed.password)
 
 
 def _sqlite_file(url: str) -> Path | None:
     """The file of an SQLite URL's database; None for an in-memory one or another URL."""
-    db = _sqlite_database(url)
-    return Path(db) if db not in (None, "", ":memory:") else None
+    found = _sqlite_database(url)
+    return Path(found[0]) if found is not None and found[0] not in ("", ":memory:") else None
 
 
 #: The PostgreSQL advisory-lock key that serialises ptreclaim's Optuna schema and study
