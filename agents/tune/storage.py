@@ -95,16 +95,16 @@ def _sqlite_database(url: str) -> tuple[str, bool] | None:
         uri = asbool(parsed.query.get("uri", False))
     except Exception:  # not an SQLAlchemy URL, or a uri= that is no boolean
         return None
-    db = parsed.database or ""
+    db, password = parsed.database or "", bool(parsed.password)
     if uri and db.startswith("file:"):
         if str(parsed.query.get("mode", "")).lower() == "memory":
-            return ":memory:", bool(parsed.password)
+            return ":memory:", password
         # file:path, file:/path, file:///path or file://localhost/path (SQLite's URI forms).
         split = urllib.parse.urlsplit(db)
         if split.netloc not in ("", "localhost"):
             return None  # another host: SQLite refuses it, open_study says so
         db = urllib.parse.unquote(split.path)
-    return db, bool(parsed.password)
+    return db, password
 
 
 def _sqlite_file(url: str) -> Path | None:

@@ -39,8 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from ..configio import write_text_atomic
 from ..sim.config import ConfigError
+from ..sim.fileio import write_text_atomic
 from ..sim.trace import (
     PERM_R,
     PERM_S,
