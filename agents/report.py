@@ -91,7 +91,8 @@ def _jsonable(x: Any) -> Any:
 def summary_columns(baseline: str) -> list[str]:
     """Header of the summary tables."""
     return ["policy", "mean cost [95% CI]", "IQM cost", "normalised score [95% CI]",
-            f"P(better than {baseline}) [95% CI]", "failure ticks/ep", "OOM kills/ep"]
+            f"P(better than {baseline}) [95% CI]", "failure ticks/ep", "of them unwarned",
+            "OOM kills/ep"]
 
 
 def summary_row(s: PolicySummary) -> list[str]:
@@ -99,7 +100,9 @@ def summary_row(s: PolicySummary) -> list[str]:
     return [s.policy, _ci(s.mean_cost, s.ci_low, s.ci_high), _num(s.iqm_cost),
             _ci(s.normalized, s.norm_ci_low, s.norm_ci_high),
             _ci(s.prob_improvement, s.poi_ci_low, s.poi_ci_high),
-            _num(s.failure_ticks, 1), _num(s.oom_kills, 2)]
+            _num(s.failure_ticks, 1),
+            _num(s.unwarned_failure_ticks, 1),
+            _num(s.oom_kills, 2)]
 
 
 def terms_row(s: PolicySummary) -> list[str]:
@@ -234,7 +237,10 @@ def markdown_report(overall: Sequence[PolicySummary],
         f"than `{baseline}` on the same seed (ties count half). 0.5 is a coin toss; a CI "
         "that excludes 0.5 is a consistent difference.",
         "- **failure ticks/ep, OOM kills/ep**: ticks with a failed unmovable allocation "
-        "and OOM kills per episode.",
+        "and OOM kills per episode; **of them unwarned**: the failure ticks of decisions "
+        "made while free memory stood at or above the high watermark, where every "
+        "pressure signal reads calm and holding tables costs nothing: only tables freed "
+        "before any pressure (or knowledge of the future) avoids those.",
         "- **cost terms** (weights " + ", ".join(
             f"{k} {weights.get(k)}" for k in COST_TERMS) + "): " + "; ".join(
             f"`{k}`: {TERM_TEXT[k]}" for k in COST_TERMS) + ".",

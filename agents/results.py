@@ -19,6 +19,12 @@ class EpisodeResult:
     ``cost_terms`` are the raw per-episode sums of ``info["cost_terms"]``
     (MiB held, failure ticks, ms, events); ``weighted_terms`` the same times
     their reward weights, which add up to :attr:`cost`.
+
+    ``unwarned_failure_ticks`` counts the failure ticks of the decisions that began
+    with the normal zone's free memory at or above its high watermark: there the
+    pressure signals read calm and holding a table is priced at nothing, so no policy
+    that reacts to pressure could have freed tables for them in time (a burst came
+    within one decision).  None in results written before it was recorded.
     """
 
     policy: str
@@ -32,6 +38,7 @@ class EpisodeResult:
     oom_kills: int
     peak_pt_bytes: int
     weighted_terms: dict[str, float] = field(default_factory=dict)
+    unwarned_failure_ticks: int | None = None
 
     @property
     def cost(self) -> float:
@@ -80,3 +87,5 @@ class PolicySummary:
     weighted_terms: dict[str, float] = field(default_factory=dict)
     failure_ticks: float = 0.0
     oom_kills: float = 0.0
+    #: Mean of :attr:`EpisodeResult.unwarned_failure_ticks`; None when a result lacks it.
+    unwarned_failure_ticks: float | None = None

@@ -120,7 +120,7 @@ def run_episode(policy: Any, scenario: ScenarioConfig, seed: int, env_config: En
     obs, info = env.reset(seed=seed)
     terms = dict.fromkeys(COST_TERMS, 0.0)
     reward = 0.0
-    steps = failures = kills = 0
+    steps = failures = kills = unwarned = 0
     peak = info["pt_bytes"]
     tick = info["tick"]
     state = None
@@ -134,12 +134,15 @@ def run_episode(policy: Any, scenario: ScenarioConfig, seed: int, env_config: En
         action, state = policy.predict(obs, state=state, episode_start=start, deterministic=True)
         action = fit_action(action, env)
         start = np.zeros((1,), dtype=bool)
+        # Calm when the decision was made: free memory at or above the high watermark.
+        calm = info["normal_free_pages"] >= info["watermarks"][2]
         obs, r, terminated, truncated, info = env.step(action)
         reward += r
         steps += 1
         for k, v in info["cost_terms"].items():
             terms[k] += v
         failures += info["failures"]
+        unwarned += info["failures"] if calm else 0
         kills += len(info["oom_kills"])
         peak = max(peak, info["pt_bytes"])
         if timeline is not None:
@@ -152,7 +155,7 @@ def run_episode(policy: Any, scenario: ScenarioConfig, seed: int, env_config: En
     w = env_config.reward
     weighted = {k: getattr(w, k) * v for k, v in terms.items()}
     return EpisodeResult(name, scenario.name, episode, seed, float(reward), terms, steps,
-                         failures, kills, int(peak), weighted)
+                         failures, kills, int(peak), weighted, unwarned)
 
 
 

@@ -142,8 +142,16 @@ def summarize(results: Sequence[EpisodeResult], baseline: str = "none",
                                 for k in COST_TERMS}
         s.failure_ticks = float(np.mean([r.failure_ticks for r in rows]))
         s.oom_kills = float(np.mean([r.oom_kills for r in rows]))
+        s.unwarned_failure_ticks = mean_unwarned(rows)
         out.append(s)
     return out
+
+
+def mean_unwarned(results: Sequence[EpisodeResult]) -> float | None:
+    """Mean ``unwarned_failure_ticks`` per episode, or None when a result lacks it."""
+    counts = [r.unwarned_failure_ticks for r in results]
+    known = [c for c in counts if c is not None]
+    return float(np.mean(known)) if known and len(known) == len(counts) else None
 
 
 def summarize_by_scenario(results: Sequence[EpisodeResult], baseline: str = "none",

@@ -4,6 +4,8 @@ trained-model loading, and one clear line with exit status 2 for each bad input.
 from __future__ import annotations
 
 import csv
+import dataclasses
+import itertools
 import json
 import subprocess
 import sys
@@ -27,6 +29,7 @@ from ptreclaim.agents.loading import (
 )
 from ptreclaim.agents.oracle import OracleBound
 from ptreclaim.agents.results import EpisodeResult
+from ptreclaim.agents.rollout import run_episode
 from ptreclaim.agents.rollout import run_policies as evaluate
 from ptreclaim.agents.stats import (
     iqm,
@@ -464,3 +467,31 @@ def test_suite_by_name_or_path(tmp_path: Path, suite: Path) -> None:
     assert [s.name for s in resolve_suite(str(suite))[0]] == ["tiny_a", "tiny_b"]
     with pytest.raises(ConfigError, match="did you mean 'test'"):
         resolve_suite("tset")
+
+
+def test_unwarned_failures_are_those_of_decisions_taken_above_the_high_watermark() -> None:
+    """An episode counts apart the failure ticks of decisions taken while free memory
+    stood at or above the high watermark; the timeline (the same episode's per-step
+    signals) gives the same count, and the summary and the report carry its mean."""
+    from ptreclaim.agents.report import summary_columns, summary_row
+    from ptreclaim.configs import CONFIG_DIR
+
+    scenario = load_scenario(CONFIG_DIR / "scenarios" / "kdump_database.yaml")
+    config = EnvConfig(max_steps=40)
+    timeline: list[dict[str, Any]] = []
+    r = run_episode(make_heuristic("none"), scenario, 0, config, "none", timeline=timeline)
+    expected = sum(now["failures"] for before, now in itertools.pairwise(timeline)
+                   if before["normal_free_pages"] >= before["wmark_high"])
+    # This episode has failures of both kinds: a burst out of calm, and failures under
+    # pressure (the test would not tell the two apart otherwise).
+    assert 0 < r.unwarned_failure_ticks == expected < r.failure_ticks
+    twice = [r, dataclasses.replace(r, episode=1, unwarned_failure_ticks=0)]
+    (s,) = summarize(twice, n_boot=50)
+    assert s.unwarned_failure_ticks == pytest.approx(expected / 2)
+    row = dict(zip(summary_columns("none"), summary_row(s), strict=True))
+    assert row["of them unwarned"] == f"{expected / 2:.1f}"
+    # Results recorded before the count existed say so ("-"), not zero.
+    (old,) = summarize([dataclasses.replace(r, unwarned_failure_ticks=None)], n_boot=50)
+    assert old.unwarned_failure_ticks is None
+    assert dict(zip(summary_columns("none"), summary_row(old), strict=True))[
+        "of them unwarned"] == "-"

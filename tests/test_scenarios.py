@@ -547,3 +547,35 @@ def test_data_preservation_was_exercised() -> None:
         pytest.skip("run together with test_data_preservation")
     assert _TOTALS["refault_tables"] > 0
     assert _TOTALS["refault_entries"] > 0
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_atomic_write_gives_a_plain_open_s_mode_and_leaves_the_umask(
+        tmp_path: Path, umask: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new file gets 0666 less the umask, as open() gives it; a replaced file keeps its
+    mode, even bits the umask would take; the process umask is never changed, not even
+    for a moment (a thread creating a file meanwhile would get the wrong mode)."""
+    import os
+
+    from ptreclaim.envs.sim.fileio import write_text_atomic
+
+    old = os.umask(umask)
+    real_umask = os.umask
+
+    def no_umask(mask: int) -> int:
+        raise AssertionError(f"os.umask({mask:#o}) called while writing")
+
+    monkeypatch.setattr(os, "umask", no_umask)
+    try:
+        new = tmp_path / "new.txt"
+        write_text_atomic(new, "a")
+        assert new.stat().st_mode & 0o7777 == 0o666 & ~umask
+        kept = tmp_path / "kept.txt"
+        kept.write_text("old")
+        kept.chmod(0o664)
+        write_text_atomic(kept, b"b")
+        assert kept.stat().st_mode & 0o7777 == 0o664 and kept.read_bytes() == b"b"
+    finally:
+        monkeypatch.undo()
+        assert real_umask(old) == umask  # what the writes left in place
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.txt", "new.txt"]

@@ -288,7 +288,12 @@ def test_multi_seed_parallel_aggregate_report(runs: dict[str, Any]) -> None:
     # share of each baseline's gap to the oracle name them all.
     header = next(line for line in report.splitlines() if line.startswith("| seed |"))
     assert [c.strip() for c in header.strip("|").split("|")][4:] == [
-        "vs none", "vs soft_hard", "vs mine"]
+        "failure ticks/ep (unwarned)", "vs none", "vs soft_hard", "vs mine"]
+    # Failure ticks per episode, and in brackets those no pressure signal warned of, for
+    # the learned rows and the baselines' alike.
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in report.splitlines()
+             if line.startswith(("| 0 | ppo |", "| - | none |"))]
+    assert len(cells) >= 2 and all(re.fullmatch(r"\d+\.\d \(\d+\.\d\)", c[4]) for c in cells)
     assert "against each of none, soft_hard, mine) on" in report
     gap = next(line for line in report.splitlines() if "gap to the oracle" in line)
     # (A baseline that costs what the oracle costs has no gap: the tiny scenario's `none`
@@ -299,6 +304,9 @@ def test_multi_seed_parallel_aggregate_report(runs: dict[str, Any]) -> None:
     screen = [line for line in after.splitlines() if line.startswith("│ mine ")]
     assert len(screen) == 1 and len(re.findall(r"[-+]\d+\.\d\d (win|tie|loss)",
                                                 screen[0])) == 3, out
+    # and the final model's failure ticks, unwarned in brackets, per seed and pooled
+    fails = [line for line in after.splitlines() if line.startswith("│ failure ticks")]
+    assert len(fails) == 1 and len(re.findall(r"\d+\.\d \(\d+\.\d\)", fails[0])) == 3, out
     # The unseen suite (eval.unseen_suite): every seed's final model and every baseline,
     # judged as the held-out suite is, once the seeds are done.
     unseen = json.loads((multi[0] / "unseen_results.json").read_text())

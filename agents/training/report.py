@@ -20,6 +20,7 @@ from ..results import EpisodeResult, PolicySummary
 from ..runs import RunFolder
 from ..stats import (
     gain_share,
+    mean_unwarned,
     paired_difference_ci,
     pooled_difference,
     stratified_bootstrap,
@@ -283,12 +284,14 @@ def _suite_block(name: str, suite: str, per_seed: Mapping[int, list[EpisodeResul
     rivals = exp.eval.baseline_labels
     names = exp.eval.rival_labels
     nb = exp.eval.n_boot
-    header = ["seed", "policy", "mean cost [95% CI]", "score"] + [f"vs {h}" for h in rivals]
+    header = (["seed", "policy", "mean cost [95% CI]", "score", "failure ticks/ep (unwarned)"]
+              + [f"vs {h}" for h in rivals])
     rows: list[list[str]] = []
     verdicts: dict[str, list[bool]] = {p: [] for p in learned}
     # (column, policy) -> mean cost, and (column, policy, baseline) -> paired difference,
     # for the screen's summary; column: the seed, or "pooled".
     costs: dict[tuple[str, str], float] = {}
+    fails: dict[tuple[str, str], str] = {}
     diffs: dict[tuple[str, str, str], tuple[float, float, float]] = {}
     for seed, results in per_seed.items():
         sums = {s.policy: s for s in summarize(results, n_boot=nb)}
@@ -296,7 +299,9 @@ def _suite_block(name: str, suite: str, per_seed: Mapping[int, list[EpisodeResul
             if pol not in sums:
                 continue
             s = sums[pol]
-            row = [str(seed), pol, _ci(s.mean_cost, s.ci_low, s.ci_high), _fmt(s.normalized)]
+            fails[(str(seed), pol)] = _failures([r for r in results if r.policy == pol])
+            row = [str(seed), pol, _ci(s.mean_cost, s.ci_low, s.ci_high), _fmt(s.normalized),
+                   fails[(str(seed), pol)]]
             costs[(str(seed), pol)] = s.mean_cost
             ok = True
             for h in rivals:
@@ -311,7 +316,10 @@ def _suite_block(name: str, suite: str, per_seed: Mapping[int, list[EpisodeResul
     title = "" if suite == "held-out" else f" ({suite})"
     lines = [f"## Per seed{title}", "",
              "Paired differences: baseline cost - learned cost on the same episodes "
-             "(> 0: learned better), mean [95% CI].", "", md_table(header, rows), ""]
+             "(> 0: learned better), mean [95% CI]. Failure ticks: ticks with a failed "
+             "unmovable allocation per episode; in brackets, those of decisions taken while "
+             "free memory stood at or above the high watermark, which no pressure signal "
+             "warned of.", "", md_table(header, rows), ""]
     prow: list[list[str]] = []
     closed: dict[str, dict[str, float]] = {}
     for pol in learned:
@@ -326,7 +334,8 @@ def _suite_block(name: str, suite: str, per_seed: Mapping[int, list[EpisodeResul
         orac = base_sums.get("oracle")
         score = ((none.mean_cost - m) / (none.mean_cost - orac.mean_cost)
                  if none and orac and none.mean_cost != orac.mean_cost else None)
-        row = ["pooled", pol, _ci(m, lo, hi), _fmt(score)]
+        fails[("pooled", pol)] = _failures(pooled)
+        row = ["pooled", pol, _ci(m, lo, hi), _fmt(score), fails[("pooled", pol)]]
         costs[("pooled", pol)] = m
         for h in rivals:
             diffs[("pooled", pol, h)] = pooled_difference(list(per_seed.values()), pol, h, nb)
@@ -337,8 +346,9 @@ def _suite_block(name: str, suite: str, per_seed: Mapping[int, list[EpisodeResul
             closed[pol] = {h: g for h in rivals if h in base_sums
                            and (g := gain_share(base_sums[h].mean_cost, m, orac.mean_cost))
                            is not None}
-    brow = [["-", n, _ci(s.mean_cost, s.ci_low, s.ci_high), _fmt(s.normalized)]
-            + [""] * (len(header) - 4) for n, s in base_sums.items() if n in names]
+    brow = [["-", n, _ci(s.mean_cost, s.ci_low, s.ci_high), _fmt(s.normalized),
+             _failures([r for r in first if r.policy == n])]
+            + [""] * (len(header) - 5) for n, s in base_sums.items() if n in names]
     lines += [f"## Pooled over seeds{title}", "",
               "Every seed's episodes together (the baselines are the same for every seed).",
               "", md_table(header, prow + brow), ""]
@@ -367,12 +377,22 @@ def _suite_block(name: str, suite: str, per_seed: Mapping[int, list[EpisodeResul
         for col in cols:
             t.add_column(col if col == "pooled" else f"seed {col}", justify="right")
         t.add_row(f"{algo} mean cost", *[_fmt(costs[(c, algo)]) for c in cols])
+        t.add_row("failure ticks/ep (unwarned)", *[fails[(c, algo)] for c in cols])
         for h in rivals:
             t.add_row(h, *[_verdict_cell(diffs[(c, algo, h)]) for c in cols])
         console.print(t)
         for v in verdict_lines:
             console.print(v.replace("`", ""), markup=False, highlight=False)
     return lines
+
+
+def _failures(results: Sequence[EpisodeResult]) -> str:
+    """Failure ticks per episode, and in brackets those of decisions taken while free
+    memory stood at or above the high watermark (``unwarned_failure_ticks``; "-" for
+    results recorded before it was)."""
+    total = float(np.mean([r.failure_ticks for r in results]))
+    unwarned = mean_unwarned(results)
+    return f"{total:.1f} ({'-' if unwarned is None else f'{unwarned:.1f}'})"
 
 
 def _verdict_cell(diff: tuple[float, float, float]) -> str:

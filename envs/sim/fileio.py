@@ -8,23 +8,28 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str | bytes) -> None:
     """Write ``text`` to ``path`` atomically: a temporary file in the same
-    folder, flushed and fsynced, then ``os.replace``."""
+    folder, flushed and fsynced, then ``os.replace``.
+
+    The file gets the mode a plain ``open()`` would give it: the mode of the file it
+    replaces, or 0666 less the umask.  The temporary file is created with that mode and
+    the kernel applies the umask, so the process umask is never read by changing it
+    (which would race with other threads creating files)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     try:
-        # mkstemp creates the file 0600; give it the mode a plain open() would.
-        try:
-            mode = os.stat(p).st_mode & 0o7777
-        except FileNotFoundError:
-            mode = 0o666 & ~_umask()
-        os.chmod(tmp, mode)
+        keep: int | None = os.stat(p).st_mode & 0o7777
+    except FileNotFoundError:
+        keep = None
+    fd, tmp = _create_temp(p, 0o666 if keep is None else keep)
+    try:
+        if keep is not None:
+            os.fchmod(fd, keep)  # the umask may have taken bits the old file had
         with os.fdopen(fd, "wb") as f:
             f.write(text.encode("utf-8") if isinstance(text, str) else text)
             f.flush()
@@ -36,7 +41,14 @@ def write_text_atomic(path: str | os.PathLike[str], text: str | bytes) -> None:
         raise
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+def _create_temp(p: Path, mode: int) -> tuple[int, str]:
+    """A new file beside ``p`` (``.<name>.<random>.tmp``), open for writing, created with
+    ``mode`` less the umask; its descriptor and path."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    for _ in range(100):
+        tmp = str(p.parent / f".{p.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, flags, mode), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{p.parent}: no free temporary file name for {p.name}")
