@@ -204,6 +204,9 @@ def load_policy(arg: str, *, best: bool = False, trust_model: bool = False) -> L
         raise ConfigError(f"{spec.label}: trained with env.candidate_counts (exact per-class "
                           "table counts), which a live host cannot provide cheaply; use a "
                           "policy trained without them")
+    if env.burst_memory:
+        raise ConfigError(f"{spec.label}: trained with env.burst_memory (an ablation the "
+                          "live advisor does not sample); use a policy trained without it")
     policy = build_policy(spec, env, ScenarioConfig())
     return LivePolicy(spec, policy, tuple(env.budgets), tuple(env.idle_levels))
 

@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 
 from ..envs.configio import write_text_atomic
-from ..envs.features import CANDIDATE_NAMES, OBS_NAMES, TOP_K
-from ..envs.pagetable_env import EnvConfig
+from ..envs.features import TOP_K
+from ..envs.pagetable_env import EnvConfig, obs_names
 from ..envs.sim.reclaim import DEPTHS
 from ..envs.sim.simulator import ScenarioConfig
 from .heuristics import ACTION_COMPONENTS
@@ -94,7 +94,7 @@ def explain(spec: PolicySpec, scenarios: Sequence[ScenarioConfig], env_config: E
     labels = value_labels(env_config)
     components = [c for c in ACTION_COMPONENTS
                   if c != "hard" or env_config.hard_limit_action]
-    names = list(OBS_NAMES) + (list(CANDIDATE_NAMES) if env_config.candidate_counts else [])
+    names = obs_names(env_config)
     shares: dict[str, dict[str, list[float]]] = {}
     decisions: dict[str, int] = {}
     cost: dict[str, float] = {}

@@ -84,6 +84,13 @@ OBS_NAMES: tuple[str, ...] = (
 #: The privileged per-class table shares appended with ``candidate_counts``
 #: (ablations only: finding them costs a scan).
 CANDIDATE_NAMES: tuple[str, ...] = ("empty_share", "zero_share", "file_share")
+#: The burst memory appended with ``burst_memory`` (an ablation, not in the default env):
+#: the largest fall of free normal-zone memory from one observation to the next, as a
+#: share of the zone, remembered with PSI's longest decay (``BURST_DECAY_S``).
+BURST_NAMES: tuple[str, ...] = ("burst_drop",)
+#: The burst memory decays as ``exp(-t / 300 s)``: the period of PSI's ``avg300``, the
+#: longest memory ``/proc/pressure/memory`` keeps (kernel/sched/psi.c, ``EXP_300s``).
+BURST_DECAY_S = 300.0
 #: ``fail_share`` is the share of this many recent ticks with an allocation failure.
 FAIL_WINDOW_TICKS = 100
 #: A process is a reclaim target (``target = 1``) only with at least this much
@@ -145,6 +152,8 @@ class Signals:
     scan: tuple[Sequence[int], Sequence[int], Sequence[int]] | None = None
     #: Tables re-faulted per tick after reclaim freed them, by class (averaged).
     refault_by_class: Sequence[float] = (0.0, 0.0, 0.0)
+    #: ``burst_memory``'s value (:func:`burst_drop`); None: not observed.
+    burst: float | None = None
 
 
 def clip(x: float) -> float:
@@ -228,4 +237,19 @@ def observation(s: Signals) -> np.ndarray:
     obs += [_log_rate(10.0 * r) for r in s.refault_by_class]
     if s.candidates is not None:
         obs += list(s.candidates)
+    if s.burst is not None:
+        obs.append(clip(s.burst))
     return np.asarray(obs, dtype=np.float32)
+
+
+def burst_drop(memory: float, prev_free: float | None, free: float, zone: float, ticks: int,
+               tick_s: float) -> float:
+    """The burst memory after ``ticks`` ticks in which free normal-zone pages went from
+    ``prev_free`` to ``free``: the fall as a share of the zone, or the memory decayed
+    over those ticks (:data:`BURST_DECAY_S`), whichever is larger.  A burst that outruns
+    one decision leaves its size here for minutes, so a policy may hold fewer tables
+    while free memory is not more than such a burst above the watermarks.  With no
+    earlier observation (``prev_free`` None: the first one of an episode, after the
+    warm-up in which the tenants fill the zone from empty) there is no fall."""
+    fall = 0.0 if prev_free is None else max(prev_free - free, 0.0) / zone
+    return max(memory * math.exp(-(ticks * tick_s) / BURST_DECAY_S), fall)

@@ -12,7 +12,7 @@ import numpy as np
 from gymnasium import spaces
 
 from . import features
-from .features import CANDIDATE_NAMES, FAIL_WINDOW_TICKS, OBS_NAMES, Signals
+from .features import BURST_NAMES, CANDIDATE_NAMES, FAIL_WINDOW_TICKS, OBS_NAMES, Signals
 from .sim.config import ConfigError, check_range, check_ranges, quote, ranged
 from .sim.pagetable import PAGE, TableClass
 from .sim.process import Process
@@ -98,6 +98,8 @@ class EnvConfig:
     #: The action's last component: cap the target's page tables at their current size.
     hard_limit_action: bool = True
     candidate_counts: bool = False  # privileged per-class counts (ablations only)
+    #: Append the burst memory (``features.BURST_NAMES``; an ablation, not in env v1).
+    burst_memory: bool = False
     reward: RewardWeights = field(default_factory=RewardWeights)
     #: Simulator implementation: ``fast`` (the compiled core), ``exact`` (the Python
     #: reference), or ``auto`` (``fast`` when it has every workload family the scenario
@@ -123,6 +125,13 @@ class EnvConfig:
                 or self.idle_levels[-1] > 1000):
             raise ConfigError("env.idle_levels must be distinct, ascending, start with 0 "
                               "(no idle requirement) and stay <= 1000 scan rounds")
+
+
+def obs_names(config: EnvConfig) -> list[str]:
+    """The observation's components under ``config``, in order: :data:`OBS_NAMES`, then
+    the ablations' extras it turns on."""
+    return [*OBS_NAMES, *(CANDIDATE_NAMES if config.candidate_counts else ()),
+            *(BURST_NAMES if config.burst_memory else ())]
 
 
 class PageTableReclaimEnv(gym.Env[np.ndarray, np.ndarray]):
@@ -152,8 +161,8 @@ class PageTableReclaimEnv(gym.Env[np.ndarray, np.ndarray]):
       process that then grows past it is throttled; no-op for the global target).
 
     ## Observation space
-    ``Box(-1, 1, (39,), float32)`` (three more with ``candidate_counts``), every
-    signal a kernel can compute cheaply (:mod:`ptreclaim.envs.features`,
+    ``Box(-1, 1, (39,), float32)`` (three more with ``candidate_counts``, one more with
+    ``burst_memory``), every signal a kernel can compute cheaply (:mod:`ptreclaim.envs.features`,
     :data:`OBS_NAMES`): normal-zone free memory relative to its watermarks and to
     the zone, and the pressure price of holding tables; PSI some/full avg10/avg60;
     page-table bytes relative to the zone; for the top 3 page-table consumers their
@@ -164,6 +173,8 @@ class PageTableReclaimEnv(gym.Env[np.ndarray, np.ndarray]):
     shares idle >= 1 and >= 4 rounds); re-fault rates by the class the tables had.
     ``candidate_counts`` appends the exact per-class table counts (empty, zero, file)
     relative to all tables: finding them costs a scan, so they are off by default.
+    ``burst_memory`` appends ``burst_drop`` (:func:`~ptreclaim.envs.features.burst_drop`),
+    an ablation: the largest fall of free memory between decisions, decayed over 300 s.
 
     ## Rewards
     Minus the weighted sum of the cost terms in ``info["cost_terms"]``: ``pt_hold``
@@ -209,7 +220,7 @@ class PageTableReclaimEnv(gym.Env[np.ndarray, np.ndarray]):
         if self.config.hard_limit_action:
             nvec.append(2)
         self.action_space: spaces.MultiDiscrete = spaces.MultiDiscrete(nvec)
-        n_obs = len(OBS_NAMES) + (len(CANDIDATE_NAMES) if self.config.candidate_counts else 0)
+        n_obs = len(obs_names(self.config))
         self.observation_space = spaces.Box(-1.0, 1.0, (n_obs,), np.float32)
         self._obs_shape: tuple[int, ...] = (n_obs,)
         # A Simulation, or the compiled core's FastSimulation (same API).
@@ -223,6 +234,8 @@ class PageTableReclaimEnv(gym.Env[np.ndarray, np.ndarray]):
         self._ticks_since_pass = 0
         self._refaults_since_pass = 0
         self._fail_window: list[int] = []
+        self._burst = 0.0
+        self._prev_free: int | None = None
         self._journal: list[tuple[str, Any]] | None = None
 
     # -- pickling -------------------------------------------------------------
@@ -413,6 +426,8 @@ class PageTableReclaimEnv(gym.Env[np.ndarray, np.ndarray]):
         self._ticks_since_pass = 0
         self._refaults_since_pass = 0
         self._fail_window = []
+        self._burst = 0.0
+        self._prev_free = None
         self._core = None
         core = getattr(sim, "core", None)
         if core is not None:
@@ -428,7 +443,8 @@ class PageTableReclaimEnv(gym.Env[np.ndarray, np.ndarray]):
         return {"decision_ticks": c.decision_ticks, "max_steps": c.max_steps,
                 "budgets": list(c.budgets), "idle_levels": list(c.idle_levels),
                 "hard_limit_action": c.hard_limit_action,
-                "candidate_counts": c.candidate_counts, "weights": self._weights}
+                "candidate_counts": c.candidate_counts, "burst_memory": c.burst_memory,
+                "weights": self._weights}
 
     def observe(self, recs: list[TickRecord]) -> np.ndarray:
         """The observation after the ticks ``recs`` (public for drivers)."""
@@ -462,6 +478,12 @@ class PageTableReclaimEnv(gym.Env[np.ndarray, np.ndarray]):
             e, z, f = (sum(p.mm.class_count(cls) for p in sim.alive) / total
                        for cls in (TableClass.EMPTY, TableClass.ZERO, TableClass.FILE))
             candidates = (e, z, f)
+        burst = None
+        if self.config.burst_memory:
+            burst = self._burst = features.burst_drop(
+                self._burst, self._prev_free, m.normal_free, m.normal_pages, len(recs),
+                m.tick_s)
+            self._prev_free = m.normal_free
         last = self._last_pass
         return features.observation(Signals(
             zone_pages=m.normal_pages, free_pages=m.normal_free,
@@ -474,7 +496,7 @@ class PageTableReclaimEnv(gym.Env[np.ndarray, np.ndarray]):
             fail_share=sum(self._fail_window) / max(len(self._fail_window), 1),
             ticks_since_pass=self._ticks_since_pass, candidates=candidates,
             scan=None if last is None else (last.seen, last.idle1, last.idle4),
-            refault_by_class=sim.refault_class_rate))
+            refault_by_class=sim.refault_class_rate, burst=burst))
 
     def _info(self, recs: list[TickRecord], terms: dict[str, float],
               scenario: str) -> dict[str, Any]:

@@ -77,10 +77,20 @@ def test_oracle_identical(path: Path) -> None:
 
 @pytest.mark.parametrize("config", [{"hard_limit_action": True},
                                     {"candidate_counts": True},
+                                    {"burst_memory": True},
+                                    {"burst_memory": True, "candidate_counts": True},
                                     {"decision_ticks": 3, "max_steps": 50}])
 def test_env_options_identical(config: dict[str, Any]) -> None:
     path = CONFIG_DIR / "scenarios" / "balloon_host_hog.yaml"
     assert _episodes(path, 4, "random", **config) > 10
+
+
+@pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
+def test_burst_memory_identical(path: Path) -> None:
+    """The burst memory (an ablation) on both backends, every shipped scenario, under the
+    default soft/hard rule and random actions."""
+    assert _episodes(path, 0, "soft_hard", burst_memory=True) > 10
+    assert _episodes(path, 1, "random", burst_memory=True) > 10
 
 
 def test_backend_choice() -> None:

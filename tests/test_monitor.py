@@ -674,6 +674,28 @@ def test_learned_policy_from_a_run_folder(tmp_path: Path) -> None:
         advisor.load_policy(str(run))
 
 
+@pytest.mark.parametrize(("option", "needle"), [("candidate_counts", "exact per-class"),
+                                                 ("burst_memory", "an ablation")])
+def test_the_advisor_refuses_a_model_trained_on_signals_it_does_not_sample(
+        tmp_path: Path, option: str, needle: str) -> None:
+    import torch
+    from stable_baselines3 import PPO
+
+    from ptreclaim.envs.pagetable_env import EnvConfig, PageTableReclaimEnv
+    from ptreclaim.envs.sim.simulator import ScenarioConfig
+
+    torch.set_num_threads(1)
+    run = tmp_path / "runs" / "abl__ppo__0__20260101-000000"
+    run.mkdir(parents=True)
+    env = PageTableReclaimEnv([ScenarioConfig()], EnvConfig(**{option: True}))
+    PPO("MlpPolicy", env, n_steps=8, batch_size=8, seed=0, device="cpu").save(
+        run / "model.zip")
+    (run / "config.yaml").write_text(f"env:\n  {option}: true\n")
+    sign_artifacts(run, [run / "model.zip"])
+    with pytest.raises(ConfigError, match=rf"trained with env\.{option} \({needle}"):
+        advisor.load_policy(str(run))
+
+
 def _obs_for(procs: list[hostsample.ProcSample], zone_pages: int) -> np.ndarray:
     host = hostsample.HostSample(hostsample.UnmovableZone(zone_pages, zone_pages // 2, 100, 125,
                                                           150, ("t",), "test"), None, 4096, None)

@@ -569,7 +569,7 @@ cdef extern from "sim.hpp" namespace "ptfast":
         i64 decision_ticks, max_steps
         vector[i64] budgets
         vector[i64] idle_levels
-        cbool hard_limit_action, candidate_counts
+        cbool hard_limit_action, candidate_counts, burst_memory
         double w[5]
 
     cdef cppclass EnvCore:
@@ -969,6 +969,7 @@ cdef class EnvStep:
         self.core.cfg.idle_levels = cfg["idle_levels"]
         self.core.cfg.hard_limit_action = cfg["hard_limit_action"]
         self.core.cfg.candidate_counts = cfg["candidate_counts"]
+        self.core.cfg.burst_memory = cfg["burst_memory"]
         for k, w in enumerate(cfg["weights"]):
             self.core.cfg.w[k] = w
         self.terms = np.zeros(5, dtype=np.float64)

@@ -597,6 +597,8 @@ void EnvCore::attach(Simulation* s) {
   ticks_since_pass = 0;
   refaults_since_pass = 0;
   fail_window.clear();
+  burst = 0.0;
+  burst_primed = false;
   rec_lo = rec_hi = (i64)s->history.size();
 }
 
@@ -771,6 +773,13 @@ void EnvCore::observe(float* obs) {
         if (p->alive) c += p->mm->cls_count[cls];
       obs[k++] = (float)((double)c / total);
     }
+  }
+  if (cfg.burst_memory) {  // features.burst_drop
+    double fall = burst_primed ? std::max((double)(prev_free - m.normal_free), 0.0) / zone : 0.0;
+    burst_primed = true;
+    burst = std::max(burst * std::exp(-((double)(rec_hi - rec_lo) * m.tick_s()) / 300.0), fall);
+    prev_free = m.normal_free;
+    obs[k++] = (float)clip(burst);
   }
 }
 

@@ -325,6 +325,7 @@ struct EnvConfig {
   std::vector<i64> idle_levels;
   bool hard_limit_action = true;
   bool candidate_counts = false;
+  bool burst_memory = false;  // features.BURST_NAMES (an ablation)
   double w[5] = {0, 0, 0, 0, 0};  // pt_hold, alloc_failures, reclaim_cpu, app_stall, harm
 };
 
@@ -341,6 +342,9 @@ class EnvCore {
   PassResult last;
   i64 ticks_since_pass = 0, refaults_since_pass = 0;
   std::deque<int> fail_window;
+  double burst = 0.0;       // features.burst_drop's memory
+  bool burst_primed = false;  // an observation since attach (prev_free holds its free)
+  i64 prev_free = 0;          // free normal-zone pages at the last observation
   i64 rec_lo = 0, rec_hi = 0;  // history indices of the ticks of the last step
   // Aggregates of the last step's ticks for the env's info dict.
   i64 info_failures = 0, info_freed = 0, info_reclaimable_last = 0;
@@ -357,7 +361,7 @@ class EnvCore {
   void top_consumers(std::vector<Process*>& top) const;
   Process* target(i64 choice) const;
   bool apply_action(const i64* a, i64 n);
-  int n_obs() const { return N_OBS + (cfg.candidate_counts ? 3 : 0); }
+  int n_obs() const { return N_OBS + (cfg.candidate_counts ? 3 : 0) + (cfg.burst_memory ? 1 : 0); }
 
  private:
   mutable std::vector<Process*> top_scratch_;  // top_consumers' list (Borrowed)
