@@ -436,14 +436,17 @@ def fit_tree(data: Dataset, depth: int, seed: int = 0) -> tuple[TreeRule, float]
     """A depth-limited decision tree (scikit-learn's CART) over the named
     observation features, predicting the teacher's canonical action, as a
     :class:`TreeRule` (thresholds rounded to 4 significant digits; subtrees
-    whose leaves agree are merged), and its agreement on ``data``."""
+    whose leaves agree are merged), and its agreement on ``data``.  Only the
+    features of :data:`OBS_NAMES` may split: a teacher trained with an ablation's
+    extra observations (``candidate_counts``, ``burst_memory``) is distilled into a
+    rule that reads what every host gives."""
     from sklearn.tree import DecisionTreeClassifier
 
     if not len(data):
         raise ConfigError("no states to fit the tree to")
     y = _encode(data.actions)
     clf = DecisionTreeClassifier(max_depth=depth, random_state=seed)
-    clf.fit(data.obs.astype(np.float32), y)
+    clf.fit(data.obs[:, :len(OBS_NAMES)].astype(np.float32), y)
     t = clf.tree_
 
     def node(i: int) -> dict[str, Any]:

@@ -238,9 +238,9 @@ def markdown_report(overall: Sequence[PolicySummary],
         "that excludes 0.5 is a consistent difference.",
         "- **failure ticks/ep, OOM kills/ep**: ticks with a failed unmovable allocation "
         "and OOM kills per episode; **of them unwarned**: the failure ticks of decisions "
-        "made while free memory stood at or above the high watermark, where every "
-        "pressure signal reads calm and holding tables costs nothing: only tables freed "
-        "before any pressure (or knowledge of the future) avoids those.",
+        "made while free memory stood at or above the high watermark, where the hold "
+        "price is 0 and holding tables costs nothing: a burst outran one decision, and "
+        "only tables freed before any pressure (or knowledge of the future) avoid those.",
         "- **cost terms** (weights " + ", ".join(
             f"{k} {weights.get(k)}" for k in COST_TERMS) + "): " + "; ".join(
             f"`{k}`: {TERM_TEXT[k]}" for k in COST_TERMS) + ".",

@@ -21,10 +21,10 @@ class EpisodeResult:
     their reward weights, which add up to :attr:`cost`.
 
     ``unwarned_failure_ticks`` counts the failure ticks of the decisions that began
-    with the normal zone's free memory at or above its high watermark: there the
-    pressure signals read calm and holding a table is priced at nothing, so no policy
-    that reacts to pressure could have freed tables for them in time (a burst came
-    within one decision).  None in results written before it was recorded.
+    with the normal zone's free memory at or above its high watermark: there holding a
+    table is priced at nothing (the hold price is 0), so a policy that waits for free
+    memory to fall could not have freed tables for them in time (a burst came within
+    one decision).  None in results written before it was recorded.
     """
 
     policy: str

@@ -42,6 +42,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
+from ..envs.features import hold_price
 from ..envs.pagetable_env import COST_TERMS, EnvConfig, PageTableReclaimEnv
 from ..envs.sim.simulator import ScenarioConfig, Simulation
 from . import interrupts
@@ -134,8 +135,10 @@ def run_episode(policy: Any, scenario: ScenarioConfig, seed: int, env_config: En
         action, state = policy.predict(obs, state=state, episode_start=start, deterministic=True)
         action = fit_action(action, env)
         start = np.zeros((1,), dtype=bool)
-        # Calm when the decision was made: free memory at or above the high watermark.
-        calm = info["normal_free_pages"] >= info["watermarks"][2]
+        # Calm when the decision was made: free memory at or above the high watermark,
+        # where holding a table costs nothing (the hold price is 0).
+        wmin, _, whigh = info["watermarks"]
+        calm = hold_price(info["normal_free_pages"], wmin, whigh) == 0.0
         obs, r, terminated, truncated, info = env.step(action)
         reward += r
         steps += 1

@@ -280,6 +280,19 @@ def test_fit_tree_recovers_a_one_split_teacher() -> None:
     assert list(action) == [4, 2, 0, 0, 0] and "pt_frac" in why and ">" in why
 
 
+def test_fit_tree_splits_only_on_what_every_host_observes() -> None:
+    """A teacher trained with an ablation's extra observations (here the burst memory,
+    appended after OBS_NAMES) is distilled into a rule over OBS_NAMES alone: the extra
+    column is never a split, even when it alone decides the teacher's action."""
+    rng = np.random.default_rng(3)
+    obs = rng.uniform(0, 0.1, (400, len(OBS_NAMES) + 1)).astype(np.float32)
+    acts = np.where((obs[:, -1] > 0.05)[:, None], [4, 2, 0, 0, 0], [1, 0, 2, 0, 0])
+    rule, agree = fit_tree(Dataset(obs, acts), depth=3)
+    names = rule.render()
+    assert "burst_drop" not in names and agree < 1.0
+    assert rule.decide(obs[0][: len(OBS_NAMES)])[0].shape == (5,)
+
+
 @pytest.mark.parametrize(("tree", "want"), [
     ({"feature": "pt_fraction", "above": 0.1, "then": {"action": [1, 0, 0, 0, 0]},
       "else": {"action": [0, 0, 0, 0, 0]}}, "did you mean 'pt_frac'"),

@@ -25,6 +25,9 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import os
+import shutil
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -579,3 +582,74 @@ def test_atomic_write_gives_a_plain_open_s_mode_and_leaves_the_umask(
         monkeypatch.undo()
         assert real_umask(old) == umask  # what the writes left in place
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.txt", "new.txt"]
+
+
+def test_atomic_write_replaces_a_symlink_and_cleans_up_after_a_failure(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A symlink where the file goes is replaced, not written through (a crafted folder
+    cannot aim a write elsewhere); a write that fails leaves neither a temporary file
+    nor an open descriptor, and the old file as it was; a replaced file keeps its
+    set-group-ID bit (for a non-root writer, whose write clears it, below)."""
+    import os
+
+    from ptreclaim.envs.sim import fileio
+
+    elsewhere = tmp_path / "elsewhere.txt"
+    elsewhere.write_text("keep")
+    link = tmp_path / "report.md"
+    link.symlink_to(elsewhere)
+    fileio.write_text_atomic(link, "new")
+    assert not link.is_symlink() and link.read_text() == "new"
+    assert elsewhere.read_text() == "keep"
+
+    sgid = tmp_path / "sgid.txt"
+    sgid.write_text("old")
+    sgid.chmod(0o2755)
+    fileio.write_text_atomic(sgid, "new")
+    assert sgid.stat().st_mode & 0o7777 == 0o2755
+
+    fds = len(os.listdir("/proc/self/fd"))
+
+    def broken_fsync(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fileio.os, "fsync", broken_fsync)
+    for _ in range(3):
+        with pytest.raises(OSError, match="No space"):
+            fileio.write_text_atomic(sgid, "lost")
+    monkeypatch.undo()
+    assert len(os.listdir("/proc/self/fd")) == fds
+    assert sgid.read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere.txt", "report.md",
+                                                          "sgid.txt"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
+                    reason="needs root to run a write as another user")
+def test_atomic_write_keeps_set_id_bits_for_a_non_root_writer() -> None:
+    """A non-root process's write clears a file's set-user/group-ID bits; the writer sets
+    the old mode after writing, so a replaced file keeps them."""
+    import tempfile
+
+    # Not under pytest's tmp_path: its folders are private to root.
+    folder = Path(tempfile.mkdtemp(prefix="ptreclaim-setid-"))
+    folder.chmod(0o777)
+    try:
+        _write_as_nobody(folder)
+    finally:
+        shutil.rmtree(folder)
+
+
+def _write_as_nobody(folder: Path) -> None:
+    target = folder / "tool.sh"
+    target.write_text("old")
+    nobody = 65534
+    os.chown(target, nobody, nobody)
+    target.chmod(0o6755)
+    code = ("from ptreclaim.envs.sim.fileio import write_text_atomic; "
+            f"write_text_atomic({str(target)!r}, 'new')")
+    subprocess.run(["setpriv", f"--reuid={nobody}", f"--regid={nobody}", "--clear-groups",
+                    sys.executable, "-c", code], check=True, timeout=60,
+                   cwd=Path(__file__).resolve().parents[1])
+    assert target.read_text() == "new"
+    assert target.stat().st_mode & 0o7777 == 0o6755

@@ -299,7 +299,7 @@ def _suite_block(name: str, suite: str, per_seed: Mapping[int, list[EpisodeResul
             if pol not in sums:
                 continue
             s = sums[pol]
-            fails[(str(seed), pol)] = _failures([r for r in results if r.policy == pol])
+            fails[(str(seed), pol)] = _failures(s.failure_ticks, s.unwarned_failure_ticks)
             row = [str(seed), pol, _ci(s.mean_cost, s.ci_low, s.ci_high), _fmt(s.normalized),
                    fails[(str(seed), pol)]]
             costs[(str(seed), pol)] = s.mean_cost
@@ -317,9 +317,9 @@ def _suite_block(name: str, suite: str, per_seed: Mapping[int, list[EpisodeResul
     lines = [f"## Per seed{title}", "",
              "Paired differences: baseline cost - learned cost on the same episodes "
              "(> 0: learned better), mean [95% CI]. Failure ticks: ticks with a failed "
-             "unmovable allocation per episode; in brackets, those of decisions taken while "
-             "free memory stood at or above the high watermark, which no pressure signal "
-             "warned of.", "", md_table(header, rows), ""]
+             "unmovable allocation per episode; in brackets the unwarned ones, those of "
+             "decisions taken while free memory stood at or above the high watermark, "
+             "where the hold price is 0.", "", md_table(header, rows), ""]
     prow: list[list[str]] = []
     closed: dict[str, dict[str, float]] = {}
     for pol in learned:
@@ -334,7 +334,8 @@ def _suite_block(name: str, suite: str, per_seed: Mapping[int, list[EpisodeResul
         orac = base_sums.get("oracle")
         score = ((none.mean_cost - m) / (none.mean_cost - orac.mean_cost)
                  if none and orac and none.mean_cost != orac.mean_cost else None)
-        fails[("pooled", pol)] = _failures(pooled)
+        fails[("pooled", pol)] = _failures(float(np.mean([r.failure_ticks for r in pooled])),
+                                           mean_unwarned(pooled))
         row = ["pooled", pol, _ci(m, lo, hi), _fmt(score), fails[("pooled", pol)]]
         costs[("pooled", pol)] = m
         for h in rivals:
@@ -347,7 +348,7 @@ def _suite_block(name: str, suite: str, per_seed: Mapping[int, list[EpisodeResul
                            and (g := gain_share(base_sums[h].mean_cost, m, orac.mean_cost))
                            is not None}
     brow = [["-", n, _ci(s.mean_cost, s.ci_low, s.ci_high), _fmt(s.normalized),
-             _failures([r for r in first if r.policy == n])]
+             _failures(s.failure_ticks, s.unwarned_failure_ticks)]
             + [""] * (len(header) - 5) for n, s in base_sums.items() if n in names]
     lines += [f"## Pooled over seeds{title}", "",
               "Every seed's episodes together (the baselines are the same for every seed).",
@@ -386,12 +387,10 @@ def _suite_block(name: str, suite: str, per_seed: Mapping[int, list[EpisodeResul
     return lines
 
 
-def _failures(results: Sequence[EpisodeResult]) -> str:
+def _failures(total: float, unwarned: float | None) -> str:
     """Failure ticks per episode, and in brackets those of decisions taken while free
     memory stood at or above the high watermark (``unwarned_failure_ticks``; "-" for
     results recorded before it was)."""
-    total = float(np.mean([r.failure_ticks for r in results]))
-    unwarned = mean_unwarned(results)
     return f"{total:.1f} ({'-' if unwarned is None else f'{unwarned:.1f}'})"
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import stat
 from pathlib import Path
 
 
@@ -19,21 +20,26 @@ def write_text_atomic(path: str | os.PathLike[str], text: str | bytes) -> None:
     The file gets the mode a plain ``open()`` would give it: the mode of the file it
     replaces, or 0666 less the umask.  The temporary file is created with that mode and
     the kernel applies the umask, so the process umask is never read by changing it
-    (which would race with other threads creating files)."""
+    (which would race with other threads creating files).  Unlike ``open()``, a symlink
+    at ``path`` is replaced, not written through: a crafted run folder cannot point a
+    report at a file elsewhere (the new file takes the mode a new file gets)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     try:
-        keep: int | None = os.stat(p).st_mode & 0o7777
+        st = os.lstat(p)
+        keep: int | None = None if stat.S_ISLNK(st.st_mode) else st.st_mode & 0o7777
     except FileNotFoundError:
         keep = None
     fd, tmp = _create_temp(p, 0o666 if keep is None else keep)
     try:
-        if keep is not None:
-            os.fchmod(fd, keep)  # the umask may have taken bits the old file had
         with os.fdopen(fd, "wb") as f:
             f.write(text.encode("utf-8") if isinstance(text, str) else text)
             f.flush()
             os.fsync(f.fileno())
+            if keep is not None:
+                # After the write, which clears set-user/group-ID bits for a non-root
+                # writer; the umask may also have taken bits the old file had.
+                os.fchmod(f.fileno(), keep)
         os.replace(tmp, p)
     except BaseException:
         with contextlib.suppress(OSError):
