@@ -198,11 +198,6 @@ class SlotMap {
     }
   }
 
-  // The first `limit` slots >= lo, ascending, appended to out; returns how many.
-  size_t slots_from(i64 lo, size_t limit, std::vector<i64>& out) const {
-    return walk_from(lo, limit, [&](i64 slot, Table*) { out.push_back(slot); });
-  }
-
   // f(slot, table) for the first `limit` tables at slots >= lo, ascending; returns how
   // many.  The walk reads each node's pointers as it visits the node, so a caller that
   // keeps the tables needs no lookup per slot afterwards (a table stays where it is until

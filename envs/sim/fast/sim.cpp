@@ -776,8 +776,9 @@ void EnvCore::observe(float* obs) {
   }
   if (cfg.burst_memory) {  // features.burst_drop
     double fall = burst_primed ? std::max((double)(prev_free - m.normal_free), 0.0) / zone : 0.0;
+    double decay = std::exp(-((double)(rec_hi - rec_lo) * m.tick_s()) / BURST_DECAY_S);
     burst_primed = true;
-    burst = std::max(burst * std::exp(-((double)(rec_hi - rec_lo) * m.tick_s()) / 300.0), fall);
+    burst = std::max(burst * decay, fall);
     prev_free = m.normal_free;
     obs[k++] = (float)clip(burst);
   }

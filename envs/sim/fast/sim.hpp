@@ -332,6 +332,7 @@ struct EnvConfig {
 constexpr int N_TERMS = 5;
 constexpr int TOP_K = 3;
 constexpr int N_OBS = 39;  // features.OBS_NAMES
+constexpr double BURST_DECAY_S = 300.0;  // features.BURST_DECAY_S
 
 class EnvCore {
  public:
