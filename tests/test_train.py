@@ -460,6 +460,8 @@ def _bad_cases(tiny: Path) -> dict[str, tuple[list[str], str]]:
                         "did you mean 'decision_ticks'"),
         "bad set type": (["--config", exp, "--set", "timesteps=many"], "expected an integer"),
         "bad set range": (["--config", exp, "--set", "env.decision_ticks=0"], "out of range"),
+        "bad set switch": (["--config", exp, "--set", "env.burst_memory=maybe"],
+                           "env.burst_memory: expected true or false, got 'maybe'"),
         "bad set form": (["--config", exp, "--set", "timesteps"], "expected key=value"),
         "bad hyperparameter": (["--config", exp, "--set", "hyperparams.ppo.n_step=5"],
                                "did you mean 'n_steps'"),
@@ -482,7 +484,8 @@ def bad_results(tiny: Path) -> dict[str, tuple[int, str, str]]:
 
 
 BAD_CASES = ("missing config", "malformed config", "unknown key", "unknown algo", "not a run",
-             "no such run", "bad set key", "bad set type", "bad set range", "bad set form",
+             "no such run", "bad set key", "bad set type", "bad set range", "bad set switch",
+             "bad set form",
              "bad hyperparameter", "bad schedule", "bad seeds", "bad suite", "unknown flag",
              "bad teacher")
 
