@@ -19,7 +19,10 @@ from typing import Any, Literal
 import numpy as np
 import pytest
 
-from ptreclaim.envs.configio import load_scenario
+from ptreclaim.agents.loading import build_policy, parse_policy
+from ptreclaim.agents.rollout import episode_seed, run_episode
+from ptreclaim.envs.configio import load_scenario, load_suite
+from ptreclaim.envs.pagetable_env import EnvConfig
 from ptreclaim.envs.sim.fast.check import _fast_proc_state, canonical_state, compare_simulations
 from ptreclaim.envs.sim.fast.simulation import FastSimulation
 from ptreclaim.envs.sim.machine import MachineConfig, TenantConfig
@@ -206,3 +209,48 @@ def test_shipped_scenarios(name: str, ticks: int) -> None:
     scenario = load_scenario(ROOT / "configs" / "scenarios" / f"{name}.yaml")
     for seed in (0, 1, 2):
         assert compare_simulations(scenario, seed, ticks, reclaim_every=7, state_every=25) == ""
+
+
+# -- page cache that reclaim unmapped (MachineConfig.keep_reclaimed_cache) ----------------
+
+@pytest.mark.parametrize("name", ["shared_file", "virtio_mem_corners", "all"])
+def test_kept_page_cache_is_identical(name: str) -> None:
+    """With ``keep_reclaimed_cache`` the pages that reclaim unmapped count in the machine's
+    accounting; both cores keep the same pages (every process's ``kept``, compared with
+    the rest of its state) and account them alike, on a machine tight enough to fail."""
+    machine = dataclasses.replace(TIGHT, keep_reclaimed_cache=True)
+    scenario = _scenario(name, *SCENARIOS[name], machine=machine)
+    ref, kept = Simulation(scenario, np.random.default_rng(5)), 0
+    for t in range(scenario.ticks):
+        if t % 2 == 0:
+            ref.reclaim(None, DEPTHS[2], 4096)
+        rec = ref.step()
+        pages = sum(p.mm.kept_pages for p in ref.alive)
+        assert rec.user_pages == sum(p.mm.rss_pages for p in ref.alive) + pages
+        kept = max(kept, pages)
+    assert kept > 1000  # the comparison below sees kept pages
+    for seed in (5, 6):
+        assert compare_simulations(scenario, seed, reclaim_every=2) == ""
+
+
+def test_kept_page_cache_changes_a_generated_scenario() -> None:
+    """The training scenario where the accounting matters most (docs/simulator.md): under
+    ``best_constant`` (every class, 4,096 tables, every decision) its user memory spills
+    into the normal zone once the page cache that reclaim unmapped counts; the episode is
+    the same on both backends either way."""
+    suite = load_suite(ROOT / "configs" / "suites" / "train.yaml")
+    idx = [s.name for s in suite].index("gen7_000")
+    assert suite[idx].machine.keep_reclaimed_cache  # the default
+    failures = []
+    for keep in (False, True):
+        sc = dataclasses.replace(suite[idx], machine=dataclasses.replace(
+            suite[idx].machine, keep_reclaimed_cache=keep))
+        results = []
+        for backend in ("exact", "fast"):
+            ec = EnvConfig(backend=backend)
+            policy = build_policy(parse_policy(str(ROOT / "configs" / "rules"
+                                                   / "best_constant.yaml")), ec, sc)
+            results.append(run_episode(policy, sc, episode_seed(1000, idx, 0), ec, "bc", idx, 0))
+        assert results[0] == results[1]
+        failures.append(results[0].failure_ticks)
+    assert failures[0] == 0 < failures[1]

@@ -52,6 +52,27 @@ def test_generated_scripts_identical(chunk: int) -> None:
     assert ops > 1000
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("chunk", range(2))
+def test_generated_scripts_identical_with_reclaim(chunk: int) -> None:
+    """200 generated scripts with a reclaimer freeing random tables between ops: the
+    page cache it unmaps (``kept``) moves, copies and leaves alike on both models through
+    every op the scripts make (munmap, DONTNEED, PAGEOUT, mremap, fork, punch, COW, THP),
+    and both models' invariants hold (a kept page is never mapped, always in a file VMA)."""
+    corpus = scriptgen.generate_corpus(9100 + chunk, 100, thp_share=0.2)
+    seen: dict[str, int] = {}
+    kept_scripts = 0
+    for k, (name, text) in enumerate(corpus):
+        script = parse_text(text, name)
+        one: dict[str, int] = {}
+        _, problem = replay_both(script, reclaim_seed=chunk * 1000 + k, seen=one)
+        assert problem == "", f"{name}: {problem}"
+        kept_scripts += one.get("kept", 0) > 0
+        for key, value in one.items():
+            seen[key] = seen.get(key, 0) + value
+    assert seen["reclaimed"] > 500 and kept_scripts > 20, (seen, kept_scripts)
+
+
 def test_canonical_state_sees_a_difference() -> None:
     """The comparison is not vacuous: one differing entry makes the states differ."""
     ref, fast = AddressSpace(), FastAddressSpace()
@@ -130,3 +151,83 @@ def test_file_thp_views_match() -> None:
                       sorted(f.huge)))
     assert views[0] == views[1]
     assert views[0][0] == [(base >> 21) + 1] and views[0][2] == [1]
+
+
+def test_reclaimed_page_cache_stays_counted_until_the_process_ends_its_mapping() -> None:
+    """``AddressSpace.kept`` (docs/simulator.md, "Page cache that reclaim unmaps"): the
+    page-cache pages a reclaimer unmapped stay counted until the process maps them again
+    or zaps or exits their range (a move carries them along); both models keep the same
+    pages."""
+    base, mib = 16 << 40, 1 << 20
+    allowed = frozenset({TableClass.EMPTY, TableClass.ZERO, TableClass.FILE})
+    models: list[tuple[Any, Any]] = [(AddressSpace(), BackingFile("file", 64 << 20)),
+                                     (FastAddressSpace(), FastBackingFile("file", 64 << 20))]
+    seen = []
+    for mm, f in models:
+        assert mm.mmap(base, 16 * mib, kind="file", shared=True, file=f) is None
+        assert mm.touch(base, 16 * mib, False, 64 << 10) is None  # 32 faults per table
+        mapped = mm.rss_pages
+        slots = [(base >> 21) + k for k in range(8)]
+        per_table = mapped // 8
+        assert mapped and mapped % 8 == 0 and mm.kept_pages == 0
+        steps = []
+        for slot in slots:
+            assert mm.reclaim_table(slot, allowed) > 0
+        # Unmapped, not evicted: every page is still there, now counted as kept.
+        assert mm.rss_pages == 0 and mm.kept_pages == mapped
+        steps.append(canonical_state(mm))
+        # Mapping the same pages again moves them back to RSS, one page each.
+        assert mm.touch(base, 4 * mib, False, 64 << 10) is None  # tables 0 and 1
+        assert mm.rss_pages == 2 * per_table and mm.kept_pages == mapped - 2 * per_table
+        steps.append(canonical_state(mm))
+        # DONTNEED of a table's 2 MiB or of part of one and munmap end their count.
+        assert mm.madvise(base + 4 * mib, 2 * mib, "DONTNEED") is None
+        assert mm.kept_pages == mapped - 3 * per_table
+        assert mm.madvise(base + 6 * mib, mib, "DONTNEED") is None
+        assert mm.kept_pages == mapped - 3 * per_table - per_table // 2
+        assert mm.munmap(base + 8 * mib, 2 * mib) is None
+        assert mm.kept_pages == mapped - 4 * per_table - per_table // 2
+        steps.append(canonical_state(mm))
+        assert mm.mremap(base + 10 * mib, 2 * mib, 2 * mib, base + 64 * mib) is None
+        assert mm.kept_pages == mapped - 4 * per_table - per_table // 2  # moved along
+        # A punch of the file drops the cache: its kept pages go too.
+        mm.punch(f, 12 * mib, 2 * mib)
+        assert mm.kept_pages == mapped - 5 * per_table - per_table // 2
+        assert mm.kept_pages == 2 * per_table + per_table // 2  # half of 3, 5 (moved), 7
+        mm.check_invariants()
+        steps.append(canonical_state(mm))
+        mm.exit()
+        assert mm.kept_pages == 0
+        seen.append(steps)
+    assert seen[0] == seen[1]
+
+
+def test_kept_page_cache_moves_and_forks_with_its_range() -> None:
+    """A move (mremap) carries kept pages to the new address and a fork copies those of a
+    VMA whose tables it copies (one with an anon_vma), as they would their entries; both
+    models alike."""
+    base, mib = 16 << 40, 1 << 20
+    allowed = frozenset({TableClass.EMPTY, TableClass.ZERO, TableClass.FILE})
+    states = []
+    for mm, f in ((AddressSpace(), BackingFile("file", 64 << 20)),
+                  (FastAddressSpace(), FastBackingFile("file", 64 << 20))):
+        # A private file mapping: reads map page cache; one write gives it an anon_vma.
+        assert mm.mmap(base, 8 * mib, kind="file", shared=False, file=f) is None
+        assert mm.touch(base, 6 * mib, False, 64 << 10) is None
+        assert mm.touch(base + 6 * mib, 4096, True) is None
+        assert mm.reclaim_table(base >> 21, allowed) > 0
+        assert mm.reclaim_table((base >> 21) + 1, allowed) > 0
+        kept = mm.kept_pages
+        assert kept == 64
+        assert mm.mremap(base, 8 * mib, 8 * mib, base + 64 * mib) is None
+        assert mm.kept_pages == kept  # moved, not dropped
+        mm.check_invariants()
+        child = mm.fork()
+        assert child.kept_pages == kept
+        child.check_invariants()
+        assert child.touch(base + 64 * mib, 4096, False) is None  # maps one kept page again
+        assert child.kept_pages == kept - 1 and mm.kept_pages == kept
+        states.append((canonical_state(mm), canonical_state(child)))
+        child.exit()
+        mm.exit()
+    assert states[0] == states[1]

@@ -24,6 +24,7 @@ and data preservation under the most aggressive reclaim.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -248,7 +249,8 @@ def _check_tick(sim: Simulation, rec: TickRecord) -> None:
     m = sim.machine
     alive = sim.alive
     assert rec.pt_pages == sum(p.mm.tables for p in alive)
-    assert rec.user_pages == sum(p.mm.rss_pages for p in alive)
+    kept = sum(p.mm.kept_pages for p in alive) if m.config.keep_reclaimed_cache else 0
+    assert rec.user_pages == sum(p.mm.rss_pages for p in alive) + kept
     spill = max(0, rec.user_pages - m.movable_pages)
     assert m.normal_pages - rec.normal_free_pages == rec.tenant_pages + rec.pt_pages + spill
     assert rec.movable_free_pages == max(0, m.movable_pages - rec.user_pages)
@@ -264,9 +266,13 @@ def _check_tick(sim: Simulation, rec: TickRecord) -> None:
             assert p.history[-1] == p.pt_bytes
 
 
-@pytest.mark.parametrize("aggressive", [False, True], ids=["none", "aggressive"])
-def test_conservation_every_tick(aggressive: bool) -> None:
-    sim = Simulation(_mix(TIGHT), np.random.default_rng(11))
+@pytest.mark.parametrize("aggressive,keep", [(False, False), (True, False), (True, True)],
+                         ids=["none", "aggressive", "aggressive-keep-cache"])
+def test_conservation_every_tick(aggressive: bool, keep: bool) -> None:
+    sc = _mix(TIGHT)
+    sc = dataclasses.replace(sc, machine=dataclasses.replace(sc.machine,
+                                                             keep_reclaimed_cache=keep))
+    sim = Simulation(sc, np.random.default_rng(11))
     freed = 0
     for _ in range(110):
         rec = sim.step()
@@ -285,6 +291,8 @@ def test_conservation_every_tick(aggressive: bool) -> None:
     if aggressive:
         assert freed > 0
         assert sum(r.reclaim_freed for r in hist) == freed - res.freed  # last pass: next tick
+        # The passes unmapped page cache: with keep_reclaimed_cache it stays counted.
+        assert any(p.mm.kept_pages for p in sim.alive)
     else:
         # The tight machine exercises failures and the OOM path.
         assert any(r.failure for r in hist)

@@ -113,6 +113,13 @@ class MachineConfig:
     hard_limit_action: Literal["throttle", "kill"] = "throttle"
     #: How long a process over its hard limit has its faults blocked.
     throttle_ticks: int = ranged(10, 1, 1_000_000)
+    #: Count the page cache that a reclaim pass unmapped as resident memory until the
+    #: process maps it again, zaps it or exits (a move or a fork carries it along): the
+    #: kernel keeps those pages cached, and a freed PTE table releases one table page,
+    #: not its pages.  False is the rule before
+    #: December 2026, which dropped them from the accounting with the table
+    #: (docs/simulator.md, "Page cache that reclaim unmaps").
+    keep_reclaimed_cache: bool = True
 
     def __post_init__(self) -> None:
         check_ranges(self, "machine.")

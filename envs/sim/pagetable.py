@@ -72,6 +72,10 @@ _ZAP = bytes([E_NONE] * E_GUARD) + bytes([E_GUARD, E_UFFD_WP]) + _IDENTITY[7:]  
 _ZAP_ALL = bytes(256)  # munmap drops markers too
 _DROP_FILE = bytes([E_NONE, E_ANON, E_ZERO, E_NONE]) + _IDENTITY[4:]  # page cache unmapped
 _DROP_GUARD = _IDENTITY[:E_GUARD] + bytes([E_NONE]) + _IDENTITY[E_GUARD + 1:]
+# One byte per entry, 1 where the entry is page cache / anything but none: read as a
+# little-endian int these are the page masks of ``AddressSpace.kept`` (bit 8k is page k).
+_IS_FILE = bytes(1 if k == E_FILE else 0 for k in range(256))
+_NOT_NONE = bytes([0]) + bytes([1]) * 255
 
 # VMA flags.  Protection bits share the word, as in vm_flags.
 VM_READ = 0x1
@@ -339,6 +343,13 @@ class AddressSpace:
         # Slots freed by an out-of-line reclaimer -> (zero/file entries it zapped, the
         # table's class then): a refault restores them and is counted by class.
         self.reclaimed: dict[int, tuple[int, TableClass]] = {}
+        # Page-cache pages that a reclaimer unmapped and that stay cached: slot -> the
+        # pages as a mask (bit 8k: page k), and their count.  A page leaves when this
+        # address space maps something at it again or zaps or exits its range, and a
+        # move or a fork carries it along: what would have happened to its entry had
+        # reclaim not taken it (docs/simulator.md, "Page cache that reclaim unmaps").
+        self.kept: dict[int, int] = {}
+        self.kept_pages = 0
         # Bumped whenever a PTE table appears or disappears (reclaim scan caches).
         self.table_version = 0
         # VMAs currently registered with userfaultfd (a fast path for reclaim).
@@ -440,6 +451,19 @@ class AddressSpace:
         assert sum(len(s) for s in self._class_sets) == len(self.pte)
         assert self.rss_pages == (sum(t.resident() for t in self.pte.values())
                                   + ENTRIES * len(self.file_thp))
+        assert self.kept_pages == sum(m.bit_count() for m in self.kept.values())
+        for slot, m in self.kept.items():
+            assert m and not m & ~_BYTE_ONES, hex(slot << PTE_SHIFT)
+            assert slot not in self.file_thp, "kept pages under a file THP PMD"
+            for addr in self._kept_in(slot << PTE_SHIFT, (slot + 1) << PTE_SHIFT):
+                kv = self.find_vma(addr)
+                assert kv is not None and kv.start <= addr and kv.file is not None, \
+                    f"a kept page outside a file mapping: {addr:#x}"
+            t = self.pte.get(slot)
+            if t is not None:
+                assert not t.huge, "kept pages under a THP"
+                present = int.from_bytes(t.entries.translate(_NOT_NONE), "little")
+                assert not m & present, "a kept page is also mapped"
         for slot in self.file_thp:
             base = slot << PTE_SHIFT
             mapping = self.find_vma(base)
@@ -510,6 +534,8 @@ class AddressSpace:
         return t
 
     def _reclass(self, slot: int, t: PteTable) -> None:
+        if self.kept and slot in self.kept:
+            self._kept_mapped(slot, t)
         new, rss = t.census()
         if new != t.cls:
             self._class_sets[t.cls].discard(slot)
@@ -518,6 +544,54 @@ class AddressSpace:
             self.class_version += 1
         self.rss_pages += rss - t.rss
         t.rss = rss
+
+    def _kept_mapped(self, slot: int, t: PteTable) -> None:
+        """The pages of ``kept[slot]`` that ``t`` maps again (or a THP covers) count
+        through RSS from now on."""
+        old = self.kept[slot]
+        mapped = -1 if t.huge else int.from_bytes(t.entries.translate(_NOT_NONE), "little")
+        self._kept_set(slot, old, old & ~mapped)
+
+    def _kept_set(self, slot: int, old: int, new: int) -> None:
+        if new == old:
+            return
+        self.kept_pages += new.bit_count() - old.bit_count()
+        if new:
+            self.kept[slot] = new
+        else:
+            del self.kept[slot]
+
+    def _kept_in(self, start: int, end: int) -> list[int]:
+        """The addresses of the kept pages in [start, end) (page-aligned), ascending: a
+        move or a fork carries them on, as it would have carried their entries had they
+        stayed mapped."""
+        if not self.kept or end <= start:
+            return []
+        pages = []
+        for slot in _indices_in(self.kept.keys(), start >> PTE_SHIFT, (end - 1) >> PTE_SHIFT):
+            m, base = self.kept[slot], slot << PTE_SHIFT
+            pages += [a for k in range(ENTRIES) if m >> (8 * k) & 1
+                      if start <= (a := base + k * PAGE) < end]
+        return pages
+
+    def _kept_add(self, pages: list[int]) -> None:
+        """Keep the pages at these addresses (unmapped here, still cached)."""
+        for addr in pages:
+            slot, k = addr >> PTE_SHIFT, (addr >> PAGE_SHIFT) & (ENTRIES - 1)
+            old = self.kept.get(slot, 0)
+            self._kept_set(slot, old, old | 1 << (8 * k))
+
+    def _kept_drop(self, start: int, end: int) -> None:
+        """This address space zaps or unmaps [start, end): the kept pages there go,
+        as they would have gone had they stayed mapped."""
+        if not self.kept or end <= start:
+            return
+        for slot in _indices_in(self.kept.keys(), start >> PTE_SHIFT, (end - 1) >> PTE_SHIFT):
+            base = slot << PTE_SHIFT
+            i = (max(start, base) - base) >> PAGE_SHIFT
+            j = (min(end, base + PTE_SPAN) - base + PAGE - 1) >> PAGE_SHIFT
+            old = self.kept[slot]
+            self._kept_set(slot, old, old & ~(_BYTE_ONES << (8 * i) & ((1 << (8 * j)) - 1)))
 
     def _free_pte(self, slot: int) -> None:
         self._free_pte_quiet(slot)
@@ -536,6 +610,8 @@ class AddressSpace:
         self._class_sets[t.cls].add(slot)
         self.rss_pages += t.rss
         self.table_version += 1
+        if self.kept and slot in self.kept:
+            self._kept_mapped(slot, t)
 
     def _pte_slots_in(self, start: int, end: int) -> Iterator[int]:
         """Existing PTE-table slots that intersect [start, end), ascending.
@@ -554,6 +630,8 @@ class AddressSpace:
 
     def _update_entries(self, start: int, end: int, table: bytes) -> None:
         """Translate the entries of every existing table in [start, end)."""
+        if table[E_FILE] != E_FILE:
+            self._kept_drop(start, end)
         slots = list(self._pte_slots_in(start, end))
         for slot in slots:
             t = self.pte[slot]
@@ -597,6 +675,7 @@ class AddressSpace:
     def _zap(self, start: int, end: int, reclaim: bool, drop_markers: bool = False) -> None:
         """Zap entries of [start, end) (inside one VMA); with ``reclaim``, free
         the PTE tables whose whole aligned 2 MiB the range covers (R6-R8)."""
+        self._kept_drop(start, end)
         self._unmap_file_thp(start, end)
         self._split_huge_partial(start, end)
         table = _ZAP_ALL if drop_markers else _ZAP
@@ -786,6 +865,8 @@ class AddressSpace:
         self._ensure_upper(slot << PTE_SHIFT)
         self.file_thp.add(slot)
         self.rss_pages += ENTRIES
+        if slot in self.kept:
+            self._kept_set(slot, self.kept[slot], 0)
 
     def _fault_range(self, v: Vma, start: int, end: int, stride: int, write: bool,
                      first: int) -> tuple[int, str | None]:
@@ -1546,6 +1627,17 @@ class AddressSpace:
         if length == 0:
             return
         old_end = old_addr + length
+        # Kept pages move with the range, as their entries would have (move_ptes).
+        kept = self._kept_in(old_addr, old_end)
+        self._kept_drop(old_addr, old_end)
+        moved_by = new_addr - old_addr
+        self._move_page_table_extents(old, new, old_addr, new_addr, old_end)
+        self._kept_add([a + moved_by for a in kept])
+
+    def _move_page_table_extents(self, old: Vma, new: Vma, old_addr: int, new_addr: int,
+                                 old_end: int) -> None:
+        """The extents of :meth:`_move_page_tables`."""
+        length = old_end - old_addr
         # try_realign_addr(PMD_MASK)
         align = old_addr & (PTE_SPAN - 1)
         if (align and length >= PTE_SPAN - align and align == new_addr & (PTE_SPAN - 1)
@@ -1614,6 +1706,8 @@ class AddressSpace:
         self.file_thp.discard(oslot)
         if extent == PTE_SPAN and nslot not in self.pte and nslot not in self.file_thp:
             self.file_thp.add(nslot)
+            if nslot in self.kept:
+                self._kept_set(nslot, self.kept[nslot], 0)
         else:
             self.rss_pages -= ENTRIES
 
@@ -1655,6 +1749,8 @@ class AddressSpace:
             for shift, tables, ctables in ((PUD_SHIFT, self.pud, child.pud),
                                            (PMD_SHIFT, self.pmd, child.pmd)):
                 ctables.update(_indices_in(tables, v.start >> shift, (v.end - 1) >> shift))
+            # Kept pages go to the child as their entries would have (copy_page_range).
+            child._kept_add(self._kept_in(v.start, v.end))
             for slot in self._pte_slots_in(v.start, v.end):
                 t = self.pte[slot]
                 ct = child.pte.get(slot)
@@ -1685,6 +1781,8 @@ class AddressSpace:
         for s in self._class_sets:
             s.clear()
         self.rss_pages = 0
+        self.kept.clear()
+        self.kept_pages = 0
         self.table_version += 1
 
     # ------------------------------------------------------------- reclaim
@@ -1704,6 +1802,12 @@ class AddressSpace:
             return -1
         zapped = ENTRIES if t.huge else ENTRIES - t.entries.count(E_NONE)
         cls = t.cls
+        if t.rss:
+            # The page cache stays: its pages count as this process's until it maps,
+            # zaps or moves them itself (a FILE table's RSS is its page-cache entries).
+            file_pages = int.from_bytes(t.entries.translate(_IS_FILE), "little")
+            old = self.kept.get(slot, 0)
+            self._kept_set(slot, old, old | file_pages)
         self._free_pte(slot)
         self.reclaimed[slot] = (zapped, cls)
         return zapped
@@ -1747,6 +1851,10 @@ class AddressSpace:
 
 def _vma_start(v: Vma) -> int:
     return v.start
+
+
+#: A page mask with every page set (bit 8k for k < 512).
+_BYTE_ONES = int.from_bytes(b"\x01" * ENTRIES, "little")
 
 
 def _indices_in(tables: AbstractSet[int], lo: int, hi: int) -> list[int]:

@@ -287,7 +287,7 @@ class Simulation:
             self.refault_class_rate[c] = (self.refault_class_rate[c] * RATE_DECAY
                                           + class_refaults[c] * (1.0 - RATE_DECAY))
         pt_pages = sum(p.mm.tables for p in alive)
-        user_pages = sum(p.mm.rss_pages for p in alive)
+        user_pages = self._user_pages(alive)
         deficit = m.account(pt_pages, user_pages)
         oom_victim: str | None = None
         harm = 0
@@ -302,7 +302,7 @@ class Simulation:
                 self.exit_process(victim, "OOM killer (largest RSS + page tables)")
                 alive = self.alive
                 pt_pages = sum(p.mm.tables for p in alive)
-                user_pages = sum(p.mm.rss_pages for p in alive)
+                user_pages = self._user_pages(alive)
                 m.account(pt_pages, user_pages)
         harm += self._enforce_hard_limits(t)
         tick_us = m.config.tick_ms * 1000.0
@@ -330,6 +330,14 @@ class Simulation:
         self.history.append(rec)
         self.tick_no += 1
         return rec
+
+    def _user_pages(self, alive: list[Process]) -> int:
+        """Resident user pages of the live processes: what they map (RSS), and with
+        ``machine.keep_reclaimed_cache`` the page cache that reclaim unmapped from them
+        and that stays cached (``AddressSpace.kept_pages``)."""
+        if self.machine.config.keep_reclaimed_cache:
+            return sum(p.mm.rss_pages + p.mm.kept_pages for p in alive)
+        return sum(p.mm.rss_pages for p in alive)
 
     def _enforce_hard_limits(self, t: int) -> int:
         """A process over its page-table hard limit has its table allocations

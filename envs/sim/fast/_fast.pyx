@@ -78,6 +78,8 @@ cdef extern from "pagetable.hpp" namespace "ptfast":
         i64 cls_count[4]
         i64 rss_pages
         SlotMap[i64] reclaimed
+        SlotMap[PageBits] kept
+        i64 kept_pages
         i64 table_version
         i64 uffd_vmas
         i64 class_version
@@ -278,6 +280,10 @@ cdef class FastAddressSpace:
         return self.mm().rss_pages
 
     @property
+    def kept_pages(self) -> int:
+        return self.mm().kept_pages
+
+    @property
     def table_version(self) -> int:
         return self.mm().table_version
 
@@ -366,12 +372,27 @@ cdef class FastAddressSpace:
             "class_counts": self.class_counts(),
             "rss_pages": m.rss_pages,
             "reclaimed": self._reclaimed(),
+            "kept": self._kept(),
+            "kept_pages": m.kept_pages,
             "table_version": m.table_version,
             "class_version": m.class_version,
             "uffd_vmas": m.uffd_vmas,
             "file_thp": _slot_set(m.file_thp),
             "files": files,
         }
+
+    cdef list _kept(self):
+        cdef vector[i64] slots
+        cdef AddressSpace* m = self.mm()
+        cdef PageBits* bits
+        cdef int k
+        cdef list out = []
+        m.kept.slots_in(-(1 << 62), 1 << 62, slots)
+        for s in slots:
+            bits = m.kept.find(s)
+            out.append((s, sum(1 << (8 * k) for k in range(512)
+                               if (bits.w[k >> 6] >> (k & 63)) & 1)))
+        return out
 
     cdef list _reclaimed(self):
         cdef vector[i64] slots
@@ -481,6 +502,7 @@ cdef extern from "sim.hpp" namespace "ptfast":
         double diurnal_amplitude, diurnal_phase
         cbool hard_limit_kill
         i64 throttle_ticks
+        cbool keep_reclaimed_cache
 
     cdef cppclass Psi:
         double some_avg10, some_avg60, full_avg10, full_avg60
@@ -730,6 +752,7 @@ cdef class SimCore:
         m.oom_window_ticks = machine["oom_window_ticks"]
         m.hard_limit_kill = machine["hard_limit_kill"]
         m.throttle_ticks = machine["throttle_ticks"]
+        m.keep_reclaimed_cache = machine["keep_reclaimed_cache"]
         s.machine.tenant_pages = machine["tenant_pages"]
         s.machine.normal_free = m.normal_pages
         s.machine.movable_free = m.movable_pages

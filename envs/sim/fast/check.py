@@ -11,12 +11,16 @@ the op's outcome after every op.
 from __future__ import annotations
 
 import dataclasses
+import random
 from typing import Any
 
 from ..opscript import Script
-from ..pagetable import AddressSpace
+from ..pagetable import AddressSpace, TableClass
 from ..replay import OpOutcome, ScriptMachine
 from ._fast import FastAddressSpace, FastBackingFile
+
+#: What a reclaimer may free: every class but pinned (reclaim.DEPTHS[2]).
+_FREEABLE = frozenset({TableClass.EMPTY, TableClass.ZERO, TableClass.FILE})
 
 
 def _canonical_ids(vmas: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
@@ -65,6 +69,8 @@ def canonical_state(mm: AddressSpace | FastAddressSpace) -> dict[str, Any]:
             "class_counts": mm.class_counts(),
             "rss_pages": mm.rss_pages,
             "reclaimed": sorted((s, z, int(c)) for s, (z, c) in mm.reclaimed.items()),
+            "kept": sorted(mm.kept.items()),
+            "kept_pages": mm.kept_pages,
             "table_version": mm.table_version,
             "class_version": mm.class_version,
             "uffd_vmas": mm.uffd_vmas,
@@ -89,10 +95,17 @@ def _diff(a: dict[str, Any], b: dict[str, Any]) -> str:
     return ""
 
 
-def replay_both(script: Script, *, pt_reclaim: bool = True) -> tuple[int, str]:
-    """Replay ``script`` on both models; (ops compared, "" or the first difference)."""
+def replay_both(script: Script, *, pt_reclaim: bool = True, reclaim_seed: int | None = None,
+                seen: dict[str, int] | None = None) -> tuple[int, str]:
+    """Replay ``script`` on both models; (ops compared, "" or the first difference).
+
+    With ``reclaim_seed``, after about a third of the ops an out-of-line reclaimer frees
+    the same seeded-random table (any class it may free) on both models, whose states are
+    compared again and checked for invariants; ``seen`` then counts the tables freed
+    (``reclaimed``) and the most page-cache pages kept at once (``kept``)."""
     ref = ScriptMachine(thp=script.thp, pt_reclaim=pt_reclaim)
     fast = FastScriptMachine(thp=script.thp, pt_reclaim=pt_reclaim)
+    rng = random.Random(reclaim_seed) if reclaim_seed is not None else None
     for n, op in enumerate(script.ops):
         want: OpOutcome = ref.apply(op)
         got: OpOutcome = fast.apply(op)
@@ -102,6 +115,17 @@ def replay_both(script: Script, *, pt_reclaim: bool = True) -> tuple[int, str]:
         if problem:
             return n, f"op {n + 1} ({op.name}): {problem}"
         fast.mm.check_invariants()
+        if rng is not None and rng.random() < 0.35 and ref.mm.pte:
+            slot = rng.choice(ref.mm.table_slots())
+            a, b = ref.mm.reclaim_table(slot, _FREEABLE), fast.mm.reclaim_table(slot, _FREEABLE)
+            problem = _diff(canonical_state(ref.mm), canonical_state(fast.mm))
+            if a != b or problem:
+                return n, f"reclaim of slot {slot:#x} after op {n + 1}: {a} / {b} {problem}"
+            ref.mm.check_invariants()
+            fast.mm.check_invariants()
+            if seen is not None:
+                seen["reclaimed"] = seen.get("reclaimed", 0) + (a >= 0)
+                seen["kept"] = max(seen.get("kept", 0), ref.mm.kept_pages)
     return len(script.ops), ""
 
 

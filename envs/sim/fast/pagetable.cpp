@@ -178,6 +178,38 @@ void PteTable::set_rest(uint8_t v) {
   rest = v;
 }
 
+static_assert(E_FILE == 3, "chunk_bits compares nibbles with 0x3");
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "chunk_bits reads entry 0 as nibble 0");
+
+namespace {
+// Bits 4i of a word of 16 entries (nibble i: entry i) to bits i: 16 bits out.
+inline uint64_t compress_nibble_bits(uint64_t z) {
+  z = (z | (z >> 3)) & 0x0303030303030303ull;
+  z = (z | (z >> 6)) & 0x000F000F000F000Full;
+  z = (z | (z >> 12)) & 0x000000FF000000FFull;
+  return (z | (z >> 24)) & 0xFFFFull;
+}
+// Bit 4i set where nibble i is not zero.
+inline uint64_t nonzero_nibbles(uint64_t x) {
+  return (x | (x >> 1) | (x >> 2) | (x >> 3)) & 0x1111111111111111ull;
+}
+}  // namespace
+
+uint64_t PteTable::chunk_bits(int c, BitsOf which) const {
+  const bool file = which == FILE_BITS;
+  if (!((live >> c) & 1)) return (file ? rest == E_FILE : rest != E_NONE) ? ~uint64_t{0} : 0;
+  const uint8_t* b = e + (c << (CHUNK_SHIFT - 1));
+  uint64_t out = 0;
+  for (int j = 0; j < 4; j++) {  // 4 words of 16 entries
+    uint64_t x;
+    std::memcpy(&x, b + 8 * j, 8);
+    const uint64_t hit = file ? ~nonzero_nibbles(x ^ 0x3333333333333333ull) & 0x1111111111111111ull
+                              : nonzero_nibbles(x);
+    out |= compress_nibble_bits(hit) << (16 * j);
+  }
+  return out;
+}
+
 int PteTable::count(uint8_t v) const {
   if (v < 4) return n[v];
   // Chunks that are not live hold only `rest`.
@@ -433,6 +465,8 @@ std::unique_ptr<AddressSpace> AddressSpace::clone(
   std::copy(cls_count, cls_count + 4, c->cls_count);
   c->rss_pages = rss_pages;
   c->reclaimed = reclaimed;
+  c->kept = kept;
+  c->kept_pages = kept_pages;
   c->table_version = table_version;
   c->uffd_vmas = uffd_vmas;
   c->class_version = class_version;
@@ -543,6 +577,29 @@ std::string AddressSpace::check_invariants() const {
     if (counts[k] != cls_count[k]) return "class counts out of date";
   if (rss + ENTRIES * (i64)file_thp.size() != rss_pages) return "rss_pages out of date";
   if (huge != huge_tables) return "huge_tables out of date";
+  i64 kept_count = 0;
+  kept.for_each([&](i64 slot, const PageBits& m) {
+    if (!problem.empty()) return;
+    kept_count += m.count();
+    const PteTable* t = pte.find(slot);
+    if (!m.any())
+      problem = "an empty kept mask";
+    else if (file_thp.count(slot))
+      problem = "kept pages under a file THP PMD";
+    else if (t && t->huge)
+      problem = "kept pages under a THP";
+    else if (t)
+      for (int k = 0; k < ENTRIES && problem.empty(); k++)
+        if (m.test(k) && t->get(k) != E_NONE) problem = "a kept page is also mapped";
+    for (int k = 0; k < ENTRIES && problem.empty(); k++) {
+      const i64 a = (slot << PTE_SHIFT) + (i64)k * PAGE;
+      const Vma* v = m.test(k) ? find_vma(a) : nullptr;
+      if (m.test(k) && (!v || v->start > a || !v->file))
+        problem = "a kept page outside a file mapping";
+    }
+  });
+  if (!problem.empty()) return problem;
+  if (kept_count != kept_pages) return "kept_pages out of date";
   file_thp.for_each([&](i64 slot) {
     if (!problem.empty()) return;
     const i64 base = slot << PTE_SHIFT;
@@ -608,8 +665,77 @@ PteTable& AddressSpace::ensure_pte(i64 slot) {
   return t;
 }
 
+void AddressSpace::kept_set(i64 slot, PageBits& m, const PageBits& now) {
+  // Callers only set bits or only clear them: the count moves by the bits that differ.
+  int changed = 0, set = 0;
+  for (int c = 0; c < 8; c++) {
+    changed += PageBits::count_word(m.w[c] ^ now.w[c]);
+    set += (now.w[c] & ~m.w[c]) != 0;
+  }
+  if (!changed) return;
+  kept_pages += set ? changed : -changed;
+  if (now.any())
+    m = now;
+  else
+    kept.erase(slot);  // m dangles from here
+}
+
+void AddressSpace::kept_mapped(i64 slot, PageBits& m, const PteTable& t) {
+  if (!t.huge && t.n[E_NONE] == ENTRIES) return;  // maps nothing
+  PageBits now = m;
+  for (int c = 0; c < 8; c++)
+    if (now.w[c]) now.w[c] &= t.huge ? 0 : ~t.chunk_bits(c, PteTable::PRESENT_BITS);
+  kept_set(slot, m, now);
+}
+
+std::vector<i64> AddressSpace::kept_in(i64 start, i64 end) const {
+  std::vector<i64> pages;
+  if (kept.size() == 0 || end <= start) return pages;
+  std::vector<i64> slots;
+  kept.slots_in(start >> PTE_SHIFT, (end - 1) >> PTE_SHIFT, slots);
+  for (i64 slot : slots) {
+    const PageBits* m = kept.find(slot);
+    const i64 base = slot << PTE_SHIFT;
+    for (int k = 0; k < ENTRIES; k++) {
+      const i64 a = base + (i64)k * PAGE;
+      if (m->test(k) && start <= a && a < end) pages.push_back(a);
+    }
+  }
+  return pages;
+}
+
+void AddressSpace::kept_add(const std::vector<i64>& pages) {
+  for (i64 a : pages) {
+    const i64 slot = a >> PTE_SHIFT;
+    const int k = (int)((a >> PAGE_SHIFT) & (ENTRIES - 1));
+    PageBits* m = kept.find(slot);
+    if (!m) m = &kept.emplace(slot).first;
+    PageBits now = *m;
+    now.assign(k, k + 1, true);
+    kept_set(slot, *m, now);
+  }
+}
+
+void AddressSpace::kept_drop(i64 start, i64 end) {
+  if (kept.size() == 0 || end <= start) return;
+  Borrowed<i64> scratch(slot_scratch_);  // returned before the caller borrows it
+  std::vector<i64>& slots = scratch.v;
+  kept.slots_in(start >> PTE_SHIFT, (end - 1) >> PTE_SHIFT, slots);
+  for (i64 slot : slots) {
+    const i64 base = slot << PTE_SHIFT;
+    const int i = (int)((std::max(start, base) - base) >> PAGE_SHIFT);
+    const int j = (int)((std::min(end, base + PTE_SPAN) - base + PAGE - 1) >> PAGE_SHIFT);
+    PageBits* m = kept.find(slot);
+    PageBits now = *m;
+    now.assign(i, j, false);
+    kept_set(slot, *m, now);
+  }
+}
+
 void AddressSpace::reclass(i64 slot, PteTable& t) {
-  (void)slot;
+  if (kept.size()) {
+    if (PageBits* m = kept.find(slot)) kept_mapped(slot, *m, t);
+  }
   uint8_t c;
   int32_t rss;
   t.census(c, rss);
@@ -648,6 +774,9 @@ void AddressSpace::adopt_pte(i64 slot, const PteTable& t) {
   cls_count[t.cls]++;
   rss_pages += t.rss;
   table_version++;
+  if (kept.size()) {
+    if (PageBits* m = kept.find(slot)) kept_mapped(slot, *m, t);
+  }
 }
 
 void AddressSpace::pte_slots_in(i64 start, i64 end, std::vector<i64>& out) const {
@@ -657,6 +786,7 @@ void AddressSpace::pte_slots_in(i64 start, i64 end, std::vector<i64>& out) const
 }
 
 void AddressSpace::update_entries(i64 start, i64 end, const uint8_t* table) {
+  if (table[E_FILE] != E_FILE) kept_drop(start, end);
   Borrowed<i64> scratch(slot_scratch_);
   std::vector<i64>& slots = scratch.v;
   pte_slots_in(start, end, slots);
@@ -701,6 +831,7 @@ void AddressSpace::unmap_file_thp(i64 start, i64 end) {
 }
 
 void AddressSpace::zap(i64 start, i64 end, bool reclaim, bool drop_markers) {
+  kept_drop(start, end);
   unmap_file_thp(start, end);
   split_huge_partial(start, end);
   const uint8_t* table = drop_markers ? ZAP_ALL.t : ZAP.t;
@@ -912,6 +1043,7 @@ void AddressSpace::map_file_thp(i64 slot) {
   ensure_upper(slot << PTE_SHIFT);
   file_thp.insert(slot);
   rss_pages += ENTRIES;
+  if (PageBits* m = kept.find(slot)) kept_set(slot, *m, PageBits{});
 }
 
 int AddressSpace::fault_range(Vma* v, i64 start, i64 end, i64 stride, bool write, i64 first,
@@ -1632,6 +1764,10 @@ void AddressSpace::move_page_tables(Vma* old, Vma* nw, i64 old_addr, i64 new_add
                                     i64 length) {
   if (length == 0) return;
   i64 old_end = old_addr + length;
+  // Kept pages move with the range, as their entries would have (move_ptes).
+  std::vector<i64> kept_pages_moved = kept_in(old_addr, old_end);
+  kept_drop(old_addr, old_end);
+  const i64 moved_by = new_addr - old_addr;
   i64 align = old_addr & (PTE_SPAN - 1);
   if (align && length >= PTE_SPAN - align && align == (new_addr & (PTE_SPAN - 1)) &&
       old->start == old_addr && nw->start == new_addr &&
@@ -1691,16 +1827,20 @@ void AddressSpace::move_page_tables(Vma* old, Vma* nw, i64 old_addr, i64 new_add
     old_addr += extent;
     new_addr += extent;
   }
+  for (i64& a : kept_pages_moved) a += moved_by;
+  kept_add(kept_pages_moved);
 }
 
 void AddressSpace::move_file_thp(i64 oslot, i64 new_addr, i64 extent) {
   if (pmd.insert(new_addr >> PMD_SHIFT)) stats.upper_allocated++;
   const i64 nslot = new_addr >> PTE_SHIFT;
   file_thp.erase(oslot);
-  if (extent == PTE_SPAN && !pte.count(nslot) && !file_thp.count(nslot))
+  if (extent == PTE_SPAN && !pte.count(nslot) && !file_thp.count(nslot)) {
     file_thp.insert(nslot);
-  else
+    if (PageBits* m = kept.find(nslot)) kept_set(nslot, *m, PageBits{});
+  } else {
     rss_pages -= ENTRIES;
+  }
 }
 
 void AddressSpace::move_pmd_table(i64 old_addr, i64 new_addr) {
@@ -1739,6 +1879,8 @@ std::unique_ptr<AddressSpace> AddressSpace::fork() {
     child->vmas.push_back(c);
     if (c->file) c->file->mappers.insert(child.get());
     if ((v->flags & VM_WIPEONFORK) || !(v->anon_vma || (v->flags & VM_MAYBE_GUARD))) continue;
+    // Kept pages go to the child as their entries would have (copy_page_range).
+    child->kept_add(kept_in(v->start, v->end));
     for (i64 idx : pud.indices_in(v->start >> PUD_SHIFT, (v->end - 1) >> PUD_SHIFT))
       child->pud.insert(idx);
     for (i64 idx : pmd.indices_in(v->start >> PMD_SHIFT, (v->end - 1) >> PMD_SHIFT))
@@ -1777,6 +1919,8 @@ void AddressSpace::exit() {
   std::fill(cls_count, cls_count + 4, i64{0});
   huge_tables = 0;
   rss_pages = 0;
+  kept.clear();
+  kept_pages = 0;
   table_version++;
   collect();
 }
@@ -1792,6 +1936,14 @@ i64 AddressSpace::reclaim_table(i64 slot, PteTable& t, unsigned allowed_mask) {
   if (t.cls == C_PINNED || !(allowed_mask & (1u << t.cls)) || slot_is_uffd(slot)) return -1;
   i64 zapped = t.huge ? ENTRIES : ENTRIES - t.count(E_NONE);
   const i64 cls = t.cls;
+  if (t.rss) {
+    // The page cache stays (pagetable.AddressSpace.reclaim_table).
+    PageBits* m = kept.find(slot);
+    PageBits now = m ? *m : PageBits{};
+    for (int c = 0; c < 8; c++) now.w[c] |= t.chunk_bits(c, PteTable::FILE_BITS);
+    if (!m && now.any()) m = &kept.emplace(slot).first;
+    if (m) kept_set(slot, *m, now);
+  }
   free_pte(slot, t);
   reclaimed.emplace(slot).first = zapped * 4 + cls;
   return zapped;

@@ -75,6 +75,18 @@ struct PageBits {
     return (w[0] & w[1] & w[2] & w[3] & w[4] & w[5] & w[6] & w[7]) == ~uint64_t{0};
   }
   bool test(int k) const { return (w[k >> 6] >> (k & 63)) & 1; }
+  // Bits set (a SWAR count: without -mpopcnt the builtin is a library call).
+  static int count_word(uint64_t x) {
+    x = x - ((x >> 1) & 0x5555555555555555ull);
+    x = (x & 0x3333333333333333ull) + ((x >> 2) & 0x3333333333333333ull);
+    x = (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0Full;
+    return (int)((x * 0x0101010101010101ull) >> 56);
+  }
+  int count() const {
+    int n = 0;
+    for (uint64_t x : w) n += count_word(x);
+    return n;
+  }
   // Bits [a, b) set to `on`.
   void assign(int a, int b, bool on);
 };
@@ -177,6 +189,10 @@ struct PteTable {
   }
   // e[k] = v for k in range(i, j, step).
   void set_range(i64 i, i64 j, i64 step, uint8_t v);
+  // Bit k of the result: entry 64c + k is page cache (FILE_BITS) or anything but none
+  // (PRESENT_BITS): one word per chunk of 64 entries, a table lookup per byte.
+  enum BitsOf { FILE_BITS, PRESENT_BITS };
+  uint64_t chunk_bits(int c, BitsOf which) const;
   // e[k] = tab[e[k]] for k in range(i, j, step).
   void xlate_range(i64 i, i64 j, i64 step, const uint8_t* tab);
   // e[k] = to where e[k] == from, for k in range(i, j, step): the translations that change
@@ -263,6 +279,10 @@ class AddressSpace {
   i64 rss_pages = 0;
   // Slots freed by an out-of-line reclaimer -> zapped entries * 4 + the table's class.
   SlotMap<i64> reclaimed;
+  // Page-cache pages a reclaimer unmapped that stay cached, per slot, and their count
+  // (pagetable.AddressSpace.kept / kept_pages).
+  SlotMap<PageBits> kept;
+  i64 kept_pages = 0;
   i64 table_version = 0;
   i64 uffd_vmas = 0;
   i64 class_version = 0;
@@ -340,6 +360,12 @@ class AddressSpace {
   void ensure_upper(i64 addr);
   PteTable& ensure_pte(i64 slot);
   void reclass(i64 slot, PteTable& t);
+  // pagetable.AddressSpace._kept_mapped / _kept_set / _kept_drop.
+  void kept_mapped(i64 slot, PageBits& m, const PteTable& t);
+  void kept_set(i64 slot, PageBits& m, const PageBits& now);
+  void kept_drop(i64 start, i64 end);
+  std::vector<i64> kept_in(i64 start, i64 end) const;
+  void kept_add(const std::vector<i64>& pages);
   void free_pte(i64 slot) { free_pte(slot, pte.at(slot)); }
   void free_pte(i64 slot, const PteTable& t);
   PteTable free_pte_quiet(i64 slot);

@@ -268,7 +268,7 @@ const TickRecord& Simulation::step() {
   i64 pt_pages = 0, user_pages = 0;
   for (Process* p : live) {
     pt_pages += p->mm->tables();
-    user_pages += p->mm->rss_pages;
+    user_pages += p->mm->rss_pages + (m.cfg.keep_reclaimed_cache ? p->mm->kept_pages : 0);
   }
   i64 deficit = m.account(pt_pages, user_pages);
   i64 oom_victim = -1;
@@ -288,7 +288,7 @@ const TickRecord& Simulation::step() {
       pt_pages = user_pages = 0;
       for (Process* p : live) {
         pt_pages += p->mm->tables();
-        user_pages += p->mm->rss_pages;
+        user_pages += p->mm->rss_pages + (m.cfg.keep_reclaimed_cache ? p->mm->kept_pages : 0);
       }
       m.account(pt_pages, user_pages);
     }

@@ -127,6 +127,7 @@ struct MachineConfig {
   i64 oom_failures, oom_window_ticks;
   bool hard_limit_kill;
   i64 throttle_ticks;
+  bool keep_reclaimed_cache;  // MachineConfig.keep_reclaimed_cache
 };
 
 struct Psi {

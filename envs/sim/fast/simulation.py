@@ -338,7 +338,8 @@ def _make_static(scenario: ScenarioConfig) -> _Static:
         "diurnal_phase": mc.tenants.diurnal_phase, "oom_failures": mc.oom_failures,
         "oom_window_ticks": mc.oom_window_ticks,
         "hard_limit_kill": mc.hard_limit_action == "kill",
-        "throttle_ticks": mc.throttle_ticks, "tenant_pages": m.tenant_pages}
+        "throttle_ticks": mc.throttle_ticks, "tenant_pages": m.tenant_pages,
+        "keep_reclaimed_cache": mc.keep_reclaimed_cache}
     return _Static(m, params, dataclasses.asdict(scenario.costs),
                    [None] * len(scenario.workloads))
 
