@@ -574,12 +574,15 @@ class AddressSpace:
                       if start <= (a := base + k * PAGE) < end]
         return pages
 
+    def _kept_or(self, slot: int, pages: int) -> None:
+        """Keep these pages of ``slot`` (a mask: unmapped here, still cached)."""
+        old = self.kept.get(slot, 0)
+        self._kept_set(slot, old, old | pages)
+
     def _kept_add(self, pages: list[int]) -> None:
         """Keep the pages at these addresses (unmapped here, still cached)."""
         for addr in pages:
-            slot, k = addr >> PTE_SHIFT, (addr >> PAGE_SHIFT) & (ENTRIES - 1)
-            old = self.kept.get(slot, 0)
-            self._kept_set(slot, old, old | 1 << (8 * k))
+            self._kept_or(addr >> PTE_SHIFT, 1 << (8 * ((addr >> PAGE_SHIFT) & (ENTRIES - 1))))
 
     def _kept_drop(self, start: int, end: int) -> None:
         """This address space zaps or unmaps [start, end): the kept pages there go,
@@ -1804,10 +1807,8 @@ class AddressSpace:
         cls = t.cls
         if t.rss:
             # The page cache stays: its pages count as this process's until it maps,
-            # zaps or moves them itself (a FILE table's RSS is its page-cache entries).
-            file_pages = int.from_bytes(t.entries.translate(_IS_FILE), "little")
-            old = self.kept.get(slot, 0)
-            self._kept_set(slot, old, old | file_pages)
+            # zaps or unmaps them itself (a FILE table's RSS is its page-cache entries).
+            self._kept_or(slot, int.from_bytes(t.entries.translate(_IS_FILE), "little"))
         self._free_pte(slot)
         self.reclaimed[slot] = (zapped, cls)
         return zapped

@@ -175,21 +175,24 @@ cdef list _slot_set(const SlotSet& s):
     return list(out)
 
 
+cdef bytearray _page_bytes(const PageBits* bits):
+    """512 pages as one byte each, 1 where ``bits`` has the page (the reference's form:
+    ``BackingFile.cache``; read as a little-endian int, an ``AddressSpace.kept`` mask)."""
+    cdef bytearray pages = bytearray(512)
+    cdef int k
+    for k in range(512):
+        if (bits.w[k >> 6] >> (k & 63)) & 1:
+            pages[k] = 1
+    return pages
+
+
 cdef dict _file_cache(BackingFile* f):
     """The page cache of ``f`` as ``pagetable.BackingFile.cache`` holds it."""
     cdef vector[i64] chunks
-    cdef PageBits* bits
-    cdef bytearray pages
-    cdef int k
     cdef dict out = {}
     f.cache.slots_in(-(1 << 62), 1 << 62, chunks)
     for chunk in chunks:
-        bits = f.cache.find(chunk)
-        pages = bytearray(512)
-        for k in range(512):
-            if (bits.w[k >> 6] >> (k & 63)) & 1:
-                pages[k] = 1
-        out[chunk] = pages
+        out[chunk] = _page_bytes(f.cache.find(chunk))
     return out
 
 
@@ -384,15 +387,8 @@ cdef class FastAddressSpace:
     cdef list _kept(self):
         cdef vector[i64] slots
         cdef AddressSpace* m = self.mm()
-        cdef PageBits* bits
-        cdef int k
-        cdef list out = []
         m.kept.slots_in(-(1 << 62), 1 << 62, slots)
-        for s in slots:
-            bits = m.kept.find(s)
-            out.append((s, sum(1 << (8 * k) for k in range(512)
-                               if (bits.w[k >> 6] >> (k & 63)) & 1)))
-        return out
+        return [(s, int.from_bytes(_page_bytes(m.kept.find(s)), "little")) for s in slots]
 
     cdef list _reclaimed(self):
         cdef vector[i64] slots

@@ -591,11 +591,9 @@ std::string AddressSpace::check_invariants() const {
     else if (t)
       for (int k = 0; k < ENTRIES && problem.empty(); k++)
         if (m.test(k) && t->get(k) != E_NONE) problem = "a kept page is also mapped";
-    for (int k = 0; k < ENTRIES && problem.empty(); k++) {
-      const i64 a = (slot << PTE_SHIFT) + (i64)k * PAGE;
-      const Vma* v = m.test(k) ? find_vma(a) : nullptr;
-      if (m.test(k) && (!v || v->start > a || !v->file))
-        problem = "a kept page outside a file mapping";
+    for (i64 a : kept_in(slot << PTE_SHIFT, (slot + 1) << PTE_SHIFT)) {
+      const Vma* v = find_vma(a);
+      if (problem.empty() && (!v || !v->file)) problem = "a kept page outside a file mapping";
     }
   });
   if (!problem.empty()) return problem;
@@ -681,11 +679,23 @@ void AddressSpace::kept_set(i64 slot, PageBits& m, const PageBits& now) {
 }
 
 void AddressSpace::kept_mapped(i64 slot, PageBits& m, const PteTable& t) {
-  if (!t.huge && t.n[E_NONE] == ENTRIES) return;  // maps nothing
-  PageBits now = m;
-  for (int c = 0; c < 8; c++)
-    if (now.w[c]) now.w[c] &= t.huge ? 0 : ~t.chunk_bits(c, PteTable::PRESENT_BITS);
+  PageBits now;  // a THP maps every page
+  if (!t.huge) {
+    if (t.n[E_NONE] == ENTRIES) return;  // maps nothing
+    now = m;
+    for (int c = 0; c < 8; c++)
+      if (now.w[c]) now.w[c] &= ~t.chunk_bits(c, PteTable::PRESENT_BITS);
+  }
   kept_set(slot, m, now);
+}
+
+void AddressSpace::kept_or(i64 slot, const PageBits& bits) {
+  if (!bits.any()) return;
+  PageBits* m = kept.find(slot);
+  if (!m) m = &kept.emplace(slot).first;
+  PageBits now = *m;
+  for (int c = 0; c < 8; c++) now.w[c] |= bits.w[c];
+  kept_set(slot, *m, now);
 }
 
 std::vector<i64> AddressSpace::kept_in(i64 start, i64 end) const {
@@ -706,13 +716,10 @@ std::vector<i64> AddressSpace::kept_in(i64 start, i64 end) const {
 
 void AddressSpace::kept_add(const std::vector<i64>& pages) {
   for (i64 a : pages) {
-    const i64 slot = a >> PTE_SHIFT;
     const int k = (int)((a >> PAGE_SHIFT) & (ENTRIES - 1));
-    PageBits* m = kept.find(slot);
-    if (!m) m = &kept.emplace(slot).first;
-    PageBits now = *m;
-    now.assign(k, k + 1, true);
-    kept_set(slot, *m, now);
+    PageBits page;
+    page.assign(k, k + 1, true);
+    kept_or(a >> PTE_SHIFT, page);
   }
 }
 
@@ -1938,11 +1945,9 @@ i64 AddressSpace::reclaim_table(i64 slot, PteTable& t, unsigned allowed_mask) {
   const i64 cls = t.cls;
   if (t.rss) {
     // The page cache stays (pagetable.AddressSpace.reclaim_table).
-    PageBits* m = kept.find(slot);
-    PageBits now = m ? *m : PageBits{};
-    for (int c = 0; c < 8; c++) now.w[c] |= t.chunk_bits(c, PteTable::FILE_BITS);
-    if (!m && now.any()) m = &kept.emplace(slot).first;
-    if (m) kept_set(slot, *m, now);
+    PageBits file;
+    for (int c = 0; c < 8; c++) file.w[c] = t.chunk_bits(c, PteTable::FILE_BITS);
+    kept_or(slot, file);
   }
   free_pte(slot, t);
   reclaimed.emplace(slot).first = zapped * 4 + cls;

@@ -363,6 +363,7 @@ class AddressSpace {
   // pagetable.AddressSpace._kept_mapped / _kept_set / _kept_drop.
   void kept_mapped(i64 slot, PageBits& m, const PteTable& t);
   void kept_set(i64 slot, PageBits& m, const PageBits& now);
+  void kept_or(i64 slot, const PageBits& bits);  // pagetable.AddressSpace._kept_or
   void kept_drop(i64 start, i64 end);
   std::vector<i64> kept_in(i64 start, i64 end) const;
   void kept_add(const std::vector<i64>& pages);

@@ -265,12 +265,17 @@ const TickRecord& Simulation::step() {
   for (int c = 0; c < 3; c++)
     refault_class_rate[c] =
         refault_class_rate[c] * RATE_DECAY + (double)class_refaults[c] * (1.0 - RATE_DECAY);
+  // The live processes' tables and user pages (simulator.Simulation._user_pages).
   i64 pt_pages = 0, user_pages = 0;
-  for (Process* p : live) {
-    pt_pages += p->mm->tables();
-    user_pages += p->mm->rss_pages + (m.cfg.keep_reclaimed_cache ? p->mm->kept_pages : 0);
-  }
-  i64 deficit = m.account(pt_pages, user_pages);
+  auto account_live = [&]() {
+    pt_pages = user_pages = 0;
+    for (Process* p : live) {
+      pt_pages += p->mm->tables();
+      user_pages += p->mm->rss_pages + (m.cfg.keep_reclaimed_cache ? p->mm->kept_pages : 0);
+    }
+    return m.account(pt_pages, user_pages);
+  };
+  i64 deficit = account_live();
   i64 oom_victim = -1;
   i64 h = 0;
   if (deficit > 0) {
@@ -285,12 +290,7 @@ const TickRecord& Simulation::step() {
       h += victim->sane ? 1 : 0;
       exit_process(victim, "OOM killer (largest RSS + page tables)");
       alive_into(live);
-      pt_pages = user_pages = 0;
-      for (Process* p : live) {
-        pt_pages += p->mm->tables();
-        user_pages += p->mm->rss_pages + (m.cfg.keep_reclaimed_cache ? p->mm->kept_pages : 0);
-      }
-      m.account(pt_pages, user_pages);
+      account_live();
     }
   }
   h += enforce_hard_limits(t);
