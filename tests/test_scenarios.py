@@ -346,8 +346,10 @@ def _with(path: str, value: Any) -> dict[str, Any]:
     (_with("machine.hard_limit_action", "kil"), r"'kil' is not one of 'throttle', 'kill' "
                                                 r"\(did you mean 'kill'\?\)"),
     (_with("costs.ipi_uss", 1.0), r"costs: unknown key 'ipi_uss' \(did you mean 'ipi_us'\?\)"),
+    (_with("machine.keep_reclaimed_cache", "maybe"),
+     r"scen\.yaml\.machine\.keep_reclaimed_cache: expected true or false, got 'maybe'"),
 ], ids=["top", "machine", "tenants", "workload", "params", "family", "range", "param-range",
-        "type", "jitter", "jitter-reach", "literal", "costs"])
+        "type", "jitter", "jitter-reach", "literal", "costs", "bool"])
 def test_config_errors_are_one_line(tmp_path: Path, data: dict[str, Any], expected: str) -> None:
     path = tmp_path / "scen.yaml"
     write_yaml_atomic(path, data)
