@@ -395,8 +395,10 @@ def test_known_good_export_reproduces_its_score() -> None:
 
 def test_without_flags_the_export_meets_the_rules_its_run_met(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """No --tuned/--constant: a study's own result in this folder, else the rule files
-    the run met among its baselines (the default experiment's shipped tuned rules)."""
+    """No --tuned/--constant: the rule files the run met among its baselines (the default
+    experiment's shipped tuned rules), even where a study has left its own result in this
+    folder (another model's session may have); the study only for a run that met none,
+    and a note either way."""
     from ptreclaim.agents.training.config import load_experiment
     from ptreclaim.cli.export import _default_rule
 
@@ -406,15 +408,31 @@ def test_without_flags_the_export_meets_the_rules_its_run_met(
         "tuned_soft_hard.yaml"
     assert _default_rule(absent, exp, "best_constant", "--constant") == CONFIG_DIR / "rules" / \
         "best_constant.yaml"
+    assert capsys.readouterr().err == ""
     study = _tuned_file(tmp_path)
-    assert _default_rule(study, exp, "tuned_soft_hard", "--tuned") == study
-    # A run without such a baseline, or whose rule file is gone: nothing to compare with.
+    assert _default_rule(study, exp, "tuned_soft_hard", "--tuned") == CONFIG_DIR / "rules" / \
+        "tuned_soft_hard.yaml"
+    assert (f"comparing with the run's tuned_soft_hard baseline "
+            f"{CONFIG_DIR / 'rules' / 'tuned_soft_hard.yaml'}, not with the study in {study} "
+            f"(pass --tuned {study} for that)") in capsys.readouterr().err
+    # A run without such a baseline: the study if there is one, else nothing.
     heuristics_only, _ = load_experiment(None, [("--set", "eval.baselines=[soft_hard]")])
     assert _default_rule(absent, heuristics_only, "tuned_soft_hard", "--tuned") is None
+    assert capsys.readouterr().err == ""
+    assert _default_rule(study, heuristics_only, "tuned_soft_hard", "--tuned") == study
+    assert (f"comparing with the study in {study} as tuned_soft_hard, which the run did "
+            f"not meet") in capsys.readouterr().err
+    # A run whose rule file is gone (moved from another machine): said, then the same.
     gone = tmp_path / "gone.yaml"
     shutil.copy(CONFIG_DIR / "rules" / "best_constant.yaml", gone)
     moved, _ = load_experiment(None, [("--set", f"eval.baselines=[best_constant={gone}]")])
     gone.unlink()
-    capsys.readouterr()
     assert _default_rule(absent, moved, "best_constant", "--constant") is None
-    assert f"the run's best_constant baseline {gone} is not here" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"the run's best_constant baseline {gone} is not here" in err
+    assert "not compared with it (name a file with --constant)" in err
+    constant_study = tmp_path / "constant.yaml"
+    shutil.copy(CONFIG_DIR / "rules" / "best_constant.yaml", constant_study)
+    assert _default_rule(constant_study, moved, "best_constant", "--constant") == constant_study
+    err = capsys.readouterr().err
+    assert f"is not here; comparing with the study in {constant_study}" in err

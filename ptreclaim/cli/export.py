@@ -71,26 +71,36 @@ DEFAULT_CONSTANT = Path("runs/tune/constant/best.yaml")
 
 
 def _default_rule(study: Path, exp: Any, label: str, flag: str) -> Path | None:
-    """The rule to compare with when no flag names one: a study's own result if this
-    folder has one, else the rule file the run itself met under ``label`` among its
-    baselines (``eval.baselines``: the default experiment's shipped tuned rules), so an
-    export from a fresh clone still meets them; else none.  ``flag`` is the option that
-    names such a file, for the note when the run's file is not here."""
-    if study.is_file():
-        return study
+    """The rule to compare with when no flag names one: the rule file the run itself met
+    under ``label`` among its baselines (``eval.baselines``: for the default experiment
+    its copy of the shipped tuned rule), so the export meets the rule its run's report
+    scored; else a study's own result in this folder (``study``), if it has one; else
+    none.  A study that is here but not used, or used for want of the run's own rule,
+    gets a note: a study left in ``runs/tune`` by another model's session must not
+    replace the run's rule silently.  ``flag`` is the option that names a file."""
+    missing = None
     for entry in exp.eval.baselines:
         split = baseline_rule(entry)
         if split is None or split[0] != label or split[1].startswith("heuristic:"):
             continue
         rule = split[1]
         if Path(rule).is_file():
+            if study.is_file():
+                print(f"{PROG}: note: comparing with the run's {label} baseline {rule}, "
+                      f"not with the study in {study} (pass {flag} {study} for that)",
+                      file=sys.stderr)
             return Path(rule)
-        # A run moved from another machine: say so rather than compare silently less.
-        print(f"{PROG}: note: the run's {label} baseline {rule} is not here; the export "
-              f"is not compared with it (name a file with {flag})", file=sys.stderr)
+        missing = rule
+    # A run moved from another machine: say so rather than compare silently otherwise.
+    gone = f"the run's {label} baseline {missing} is not here; " if missing else ""
+    if study.is_file():
+        print(f"{PROG}: note: {gone}comparing with the study in {study} as {label}, which "
+              f"the run did not meet ({flag} names another file)", file=sys.stderr)
+        return study
+    if missing:
+        print(f"{PROG}: note: {gone}the export is not compared with it (name a file with "
+              f"{flag})", file=sys.stderr)
     return None
-
-
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,12 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-episodes", type=int,
                    help="evaluation episodes per held-out scenario (default: the run's "
                         "eval.final_episodes)")
-    p.add_argument("--tuned", help="a tuned thresholds file to compare with (default: "
-                                   f"{DEFAULT_TUNED} if it exists, else the run's own "
-                                   "tuned_soft_hard baseline, if it met one)")
+    p.add_argument("--tuned", help="a tuned thresholds file to compare with (default: the "
+                                   "run's own tuned_soft_hard baseline, the rule its report "
+                                   f"scored; else {DEFAULT_TUNED} if it exists)")
     p.add_argument("--constant", help="the best_constant thresholds file to compare with "
-                                      f"(default: {DEFAULT_CONSTANT} if it exists, else the "
-                                      "run's own best_constant baseline, if it met one)")
+                                      "(default: the run's own best_constant baseline; else "
+                                      f"{DEFAULT_CONSTANT} if it exists)")
     p.add_argument("--no-eval", action="store_true",
                    help="write the rule without evaluating it (no scores in the file)")
     p.add_argument("--no-oracle", action="store_true", help="leave the oracle bound out")

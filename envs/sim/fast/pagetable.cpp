@@ -181,6 +181,7 @@ void PteTable::set_rest(uint8_t v) {
 static_assert(E_FILE == 3, "chunk_bits compares nibbles with 0x3");
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "chunk_bits reads entry 0 as nibble 0");
 
+#ifndef __SSE2__
 namespace {
 // Bits 4i of a word of 16 entries (nibble i: entry i) to bits i: 16 bits out.
 inline uint64_t compress_nibble_bits(uint64_t z) {
@@ -194,12 +195,29 @@ inline uint64_t nonzero_nibbles(uint64_t x) {
   return (x | (x >> 1) | (x >> 2) | (x >> 3)) & 0x1111111111111111ull;
 }
 }  // namespace
+#endif
 
 uint64_t PteTable::chunk_bits(int c, BitsOf which) const {
   const bool file = which == FILE_BITS;
   if (!((live >> c) & 1)) return (file ? rest == E_FILE : rest != E_NONE) ? ~uint64_t{0} : 0;
   const uint8_t* b = e + (c << (CHUNK_SHIFT - 1));
   uint64_t out = 0;
+#ifdef __SSE2__
+  // 16 bytes (32 entries) at a time: compare the low and the high nibbles of each byte,
+  // interleave the two masks byte by byte (entry 2i is byte i's low nibble, 2i + 1 its high
+  // one) and take one bit per byte.  A freed file table's page cache is read this way
+  // (reclaim_table), one table in eight of those a pass frees: the SWAR below took ~800
+  // instructions per table, this ~100.
+  const __m128i lo = _mm_set1_epi8(0x0F), want = _mm_set1_epi8(file ? E_FILE : E_NONE);
+  for (int h = 0; h < 2; h++) {
+    const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 16 * h));
+    const __m128i ml = _mm_cmpeq_epi8(_mm_and_si128(x, lo), want);
+    const __m128i mh = _mm_cmpeq_epi8(_mm_and_si128(_mm_srli_epi16(x, 4), lo), want);
+    const uint64_t bits = (uint64_t)(uint32_t)_mm_movemask_epi8(_mm_unpacklo_epi8(ml, mh)) |
+                          (uint64_t)(uint32_t)_mm_movemask_epi8(_mm_unpackhi_epi8(ml, mh)) << 16;
+    out |= (file ? bits : ~bits & 0xFFFFFFFFull) << (32 * h);
+  }
+#else
   for (int j = 0; j < 4; j++) {  // 4 words of 16 entries
     uint64_t x;
     std::memcpy(&x, b + 8 * j, 8);
@@ -207,6 +225,7 @@ uint64_t PteTable::chunk_bits(int c, BitsOf which) const {
                               : nonzero_nibbles(x);
     out |= compress_nibble_bits(hit) << (16 * j);
   }
+#endif
   return out;
 }
 
@@ -689,10 +708,15 @@ void AddressSpace::kept_mapped(i64 slot, PageBits& m, const PteTable& t) {
   kept_set(slot, m, now);
 }
 
-void AddressSpace::kept_or(i64 slot, const PageBits& bits) {
+void AddressSpace::kept_or(i64 slot, const PageBits& bits, int count) {
   if (!bits.any()) return;
   PageBits* m = kept.find(slot);
   if (!m) m = &kept.emplace(slot).first;
+  if (count >= 0) {  // the caller knows the bits are new and how many (see the header)
+    for (int c = 0; c < 8; c++) m->w[c] |= bits.w[c];
+    kept_pages += count;
+    return;
+  }
   PageBits now = *m;
   for (int c = 0; c < 8; c++) now.w[c] |= bits.w[c];
   kept_set(slot, *m, now);
@@ -1944,10 +1968,12 @@ i64 AddressSpace::reclaim_table(i64 slot, PteTable& t, unsigned allowed_mask) {
   i64 zapped = t.huge ? ENTRIES : ENTRIES - t.count(E_NONE);
   const i64 cls = t.cls;
   if (t.rss) {
-    // The page cache stays (pagetable.AddressSpace.reclaim_table).
+    // The page cache stays (pagetable.AddressSpace.reclaim_table).  Its pages are mapped
+    // here, so none of them is kept yet (check_invariants), and a table that is not a THP
+    // has one entry per page: their number is n[E_FILE], not a count of bits.
     PageBits file;
     for (int c = 0; c < 8; c++) file.w[c] = t.chunk_bits(c, PteTable::FILE_BITS);
-    kept_or(slot, file);
+    kept_or(slot, file, t.huge ? -1 : t.n[E_FILE]);
   }
   free_pte(slot, t);
   reclaimed.emplace(slot).first = zapped * 4 + cls;

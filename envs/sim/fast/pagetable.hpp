@@ -363,7 +363,10 @@ class AddressSpace {
   // pagetable.AddressSpace._kept_mapped / _kept_set / _kept_drop.
   void kept_mapped(i64 slot, PageBits& m, const PteTable& t);
   void kept_set(i64 slot, PageBits& m, const PageBits& now);
-  void kept_or(i64 slot, const PageBits& bits);  // pagetable.AddressSpace._kept_or
+  // pagetable.AddressSpace._kept_or.  `count` >= 0: the caller knows that no bit of
+  // `bits` is kept yet and that `count` of them are set (a freed table's page cache), so
+  // nothing is counted again.
+  void kept_or(i64 slot, const PageBits& bits, int count = -1);
   void kept_drop(i64 start, i64 end);
   std::vector<i64> kept_in(i64 start, i64 end) const;
   void kept_add(const std::vector<i64>& pages);
