@@ -85,7 +85,7 @@ def _default_rule(study: Path, exp: Any, label: str, flag: str) -> Path | None:
             continue
         rule = split[1]
         if Path(rule).is_file():
-            if study.is_file():
+            if study.is_file() and Path(rule).resolve() != study.resolve():
                 print(f"{PROG}: note: comparing with the run's {label} baseline {rule}, "
                       f"not with the study in {study} (pass {flag} {study} for that)",
                       file=sys.stderr)

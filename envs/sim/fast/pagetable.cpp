@@ -5,7 +5,10 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
-#ifdef __SSE2__
+// The vector paths (byte_hist, chunk_bits) have portable fallbacks, compiled where SSE2 is
+// missing or PTFAST_NO_SIMD is defined: tests/test_fast_simd.py builds both and compares.
+#if defined(__SSE2__) && !defined(PTFAST_NO_SIMD)
+#define PTFAST_SSE2 1
 #include <emmintrin.h>
 #endif
 
@@ -89,7 +92,7 @@ constexpr i64 RECOUNT_AT = 48;
 inline void byte_hist(const uint8_t* b, i64 nb, int h[5]) {
   int c0 = 0, c1 = 0, c2 = 0, c3 = 0;
   i64 k = 0;
-#ifdef __SSE2__
+#ifdef PTFAST_SSE2
   // 16 bytes (32 entries) at a time; a table is 256 bytes, so byte lanes (<= 32) never
   // wrap.
   const __m128i z = _mm_setzero_si128(), k1 = _mm_set1_epi8(1), k2 = _mm_set1_epi8(2),
@@ -181,7 +184,7 @@ void PteTable::set_rest(uint8_t v) {
 static_assert(E_FILE == 3, "chunk_bits compares nibbles with 0x3");
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "chunk_bits reads entry 0 as nibble 0");
 
-#ifndef __SSE2__
+#ifndef PTFAST_SSE2
 namespace {
 // Bits 4i of a word of 16 entries (nibble i: entry i) to bits i: 16 bits out.
 inline uint64_t compress_nibble_bits(uint64_t z) {
@@ -202,7 +205,7 @@ uint64_t PteTable::chunk_bits(int c, BitsOf which) const {
   if (!((live >> c) & 1)) return (file ? rest == E_FILE : rest != E_NONE) ? ~uint64_t{0} : 0;
   const uint8_t* b = e + (c << (CHUNK_SHIFT - 1));
   uint64_t out = 0;
-#ifdef __SSE2__
+#ifdef PTFAST_SSE2
   // 16 bytes (32 entries) at a time: compare the low and the high nibbles of each byte,
   // interleave the two masks byte by byte (entry 2i is byte i's low nibble, 2i + 1 its high
   // one) and take one bit per byte.  A freed file table's page cache is read this way

@@ -190,7 +190,7 @@ struct PteTable {
   // e[k] = v for k in range(i, j, step).
   void set_range(i64 i, i64 j, i64 step, uint8_t v);
   // Bit k of the result: entry 64c + k is page cache (FILE_BITS) or anything but none
-  // (PRESENT_BITS): one word per chunk of 64 entries, a table lookup per byte.
+  // (PRESENT_BITS): one word per chunk of 64 entries (two SSE2 compares per 16 bytes).
   enum BitsOf { FILE_BITS, PRESENT_BITS };
   uint64_t chunk_bits(int c, BitsOf which) const;
   // e[k] = tab[e[k]] for k in range(i, j, step).
