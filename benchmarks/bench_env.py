@@ -17,7 +17,9 @@ every measure alike; medians of the rounds):
    one helper at once, the second core otherwise idle), in wall-clock time against the
    null env's wall-clock time, and with the CPU time that costs.
    These run in ``--ppo-rounds`` paired rounds, each measuring the null env just before
-   the real one; the ratio is taken per round, then its median;
+   the real one; the ratio is taken per round, then its median, with a distribution-free
+   confidence interval of the median (:func:`median_ci`): the goal is said to be met or
+   missed only when that interval lies on one side of 0.8 (:func:`goal_verdict`);
 4. step time with a 1 GiB vs a 112 TiB sparse page-table hog, the largest mapping a
    workload can make (user space ends at 128 TiB and workloads map from 16 TiB): the cost
    of an op follows the tables it touches, never the mapped size.
@@ -327,6 +329,35 @@ def hog_scenario(size_gib: int) -> ScenarioConfig:
                           ticks=10_000, jitter=0.0)
 
 
+def median_ci(values: list[float], level: float = 0.95) -> tuple[float, float, float, float]:
+    """The median of ``values`` and a distribution-free confidence interval for it: the
+    order statistics x(k) and x(n+1-k), with k the largest for which 2 P(B <= k-1) <=
+    1 - ``level``, B ~ Binomial(n, 1/2) (at least 1: with too few values, the range);
+    returns (median, low, high, the interval's own confidence)."""
+    from scipy.stats import binom
+
+    xs = sorted(values)
+    n = len(xs)
+    k = 1
+    while k + 1 <= n // 2 and 2 * binom.cdf(k, n, 0.5) <= 1 - level:
+        k += 1
+    return statistics.median(xs), xs[k - 1], xs[n - k], float(1 - 2 * binom.cdf(k - 1, n, 0.5))
+
+
+def goal_verdict(low: float, high: float, goal: float, conf: float = 1.0,
+                 level: float = 0.95) -> str:
+    """Whether an interval [low, high] of confidence ``conf`` meets a goal ``>= goal``:
+    only when all of it does, misses it only when none of it does, else the run cannot
+    tell; nor can it with an interval less sure than ``level`` (too few rounds)."""
+    if conf < level:
+        return f"too few rounds ({conf:.0%} < {level:.0%} sure) to tell whether it meets"
+    if low >= goal:
+        return "meets"
+    if high < goal:
+        return "misses"
+    return "cannot tell, within this run's noise, whether it meets"
+
+
 def _median_table(title: str, columns: tuple[str, ...]) -> Table:
     t = Table(title=escape(title))  # "[range]" is text, not rich markup
     for i, col in enumerate(columns):
@@ -458,10 +489,12 @@ def main(argv: list[str] | None = None) -> int:
         t.add_row(label, f"{med[key]:,.0f}", f"{1e6 / med[key]:,.0f}",
                   f"{ratios[key]:.2f} [{min(per):.2f}, {max(per):.2f}]")
     console.print(t)
-    ratio = ratios["ppo_batched"]
+    ratio, low, high, conf = median_ci([a / b for a, b in zip(r["ppo_batched"], r["ppo_null"],
+                                                              strict=True)])
     console.print(f"training-speed ratio batched env / null env ({n_envs} envs, one torch "
-                  f"thread) = {ratio:.2f}, median of {ppo_rounds} paired rounds "
-                  f"({'meets' if ratio >= 0.8 else 'misses'} the goal >= 0.8); with the "
+                  f"thread) = {ratio:.3f}, median of {ppo_rounds} paired rounds, {conf:.0%} "
+                  f"CI of the median [{low:.3f}, {high:.3f}]: "
+                  f"{goal_verdict(low, high, 0.8, conf)} the goal >= 0.8; with the "
                   f"default experiment's settings (8 envs, its PPO settings and network, "
                   f"VecNormalize, no callbacks) {ratios['default_batched']:.2f}")
 

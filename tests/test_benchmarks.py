@@ -74,3 +74,27 @@ def test_env_parts_splits_the_envs_share_of_a_ppo_step() -> None:
     assert parts["compiled steps"] + parts["resets"] <= step_wait, (head, split)
     null_python = float(re.search(r"the null env's ([\d.]+)", split).group(1))
     assert null_python > 0, split
+
+
+def test_the_ratio_s_verdict_comes_from_a_confidence_interval_of_its_median() -> None:
+    """bench_env.py says the PPO ratio meets or misses 0.8 only when a distribution-free
+    CI of the median of its paired rounds lies on one side; on 2-core VMs whose rounds
+    move by +-0.15 a bare median said "misses" at 0.797."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        from bench_env import goal_verdict, median_ci
+    finally:
+        sys.path.remove(str(BENCH))
+    nine = [0.74, 0.90, 0.78, 0.81, 0.79, 1.05, 0.80, 0.77, 0.83]
+    med, low, high, conf = median_ci(nine)
+    # n = 9: x(2) and x(8), P = 1 - 2 (1 + 9) / 512.
+    assert (med, low, high) == (0.80, 0.77, 0.90) and conf == pytest.approx(1 - 20 / 512)
+    assert goal_verdict(low, high, 0.8).startswith("cannot tell")
+    med, low, high, conf = median_ci([0.85, 0.82, 0.90, 0.81, 0.95, 0.88, 0.84, 0.86, 0.83])
+    assert (low, high) == (0.82, 0.90) and goal_verdict(low, high, 0.8) == "meets"
+    assert goal_verdict(0.70, 0.79, 0.8) == "misses"
+    # Too few rounds for 95 %: the range, with its own (lower) confidence, and no verdict.
+    med, low, high, conf = median_ci([0.85, 0.9, 0.88])
+    assert (med, low, high) == (0.88, 0.85, 0.9) and conf == pytest.approx(0.75)
+    assert goal_verdict(low, high, 0.8, conf).startswith("too few rounds (75% < 95% sure)")
+    assert median_ci([0.9] * 6)[3] == pytest.approx(1 - 2 / 64)  # 6 rounds suffice
