@@ -9,10 +9,12 @@ every miss, the same count on every run of the same build.  This runs the bare b
 (4 envs, the default training suite, seeded random actions, 300 vector steps of warm-up)
 under ``valgrind --tool=cachegrind`` twice, with 0 and with ``--steps`` measured vector
 steps, and reports the difference per env step: instructions, first-level data misses
-(D1: 48 KiB, 12-way) and last-level misses with the last level set to the 2 MiB per-core L2
-of the reference machines (``--LL``), for the compiled core (``ptfast::`` functions and the
-``memset``/``memcpy`` they call) and for the whole process, with the functions that miss
-most.  Two builds compare by running this in each checkout.
+(D1: 48 KiB, 12-way), instruction-fetch misses, and last-level misses with the last level
+set to the 2 MiB per-core L2 of the reference machines (``--LL``), for the compiled core
+(``ptfast::`` functions and the ``memset``/``memcpy`` they call) and for the whole
+process, with the functions that miss most.  Two builds compare by running this in each
+checkout.  ``--forward`` makes a PPO policy's forward pass before every measured vector
+step, as training does, so the counts include what the learner evicts.
 
 Reproduce: ``.venv/bin/python benchmarks/bench_cache.py`` (two valgrind runs side by side,
 ~5 min on 2 cores; needs ``valgrind``: ``apt-get install valgrind``).
@@ -32,7 +34,7 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-from bench_env import WARMUP, batched_venv, random_actions, steps_after, warmed
+from bench_env import WARMUP, batched_venv, policy_forward, random_actions, steps_after, warmed
 
 from ptreclaim.configs import CONFIG_DIR
 from ptreclaim.envs.configio import load_suite
@@ -42,14 +44,17 @@ LL = "2097152,16,64"
 CORE_LIBC = ("__memset", "__memcpy", "__memmove")
 
 
-def child(steps: int) -> None:
-    """The measured program: warm the batched env up, then ``steps`` vector steps."""
+def child(steps: int, forward: bool = False) -> None:
+    """The measured program: warm the batched env up, then ``steps`` vector steps, each
+    after a PPO policy's forward pass when ``forward`` (the policy is made in the run
+    without steps too, so only the passes and the steps differ)."""
     train = load_suite(CONFIG_DIR / "suites" / "train.yaml")
     v = batched_venv(train, 4, 0)
+    before = policy_forward(v, 0) if forward else None
     actions = random_actions(v, WARMUP + steps, 0)
     obs = warmed(v, actions[:WARMUP])
     if steps:
-        steps_after(v, obs, actions[WARMUP:], None)
+        steps_after(v, obs, actions[WARMUP:], before)
 
 
 def per_function(path: Path) -> tuple[list[str], dict[str, list[int]]]:
@@ -88,10 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--by", choices=tuple(ORDER_BY), default="ll",
                     help="order the functions by last-level misses (default), first-level "
                          "misses or instructions")
+    ap.add_argument("--forward", action="store_true",
+                    help="a PPO policy's forward pass before every vector step, as in "
+                         "training: the core's misses then include what the learner evicts")
     ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child is not None:
-        child(args.child)
+        child(args.child, args.forward)
         return 0
     if args.steps < 1:
         ap.error(f"--steps {args.steps}: must be at least 1")
@@ -102,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         outs = {n: Path(tmp) / f"cg.{n}" for n in (0, args.steps)}
         procs = [subprocess.Popen(
             ["valgrind", "--tool=cachegrind", "--cache-sim=yes", f"--D1={D1}", f"--LL={LL}",
-             f"--cachegrind-out-file={out}", sys.executable, __file__, "--child", str(n)],
+             f"--cachegrind-out-file={out}", sys.executable, __file__, "--child", str(n),
+             *(["--forward"] if args.forward else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             for n, out in outs.items()]
         for p in procs:
@@ -129,13 +138,16 @@ def main(argv: list[str] | None = None) -> int:
     fns = set(base) | set(run)
     core = [f for f in fns if f.startswith("ptfast::") or f.startswith(CORE_LIBC)]
     rows = {"compiled core (ptfast:: and its memset/memcpy)": core, "whole process": list(fns)}
-    print(f"per env step, {args.steps} vector steps of 4 envs after {WARMUP} of warm-up "
-          f"(D1 {D1}, LL {LL}):")
+    after = ", each after a PPO policy's forward pass" if args.forward else ""
+    print(f"per env step, {args.steps} vector steps of 4 envs after {WARMUP} of warm-up"
+          f"{after} (D1 {D1}, LL {LL}):")
     for label, group in rows.items():
         tot = [sum(col) for col in zip(*(delta(f) for f in group), strict=True)]
         print(f"  {label}: {tot[ix['Ir']] / env_steps:,.0f} instructions, "
               f"{d1(tot) / env_steps:,.0f} D1 misses, {ll(tot) / env_steps:,.0f} LL misses "
-              f"({tot[ix['DLmw']] / env_steps:,.0f} of them writes)")
+              f"({tot[ix['DLmw']] / env_steps:,.0f} of them writes); instruction fetches: "
+              f"{tot[ix['I1mr']] / env_steps:,.0f} I1 misses, {tot[ix['ILmr']] / env_steps:,.0f}"
+              f" LL misses")
     what = {"ll": "LL misses", "d1": "D1 misses", "ir": "instructions"}[args.by]
     print(f"functions with the most {what} per env step: instructions, LL misses "
           "(reads + writes, writes), D1 misses")
