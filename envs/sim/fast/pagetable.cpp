@@ -208,9 +208,8 @@ uint64_t PteTable::chunk_bits(int c, BitsOf which) const {
 #ifdef PTFAST_SSE2
   // 16 bytes (32 entries) at a time: compare the low and the high nibbles of each byte,
   // interleave the two masks byte by byte (entry 2i is byte i's low nibble, 2i + 1 its high
-  // one) and take one bit per byte.  A freed file table's page cache is read this way
-  // (reclaim_table), one table in eight of those a pass frees: the SWAR below took ~800
-  // instructions per table, this ~100.
+  // one) and take one bit per byte.  Every file table a reclaim pass frees is read this way
+  // (reclaim_table); docs/performance.md counts what it saved over the SWAR below.
   const __m128i lo = _mm_set1_epi8(0x0F), want = _mm_set1_epi8(file ? E_FILE : E_NONE);
   for (int h = 0; h < 2; h++) {
     const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 16 * h));
