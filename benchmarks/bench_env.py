@@ -16,8 +16,11 @@ every measure alike; medians of the rounds):
    Both again with ``env_threads: 2`` (the batched env's envs stepped on this thread and
    one helper at once, the second core otherwise idle), in wall-clock time against the
    null env's wall-clock time, and with the CPU time that costs.
-   These run in ``--ppo-rounds`` paired rounds, each measuring the null env just before
-   the real one; the ratio is taken per round, then its median, with a distribution-free
+   These run in ``--ppo-rounds`` paired rounds; in each, models train in turns of one
+   PPO update each (:func:`interleaved_rates`), so the machine's drift hits them alike:
+   the goal's pair (null env, batched env) on its own, then the ``DummyVecEnv`` and
+   helper-thread envs with a null env of their own, then the default experiment's
+   three.  The ratio is taken per round, then its median, with a distribution-free
    confidence interval of the median (:func:`median_ci`): the goal is said to be met or
    missed only when that interval lies on one side of 0.8 (:func:`goal_verdict`);
 4. step time with a 1 GiB vs a 112 TiB sparse page-table hog, the largest mapping a
@@ -43,6 +46,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse
 import functools
+import itertools
 import platform
 import statistics
 import sys
@@ -110,22 +114,14 @@ def us_per_step(env: gym.Env[Any, Any], steps: int, seed: int) -> float:
     return (time.process_time() - t0) / steps * 1e6
 
 
-def ppo_steps_per_s(make_venv: Callable[[], Any], steps: int, seed: int
-                    ) -> tuple[float, float]:
-    """PPO (4 epochs of 128-step minibatches, one torch thread) on ``make_venv()``: steps
-    per CPU second and per wall-clock second."""
+def ppo_model(make_venv: Callable[[], Any], seed: int) -> Any:
+    """PPO (4 epochs of 128-step minibatches, one torch thread) on ``make_venv()``."""
     import torch
     from stable_baselines3 import PPO
 
     torch.set_num_threads(1)
-    venv = make_venv()
-    model = PPO("MlpPolicy", venv, n_steps=128, batch_size=128, n_epochs=4, seed=seed,
-                verbose=0, device="cpu")
-    t0, w0 = time.process_time(), time.perf_counter()
-    model.learn(total_timesteps=steps)
-    rates = steps / (time.process_time() - t0), steps / (time.perf_counter() - w0)
-    venv.close()
-    return rates
+    return PPO("MlpPolicy", make_venv(), n_steps=128, batch_size=128, n_epochs=4, seed=seed,
+               verbose=0, device="cpu")
 
 
 @functools.cache
@@ -140,15 +136,11 @@ def _default_setup() -> tuple[Any, str, dict[str, Any], list[ScenarioConfig]]:
     return exp, policy, kwargs, resolve_scenarios(exp).train
 
 
-def default_ppo_steps_per_s(null: bool, steps: int, seed: int, env_threads: int = 1
-                            ) -> tuple[float, float]:
-    """PPO training steps per CPU second and per wall-clock second as the default
-    experiment trains (its ``n_envs``, PPO settings and network, ``VecNormalize``, the
-    garbage collector frozen before ``learn`` as ``agents/training/loop.py`` does; no
-    callbacks), on its training env (``null`` False: ``make_vec_env``, the batched env,
-    with ``env_threads``) or on null envs of the same spaces."""
+def default_ppo_model(null: bool, seed: int, env_threads: int = 1) -> Any:
+    """PPO as the default experiment trains (its ``n_envs``, PPO settings and network,
+    ``VecNormalize``; no callbacks), on its training env (``null`` False: ``make_vec_env``,
+    the batched env, with ``env_threads``) or on null envs of the same spaces."""
     import dataclasses
-    import gc
 
     import torch
     from stable_baselines3 import PPO
@@ -161,17 +153,49 @@ def default_ppo_steps_per_s(null: bool, steps: int, seed: int, env_threads: int 
     gamma = float(kwargs.get("gamma", 0.99))
     venv = (normalized(exp, null_venv(PageTableReclaimEnv(train, exp.env), exp.n_envs), gamma)
             if null else make_vec_env(exp, train, seed, gamma))
-    model = PPO(policy, venv, seed=seed, device="cpu", verbose=0, **kwargs)
-    gc.collect()
-    gc.freeze()
+    return PPO(policy, venv, seed=seed, device="cpu", verbose=0, **kwargs)
+
+
+def interleaved_rates(models: dict[str, Any], steps: int, freeze_gc: bool = False
+                      ) -> dict[str, tuple[float, float]]:
+    """Train every PPO model of ``models`` for ``steps`` steps, in turns of one update each
+    (a rollout of ``n_steps`` x ``n_envs`` steps and its training), the order of the turns
+    reversed at every turn (A B C, C B A, A B C, ...); per key, the steps per CPU second and
+    per wall-clock second of its turns.  This VM's speed drifts by tens of percent within
+    seconds, so measures taken one after the other, a few seconds each, differ by the
+    drift as much as by what they measure: in turns of ~0.2 s, a drift hits every model
+    alike.  Between turns, untimed, a pause lets a vector env's helper threads stop
+    polling (``StepThreads``: 2 ms), so their CPU time is not billed to the next model.
+    ``freeze_gc``: the garbage collector frozen throughout, as ``agents/training/loop.py``
+    freezes it before ``learn``.  Closes every model's env."""
+    import gc
+
+    cpu = dict.fromkeys(models, 0.0)
+    wall = dict.fromkeys(models, 0.0)
+    order = list(models)
+    if freeze_gc:
+        gc.collect()
+        gc.freeze()
     try:
-        t0, w0 = time.process_time(), time.perf_counter()
-        model.learn(total_timesteps=steps)
-        rates = steps / (time.process_time() - t0), steps / (time.perf_counter() - w0)
+        for turn in itertools.count():
+            todo = [key for key in (order if turn % 2 == 0 else order[::-1])
+                    if models[key].num_timesteps < steps]
+            if not todo:
+                break
+            for key in todo:
+                m = models[key]
+                t0, w0 = time.process_time(), time.perf_counter()
+                m.learn(total_timesteps=m.n_steps * m.n_envs, reset_num_timesteps=turn == 0)
+                cpu[key] += time.process_time() - t0
+                wall[key] += time.perf_counter() - w0
+                time.sleep(0.005)
     finally:
-        gc.unfreeze()
-    venv.close()
-    return rates
+        if freeze_gc:
+            gc.unfreeze()
+    for m in models.values():
+        m.get_env().close()
+    return {key: (m.num_timesteps / cpu[key], m.num_timesteps / wall[key])
+            for key, m in models.items()}
 
 
 def batched_venv(train: list[ScenarioConfig], n_envs: int, seed: int, threads: int = 1) -> Any:
@@ -195,10 +219,11 @@ def null_venv(like: PageTableReclaimEnv, n_envs: int) -> Any:
 def env_parts(train: list[ScenarioConfig], steps: int, rounds: int, seed: int,
               console: Console) -> None:
     """The env's share of a PPO step, split: PPO (4 envs, one torch thread) on the null env
-    and on the batched env, interleaved, with the CPU time spent per env step in each vector
-    env's ``step_async`` + ``step_wait`` and, for the batched env, within them in the
-    compiled steps (``_fast.step_batch``), in ``PageTableReclaimEnv.reset`` and, within
-    it, in building the simulation (``_make_sim``). What is left of a PPO step is the
+    and on the batched env, in turns (:func:`interleaved_rates`), with the CPU time spent
+    per env step in each vector env's ``step_async`` + ``step_wait`` and, for the batched
+    env, within them in the compiled steps (``_fast.step_batch``), in
+    ``PageTableReclaimEnv.reset`` and, within it, in building the simulation
+    (``_make_sim``). What is left of a PPO step is the
     learner's (rollout and update); the learner's time beside the real env minus beside
     the null env is what the env's memory traffic costs the learner. Then the bare batched
     loop (seeded random actions, after 300 vector steps of warm-up), and the same steps
@@ -226,8 +251,8 @@ def env_parts(train: list[ScenarioConfig], steps: int, rounds: int, seed: int,
 
     timed(FastVecEnv, "step_wait", "vec")
     timed(FastVecEnv, "step_async", "vec")
-    timed(DummyVecEnv, "step_wait", "vec")
-    timed(DummyVecEnv, "step_async", "vec")
+    timed(DummyVecEnv, "step_wait", "vec_null")
+    timed(DummyVecEnv, "step_async", "vec_null")
     timed(fastvec, "step_batch", "compiled")
     timed(PageTableReclaimEnv, "reset", "reset")
     timed(PageTableReclaimEnv, "_make_sim", "make_sim")
@@ -241,11 +266,11 @@ def env_parts(train: list[ScenarioConfig], steps: int, rounds: int, seed: int,
 
     for k in range(rounds):
         spent.clear()
-        rate_null = ppo_steps_per_s(null, steps, seed + k)[0]
-        null_vec = spent.get("vec", 0.0) / steps * 1e6
-        spent.clear()
-        rate = ppo_steps_per_s(batched, steps, seed + k)[0]
+        rates = interleaved_rates({"null": ppo_model(null, seed + k),
+                                   "batched": ppo_model(batched, seed + k)}, steps)
+        rate_null, rate = rates["null"][0], rates["batched"][0]
         per = {name: t / steps * 1e6 for name, t in spent.items()}
+        null_vec = per.get("vec_null", 0.0)
         vec, compiled, reset = per.get("vec", 0.0), per.get("compiled", 0.0), per.get("reset", 0.0)
         learner, learner_null = 1e6 / rate - vec, 1e6 / rate_null - null_vec
         v = batched()
@@ -437,21 +462,25 @@ def main(argv: list[str] | None = None) -> int:
             env = PageTableReclaimEnv([hog_scenario(size)],
                                       EnvConfig(max_steps=10**6, backend="fast"))
             add(f"hog:{size}", us_per_step(env, HOG_STEPS, seed))
-    # PPO's speed on this machine drifts by tens of percent within minutes, so each round
-    # measures the null env and the real env back to back and the ratios are taken per
-    # round, then summarised (median and range): a drift between rounds cancels out.
+    # PPO's speed on this machine drifts by tens of percent within seconds, so each round
+    # trains the null env's model and the real envs' models in turns of one update each
+    # (interleaved_rates): a drift hits every model alike, and the ratios are taken per
+    # round, then summarised (median and range).
     for k in range(ppo_rounds):
         seed = args.seed + k
-        for key, rates in (
-                ("ppo_null", ppo_steps_per_s(null, ppo_steps, seed)),
-                ("ppo_batched", ppo_steps_per_s(batched, ppo_steps, seed)),
-                ("ppo_threads", ppo_steps_per_s(threaded, ppo_steps, seed)),
-                ("ppo_dummy", ppo_steps_per_s(dummy, ppo_steps, seed)),
-                ("default_null", default_ppo_steps_per_s(True, ppo_steps, seed)),
-                ("default_batched", default_ppo_steps_per_s(False, ppo_steps, seed)),
-                ("default_threads", default_ppo_steps_per_s(False, ppo_steps, seed, 2))):
-            add(key, rates[0])
-            add(f"{key}:wall", rates[1])
+        # The goal's pair in turns of its own, then the other vector envs with a null env
+        # of their own, then the default experiment's settings.
+        for group, freeze in (
+                ({"ppo_null": ppo_model(null, seed), "ppo_batched": ppo_model(batched, seed)},
+                 False),
+                ({"other_null": ppo_model(null, seed), "ppo_dummy": ppo_model(dummy, seed),
+                  "ppo_threads": ppo_model(threaded, seed)}, False),
+                ({"default_null": default_ppo_model(True, seed),
+                  "default_batched": default_ppo_model(False, seed),
+                  "default_threads": default_ppo_model(False, seed, 2)}, True)):
+            for key, rates in interleaved_rates(group, ppo_steps, freeze).items():
+                add(key, rates[0])
+                add(f"{key}:wall", rates[1])
     med = {key: statistics.median(v) for key, v in r.items()}
 
     t = _median_table(f"default env (training suite), random actions: median of {rounds} "
@@ -473,24 +502,23 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"slowest scenario on the compiled core: {worst:,.0f} µs per decision "
                   f"(goal <= 500: {'met' if worst <= 500 else 'missed'})")
 
-    t = _median_table(f"PPO training, steps/s and the ratio to the null env measured just "
-                      f"before it: median [range] of {ppo_rounds} paired rounds",
+    t = _median_table(f"PPO training, steps/s and the ratio to the null env trained in turns "
+                      f"with it: median [range] of {ppo_rounds} paired rounds",
                       ("vector env", "steps/s", "µs/step", "ratio to null"))
-    ratios = {}
+    ratios, pers = {}, {}
     for key, null_key, label in (
             ("ppo_null", "ppo_null", f"null env, DummyVecEnv ({n_envs} envs, 4 epochs)"),
             ("ppo_batched", "ppo_null", "default env, batched (FastVecEnv)"),
-            ("ppo_dummy", "ppo_null", "default env, DummyVecEnv + Monitor"),
+            ("ppo_dummy", "other_null", "default env, DummyVecEnv + Monitor"),
             ("default_null", "default_null", "null env, the default experiment's settings"),
             ("default_batched", "default_null", "default env, the default experiment's "
                                                 "settings")):
-        per = [a / b for a, b in zip(r[key], r[null_key], strict=True)]
+        per = pers[key] = [a / b for a, b in zip(r[key], r[null_key], strict=True)]
         ratios[key] = statistics.median(per)
         t.add_row(label, f"{med[key]:,.0f}", f"{1e6 / med[key]:,.0f}",
                   f"{ratios[key]:.2f} [{min(per):.2f}, {max(per):.2f}]")
     console.print(t)
-    ratio, low, high, conf = median_ci([a / b for a, b in zip(r["ppo_batched"], r["ppo_null"],
-                                                              strict=True)])
+    ratio, low, high, conf = median_ci(pers["ppo_batched"])
     console.print(f"training-speed ratio batched env / null env ({n_envs} envs, one torch "
                   f"thread) = {ratio:.3f}, median of {ppo_rounds} paired rounds, {conf:.0%} "
                   f"CI of the median [{low:.3f}, {high:.3f}]: "
@@ -505,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
                       ("vector env", "steps/s (wall)", "ratio to null (wall)",
                        "CPU per step vs env_threads: 1"))
     for key, null_key, one_key, label in (
-            ("ppo_threads", "ppo_null", "ppo_batched", f"default env, batched ({n_envs} envs)"),
+            ("ppo_threads", "other_null", "ppo_batched", f"default env, batched ({n_envs} envs)"),
             ("default_threads", "default_null", "default_batched",
              "default env, the default experiment's settings")):
         per = [a / b for a, b in zip(r[f"{key}:wall"], r[f"{null_key}:wall"], strict=True)]

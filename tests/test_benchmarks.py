@@ -98,3 +98,56 @@ def test_the_ratio_s_verdict_comes_from_a_confidence_interval_of_its_median() ->
     assert (med, low, high) == (0.88, 0.85, 0.9) and conf == pytest.approx(0.75)
     assert goal_verdict(low, high, 0.8, conf).startswith("too few rounds (75% < 95% sure)")
     assert median_ci([0.9] * 6)[3] == pytest.approx(1 - 2 / 64)  # 6 rounds suffice
+
+
+def test_ppo_models_train_in_turns_of_one_update_the_order_reversed_each_turn(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench_env.py's PPO ratio trains the null env's model and the real env's in turns of
+    one update, A B, B A, A B, ..., so the VM's drift within seconds hits both alike; each
+    model's rate counts its own turns only, and every model's env is closed."""
+    import gc
+    import types
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        import bench_env
+    finally:
+        sys.path.remove(str(BENCH))
+    clock = {"cpu": 0.0, "wall": 0.0}
+    log: list[tuple[str, int, bool, int]] = []
+
+    class Model:
+        def __init__(self, name: str, n_envs: int, cost: float) -> None:
+            self.name, self.n_steps, self.n_envs, self.cost = name, 128, n_envs, cost
+            self.num_timesteps = 0
+            self.closed = False
+
+        def learn(self, total_timesteps: int, reset_num_timesteps: bool) -> None:
+            log.append((self.name, total_timesteps, reset_num_timesteps, gc.get_freeze_count()))
+            self.num_timesteps += total_timesteps
+            clock["cpu"] += self.cost * total_timesteps
+            clock["wall"] += 2 * self.cost * total_timesteps
+
+        def get_env(self) -> Model:
+            return self
+
+        def close(self) -> None:
+            self.closed = True
+
+    fake_time = types.SimpleNamespace(process_time=lambda: clock["cpu"],
+                                      perf_counter=lambda: clock["wall"],
+                                      sleep=lambda s: None)
+    monkeypatch.setattr(bench_env, "time", fake_time)
+    models = {"null": Model("null", 4, 1e-4), "real": Model("real", 4, 2e-4),
+              "big": Model("big", 8, 1e-4)}
+    rates = bench_env.interleaved_rates(models, 2048, freeze_gc=True)
+    # One update (n_steps x n_envs) per turn; turns alternate in order; a model that has its
+    # steps drops out (big: 1024 per turn, done after 2 turns).
+    assert [(n, t) for n, t, _, _ in log] == [
+        ("null", 512), ("real", 512), ("big", 1024), ("big", 1024), ("real", 512),
+        ("null", 512), ("null", 512), ("real", 512), ("real", 512), ("null", 512)]
+    assert [r for _, _, r, _ in log] == [True] * 3 + [False] * 7  # the first turn resets
+    assert all(frozen > 0 for *_, frozen in log) and gc.get_freeze_count() == 0
+    assert rates == {"null": pytest.approx((1e4, 5e3)), "real": pytest.approx((5e3, 2.5e3)),
+                     "big": pytest.approx((1e4, 5e3))}
+    assert all(m.closed for m in models.values())
