@@ -51,7 +51,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import gymnasium as gym
@@ -156,46 +156,73 @@ def default_ppo_model(null: bool, seed: int, env_threads: int = 1) -> Any:
     return PPO(policy, venv, seed=seed, device="cpu", verbose=0, **kwargs)
 
 
-def interleaved_rates(models: dict[str, Any], steps: int, freeze_gc: bool = False
+def ppo_turns(model: Any, steps: int) -> Iterator[int]:
+    """``model.learn(steps)`` one update at a time: each ``next()`` collects one rollout
+    (``n_steps`` x ``n_envs`` steps), logs and trains on it as SB3's
+    ``OnPolicyAlgorithm.learn`` does, and yields the steps it took.  The schedules (a
+    ``lin_`` learning rate, the clip range) see the progress through all ``steps``, as in
+    one ``learn`` call; a ``learn`` per update would end each at progress 0.  The logger
+    writes nowhere (SB3's default makes a ``/tmp/SB3-*`` folder per ``learn``).  Closes the
+    model's env when done."""
+    from stable_baselines3.common.logger import Logger
+
+    model.set_logger(Logger(folder=None, output_formats=[]))
+    try:
+        total, callback = model._setup_learn(steps, None, True, "turns", False)
+        callback.on_training_start(locals(), globals())
+        iteration = 0
+        while model.num_timesteps < total:
+            before = model.num_timesteps
+            if not model.collect_rollouts(model.env, callback, model.rollout_buffer,
+                                          n_rollout_steps=model.n_steps):
+                break
+            iteration += 1
+            model._update_current_progress_remaining(model.num_timesteps, total)
+            model.dump_logs(iteration)
+            model.train()
+            yield model.num_timesteps - before
+        callback.on_training_end()
+    finally:
+        model.get_env().close()
+
+
+def interleaved_rates(turns: dict[str, Iterator[int]], freeze_gc: bool = False
                       ) -> dict[str, tuple[float, float]]:
-    """Train every PPO model of ``models`` for ``steps`` steps, in turns of one update each
-    (a rollout of ``n_steps`` x ``n_envs`` steps and its training), the order of the turns
-    reversed at every turn (A B C, C B A, A B C, ...); per key, the steps per CPU second and
-    per wall-clock second of its turns.  This VM's speed drifts by tens of percent within
-    seconds, so measures taken one after the other, a few seconds each, differ by the
-    drift as much as by what they measure: in turns of ~0.2 s, a drift hits every model
-    alike.  Between turns, untimed, a pause lets a vector env's helper threads stop
-    polling (``StepThreads``: 2 ms), so their CPU time is not billed to the next model.
-    ``freeze_gc``: the garbage collector frozen throughout, as ``agents/training/loop.py``
-    freezes it before ``learn``.  Closes every model's env."""
+    """Run every model's turns (:func:`ppo_turns`) in turn, the order reversed at every
+    round of turns (A B C, C B A, A B C, ...), until all are done; per key, the steps per
+    CPU second and per wall-clock second of its own turns.  This VM's speed drifts by tens
+    of percent within seconds, so measures taken one after the other, a few seconds each,
+    differ by the drift as much as by what they measure: in turns of ~0.2 s, a drift hits
+    every model alike.  ``freeze_gc``: the garbage collector frozen throughout, as
+    ``agents/training/loop.py`` freezes it before ``learn``."""
     import gc
 
-    cpu = dict.fromkeys(models, 0.0)
-    wall = dict.fromkeys(models, 0.0)
-    order = list(models)
+    done = dict.fromkeys(turns, 0)
+    cpu = dict.fromkeys(turns, 0.0)
+    wall = dict.fromkeys(turns, 0.0)
+    live = list(turns)
     if freeze_gc:
         gc.collect()
         gc.freeze()
     try:
-        for turn in itertools.count():
-            todo = [key for key in (order if turn % 2 == 0 else order[::-1])
-                    if models[key].num_timesteps < steps]
-            if not todo:
+        for k in itertools.count():
+            if not live:
                 break
-            for key in todo:
-                m = models[key]
+            ended = []
+            for key in live if k % 2 == 0 else live[::-1]:
                 t0, w0 = time.process_time(), time.perf_counter()
-                m.learn(total_timesteps=m.n_steps * m.n_envs, reset_num_timesteps=turn == 0)
+                n = next(turns[key], None)
+                if n is None:  # its last call only ends the training and closes the env
+                    ended.append(key)
+                    continue
                 cpu[key] += time.process_time() - t0
                 wall[key] += time.perf_counter() - w0
-                time.sleep(0.005)
+                done[key] += n
+            live = [key for key in live if key not in ended]
     finally:
         if freeze_gc:
             gc.unfreeze()
-    for m in models.values():
-        m.get_env().close()
-    return {key: (m.num_timesteps / cpu[key], m.num_timesteps / wall[key])
-            for key, m in models.items()}
+    return {key: (done[key] / cpu[key], done[key] / wall[key]) for key in turns}
 
 
 def batched_venv(train: list[ScenarioConfig], n_envs: int, seed: int, threads: int = 1) -> Any:
@@ -266,8 +293,8 @@ def env_parts(train: list[ScenarioConfig], steps: int, rounds: int, seed: int,
 
     for k in range(rounds):
         spent.clear()
-        rates = interleaved_rates({"null": ppo_model(null, seed + k),
-                                   "batched": ppo_model(batched, seed + k)}, steps)
+        rates = interleaved_rates({"null": ppo_turns(ppo_model(null, seed + k), steps),
+                                   "batched": ppo_turns(ppo_model(batched, seed + k), steps)})
         rate_null, rate = rates["null"][0], rates["batched"][0]
         per = {name: t / steps * 1e6 for name, t in spent.items()}
         null_vec = per.get("vec_null", 0.0)
@@ -466,19 +493,22 @@ def main(argv: list[str] | None = None) -> int:
     # trains the null env's model and the real envs' models in turns of one update each
     # (interleaved_rates): a drift hits every model alike, and the ratios are taken per
     # round, then summarised (median and range).
+    def ppo_groups(seed: int) -> Iterator[tuple[dict[str, Iterator[int]], bool]]:
+        """The goal's pair in turns of its own, then the other vector envs with a null env
+        of their own, then the default experiment's settings (the collector frozen); each
+        group's models are made when its turns start."""
+        yield {"ppo_null": ppo_turns(ppo_model(null, seed), ppo_steps),
+               "ppo_batched": ppo_turns(ppo_model(batched, seed), ppo_steps)}, False
+        yield {"other_null": ppo_turns(ppo_model(null, seed), ppo_steps),
+               "ppo_dummy": ppo_turns(ppo_model(dummy, seed), ppo_steps),
+               "ppo_threads": ppo_turns(ppo_model(threaded, seed), ppo_steps)}, False
+        yield {"default_null": ppo_turns(default_ppo_model(True, seed), ppo_steps),
+               "default_batched": ppo_turns(default_ppo_model(False, seed), ppo_steps),
+               "default_threads": ppo_turns(default_ppo_model(False, seed, 2), ppo_steps)}, True
+
     for k in range(ppo_rounds):
-        seed = args.seed + k
-        # The goal's pair in turns of its own, then the other vector envs with a null env
-        # of their own, then the default experiment's settings.
-        for group, freeze in (
-                ({"ppo_null": ppo_model(null, seed), "ppo_batched": ppo_model(batched, seed)},
-                 False),
-                ({"other_null": ppo_model(null, seed), "ppo_dummy": ppo_model(dummy, seed),
-                  "ppo_threads": ppo_model(threaded, seed)}, False),
-                ({"default_null": default_ppo_model(True, seed),
-                  "default_batched": default_ppo_model(False, seed),
-                  "default_threads": default_ppo_model(False, seed, 2)}, True)):
-            for key, rates in interleaved_rates(group, ppo_steps, freeze).items():
+        for group, freeze in ppo_groups(args.seed + k):
+            for key, rates in interleaved_rates(group, freeze).items():
                 add(key, rates[0])
                 add(f"{key}:wall", rates[1])
     med = {key: statistics.median(v) for key, v in r.items()}
@@ -532,12 +562,17 @@ def main(argv: list[str] | None = None) -> int:
                       f"[range] of {ppo_rounds} paired rounds",
                       ("vector env", "steps/s (wall)", "ratio to null (wall)",
                        "CPU per step vs env_threads: 1"))
-    for key, null_key, one_key, label in (
-            ("ppo_threads", "other_null", "ppo_batched", f"default env, batched ({n_envs} envs)"),
-            ("default_threads", "default_null", "default_batched",
+    # The CPU time per step against env_threads: 1 in the same round, each relative to the
+    # null env it trained in turns with (the 4-env pair and the helper-thread env train in
+    # different groups).
+    for key, null_key, one_key, one_null, label in (
+            ("ppo_threads", "other_null", "ppo_batched", "ppo_null",
+             f"default env, batched ({n_envs} envs)"),
+            ("default_threads", "default_null", "default_batched", "default_null",
              "default env, the default experiment's settings")):
         per = [a / b for a, b in zip(r[f"{key}:wall"], r[f"{null_key}:wall"], strict=True)]
-        cpu = [b / a for a, b in zip(r[key], r[one_key], strict=True)]
+        cpu = [(one / one_n) / (two / two_n) for one, one_n, two, two_n in
+               zip(r[one_key], r[one_null], r[key], r[null_key], strict=True)]
         ratios[f"{key}:wall"] = statistics.median(per)
         t.add_row(label, f"{med[f'{key}:wall']:,.0f}",
                   f"{statistics.median(per):.2f} [{min(per):.2f}, {max(per):.2f}]",

@@ -7,7 +7,9 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -100,54 +102,113 @@ def test_the_ratio_s_verdict_comes_from_a_confidence_interval_of_its_median() ->
     assert median_ci([0.9] * 6)[3] == pytest.approx(1 - 2 / 64)  # 6 rounds suffice
 
 
-def test_ppo_models_train_in_turns_of_one_update_the_order_reversed_each_turn(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """bench_env.py's PPO ratio trains the null env's model and the real env's in turns of
-    one update, A B, B A, A B, ..., so the VM's drift within seconds hits both alike; each
-    model's rate counts its own turns only, and every model's env is closed."""
-    import gc
-    import types
-
+def _bench_env() -> Any:
     sys.path.insert(0, str(BENCH))
     try:
         import bench_env
     finally:
         sys.path.remove(str(BENCH))
+    return bench_env
+
+
+def test_models_train_in_turns_the_order_reversed_each_round(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench_env.py's PPO ratio runs the null env's model and the real env's in turns of
+    one update, A B, B A, A B, ..., so the VM's drift within seconds hits both alike; each
+    model's rate counts its own turns only, not the call that ends its training."""
+    import gc
+    import types
+
+    bench_env = _bench_env()
     clock = {"cpu": 0.0, "wall": 0.0}
-    log: list[tuple[str, int, bool, int]] = []
+    log: list[tuple[str, int]] = []
 
-    class Model:
-        def __init__(self, name: str, n_envs: int, cost: float) -> None:
-            self.name, self.n_steps, self.n_envs, self.cost = name, 128, n_envs, cost
-            self.num_timesteps = 0
-            self.closed = False
+    def turns(name: str, per_turn: int, n: int, cost: float) -> Iterator[int]:
+        for _ in range(n):
+            log.append((name, gc.get_freeze_count()))
+            clock["cpu"] += cost * per_turn
+            clock["wall"] += 2 * cost * per_turn
+            yield per_turn
+        log.append((f"{name} ends", gc.get_freeze_count()))
+        clock["cpu"] += 1.0  # ending is not a turn: not timed
+        clock["wall"] += 1.0
 
-        def learn(self, total_timesteps: int, reset_num_timesteps: bool) -> None:
-            log.append((self.name, total_timesteps, reset_num_timesteps, gc.get_freeze_count()))
-            self.num_timesteps += total_timesteps
-            clock["cpu"] += self.cost * total_timesteps
-            clock["wall"] += 2 * self.cost * total_timesteps
-
-        def get_env(self) -> Model:
-            return self
-
-        def close(self) -> None:
-            self.closed = True
-
-    fake_time = types.SimpleNamespace(process_time=lambda: clock["cpu"],
-                                      perf_counter=lambda: clock["wall"],
-                                      sleep=lambda s: None)
-    monkeypatch.setattr(bench_env, "time", fake_time)
-    models = {"null": Model("null", 4, 1e-4), "real": Model("real", 4, 2e-4),
-              "big": Model("big", 8, 1e-4)}
-    rates = bench_env.interleaved_rates(models, 2048, freeze_gc=True)
-    # One update (n_steps x n_envs) per turn; turns alternate in order; a model that has its
-    # steps drops out (big: 1024 per turn, done after 2 turns).
-    assert [(n, t) for n, t, _, _ in log] == [
-        ("null", 512), ("real", 512), ("big", 1024), ("big", 1024), ("real", 512),
-        ("null", 512), ("null", 512), ("real", 512), ("real", 512), ("null", 512)]
-    assert [r for _, _, r, _ in log] == [True] * 3 + [False] * 7  # the first turn resets
-    assert all(frozen > 0 for *_, frozen in log) and gc.get_freeze_count() == 0
+    monkeypatch.setattr(bench_env, "time", types.SimpleNamespace(
+        process_time=lambda: clock["cpu"], perf_counter=lambda: clock["wall"]))
+    rates = bench_env.interleaved_rates({"null": turns("null", 512, 4, 1e-4),
+                                         "real": turns("real", 512, 4, 2e-4),
+                                         "big": turns("big", 1024, 2, 1e-4)}, freeze_gc=True)
+    assert [name for name, _ in log] == [
+        "null", "real", "big", "big", "real", "null", "null", "real", "big ends",
+        "real", "null", "null ends", "real ends"]
+    assert all(frozen > 0 for _, frozen in log) and gc.get_freeze_count() == 0
     assert rates == {"null": pytest.approx((1e4, 5e3)), "real": pytest.approx((5e3, 2.5e3)),
                      "big": pytest.approx((1e4, 5e3))}
-    assert all(m.closed for m in models.values())
+    log.clear()
+    bench_env.interleaved_rates({"a": turns("a", 8, 1, 1.0)})
+    assert log == [("a", 0), ("a ends", 0)]  # the collector left alone
+
+
+def test_ppo_turns_is_learn_one_update_at_a_time(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training in turns is SB3's learn() step by step: the same parameters bit for bit,
+    the schedules seeing the progress through all the steps (a learn() per update would
+    train every update at progress 0: a `lin_` learning rate of 0), one env reset, no
+    /tmp/SB3-* folder, the env closed at the end."""
+    import gymnasium as gym
+    import numpy as np
+    import torch
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    bench_env = _bench_env()
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr("tempfile.tempdir", None)
+    like = gym.make("CartPole-v1")
+
+    class Noisy(bench_env.NullEnv):  # type: ignore[name-defined]
+        def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
+                  ) -> tuple[np.ndarray, dict[str, Any]]:
+            super().reset(seed=seed)
+            self._obs = self.np_random.normal(size=self._obs.shape).astype(np.float32)
+            return self._obs, {}
+
+        def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool,
+                                                     dict[str, Any]]:
+            obs, _, term, trunc, info = super().step(action)
+            return obs, float(action), term, trunc, info
+
+    def model() -> Any:
+        venv = DummyVecEnv([lambda: Noisy(like, 5) for _ in range(2)])
+        return PPO("MlpPolicy", venv, n_steps=8, batch_size=8, n_epochs=2, seed=0,
+                   learning_rate=lambda progress: progress * 1e-3, device="cpu")
+
+    torch.set_num_threads(1)
+    whole = model().learn(48)
+    folders = set(tmp_path.glob("SB3-*"))  # learn()'s default logger made one
+    m = model()
+    venv = m.get_env()
+    resets = closes = 0
+    reset, close = venv.reset, venv.close
+
+    def counted_reset() -> Any:
+        nonlocal resets
+        resets += 1
+        return reset()
+
+    def counted_close() -> None:
+        nonlocal closes
+        closes += 1
+        close()
+
+    venv.reset, venv.close = counted_reset, counted_close
+    lrs = []
+    for n in bench_env.ppo_turns(m, 48):
+        assert n == 16
+        lrs.append(m.policy.optimizer.param_groups[0]["lr"])
+    assert lrs == pytest.approx([2e-3 / 3, 1e-3 / 3, 0.0])
+    assert (resets, closes, m._n_updates) == (1, 1, 6)
+    for (name, a), b in zip(whole.policy.state_dict().items(),
+                            m.policy.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert set(tmp_path.glob("SB3-*")) == folders and len(folders) == 1

@@ -335,7 +335,12 @@ def test_shipped_hyperparameters_are_trial_0_of_the_agent_space(algo: str) -> No
 # ------------------------------------------------------------ agents
 
 
-def test_agent_tuning_reports_to_the_pruner(files: dict[str, Path], tmp_path: Path) -> None:
+def test_agent_tuning_reports_to_the_pruner(files: dict[str, Path], tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # Trials train without leaving SB3's default logger folder (/tmp/SB3-<time>) behind.
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    monkeypatch.setattr("tempfile.tempdir", None)
     out = tmp_path / "ppo"
     code = tune.main(["agent", "ppo", "--suite", str(files["scenario"]), "--env-config",
                       str(files["env_agent"]), "--timesteps", "128", "--n-envs", "1",
@@ -360,6 +365,7 @@ def test_agent_tuning_reports_to_the_pruner(files: dict[str, Path], tmp_path: Pa
     assert "reward_clip" not in hp
     validate_hyperparams("ppo", hp, "best_hyperparams.yaml")
     assert (out / "history.png").is_file() and (out / "report.md").is_file()
+    assert not list((tmp_path / "tmp").glob("SB3-*"))
 
 
 def test_the_reward_clip_is_searched_and_reaches_vecnormalize(

@@ -317,6 +317,7 @@ class AgentObjective:
                t0: float) -> tuple[list[EpisodeResult], list[int]]:
         """Train every training seed; the last evaluation's results and groups."""
         import optuna
+        from stable_baselines3.common.logger import Logger
 
         st = self.setup
         policy, kwargs = materialize(st.algo, hp)
@@ -334,6 +335,9 @@ class AgentObjective:
                     warnings.simplefilter("ignore")
                     model = algo_class(st.algo)(policy, venv, seed=seed, device="cpu",
                                                 verbose=0, **kwargs)
+                    # A logger that writes nowhere: SB3's default (no tensorboard_log)
+                    # also makes an empty /tmp/SB3-<time> folder at every learn().
+                    model.set_logger(Logger(folder=None, output_formats=[]))
                     if experiment.pretrain.teacher:
                         # The default experiment's warm start, as train.py makes it: the
                         # rule plays on this venv, the policy clones it, then PPO.
