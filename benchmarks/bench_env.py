@@ -51,7 +51,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 import gymnasium as gym
@@ -166,6 +166,8 @@ def ppo_turns(model: Any, steps: int) -> Iterator[int]:
     model's env when done."""
     from stable_baselines3.common.logger import Logger
 
+    if steps <= 0:
+        raise ValueError(f"steps must be positive, got {steps}")
     model.set_logger(Logger(folder=None, output_formats=[]))
     try:
         total, callback = model._setup_learn(steps, None, True, "turns", False)
@@ -192,9 +194,13 @@ def interleaved_rates(turns: dict[str, Iterator[int]], freeze_gc: bool = False
     round of turns (A B C, C B A, A B C, ...), until all are done; per key, the steps per
     CPU second and per wall-clock second of its own turns.  This VM's speed drifts by tens
     of percent within seconds, so measures taken one after the other, a few seconds each,
-    differ by the drift as much as by what they measure: in turns of ~0.2 s, a drift hits
-    every model alike.  ``freeze_gc``: the garbage collector frozen throughout, as
-    ``agents/training/loop.py`` freezes it before ``learn``."""
+    differ by the drift as much as by what they measure: in turns of one update (0.2 s or
+    less), a drift hits every model alike.  After each turn, untimed, a pause lets a vector
+    env's helper threads stop polling (``StepThreads``: 2 ms; the default experiment's
+    update can be shorter than that), so their CPU time is not billed to the next model.
+    ``freeze_gc``: the garbage collector frozen throughout, as ``agents/training/loop.py``
+    freezes it before ``learn``.  Every model's turns are closed at the end, also when one
+    fails (a started :func:`ppo_turns` then closes its env)."""
     import gc
 
     done = dict.fromkeys(turns, 0)
@@ -218,10 +224,14 @@ def interleaved_rates(turns: dict[str, Iterator[int]], freeze_gc: bool = False
                 cpu[key] += time.process_time() - t0
                 wall[key] += time.perf_counter() - w0
                 done[key] += n
+                time.sleep(0.005)
             live = [key for key in live if key not in ended]
     finally:
         if freeze_gc:
             gc.unfreeze()
+        for gen in turns.values():
+            if isinstance(gen, Generator):
+                gen.close()
     return {key: (done[key] / cpu[key], done[key] / wall[key]) for key in turns}
 
 

@@ -133,8 +133,15 @@ def test_models_train_in_turns_the_order_reversed_each_round(
         clock["cpu"] += 1.0  # ending is not a turn: not timed
         clock["wall"] += 1.0
 
+    pauses = []
+
+    def sleep(seconds: float) -> None:  # a pause after each turn, not timed
+        pauses.append(seconds)
+        clock["cpu"] += 100.0
+        clock["wall"] += 100.0
+
     monkeypatch.setattr(bench_env, "time", types.SimpleNamespace(
-        process_time=lambda: clock["cpu"], perf_counter=lambda: clock["wall"]))
+        process_time=lambda: clock["cpu"], perf_counter=lambda: clock["wall"], sleep=sleep))
     rates = bench_env.interleaved_rates({"null": turns("null", 512, 4, 1e-4),
                                          "real": turns("real", 512, 4, 2e-4),
                                          "big": turns("big", 1024, 2, 1e-4)}, freeze_gc=True)
@@ -142,13 +149,43 @@ def test_models_train_in_turns_the_order_reversed_each_round(
         "null", "real", "big", "big", "real", "null", "null", "real", "big ends",
         "real", "null", "null ends", "real ends"]
     assert all(frozen > 0 for _, frozen in log) and gc.get_freeze_count() == 0
+    assert len(pauses) == 10 and all(p > 0 for p in pauses)  # after each of the 10 turns
     assert rates == {"null": pytest.approx((1e4, 5e3)), "real": pytest.approx((5e3, 2.5e3)),
                      "big": pytest.approx((1e4, 5e3))}
     log.clear()
     bench_env.interleaved_rates({"a": turns("a", 8, 1, 1.0)})
     assert log == [("a", 0), ("a ends", 0)]  # the collector left alone
 
+    # A failing turn: the others are closed (a started ppo_turns closes its env then).
+    closed = []
 
+    def closing(name: str) -> Iterator[int]:
+        try:
+            yield 8
+            yield 8
+        finally:
+            closed.append(name)
+
+    def failing() -> Iterator[int]:
+        yield 8
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        bench_env.interleaved_rates({"b": closing("b"), "c": failing()}, freeze_gc=True)
+    assert closed == ["b"] and gc.get_freeze_count() == 0
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
 def test_ppo_turns_is_learn_one_update_at_a_time(tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Training in turns is SB3's learn() step by step: the same parameters bit for bit,
@@ -162,6 +199,7 @@ def test_ppo_turns_is_learn_one_update_at_a_time(tmp_path: Path,
     from stable_baselines3.common.vec_env import DummyVecEnv
 
     bench_env = _bench_env()
+    monkeypatch.delenv("SB3_LOGDIR", raising=False)  # SB3 would log there, not in TMPDIR
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     monkeypatch.setattr("tempfile.tempdir", None)
     like = gym.make("CartPole-v1")
@@ -183,7 +221,6 @@ def test_ppo_turns_is_learn_one_update_at_a_time(tmp_path: Path,
         return PPO("MlpPolicy", venv, n_steps=8, batch_size=8, n_epochs=2, seed=0,
                    learning_rate=lambda progress: progress * 1e-3, device="cpu")
 
-    torch.set_num_threads(1)
     whole = model().learn(48)
     folders = set(tmp_path.glob("SB3-*"))  # learn()'s default logger made one
     m = model()

@@ -339,6 +339,7 @@ def test_agent_tuning_reports_to_the_pruner(files: dict[str, Path], tmp_path: Pa
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     # Trials train without leaving SB3's default logger folder (/tmp/SB3-<time>) behind.
     (tmp_path / "tmp").mkdir()
+    monkeypatch.delenv("SB3_LOGDIR", raising=False)  # SB3 would log there, not in TMPDIR
     monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
     monkeypatch.setattr("tempfile.tempdir", None)
     out = tmp_path / "ppo"
