@@ -170,8 +170,9 @@ def test_models_train_in_turns_the_order_reversed_each_round(
         yield 8
         raise RuntimeError("boom")
 
+    gens = {"b": closing("b"), "c": failing()}  # held here: not closed by being freed
     with pytest.raises(RuntimeError, match="boom"):
-        bench_env.interleaved_rates({"b": closing("b"), "c": failing()}, freeze_gc=True)
+        bench_env.interleaved_rates(gens, freeze_gc=True)
     assert closed == ["b"] and gc.get_freeze_count() == 0
 
 
