@@ -46,7 +46,6 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse
 import functools
-import itertools
 import platform
 import statistics
 import sys
@@ -156,7 +155,7 @@ def default_ppo_model(null: bool, seed: int, env_threads: int = 1) -> Any:
     return PPO(policy, venv, seed=seed, device="cpu", verbose=0, **kwargs)
 
 
-def ppo_turns(model: Any, steps: int) -> Iterator[int]:
+def ppo_turns(model: Any, steps: int) -> Generator[int, None, None]:
     """``model.learn(steps)`` one update at a time: each ``next()`` collects one rollout
     (``n_steps`` x ``n_envs`` steps), logs and trains on it as SB3's
     ``OnPolicyAlgorithm.learn`` does, and yields the steps it took.  The schedules (a
@@ -188,7 +187,7 @@ def ppo_turns(model: Any, steps: int) -> Iterator[int]:
         model.get_env().close()
 
 
-def interleaved_rates(turns: dict[str, Iterator[int]], freeze_gc: bool = False
+def interleaved_rates(turns: dict[str, Generator[int, None, None]], freeze_gc: bool = False
                       ) -> dict[str, tuple[float, float]]:
     """Run every model's turns (:func:`ppo_turns`) in turn, the order reversed at every
     round of turns (A B C, C B A, A B C, ...), until all are done; per key, the steps per
@@ -211,11 +210,9 @@ def interleaved_rates(turns: dict[str, Iterator[int]], freeze_gc: bool = False
         gc.collect()
         gc.freeze()
     try:
-        for k in itertools.count():
-            if not live:
-                break
+        while live:
             ended = []
-            for key in live if k % 2 == 0 else live[::-1]:
+            for key in live:
                 t0, w0 = time.process_time(), time.perf_counter()
                 n = next(turns[key], None)
                 if n is None:  # its last call only ends the training and closes the env
@@ -225,13 +222,13 @@ def interleaved_rates(turns: dict[str, Iterator[int]], freeze_gc: bool = False
                 wall[key] += time.perf_counter() - w0
                 done[key] += n
                 time.sleep(0.005)
-            live = [key for key in live if key not in ended]
+            # The next round of turns in the opposite order.
+            live = [key for key in reversed(live) if key not in ended]
     finally:
         if freeze_gc:
             gc.unfreeze()
         for gen in turns.values():
-            if isinstance(gen, Generator):
-                gen.close()
+            gen.close()
     return {key: (done[key] / cpu[key], done[key] / wall[key]) for key in turns}
 
 
@@ -503,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     # trains the null env's model and the real envs' models in turns of one update each
     # (interleaved_rates): a drift hits every model alike, and the ratios are taken per
     # round, then summarised (median and range).
-    def ppo_groups(seed: int) -> Iterator[tuple[dict[str, Iterator[int]], bool]]:
+    def ppo_groups(seed: int) -> Iterator[tuple[dict[str, Generator[int, None, None]], bool]]:
         """The goal's pair in turns of its own, then the other vector envs with a null env
         of their own, then the default experiment's settings (the collector frozen); each
         group's models are made when its turns start."""

@@ -7,7 +7,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,18 @@ def _run(script: str, *args: str, env: dict[str, str] | None = None
          ) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True,
                           text=True, timeout=120, env=env)
+
+
+def _bench(name: str) -> Any:
+    """The benchmark module ``benchmarks/<name>.py`` (it imports its sibling modules as
+    top-level ones, so the folder is on the path while it loads)."""
+    import importlib
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(BENCH))
 
 
 NEGATIVE = "must not be negative (0 or absent: the default)"
@@ -47,11 +59,7 @@ def test_bench_cache_without_valgrind_says_how_to_get_it(tmp_path: Path) -> None
 
 
 def test_bench_cache_orders_functions_by_the_event_asked_for() -> None:
-    sys.path.insert(0, str(BENCH))
-    try:
-        from bench_cache import ranked
-    finally:
-        sys.path.remove(str(BENCH))
+    ranked = _bench("bench_cache").ranked
     events = ["Ir", "D1mr", "D1mw", "DLmr", "DLmw"]
     deltas = {"busy": [900, 1, 1, 0, 1], "missing": [100, 5, 5, 40, 2], "idle": [10, 0, 0, 0, 0]}
     assert ranked(deltas, events, "ir", 2) == ["busy", "missing"]
@@ -82,11 +90,8 @@ def test_the_ratio_s_verdict_comes_from_a_confidence_interval_of_its_median() ->
     """bench_env.py says the PPO ratio meets or misses 0.8 only when a distribution-free
     CI of the median of its paired rounds lies on one side; on 2-core VMs whose rounds
     move by +-0.15 a bare median said "misses" at 0.797."""
-    sys.path.insert(0, str(BENCH))
-    try:
-        from bench_env import goal_verdict, median_ci
-    finally:
-        sys.path.remove(str(BENCH))
+    bench_env = _bench("bench_env")
+    goal_verdict, median_ci = bench_env.goal_verdict, bench_env.median_ci
     nine = [0.74, 0.90, 0.78, 0.81, 0.79, 1.05, 0.80, 0.77, 0.83]
     med, low, high, conf = median_ci(nine)
     # n = 9: x(2) and x(8), P = 1 - 2 (1 + 9) / 512.
@@ -102,15 +107,6 @@ def test_the_ratio_s_verdict_comes_from_a_confidence_interval_of_its_median() ->
     assert median_ci([0.9] * 6)[3] == pytest.approx(1 - 2 / 64)  # 6 rounds suffice
 
 
-def _bench_env() -> Any:
-    sys.path.insert(0, str(BENCH))
-    try:
-        import bench_env
-    finally:
-        sys.path.remove(str(BENCH))
-    return bench_env
-
-
 def test_models_train_in_turns_the_order_reversed_each_round(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """bench_env.py's PPO ratio runs the null env's model and the real env's in turns of
@@ -119,11 +115,11 @@ def test_models_train_in_turns_the_order_reversed_each_round(
     import gc
     import types
 
-    bench_env = _bench_env()
+    bench_env = _bench("bench_env")
     clock = {"cpu": 0.0, "wall": 0.0}
     log: list[tuple[str, int]] = []
 
-    def turns(name: str, per_turn: int, n: int, cost: float) -> Iterator[int]:
+    def turns(name: str, per_turn: int, n: int, cost: float) -> Generator[int, None, None]:
         for _ in range(n):
             log.append((name, gc.get_freeze_count()))
             clock["cpu"] += cost * per_turn
@@ -159,14 +155,14 @@ def test_models_train_in_turns_the_order_reversed_each_round(
     # A failing turn: the others are closed (a started ppo_turns closes its env then).
     closed = []
 
-    def closing(name: str) -> Iterator[int]:
+    def closing(name: str) -> Generator[int, None, None]:
         try:
             yield 8
             yield 8
         finally:
             closed.append(name)
 
-    def failing() -> Iterator[int]:
+    def failing() -> Generator[int, None, None]:
         yield 8
         raise RuntimeError("boom")
 
@@ -199,7 +195,7 @@ def test_ppo_turns_is_learn_one_update_at_a_time(tmp_path: Path,
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    bench_env = _bench_env()
+    bench_env = _bench("bench_env")
     monkeypatch.delenv("SB3_LOGDIR", raising=False)  # SB3 would log there, not in TMPDIR
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     monkeypatch.setattr("tempfile.tempdir", None)
