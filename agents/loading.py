@@ -114,6 +114,93 @@ def unflatten_action(action: Any, nvec: Sequence[int] | np.ndarray) -> np.ndarra
     return np.stack(parts, axis=-1).astype(np.int64)
 
 
+class DeterministicActorCritic:
+    """SB3's ``ActorCriticPolicy.predict(obs, deterministic=True)`` for a Box
+    observation and a ``Discrete`` or ``MultiDiscrete`` action, the same tensor
+    operations without the call's overhead.
+
+    Every evaluation, validation run and export plays a trained policy one decision at a
+    time, and SB3's ``predict`` spent most of such a decision's time around the network:
+    ``set_training_mode`` walking every module, the ``device`` lookup walking the
+    parameters, and a ``torch.distributions.Categorical`` per action component with its
+    argument checks (``docs/performance.md``, "Playing a trained policy").  This computes
+    what those objects compute, in the same order and on the same tensors: the features
+    of ``pi_features_extractor``, ``mlp_extractor.forward_actor``, ``action_net``, then per
+    component (``torch.split`` of the logits, as ``MultiCategoricalDistribution``) the
+    normalised logits ``l - l.logsumexp(-1)`` (``Categorical.__init__``), their softmax
+    (``Categorical.probs``) and its first argmax (``mode()``): the same actions, bit for
+    bit (``tests/test_evaluate.py`` compares them with ``model.predict`` on random and tied
+    logits).  :meth:`of` returns None for any other policy, which then goes through
+    ``model.predict``.
+    """
+
+    def __init__(self, policy: Any, dims: Sequence[int] | None) -> None:
+        self.policy = policy
+        self.dims = None if dims is None else [int(d) for d in dims]
+        self.device = policy.device  # a walk over the parameters: once, not per call
+
+    @classmethod
+    def of(cls, model: Any) -> DeterministicActorCritic | None:
+        """The fast path for ``model`` (an SB3 algorithm), or None when its policy is not
+        exactly SB3's ``ActorCriticPolicy`` with a Box observation (not an image) and a
+        (multi-)categorical action distribution (subclasses such as the maskable and
+        recurrent policies, and anything that is not an SB3 model, keep their own
+        ``predict``)."""
+        policy = getattr(model, "policy", None)
+        if policy is None or "torch" not in sys.modules:
+            return None
+        from gymnasium import spaces
+        from stable_baselines3.common.distributions import (
+            CategoricalDistribution,
+            MultiCategoricalDistribution,
+        )
+        from stable_baselines3.common.policies import ActorCriticPolicy
+        from stable_baselines3.common.preprocessing import is_image_space
+
+        space = policy.observation_space
+        if (type(policy) is not ActorCriticPolicy or not isinstance(space, spaces.Box)
+                or is_image_space(space)):  # images are transposed first: SB3's own path
+            return None
+        dist = policy.action_dist
+        if type(dist) is MultiCategoricalDistribution:
+            assert isinstance(dist, MultiCategoricalDistribution)  # for the type checker
+            return cls(policy, dist.action_dims)
+        if type(dist) is CategoricalDistribution:
+            return cls(policy, None)
+        return None
+
+    def predict(self, observation: np.ndarray) -> np.ndarray:
+        """The action(s) of ``policy.predict(observation, deterministic=True)``."""
+        import torch as th
+        from stable_baselines3.common.utils import is_vectorized_observation
+
+        p = self.policy
+        if p.training:  # what predict's set_training_mode(False) changes
+            p.set_training_mode(False)
+        obs = np.array(observation)
+        vectorized = is_vectorized_observation(obs, p.observation_space)
+        obs = obs.reshape((-1, *p.observation_space.shape))
+        with th.no_grad():
+            features = p.extract_features(th.as_tensor(obs, device=self.device),
+                                          p.pi_features_extractor)
+            logits = p.action_net(p.mlp_extractor.forward_actor(features))
+            if self.dims is None:
+                actions = _categorical_mode(logits)
+            else:
+                actions = th.stack([_categorical_mode(part)
+                                    for part in th.split(logits, self.dims, dim=1)], dim=1)
+        out = actions.cpu().numpy().reshape((-1, *p.action_space.shape))
+        return out if vectorized else out.squeeze(axis=0)
+
+
+def _categorical_mode(logits: Any) -> Any:
+    """``Categorical(logits=logits).probs.argmax(dim=1)``, as torch computes it."""
+    import torch as th
+
+    normalised = logits - logits.logsumexp(dim=-1, keepdim=True)
+    return th.argmax(th.nn.functional.softmax(normalised, dim=-1), dim=1)
+
+
 class ObsNormalizedPolicy:
     """An SB3 model behind the policy interface, with the VecNormalize
     observation statistics it was trained with (if any).
@@ -131,13 +218,17 @@ class ObsNormalizedPolicy:
         self.normalize = normalize
         self.name = name
         self.action_shape = tuple(int(n) for n in action_shape) if action_shape else None
+        self._mode = DeterministicActorCritic.of(model)
 
     def predict(self, observation: np.ndarray, state: Any = None,
                 episode_start: np.ndarray | None = None,
                 deterministic: bool = True) -> tuple[np.ndarray, Any]:
         obs = self.normalize(observation) if self.normalize is not None else observation
-        action, state = self.model.predict(obs, state=state, episode_start=episode_start,
-                                           deterministic=deterministic)
+        if deterministic and state is None and self._mode is not None:
+            action = self._mode.predict(obs)
+        else:
+            action, state = self.model.predict(obs, state=state, episode_start=episode_start,
+                                               deterministic=deterministic)
         if self.action_shape is not None:
             action = unflatten_action(action, self.action_shape)
         return action, state

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import matplotlib.image
 import numpy as np
 import pytest
@@ -495,3 +496,121 @@ def test_unwarned_failures_are_those_of_decisions_taken_above_the_high_watermark
     assert old.unwarned_failure_ticks is None
     assert dict(zip(summary_columns("none"), summary_row(old), strict=True))[
         "of them unwarned"] == "-"
+
+
+class _SpacesOnly(gym.Env):
+    """An env that only has spaces: enough to build an SB3 model."""
+
+    def __init__(self, action_space: gym.Space, obs_dim: int = 6) -> None:
+        self.observation_space = gym.spaces.Box(-5.0, 5.0, (obs_dim,), np.float32)
+        self.action_space = action_space
+
+    def reset(self, *, seed: int | None = None, options: Any = None) -> tuple[np.ndarray, dict]:
+        return np.zeros(self.observation_space.shape, np.float32), {}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        return np.zeros(self.observation_space.shape, np.float32), 0.0, False, True, {}
+
+
+def _observations(rng: np.random.Generator, n: int, dim: int) -> list[np.ndarray]:
+    """Single and batched observations, float32 and float64 (normalised ones are), small,
+    large and exactly zero."""
+    out: list[np.ndarray] = []
+    for scale in (1e-3, 1.0, 50.0, 1e4):
+        out += [(rng.standard_normal(dim) * scale).astype(np.float32) for _ in range(n)]
+        out.append(rng.standard_normal((7, dim)) * scale)
+    return [*out, np.zeros(dim, np.float32), np.zeros((3, dim))]
+
+
+@pytest.mark.parametrize(("algo", "space"), [
+    ("ppo", gym.spaces.MultiDiscrete([5, 4, 4, 4, 2])),
+    ("ppo", gym.spaces.MultiDiscrete([3])),
+    ("a2c", gym.spaces.Discrete(7)),
+])
+def test_fast_deterministic_predict_is_sb3s_bit_for_bit(algo: str, space: gym.Space) -> None:
+    """The fast path of ObsNormalizedPolicy gives model.predict's actions exactly (values,
+    dtype, shape) on random networks, single and batched observations, and on tied and
+    1-ulp-apart logits, where the first most likely action must win as torch's argmax of
+    the softmax picks it; it leaves the policy in eval mode as predict does."""
+    import torch
+    from stable_baselines3 import A2C, PPO
+
+    from ptreclaim.agents.loading import DeterministicActorCritic
+
+    cls = {"ppo": PPO, "a2c": A2C}[algo]
+    rng = np.random.default_rng(0)
+    for seed in range(3):
+        model = cls("MlpPolicy", _SpacesOnly(space), seed=seed,
+                    policy_kwargs={"net_arch": [16, 16]})
+        fast = ObsNormalizedPolicy(model, None, "m")
+        assert isinstance(fast._mode, DeterministicActorCritic)
+        model.policy.set_training_mode(True)
+        for obs in _observations(rng, 20, 6):
+            got, state = fast.predict(obs)
+            want, _ = model.predict(obs, deterministic=True)
+            assert state is None and got.dtype == want.dtype and got.shape == want.shape
+            assert np.array_equal(got, want), (obs, got, want)
+            assert not model.policy.training
+    # Ties: every logit equal, then the logits a few ulps apart, increasing and decreasing
+    # (float32 softmax maps neighbours to the same probability, and argmax takes the first).
+    n = int(np.sum(model.policy.action_dist.action_dims)
+            if hasattr(model.policy.action_dist, "action_dims") else space.n)
+    net = model.policy.action_net
+    tiny = np.float32(30.0)
+    for bias in (np.zeros(n, np.float32),
+                 np.array([np.nextafter(tiny, np.float32(99), dtype=np.float32) if k % 2 else tiny
+                           for k in range(n)], np.float32),
+                 np.array([tiny - np.float32(1e-6) * k for k in range(n)], np.float32),
+                 np.array([tiny + np.float32(2e-6) * k for k in range(n)], np.float32)):
+        with torch.no_grad():
+            net.weight.zero_()
+            net.bias.copy_(torch.as_tensor(bias))
+        for obs in _observations(rng, 2, 6):
+            assert np.array_equal(fast.predict(obs)[0], model.predict(obs, deterministic=True)[0])
+
+
+def test_other_policies_keep_their_own_predict() -> None:
+    """Continuous actions, stochastic calls and recurrent states go through model.predict."""
+    from stable_baselines3 import PPO
+
+    model = PPO("MlpPolicy", _SpacesOnly(gym.spaces.Box(-1.0, 1.0, (2,), np.float32)), seed=0,
+                policy_kwargs={"net_arch": [8]})
+    assert ObsNormalizedPolicy(model, None, "box")._mode is None
+    calls: list[bool] = []
+    discrete = PPO("MlpPolicy", _SpacesOnly(gym.spaces.Discrete(3)), seed=0,
+                   policy_kwargs={"net_arch": [8]})
+    real = discrete.predict
+
+    def spy(*args: Any, **kw: Any) -> Any:
+        calls.append(kw["deterministic"])
+        return real(*args, **kw)
+
+    discrete.predict = spy  # type: ignore[method-assign]
+    policy = ObsNormalizedPolicy(discrete, None, "d")
+    obs = np.zeros(6, np.float32)
+    policy.predict(obs)
+    policy.predict(obs, deterministic=False)
+    policy.predict(obs, state=(np.zeros(1),))
+    assert calls == [False, True]
+
+
+def test_episodes_are_the_same_with_the_fast_predict(suite: Path) -> None:
+    """A trained model with its normalisation plays the same episodes on either path."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+    from ptreclaim.agents.loading import as_policy
+
+    scenarios, _ = resolve_suite(str(suite))
+    config = EnvConfig(max_steps=12)
+    venv = VecNormalize(DummyVecEnv([lambda: PageTableReclaimEnv(scenarios, config)]))
+    model = PPO("MlpPolicy", venv, seed=1, n_steps=64, batch_size=32,
+                policy_kwargs={"net_arch": [16]})
+    model.learn(128)
+    fast = as_policy(model, venv, config, "m")
+    slow = as_policy(model, venv, config, "m")
+    slow._mode = None
+    assert fast._mode is not None
+    a, b = evaluate({"m": fast}, scenarios, 2, 5, config), evaluate({"m": slow}, scenarios, 2, 5,
+                                                                     config)
+    assert a == b and len(a) == 2 * len(scenarios)
