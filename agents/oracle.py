@@ -72,13 +72,15 @@ from __future__ import annotations
 
 import bisect
 import copy
+import dataclasses
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
-from ..envs.features import SUSPECT_MIN_BYTES, hold_price
+from ..envs.features import SUSPECT_MIN_BYTES, hold_prices
 from ..envs.pagetable_env import PageTableReclaimEnv
 from ..envs.sim.pagetable import ENTRIES, PAGE, TableClass
 from ..envs.sim.process import Process
@@ -88,6 +90,10 @@ from .heuristics import Policy
 _FULL = DEPTHS[2]
 _CANDIDATES = (TableClass.EMPTY, TableClass.ZERO, TableClass.FILE)
 _MIB = 1 << 20
+
+
+#: A (slot, tick) pair as one sortable integer: slot << _TICK_BITS | tick.
+_TICK_BITS = 32
 
 
 @dataclass
@@ -100,6 +106,31 @@ class _Future:
     #: pid -> (tick of the process's first recorded pt size, its pt bytes per tick)
     pt: dict[int, tuple[int, list[int]]]
     ticks: int
+    #: process name -> its touches as sorted ``slot << _TICK_BITS | tick`` keys (made when
+    #: first asked for: :meth:`next_use`)
+    keys: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+    def next_use(self, name: str, slots: np.ndarray, now: int) -> np.ndarray:
+        """Ticks from ``now`` to each slot's first recorded access at or after ``now``
+        (float64; inf when it is never accessed again): for every slot at once what
+        ``bisect_left(touches[name][slot], now)`` finds."""
+        keys = self.keys.get(name)
+        if keys is None:
+            trace = self.touches.get(name, {})
+            counts = np.fromiter(map(len, trace.values()), np.int64, len(trace))
+            ticks = np.fromiter(itertools.chain.from_iterable(trace.values()), np.int64,
+                                int(counts.sum()))
+            owners = np.repeat(np.fromiter(trace.keys(), np.int64, len(trace)), counts)
+            keys = np.sort((owners << _TICK_BITS) + ticks)
+            self.keys[name] = keys
+        want = (slots << _TICK_BITS) + now
+        at = np.searchsorted(keys, want)
+        found = np.minimum(at, max(len(keys) - 1, 0))
+        hit = (at < len(keys)) & ((keys[found] >> _TICK_BITS) == slots) if len(keys) else \
+            np.zeros(len(slots), bool)
+        until = np.full(len(slots), math.inf)
+        until[hit] = (keys[found[hit]] & ((1 << _TICK_BITS) - 1)) - now
+        return until
 
 
 class OracleBound(Policy):
@@ -108,11 +139,14 @@ class OracleBound(Policy):
     name: ClassVar[str] = "oracle"
     privileged: ClassVar[bool] = True
 
-    def __init__(self) -> None:
+    def __init__(self, reference: bool = False) -> None:
         self.env: PageTableReclaimEnv | None = None
         self._future: _Future | None = None
         self._sim_id = -1
         self._owner: object | None = None
+        #: Choose tables with :func:`_choose_reference` (one table at a time, the readable
+        #: form) instead of :func:`_choose`: the tests compare the two.
+        self.reference = reference
 
     def bind(self, env: Any) -> None:
         """Attach to the (unwrapped) env whose simulation it may read."""
@@ -178,8 +212,7 @@ class OracleBound(Policy):
         # The recorded future, shifted to today's free memory, priced tick by tick.
         shift = sim.machine.normal_free - fut.free[now - 1] if now > 0 else 0.0
         free = fut.free[now:] + shift
-        price = np.fromiter((hold_price(f, wm.min, wm.high) for f in free), np.float64,
-                            len(free))
+        price = hold_prices(free, wm.min, wm.high)
         # From the recorded future's first failed allocation on, its allocations and
         # stalls no longer follow this one: holding is priced at its maximum there.
         failing = np.flatnonzero(fut.failed[now:])
@@ -190,36 +223,15 @@ class OracleBound(Policy):
         pressure = (sim.machine.normal_free < wm.low
                     or bool((free[:step] < wm.min).any()))
         lock = sim.scenario.reclaim.lock
+        choose = _choose_reference if self.reference else _choose
+        passes: dict[int, tuple[float, float, float]] = {}  # by remote CPUs
         for p in sim.alive:
             remote = min(p.cpus, sim.machine.config.cpus) - 1
-            fixed, marginal, file_extra = _pass_prices(costs, lock, remote, w)
-            trace = fut.touches.get(p.name, {})
-            chosen: list[int] = []
-            gain = 0.0
-            for cls in _CANDIDATES:
-                evict0 = marginal + (file_extra if cls == TableClass.FILE else 0.0)
-                for slot in p.mm.tables_in_class(cls):
-                    if p.mm.slot_is_uffd(slot):
-                        continue
-                    ticks = trace.get(slot, ())
-                    k = bisect.bisect_left(ticks, now)
-                    until = ticks[k] - now if k < len(ticks) else math.inf
-                    if pressure and until > step:
-                        chosen.append(slot)
-                        gain = math.inf
-                        continue
-                    held = cum[-1] if math.isinf(until) else cum[min(int(until), len(cum) - 1)]
-                    hold = per_tick * held
-                    if hold <= evict0:
-                        continue
-                    refault = 0.0
-                    if not math.isinf(until):
-                        t = p.mm.pte[slot]
-                        zapped = ENTRIES - t.entries.count(0) if not t.huge else ENTRIES
-                        refault = w.app_stall * costs.refault_us(1, zapped, uffd=False) / 1000.0
-                    if hold > evict0 + refault:
-                        chosen.append(slot)
-                        gain += hold - evict0 - refault
+            if remote not in passes:
+                passes[remote] = _pass_prices(costs, lock, remote, w)
+            fixed, marginal, file_extra = passes[remote]
+            chosen, gain = choose(p, fut, now, _Prices(cum, per_tick, marginal, file_extra),
+                                  step if pressure else None, costs, w.app_stall)
             # Judged on its size before the pass, capped at its size after (as the env's
             # hard flag caps the target after its pass).
             cap = self._worth_capping(p, fut, now, marginal)
@@ -253,6 +265,100 @@ class OracleBound(Policy):
         throttle = periods * machine.tick_ms * env.config.reward.app_stall
         serve = int(later.max()) // PAGE * marginal
         return throttle < serve
+
+
+@dataclass(frozen=True)
+class _Prices:
+    """What a decision's choice of tables needs to price them: ``cum[k]``, the summed hold
+    price of ticks now..now+k-1; the hold cost per table and price unit; one more freed
+    table's share of a pass, and a file table's extra (:func:`_pass_prices`)."""
+
+    cum: np.ndarray
+    per_tick: float
+    marginal: float
+    file_extra: float
+
+
+def _refault(p: Process, slot: int, costs: Any, app_stall: float) -> float:
+    """The weighted cost of re-faulting the table at ``slot`` once: the entries it maps."""
+    t = p.mm.pte[slot]
+    zapped = ENTRIES - t.entries.count(0) if not t.huge else ENTRIES
+    return app_stall * costs.refault_us(1, zapped, uffd=False) / 1000.0
+
+
+def _choose_reference(p: Process, fut: _Future, now: int, prices: _Prices,
+                      pressed: int | None, costs: Any, app_stall: float
+                      ) -> tuple[list[int], float]:
+    """The tables of ``p`` worth freeing now (module docstring, points 2 and 3) and their
+    summed gain, one table at a time in each class set's order: the reference that
+    :func:`_choose` computes for whole classes at once.  ``pressed``: the decision step
+    when failures are imminent (every table unused within it goes), else None."""
+    trace = fut.touches.get(p.name, {})
+    cum = prices.cum
+    chosen: list[int] = []
+    gain = 0.0
+    for cls in _CANDIDATES:
+        evict0 = prices.marginal + (prices.file_extra if cls == TableClass.FILE else 0.0)
+        for slot in p.mm.tables_in_class(cls):
+            if p.mm.slot_is_uffd(slot):
+                continue
+            ticks = trace.get(slot, ())
+            k = bisect.bisect_left(ticks, now)
+            until = ticks[k] - now if k < len(ticks) else math.inf
+            if pressed is not None and until > pressed:
+                chosen.append(slot)
+                gain = math.inf
+                continue
+            held = cum[-1] if math.isinf(until) else cum[min(int(until), len(cum) - 1)]
+            hold = prices.per_tick * held
+            if hold <= evict0:
+                continue
+            refault = 0.0 if math.isinf(until) else _refault(p, slot, costs, app_stall)
+            if hold > evict0 + refault:
+                chosen.append(slot)
+                gain += hold - evict0 - refault
+    return chosen, gain
+
+
+def _choose(p: Process, fut: _Future, now: int, prices: _Prices, pressed: int | None,
+            costs: Any, app_stall: float) -> tuple[list[int], float]:
+    """:func:`_choose_reference`'s tables and gain, the same numbers: each class's next
+    uses and hold costs are computed for all its tables at once (NumPy: the same IEEE
+    operations per element), and only the tables that could be chosen -- unused within
+    the step under pressure, or held at a cost above a pass's share -- are then taken one
+    at a time in the class set's order, as the reference does (the userfaultfd check, the
+    re-fault cost and the sum of the gains), so the sum adds the same numbers in the same
+    order.  The userfaultfd check skips a table and does nothing else, so checking only
+    those tables changes nothing.  This is what made the oracle 30x a heuristic per
+    decision (docs/performance.md)."""
+    cum = prices.cum
+    chosen: list[int] = []
+    gain = 0.0
+    for cls in _CANDIDATES:
+        evict0 = prices.marginal + (prices.file_extra if cls == TableClass.FILE else 0.0)
+        members = p.mm.tables_in_class(cls)
+        if not members:
+            continue
+        slots = np.fromiter(members, np.int64, len(members))  # the set's own order
+        until = fut.next_use(p.name, slots, now)
+        never = np.isinf(until)
+        at = np.minimum(np.where(never, 0, until), len(cum) - 1).astype(np.int64)
+        hold = prices.per_tick * np.where(never, cum[-1], cum[at])
+        forced = until > pressed if pressed is not None else np.zeros(len(slots), bool)
+        for i in np.flatnonzero(forced | (hold > evict0)).tolist():
+            slot = int(slots[i])
+            if p.mm.slot_is_uffd(slot):
+                continue
+            if forced[i]:
+                chosen.append(slot)
+                gain = math.inf
+                continue
+            h = float(hold[i])
+            refault = 0.0 if never[i] else _refault(p, slot, costs, app_stall)
+            if h > evict0 + refault:
+                chosen.append(slot)
+                gain += h - evict0 - refault
+    return chosen, gain
 
 
 def _pass_prices(costs: Any, lock: str, remote: int, w: Any) -> tuple[float, float, float]:

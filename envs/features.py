@@ -180,6 +180,13 @@ def hold_price(free_pages: float, wmark_min: float, wmark_high: float) -> float:
     return max(0.0, min(1.0, (wmark_high - free_pages) / span))
 
 
+def hold_prices(free_pages: np.ndarray, wmark_min: float, wmark_high: float) -> np.ndarray:
+    """:func:`hold_price` of every element of ``free_pages`` (float64), the same numbers: the
+    same IEEE operations in the same order, elementwise (``tests/test_policies.py``)."""
+    span = max(wmark_high - wmark_min, 1)
+    return np.maximum(0.0, np.minimum(1.0, (wmark_high - free_pages) / span))
+
+
 def _log_rate(x: float) -> float:
     """A per-tick rate on the observation's scale: log1p(x) / 5, clipped."""
     return clip(math.log1p(max(x, 0.0)) / 5.0)

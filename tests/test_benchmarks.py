@@ -41,8 +41,8 @@ NEGATIVE = "must not be negative (0 or absent: the default)"
     ("bench_env.py", ("--ppo-rounds", "-1"), f"--ppo-rounds -1: {NEGATIVE}"),
     ("bench_env.py", ("--rounds", "-2"), f"--rounds -2: {NEGATIVE}"),
     ("bench_cache.py", ("--steps", "0"), "--steps 0: must be at least 1"),
-    ("bench_predict.py", ("--rounds", "0"), "--rounds 0: must be at least 1"),
-    ("bench_predict.py", ("--scenarios", "-1"), "--scenarios -1: must be at least 1"),
+    ("bench_policies.py", ("--rounds", "0"), "--rounds 0: must be at least 1"),
+    ("bench_policies.py", ("--scenarios", "-1"), "--scenarios -1: must be at least 1"),
 ])
 def test_a_bad_flag_is_one_error_line(script: str, args: tuple[str, ...], message: str) -> None:
     r = _run(script, *args)
@@ -250,19 +250,21 @@ def test_ppo_turns_is_learn_one_update_at_a_time(tmp_path: Path,
     assert set(tmp_path.glob("SB3-*")) == folders and len(folders) == 1
 
 
-def test_bench_predict_times_both_paths_and_checks_they_agree(
+def test_bench_policies_times_both_forms_and_checks_they_agree(
         capsys: pytest.CaptureFixture[str]) -> None:
     """A small run: both rows measured, the agreement of actions and episodes checked."""
     import torch
 
     threads = torch.get_num_threads()
     try:
-        assert _bench("bench_predict").main(["--rounds", "2", "--observations", "30",
+        assert _bench("bench_policies").main(["--rounds", "2", "--observations", "30",
                                              "--scenarios", "1"]) == 0
     finally:
         torch.set_num_threads(threads)
     out = " ".join(capsys.readouterr().out.split())
     assert "checked" in out
     assert "[range]" in out
-    assert re.search(r"predict, 30 calls .? \d+ \[\d+, \d+\] .? \d+ \[\d+, \d+\] .? \d\.\d\d", out)
+    assert re.search(r"SB3 predict, 30 calls .? \d+ \[\d+, \d+\] .? \d+ \[\d+, \d+\] .? "
+                     r"\d\.\d\d", out)
     assert "validation, 1 scenarios x 2 episodes" in out
+    assert "oracle, 1 scenarios x 2 episodes" in out

@@ -328,3 +328,83 @@ def test_a_recurrent_policy_gets_its_state_back_in_episodes_and_distillation() -
     data, own, _ = collect(_Counter(), _Counter(), [HOG], EnvConfig(max_steps=6), 2, 0)
     assert data.actions[:, 0].tolist() == [0, 1, 2, 3, 4, 4] * 2
     assert own[:, 0].tolist() == [0, 1, 2, 3, 4, 4] * 2
+
+
+def test_hold_prices_is_hold_price_elementwise() -> None:
+    from ptreclaim.envs.features import hold_price, hold_prices
+
+    rng = np.random.default_rng(0)
+    for wmin, whigh in ((1000, 5000), (300, 300), (300, 299), (0, 1)):
+        free = np.concatenate([rng.uniform(-10 * whigh - 10, 10 * whigh + 10, 500),
+                               [wmin, whigh, wmin - 1, whigh + 1, 0.0, (wmin + whigh) / 2]])
+        want = np.array([hold_price(f, wmin, whigh) for f in free])
+        assert np.array_equal(hold_prices(free, wmin, whigh), want)
+        assert hold_prices(free, wmin, whigh).view(np.int64).tolist() == want.view(
+            np.int64).tolist()  # bit for bit, the sign of zero included
+
+
+def test_the_oracle_chooses_the_reference_s_tables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The oracle's vectorised choice of tables (_choose) gives the reference's tables in the
+    reference's order and the same summed gain, bit for bit, at every decision of episodes
+    that reach every path: failures imminent (every table unused within the step goes),
+    tables held at a cost above a pass's share with and without a next use (a re-fault
+    priced or not), and userfaultfd-registered tables (skipped)."""
+    import math
+
+    from ptreclaim.agents import oracle as oracle_mod
+    from ptreclaim.configs import CONFIG_DIR
+    from ptreclaim.envs.configio import load_scenario
+
+    seen = {"calls": 0, "forced": 0, "chosen": 0, "refaults": 0, "uffd": 0}
+    choose, reference, refault = (oracle_mod._choose, oracle_mod._choose_reference,
+                                  oracle_mod._refault)
+
+    def counted_refault(*args: Any) -> float:
+        seen["refaults"] += 1
+        return refault(*args)
+
+    def both(p: Any, fut: Any, now: int, prices: Any, pressed: int | None, costs: Any,
+             app_stall: float) -> tuple[list[int], float]:
+        got = choose(p, fut, now, prices, pressed, costs, app_stall)
+        want = reference(p, fut, now, prices, pressed, costs, app_stall)
+        assert got[0] == want[0]
+        assert got[1] == want[1] and np.float64(got[1]).tobytes() == np.float64(
+            want[1]).tobytes()
+        seen["calls"] += 1
+        seen["forced"] += math.isinf(want[1])
+        seen["chosen"] += len(want[0])
+        seen["uffd"] += sum(p.mm.slot_is_uffd(s) for c in (0, 1, 2)
+                            for s in p.mm.tables_in_class(c))
+        return got
+
+    monkeypatch.setattr(oracle_mod, "_choose", both)
+    monkeypatch.setattr(oracle_mod, "_refault", counted_refault)
+    config = EnvConfig(max_steps=50)
+    for name, seeds in (("balloon_host_hog", (0, 1)), ("postcopy_uffd", (0,)),
+                        ("shared_sparse_file", (0,)), ("redis_jemalloc", (2,)),
+                        ("kdump_database", (0,))):
+        scenario = load_scenario(CONFIG_DIR / "scenarios" / f"{name}.yaml")
+        for seed in seeds:
+            run_episode(OracleBound(), scenario, seed, config, "oracle")
+    # Failures imminent (the oracle cannot keep up with this hog: pressure at every step).
+    for tables, base in ((64, 0.9), (200, 0.9)):
+        hog = ScenarioConfig(
+            name="hog", machine=MachineConfig(ram_mib=512, tenants=TenantConfig(
+                base_fraction=base, volatility=0.0)),
+            workloads=(WorkloadSpec("hog", {"variant": "zeropage", "tables_per_tick": tables}),
+                       WorkloadSpec("kdump", {"guest_mib": 1024})),
+            ticks=400, jitter=0.0)
+        run_episode(OracleBound(), hog, episode_seed(0, 0, 0), CFG, "oracle")
+    assert seen["calls"] > 200 and seen["chosen"] > 1000, seen
+    assert seen["forced"] > 0 and seen["refaults"] > 0 and seen["uffd"] > 0, seen
+
+
+@pytest.mark.parametrize("name", ["balloon_host_hog", "postcopy_uffd", "ramp_batch_hog"])
+def test_the_oracle_plays_the_reference_s_episodes(name: str) -> None:
+    from ptreclaim.configs import CONFIG_DIR
+    from ptreclaim.envs.configio import load_scenario
+
+    scenario = load_scenario(CONFIG_DIR / "scenarios" / f"{name}.yaml")
+    config = EnvConfig(max_steps=60)
+    fast = run_episode(OracleBound(), scenario, 3, config, "oracle")
+    assert fast == run_episode(OracleBound(reference=True), scenario, 3, config, "oracle")

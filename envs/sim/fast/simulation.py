@@ -543,7 +543,12 @@ class FastSimulation:
         for i, per_slot in enumerate(self.core.touch_trace()):
             if not per_slot:
                 continue
-            merged = out.setdefault(self.procs[i].name, {})
+            name = self.procs[i].name
+            if name not in out:
+                # Each list is in tick order already (the core appends each tick's slots).
+                out[name] = per_slot
+                continue
+            merged = out[name]
             for slot, ticks in per_slot.items():
                 # Processes sharing a name share the reference's lists: merge by tick.
                 merged[slot] = sorted(merged.get(slot, []) + ticks)

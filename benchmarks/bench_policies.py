@@ -1,21 +1,27 @@
-"""What playing a trained policy costs per decision: SB3's ``predict`` against the fast path.
+"""What playing a policy costs per decision: the fast paths against the per-call ones.
 
 Validation during training (every ``eval.freq`` steps, 2 episodes of every training
 scenario), the final evaluation, export's distillation and the agent trials of tuning play a
 model one decision at a time, through ``ObsNormalizedPolicy.predict``.  For a PPO or A2C
 policy with categorical actions it takes ``DeterministicActorCritic``'s path: the same
 tensor operations as SB3's ``predict(deterministic=True)`` without the call's overhead
-(``agents/loading.py``).  This measures both paths on the default experiment's policy (its
-network and ``VecNormalize``, trained for one update so the statistics are not the
-identity), in CPU time, the two alternating over ``--rounds`` rounds (medians):
+(``agents/loading.py``).  The learning curve, the held-out and the unseen evaluations also
+play the oracle, which prices every table of every process at each decision: its
+``_choose`` does so for whole table classes at once, its ``_choose_reference`` one table at
+a time (``agents/oracle.py``).  This measures both forms of each, in CPU time, alternating
+over ``--rounds`` rounds (medians [range]):
 
-- ``predict``: one call per recorded observation of the training suite;
+- ``predict``: the default experiment's policy (its network and ``VecNormalize``, trained
+  for one update so the statistics are not the identity), one call per recorded
+  observation of the training suite;
 - ``validation``: ``run_policies`` as the training callback runs it, on the first
-  ``--scenarios`` training scenarios x 2 episodes, per decision (the env's step included).
+  ``--scenarios`` training scenarios x 2 episodes, per decision (the env's step included);
+- ``oracle``: the oracle on the same episodes, per decision (its future's recording
+  included).
 
-Both paths must give the same actions and the same episodes; a difference ends the run
+Both forms must give the same actions and the same episodes; a difference ends the run
 with an error.  Reproduce: ``OPENBLAS_NUM_THREADS=1 .venv/bin/python
-benchmarks/bench_predict.py``.
+benchmarks/bench_policies.py``.
 """
 
 from __future__ import annotations
@@ -51,7 +57,7 @@ def trained_policies(seed: int) -> tuple[Any, Any, list[Any], Any]:
     fast = as_policy(model, venv, exp.env, "fast")
     slow = as_policy(model, venv, exp.env, "sb3")
     if fast._mode is None:
-        raise SystemExit("bench_predict.py: error: the default experiment's policy has no "
+        raise SystemExit("bench_policies.py: error: the default experiment's policy has no "
                          "fast path (DeterministicActorCritic.of returned None)")
     slow._mode = None
     return fast, slow, _default_setup()[3], exp.env
@@ -89,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"{flag} {value}: must be at least 1")
     import torch
 
+    from ptreclaim.agents.oracle import OracleBound
     from ptreclaim.agents.rollout import run_policies
 
     torch.set_num_threads(1)
@@ -114,22 +121,33 @@ def main(argv: list[str] | None = None) -> int:
             times.setdefault(("validation", name), []).append(
                 (time.process_time() - t0) / steps * 1e6)
             episodes[name] = res
+            oracle = OracleBound(reference=name == "sb3")
+            t0 = time.process_time()
+            res = run_policies({"oracle": oracle}, scenarios, 2, args.seed + 1, env_config)
+            times.setdefault(("oracle", name), []).append(
+                (time.process_time() - t0) / sum(e.steps for e in res) * 1e6)
+            episodes["oracle " + name] = res
         if not all(np.array_equal(a, b) for a, b in zip(actions["fast"], actions["sb3"],
                                                           strict=True)):
-            raise SystemExit("bench_predict.py: error: the fast path's actions differ from "
+            raise SystemExit("bench_policies.py: error: the fast path's actions differ from "
                              "SB3's predict")
         if episodes["fast"] != episodes["sb3"]:
-            raise SystemExit("bench_predict.py: error: the fast path's episodes differ from "
+            raise SystemExit("bench_policies.py: error: the fast path's episodes differ from "
                              "SB3's predict")
+        if episodes["oracle fast"] != episodes["oracle sb3"]:
+            raise SystemExit("bench_policies.py: error: the oracle's episodes differ from "
+                             "its reference's")
     table = Table(title=f"CPU µs per decision, median of {args.rounds} rounds \\[range] "
-                        "(the same actions and episodes on both paths: checked)")
-    for col in ("measure", "SB3 predict", "fast path", "fast / SB3"):
+                        "(the same actions and episodes on both forms: checked)")
+    for col in ("measure", "per call (reference)", "fast path", "fast / per call"):
         table.add_column(col, justify="left" if col == "measure" else "right", no_wrap=True)
-    for measure in ("predict", "validation"):
+    labels = {"predict": f"SB3 predict, {len(observations)} calls",
+              "validation": f"validation, {len(scenarios)} scenarios x 2 episodes",
+              "oracle": f"oracle, {len(scenarios)} scenarios x 2 episodes"}
+    for measure, label in labels.items():
         sb3, fst = times[(measure, "sb3")], times[(measure, "fast")]
         ratios = [f / s for f, s in zip(fst, sb3, strict=True)]
-        table.add_row(f"predict, {len(observations)} calls" if measure == "predict" else
-                      f"validation, {len(scenarios)} scenarios x 2 episodes",
+        table.add_row(label,
                       f"{statistics.median(sb3):.0f} [{min(sb3):.0f}, {max(sb3):.0f}]",
                       f"{statistics.median(fst):.0f} [{min(fst):.0f}, {max(fst):.0f}]",
                       f"{statistics.median(ratios):.2f} [{min(ratios):.2f}, "
