@@ -95,7 +95,7 @@ class SlotMap {
 
   Table* find(i64 slot) const {
     Node* node = node_of(slot >> 9);
-    return node ? node->ptr[slot & 511] : nullptr;
+    return node && node->has((int)(slot & 511)) ? node->ptr[slot & 511] : nullptr;
   }
 
   Table& at(i64 slot) const { return *find(slot); }
@@ -112,7 +112,7 @@ class SlotMap {
       cache_ = node;
     }
     int e = (int)(slot & 511);
-    if (node->ptr[e]) return {*node->ptr[e], false};
+    if (node->has(e)) return {*node->ptr[e], false};
     Table* t;
     if (!free_.empty()) {
       t = free_.back();
@@ -139,10 +139,8 @@ class SlotMap {
     Node* node = node_of(pi);
     if (!node) return;
     int e = (int)(slot & 511);
-    Table* t = node->ptr[e];
-    if (!t) return;
-    free_.push_back(t);
-    node->ptr[e] = nullptr;
+    if (!node->has(e)) return;
+    free_.push_back(node->ptr[e]);
     node->bits[e >> 6] &= ~(uint64_t{1} << (e & 63));
     n_--;
     if (--node->count == 0) {
@@ -159,11 +157,7 @@ class SlotMap {
       // A full pool takes no more: the rest are freed with nodes_, not emptied first.
       if (spare_nodes().size() >= SPARE_NODES) break;
       Node& node = *kv.second;
-      for (int w = 0; w < 8; w++) {
-        for (uint64_t bits = node.bits[w]; bits; bits &= bits - 1)
-          node.ptr[(w << 6) + __builtin_ctzll(bits)] = nullptr;
-        node.bits[w] = 0;
-      }
+      for (int w = 0; w < 8; w++) node.bits[w] = 0;
       node.count = 0;
       give_node(std::move(kv.second));
     }
@@ -249,19 +243,22 @@ class SlotMap {
   }
 
  private:
+  // A node's pointers are valid only where its presence bit is set: a new node writes its
+  // bits and count, not 512 null pointers (4 KiB, 64 cache lines, most of them never used
+  // by a sparse PMD range; cachegrind put them among the core's most-missed writes).
   struct Node {
-    Table* ptr[512] = {};
+    Table* ptr[512];  // not initialised: read only under a set bit
     uint64_t bits[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     int count = 0;
+    bool has(int e) const { return (bits[e >> 6] >> (e & 63)) & 1; }
   };
   static constexpr int BLOCK = 64;  // tables per pool block
 
   // Empty nodes, kept for reuse by every map of this type on this thread.  A new node is
-  // 4 KiB of null pointers, a malloc and a 4 KiB write to cold memory; the batched env
-  // made several per env step: address spaces that empty a GiB of address space and fault
-  // it again (a sweeping hog, a reclaim pass over a sparse mapping), processes that start
-  // and exit (docs/performance.md).  An empty node has no pointer and no bit set, so it
-  // is reused as it is.  The pool is never freed: a map may be destroyed after the
+  // a malloc of 4 KiB (its pointers are not written: see Node); the batched env made
+  // several per env step: address spaces that empty a GiB of address space and fault it
+  // again (a sweeping hog, a reclaim pass over a sparse mapping), processes that start and
+  // exit (docs/performance.md).  An empty node has no bit set, so it is reused as it is.  The pool is never freed: a map may be destroyed after the
   // thread's destructors have run (at the interpreter's exit).
   static constexpr size_t SPARE_NODES = 64;
   static std::vector<std::unique_ptr<Node>>& spare_nodes() {
@@ -270,7 +267,7 @@ class SlotMap {
   }
   static std::unique_ptr<Node> take_node() {
     auto& pool = spare_nodes();
-    if (pool.empty()) return std::make_unique<Node>();
+    if (pool.empty()) return std::unique_ptr<Node>(new Node);  // default-init: no zeroing
     std::unique_ptr<Node> node = std::move(pool.back());
     pool.pop_back();
     return node;
