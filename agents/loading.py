@@ -125,13 +125,21 @@ class DeterministicActorCritic:
     parameters, and a ``torch.distributions.Categorical`` per action component with its
     argument checks (``docs/performance.md``, "Playing a trained policy").  This computes
     what those objects compute, in the same order and on the same tensors: the features
-    of ``pi_features_extractor``, ``mlp_extractor.forward_actor``, ``action_net``, then per
+    of ``pi_features_extractor`` (``BaseModel.extract_features``, as ``get_distribution``
+    calls it, shared extractor or not), ``mlp_extractor.forward_actor``, ``action_net``, then per
     component (``torch.split`` of the logits, as ``MultiCategoricalDistribution``) the
     normalised logits ``l - l.logsumexp(-1)`` (``Categorical.__init__``), their softmax
     (``Categorical.probs``) and its first argmax (``mode()``): the same actions, bit for
     bit (``tests/test_evaluate.py`` compares them with ``model.predict`` on random and tied
     logits).  :meth:`of` returns None for any other policy, which then goes through
-    ``model.predict``.
+    ``model.predict``; so does a call whose logits are not all finite, where SB3's
+    ``Categorical`` refuses them with its own error (a diverged model fails as before).
+
+    Eval mode is set as SB3's ``predict`` sets it, by ``set_training_mode(False)``, but
+    only when the policy's own flag says it is training: SB3's policies set the flag on
+    every module at once, and ``MlpPolicy`` has no dropout or batch norm that it would
+    change.  The device is the policy's when this is made (a policy is not moved while
+    it is played).
     """
 
     def __init__(self, policy: Any, dims: Sequence[int] | None) -> None:
@@ -172,6 +180,7 @@ class DeterministicActorCritic:
     def predict(self, observation: np.ndarray) -> np.ndarray:
         """The action(s) of ``policy.predict(observation, deterministic=True)``."""
         import torch as th
+        from stable_baselines3.common.policies import BaseModel
         from stable_baselines3.common.utils import is_vectorized_observation
 
         p = self.policy
@@ -181,9 +190,11 @@ class DeterministicActorCritic:
         vectorized = is_vectorized_observation(obs, p.observation_space)
         obs = obs.reshape((-1, *p.observation_space.shape))
         with th.no_grad():
-            features = p.extract_features(th.as_tensor(obs, device=self.device),
-                                          p.pi_features_extractor)
+            features = BaseModel.extract_features(p, th.as_tensor(obs, device=self.device),
+                                                  p.pi_features_extractor)
             logits = p.action_net(p.mlp_extractor.forward_actor(features))
+            if not bool(th.isfinite(logits).all()):
+                return p.predict(observation, deterministic=True)[0]  # SB3's own error
             if self.dims is None:
                 actions = _categorical_mode(logits)
             else:

@@ -121,6 +121,9 @@ class _Future:
             ticks = np.fromiter(itertools.chain.from_iterable(trace.values()), np.int64,
                                 int(counts.sum()))
             owners = np.repeat(np.fromiter(trace.keys(), np.int64, len(trace)), counts)
+            # Slots (address >> 21 < 2**26) and ticks fit their fields of the key.
+            assert not len(ticks) or (ticks.min() >= 0 and ticks.max() < 1 << _TICK_BITS
+                                      and owners.min() >= 0 and owners.max() < 1 << 31)
             keys = np.sort((owners << _TICK_BITS) + ticks)
             self.keys[name] = keys
         want = (slots << _TICK_BITS) + now
@@ -329,8 +332,8 @@ def _choose(p: Process, fut: _Future, now: int, prices: _Prices, pressed: int | 
     at a time in the class set's order, as the reference does (the userfaultfd check, the
     re-fault cost and the sum of the gains), so the sum adds the same numbers in the same
     order.  The userfaultfd check skips a table and does nothing else, so checking only
-    those tables changes nothing.  This is what made the oracle 30x a heuristic per
-    decision (docs/performance.md)."""
+    those tables changes nothing.  The reference's loop over every table was most of the
+    oracle's time, which was 30x a heuristic's per decision (docs/performance.md)."""
     cum = prices.cum
     chosen: list[int] = []
     gain = 0.0

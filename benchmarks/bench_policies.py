@@ -82,7 +82,8 @@ def recorded_observations(scenarios: list[Any], env_config: Any, n: int, seed: i
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=3, help="rounds of both paths, alternating")
+    ap.add_argument("--rounds", type=int, default=4,
+                    help="rounds of both forms, alternating which goes first")
     ap.add_argument("--observations", type=int, default=2000,
                     help="recorded observations per predict measure")
     ap.add_argument("--scenarios", type=int, default=20,

@@ -522,16 +522,20 @@ def _observations(rng: np.random.Generator, n: int, dim: int) -> list[np.ndarray
     return [*out, np.zeros(dim, np.float32), np.zeros((3, dim))]
 
 
-@pytest.mark.parametrize(("algo", "space"), [
-    ("ppo", gym.spaces.MultiDiscrete([5, 4, 4, 4, 2])),
-    ("ppo", gym.spaces.MultiDiscrete([3])),
-    ("a2c", gym.spaces.Discrete(7)),
+@pytest.mark.parametrize(("algo", "space", "shared"), [
+    ("ppo", gym.spaces.MultiDiscrete([5, 4, 4, 4, 2]), True),
+    ("ppo", gym.spaces.MultiDiscrete([3]), True),
+    ("ppo", gym.spaces.MultiDiscrete([5, 4, 2]), False),
+    ("a2c", gym.spaces.Discrete(7), True),
 ])
-def test_fast_deterministic_predict_is_sb3s_bit_for_bit(algo: str, space: gym.Space) -> None:
+def test_fast_deterministic_predict_is_sb3s_bit_for_bit(algo: str, space: gym.Space,
+                                                        shared: bool) -> None:
     """The fast path of ObsNormalizedPolicy gives model.predict's actions exactly (values,
-    dtype, shape) on random networks, single and batched observations, and on tied and
-    1-ulp-apart logits, where the first most likely action must win as torch's argmax of
-    the softmax picks it; it leaves the policy in eval mode as predict does."""
+    dtype, shape) on random networks (with a shared features extractor and without),
+    single and batched observations, and on tied and nearly tied logits, where the first
+    most likely action must win as torch's argmax of the softmax picks it (logits 1e-8
+    apart near 0 become one probability; the raw logits' argmax would take the second); it
+    puts the policy in eval mode as predict does, and NaN logits fail as SB3 fails."""
     import torch
     from stable_baselines3 import A2C, PPO
 
@@ -541,16 +545,16 @@ def test_fast_deterministic_predict_is_sb3s_bit_for_bit(algo: str, space: gym.Sp
     rng = np.random.default_rng(0)
     for seed in range(3):
         model = cls("MlpPolicy", _SpacesOnly(space), seed=seed,
-                    policy_kwargs={"net_arch": [16, 16]})
+                    policy_kwargs={"net_arch": [16, 16], "share_features_extractor": shared})
         fast = ObsNormalizedPolicy(model, None, "m")
         assert isinstance(fast._mode, DeterministicActorCritic)
-        model.policy.set_training_mode(True)
         for obs in _observations(rng, 20, 6):
+            model.policy.set_training_mode(True)
             got, state = fast.predict(obs)
+            assert not model.policy.training and not model.policy.action_net.training
             want, _ = model.predict(obs, deterministic=True)
             assert state is None and got.dtype == want.dtype and got.shape == want.shape
             assert np.array_equal(got, want), (obs, got, want)
-            assert not model.policy.training
     # Ties: every logit equal, then the logits a few ulps apart, increasing and decreasing
     # (float32 softmax maps neighbours to the same probability, and argmax takes the first).
     n = int(np.sum(model.policy.action_dist.action_dims)
@@ -558,6 +562,7 @@ def test_fast_deterministic_predict_is_sb3s_bit_for_bit(algo: str, space: gym.Sp
     net = model.policy.action_net
     tiny = np.float32(30.0)
     for bias in (np.zeros(n, np.float32),
+                 np.array([np.float32(1e-8) * (k % 2) for k in range(n)], np.float32),
                  np.array([np.nextafter(tiny, np.float32(99), dtype=np.float32) if k % 2 else tiny
                            for k in range(n)], np.float32),
                  np.array([tiny - np.float32(1e-6) * k for k in range(n)], np.float32),
@@ -567,6 +572,14 @@ def test_fast_deterministic_predict_is_sb3s_bit_for_bit(algo: str, space: gym.Sp
             net.bias.copy_(torch.as_tensor(bias))
         for obs in _observations(rng, 2, 6):
             assert np.array_equal(fast.predict(obs)[0], model.predict(obs, deterministic=True)[0])
+    with torch.no_grad():
+        net.bias[0] = float("nan")
+    obs = np.zeros(6, np.float32)
+    with pytest.raises(ValueError, match="invalid values") as sb3:
+        model.predict(obs, deterministic=True)
+    with pytest.raises(ValueError, match="invalid values") as ours:
+        fast.predict(obs)
+    assert str(ours.value) == str(sb3.value)
 
 
 def test_other_policies_keep_their_own_predict() -> None:
