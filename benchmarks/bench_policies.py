@@ -5,7 +5,7 @@ scenario), the final evaluation, export's distillation and the agent trials of t
 model one decision at a time, through ``ObsNormalizedPolicy.predict``.  For a PPO or A2C
 policy with categorical actions it takes ``DeterministicActorCritic``'s path: the same
 tensor operations as SB3's ``predict(deterministic=True)`` without the call's overhead
-(``agents/loading.py``).  The learning curve, the held-out and the unseen evaluations also
+(``agents/modelpolicy.py``).  The learning curve, the held-out and the unseen evaluations also
 play the oracle, which prices every table of every process at each decision: its
 ``_choose`` does so for whole table classes at once, its ``_choose_reference`` one table at
 a time (``agents/oracle.py``).  This measures both forms of each, in CPU time, alternating
@@ -48,7 +48,7 @@ import ptreclaim  # noqa: F401  (registers the env ids, pins torch's numerics)
 def trained_policies(seed: int) -> tuple[Any, Any, list[Any], Any]:
     """The default experiment's PPO after one update on its training env: the fast path,
     SB3's path (the same model), the training scenarios and the env config."""
-    from ptreclaim.agents.loading import as_policy
+    from ptreclaim.agents.modelpolicy import as_policy
 
     exp = _default_setup()[0]
     model = default_ppo_model(null=False, seed=seed)

@@ -21,13 +21,13 @@ import yaml
 from ptreclaim.agents.evaluate import OUTPUT_FILES, evaluate_specs
 from ptreclaim.agents.heuristics import make_heuristic
 from ptreclaim.agents.loading import (
-    ObsNormalizedPolicy,
     PolicySpec,
     heuristic_spec,
     load_model_policy,
     oracle_spec,
     parse_policy,
 )
+from ptreclaim.agents.modelpolicy import ObsNormalizedPolicy
 from ptreclaim.agents.oracle import OracleBound
 from ptreclaim.agents.results import EpisodeResult
 from ptreclaim.agents.rollout import run_episode
@@ -539,7 +539,7 @@ def test_fast_deterministic_predict_is_sb3s_bit_for_bit(algo: str, space: gym.Sp
     import torch
     from stable_baselines3 import A2C, PPO
 
-    from ptreclaim.agents.loading import DeterministicActorCritic
+    from ptreclaim.agents.modelpolicy import DeterministicActorCritic
 
     cls = {"ppo": PPO, "a2c": A2C}[algo]
     rng = np.random.default_rng(0)
@@ -612,7 +612,7 @@ def test_episodes_are_the_same_with_the_fast_predict(suite: Path) -> None:
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-    from ptreclaim.agents.loading import as_policy
+    from ptreclaim.agents.modelpolicy import as_policy
 
     scenarios, _ = resolve_suite(str(suite))
     config = EnvConfig(max_steps=12)

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import yaml
 
-from ptreclaim.agents import loading
+from ptreclaim.agents import loading, modelpolicy
 from ptreclaim.agents.runs import RunFolder
 from ptreclaim.agents.stats import gain_share
 from ptreclaim.agents.training import callbacks, config, hyperparams, runconfig
@@ -191,7 +191,7 @@ def test_save_load_round_trip_gives_identical_actions(runs: dict[str, Any]) -> N
         model = loading.load_model(run_dir / "checkpoints" / "model_256_steps.zip", algo,
                                    ENV_CONFIG)
         stats = loading.load_vecnormalize(run_dir / "checkpoints" / "vecnormalize_256_steps.pkl")
-        ckpt = loading.as_policy(model, stats, ENV_CONFIG, "ckpt")
+        ckpt = modelpolicy.as_policy(model, stats, ENV_CONFIG, "ckpt")
         a, _ = final.predict(obs)
         b, _ = ckpt.predict(obs)
         assert a.shape == (64, 5)
@@ -625,11 +625,11 @@ def test_default_experiment_and_algo_configs_load() -> None:
 
 def test_flattened_actions_cover_the_multidiscrete_space() -> None:
     nvec = np.array([5, 3, 4, 4, 2])
-    flat = loading.unflatten_action(np.arange(480), nvec)
+    flat = modelpolicy.unflatten_action(np.arange(480), nvec)
     assert flat.shape == (480, 5)
     assert len({tuple(r) for r in flat}) == 480
     assert (flat < nvec).all()
-    assert list(loading.unflatten_action(np.int64(7), nvec)) == list(flat[7])
+    assert list(modelpolicy.unflatten_action(np.int64(7), nvec)) == list(flat[7])
 
 
 def test_default_experiment_meets_the_shipped_tuned_rules() -> None:

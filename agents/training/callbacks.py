@@ -26,7 +26,8 @@ import numpy as np
 from ...envs.configio import write_text_atomic
 from ...envs.pagetable_env import COST_TERMS
 from ..interrupts import request_stop, stop_requested
-from ..loading import as_policy, write_pickled
+from ..loading import write_pickled
+from ..modelpolicy import as_policy
 from ..rollout import run_policies
 from ..runs import RunFolder
 from .config import ExperimentConfig, Scenarios

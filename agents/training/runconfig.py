@@ -22,7 +22,8 @@ from typing import Any
 from ... import __version__
 from ...envs.configio import scenario_from_data, write_text_atomic, write_yaml_atomic
 from ...envs.sim.config import ConfigError, build, quote, to_dict
-from ..loading import ObsNormalizedPolicy, as_policy, load_model, load_vecnormalize
+from ..loading import load_model, load_vecnormalize
+from ..modelpolicy import ObsNormalizedPolicy, as_policy
 from ..runs import RunFolder, versions
 from .config import ExperimentConfig, Scenarios, TrainError, resolve_rule_paths, snapshot_rules
 from .hyperparams import validate_hyperparams

@@ -18,7 +18,8 @@ import numpy as np
 
 from ...envs.pagetable_env import EnvConfig, PageTableReclaimEnv
 from ...envs.sim.simulator import ScenarioConfig
-from ..loading import load_vecnormalize, unflatten_action
+from ..loading import load_vecnormalize
+from ..modelpolicy import unflatten_action
 from .config import ExperimentConfig
 
 if TYPE_CHECKING:

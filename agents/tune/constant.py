@@ -50,7 +50,7 @@ from ..heuristics import (
     action_text,
     canonical,
 )
-from ..loading import env_nvec
+from ..modelpolicy import env_nvec
 from ..report import md_table
 from ..results import EpisodeResult
 from ..rollout import WorkerPool, episode_seed, run_episode

@@ -42,7 +42,8 @@ from ...envs.sim.pagetable import MODEL_RULES_VERSION
 from ...envs.sim.simulator import ScenarioConfig
 from .. import interrupts
 from ..heuristics import make_heuristic
-from ..loading import algo_class, as_policy
+from ..loading import algo_class
+from ..modelpolicy import as_policy
 from ..results import EpisodeResult
 from ..rollout import WorkerPool, episode_seed, run_episode, run_policies
 from ..training.config import ExperimentConfig

@@ -1,0 +1,187 @@
+"""SB3 models behind the policy interface.
+
+:class:`ObsNormalizedPolicy` gives a trained (or training) SB3 model the ``predict()`` of
+every policy (:class:`~ptreclaim.agents.loading.Policy`), normalising observations with the
+``VecNormalize`` statistics it was trained with and decoding a flattened ``Discrete``
+action (DQN); :func:`as_policy` makes one.  Its deterministic decisions of a PPO or A2C
+model go through :class:`DeterministicActorCritic`, SB3's own computation without the
+per-call overhead (docs/performance.md).  Loading models from files (and trusting them) is
+:mod:`ptreclaim.agents.loading`'s job.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..envs.pagetable_env import EnvConfig, PageTableReclaimEnv
+from ..envs.sim.simulator import ScenarioConfig
+
+if TYPE_CHECKING:
+    from stable_baselines3.common.vec_env import VecNormalize
+
+
+def unflatten_action(action: Any, nvec: Sequence[int] | np.ndarray) -> np.ndarray:
+    """A flat ``Discrete(prod(nvec))`` index (or a batch of them) back to
+    ``MultiDiscrete(nvec)`` actions, C order: the last component varies fastest."""
+    a = np.asarray(action, dtype=np.int64)
+    parts = np.unravel_index(a, tuple(int(n) for n in nvec))
+    return np.stack(parts, axis=-1).astype(np.int64)
+
+
+class DeterministicActorCritic:
+    """SB3's ``ActorCriticPolicy.predict(obs, deterministic=True)`` for a Box
+    observation and a ``Discrete`` or ``MultiDiscrete`` action, the same tensor
+    operations without the call's overhead.
+
+    Every evaluation, validation run and export plays a trained policy one decision at a
+    time, and SB3's ``predict`` spent most of such a decision's time around the network:
+    ``set_training_mode`` walking every module, the ``device`` lookup walking the
+    parameters, and a ``torch.distributions.Categorical`` per action component with its
+    argument checks (``docs/performance.md``, "Playing a trained policy").  This computes
+    what those objects compute, in the same order and on the same tensors: the features
+    of ``pi_features_extractor`` (``BaseModel.extract_features``, as ``get_distribution``
+    calls it, shared extractor or not), ``mlp_extractor.forward_actor``, ``action_net``, then per
+    component (``torch.split`` of the logits, as ``MultiCategoricalDistribution``) the
+    normalised logits ``l - l.logsumexp(-1)`` (``Categorical.__init__``), their softmax
+    (``Categorical.probs``) and its first argmax (``mode()``): the same actions, bit for
+    bit (``tests/test_evaluate.py`` compares them with ``model.predict`` on random and tied
+    logits).  :meth:`of` returns None for any other policy, which then goes through
+    ``model.predict``; so does a call whose logits are not all finite, where SB3's
+    ``Categorical`` refuses them with its own error (a diverged model fails as before).
+
+    Eval mode is set as SB3's ``predict`` sets it, by ``set_training_mode(False)``, but
+    only when the policy's own flag says it is training: SB3's policies set the flag on
+    every module at once, and ``MlpPolicy`` has no dropout or batch norm that it would
+    change.  The device is the policy's when this is made (a policy is not moved while
+    it is played).
+    """
+
+    def __init__(self, policy: Any, dims: Sequence[int] | None) -> None:
+        self.policy = policy
+        self.dims = None if dims is None else [int(d) for d in dims]
+        self.device = policy.device  # a walk over the parameters: once, not per call
+
+    @classmethod
+    def of(cls, model: Any) -> DeterministicActorCritic | None:
+        """The fast path for ``model`` (an SB3 algorithm), or None when its policy is not
+        exactly SB3's ``ActorCriticPolicy`` with a Box observation (not an image) and a
+        (multi-)categorical action distribution (subclasses such as the maskable and
+        recurrent policies, and anything that is not an SB3 model, keep their own
+        ``predict``)."""
+        policy = getattr(model, "policy", None)
+        if policy is None or "torch" not in sys.modules:
+            return None
+        from gymnasium import spaces
+        from stable_baselines3.common.distributions import (
+            CategoricalDistribution,
+            MultiCategoricalDistribution,
+        )
+        from stable_baselines3.common.policies import ActorCriticPolicy
+        from stable_baselines3.common.preprocessing import is_image_space
+
+        space = policy.observation_space
+        if (type(policy) is not ActorCriticPolicy or not isinstance(space, spaces.Box)
+                or is_image_space(space)):  # images are transposed first: SB3's own path
+            return None
+        dist = policy.action_dist
+        if type(dist) is MultiCategoricalDistribution:
+            assert isinstance(dist, MultiCategoricalDistribution)  # for the type checker
+            return cls(policy, dist.action_dims)
+        if type(dist) is CategoricalDistribution:
+            return cls(policy, None)
+        return None
+
+    def predict(self, observation: np.ndarray) -> np.ndarray:
+        """The action(s) of ``policy.predict(observation, deterministic=True)``."""
+        import torch as th
+        from stable_baselines3.common.policies import BaseModel
+        from stable_baselines3.common.utils import is_vectorized_observation
+
+        p = self.policy
+        if p.training:  # what predict's set_training_mode(False) changes
+            p.set_training_mode(False)
+        obs = np.array(observation)
+        vectorized = is_vectorized_observation(obs, p.observation_space)
+        obs = obs.reshape((-1, *p.observation_space.shape))
+        with th.no_grad():
+            features = BaseModel.extract_features(p, th.as_tensor(obs, device=self.device),
+                                                  p.pi_features_extractor)
+            logits = p.action_net(p.mlp_extractor.forward_actor(features))
+            if not bool(th.isfinite(logits).all()):
+                return p.predict(observation, deterministic=True)[0]  # SB3's own error
+            if self.dims is None:
+                actions = _categorical_mode(logits)
+            else:
+                actions = th.stack([_categorical_mode(part)
+                                    for part in th.split(logits, self.dims, dim=1)], dim=1)
+        out = actions.cpu().numpy().reshape((-1, *p.action_space.shape))
+        return out if vectorized else out.squeeze(axis=0)
+
+
+def _categorical_mode(logits: Any) -> Any:
+    """``Categorical(logits=logits).probs.argmax(dim=1)``, as torch computes it."""
+    import torch as th
+
+    normalised = logits - logits.logsumexp(dim=-1, keepdim=True)
+    return th.argmax(th.nn.functional.softmax(normalised, dim=-1), dim=1)
+
+
+class ObsNormalizedPolicy:
+    """An SB3 model behind the policy interface, with the VecNormalize
+    observation statistics it was trained with (if any).
+
+    ``action_shape`` (the env's ``MultiDiscrete`` nvec) decodes a model
+    trained on the flattened ``Discrete(prod(nvec))`` action space (DQN).
+    """
+
+    kernel_pt_reclaim = True
+    privileged = False
+
+    def __init__(self, model: Any, normalize: Callable[[np.ndarray], np.ndarray] | None = None,
+                 name: str = "model", action_shape: Sequence[int] | None = None) -> None:
+        self.model = model
+        self.normalize = normalize
+        self.name = name
+        self.action_shape = tuple(int(n) for n in action_shape) if action_shape else None
+        self._mode = DeterministicActorCritic.of(model)
+
+    def predict(self, observation: np.ndarray, state: Any = None,
+                episode_start: np.ndarray | None = None,
+                deterministic: bool = True) -> tuple[np.ndarray, Any]:
+        obs = self.normalize(observation) if self.normalize is not None else observation
+        if deterministic and state is None and self._mode is not None:
+            action = self._mode.predict(obs)
+        else:
+            action, state = self.model.predict(obs, state=state, episode_start=episode_start,
+                                               deterministic=deterministic)
+        if self.action_shape is not None:
+            action = unflatten_action(action, self.action_shape)
+        return action, state
+
+
+def env_nvec(env_config: EnvConfig) -> list[int]:
+    """The ``MultiDiscrete`` nvec of the env's actions.  Spaces depend on the
+    env config only, so an env over a placeholder scenario tells them (the
+    constructor builds no simulation)."""
+    return [int(n) for n in PageTableReclaimEnv(ScenarioConfig(), env_config).action_space.nvec]
+
+
+def as_policy(model: Any, normalizer: VecNormalize | None, env_config: EnvConfig,
+              name: str) -> ObsNormalizedPolicy:
+    """A trained (or training) model behind the policy interface, normalising
+    observations with ``normalizer``'s statistics when it has them."""
+    from gymnasium import spaces
+
+    shape = env_nvec(env_config) if isinstance(model.action_space, spaces.Discrete) else None
+    normalize = None
+    if normalizer is not None and normalizer.norm_obs:
+        stats = normalizer
+
+        def normalize(obs: np.ndarray) -> np.ndarray:
+            return np.asarray(stats.normalize_obs(obs))
+
+    return ObsNormalizedPolicy(model, normalize, name, shape)
