@@ -126,12 +126,12 @@ class _Future:
                                       and owners.min() >= 0 and owners.max() < 1 << 31)
             keys = np.sort((owners << _TICK_BITS) + ticks)
             self.keys[name] = keys
-        want = (slots << _TICK_BITS) + now
-        at = np.searchsorted(keys, want)
-        found = np.minimum(at, max(len(keys) - 1, 0))
-        hit = (at < len(keys)) & ((keys[found] >> _TICK_BITS) == slots) if len(keys) else \
-            np.zeros(len(slots), bool)
         until = np.full(len(slots), math.inf)
+        if not len(keys):
+            return until
+        at = np.searchsorted(keys, (slots << _TICK_BITS) + now)
+        found = np.minimum(at, len(keys) - 1)
+        hit = (at < len(keys)) & ((keys[found] >> _TICK_BITS) == slots)
         until[hit] = (keys[found[hit]] & ((1 << _TICK_BITS) - 1)) - now
         return until
 

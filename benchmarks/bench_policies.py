@@ -50,7 +50,7 @@ def trained_policies(seed: int) -> tuple[Any, Any, list[Any], Any]:
     SB3's path (the same model), the training scenarios and the env config."""
     from ptreclaim.agents.modelpolicy import as_policy
 
-    exp = _default_setup()[0]
+    exp, _, _, train = _default_setup()
     model = default_ppo_model(null=False, seed=seed)
     model.learn(model.n_steps * model.n_envs)
     venv = model.get_env()
@@ -60,7 +60,7 @@ def trained_policies(seed: int) -> tuple[Any, Any, list[Any], Any]:
         raise SystemExit("bench_policies.py: error: the default experiment's policy has no "
                          "fast path (DeterministicActorCritic.of returned None)")
     slow._mode = None
-    return fast, slow, _default_setup()[3], exp.env
+    return fast, slow, train, exp.env
 
 
 def recorded_observations(scenarios: list[Any], env_config: Any, n: int, seed: int
