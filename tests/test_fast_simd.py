@@ -7,7 +7,9 @@ word-at-a-time code elsewhere, which the extension built here never runs.  This 
 small C++ program over ``pagetable.cpp`` twice, with the vector paths and with
 ``PTFAST_NO_SIMD`` (the fallbacks), drives the same random tables through both, and
 checks every result against the table's entries read one by one (``PteTable::get``): the
-two builds agree with each other and with the entries, so neither path can drift.
+two builds agree with each other and with the entries, so neither path can drift.  Each
+random table is also copied into a table of its own (``OwnedPteTable``), whose entries and
+counts must read the same.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ int main() {
   std::mt19937_64 g(20261207);
   long bad = 0;
   for (int it = 0; it < 4000; it++) {
-    PteTable t;
+    OwnedPteTable own;  // a table with entries of its own, outside any table map
+    PteTable& t = own.t;
     const int ops = (int)(g() % 12);
     for (int o = 0; o < ops; o++) {
       const uint8_t v = (uint8_t)(g() % 7);
@@ -62,6 +65,12 @@ int main() {
       std::printf("%d %d %016llx %016llx\n", it, c, (unsigned long long)f,
                   (unsigned long long)p);
     }
+    // A copy (what fork and mremap make) holds the same entries and counts: the header and
+    // the live chunks are copied, and a chunk that is not live reads as `rest` in both.
+    OwnedPteTable copy(t);
+    for (long k = 0; k < 512; k++) bad += copy.t.get(k) != t.get(k);
+    for (int b = 0; b < 5; b++) bad += copy.t.n[b] != t.n[b];
+    bad += copy.t.live != t.live || copy.t.rest != t.rest || copy.t.e == t.e;
     // The per-kind counts, kept through the range writes (which count a range's old
     // entries), then counted afresh (recount: the whole table or its live chunks).
     int want[5] = {0, 0, 0, 0, 0};

@@ -174,6 +174,24 @@ void PteTable::make_live(uint8_t want) const {
   live |= want;
 }
 
+PteTable& PteTable::operator=(const PteTable& o) {
+  if (this == &o) return *this;
+  huge = o.huge;
+  cls = o.cls;
+  young = o.young;
+  live = o.live;
+  rss = o.rss;
+  age = o.age;
+  std::copy(o.n, o.n + 5, n);
+  rest = o.rest;
+  // A chunk that is not live is never read, so only the live ones are copied.
+  for (uint8_t c = o.live; c; c &= (uint8_t)(c - 1)) {
+    const int off = __builtin_ctz(c) << (CHUNK_SHIFT - 1);
+    std::memcpy(e + off, o.e + off, 1 << (CHUNK_SHIFT - 1));
+  }
+  return *this;
+}
+
 void PteTable::set_rest(uint8_t v) {
   const int k = rest_entries();
   n[bucket(rest)] = (uint16_t)(n[bucket(rest)] - k);
@@ -579,7 +597,8 @@ std::string AddressSpace::check_invariants() const {
     uint8_t c;
     int32_t r;
     t.census(c, r);
-    PteTable fresh = t;
+    OwnedPteTable own(t);
+    PteTable& fresh = own.t;
     fresh.recount();
     if (c != t.cls)
       problem = "class out of date";
@@ -791,14 +810,13 @@ void AddressSpace::free_pte(i64 slot, const PteTable& t) {
   stats.pte_freed++;
 }
 
-PteTable AddressSpace::free_pte_quiet(i64 slot) {
-  PteTable t = pte.at(slot);
+void AddressSpace::free_pte_quiet(i64 slot, OwnedPteTable& out) {
+  const PteTable& t = out.t = pte.at(slot);
   pte.erase(slot);
   if (t.huge) huge_tables--;
   cls_count[t.cls]--;
   rss_pages -= t.rss;
   table_version++;
-  return t;
 }
 
 void AddressSpace::adopt_pte(i64 slot, const PteTable& t) {
@@ -1839,8 +1857,9 @@ void AddressSpace::move_page_tables(Vma* old, Vma* nw, i64 old_addr, i64 new_add
     if (pmd.insert(new_addr >> PMD_SHIFT)) stats.upper_allocated++;
     i64 nslot = new_addr >> PTE_SHIFT;
     if (extent == PTE_SPAN && !pte.count(nslot)) {
-      PteTable t = free_pte_quiet(oslot);
-      adopt_pte(nslot, t);
+      OwnedPteTable t;
+      free_pte_quiet(oslot, t);
+      adopt_pte(nslot, t.t);
     } else {
       if (ot->huge) split_huge(oslot, *ot);
       PteTable& dt = ensure_pte(nslot);
@@ -1884,8 +1903,9 @@ void AddressSpace::move_pmd_table(i64 old_addr, i64 new_addr) {
   std::vector<i64>& slots = scratch.v;
   pte_slots_in(old_addr, old_addr + PMD_SPAN, slots);
   for (i64 slot : slots) {
-    PteTable t = free_pte_quiet(slot);
-    adopt_pte(slot + shift, t);
+    OwnedPteTable t;
+    free_pte_quiet(slot, t);
+    adopt_pte(slot + shift, t.t);
   }
   if (!file_thp.empty()) {
     const i64 lo = old_addr >> PTE_SHIFT;

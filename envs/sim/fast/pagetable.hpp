@@ -148,7 +148,13 @@ struct Vma {
 // that were not), unpack() (all of them, a byte each) or get() (read one entry without
 // making it live); the counts n[] always count a chunk that is not live as 64 entries of
 // `rest`.
-struct PteTable {
+//
+// The entries are not inside the table: a table is its 32-byte header and a pointer to its
+// 256 bytes, which the table map's pool keeps in a block of their own (ptemap.hpp,
+// PoolBytes).  The reclaim scan reads the headers of hundreds of tables per step and no
+// entry, so two headers share a cache line where a table with its entries inline took
+// four and a half lines, its header straddling two of them for a quarter of the tables.
+struct alignas(32) PteTable {
   uint8_t huge = HUGE_NONE;
   uint8_t cls = C_EMPTY;
   uint8_t young = 1;  // the PMD entry's accessed bit (pagetable.PteTable.young)
@@ -158,8 +164,15 @@ struct PteTable {
   // Entries per kind: none, anon, zero, file, and the rest (swap entries and markers).
   uint16_t n[5] = {ENTRIES, 0, 0, 0, 0};
   uint8_t rest = E_NONE;  // what every entry of a chunk that is not live holds
-  mutable uint8_t e[ENTRIES / 2];  // two entries per byte (see above)
-  PteTable() {}  // no entry written: every chunk starts not live
+  // Two entries per byte (see above); ENTRIES / 2 bytes owned by whoever made the table
+  // (the pool of its table map, or an OwnedPteTable), never by the table itself.
+  uint8_t* e = nullptr;
+  static constexpr size_t POOL_BYTES = ENTRIES / 2;  // what the pool keeps per table
+  // No entry written: every chunk starts not live.
+  explicit PteTable(uint8_t* entries) : e(entries) {}
+  PteTable(const PteTable&) = delete;
+  // The header and the live chunks' entries, into this table's own entries.
+  PteTable& operator=(const PteTable& o);
 
   static constexpr int CHUNK_SHIFT = 6;  // 64 entries per chunk
   static constexpr uint8_t ALL_LIVE = 0xFF;
@@ -237,6 +250,18 @@ struct PteTable {
   void hist(i64 i, i64 j, int h[5]) const;
   void write(i64 i, i64 j, uint8_t v);
   int replace(i64 i, i64 j, uint8_t from, uint8_t to);
+};
+
+static_assert(sizeof(PteTable) == 32, "a table's header is half a cache line");
+
+// A table outside any table map, with entries of its own: a table moved from one slot to
+// another (mremap), a recount to check against.
+struct OwnedPteTable {
+  uint8_t bytes[PteTable::POOL_BYTES];
+  PteTable t{bytes};
+  OwnedPteTable() = default;
+  OwnedPteTable(const OwnedPteTable&) = delete;
+  explicit OwnedPteTable(const PteTable& o) { t = o; }
 };
 
 template <>
@@ -372,7 +397,7 @@ class AddressSpace {
   void kept_add(const std::vector<i64>& pages);
   void free_pte(i64 slot) { free_pte(slot, pte.at(slot)); }
   void free_pte(i64 slot, const PteTable& t);
-  PteTable free_pte_quiet(i64 slot);
+  void free_pte_quiet(i64 slot, OwnedPteTable& out);
   void adopt_pte(i64 slot, const PteTable& t);
   void pte_slots_in(i64 start, i64 end, std::vector<i64>& out) const;
   void update_entries(i64 start, i64 end, const uint8_t* table);

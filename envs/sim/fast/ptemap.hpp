@@ -8,11 +8,13 @@
 // only the PMD nodes in it and the set bits of their maps, in ascending slot order -- what
 // the Python model's sorted-dict walks give, with memory locality.
 //
-// Why blocks: a PteTable is ~530 bytes, so the deque this pool was before held one table
+// Why blocks: a PteTable was ~530 bytes, so the deque this pool was before held one table
 // per node and every new table was a malloc (and every address space's end a free per
 // table); the profile of the batched env put ~7 % of its time in that.  Blocks make a new
 // table a pointer bump, and tables made one after the other (a fault over a range) sit
-// next to each other in memory, which the reclaim scan's walk in slot order reads.
+// next to each other in memory, which the reclaim scan's walk in slot order reads.  A
+// PTE table's entries live in a second block beside its header's (PoolBytes), so the
+// scan, which reads headers only, finds two of them per cache line.
 #pragma once
 
 #include <algorithm>
@@ -69,6 +71,15 @@ void stable_sort_small(std::vector<T>& v, Less less) {
   }
 }
 
+// Bytes the pool keeps beside each element, outside it: Table::POOL_BYTES if the type
+// declares it (a PTE table's entries, pagetable.hpp), else none.  Such an element is made
+// as Table(pointer to its bytes), and its bytes stay with it while it is reused.
+template <class T, class = void>
+struct PoolBytes : std::integral_constant<size_t, 0> {};
+template <class T>
+struct PoolBytes<T, std::void_t<decltype(T::POOL_BYTES)>>
+    : std::integral_constant<size_t, T::POOL_BYTES> {};
+
 // Return a recycled pool element to its default state (PteTable resets in place).
 template <class T>
 inline void reset_value(T& v) {
@@ -121,11 +132,16 @@ class SlotMap {
     } else {
       if (fresh_ == BLOCK) {
         blocks_.emplace_back(new Raw[BLOCK]);  // raw memory: nothing written yet
+        if constexpr (EXTRA > 0) stores_.emplace_back(new Store);
         fresh_ = 0;
       }
       // Constructed (value-initialised) when handed out, not the whole block at once: the
       // fault that asked for it writes the same lines next, while they are in the cache.
-      t = new (&blocks_.back()[fresh_++]) Table();
+      if constexpr (EXTRA > 0)
+        t = new (&blocks_.back()[fresh_]) Table(stores_.back()->bytes + fresh_ * EXTRA);
+      else
+        t = new (&blocks_.back()[fresh_]) Table();
+      fresh_++;
     }
     node->ptr[e] = t;
     node->bits[e >> 6] |= uint64_t{1} << (e & 63);
@@ -163,6 +179,7 @@ class SlotMap {
     }
     nodes_.clear();
     blocks_.clear();
+    stores_.clear();
     free_.clear();
     fresh_ = BLOCK;
     n_ = 0;
@@ -294,6 +311,13 @@ class SlotMap {
   };
   static_assert(std::is_trivially_destructible<Table>::value, "pool blocks skip destructors");
   std::vector<std::unique_ptr<Raw[]>> blocks_;
+  // Each block's elements' outside bytes (PoolBytes), uninitialised, on cache lines of
+  // their own.
+  static constexpr size_t EXTRA = PoolBytes<Table>::value;
+  struct alignas(64) Store {
+    unsigned char bytes[BLOCK * (EXTRA ? EXTRA : 1)];
+  };
+  std::vector<std::unique_ptr<Store>> stores_;
   std::vector<Table*> free_;  // erased tables, reused first
   int fresh_ = BLOCK;         // tables of the last block never handed out start here
   size_t n_ = 0;
