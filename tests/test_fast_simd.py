@@ -65,8 +65,9 @@ int main() {
       std::printf("%d %d %016llx %016llx\n", it, c, (unsigned long long)f,
                   (unsigned long long)p);
     }
-    // A copy (what fork and mremap make) holds the same entries and counts: the header and
-    // the live chunks are copied, and a chunk that is not live reads as `rest` in both.
+    // A copy (what mremap and a clone of the simulation make) holds the same entries and
+    // counts: the header and the live chunks are copied, and a chunk that is not live
+    // reads as `rest` in both.
     OwnedPteTable copy(t);
     for (long k = 0; k < 512; k++) bad += copy.t.get(k) != t.get(k);
     for (int b = 0; b < 5; b++) bad += copy.t.n[b] != t.n[b];

@@ -398,6 +398,9 @@ class AddressSpace {
   void free_pte(i64 slot) { free_pte(slot, pte.at(slot)); }
   void free_pte(i64 slot, const PteTable& t);
   void free_pte_quiet(i64 slot, OwnedPteTable& out);
+  // `t` must not be a table of this map (give it an OwnedPteTable's): emplace may hand
+  // out the very table erased just before, reset, and `t` would then have lost its
+  // contents before they are copied.
   void adopt_pte(i64 slot, const PteTable& t);
   void pte_slots_in(i64 start, i64 end, std::vector<i64>& out) const;
   void update_entries(i64 start, i64 end, const uint8_t* table);
