@@ -69,7 +69,7 @@ from .heuristics import (
     TreeRule,
     canonical,
 )
-from .rollout import fit_action
+from .rollout import LOCKSTEP, fit_action, plays_in_lockstep
 
 _IDX = {name: i for i, name in enumerate(OBS_NAMES)}
 _NC = len(ACTION_COMPONENTS)
@@ -179,7 +179,8 @@ class DistillResult:
 
 def collect(driver: Any, teacher: Any, scenarios: Sequence[ScenarioConfig],
             env_config: EnvConfig, episodes: int, seed: int,
-            tick: Callable[[], None] | None = None) -> tuple[Dataset, np.ndarray, float]:
+            tick: Callable[[], None] | None = None,
+            lockstep: int = LOCKSTEP) -> tuple[Dataset, np.ndarray, float]:
     """Run ``driver`` for ``episodes`` episodes on every scenario, and label
     every observation it meets with the teacher's action.
 
@@ -188,7 +189,16 @@ def collect(driver: Any, teacher: Any, scenarios: Sequence[ScenarioConfig],
     policy) labels each state with what it would do there after the episode so far.
     Returns the labelled states, the driver's own (canonical) actions and its
     mean episode cost (minus the return) on these episodes.
+
+    A teacher that decides for many observations in one call
+    (:func:`~ptreclaim.agents.rollout.plays_in_lockstep`: a PPO or A2C model, which has no
+    memory) labels up to ``lockstep`` episodes at once when the driver is the teacher
+    itself or a rule (stateless): the same data, in the same order, bit for bit.
     """
+    if lockstep > 1 and plays_in_lockstep(teacher) and (driver is teacher
+                                                        or isinstance(driver, Policy)):
+        return _collect_lockstep(driver, teacher, scenarios, env_config, episodes, seed,
+                                 tick, lockstep)
     obs_rows: list[np.ndarray] = []
     own: list[np.ndarray] = []
     labels: list[np.ndarray] = []
@@ -216,6 +226,58 @@ def collect(driver: Any, teacher: Any, scenarios: Sequence[ScenarioConfig],
             costs.append(-ret)
             if tick is not None:
                 tick()
+    return (Dataset(np.stack(obs_rows), np.stack(labels)), canonical(np.stack(own)),
+            float(np.mean(costs)))
+
+
+def _collect_lockstep(driver: Any, teacher: Any, scenarios: Sequence[ScenarioConfig],
+                      env_config: EnvConfig, episodes: int, seed: int,
+                      tick: Callable[[], None] | None,
+                      width: int) -> tuple[Dataset, np.ndarray, float]:
+    """:func:`collect` with ``width`` episodes played together: one ``predict_rows`` call
+    labels a decision of each (and is the driver's action when the driver is the
+    teacher); a rule driver decides row by row as it would alone."""
+    jobs = [(i, k) for i in range(len(scenarios)) for k in range(episodes)]
+    obs_rows: list[np.ndarray] = []
+    own: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    costs: list[float] = []
+    for lo in range(0, len(jobs), width):
+        chunk = jobs[lo:lo + width]
+        envs: list[PageTableReclaimEnv | None] = [PageTableReclaimEnv([scenarios[i]], env_config)
+                                                  for i, _ in chunk]
+        obs = [env.reset(seed=seed + 1000 * i + k)[0]  # type: ignore[union-attr]
+               for env, (i, k) in zip(envs, chunk, strict=True)]
+        seen: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = [[] for _ in chunk]
+        ret = [0.0] * len(chunk)
+        live = list(range(len(chunk)))
+        while live:
+            rows = np.stack([obs[j] for j in live])
+            taught = teacher.predict_rows(rows)
+            first = np.array([not seen[j] for j in live])
+            for n, j in enumerate(live):
+                env = envs[j]
+                assert env is not None
+                if driver is teacher:
+                    action = taught[n]
+                else:
+                    action, _ = driver.predict(obs[j], state=None, episode_start=first[n:n + 1],
+                                               deterministic=True)
+                seen[j].append((np.asarray(obs[j], dtype=np.float32),
+                                np.asarray(action, dtype=np.int64).ravel(),
+                                np.asarray(taught[n], dtype=np.int64).ravel()))
+                obs[j], reward, terminated, truncated, _ = env.step(fit_action(action, env))
+                ret[j] += float(reward)
+                if terminated or truncated:
+                    envs[j] = None  # its simulation goes now, not with the chunk
+                    if tick is not None:
+                        tick()
+            live = [j for j in live if envs[j] is not None]
+        for steps, r in zip(seen, ret, strict=True):
+            obs_rows += [o for o, _, _ in steps]
+            own += [a for _, a, _ in steps]
+            labels += [t for _, _, t in steps]
+            costs.append(-r)
     return (Dataset(np.stack(obs_rows), np.stack(labels)), canonical(np.stack(own)),
             float(np.mean(costs)))
 

@@ -29,7 +29,7 @@ from . import interrupts, report
 from .heuristics import HEURISTICS
 from .loading import PolicySpec, build_policy, heuristic_spec, oracle_spec, parse_policy
 from .results import EpisodeResult, PolicySummary
-from .rollout import WorkerPool, episode_seed, run_episode
+from .rollout import WorkerPool, episode_seed, plays_in_lockstep, run_episode, run_lockstep
 from .stats import summarize, summarize_by_scenario
 
 #: Files an evaluation writes into its output folder.
@@ -47,9 +47,16 @@ class _Context:
     seed: int
 
 
-#: One episode to run: (index, policy label, scenario index, episode, want timeline).
-Task = tuple[int, str, int, int, bool]
-Done = tuple[int, EpisodeResult, list[dict[str, Any]] | None]
+#: Episodes of one policy to run: (policy label, [(index, scenario index, episode, want
+#: timeline)]).  A model's come in chunks (:data:`MODEL_CHUNK`), played in lockstep where
+#: the model can; every other policy's one at a time.
+Task = tuple[str, list[tuple[int, int, int, bool]]]
+Done = list[tuple[int, EpisodeResult, list[dict[str, Any]] | None]]
+
+#: Episodes of a model per task: enough that deciding for all of them in one call
+#: (``predict_rows``) saves most of a decision's network overhead, few enough that the
+#: worker processes still share the work evenly.
+MODEL_CHUNK = 16
 
 
 def _make_context(specs: Sequence[PolicySpec], scenarios: Sequence[ScenarioConfig],
@@ -59,11 +66,24 @@ def _make_context(specs: Sequence[PolicySpec], scenarios: Sequence[ScenarioConfi
 
 
 def _run_task(ctx: _Context, task: Task) -> Done:
-    j, label, i, k, want = task
-    timeline: list[dict[str, Any]] | None = [] if want else None
-    res = run_episode(ctx.policies[label], ctx.scenarios[i], episode_seed(ctx.seed, i, k),
-                      ctx.env_config, label, i, k, timeline=timeline)
-    return j, res, timeline
+    label, episodes = task
+    policy = ctx.policies[label]
+    out: Done = []
+    together = [(j, i, k) for j, i, k, want in episodes
+                if not want and plays_in_lockstep(policy)]
+    if together:
+        results = run_lockstep(policy, label, ctx.scenarios, [(i, k) for _, i, k in together],
+                               ctx.seed, ctx.env_config)
+        out += [(j, res, None) for (j, _, _), res in zip(together, results, strict=True)]
+    done = {j for j, _, _ in together}
+    for j, i, k, want in episodes:
+        if j in done:
+            continue
+        timeline: list[dict[str, Any]] | None = [] if want else None
+        res = run_episode(policy, ctx.scenarios[i], episode_seed(ctx.seed, i, k),
+                          ctx.env_config, label, i, k, timeline=timeline)
+        out.append((j, res, timeline))
+    return out
 
 
 def evaluate_specs(specs: Sequence[PolicySpec], scenarios: Sequence[ScenarioConfig],
@@ -82,29 +102,37 @@ def evaluate_specs(specs: Sequence[PolicySpec], scenarios: Sequence[ScenarioConf
         raise ConfigError("no scenarios to evaluate on")
     labels = [s.label for s in specs]
     tasks: list[Task] = []
-    for label in labels:
+    n = 0
+    for spec in specs:
+        chunk = MODEL_CHUNK if spec.kind == "model" else 1
+        eps = []
         for i in range(len(scenarios)):
             for k in range(episodes):
-                tasks.append((len(tasks), label, i, k, i == timeline_scenario and k == 0))
+                eps.append((n, i, k, i == timeline_scenario and k == 0))
+                n += 1
+        tasks += [(spec.label, eps[lo:lo + chunk]) for lo in range(0, len(eps), chunk)]
     # Interleave policies so that the slow ones (the oracle) spread over workers.
-    order = sorted(tasks, key=lambda t: (t[2], t[3], labels.index(t[1])))
+    order = sorted(tasks, key=lambda t: (t[1][0][1], t[1][0][2], labels.index(t[0])))
+    ended = 0
 
-    def on_result(_index: int, _out: Done, done: int) -> None:
+    def on_result(_index: int, out: Done, _done: int) -> None:
+        nonlocal ended
+        ended += len(out)
         if progress is not None:
-            progress(done, len(tasks))
+            progress(ended, n)
 
     pool_jobs = min(jobs, len(tasks))
     with WorkerPool(pool_jobs, _make_context, (list(specs), list(scenarios), env_config, seed),
                     _run_task) as pool:
         outs = pool.map(tasks if pool_jobs <= 1 else order, on_result)
-    results: list[EpisodeResult | None] = [None] * len(tasks)
+    results: list[EpisodeResult | None] = [None] * n
     timelines: dict[str, list[dict[str, Any]]] = {}
-    for j, res, tl in outs:
+    for j, res, tl in (episode for out in outs for episode in out):
         results[j] = res
         if tl is not None:
             timelines[res.policy] = tl
     done = [r for r in results if r is not None]
-    assert len(done) == len(tasks)
+    assert len(done) == n
     return done, {label: timelines[label] for label in labels if label in timelines}
 
 

@@ -63,6 +63,7 @@ class DeterministicActorCritic:
     def __init__(self, policy: Any, dims: Sequence[int] | None) -> None:
         import torch
         from stable_baselines3.common.policies import BaseModel
+        from stable_baselines3.common.torch_layers import FlattenExtractor
         from stable_baselines3.common.utils import is_vectorized_observation
 
         self.policy = policy
@@ -72,6 +73,27 @@ class DeterministicActorCritic:
         self._torch = torch
         self._features = BaseModel.extract_features
         self._vectorized = is_vectorized_observation
+        # For predict_rows: the actor's layers when they are SB3's MlpExtractor's Sequential
+        # (then Linear and ReLU, hook-free, run by their functional forms), else None.
+        self._flatten = type(policy.pi_features_extractor) is FlattenExtractor
+        self._layers = self._actor_layers(policy, torch.nn)
+
+    @staticmethod
+    def _actor_layers(policy: Any, nn: Any) -> list[tuple[str, Any]] | None:
+        from stable_baselines3.common.torch_layers import MlpExtractor
+
+        net: Any = getattr(policy.mlp_extractor, "policy_net", None)
+        if (type(policy.mlp_extractor) is not MlpExtractor or type(net) is not nn.Sequential
+                or type(policy.action_net) is not nn.Linear):
+            return None
+        layers: list[tuple[str, Any]] = []
+        for module in [*net, policy.action_net]:
+            hooked = module._forward_hooks or module._forward_pre_hooks
+            kind = ("linear" if type(module) is nn.Linear and not hooked else
+                    "relu" if type(module) is nn.ReLU and not module.inplace and not hooked
+                    else "call")
+            layers.append((kind, module))
+        return layers
 
     @classmethod
     def of(cls, model: Any) -> DeterministicActorCritic | None:
@@ -126,6 +148,66 @@ class DeterministicActorCritic:
         out = actions.cpu().numpy().reshape((-1, *p.action_space.shape))
         return out if vectorized else out.squeeze(axis=0)
 
+    def predict_rows(self, observations: np.ndarray) -> np.ndarray:
+        """``predict(o)`` for each row ``o`` of ``observations`` in turn, bit for bit, in
+        one call: what playing many episodes in lockstep needs (``run_policies``).
+
+        Not ``predict(observations)``: torch's matrix product of one row and of several
+        rows do not add a dot product's terms in the same order, so a batch's logits differ
+        from one row's in the last bits, and a near tie could pick another action.  So the
+        network runs row by row, each row through the same operations on the same
+        ``(1, n)`` shape as ``predict`` (a ``Linear`` or ``ReLU`` of SB3's ``MlpExtractor``
+        by its functional form, which is its ``forward``; any other module by its call), and
+        only what is per row by nature runs on the batch: the features of SB3's
+        ``FlattenExtractor`` (a cast) and the action's mode (``logsumexp``, softmax and
+        argmax along each row: ``tests/test_evaluate.py`` compares it with the one-row
+        mode on random, tied and nearly tied logits at every batch size up to 70).  Rows
+        with logits that are not all finite go through ``predict`` one by one, which
+        raises SB3's own error."""
+        th = self._torch
+        p = self.policy
+        obs = np.array(observations).reshape((-1, *p.observation_space.shape))
+        with th.no_grad():
+            logits = self.logits_rows(obs)
+            if not bool(th.isfinite(logits).all()):
+                return np.stack([self.predict(o) for o in obs])
+            if self.dims is None:
+                actions = self._mode(logits)
+            else:
+                actions = th.stack([self._mode(part)
+                                    for part in th.split(logits, self.dims, dim=1)], dim=1)
+        return actions.cpu().numpy().reshape((-1, *p.action_space.shape))
+
+    def logits_rows(self, obs: np.ndarray) -> Any:
+        """The action logits of each row of ``obs`` (shaped ``(k, *observation shape)``), bit
+        for bit as :meth:`predict` computes one row's: the network runs row by row."""
+        th = self._torch
+        p = self.policy
+        if p.training:  # what predict's set_training_mode(False) changes
+            p.set_training_mode(False)
+        with th.no_grad():
+            x = th.as_tensor(obs, device=self.device)
+            if self._flatten:
+                rows = self._features(p, x, p.pi_features_extractor).split(1)
+            else:
+                rows = [self._features(p, r, p.pi_features_extractor) for r in x.split(1)]
+            return th.cat([self._logits(r) for r in rows])
+
+    def _logits(self, row: Any) -> Any:
+        """``action_net(mlp_extractor.forward_actor(row))`` of one ``(1, n)`` row."""
+        p = self.policy
+        if self._layers is None:
+            return p.action_net(p.mlp_extractor.forward_actor(row))
+        f = self._torch.nn.functional
+        for kind, module in self._layers:
+            if kind == "linear":
+                row = f.linear(row, module.weight, module.bias)
+            elif kind == "relu":
+                row = f.relu(row)
+            else:
+                row = module(row)
+        return row
+
     def _mode(self, logits: Any) -> Any:
         """``Categorical(logits=logits).probs.argmax(dim=1)``, as torch computes it."""
         th = self._torch
@@ -164,6 +246,28 @@ class ObsNormalizedPolicy:
         if self.action_shape is not None:
             action = unflatten_action(action, self.action_shape)
         return action, state
+
+
+    @property
+    def predicts_rows(self) -> bool:
+        """Whether :meth:`predict_rows` can decide for many observations in one call (a
+        PPO or A2C model, :class:`DeterministicActorCritic`)."""
+        return self._mode is not None
+
+    def predict_rows(self, observations: np.ndarray) -> np.ndarray:
+        """The deterministic action of each row of ``observations``, bit for bit what
+        ``predict`` gives that row alone, in one call
+        (:meth:`DeterministicActorCritic.predict_rows`); only when :attr:`predicts_rows`.
+        ``normalize`` must work element by element, as ``VecNormalize``'s does, so that a
+        batch is normalised as its rows are."""
+        if self._mode is None:
+            raise TypeError(f"{self.name}: this model decides one observation at a time "
+                            "(predict_rows needs a PPO or A2C model's actor-critic policy)")
+        obs = self.normalize(observations) if self.normalize is not None else observations
+        action = self._mode.predict_rows(obs)
+        if self.action_shape is not None:
+            action = unflatten_action(action, self.action_shape)
+        return action
 
 
 def env_nvec(env_config: EnvConfig) -> list[int]:

@@ -3,7 +3,8 @@
 :func:`run_episode` plays one deterministic episode of any policy
 (:class:`~ptreclaim.agents.loading.Policy`) seeded by :func:`episode_seed`, so
 every policy meets the same episodes.  :func:`run_policies` plays every
-policy on every scenario in this process.  :class:`WorkerPool` is how every
+policy on every scenario in this process (a trained model's episodes in lockstep,
+each the same as alone).  :class:`WorkerPool` is how every
 command runs work in parallel (evaluation and export episodes, tuning
 trials' episodes, the seeds of a multi-seed training run): tasks go to
 ``jobs`` spawned worker processes, each holding a context built once (the
@@ -95,6 +96,70 @@ def _timeline_record(step: int, info: dict[str, Any], recs: Sequence[Any], actio
             "reward": reward}
 
 
+class _Episode:
+    """One deterministic episode being played (:func:`run_episode`): the env after its
+    reset, and what the result counts, a decision at a time through :meth:`act`."""
+
+    def __init__(self, policy: Any, scenario: ScenarioConfig, seed: int,
+                 env_config: EnvConfig, name: str, episode: int,
+                 timeline: list[dict[str, Any]] | None = None,
+                 observations: list[np.ndarray] | None = None) -> None:
+        pt_reclaim = scenario.pt_reclaim and bool(getattr(policy, "kernel_pt_reclaim", True))
+        scen = scenario if pt_reclaim == scenario.pt_reclaim else dataclasses.replace(
+            scenario, pt_reclaim=pt_reclaim)
+        config = dataclasses.replace(env_config, max_steps=max(env_config.max_steps, 1))
+        self.env = env = PageTableReclaimEnv([scen], config)
+        if getattr(policy, "privileged", False):
+            policy = _fresh(policy)
+            policy.bind(env)
+        self.policy = policy
+        self.name, self.scenario, self.episode, self.seed = name, scenario.name, episode, seed
+        self.weights = env_config.reward
+        self.timeline, self.observations = timeline, observations
+        self.obs, self.info = env.reset(seed=seed)
+        self.terms = dict.fromkeys(COST_TERMS, 0.0)
+        self.reward = 0.0
+        self.steps = self.failures = self.kills = self.unwarned = 0
+        self.peak = self.info["pt_bytes"]
+        if timeline is not None:
+            # Step 0: the state after reset's warm-up ticks (not charged to the episode).
+            timeline.append(_timeline_record(0, self.info, [], None, 0.0))
+
+    def act(self, action: Any) -> bool:
+        """Play ``action`` (the decision on :attr:`obs`); True when the episode ended."""
+        env, info = self.env, self.info
+        if self.observations is not None:
+            self.observations.append(np.array(self.obs, copy=True))
+        action = fit_action(action, env)
+        # Calm when the decision was made: free memory at or above the high watermark,
+        # where holding a table costs nothing (the hold price is 0).
+        wmin, _, whigh = info["watermarks"]
+        calm = hold_price(info["normal_free_pages"], wmin, whigh) == 0.0
+        tick = info["tick"]
+        self.obs, r, terminated, truncated, info = env.step(action)
+        self.info = info
+        self.reward += r
+        self.steps += 1
+        for k, v in info["cost_terms"].items():
+            self.terms[k] += v
+        self.failures += info["failures"]
+        self.unwarned += info["failures"] if calm else 0
+        self.kills += len(info["oom_kills"])
+        self.peak = max(self.peak, info["pt_bytes"])
+        if self.timeline is not None:
+            assert env.sim is not None
+            self.timeline.append(_timeline_record(self.steps, info,
+                                                  env.sim.history[tick:info["tick"]],
+                                                  action, r))
+        return bool(terminated or truncated)
+
+    def result(self) -> EpisodeResult:
+        weighted = {k: getattr(self.weights, k) * v for k, v in self.terms.items()}
+        return EpisodeResult(self.name, self.scenario, self.episode, self.seed,
+                             float(self.reward), self.terms, self.steps, self.failures,
+                             self.kills, int(self.peak), weighted, self.unwarned)
+
+
 def run_episode(policy: Any, scenario: ScenarioConfig, seed: int, env_config: EnvConfig,
                 name: str, scenario_index: int = 0, episode: int = 0,
                 timeline: list[dict[str, Any]] | None = None,
@@ -110,74 +175,97 @@ def run_episode(policy: Any, scenario: ScenarioConfig, seed: int, env_config: En
     do not include).  With ``observations``, the observation of every decision
     is appended to it (a copy), in step order.
     """
-    pt_reclaim = scenario.pt_reclaim and bool(getattr(policy, "kernel_pt_reclaim", True))
-    scen = scenario if pt_reclaim == scenario.pt_reclaim else dataclasses.replace(
-        scenario, pt_reclaim=pt_reclaim)
-    config = dataclasses.replace(env_config, max_steps=max(env_config.max_steps, 1))
-    env = PageTableReclaimEnv([scen], config)
-    if getattr(policy, "privileged", False):
-        policy = _fresh(policy)
-        policy.bind(env)
-    obs, info = env.reset(seed=seed)
-    terms = dict.fromkeys(COST_TERMS, 0.0)
-    reward = 0.0
-    steps = failures = kills = unwarned = 0
-    peak = info["pt_bytes"]
-    tick = info["tick"]
+    ep = _Episode(policy, scenario, seed, env_config, name, episode, timeline, observations)
     state = None
     start = np.ones((1,), dtype=bool)
-    if timeline is not None:
-        # Step 0: the state after reset's warm-up ticks (not charged to the episode).
-        timeline.append(_timeline_record(0, info, [], None, 0.0))
     while True:
-        if observations is not None:
-            observations.append(np.array(obs, copy=True))
-        action, state = policy.predict(obs, state=state, episode_start=start, deterministic=True)
-        action = fit_action(action, env)
+        action, state = ep.policy.predict(ep.obs, state=state, episode_start=start,
+                                          deterministic=True)
         start = np.zeros((1,), dtype=bool)
-        # Calm when the decision was made: free memory at or above the high watermark,
-        # where holding a table costs nothing (the hold price is 0).
-        wmin, _, whigh = info["watermarks"]
-        calm = hold_price(info["normal_free_pages"], wmin, whigh) == 0.0
-        obs, r, terminated, truncated, info = env.step(action)
-        reward += r
-        steps += 1
-        for k, v in info["cost_terms"].items():
-            terms[k] += v
-        failures += info["failures"]
-        unwarned += info["failures"] if calm else 0
-        kills += len(info["oom_kills"])
-        peak = max(peak, info["pt_bytes"])
-        if timeline is not None:
-            assert env.sim is not None
-            timeline.append(_timeline_record(steps, info, env.sim.history[tick:info["tick"]],
-                                             action, r))
-        tick = info["tick"]
-        if terminated or truncated:
-            break
-    w = env_config.reward
-    weighted = {k: getattr(w, k) * v for k, v in terms.items()}
-    return EpisodeResult(name, scenario.name, episode, seed, float(reward), terms, steps,
-                         failures, kills, int(peak), weighted, unwarned)
+        if ep.act(action):
+            return ep.result()
 
+
+#: Episodes one call of :func:`run_policies` plays at once for a policy that decides for
+#: many observations in one call (``predict_rows``): enough that the network's per-call
+#: overhead is spread thin, few enough that their simulations stay small in memory.  The
+#: results do not depend on it.
+LOCKSTEP = 64
 
 
 def run_policies(policies: Mapping[str, Any], scenarios: Sequence[ScenarioConfig],
                  episodes: int, seed: int, env_config: EnvConfig,
-                 progress: Callable[[int, int], None] | None = None) -> list[EpisodeResult]:
+                 progress: Callable[[int, int], None] | None = None,
+                 lockstep: int = LOCKSTEP) -> list[EpisodeResult]:
     """Every policy on every scenario for ``episodes`` seeded episodes each
     (episode ``k`` of scenario ``i``: ``episode_seed(seed, i, k)``), in this
-    process, in (policy, scenario, episode) order; ``progress(done, total)``
-    after each episode."""
-    jobs = [(name, i, k) for name in policies for i in range(len(scenarios))
-            for k in range(episodes)]
-    out = []
-    for done, (name, i, k) in enumerate(jobs):
-        out.append(run_episode(policies[name], scenarios[i], episode_seed(seed, i, k),
-                               env_config, name, i, k))
+    process; results in (policy, scenario, episode) order; ``progress(done, total)``
+    after each episode.
+
+    A policy with ``predict_rows`` (a trained PPO or A2C model,
+    :meth:`~ptreclaim.agents.modelpolicy.ObsNormalizedPolicy.predict_rows`) plays up to
+    ``lockstep`` of its episodes at once, one decision of each per call: each episode is
+    the same as alone, bit for bit, since the rows decide as they would one at a time.
+    Every other policy plays its episodes one after the other."""
+    jobs = [(i, k) for i in range(len(scenarios)) for k in range(episodes)]
+    total = len(jobs) * len(policies)
+    out: list[EpisodeResult] = []
+    ended = 0
+
+    def tick() -> None:
+        nonlocal ended
+        ended += 1
         if progress is not None:
-            progress(done + 1, len(jobs))
+            progress(ended, total)
+
+    for name, policy in policies.items():
+        if not plays_in_lockstep(policy):
+            for i, k in jobs:
+                out.append(run_episode(policy, scenarios[i], episode_seed(seed, i, k),
+                                       env_config, name, i, k))
+                tick()
+            continue
+        width = max(lockstep, 1)
+        for lo in range(0, len(jobs), width):
+            out += run_lockstep(policy, name, scenarios, jobs[lo:lo + width], seed,
+                                env_config, tick)
     return out
+
+
+def plays_in_lockstep(policy: Any) -> bool:
+    """Whether ``policy`` decides for many episodes in one call (``predict_rows``) and
+    is not bound to one episode's simulation (the oracle is)."""
+    return bool(getattr(policy, "predicts_rows", False)) and not getattr(policy, "privileged",
+                                                                         False)
+
+
+def run_lockstep(policy: Any, name: str, scenarios: Sequence[ScenarioConfig],
+                 jobs: Sequence[tuple[int, int]], seed: int, env_config: EnvConfig,
+                 tick: Callable[[], None] | None = None) -> list[EpisodeResult]:
+    """The episodes ``jobs`` ((scenario index, episode) pairs, seeded by
+    :func:`episode_seed`) of ``policy`` (:func:`plays_in_lockstep`), played together:
+    one ``predict_rows`` call decides for every episode still running; ``tick()`` as each
+    ends.  Results in ``jobs``' order, each the episode :func:`run_episode` plays."""
+    eps: list[_Episode | None] = [
+        _Episode(policy, scenarios[i], episode_seed(seed, i, k), env_config, name, k)
+        for i, k in jobs]
+    results: list[EpisodeResult | None] = [None] * len(eps)
+    live = list(range(len(eps)))
+    while live:
+        rows = np.stack([eps[j].obs for j in live])  # type: ignore[union-attr]
+        still = []
+        for j, action in zip(live, policy.predict_rows(rows), strict=True):
+            ep = eps[j]
+            assert ep is not None
+            if ep.act(action):
+                results[j] = ep.result()
+                eps[j] = None  # its simulation goes now, not with the chunk
+                if tick is not None:
+                    tick()
+            else:
+                still.append(j)
+        live = still
+    return [r for r in results if r is not None]
 
 
 def policy_driver(policy: Any, scenario: ScenarioConfig, env_config: EnvConfig | None = None

@@ -14,12 +14,15 @@ over ``--rounds`` rounds (medians [range]):
 - ``predict``: the default experiment's policy (its network and ``VecNormalize``, trained
   for one update so the statistics are not the identity), one call per recorded
   observation of the training suite;
-- ``validation``: ``run_policies`` as the training callback runs it, on the first
-  ``--scenarios`` training scenarios x 2 episodes, per decision (the env's step included);
+- ``validation``: ``run_policies`` on the first ``--scenarios`` training scenarios x 2
+  episodes, per decision (the env's step included), the episodes one after the other;
+- ``lockstep``: the same episodes as the training callback plays them, up to 64 at once with
+  one ``predict_rows`` call per decision of them all (``agents/rollout.py``), against the
+  fast path one episode at a time;
 - ``oracle``: the oracle on the same episodes, per decision (its future's recording
   included).
 
-Both forms must give the same actions and the same episodes; a difference ends the run
+Every form must give the same actions and the same episodes; a difference ends the run
 with an error.  Reproduce: ``OPENBLAS_NUM_THREADS=1 .venv/bin/python
 benchmarks/bench_policies.py``.
 """
@@ -80,6 +83,16 @@ def recorded_observations(scenarios: list[Any], env_config: Any, n: int, seed: i
     return out
 
 
+class OneAtATime:
+    """A policy without ``predict_rows``: ``run_policies`` plays its episodes one by one."""
+
+    def __init__(self, policy: Any) -> None:
+        self.policy = policy
+
+    def predict(self, *args: Any, **kw: Any) -> Any:
+        return self.policy.predict(*args, **kw)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=4,
@@ -100,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     from ptreclaim.agents.rollout import run_policies
 
     torch.set_num_threads(1)
-    console = Console(width=max(Console().width, 110))
+    console = Console(width=max(Console().width, 130))
     console.print(f"python {platform.python_version()}, {platform.platform()}, "
                   f"{os.cpu_count()} CPUs; reproduce: {' '.join([sys.executable, *sys.argv])}")
     fast, slow, train, env_config = trained_policies(args.seed)
@@ -117,11 +130,19 @@ def main(argv: list[str] | None = None) -> int:
             times.setdefault(("predict", name), []).append(
                 (time.process_time() - t0) / len(observations) * 1e6)
             t0 = time.process_time()
-            res = run_policies({"policy": policy}, scenarios, 2, args.seed + 1, env_config)
+            res = run_policies({"policy": OneAtATime(policy)}, scenarios, 2, args.seed + 1,
+                               env_config)
             steps = sum(e.steps for e in res)
             times.setdefault(("validation", name), []).append(
                 (time.process_time() - t0) / steps * 1e6)
             episodes[name] = res
+            if name == "fast":  # the lockstep row's reference is the fast path alone
+                times.setdefault(("lockstep", "sb3"), []).append(times[("validation", name)][-1])
+                t0 = time.process_time()
+                res = run_policies({"policy": policy}, scenarios, 2, args.seed + 1, env_config)
+                times.setdefault(("lockstep", "fast"), []).append(
+                    (time.process_time() - t0) / sum(e.steps for e in res) * 1e6)
+                episodes["lockstep"] = res
             oracle = OracleBound(reference=name == "sb3")
             t0 = time.process_time()
             res = run_policies({"oracle": oracle}, scenarios, 2, args.seed + 1, env_config)
@@ -135,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         if episodes["fast"] != episodes["sb3"]:
             raise SystemExit("bench_policies.py: error: the fast path's episodes differ from "
                              "SB3's predict")
+        if episodes["lockstep"] != episodes["fast"]:
+            raise SystemExit("bench_policies.py: error: the episodes played in lockstep "
+                             "differ from the same episodes played one at a time")
         if episodes["oracle fast"] != episodes["oracle sb3"]:
             raise SystemExit("bench_policies.py: error: the oracle's episodes differ from "
                              "its reference's")
@@ -144,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         table.add_column(col, justify="left" if col == "measure" else "right", no_wrap=True)
     labels = {"predict": f"SB3 predict, {len(observations)} calls",
               "validation": f"validation, {len(scenarios)} scenarios x 2 episodes",
+              "lockstep": "the same in lockstep (ref.: fast path alone)",
               "oracle": f"oracle, {len(scenarios)} scenarios x 2 episodes"}
     for measure, label in labels.items():
         sb3, fst = times[(measure, "sb3")], times[(measure, "fast")]

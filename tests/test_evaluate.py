@@ -30,7 +30,7 @@ from ptreclaim.agents.loading import (
 from ptreclaim.agents.modelpolicy import ObsNormalizedPolicy
 from ptreclaim.agents.oracle import OracleBound
 from ptreclaim.agents.results import EpisodeResult
-from ptreclaim.agents.rollout import run_episode
+from ptreclaim.agents.rollout import episode_seed, run_episode
 from ptreclaim.agents.rollout import run_policies as evaluate
 from ptreclaim.agents.stats import (
     iqm,
@@ -289,6 +289,36 @@ def test_trained_run_folder_is_evaluated_with_its_normalisation(
     assert {r["policy"] for r in rows} == {"none", "on_zap", "exp__ppo__0", "soft_hard"}
     config = yaml.safe_load((tmp_path / "out0" / "config.yaml").read_text())
     assert config["env"]["max_steps"] == 8  # the run's env settings
+
+
+def test_a_models_episodes_in_chunks_are_its_episodes_alone(tmp_path: Path,
+                                                              suite: Path) -> None:
+    """evaluate_specs hands a model's episodes to the workers in chunks played in lockstep:
+    with 1 and 2 processes every result is the episode run_episode plays alone, the
+    timeline episode included, and progress counts episodes."""
+    from ptreclaim.agents import evaluate as evaluation
+
+    run = _train_run(tmp_path)
+    spec = parse_policy(str(run))
+    scen = load_suite(suite)
+    config = EnvConfig(max_steps=8)
+    policy = load_model_policy(spec, config, scen[0])
+    assert policy.predicts_rows
+    episodes = evaluation.MODEL_CHUNK + 3  # two chunks per scenario, the second short
+    alone = [run_episode(policy, scen[i], episode_seed(5, i, k), config, spec.label, i, k)
+             for i in range(len(scen)) for k in range(episodes)]
+    timeline: list[dict[str, Any]] = []
+    run_episode(policy, scen[1], episode_seed(5, 1, 0), config, spec.label, 1, 0,
+                timeline=timeline)
+    assert len({r.reward for r in alone}) > 2
+    calls: list[int] = []
+    for jobs in (1, 2):
+        calls.clear()
+        got, timelines = evaluate_specs([spec, heuristic_spec("soft_hard")], scen, episodes,
+                                        5, config, jobs=jobs, timeline_scenario=1,
+                                        progress=lambda done, total: calls.append(done))
+        assert got[:len(alone)] == alone and timelines[spec.label] == timeline
+        assert calls[-1] == 4 * episodes and calls == sorted(calls)
 
 
 def test_a_run_trained_on_normalised_observations_needs_its_statistics(
@@ -627,3 +657,117 @@ def test_episodes_are_the_same_with_the_fast_predict(suite: Path) -> None:
     a, b = evaluate({"m": fast}, scenarios, 2, 5, config), evaluate({"m": slow}, scenarios, 2, 5,
                                                                      config)
     assert a == b and len(a) == 2 * len(scenarios)
+
+
+@pytest.mark.parametrize(("algo", "space", "kwargs"), [
+    ("ppo", gym.spaces.MultiDiscrete([5, 4, 4, 4, 2]), {"net_arch": [128, 128]}),
+    ("ppo", gym.spaces.MultiDiscrete([5, 4, 2]),
+     {"net_arch": [16], "share_features_extractor": False}),
+    ("ppo", gym.spaces.MultiDiscrete([3, 2]), {"net_arch": [12, 8], "activation_fn": "tanh"}),
+    ("a2c", gym.spaces.Discrete(7), {"net_arch": [16, 16]}),
+])
+def test_rows_decide_as_each_row_alone(algo: str, space: gym.Space, kwargs: dict) -> None:
+    """predict_rows gives, for every row of a batch of any size up to 70, bit for bit the
+    action predict gives that row alone (the network runs row by row; only the mode runs on
+    the batch), on random networks (ReLU, a tanh one, a separate actor extractor), random
+    observations from 1e-3 to 1e4, and tied and nearly tied logits; NaN logits fail with
+    SB3's own error.  The logits are compared too: a mutation that runs the network on the
+    whole batch fails that, though its actions happen to agree here."""
+    import torch
+    from stable_baselines3 import A2C, PPO
+    from stable_baselines3.common.policies import BaseModel
+
+    if kwargs.get("activation_fn") == "tanh":
+        kwargs = {**kwargs, "activation_fn": torch.nn.Tanh}
+    cls = {"ppo": PPO, "a2c": A2C}[algo]
+    rng = np.random.default_rng(3)
+    model = cls("MlpPolicy", _SpacesOnly(space), seed=2, policy_kwargs=kwargs)
+    policy = ObsNormalizedPolicy(model, None, "m")
+    assert policy.predicts_rows
+
+    p = model.policy
+    fast = policy._mode
+    assert fast is not None
+
+    def check(obs: np.ndarray) -> None:
+        rows = policy.predict_rows(obs)
+        alone = np.stack([policy.predict(o)[0] for o in obs])
+        assert rows.dtype == alone.dtype and np.array_equal(rows, alone), (obs, rows, alone)
+        with torch.no_grad():  # the logits too, as predict computes one row's
+            one = [p.action_net(p.mlp_extractor.forward_actor(
+                BaseModel.extract_features(p, torch.as_tensor(o[None]),
+                                           p.pi_features_extractor)))
+                for o in obs]
+        assert torch.equal(fast.logits_rows(obs), torch.cat(one))
+
+    for scale in (1e-3, 1.0, 50.0, 1e4):
+        obs = (rng.standard_normal((70, 6)) * scale).astype(np.float32)
+        for width in (1, 2, 3, 7, 16, 33, 70):
+            check(obs[:width])
+    net = model.policy.action_net
+    n = net.bias.shape[0]
+    tiny = np.float32(30.0)
+    for bias in (np.zeros(n, np.float32),
+                 np.array([np.float32(1e-8) * (k % 2) for k in range(n)], np.float32),
+                 np.array([tiny - np.float32(1e-6) * k for k in range(n)], np.float32)):
+        with torch.no_grad():
+            net.weight.mul_(1e-7)
+            net.bias.copy_(torch.as_tensor(bias))
+        for width in (1, 5, 64):
+            check(rng.standard_normal((width, 6)).astype(np.float32))
+    with torch.no_grad():
+        net.bias[0] = float("nan")
+    with pytest.raises(ValueError, match="invalid values"):
+        policy.predict_rows(np.zeros((4, 6), np.float32))
+
+
+def test_a_batch_through_the_network_at_once_is_not_the_rows_alone() -> None:
+    """Why predict_rows runs the network row by row: torch's product of a (1, n) row and
+    of a (k, n) batch add in different orders, so their logits differ in the last bits."""
+    import torch
+    from stable_baselines3 import PPO
+
+    model = PPO("MlpPolicy", _SpacesOnly(gym.spaces.MultiDiscrete([5, 4])), seed=0,
+                policy_kwargs={"net_arch": [128, 128]})
+    p = model.policy
+    obs = torch.as_tensor(np.random.default_rng(0).standard_normal((64, 6)).astype(np.float32))
+    with torch.no_grad():
+        batch = p.action_net(p.mlp_extractor.forward_actor(obs))
+        alone = torch.cat([p.action_net(p.mlp_extractor.forward_actor(r)) for r in obs.split(1)])
+    assert not torch.equal(batch, alone)
+
+
+def test_lockstep_episodes_are_the_episodes_alone(suite: Path) -> None:
+    """run_policies plays a model's episodes in lockstep (predict_rows); each is the
+    episode run_episode plays alone, for any lockstep width, with one progress call per
+    episode; a policy without predict_rows plays them one by one."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+    from ptreclaim.agents.modelpolicy import as_policy
+
+    scenarios, _ = resolve_suite(str(suite))
+    config = EnvConfig(max_steps=15)
+    venv = VecNormalize(DummyVecEnv([lambda: PageTableReclaimEnv(scenarios, config)]))
+    model = PPO("MlpPolicy", venv, seed=4, n_steps=64, batch_size=32,
+                policy_kwargs={"net_arch": [32, 32]})
+    model.learn(192)
+    policy = as_policy(model, venv, config, "m")
+
+    class Alone:
+        """The same policy without predict_rows."""
+
+        def predict(self, *args: Any, **kw: Any) -> Any:
+            return policy.predict(*args, **kw)
+
+    alone = evaluate({"m": Alone()}, scenarios, 4, 9, config)
+    assert alone == [run_episode(policy, scenarios[i], r.seed, config, "m", i, r.episode)
+                     for i in range(len(scenarios)) for r in alone[4 * i:4 * i + 4]]
+    assert len({r.reward for r in alone}) > 2  # the episodes differ from one another
+    calls: list[tuple[int, int]] = []
+    for width in (1, 3, 64):
+        calls.clear()
+        got = evaluate({"m": policy, "h": make_heuristic("soft_hard")}, scenarios, 4, 9,
+                       config, lambda done, total: calls.append((done, total)), lockstep=width)
+        assert got[:len(alone)] == alone
+        assert calls == [(k, 16) for k in range(1, 17)]

@@ -233,6 +233,30 @@ def test_same_seed_same_export(exported: dict[str, Any], tmp_path: Path) -> None
     assert a["provenance"] == b["provenance"]
 
 
+def test_collecting_in_lockstep_is_collecting_one_episode_at_a_time(tiny_run: Path) -> None:
+    """A trained model labels the distillation's states in lockstep (predict_rows): the
+    data, the driver's actions and its cost are those of one episode at a time, bit for
+    bit, when the model drives itself and when a rule drives, for any width."""
+    from ptreclaim.agents.training.runconfig import load_trained_policy
+
+    teacher = load_trained_policy(tiny_run, "final")
+    assert teacher.predicts_rows
+    d = tiny_run.parent.parent
+    scenarios = [load_scenario(d / "tiny.yaml"), load_scenario(d / "tiny_unseen.yaml")]
+    config = EnvConfig(decision_ticks=5, max_steps=12)
+    ticks: list[int] = []
+    for driver in (teacher, SoftHard()):
+        alone = collect(driver, teacher, scenarios, config, 3, 11, lockstep=1)
+        assert len(alone[0].obs) > 2 * 3 * 5 and len(set(alone[0].obs[:, 1])) > 2
+        for width in (2, 64):
+            ticks.clear()
+            got = collect(driver, teacher, scenarios, config, 3, 11, lambda: ticks.append(1),
+                          lockstep=width)
+            assert np.array_equal(got[0].obs, alone[0].obs)
+            assert np.array_equal(got[0].actions, alone[0].actions)
+            assert np.array_equal(got[1], alone[1]) and got[2] == alone[2] and len(ticks) == 6
+
+
 def test_distilling_a_rule_recovers_its_decisions() -> None:
     """A teacher that *is* a soft/hard rule is matched exactly on the states
     the student visits."""

@@ -722,3 +722,55 @@ def test_baselines_in_two_processes_equal_one_and_the_cache(tiny: Path, tmp_path
     again = baseline_results(names, scen, 2, 1000, ENV_CONFIG, tmp_path, lambda: ticks.append(1),
                              jobs=2)
     assert again == one and len(ticks) == 6
+
+
+def _baselines_in_a_seed(cache: Path, names: list[str], scenario: Path, out: Any) -> None:
+    """What a seed of a multi-seed run (a daemonic process) does: baseline_results, with
+    every batch of episodes it runs itself recorded."""
+    from ptreclaim.agents.training import baselines
+
+    runs: list[list[str]] = []
+    real = baselines.run_baselines
+
+    def spy(specs: Any, *args: Any, **kw: Any) -> Any:
+        runs.append([s.label for s in specs])
+        return real(specs, *args, **kw)
+
+    baselines.run_baselines = spy  # type: ignore[assignment]
+    got = baselines.baseline_results(names, [load_scenario(scenario)], 2, 1000, ENV_CONFIG,
+                                     cache)
+    out.put((runs, [dataclasses.asdict(r) for r in got]))
+
+
+def test_seeds_split_the_baselines_one_at_a_time_oracle_first(tiny: Path,
+                                                             tmp_path: Path) -> None:
+    """In a seed of a multi-seed run, baseline_results takes the free baselines one at a
+    time, the oracle first, and lets each go once stored: two seeds at once run each
+    baseline exactly once between them, and both get the results of one process alone."""
+    import multiprocessing
+
+    from ptreclaim.agents.results import EpisodeResult
+    from ptreclaim.agents.training.baselines import baseline_results
+
+    names = ["soft_hard", "none", "oracle", "on_zap"]
+    want = baseline_results(names, [load_scenario(tiny / "tiny.yaml")], 2, 1000, ENV_CONFIG,
+                            None)
+    ctx = multiprocessing.get_context("fork")
+
+    def seeds(n: int, cache: Path) -> list[tuple[list[list[str]], list[EpisodeResult]]]:
+        queue = ctx.Queue()
+        procs = [ctx.Process(target=_baselines_in_a_seed, daemon=True,
+                             args=(cache, names, tiny / "tiny.yaml", queue)) for _ in range(n)]
+        for p in procs:
+            p.start()
+        outs = [queue.get(timeout=120) for _ in procs]
+        for p in procs:
+            p.join(timeout=60)
+        return [(runs, [EpisodeResult(**r) for r in res]) for runs, res in outs]
+
+    [(runs, got)] = seeds(1, tmp_path / "one")
+    assert runs == [["oracle"], ["soft_hard"], ["none"], ["on_zap"]] and got == want
+    both = seeds(2, tmp_path / "two")
+    assert all(got == want for _, got in both)
+    ran = sorted(label for runs, _ in both for batch in runs for label in batch)
+    assert ran == sorted(names) and all(len(batch) == 1 for runs, _ in both for batch in runs)

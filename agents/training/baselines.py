@@ -118,10 +118,11 @@ def baseline_results(names: Sequence[str], scenarios: Sequence[ScenarioConfig], 
     everything that decides them (scenarios, env config, seeds, episodes, the
     code's fingerprint), so every seed of an experiment, and every later run
     of the same evaluation, reuses them: the policies are deterministic.  One
-    file lock per baseline lets parallel seeds split the work: each takes
-    every baseline nobody is computing (and runs them together, so its
-    ``jobs`` processes share the slow oracle's episodes), then waits for the
-    rest, one at a time.
+    file lock per baseline lets parallel seeds split the work.  A seed of a multi-seed
+    run (a daemonic process) takes the baselines nobody is computing one at a time, the
+    oracle first, releasing each once stored; a process that may start workers takes all
+    of them at once and runs them together, so its ``jobs`` processes share the slow
+    oracle's episodes.  Then each waits for the rest, one at a time.
     """
     # Each entry read once (a rule file is parsed here, not again to run it).
     specs = {name: _spec(name) for name in names}
@@ -144,25 +145,43 @@ def baseline_results(names: Sequence[str], scenarios: Sequence[ScenarioConfig], 
         stems[name] = cache_dir / f"{spec.label}-{key}"
 
     got: dict[str, list[EpisodeResult]] = {}
-    # First pass: take every free lock at once (never waiting, so no lock order to
-    # keep), read what is cached and compute the rest in one batch.
-    with contextlib.ExitStack() as held:
-        todo: list[str] = []
-        for name, stem in stems.items():
-            lock = held.enter_context(stem.with_suffix(".lock").open("a"))
-            try:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # another seed is computing it: take the next one
-            held.callback(fcntl.flock, lock.fileno(), fcntl.LOCK_UN)
-            got[name] = _cached(stem.with_suffix(".json"))
-            if not got[name]:
-                todo.append(name)
-        fresh = run_baselines([specs[n] for n in todo], scenarios, episodes, seed, env_config,
-                              tick, jobs)
-        for name in todo:
-            got[name] = [r for r in fresh if r.policy == specs[name].label]
-            _store(stems[name].with_suffix(".json"), got[name])
+    if multiprocessing.current_process().daemon:
+        # A seed of a multi-seed run (which plays its episodes itself, run_baselines):
+        # take the free locks one at a time, the oracle first, and let each go once its
+        # results are stored, so the seeds split the baselines and the slow oracle does
+        # not keep the others waiting on one core while another is idle.
+        for name in sorted(stems, key=lambda n: specs[n].kind != "oracle"):
+            with stems[name].with_suffix(".lock").open("a") as lock:
+                try:
+                    fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # another seed is computing it: take the next one
+                try:
+                    got[name] = _cached_or_run(stems[name], specs[name], scenarios, episodes,
+                                               seed, env_config, tick, jobs)
+                finally:
+                    fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+    else:
+        # Take every free lock at once (never waiting, so no lock order to keep), read
+        # what is cached and compute the rest in one batch: the ``jobs`` processes then
+        # share the slow oracle's episodes with the rest.
+        with contextlib.ExitStack() as held:
+            todo: list[str] = []
+            for name, stem in stems.items():
+                lock = held.enter_context(stem.with_suffix(".lock").open("a"))
+                try:
+                    fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # another seed is computing it: take the next one
+                held.callback(fcntl.flock, lock.fileno(), fcntl.LOCK_UN)
+                got[name] = _cached(stem.with_suffix(".json"))
+                if not got[name]:
+                    todo.append(name)
+            fresh = run_baselines([specs[n] for n in todo], scenarios, episodes, seed,
+                                  env_config, tick, jobs)
+            for name in todo:
+                got[name] = [r for r in fresh if r.policy == specs[name].label]
+                _store(stems[name].with_suffix(".json"), got[name])
     # Then wait for the ones others were computing, one lock at a time.
     for name, stem in stems.items():
         if name in got:
@@ -170,14 +189,24 @@ def baseline_results(names: Sequence[str], scenarios: Sequence[ScenarioConfig], 
         with stem.with_suffix(".lock").open("a") as lock:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
             try:
-                got[name] = _cached(stem.with_suffix(".json"))
-                if not got[name]:  # whoever held the lock died before writing it
-                    got[name] = run_baselines([specs[name]], scenarios, episodes, seed,
-                                              env_config, tick, jobs)
-                    _store(stem.with_suffix(".json"), got[name])
+                # Run here only if whoever held the lock died before writing the results.
+                got[name] = _cached_or_run(stem, specs[name], scenarios, episodes, seed,
+                                           env_config, tick, jobs)
             finally:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
     return [r for name in names for r in got[name]]
+
+
+def _cached_or_run(stem: Path, spec: PolicySpec, scenarios: Sequence[ScenarioConfig],
+                   episodes: int, seed: int, env_config: EnvConfig, tick: Tick | None,
+                   jobs: int) -> list[EpisodeResult]:
+    """One baseline's cached results, or its episodes run and stored now (the caller
+    holds its lock)."""
+    got = _cached(stem.with_suffix(".json"))
+    if not got:
+        got = run_baselines([spec], scenarios, episodes, seed, env_config, tick, jobs)
+        _store(stem.with_suffix(".json"), got)
+    return got
 
 
 def _store(path: Path, results: Sequence[EpisodeResult]) -> None:
