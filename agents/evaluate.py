@@ -117,9 +117,10 @@ def evaluate_specs(specs: Sequence[PolicySpec], scenarios: Sequence[ScenarioConf
 
     def on_result(_index: int, out: Done, _done: int) -> None:
         nonlocal ended
-        ended += len(out)
-        if progress is not None:
-            progress(ended, n)
+        for _ in out:  # one call per episode, as callers that count calls expect
+            ended += 1
+            if progress is not None:
+                progress(ended, n)
 
     pool_jobs = min(jobs, len(tasks))
     with WorkerPool(pool_jobs, _make_context, (list(specs), list(scenarios), env_config, seed),

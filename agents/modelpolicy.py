@@ -63,7 +63,6 @@ class DeterministicActorCritic:
     def __init__(self, policy: Any, dims: Sequence[int] | None) -> None:
         import torch
         from stable_baselines3.common.policies import BaseModel
-        from stable_baselines3.common.torch_layers import FlattenExtractor
         from stable_baselines3.common.utils import is_vectorized_observation
 
         self.policy = policy
@@ -75,7 +74,6 @@ class DeterministicActorCritic:
         self._vectorized = is_vectorized_observation
         # For predict_rows: the actor's layers when they are SB3's MlpExtractor's Sequential
         # (then Linear and ReLU, hook-free, run by their functional forms), else None.
-        self._flatten = type(policy.pi_features_extractor) is FlattenExtractor
         self._layers = self._actor_layers(policy, torch.nn)
 
     @staticmethod
@@ -155,14 +153,11 @@ class DeterministicActorCritic:
         Not ``predict(observations)``: torch's matrix product of one row and of several
         rows do not add a dot product's terms in the same order, so a batch's logits differ
         from one row's in the last bits, and a near tie could pick another action.  So the
-        network runs row by row, each row through the same operations on the same
-        ``(1, n)`` shape as ``predict`` (a ``Linear`` or ``ReLU`` of SB3's ``MlpExtractor``
-        by its functional form, which is its ``forward``; any other module by its call), and
-        only what is per row by nature runs on the batch: the features of SB3's
-        ``FlattenExtractor`` (a cast) and the action's mode (``logsumexp``, softmax and
-        argmax along each row: ``tests/test_evaluate.py`` compares it with the one-row
-        mode on random, tied and nearly tied logits at every batch size up to 70).  Rows
-        with logits that are not all finite go through ``predict`` one by one, which
+        network runs row by row (:meth:`logits_rows`), each row as ``predict`` runs it, and
+        only the action's mode, per row by nature, runs on the batch (``logsumexp``,
+        softmax and argmax along each row: ``tests/test_evaluate.py`` compares it with the
+        one-row mode on random, tied and nearly tied logits for batches of 1 to 70 rows).
+        Rows with logits that are not all finite go through ``predict`` one by one, which
         raises SB3's own error."""
         th = self._torch
         p = self.policy
@@ -180,18 +175,20 @@ class DeterministicActorCritic:
 
     def logits_rows(self, obs: np.ndarray) -> Any:
         """The action logits of each row of ``obs`` (shaped ``(k, *observation shape)``), bit
-        for bit as :meth:`predict` computes one row's: the network runs row by row."""
+        for bit as :meth:`predict` computes one row's.  Each row is copied into an array of
+        its own first, as ``predict`` copies its observation: a row inside the batch would
+        start at any multiple of 4 bytes, and a BLAS kernel may add in another order for
+        another alignment.  Then the features, ``Linear`` and ``ReLU`` layers of SB3's
+        ``MlpExtractor`` by their functional forms (which are their ``forward``) and any
+        other module by its call, on the ``(1, n)`` shape ``predict`` gives them."""
         th = self._torch
         p = self.policy
         if p.training:  # what predict's set_training_mode(False) changes
             p.set_training_mode(False)
         with th.no_grad():
-            x = th.as_tensor(obs, device=self.device)
-            if self._flatten:
-                rows = self._features(p, x, p.pi_features_extractor).split(1)
-            else:
-                rows = [self._features(p, r, p.pi_features_extractor) for r in x.split(1)]
-            return th.cat([self._logits(r) for r in rows])
+            return th.cat([self._logits(self._features(
+                p, th.as_tensor(np.array(row)[None], device=self.device),
+                p.pi_features_extractor)) for row in obs])
 
     def _logits(self, row: Any) -> Any:
         """``action_net(mlp_extractor.forward_actor(row))`` of one ``(1, n)`` row."""

@@ -188,8 +188,8 @@ def run_episode(policy: Any, scenario: ScenarioConfig, seed: int, env_config: En
 
 #: Episodes one call of :func:`run_policies` plays at once for a policy that decides for
 #: many observations in one call (``predict_rows``): enough that the network's per-call
-#: overhead is spread thin, few enough that their simulations stay small in memory.  The
-#: results do not depend on it.
+#: overhead is spread thin; their simulations add ~0.3 GB to a process validating on the
+#: training suite (docs/performance.md).  The results do not depend on it.
 LOCKSTEP = 64
 
 

@@ -745,8 +745,9 @@ def _baselines_in_a_seed(cache: Path, names: list[str], scenario: Path, out: Any
 def test_seeds_split_the_baselines_one_at_a_time_oracle_first(tiny: Path,
                                                              tmp_path: Path) -> None:
     """In a seed of a multi-seed run, baseline_results takes the free baselines one at a
-    time, the oracle first, and lets each go once stored: two seeds at once run each
-    baseline exactly once between them, and both get the results of one process alone."""
+    time, the oracle first, and lets each go once stored (the one-seed run says so); two
+    seeds started together run each baseline exactly once between them, one baseline per
+    batch, and both get the results of one process alone."""
     import multiprocessing
 
     from ptreclaim.agents.results import EpisodeResult
