@@ -244,7 +244,6 @@ class ObsNormalizedPolicy:
             action = unflatten_action(action, self.action_shape)
         return action, state
 
-
     @property
     def predicts_rows(self) -> bool:
         """Whether :meth:`predict_rows` can decide for many observations in one call (a
