@@ -69,16 +69,14 @@ def _run_task(ctx: _Context, task: Task) -> Done:
     label, episodes = task
     policy = ctx.policies[label]
     out: Done = []
-    together = [(j, i, k) for j, i, k, want in episodes
-                if not want and plays_in_lockstep(policy)]
+    lockstep = plays_in_lockstep(policy)
+    together = [(j, i, k) for j, i, k, want in episodes if lockstep and not want]
+    alone = [(j, i, k, want) for j, i, k, want in episodes if not (lockstep and not want)]
     if together:
         results = run_lockstep(policy, label, ctx.scenarios, [(i, k) for _, i, k in together],
                                ctx.seed, ctx.env_config)
         out += [(j, res, None) for (j, _, _), res in zip(together, results, strict=True)]
-    done = {j for j, _, _ in together}
-    for j, i, k, want in episodes:
-        if j in done:
-            continue
+    for j, i, k, want in alone:
         timeline: list[dict[str, Any]] | None = [] if want else None
         res = run_episode(policy, ctx.scenarios[i], episode_seed(ctx.seed, i, k),
                           ctx.env_config, label, i, k, timeline=timeline)

@@ -161,7 +161,7 @@ class DeterministicActorCritic:
         raises SB3's own error."""
         th = self._torch
         p = self.policy
-        obs = np.array(observations).reshape((-1, *p.observation_space.shape))
+        obs = np.asarray(observations).reshape((-1, *p.observation_space.shape))
         with th.no_grad():
             logits = self.logits_rows(obs)
             if not bool(th.isfinite(logits).all()):
