@@ -44,19 +44,37 @@ int main() {
   for (int it = 0; it < 4000; it++) {
     OwnedPteTable own;  // a table with entries of its own, outside any table map
     PteTable& t = own.t;
+    uint8_t ref[512] = {};  // the same writes, an entry a byte, one by one
     const int ops = (int)(g() % 12);
     for (int o = 0; o < ops; o++) {
       const uint8_t v = (uint8_t)(g() % 7);
       const long i = (long)(g() % 512), j = i + 1 + (long)(g() % (512 - i));
-      switch (g() % 5) {
-        case 0: t.set(i, v); break;
-        case 1: t.fill(v); break;
-        case 2: t.set_range(i, j, 1 + (long)(g() % 3), v); break;
-        case 3: t.replace_range(i, j, 1, (uint8_t)(g() % 7), v); break;
+      // Steps 1-3 mostly; up to 140 (a step over a chunk's 64 entries skips chunks).
+      const long step = g() % 4 ? 1 + (long)(g() % 3) : 1 + (long)(g() % 140);
+      switch (g() % 6) {
+        case 0: t.set(i, v); ref[i] = v; break;
+        case 1: t.fill(v); for (long k = 0; k < 512; k++) ref[k] = v; break;
+        case 2:
+          t.set_range(i, j, step, v);
+          for (long k = i; k < j; k += step) ref[k] = v;
+          break;
+        case 3: case 4: {
+          // From a kind the range holds, mostly: else few entries change.
+          const uint8_t from = g() % 3 ? ref[i] : (uint8_t)(g() % 7);
+          t.replace_range(i, j, step, from, v);
+          for (long k = i; k < j; k += step)
+            if (ref[k] == from) ref[k] = v;
+          break;
+        }
         default:
-          for (long k = i; k < j; k += 1 + (long)(g() % 40)) t.set(k, (uint8_t)(g() % 7));
+          for (long k = i; k < j; k += 1 + (long)(g() % 40)) {
+            const uint8_t x = (uint8_t)(g() % 7);
+            t.set(k, x);
+            ref[k] = x;
+          }
       }
     }
+    for (long k = 0; k < 512; k++) bad += t.get(k) != ref[k];
     for (int c = 0; c < 8; c++) {
       const uint64_t f = t.chunk_bits(c, PteTable::FILE_BITS);
       const uint64_t p = t.chunk_bits(c, PteTable::PRESENT_BITS);

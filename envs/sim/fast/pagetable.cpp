@@ -1183,7 +1183,7 @@ int AddressSpace::fault_range(Vma* v, i64 start, i64 end, i64 stride, bool write
         continue;
       }
     }
-    t = &ensure_pte(slot);
+    if (!t) t = &ensure_pte(slot);  // found above, or made now
     const bool whole = fits && !cow && (!write || t->n[E_NONE] == ENTRIES);
     const i64 fpage = v->pgoff + ((base - v->start) >> PAGE_SHIFT);
     if (page_stride) {

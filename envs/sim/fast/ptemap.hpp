@@ -130,11 +130,7 @@ class SlotMap {
       free_.pop_back();
       reset_value(*t);
     } else {
-      if (fresh_ == BLOCK) {
-        blocks_.emplace_back(new Raw[BLOCK]);  // raw memory: nothing written yet
-        if constexpr (EXTRA > 0) stores_.emplace_back(new Store);
-        fresh_ = 0;
-      }
+      if (fresh_ == BLOCK) new_block();
       // Constructed (value-initialised) when handed out, not the whole block at once: the
       // fault that asked for it writes the same lines next, while they are in the cache.
       if constexpr (EXTRA > 0)
@@ -168,6 +164,10 @@ class SlotMap {
     }
   }
 
+  // Its nodes and pool blocks go to this thread's spares (up to their bounds), for the
+  // maps of the next episode.
+  ~SlotMap() { clear(); }
+
   void clear() {
     for (auto& kv : nodes_) {  // each node back to empty, for the pool
       // A full pool takes no more: the rest are freed with nodes_, not emptied first.
@@ -178,6 +178,12 @@ class SlotMap {
       give_node(std::move(kv.second));
     }
     nodes_.clear();
+    auto& spare = spare_blocks();
+    for (size_t b = 0; b < blocks_.size() && spare.size() < SPARE_BLOCKS; b++) {
+      spare.emplace_back();
+      spare.back().raw = std::move(blocks_[b]);
+      if constexpr (EXTRA > 0) spare.back().store = std::move(stores_[b]);
+    }
     blocks_.clear();
     stores_.clear();
     free_.clear();
@@ -251,12 +257,15 @@ class SlotMap {
     }
   }
 
-  // Frees this thread's spare empty nodes (a helper thread of step_batch, before it ends:
-  // its pool would otherwise be lost with it, pool.hpp).
-  static void release_spare_nodes() {
+  // Frees this thread's spare empty nodes and pool blocks (a helper thread of step_batch,
+  // before it ends: its spares would otherwise be lost with it, pool.hpp).
+  static void release_spares() {
     auto& pool = spare_nodes();
     pool.clear();
     pool.shrink_to_fit();
+    auto& blocks = spare_blocks();
+    blocks.clear();
+    blocks.shrink_to_fit();
   }
 
  private:
@@ -275,9 +284,12 @@ class SlotMap {
   // a malloc of 4 KiB (its pointers are not written: see Node); the batched env made
   // several per env step: address spaces that empty a GiB of address space and fault it
   // again (a sweeping hog, a reclaim pass over a sparse mapping), processes that start and
-  // exit (docs/performance.md).  An empty node has no bit set, so it is reused as it is.  The pool is never freed: a map may be destroyed after the
-  // thread's destructors have run (at the interpreter's exit).
-  static constexpr size_t SPARE_NODES = 64;
+  // exit (docs/performance.md).  An empty node has no bit set, so it is reused as it is.
+  // The pool is never freed: a map may be destroyed after the thread's destructors have
+  // run (at the interpreter's exit).  Since destroyed maps give their nodes too (an env
+  // reset destroys a whole simulation), 64 spares were too few: the rest were freed and
+  // the next episode allocated them again; 1,024 keep ~4 MiB per map type.
+  static constexpr size_t SPARE_NODES = 1024;
   static std::vector<std::unique_ptr<Node>>& spare_nodes() {
     static thread_local auto* pool = new std::vector<std::unique_ptr<Node>>();
     return *pool;
@@ -318,6 +330,37 @@ class SlotMap {
     unsigned char bytes[BLOCK * (EXTRA ? EXTRA : 1)];
   };
   std::vector<std::unique_ptr<Store>> stores_;
+
+  // Pool blocks of maps that were cleared or destroyed, kept for reuse by every map of this
+  // type on this thread, as the spare nodes are.  Every env reset destroys an episode's
+  // simulation and builds the next one, whose first ticks make thousands of tables again:
+  // without the spares, each block of 64 was a malloc (an aligned one, of 16 KiB for the
+  // PTE tables' entries) and a free, in glibc's slower paths for chunks that size; perf put
+  // malloc and free at ~7 % of the bare batched loop's time (docs/performance.md).  A block holds
+  // no constructed element: an element is constructed when handed out (emplace), and an
+  // entry chunk is read only once written (PteTable's `live`), so a reused block is as good
+  // as a new one.  The bound keeps a thread's spares at ~18 MiB of PTE tables.
+  struct SpareBlock {
+    std::unique_ptr<Raw[]> raw;
+    std::unique_ptr<Store> store;  // null when EXTRA is 0
+  };
+  static constexpr size_t SPARE_BLOCKS = 1024;
+  static std::vector<SpareBlock>& spare_blocks() {
+    static thread_local auto* pool = new std::vector<SpareBlock>();
+    return *pool;
+  }
+  void new_block() {
+    auto& spare = spare_blocks();
+    if (!spare.empty()) {
+      blocks_.push_back(std::move(spare.back().raw));
+      if constexpr (EXTRA > 0) stores_.push_back(std::move(spare.back().store));
+      spare.pop_back();
+    } else {
+      blocks_.emplace_back(new Raw[BLOCK]);  // raw memory: nothing written yet
+      if constexpr (EXTRA > 0) stores_.emplace_back(new Store);
+    }
+    fresh_ = 0;
+  }
   std::vector<Table*> free_;  // erased tables, reused first
   int fresh_ = BLOCK;         // tables of the last block never handed out start here
   size_t n_ = 0;
@@ -460,10 +503,10 @@ class IndexSet {
     size_t w = (size_t)(i >> 6);
     return w < bits_.size() && ((bits_[w] >> (i & 63)) & 1);
   }
-  // True when i was not in the set.
+  // True when i was not in the set.  Small enough to inline, with the growth out of line.
   bool insert(i64 i) {
     size_t w = (size_t)(i >> 6);
-    if (w >= bits_.size()) bits_.resize(w + 1, 0);
+    if (w >= bits_.size()) grow(w);
     uint64_t m = uint64_t{1} << (i & 63);
     if (bits_[w] & m) return false;
     bits_[w] |= m;
@@ -503,6 +546,7 @@ class IndexSet {
   std::vector<i64> all() const { return indices_in(0, (i64)bits_.size() * 64 - 1); }
 
  private:
+  __attribute__((noinline)) void grow(size_t w) { bits_.resize(w + 1, 0); }
   std::vector<uint64_t> bits_;
   size_t n_ = 0;
 };

@@ -369,12 +369,12 @@ class EnvCore {
   mutable std::vector<Process*> top_scratch_;  // top_consumers' list (Borrowed)
 };
 
-// What a thread of the core keeps for itself (the page-table maps' spare empty nodes),
-// freed: a step_batch helper calls it before it ends (StepPool's exit hook).
+// What a thread of the core keeps for itself (the page-table maps' spare empty nodes and
+// pool blocks), freed: a step_batch helper calls it before it ends (StepPool's exit hook).
 inline void release_thread_caches() {
-  SlotMap<PteTable>::release_spare_nodes();
-  SlotMap<PageBits>::release_spare_nodes();
-  SlotMap<i64>::release_spare_nodes();
+  SlotMap<PteTable>::release_spares();
+  SlotMap<PageBits>::release_spares();
+  SlotMap<i64>::release_spares();
 }
 
 // The batched vector env's step (_fast.step_batch): envs[i]->step(actions + i*k, ...) for
