@@ -74,7 +74,6 @@ def test_a_simulation_copy_is_freed_too(no_gc: None) -> None:
     assert ref() is None
 
 
-
 def _make_env() -> PageTableReclaimEnv:
     return PageTableReclaimEnv(load_suite(CONFIG_DIR / "suites" / "train.yaml"),
                                EnvConfig(backend="fast"))
@@ -112,8 +111,10 @@ def test_an_episode_on_reused_memory_is_the_same() -> None:
     code = ("import sys; sys.path.insert(0, sys.argv[1]); "
             "from test_fast_memory import _episode_digest, _make_env; "
             "print(_episode_digest(_make_env(), 5, 11, 60))")
-    first = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent)],
-                           capture_output=True, text=True, check=True).stdout.strip()
+    run = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent)],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    first = run.stdout.strip()
     env = _make_env()
     # Other scenarios first, so the spares hold their tables' headers and entries.
     for scenario in (0, 1, 2, 3, 4, 6, 7, 8):

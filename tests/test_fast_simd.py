@@ -7,7 +7,10 @@ word-at-a-time code elsewhere, which the extension built here never runs.  This 
 small C++ program over ``pagetable.cpp`` twice, with the vector paths and with
 ``PTFAST_NO_SIMD`` (the fallbacks), drives the same random tables through both, and
 checks every result against the table's entries read one by one (``PteTable::get``): the
-two builds agree with each other and with the entries, so neither path can drift.  Each
+two builds agree with each other and with the entries, so neither path can drift.  The
+entries themselves are checked against a plain array given the same writes (single
+entries, fills, range writes and ``replace_range`` with steps up to 140, which skip
+chunks), so a range write that lands wrong fails too.  Each
 random table is also copied into a table of its own (``OwnedPteTable``), whose entries and
 counts must read the same.
 """

@@ -179,7 +179,10 @@ class SlotMap {
     }
     nodes_.clear();
     auto& spare = spare_blocks();
-    for (size_t b = 0; b < blocks_.size() && spare.size() < SPARE_BLOCKS; b++) {
+    // A block and its store are pushed one after the other (new_block): if the second
+    // push failed, the last block has no store, and it is freed, not kept.
+    const size_t whole = EXTRA > 0 ? std::min(blocks_.size(), stores_.size()) : blocks_.size();
+    for (size_t b = 0; b < whole && spare.size() < SPARE_BLOCKS; b++) {
       spare.emplace_back();
       spare.back().raw = std::move(blocks_[b]);
       if constexpr (EXTRA > 0) spare.back().store = std::move(stores_[b]);
@@ -288,11 +291,20 @@ class SlotMap {
   // The pool is never freed: a map may be destroyed after the thread's destructors have
   // run (at the interpreter's exit).  Since destroyed maps give their nodes too (an env
   // reset destroys a whole simulation), 64 spares were too few: the rest were freed and
-  // the next episode allocated them again; 1,024 keep ~4 MiB per map type.
+  // the next episode allocated them again; 1,024 keep ~4 MiB per map type (4,168-byte
+  // nodes).
   static constexpr size_t SPARE_NODES = 1024;
   static std::vector<std::unique_ptr<Node>>& spare_nodes() {
-    static thread_local auto* pool = new std::vector<std::unique_ptr<Node>>();
+    static thread_local auto* pool = reserved<std::unique_ptr<Node>>(SPARE_NODES);
     return *pool;
+  }
+  // A pool's vector with room for its bound: giving a spare back (from clear(), and so
+  // from the destructor) never allocates.
+  template <class T>
+  static std::vector<T>* reserved(size_t n) {
+    auto* v = new std::vector<T>();
+    v->reserve(n);
+    return v;
   }
   static std::unique_ptr<Node> take_node() {
     auto& pool = spare_nodes();
@@ -339,14 +351,16 @@ class SlotMap {
   // malloc and free at ~7 % of the bare batched loop's time (docs/performance.md).  A block holds
   // no constructed element: an element is constructed when handed out (emplace), and an
   // entry chunk is read only once written (PteTable's `live`), so a reused block is as good
-  // as a new one.  The bound keeps a thread's spares at ~18 MiB of PTE tables.
+  // as a new one.  The bounds keep a thread's spares at ~35 MiB at most: 18 MiB of PTE
+  // table blocks, 4 of page-bit blocks, 0.5 of slot blocks and 3 x 4 of nodes.  The main
+  // thread keeps them for the process's life, a step_batch helper until it stops.
   struct SpareBlock {
     std::unique_ptr<Raw[]> raw;
     std::unique_ptr<Store> store;  // null when EXTRA is 0
   };
   static constexpr size_t SPARE_BLOCKS = 1024;
   static std::vector<SpareBlock>& spare_blocks() {
-    static thread_local auto* pool = new std::vector<SpareBlock>();
+    static thread_local auto* pool = reserved<SpareBlock>(SPARE_BLOCKS);
     return *pool;
   }
   void new_block() {
