@@ -22,7 +22,7 @@ import multiprocessing
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from ... import __version__
 from ...envs.configio import load_json, write_text_atomic
@@ -152,9 +152,7 @@ def baseline_results(names: Sequence[str], scenarios: Sequence[ScenarioConfig], 
         # not keep the others waiting on one core while another is idle.
         for name in sorted(stems, key=lambda n: specs[n].kind != "oracle"):
             with stems[name].with_suffix(".lock").open("a") as lock:
-                try:
-                    fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
+                if not _try_lock(lock):
                     continue  # another seed is computing it: take the next one
                 try:
                     got[name] = _cached_or_run(stems[name], specs[name], scenarios, episodes,
@@ -169,9 +167,7 @@ def baseline_results(names: Sequence[str], scenarios: Sequence[ScenarioConfig], 
             todo: list[str] = []
             for name, stem in stems.items():
                 lock = held.enter_context(stem.with_suffix(".lock").open("a"))
-                try:
-                    fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
+                if not _try_lock(lock):
                     continue  # another seed is computing it: take the next one
                 held.callback(fcntl.flock, lock.fileno(), fcntl.LOCK_UN)
                 got[name] = _cached(stem.with_suffix(".json"))
@@ -195,6 +191,15 @@ def baseline_results(names: Sequence[str], scenarios: Sequence[ScenarioConfig], 
             finally:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
     return [r for name in names for r in got[name]]
+
+
+def _try_lock(lock: IO[str]) -> bool:
+    """Take ``lock``'s file lock without waiting: False when another process holds it."""
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def _cached_or_run(stem: Path, spec: PolicySpec, scenarios: Sequence[ScenarioConfig],

@@ -5,12 +5,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
-// The vector paths (byte_hist, chunk_bits) have portable fallbacks, compiled where SSE2 is
-// missing or PTFAST_NO_SIMD is defined: tests/test_fast_simd.py builds both and compares.
-#if defined(__SSE2__) && !defined(PTFAST_NO_SIMD)
-#define PTFAST_SSE2 1
-#include <emmintrin.h>
-#endif
 
 namespace ptfast {
 

@@ -20,6 +20,14 @@
 
 #include "ptemap.hpp"
 
+// The core's vector paths (byte_hist and chunk_bits in pagetable.cpp, next_with_room in
+// wl_alloc.cpp) use SSE2 under PTFAST_SSE2 and have portable fallbacks, compiled where SSE2
+// is missing or PTFAST_NO_SIMD is defined: tests/test_fast_simd.py builds both and compares.
+#if defined(__SSE2__) && !defined(PTFAST_NO_SIMD)
+#define PTFAST_SSE2 1
+#include <emmintrin.h>
+#endif
+
 namespace ptfast {
 
 using i64 = int64_t;

@@ -6,9 +6,6 @@
 // it ports.
 #include <deque>
 #include <set>
-#if defined(__SSE2__) && !defined(PTFAST_NO_SIMD)
-#include <emmintrin.h>
-#endif
 
 #include "workloads.hpp"
 
@@ -114,7 +111,7 @@ class SlotEngine : public Engine {
   // instructions per env step (benchmarks/bench_cache.py --by ir).  SSE2 tests 4 at once.
   i64 next_with_room(i64 s, i64 hi) const {
     const int32_t* a = live_a.data();
-#if defined(__SSE2__) && !defined(PTFAST_NO_SIMD)
+#ifdef PTFAST_SSE2  // pagetable.hpp
     const __m128i full = _mm_set1_epi32(ENTRIES - 1);
     for (; s + 4 <= hi; s += 4) {
       const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(a + s));
