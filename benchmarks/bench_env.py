@@ -28,6 +28,9 @@ every measure alike; medians of the rounds):
    of an op follows the tables it touches, never the mapped size.
 
 ``--parts`` measures only the env's share of PPO, split (see :func:`env_parts`).
+``--ratio`` measures only the goal's ratio (the goal's pair of 3.), in more rounds
+(default 25): its interval is narrower than the full run's 9 rounds give, on a machine
+whose noise is as wide as the distance to 0.8 (see :func:`goal_ratio`).
 
 Times are CPU seconds of this process (``time.process_time``): on a shared 2-core machine
 they move far less with other load than wall-clock time, and every other measure here is
@@ -388,6 +391,46 @@ def hog_scenario(size_gib: int) -> ScenarioConfig:
                           ticks=10_000, jitter=0.0)
 
 
+def goal_pair(train: list[ScenarioConfig], like: PageTableReclaimEnv, n_envs: int, seed: int,
+              env_seed: int, steps: int) -> dict[str, Generator[int, None, None]]:
+    """The goal's pair, to train in turns: PPO (``seed``) on ``n_envs`` null envs of
+    ``like``'s spaces (``ppo_null``) and on the batched default env seeded ``env_seed``
+    (``ppo_batched``), ``steps`` each; the models are made when their turns start."""
+    return {"ppo_null": ppo_turns(ppo_model(lambda: null_venv(like, n_envs), seed), steps),
+            "ppo_batched": ppo_turns(ppo_model(lambda: batched_venv(train, n_envs, env_seed),
+                                               seed), steps)}
+
+
+def ratio_line(per: list[float], n_envs: int) -> str:
+    """The goal's ratio from its per-round ratios: the median, its confidence interval
+    (:func:`median_ci`) and the verdict (:func:`goal_verdict`)."""
+    ratio, low, high, conf = median_ci(per)
+    return (f"training-speed ratio batched env / null env ({n_envs} envs, one torch "
+            f"thread) = {ratio:.3f}, median of {len(per)} paired rounds, {conf:.0%} "
+            f"CI of the median [{low:.3f}, {high:.3f}]: "
+            f"{goal_verdict(low, high, 0.8, conf)} the goal >= 0.8")
+
+
+def goal_ratio(train: list[ScenarioConfig], n_envs: int, rounds: int, steps: int, seed: int,
+               console: Console) -> list[float]:
+    """Only the goal's ratio (``--ratio``): the goal's pair (:func:`goal_pair`) in turns
+    (:func:`interleaved_rates`), ``rounds`` rounds of ``steps`` steps, the models' seeds
+    ``seed``, ``seed + 1``, ... and the env's ``seed``, as in the full run; prints each
+    round's rates and ratio (CPU time), then :func:`ratio_line`.  On this project's 2-core
+    VMs one round's ratio moves by ±0.05 and 9 rounds give an interval ~0.1 wide; 25 give
+    one about half as wide, in ~4 minutes.  Returns the per-round ratios."""
+    like = PageTableReclaimEnv(train, EnvConfig(backend="fast"))
+    per: list[float] = []
+    for k in range(rounds):
+        rates = interleaved_rates(goal_pair(train, like, n_envs, seed + k, seed, steps))
+        null, batched = rates["ppo_null"][0], rates["ppo_batched"][0]
+        per.append(batched / null)
+        console.print(f"round {k}: PPO null {null:,.0f} steps/s, batched {batched:,.0f} "
+                      f"(ratio {per[-1]:.3f})")
+    console.print(ratio_line(per, n_envs))
+    return per
+
+
 def median_ci(values: list[float], level: float = 0.95) -> tuple[float, float, float, float]:
     """The median of ``values`` and a distribution-free confidence interval for it: the
     order statistics x(k) and x(n+1-k), with k the largest for which 2 P(B <= k-1) <=
@@ -433,9 +476,17 @@ def main(argv: list[str] | None = None) -> int:
                          "vector env's Python, the learner's slowdown; the bare loop)")
     ap.add_argument("--rounds", type=int, default=0,
                     help="rounds of every measure (default 3, 1 with --quick)")
+    ap.add_argument("--ratio", action="store_true",
+                    help="only the goal's PPO ratio (null env against the batched env, 4 "
+                         "envs, one torch thread, in turns), in --ppo-rounds rounds "
+                         "(default 25, 2 with --quick): a narrower interval than the full "
+                         "run's 9 rounds")
     ap.add_argument("--ppo-rounds", type=int, default=0,
-                    help="paired rounds of the PPO measures (default 9, 1 with --quick)")
+                    help="paired rounds of the PPO measures (default 9, 1 with --quick; "
+                         "with --ratio 25, 2 with --quick)")
     args = ap.parse_args(argv)
+    if args.parts and args.ratio:
+        ap.error("--parts and --ratio measure different things: give one of them")
     for flag, value in (("--rounds", args.rounds), ("--ppo-rounds", args.ppo_rounds)):
         if value < 0:
             ap.error(f"{flag} {value}: must not be negative (0 or absent: the default)")
@@ -443,7 +494,10 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"python {platform.python_version()}, {platform.platform()}, "
                   f"{os.cpu_count()} CPUs; reproduce: {' '.join([sys.executable, *sys.argv])}")
     rounds = args.rounds or (1 if args.quick else 3)
-    ppo_rounds = args.ppo_rounds or (1 if args.quick else 9)
+    if args.ratio:
+        ppo_rounds = args.ppo_rounds or (2 if args.quick else 25)
+    else:
+        ppo_rounds = args.ppo_rounds or (1 if args.quick else 9)
     fast_steps = 300 if args.quick else 4000
     exact_steps = 40 if args.quick else 400
     scen_fast = 120 if args.quick else 1200
@@ -455,13 +509,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.parts:
         env_parts(train, 2048 if args.quick else 16384, rounds, args.seed, console)
         return 0
+    if args.ratio:
+        goal_ratio(train, n_envs, ppo_rounds, ppo_steps, args.seed, console)
+        return 0
     fast_env = PageTableReclaimEnv(train, EnvConfig(backend="fast"))
     exact_env = PageTableReclaimEnv(train, EnvConfig(backend="exact"))
     paths = sorted((CONFIG_DIR / "scenarios").glob("*.yaml"))
     scen = {p.stem: load_scenario(p) for p in paths}
-
-    def batched() -> Any:
-        return batched_venv(train, n_envs, args.seed)
 
     def threaded() -> Any:
         return batched_venv(train, n_envs, args.seed, threads=2)
@@ -504,8 +558,7 @@ def main(argv: list[str] | None = None) -> int:
         """The goal's pair in turns of its own, then the other vector envs with a null env
         of their own, then the default experiment's settings (the collector frozen); each
         group's models are made when its turns start."""
-        yield {"ppo_null": ppo_turns(ppo_model(null, seed), ppo_steps),
-               "ppo_batched": ppo_turns(ppo_model(batched, seed), ppo_steps)}, False
+        yield goal_pair(train, fast_env, n_envs, seed, args.seed, ppo_steps), False
         yield {"other_null": ppo_turns(ppo_model(null, seed), ppo_steps),
                "ppo_dummy": ppo_turns(ppo_model(dummy, seed), ppo_steps),
                "ppo_threads": ppo_turns(ppo_model(threaded, seed), ppo_steps)}, False
@@ -555,12 +608,8 @@ def main(argv: list[str] | None = None) -> int:
         t.add_row(label, f"{med[key]:,.0f}", f"{1e6 / med[key]:,.0f}",
                   f"{ratios[key]:.2f} [{min(per):.2f}, {max(per):.2f}]")
     console.print(t)
-    ratio, low, high, conf = median_ci(pers["ppo_batched"])
-    console.print(f"training-speed ratio batched env / null env ({n_envs} envs, one torch "
-                  f"thread) = {ratio:.3f}, median of {ppo_rounds} paired rounds, {conf:.0%} "
-                  f"CI of the median [{low:.3f}, {high:.3f}]: "
-                  f"{goal_verdict(low, high, 0.8, conf)} the goal >= 0.8; with the "
-                  f"default experiment's settings (8 envs, its PPO settings and network, "
+    console.print(f"{ratio_line(pers['ppo_batched'], n_envs)}; with the default "
+                  f"experiment's settings (8 envs, its PPO settings and network, "
                   f"VecNormalize, no callbacks) {ratios['default_batched']:.2f}")
 
     t = _median_table(f"the same with env_threads: 2 (a helper thread on the second core): "

@@ -40,6 +40,8 @@ NEGATIVE = "must not be negative (0 or absent: the default)"
 @pytest.mark.parametrize(("script", "args", "message"), [
     ("bench_env.py", ("--ppo-rounds", "-1"), f"--ppo-rounds -1: {NEGATIVE}"),
     ("bench_env.py", ("--rounds", "-2"), f"--rounds -2: {NEGATIVE}"),
+    ("bench_env.py", ("--ratio", "--parts"),
+     "--parts and --ratio measure different things: give one of them"),
     ("bench_cache.py", ("--steps", "0"), "--steps 0: must be at least 1"),
     ("bench_policies.py", ("--rounds", "0"), "--rounds 0: must be at least 1"),
     ("bench_policies.py", ("--scenarios", "-1"), "--scenarios -1: must be at least 1"),
@@ -86,6 +88,25 @@ def test_env_parts_splits_the_envs_share_of_a_ppo_step() -> None:
     assert parts["compiled steps"] + parts["resets"] <= step_wait, (head, split)
     null_python = float(re.search(r"the null env's ([\d.]+)", split).group(1))
     assert null_python > 0, split
+
+
+def test_ratio_alone_prints_each_round_and_the_median_of_their_ratios() -> None:
+    # `--ratio` trains only the goal's pair, in turns, round after round: each round's line
+    # holds both rates and their quotient, and the summary is the median of those.
+    env = {**os.environ, "COLUMNS": "400"}  # one line per printed line
+    r = _run("bench_env.py", "--ratio", "--quick", "--ppo-rounds", "3", env=env)
+    assert r.returncode == 0, r.stderr
+    rounds = re.findall(r"^round (\d+): PPO null ([\d,]+) steps/s, batched ([\d,]+) "
+                        r"\(ratio ([\d.]+)\)$", r.stdout, re.M)
+    assert [int(k) for k, *_ in rounds] == [0, 1, 2], r.stdout
+    for _, null, batched, ratio in rounds:
+        quotient = int(batched.replace(",", "")) / int(null.replace(",", ""))
+        assert abs(quotient - float(ratio)) < 2e-3, (null, batched, ratio)
+    summary = re.search(r"one torch thread\) = ([\d.]+), median of 3 paired rounds", r.stdout)
+    assert summary, r.stdout
+    assert float(summary.group(1)) == sorted(float(x[3]) for x in rounds)[1]
+    # Nothing else is measured.
+    assert "every shipped scenario" not in r.stdout and "sparse write hog" not in r.stdout
 
 
 def test_the_ratio_s_verdict_comes_from_a_confidence_interval_of_its_median() -> None:
