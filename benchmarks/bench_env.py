@@ -395,7 +395,8 @@ def goal_pair(train: list[ScenarioConfig], like: PageTableReclaimEnv, n_envs: in
               env_seed: int, steps: int) -> dict[str, Generator[int, None, None]]:
     """The goal's pair, to train in turns: PPO (``seed``) on ``n_envs`` null envs of
     ``like``'s spaces (``ppo_null``) and on the batched default env seeded ``env_seed``
-    (``ppo_batched``), ``steps`` each; the models are made when their turns start."""
+    (``ppo_batched``), ``steps`` each.  The models are made now: the full run calls this
+    when the group's turns start."""
     return {"ppo_null": ppo_turns(ppo_model(lambda: null_venv(like, n_envs), seed), steps),
             "ppo_batched": ppo_turns(ppo_model(lambda: batched_venv(train, n_envs, env_seed),
                                                seed), steps)}
@@ -417,8 +418,8 @@ def goal_ratio(train: list[ScenarioConfig], n_envs: int, rounds: int, steps: int
     (:func:`interleaved_rates`), ``rounds`` rounds of ``steps`` steps, the models' seeds
     ``seed``, ``seed + 1``, ... and the env's ``seed``, as in the full run; prints each
     round's rates and ratio (CPU time), then :func:`ratio_line`.  On this project's 2-core
-    VMs one round's ratio moves by ±0.05 and 9 rounds give an interval ~0.1 wide; 25 give
-    one about half as wide, in ~4 minutes.  Returns the per-round ratios."""
+    VMs one round's ratio moves by ±0.05 and 9 rounds give an interval 0.07-0.11 wide; 25
+    gave 0.03-0.04, in ~3.5 minutes.  Returns the per-round ratios."""
     like = PageTableReclaimEnv(train, EnvConfig(backend="fast"))
     per: list[float] = []
     for k in range(rounds):
@@ -475,7 +476,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="only the env's share of PPO, split (compiled steps, resets, the "
                          "vector env's Python, the learner's slowdown; the bare loop)")
     ap.add_argument("--rounds", type=int, default=0,
-                    help="rounds of every measure (default 3, 1 with --quick)")
+                    help="rounds of every measure but PPO's (default 3, 1 with --quick; "
+                         "not with --ratio)")
     ap.add_argument("--ratio", action="store_true",
                     help="only the goal's PPO ratio (null env against the batched env, 4 "
                          "envs, one torch thread, in turns), in --ppo-rounds rounds "
@@ -487,6 +489,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.parts and args.ratio:
         ap.error("--parts and --ratio measure different things: give one of them")
+    if args.ratio and args.rounds:
+        ap.error("--rounds sets measures that --ratio does not run; its rounds are "
+                 "--ppo-rounds")
     for flag, value in (("--rounds", args.rounds), ("--ppo-rounds", args.ppo_rounds)):
         if value < 0:
             ap.error(f"{flag} {value}: must not be negative (0 or absent: the default)")

@@ -42,6 +42,8 @@ NEGATIVE = "must not be negative (0 or absent: the default)"
     ("bench_env.py", ("--rounds", "-2"), f"--rounds -2: {NEGATIVE}"),
     ("bench_env.py", ("--ratio", "--parts"),
      "--parts and --ratio measure different things: give one of them"),
+    ("bench_env.py", ("--ratio", "--rounds", "3"),
+     "--rounds sets measures that --ratio does not run; its rounds are --ppo-rounds"),
     ("bench_cache.py", ("--steps", "0"), "--steps 0: must be at least 1"),
     ("bench_policies.py", ("--rounds", "0"), "--rounds 0: must be at least 1"),
     ("bench_policies.py", ("--scenarios", "-1"), "--scenarios -1: must be at least 1"),
@@ -105,8 +107,11 @@ def test_ratio_alone_prints_each_round_and_the_median_of_their_ratios() -> None:
     summary = re.search(r"one torch thread\) = ([\d.]+), median of 3 paired rounds", r.stdout)
     assert summary, r.stdout
     assert float(summary.group(1)) == sorted(float(x[3]) for x in rounds)[1]
-    # Nothing else is measured.
-    assert "every shipped scenario" not in r.stdout and "sparse write hog" not in r.stdout
+    # Nothing else is measured: the header, the three rounds, the summary.
+    assert len(r.stdout.strip().splitlines()) == 5, r.stdout
+    # The summary is the median, also of rounds far apart (the quick ones sit close).
+    line = _bench("bench_env").ratio_line([0.5, 0.79, 0.8], 4)
+    assert "= 0.790, median of 3 paired rounds" in line, line
 
 
 def test_the_ratio_s_verdict_comes_from_a_confidence_interval_of_its_median() -> None:
