@@ -295,17 +295,13 @@ def env_parts(train: list[ScenarioConfig], steps: int, rounds: int, seed: int,
     timed(PageTableReclaimEnv, "_make_sim", "make_sim")
     like = PageTableReclaimEnv(train, EnvConfig())
 
-    def null() -> Any:
-        return null_venv(like, 4)
-
     def batched() -> Any:
         return batched_venv(train, 4, seed)
 
     for k in range(rounds):
         spent.clear()
-        rates = interleaved_rates({"null": ppo_turns(ppo_model(null, seed + k), steps),
-                                   "batched": ppo_turns(ppo_model(batched, seed + k), steps)})
-        rate_null, rate = rates["null"][0], rates["batched"][0]
+        rates = interleaved_rates(goal_pair(train, like, 4, seed + k, seed, steps))
+        rate_null, rate = rates["ppo_null"][0], rates["ppo_batched"][0]
         per = {name: t / steps * 1e6 for name, t in spent.items()}
         null_vec = per.get("vec_null", 0.0)
         vec, compiled, reset = per.get("vec", 0.0), per.get("compiled", 0.0), per.get("reset", 0.0)
