@@ -17,6 +17,7 @@ from .sim.config import ConfigError, check_range, check_ranges, quote, ranged
 from .sim.pagetable import PAGE, TableClass
 from .sim.process import Process
 from .sim.reclaim import DEPTHS, PassResult
+from .sim.seeding import default_rng
 from .sim.simulator import ScenarioConfig, Simulation, TickRecord
 
 #: Scan budgets (PTE tables per pass) of the default action space.
@@ -294,7 +295,7 @@ class PageTableReclaimEnv(gym.Env[np.ndarray, np.ndarray]):
         else:
             idx = int(self.np_random.integers(len(self.scenarios)))
         scenario = self.scenarios[idx]
-        rng = np.random.default_rng(int(self.np_random.integers(0, 2**63)))
+        rng = default_rng(int(self.np_random.integers(0, 2**63)))  # numpy's, cheaper
         self.attach(self._make_sim(scenario, rng))
         self._journal = journal
         # Let the workloads start before the first decision.
