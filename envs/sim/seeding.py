@@ -1,8 +1,8 @@
-"""``numpy.random.default_rng(seed)`` for an integer seed, at a sixth of its cost.
+"""``numpy.random.default_rng(seed)`` for an integer seed, at a quarter of its cost.
 
 Every env reset makes a generator for its simulation and one per workload instance
 (``simulator.workload_builds``), ~4.6 per reset on the training suite, each from a drawn
-integer seed.  ``numpy.random.default_rng(seed)`` takes ~14 µs, ~12 of them in
+integer seed.  ``numpy.random.default_rng(seed)`` takes ~9-10 µs here, ~8.8 of them in
 ``SeedSequence``'s Python-level work (turning the integer into words, the pool, the output
 words).  :func:`default_rng` gives the same generator bit for bit -- the same
 ``PCG64`` state, the same draws -- from the same words computed in the compiled core

@@ -130,7 +130,7 @@ def workload_builds(scenario: ScenarioConfig, rng: np.random.Generator
         jitter = scenario.jitter if spec.jitter < 0 else spec.jitter
         where = f"{scenario.name}.workloads[{i}].params"
         for k in range(spec.count):
-            # numpy's default_rng, bit for bit, at a sixth of the cost (seeding.py)
+            # numpy's default_rng, bit for bit, at a quarter of the cost (seeding.py)
             wrng = default_rng(rng.integers(0, 2**63))
             if k == 0:  # after the first draw, where a config that fails failed before
                 base = base_config(spec, where)
